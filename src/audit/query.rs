@@ -1,0 +1,168 @@
+//! A query for one page of the audit log, normalised to what Confluence is sent.
+
+use std::fmt;
+
+/// The unit of a time window, as Confluence names it in `units`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TimeUnit {
+    /// `NANOS`.
+    Nanos,
+    /// `MICROS`.
+    Micros,
+    /// `MILLIS`.
+    Millis,
+    /// `SECONDS`.
+    Seconds,
+    /// `MINUTES`.
+    Minutes,
+    /// `HOURS`.
+    Hours,
+    /// `HALF_DAYS`.
+    HalfDays,
+    /// `DAYS`.
+    Days,
+    /// `WEEKS`.
+    Weeks,
+    /// `MONTHS`, the upstream default.
+    Months,
+    /// `YEARS`.
+    Years,
+    /// `DECADES`.
+    Decades,
+    /// `CENTURIES`.
+    Centuries,
+}
+
+impl TimeUnit {
+    /// Every unit, shortest first.
+    pub const ALL: [TimeUnit; 13] = [
+        Self::Nanos,
+        Self::Micros,
+        Self::Millis,
+        Self::Seconds,
+        Self::Minutes,
+        Self::Hours,
+        Self::HalfDays,
+        Self::Days,
+        Self::Weeks,
+        Self::Months,
+        Self::Years,
+        Self::Decades,
+        Self::Centuries,
+    ];
+
+    /// The name Confluence takes in the `units` query parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nanos => "NANOS",
+            Self::Micros => "MICROS",
+            Self::Millis => "MILLIS",
+            Self::Seconds => "SECONDS",
+            Self::Minutes => "MINUTES",
+            Self::Hours => "HOURS",
+            Self::HalfDays => "HALF_DAYS",
+            Self::Days => "DAYS",
+            Self::Weeks => "WEEKS",
+            Self::Months => "MONTHS",
+            Self::Years => "YEARS",
+            Self::Decades => "DECADES",
+            Self::Centuries => "CENTURIES",
+        }
+    }
+
+    /// Parses a Confluence unit name, case-insensitively.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|u| u.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Display for TimeUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One page of the audit log, every parameter explicit (defaults already applied), so
+/// equal queries are equal values: the page cache keys on it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PageQuery {
+    /// How many `units` back the window reaches.
+    pub number: i64,
+    /// The unit of `number`.
+    pub units: TimeUnit,
+    /// Confluence's `searchString`; `None` when absent or empty.
+    pub search_string: Option<String>,
+    /// Offset of the first record, newest first.
+    pub start: i32,
+    /// Page size asked for.
+    pub limit: i32,
+}
+
+impl PageQuery {
+    /// Confluence's default `number`.
+    pub const DEFAULT_NUMBER: i64 = 3;
+    /// Confluence's default `units`.
+    pub const DEFAULT_UNITS: TimeUnit = TimeUnit::Months;
+    /// Confluence's default (and the gateway's maximum) `limit`.
+    pub const DEFAULT_LIMIT: i32 = 1000;
+    /// The largest `limit` the gateway accepts.
+    pub const MAX_LIMIT: i32 = 1000;
+    /// The longest `searchString` the gateway accepts, in characters.
+    pub const MAX_SEARCH_CHARS: usize = 1000;
+
+    /// The query parameters sent to Confluence, in a fixed order.
+    pub fn to_params(&self) -> Vec<(&'static str, String)> {
+        let mut params = vec![
+            ("number", self.number.to_string()),
+            ("units", self.units.as_str().to_owned()),
+        ];
+        if let Some(s) = &self.search_string {
+            params.push(("searchString", s.clone()));
+        }
+        params.push(("start", self.start.to_string()));
+        params.push(("limit", self.limit.to_string()));
+        params
+    }
+}
+
+impl Default for PageQuery {
+    fn default() -> Self {
+        Self {
+            number: Self::DEFAULT_NUMBER,
+            units: Self::DEFAULT_UNITS,
+            search_string: None,
+            start: 0,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names_round_trip() {
+        for u in TimeUnit::ALL {
+            assert_eq!(TimeUnit::parse(u.as_str()), Some(u));
+        }
+        assert_eq!(TimeUnit::parse("half_days"), Some(TimeUnit::HalfDays));
+        assert_eq!(TimeUnit::parse("MILLENNIA"), None);
+    }
+
+    #[test]
+    fn defaults_are_confluences() {
+        let params = PageQuery::default().to_params();
+        assert_eq!(
+            params,
+            vec![
+                ("number", "3".to_owned()),
+                ("units", "MONTHS".to_owned()),
+                ("start", "0".to_owned()),
+                ("limit", "1000".to_owned())
+            ]
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! The page cache: encoded pages under a key that holds the upstream, a fingerprint of
+//! the credential and the normalised query. An in-process tier answers first; a shared
+//! tier ([`SharedTier`], e.g. Redis) may sit below it.
+
+mod memory;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use memory::PageCache;
+
+use crate::audit::PageQuery;
+
+/// What a cached page is filed under. It never holds a credential, only its keyed
+/// fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    /// The Confluence base URL.
+    pub base_url: Arc<str>,
+    /// The keyed fingerprint of the credential the page was fetched with.
+    pub credential: Arc<str>,
+    /// The page's query, defaults applied.
+    pub query: PageQuery,
+}
+
+impl PageKey {
+    /// Bytes this key takes in memory, roughly, for the cache's byte bound.
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.base_url.len()
+            + self.credential.len()
+            + self.query.search_string.as_ref().map_or(0, String::len)
+    }
+}
+
+/// A cache tier shared between gateway replicas, below the in-process tier. It must
+/// never fail a call: a tier in trouble answers `None` and drops writes.
+#[async_trait]
+pub trait SharedTier: Send + Sync + 'static {
+    /// The page under `key`, if the tier holds it.
+    async fn get(&self, key: &PageKey) -> Option<Bytes>;
+    /// Stores `page` under `key` for `ttl`.
+    async fn put(&self, key: &PageKey, page: Bytes, ttl: Duration);
+}
+
+/// Cache settings.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    /// How long a page stays fresh; zero disables caching (single-flight remains).
+    pub ttl: Duration,
+    /// Bound on the bytes the in-process tier holds.
+    pub max_bytes: u64,
+}

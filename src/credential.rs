@@ -1,0 +1,128 @@
+//! Credentials for Confluence: the `Authorization` header value, never printed, and its
+//! keyed fingerprint, which is what cache keys hold instead.
+
+use std::fmt;
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use ring::hmac;
+
+/// An `Authorization` header value for Confluence. `Debug` and `Display` redact it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential(String);
+
+impl Credential {
+    /// Basic auth, as Confluence Cloud takes an account email and API token.
+    pub fn basic(email: &str, api_token: &str) -> Self {
+        Self(format!(
+            "Basic {}",
+            STANDARD.encode(format!("{email}:{api_token}"))
+        ))
+    }
+
+    /// A bearer token: a Data Center personal access token, or an OAuth 2.0 token.
+    pub fn bearer(token: &str) -> Self {
+        Self(format!("Bearer {token}"))
+    }
+
+    /// A caller's `authorization` metadata, forwarded as is once checked to be a
+    /// `Basic` or `Bearer` credential fit for an HTTP header.
+    pub fn from_header(value: &str) -> Result<Self, &'static str> {
+        let value = value.trim();
+        let (scheme, rest) = value
+            .split_once(' ')
+            .ok_or("expected 'Basic …' or 'Bearer …'")?;
+        if !(scheme.eq_ignore_ascii_case("basic") || scheme.eq_ignore_ascii_case("bearer")) {
+            return Err("only the Basic and Bearer schemes are accepted");
+        }
+        if rest.trim().is_empty() {
+            return Err("the credential is empty");
+        }
+        if !value
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+        {
+            return Err("the credential holds characters a header cannot carry");
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The header value itself; only the upstream client may call this.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A keyed hash of the credential (HMAC-SHA-256, hex): stable for one key, useless
+    /// to anyone without it, and never the secret itself.
+    pub fn fingerprint(&self, key: &FingerprintKey) -> String {
+        let tag = hmac::sign(&key.0, self.0.as_bytes());
+        tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credential(<redacted>)")
+    }
+}
+
+/// The key of credential fingerprints. Replicas that share a cache tier must share it.
+pub struct FingerprintKey(hmac::Key);
+
+impl FingerprintKey {
+    /// A key from a configured secret.
+    pub fn from_secret(secret: &[u8]) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    /// A fresh random key for this process, from the system's CSPRNG.
+    pub fn random() -> Result<Self, String> {
+        hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .map(Self)
+            .map_err(|_| "the system random generator failed".to_owned())
+    }
+}
+
+impl fmt::Debug for FingerprintKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FingerprintKey(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_is_base64_of_email_and_token() {
+        let c = Credential::basic("a@example.com", "tok");
+        assert_eq!(c.expose(), "Basic YUBleGFtcGxlLmNvbTp0b2s=");
+        assert_eq!(format!("{c:?}"), "Credential(<redacted>)");
+    }
+
+    #[test]
+    fn header_values_are_checked() {
+        assert!(Credential::from_header("Bearer abc").is_ok());
+        assert!(Credential::from_header("basic abc").is_ok());
+        assert!(Credential::from_header("Digest abc").is_err());
+        assert!(Credential::from_header("Bearer ").is_err());
+        assert!(Credential::from_header("Bearer a\u{7f}b").is_err());
+    }
+
+    #[test]
+    fn fingerprints_depend_on_key_and_hide_the_secret() {
+        let c = Credential::bearer("s3cret-token");
+        let k1 = FingerprintKey::from_secret(b"one");
+        let k2 = FingerprintKey::from_secret(b"two");
+        assert_eq!(c.fingerprint(&k1), c.fingerprint(&k1));
+        assert_ne!(c.fingerprint(&k1), c.fingerprint(&k2));
+        assert_ne!(
+            c.fingerprint(&k1),
+            Credential::bearer("other").fingerprint(&k1)
+        );
+        assert!(!c.fingerprint(&k1).contains("s3cret"));
+        assert_eq!(c.fingerprint(&k1).len(), 32);
+    }
+}

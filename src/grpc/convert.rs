@@ -1,0 +1,210 @@
+//! Confluence's parsed JSON page (`audit::record`) into protobuf messages, losing nothing:
+//! a value the typed field cannot hold goes into `unknown_fields` under its JSON key.
+
+use prost_types::{ListValue, Struct, Timestamp, Value as PbValue, value::Kind};
+use serde_json::Value;
+
+use crate::{
+    audit::record::{self, Field, Loose, Str, Unknown, ValueOf},
+    pb::{self, json::ToJson},
+};
+
+/// Converts a parsed page into the `GetSinceResponse` message.
+pub fn page_to_proto(page: record::Page<'_>) -> pb::GetSinceResponse {
+    let h = page.header;
+    let mut unknown = Extra::new(h.unknown);
+    let links = match h.links {
+        Some(Loose::Typed(ValueOf(Value::Object(map)))) => map
+            .into_iter()
+            .map(|(k, v)| (k, json_to_value(v)))
+            .collect(),
+        other => {
+            unknown.keep("_links", other.map(|l| l.into_value(|v| v.0)));
+            Default::default()
+        }
+    };
+    pb::GetSinceResponse {
+        results: page.results.into_iter().map(record_to_proto).collect(),
+        start: unknown.take("start", h.start).unwrap_or_default(),
+        limit: unknown.take("limit", h.limit).unwrap_or_default(),
+        size: unknown.take("size", h.size).unwrap_or_default(),
+        links,
+        unknown_fields: unknown.finish(),
+    }
+}
+
+/// Converts one audit record.
+pub fn record_to_proto(r: record::Record<'_>) -> pb::AuditRecord {
+    let mut x = Extra::new(r.unknown);
+    let creation_date = x.take("creationDate", r.creation_date);
+    pb::AuditRecord {
+        author: x.take_with("author", r.author, author_to_proto),
+        remote_address: x.string("remoteAddress", r.remote_address),
+        creation_date: creation_date.unwrap_or_default(),
+        creation_time: creation_date.map(millis_to_timestamp),
+        summary: x.string("summary", r.summary),
+        description: x.string("description", r.description),
+        category: x.string("category", r.category),
+        sys_admin: x.take("sysAdmin", r.sys_admin).unwrap_or_default(),
+        super_admin: x.take("superAdmin", r.super_admin),
+        affected_object: x.take_with("affectedObject", r.affected_object, object_to_proto),
+        changed_values: x.list("changedValues", r.changed_values, changed_to_proto),
+        associated_objects: x.list("associatedObjects", r.associated_objects, object_to_proto),
+        unknown_fields: x.finish(),
+    }
+}
+
+fn author_to_proto(a: record::Author<'_>) -> pb::AuditAuthor {
+    let mut x = Extra::new(a.unknown);
+    pb::AuditAuthor {
+        r#type: x.string("type", a.kind),
+        display_name: x.string("displayName", a.display_name),
+        // `operations` is dynamic by nature: any JSON, `null` included, is its typed form.
+        operations: a.operations.map(|o| json_to_value(o.into_value(|v| v.0))),
+        username: x.opt_string("username", a.username),
+        user_key: x.opt_string("userKey", a.user_key),
+        account_id: x.opt_string("accountId", a.account_id),
+        account_type: x.opt_string("accountType", a.account_type),
+        external_collaborator: x.take("externalCollaborator", a.external_collaborator),
+        is_external_collaborator: x.take("isExternalCollaborator", a.is_external_collaborator),
+        is_guest: x.take("isGuest", a.is_guest),
+        public_name: x.opt_string("publicName", a.public_name),
+        unknown_fields: x.finish(),
+    }
+}
+
+fn object_to_proto(o: record::AffectedObject<'_>) -> pb::AffectedObject {
+    let mut x = Extra::new(o.unknown);
+    pb::AffectedObject {
+        name: x.string("name", o.name),
+        object_type: x.string("objectType", o.object_type),
+        unknown_fields: x.finish(),
+    }
+}
+
+fn changed_to_proto(c: record::ChangedValue<'_>) -> pb::ChangedValue {
+    let mut x = Extra::new(c.unknown);
+    pb::ChangedValue {
+        name: x.string("name", c.name),
+        old_value: x.string("oldValue", c.old_value),
+        new_value: x.string("newValue", c.new_value),
+        hidden_old_value: x.opt_string("hiddenOldValue", c.hidden_old_value),
+        hidden_new_value: x.opt_string("hiddenNewValue", c.hidden_new_value),
+        unknown_fields: x.finish(),
+    }
+}
+
+impl<T> Loose<T> {
+    /// The value as JSON, converting a typed value with `typed`.
+    fn into_value(self, typed: impl FnOnce(T) -> Value) -> Value {
+        match self {
+            Loose::Typed(t) => typed(t),
+            Loose::Raw(v) => v,
+        }
+    }
+}
+
+/// Collects the JSON the typed fields of one object could not hold.
+struct Extra(Option<Struct>);
+
+impl Extra {
+    fn new(unknown: Unknown<'_>) -> Self {
+        if unknown.is_empty() {
+            return Self(None);
+        }
+        let fields = unknown
+            .into_iter()
+            .map(|(Str(k), v)| (k.into_owned(), json_to_value(v)))
+            .collect();
+        Self(Some(Struct { fields }))
+    }
+
+    fn keep(&mut self, key: &str, value: Option<Value>) {
+        if let Some(v) = value {
+            self.0
+                .get_or_insert_with(Struct::default)
+                .fields
+                .insert(key.to_owned(), json_to_value(v));
+        }
+    }
+
+    /// The typed value, or `None` with the raw JSON kept.
+    fn take<T>(&mut self, key: &str, field: Field<T>) -> Option<T> {
+        self.take_with(key, field, |t| t)
+    }
+
+    fn take_with<T, U>(&mut self, key: &str, field: Field<T>, f: impl FnOnce(T) -> U) -> Option<U> {
+        match field? {
+            Loose::Typed(t) => Some(f(t)),
+            Loose::Raw(v) => {
+                self.keep(key, Some(v));
+                None
+            }
+        }
+    }
+
+    fn opt_string(&mut self, key: &str, field: Field<Str<'_>>) -> Option<String> {
+        self.take_with(key, field, |Str(s)| s.into_owned())
+    }
+
+    fn string(&mut self, key: &str, field: Field<Str<'_>>) -> String {
+        self.opt_string(key, field).unwrap_or_default()
+    }
+
+    /// A typed list, or (when any item has the wrong shape) an empty list with the whole
+    /// array kept as JSON, so item order and content survive.
+    fn list<T, U: ToJson>(
+        &mut self,
+        key: &str,
+        field: Field<Vec<Loose<T>>>,
+        f: impl Fn(T) -> U,
+    ) -> Vec<U> {
+        let Some(items) = self.take(key, field) else {
+            return Vec::new();
+        };
+        if items.iter().all(|i| matches!(i, Loose::Typed(_))) {
+            return items
+                .into_iter()
+                .filter_map(|i| match i {
+                    Loose::Typed(t) => Some(f(t)),
+                    Loose::Raw(_) => None,
+                })
+                .collect();
+        }
+        let raw = items
+            .into_iter()
+            .map(|i| i.into_value(|t| f(t).to_json()))
+            .collect();
+        self.keep(key, Some(Value::Array(raw)));
+        Vec::new()
+    }
+
+    fn finish(self) -> Option<Struct> {
+        self.0
+    }
+}
+
+/// `creationDate` (epoch milliseconds, possibly negative) as a `Timestamp`.
+pub fn millis_to_timestamp(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// JSON into `google.protobuf.Value`. Numbers become doubles, as the type requires.
+pub fn json_to_value(v: Value) -> PbValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.into_iter().map(json_to_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(Struct {
+            fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
+        }),
+    };
+    PbValue { kind: Some(kind) }
+}

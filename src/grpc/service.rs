@@ -1,0 +1,93 @@
+//! `confluence.audit.v1.AuditService`: each call validated, resolved to a credential and
+//! a deadline, answered from the page service.
+
+use std::{pin::Pin, time::Instant};
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{encoded::EncodedMessage, metadata, status::to_status, validate};
+use crate::{
+    credential::Credential,
+    error::GatewayError,
+    pages::{PageRequest, PageService},
+    pb::{self, audit_service_server::AuditService},
+};
+
+/// Whose credential calls Confluence.
+#[derive(Clone, Debug)]
+pub enum CredentialMode {
+    /// The gateway's own configured credential (or none).
+    Configured(Option<Credential>),
+    /// Each caller's `authorization` metadata, forwarded.
+    Passthrough,
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct AuditGrpc {
+    pages: PageService,
+    credentials: CredentialMode,
+}
+
+impl AuditGrpc {
+    /// A service answering from `pages` with credentials chosen by `credentials`.
+    pub fn new(pages: PageService, credentials: CredentialMode) -> Self {
+        Self { pages, credentials }
+    }
+
+    fn credential(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<Credential>, GatewayError> {
+        match &self.credentials {
+            CredentialMode::Configured(c) => Ok(c.clone()),
+            CredentialMode::Passthrough => metadata::caller_credential(md).map(Some),
+        }
+    }
+
+    async fn get_page(
+        &self,
+        request: Request<pb::GetSinceRequest>,
+    ) -> Result<EncodedMessage, GatewayError> {
+        let received = Instant::now();
+        let md = request.metadata();
+        let query = validate::page_query(request.get_ref())?;
+        let req = PageRequest {
+            credential: self.credential(md)?,
+            refresh: metadata::wants_fresh(md),
+            deadline: metadata::deadline(md, received),
+            query,
+        };
+        let page = self.pages.page(req).await?;
+        Ok(EncodedMessage(page))
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditGrpc {
+    async fn get_since(
+        &self,
+        request: Request<pb::GetSinceRequest>,
+    ) -> Result<Response<EncodedMessage>, Status> {
+        match self.get_page(request).await {
+            Ok(page) => Ok(Response::new(page)),
+            Err(err) => {
+                tracing::info!(reason = err.reason(), error = %err, "GetSince failed");
+                Err(to_status(&err))
+            }
+        }
+    }
+
+    type StreamSinceStream =
+        Pin<Box<dyn Stream<Item = Result<pb::StreamSinceResponse, Status>> + Send + 'static>>;
+
+    async fn stream_since(
+        &self,
+        _request: Request<pb::StreamSinceRequest>,
+    ) -> Result<Response<Self::StreamSinceStream>, Status> {
+        Err(Status::unimplemented(
+            "StreamSince is not available yet; page with GetSince",
+        ))
+    }
+}

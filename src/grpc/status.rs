@@ -1,0 +1,112 @@
+//! The one place gateway errors become gRPC statuses (DESIGN §3's table), with
+//! `ErrorInfo`, `RetryInfo` and `BadRequest` details.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::{GatewayError, UpstreamFailure};
+
+/// `ErrorInfo.domain` of every status the gateway makes.
+pub const ERROR_DOMAIN: &str = "audit-gateway";
+
+/// The gRPC code of an error.
+pub fn code(err: &GatewayError) -> Code {
+    match err {
+        GatewayError::InvalidArgument { .. } => Code::InvalidArgument,
+        GatewayError::MissingCredential(_) => Code::Unauthenticated,
+        GatewayError::Upstream { failure, .. } => match failure {
+            UpstreamFailure::BadRequest => Code::InvalidArgument,
+            UpstreamFailure::Unauthenticated => Code::Unauthenticated,
+            UpstreamFailure::PermissionDenied => Code::PermissionDenied,
+            UpstreamFailure::NotFound => Code::NotFound,
+            UpstreamFailure::RateLimited => Code::ResourceExhausted,
+            UpstreamFailure::Unavailable => Code::Unavailable,
+            UpstreamFailure::Timeout => Code::DeadlineExceeded,
+            UpstreamFailure::Other => Code::Unknown,
+        },
+        GatewayError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        GatewayError::MalformedBody(_) | GatewayError::BodyTooLarge { .. } => Code::Internal,
+        GatewayError::Internal(_) => Code::Internal,
+    }
+}
+
+/// The status sent to the caller for an error.
+pub fn to_status(err: &GatewayError) -> Status {
+    let mut details = ErrorDetails::new();
+    let mut metadata = HashMap::new();
+    match err {
+        GatewayError::InvalidArgument { field, description } => {
+            details.add_bad_request_violation(*field, description.clone());
+        }
+        GatewayError::Upstream {
+            http_status,
+            retry_after,
+            failure,
+            ..
+        } => {
+            if let Some(s) = http_status {
+                metadata.insert("http_status".to_owned(), s.to_string());
+            }
+            let retryable = matches!(
+                failure,
+                UpstreamFailure::RateLimited | UpstreamFailure::Unavailable
+            );
+            if retryable {
+                details.set_retry_info(Some(retry_after.unwrap_or_default()));
+            }
+        }
+        GatewayError::BodyTooLarge { limit } => {
+            metadata.insert("max_body_bytes".to_owned(), limit.to_string());
+        }
+        _ => {}
+    }
+    details.set_error_info(err.reason(), ERROR_DOMAIN, metadata);
+    Status::with_error_details(code(err), err.to_string(), details)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn upstream(status: u16, failure: UpstreamFailure) -> GatewayError {
+        GatewayError::Upstream {
+            failure,
+            http_status: Some(status),
+            message: format!("Confluence answered {status}"),
+            retry_after: (status == 429).then(|| Duration::from_secs(2)),
+        }
+    }
+
+    #[test]
+    fn rate_limits_carry_retry_info_and_reason() {
+        let s = to_status(&upstream(429, UpstreamFailure::RateLimited));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let d = s.get_error_details();
+        assert_eq!(
+            d.retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_secs(2))
+        );
+        let info = d.error_info().expect("error info");
+        assert_eq!(info.reason, "UPSTREAM_RATE_LIMITED");
+        assert_eq!(
+            info.metadata.get("http_status").map(String::as_str),
+            Some("429")
+        );
+    }
+
+    #[test]
+    fn invalid_arguments_name_the_field() {
+        let s = to_status(&GatewayError::invalid("limit", "too big"));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let d = s.get_error_details();
+        let v = &d.bad_request().expect("bad request").field_violations[0];
+        assert_eq!(
+            (v.field.as_str(), v.description.as_str()),
+            ("limit", "too big")
+        );
+    }
+}

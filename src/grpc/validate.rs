@@ -1,0 +1,200 @@
+//! Request messages into domain queries; anything invalid is named by its field and
+//! never reaches Confluence.
+
+use crate::{
+    audit::{PageQuery, TimeUnit},
+    error::GatewayError,
+    pb,
+};
+
+/// A `GetSinceRequest` as the page query sent upstream.
+pub fn page_query(req: &pb::GetSinceRequest) -> Result<PageQuery, GatewayError> {
+    let limit = req.limit.unwrap_or(PageQuery::DEFAULT_LIMIT);
+    if !(0..=PageQuery::MAX_LIMIT).contains(&limit) {
+        return Err(GatewayError::invalid(
+            "limit",
+            format!(
+                "must be between 0 and {}, got {limit}",
+                PageQuery::MAX_LIMIT
+            ),
+        ));
+    }
+    let start = req.start.unwrap_or(0);
+    if start < 0 {
+        return Err(GatewayError::invalid(
+            "start",
+            format!("must be >= 0, got {start}"),
+        ));
+    }
+    Ok(PageQuery {
+        number: number(req.number)?,
+        units: units(req.units)?,
+        search_string: search_string(req.search_string.as_deref())?,
+        start,
+        limit,
+    })
+}
+
+/// `number`: absent means 3; negative is invalid.
+pub fn number(n: Option<i64>) -> Result<i64, GatewayError> {
+    match n {
+        None => Ok(PageQuery::DEFAULT_NUMBER),
+        Some(n) if n < 0 => Err(GatewayError::invalid(
+            "number",
+            format!("must be >= 0, got {n}"),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
+/// `units`: unspecified means MONTHS; a value outside the enum is invalid.
+pub fn units(raw: i32) -> Result<TimeUnit, GatewayError> {
+    use pb::TimeUnit as P;
+    let unit = match P::try_from(raw) {
+        Ok(P::Unspecified) => PageQuery::DEFAULT_UNITS,
+        Ok(P::Nanos) => TimeUnit::Nanos,
+        Ok(P::Micros) => TimeUnit::Micros,
+        Ok(P::Millis) => TimeUnit::Millis,
+        Ok(P::Seconds) => TimeUnit::Seconds,
+        Ok(P::Minutes) => TimeUnit::Minutes,
+        Ok(P::Hours) => TimeUnit::Hours,
+        Ok(P::HalfDays) => TimeUnit::HalfDays,
+        Ok(P::Days) => TimeUnit::Days,
+        Ok(P::Weeks) => TimeUnit::Weeks,
+        Ok(P::Months) => TimeUnit::Months,
+        Ok(P::Years) => TimeUnit::Years,
+        Ok(P::Decades) => TimeUnit::Decades,
+        Ok(P::Centuries) => TimeUnit::Centuries,
+        Err(_) => {
+            return Err(GatewayError::invalid(
+                "units",
+                format!("{raw} is not a TimeUnit value"),
+            ));
+        }
+    };
+    Ok(unit)
+}
+
+/// `search_string`: at most 1000 characters, no control characters; empty means none.
+pub fn search_string(s: Option<&str>) -> Result<Option<String>, GatewayError> {
+    let Some(s) = s.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let chars = s.chars().count();
+    if chars > PageQuery::MAX_SEARCH_CHARS {
+        return Err(GatewayError::invalid(
+            "search_string",
+            format!(
+                "must be at most {} characters, got {chars}",
+                PageQuery::MAX_SEARCH_CHARS
+            ),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(GatewayError::invalid(
+            "search_string",
+            "must not contain control characters",
+        ));
+    }
+    Ok(Some(s.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(r: Result<PageQuery, GatewayError>) -> &'static str {
+        match r {
+            Err(GatewayError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected an invalid argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absent_fields_take_confluences_defaults() {
+        let q = page_query(&pb::GetSinceRequest::default()).expect("valid");
+        assert_eq!(q, PageQuery::default());
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        let base = pb::GetSinceRequest::default;
+        let cases = [
+            (
+                pb::GetSinceRequest {
+                    number: Some(-1),
+                    ..base()
+                },
+                "number",
+            ),
+            (
+                pb::GetSinceRequest {
+                    units: 14,
+                    ..base()
+                },
+                "units",
+            ),
+            (
+                pb::GetSinceRequest {
+                    units: -3,
+                    ..base()
+                },
+                "units",
+            ),
+            (
+                pb::GetSinceRequest {
+                    start: Some(-1),
+                    ..base()
+                },
+                "start",
+            ),
+            (
+                pb::GetSinceRequest {
+                    limit: Some(-1),
+                    ..base()
+                },
+                "limit",
+            ),
+            (
+                pb::GetSinceRequest {
+                    limit: Some(1001),
+                    ..base()
+                },
+                "limit",
+            ),
+            (
+                pb::GetSinceRequest {
+                    search_string: Some("x".repeat(1001)),
+                    ..base()
+                },
+                "search_string",
+            ),
+            (
+                pb::GetSinceRequest {
+                    search_string: Some("a\nb".into()),
+                    ..base()
+                },
+                "search_string",
+            ),
+        ];
+        for (req, field) in cases {
+            assert_eq!(field_of(page_query(&req)), field, "{req:?}");
+        }
+    }
+
+    #[test]
+    fn edge_values_are_accepted() {
+        let req = pb::GetSinceRequest {
+            number: Some(0),
+            units: pb::TimeUnit::Centuries as i32,
+            search_string: Some("é".repeat(1000)),
+            start: Some(i32::MAX),
+            limit: Some(0),
+        };
+        let q = page_query(&req).expect("valid");
+        assert_eq!(
+            (q.number, q.units, q.start, q.limit),
+            (0, TimeUnit::Centuries, i32::MAX, 0)
+        );
+    }
+}

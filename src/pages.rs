@@ -1,0 +1,100 @@
+//! Pages of the audit log as the gateway serves them: looked up in the page cache, or
+//! fetched from Confluence, parsed and encoded as a `GetSinceResponse` once.
+
+use std::{sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::{
+    audit::{PageQuery, record::Page},
+    cache::{PageCache, PageKey},
+    credential::{Credential, FingerprintKey},
+    error::GatewayError,
+    grpc::convert::page_to_proto,
+    upstream::ConfluenceClient,
+};
+
+/// One page request, already validated.
+#[derive(Clone, Debug)]
+pub struct PageRequest {
+    /// What to fetch.
+    pub query: PageQuery,
+    /// Whom to fetch it as (`None`: anonymous).
+    pub credential: Option<Credential>,
+    /// Skip cached copies and refresh them.
+    pub refresh: bool,
+    /// When the caller stops waiting.
+    pub deadline: Option<Instant>,
+}
+
+/// Serves pages through the cache.
+#[derive(Clone)]
+pub struct PageService {
+    client: Arc<ConfluenceClient>,
+    cache: PageCache,
+    base_url: Arc<str>,
+    fingerprints: Arc<FingerprintKey>,
+}
+
+impl PageService {
+    /// Wires the client, the cache and the fingerprint key together.
+    pub fn new(client: ConfluenceClient, cache: PageCache, fingerprints: FingerprintKey) -> Self {
+        Self {
+            base_url: client.base_url().into(),
+            client: Arc::new(client),
+            cache,
+            fingerprints: Arc::new(fingerprints),
+        }
+    }
+
+    /// The page as an encoded `GetSinceResponse`.
+    pub async fn page(&self, req: PageRequest) -> Result<Bytes, GatewayError> {
+        let key = PageKey {
+            base_url: self.base_url.clone(),
+            credential: req
+                .credential
+                .as_ref()
+                .map_or_else(
+                    || "anonymous".to_owned(),
+                    |c| c.fingerprint(&self.fingerprints),
+                )
+                .into(),
+            query: req.query.clone(),
+        };
+        let load = || async {
+            let body = self
+                .client
+                .fetch_page(&req.query, req.credential.as_ref(), req.deadline)
+                .await?;
+            encode_page(&body)
+        };
+        let lookup = self.cache.get_or_load(key, req.refresh, load);
+        match req.deadline {
+            // A caller that joined someone else's load still leaves at its own deadline.
+            Some(d) => tokio::time::timeout_at(d.into(), lookup)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(GatewayError::DeadlineExceeded(
+                        "the call's deadline passed before the page was ready".into(),
+                    ))
+                }),
+            None => lookup.await,
+        }
+    }
+
+    /// The cache, for inspection.
+    pub fn cache(&self) -> &PageCache {
+        &self.cache
+    }
+}
+
+/// A 200 body from Confluence as an encoded `GetSinceResponse`.
+pub fn encode_page(body: &[u8]) -> Result<Bytes, GatewayError> {
+    let page = Page::parse(body).map_err(|e| {
+        GatewayError::MalformedBody(format!(
+            "Confluence's answer is not an AuditRecordArray: {e}"
+        ))
+    })?;
+    Ok(Bytes::from(page_to_proto(page).encode_to_vec()))
+}

@@ -1,0 +1,158 @@
+//! The gRPC server: the audit service with compression, health, reflection and a
+//! graceful shutdown. `run` takes its listener and shutdown signal from the caller, so
+//! tests bind port 0.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{codec::CompressionEncoding, transport::Server};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    cache::{CacheSettings, PageCache},
+    config::ServeArgs,
+    credential::FingerprintKey,
+    grpc::{AuditGrpc, CredentialMode},
+    pages::PageService,
+    pb::{self, audit_service_server::AuditServiceServer},
+    upstream::{ConfluenceClient, UpstreamSettings},
+};
+
+/// How the server stops.
+#[derive(Clone, Debug)]
+pub struct ShutdownSettings {
+    /// NOT_SERVING is reported this long before new connections are refused.
+    pub drain_delay: Duration,
+    /// Longest wait for in-flight calls.
+    pub timeout: Duration,
+}
+
+/// Builds the audit service from `serve` settings (no I/O happens yet).
+pub fn build_service(args: &ServeArgs) -> Result<AuditGrpc, String> {
+    let client = ConfluenceClient::new(UpstreamSettings {
+        base_url: args.confluence_url.clone(),
+        attempt_timeout: args.upstream.upstream_timeout,
+        connect_timeout: args.upstream.upstream_connect_timeout,
+        max_body_bytes: usize::try_from(args.upstream.upstream_max_body)
+            .map_err(|_| "--upstream-max-body: too large for this machine".to_owned())?,
+        retry: args.upstream.retry_policy(),
+    })
+    .map_err(|e| format!("--confluence-url: {e}"))?;
+    let cache = PageCache::new(
+        CacheSettings {
+            ttl: args.cache.cache_ttl,
+            max_bytes: args.cache.cache_max_bytes,
+        },
+        None,
+    );
+    let key = match &args.cache.credential_salt {
+        Some(salt) => FingerprintKey::from_secret(salt.as_bytes()),
+        None => FingerprintKey::random()?,
+    };
+    let credentials = if args.upstream.auth_passthrough {
+        CredentialMode::Passthrough
+    } else {
+        CredentialMode::Configured(args.upstream.credential())
+    };
+    Ok(AuditGrpc::new(
+        PageService::new(client, cache, key),
+        credentials,
+    ))
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then reports NOT_SERVING,
+/// waits the drain delay, stops accepting and lets in-flight calls finish.
+pub async fn run(
+    service: AuditGrpc,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    settings: ShutdownSettings,
+) -> Result<(), String> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| format!("reflection: {e}"))?;
+
+    let audit = AuditServiceServer::from_arc(Arc::new(service))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd);
+
+    let draining = reporter.clone();
+    let drain_delay = settings.drain_delay;
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: reporting NOT_SERVING");
+        set_health(&draining, ServingStatus::NotServing).await;
+        tokio::time::sleep(drain_delay).await;
+        tracing::info!("refusing new connections; waiting for in-flight calls");
+        let _ = stopped_tx.send(());
+    };
+
+    tracing::info!(%addr, "audit-gateway listening");
+    let serve = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(audit)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(serve);
+    tokio::select! {
+        res = &mut serve => return res.map_err(|e| format!("gRPC server failed: {e}")),
+        _ = stopped_rx => {}
+    }
+    match tokio::time::timeout(settings.timeout, serve).await {
+        Ok(res) => res.map_err(|e| format!("gRPC server failed: {e}")),
+        Err(_) => {
+            tracing::warn!(timeout = ?settings.timeout, "in-flight calls cut off at shutdown");
+            Ok(())
+        }
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(pb::SERVICE_NAME, status).await;
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,314 @@
+//! The Confluence REST client: one `GET {base}/rest/api/audit/since` with retries.
+
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use bytes::{Bytes, BytesMut};
+use reqwest::{StatusCode, header};
+use url::Url;
+
+use super::retry::{RetryPolicy, classify, parse_retry_after};
+use crate::{
+    audit::PageQuery,
+    credential::Credential,
+    error::{GatewayError, UpstreamFailure},
+};
+
+/// Largest error body read for its `message`.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Longest upstream `message` carried into a status.
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// How to reach Confluence.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// Everything before `/rest/api`, e.g. `https://your-domain.atlassian.net/wiki`.
+    pub base_url: Url,
+    /// Time-out of one attempt, body included.
+    pub attempt_timeout: Duration,
+    /// Time-out of establishing a connection.
+    pub connect_timeout: Duration,
+    /// Largest 200 body accepted.
+    pub max_body_bytes: usize,
+    /// Retries and backoff.
+    pub retry: RetryPolicy,
+}
+
+/// A client of one Confluence site's audit endpoint.
+#[derive(Clone, Debug)]
+pub struct ConfluenceClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    settings: UpstreamSettings,
+}
+
+impl ConfluenceClient {
+    /// Builds the client; fails on a base URL that cannot carry the endpoint path.
+    pub fn new(settings: UpstreamSettings) -> Result<Self, String> {
+        let endpoint = audit_endpoint(&settings.base_url)?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("audit-gateway/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(settings.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            endpoint,
+            settings,
+        })
+    }
+
+    /// The configured base URL, as cache keys name it.
+    pub fn base_url(&self) -> &str {
+        self.settings.base_url.as_str()
+    }
+
+    /// The full URL of a page query, every value percent-encoded.
+    pub fn page_url(&self, query: &PageQuery) -> Url {
+        let mut url = self.endpoint.clone();
+        url.set_query(Some(&encode_params(&query.to_params())));
+        url
+    }
+
+    /// Fetches one page's 200 body, retrying what is transient, never past `deadline`.
+    pub async fn fetch_page(
+        &self,
+        query: &PageQuery,
+        credential: Option<&Credential>,
+        deadline: Option<Instant>,
+    ) -> Result<Bytes, GatewayError> {
+        let url = self.page_url(query);
+        let policy = &self.settings.retry;
+        let mut retries_after_500 = 0;
+        let call = (|| self.attempt(&url, credential, deadline))
+            .retry(policy.backoff())
+            .sleep(tokio::time::sleep)
+            .when(GatewayError::is_transient)
+            .adjust(|err, ceiling| policy.adjust(err, ceiling, &mut retries_after_500, deadline))
+            .notify(|err, wait| {
+                tracing::warn!(reason = err.reason(), error = %err, ?wait, "retrying Confluence call");
+            });
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), call)
+                .await
+                .unwrap_or_else(|_| Err(deadline_error())),
+            None => call.await,
+        }
+    }
+
+    async fn attempt(
+        &self,
+        url: &Url,
+        credential: Option<&Credential>,
+        deadline: Option<Instant>,
+    ) -> Result<Bytes, GatewayError> {
+        let mut timeout = self.settings.attempt_timeout;
+        if let Some(d) = deadline {
+            timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+        }
+        let mut request = self
+            .http
+            .get(url.clone())
+            .header(header::ACCEPT, "application/json")
+            .timeout(timeout);
+        if let Some(c) = credential {
+            let mut value = header::HeaderValue::from_str(c.expose())
+                .map_err(|_| GatewayError::Internal("credential is not a header value".into()))?;
+            value.set_sensitive(true);
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let started = Instant::now();
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, timeout))?;
+        let status = response.status();
+        tracing::debug!(status = status.as_u16(), elapsed = ?started.elapsed(), "Confluence answered");
+        if status == StatusCode::OK {
+            return read_capped(response, self.settings.max_body_bytes, timeout).await;
+        }
+        Err(self.status_error(response).await)
+    }
+
+    async fn status_error(&self, response: reqwest::Response) -> GatewayError {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, self.settings.retry.max_retry_after));
+        // A body that cannot be read only costs us Confluence's message.
+        let body = read_capped(response, MAX_ERROR_BODY, self.settings.attempt_timeout)
+            .await
+            .unwrap_or_default();
+        let failure = classify(status.as_u16());
+        GatewayError::Upstream {
+            failure,
+            http_status: Some(status.as_u16()),
+            message: status_message(status, failure, &body),
+            retry_after,
+        }
+    }
+}
+
+/// `{base}/rest/api/audit/since`, keeping any path the base has (e.g. `/wiki`).
+fn audit_endpoint(base: &Url) -> Result<Url, String> {
+    if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+        return Err(format!("{base} is not an http(s) base URL"));
+    }
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    url.path_segments_mut()
+        .map_err(|_| format!("{base} cannot take a path"))?
+        .pop_if_empty()
+        .extend(["rest", "api", "audit", "since"]);
+    Ok(url)
+}
+
+/// `k=v&…` with every byte outside `A-Za-z0-9-._*` percent-encoded and spaces as `%20`
+/// (unambiguous for every server, unlike `+`).
+pub fn encode_params(params: &[(&str, String)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| {
+            let v: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
+            format!("{k}={}", v.replace('+', "%20"))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Reads a body up to `cap` bytes; more is an error, never a truncated page.
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(GatewayError::BodyTooLarge { limit: cap });
+    }
+    let mut body = BytesMut::with_capacity(response.content_length().map_or(8192, |n| n as usize));
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(&e, timeout))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(GatewayError::BodyTooLarge { limit: cap });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The status message for a non-200 answer, with Confluence's own `message` if any.
+fn status_message(status: StatusCode, failure: UpstreamFailure, body: &[u8]) -> String {
+    let upstream = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| m.chars().take(MAX_MESSAGE_CHARS).collect::<String>());
+    let mut msg = format!("Confluence answered {status}");
+    match (upstream, failure) {
+        (Some(m), _) => {
+            msg.push_str(": ");
+            msg.push_str(&m);
+        }
+        (None, UpstreamFailure::PermissionDenied) => msg.push_str(
+            ": the credential lacks the 'Confluence Administrator' global permission \
+             (free plans are refused too)",
+        ),
+        (None, UpstreamFailure::Unauthenticated) => {
+            msg.push_str(": the credential was not accepted")
+        }
+        (None, UpstreamFailure::RateLimited) => msg.push_str(": rate limited"),
+        _ => {}
+    }
+    msg
+}
+
+/// A failure below HTTP: no connection, a reset, a time-out. The URL is left out of
+/// the message; it adds nothing the caller does not know.
+fn transport_error(e: &reqwest::Error, timeout: Duration) -> GatewayError {
+    let (failure, message) = if e.is_timeout() {
+        (
+            UpstreamFailure::Timeout,
+            format!("Confluence did not answer within {timeout:?}"),
+        )
+    } else if e.is_connect() {
+        (
+            UpstreamFailure::Unavailable,
+            "cannot connect to Confluence".to_owned(),
+        )
+    } else {
+        (
+            UpstreamFailure::Unavailable,
+            "the connection to Confluence failed before a complete answer".to_owned(),
+        )
+    };
+    GatewayError::Upstream {
+        failure,
+        http_status: None,
+        message,
+        retry_after: None,
+    }
+}
+
+fn deadline_error() -> GatewayError {
+    GatewayError::DeadlineExceeded("the call's deadline passed before Confluence answered".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_keeps_the_base_path() {
+        for (base, want) in [
+            (
+                "https://x.atlassian.net/wiki",
+                "https://x.atlassian.net/wiki/rest/api/audit/since",
+            ),
+            (
+                "https://x.atlassian.net/wiki/",
+                "https://x.atlassian.net/wiki/rest/api/audit/since",
+            ),
+            (
+                "https://c.example.com",
+                "https://c.example.com/rest/api/audit/since",
+            ),
+            (
+                "https://api.atlassian.com/ex/confluence/abc-123/wiki",
+                "https://api.atlassian.com/ex/confluence/abc-123/wiki/rest/api/audit/since",
+            ),
+        ] {
+            let base = Url::parse(base).expect("valid");
+            assert_eq!(audit_endpoint(&base).expect("endpoint").as_str(), want);
+        }
+        assert!(audit_endpoint(&Url::parse("mailto:a@b").expect("valid")).is_err());
+    }
+
+    #[test]
+    fn params_are_percent_encoded() {
+        let q = encode_params(&[("searchString", "a&b#c+d%e f/é=".to_owned())]);
+        assert_eq!(q, "searchString=a%26b%23c%2Bd%25e%20f%2F%C3%A9%3D");
+    }
+
+    #[test]
+    fn status_messages_keep_confluences_message() {
+        let body = br#"{"statusCode":400,"message":"units is invalid","data":{}}"#;
+        assert_eq!(
+            status_message(StatusCode::BAD_REQUEST, UpstreamFailure::BadRequest, body),
+            "Confluence answered 400 Bad Request: units is invalid"
+        );
+        let m = status_message(
+            StatusCode::FORBIDDEN,
+            UpstreamFailure::PermissionDenied,
+            b"",
+        );
+        assert!(m.contains("Confluence Administrator"), "{m}");
+    }
+}

@@ -1,0 +1,197 @@
+//! When and how long to wait before calling Confluence again: exponential backoff with
+//! full jitter, `Retry-After` as a floor (clamped), and never past the caller's deadline.
+
+use std::time::{Duration, Instant};
+
+use backon::ExponentialBuilder;
+
+use crate::error::{GatewayError, UpstreamFailure};
+
+/// Retry settings.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Retries allowed after a plain 500 (it is rarely transient).
+    pub max_500_retries: u32,
+    /// First backoff ceiling; doubles each retry.
+    pub base_delay: Duration,
+    /// Largest backoff ceiling.
+    pub max_delay: Duration,
+    /// Largest `Retry-After` honoured; larger values are clamped to it.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        // Atlassian's guidance: about 4 retries, exponential with jitter, capped near 30 s.
+        Self {
+            max_retries: 4,
+            max_500_retries: 1,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The exponential ceilings backon walks: `base_delay` doubling up to `max_delay`,
+    /// `max_retries` of them. Jitter and floors are applied in [`RetryPolicy::adjust`].
+    pub fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.base_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .with_max_times(self.max_retries as usize)
+    }
+
+    /// The delay before the next attempt after `err`, given backon's `ceiling` (`None`
+    /// when out of retries), or `None` to give up: not transient, a plain 500 retried
+    /// enough already, or a wait that would end past `deadline`. Full jitter, with
+    /// `Retry-After` (clamped) as the floor.
+    pub fn adjust(
+        &self,
+        err: &GatewayError,
+        ceiling: Option<Duration>,
+        retries_after_500: &mut u32,
+        deadline: Option<Instant>,
+    ) -> Option<Duration> {
+        let ceiling = ceiling?;
+        if !err.is_transient() {
+            return None;
+        }
+        if let GatewayError::Upstream {
+            http_status: Some(500),
+            ..
+        } = err
+        {
+            if *retries_after_500 >= self.max_500_retries {
+                return None;
+            }
+            *retries_after_500 += 1;
+        }
+        let floor = match err {
+            GatewayError::Upstream {
+                retry_after: Some(wait),
+                ..
+            } => (*wait).min(self.max_retry_after),
+            _ => Duration::ZERO,
+        };
+        let delay = ceiling.mul_f64(fastrand::f64()).max(floor);
+        match deadline {
+            // Waiting past the deadline only turns a precise error into a time-out.
+            Some(d) if Instant::now() + delay >= d => None,
+            _ => Some(delay),
+        }
+    }
+}
+
+/// Parses `Retry-After` (delay-seconds; an HTTP date is not used by Confluence), clamped
+/// to `max`: values as large as 2^63-1 have been seen.
+pub fn parse_retry_after(value: &str, max: Duration) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(max));
+    }
+    // Some proxies send fractional seconds; anything else is ignored.
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::try_from_secs_f64(s).unwrap_or(max).min(max))
+}
+
+/// The failure class of an HTTP status other than 200.
+pub fn classify(status: u16) -> UpstreamFailure {
+    match status {
+        400 => UpstreamFailure::BadRequest,
+        401 => UpstreamFailure::Unauthenticated,
+        403 => UpstreamFailure::PermissionDenied,
+        404 => UpstreamFailure::NotFound,
+        429 => UpstreamFailure::RateLimited,
+        500 | 502 | 503 => UpstreamFailure::Unavailable,
+        504 => UpstreamFailure::Timeout,
+        _ => UpstreamFailure::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(status: u16, retry_after: Option<Duration>) -> GatewayError {
+        GatewayError::Upstream {
+            failure: classify(status),
+            http_status: Some(status),
+            message: String::new(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn retry_after_is_clamped_and_tolerant() {
+        let max = Duration::from_secs(30);
+        assert_eq!(parse_retry_after("2", max), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("9223372036854775807", max), Some(max));
+        assert_eq!(parse_retry_after("1e300", max), Some(max));
+        assert_eq!(
+            parse_retry_after("0.5", max),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", max),
+            None
+        );
+        assert_eq!(parse_retry_after("-1", max), None);
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let p = RetryPolicy::default();
+        let c = Some(Duration::from_millis(100));
+        for status in [400, 401, 403, 404, 418] {
+            assert_eq!(
+                p.adjust(&upstream(status, None), c, &mut 0, None),
+                None,
+                "{status}"
+            );
+        }
+        for status in [429, 502, 503, 504, 500] {
+            assert!(
+                p.adjust(&upstream(status, None), c, &mut 0, None).is_some(),
+                "{status}"
+            );
+        }
+        let mut after_500 = 0;
+        assert!(
+            p.adjust(&upstream(500, None), c, &mut after_500, None)
+                .is_some()
+        );
+        assert!(
+            p.adjust(&upstream(500, None), c, &mut after_500, None)
+                .is_none()
+        );
+        assert!(p.adjust(&upstream(503, None), None, &mut 0, None).is_none());
+    }
+
+    #[test]
+    fn backoff_is_capped_jittered_and_floored_by_retry_after() {
+        let p = RetryPolicy::default();
+        let ceilings: Vec<Duration> = backon::BackoffBuilder::build(p.backoff()).collect();
+        assert_eq!(ceilings.len(), p.max_retries as usize);
+        assert_eq!(ceilings[0], p.base_delay);
+        // backon multiplies by an f32 factor: equal to within a microsecond.
+        assert!(ceilings[1].abs_diff(p.base_delay * 2) < Duration::from_micros(1));
+        for c in ceilings {
+            let d = p
+                .adjust(&upstream(503, None), Some(c), &mut 0, None)
+                .expect("retry");
+            assert!(d <= c, "{d:?} above ceiling {c:?}");
+        }
+        let huge = upstream(429, Some(Duration::from_secs(3600)));
+        let c = Some(Duration::from_millis(1));
+        assert_eq!(p.adjust(&huge, c, &mut 0, None), Some(p.max_retry_after));
+        let soon = Instant::now() + Duration::from_secs(1);
+        assert_eq!(p.adjust(&huge, c, &mut 0, Some(soon)), None);
+    }
+}
