@@ -1,0 +1,219 @@
+//! Test harness: a gateway on port 0 in front of a real HTTP upstream (the simulator, or
+//! a stub that answers fixed bodies), called through the generated tonic client.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use audit_gateway::{
+    config::{Cli, Command, ServeArgs},
+    pb::audit_service_client::AuditServiceClient,
+    server::{self, ShutdownSettings},
+    simulator::{Simulator, SimulatorConfig, SimulatorHandle},
+};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::{Request, Response, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// A running gateway and a client connected to it.
+pub struct TestGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A client over loopback.
+    pub client: AuditServiceClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl TestGateway {
+    /// A new channel to the gateway.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("valid uri")
+            .connect()
+            .await
+            .expect("gateway reachable")
+    }
+
+    /// Sends the shutdown signal and waits for the server to return.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        self.stop.take().map(|s| s.send(()));
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("server stops within 10 s")
+            .expect("server task did not panic")
+    }
+
+    /// Sends the shutdown signal without waiting; returns the server task.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<Result<(), String>> {
+        self.stop.take().map(|s| s.send(()));
+        self.task.take().expect("running")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.stop.take().map(|s| s.send(()));
+    }
+}
+
+/// `serve` settings as the command line would give them, tuned for fast tests (short
+/// backoffs); `extra` flags are appended.
+pub fn serve_args(confluence_url: &str, extra: &[&str]) -> ServeArgs {
+    let mut argv = vec![
+        "audit-gateway",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--confluence-url",
+        confluence_url,
+        "--upstream-backoff",
+        "10ms",
+        "--upstream-max-backoff",
+        "2s",
+        "--upstream-timeout",
+        "5s",
+    ];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).expect("valid test flags").command {
+        Command::Serve(args) => args,
+        other => panic!("not serve: {other:?}"),
+    }
+}
+
+/// Starts a gateway with `args` on port 0.
+pub async fn spawn_gateway(args: ServeArgs) -> TestGateway {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let service = server::build_service(&args).expect("valid settings");
+    let listener = TcpListener::bind(args.listen).await.expect("bind port 0");
+    let addr = listener.local_addr().expect("bound");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(
+        service,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        ShutdownSettings {
+            drain_delay: args.drain_delay,
+            timeout: args.shutdown_timeout,
+        },
+    ));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("gateway reachable");
+    TestGateway {
+        addr,
+        client: AuditServiceClient::new(channel),
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// Starts a simulator on port 0.
+pub async fn spawn_simulator(config: SimulatorConfig) -> SimulatorHandle {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    Simulator::start(config, listener)
+        .await
+        .expect("simulator starts")
+}
+
+/// A simulator and a gateway in front of it with `extra` flags.
+pub async fn sim_and_gateway(
+    config: SimulatorConfig,
+    extra: &[&str],
+) -> (SimulatorHandle, TestGateway) {
+    let sim = spawn_simulator(config).await;
+    let gw = spawn_gateway(serve_args(&sim.base_url(), extra)).await;
+    (sim, gw)
+}
+
+/// One canned answer of the stub upstream.
+#[derive(Clone, Debug)]
+pub struct Canned {
+    /// HTTP status.
+    pub status: u16,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Canned {
+    /// A 200 JSON answer.
+    pub fn json(body: impl Into<Bytes>) -> Self {
+        Self {
+            status: 200,
+            headers: vec![("content-type", "application/json".into())],
+            body: body.into(),
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 upstream that answers every request with one canned answer and
+/// records what it was asked (path and raw query).
+pub struct StubUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl StubUpstream {
+    /// Serves `answer` to every request.
+    pub async fn start(answer: Canned) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("bound");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let answer = answer.clone();
+                let log = log.clone();
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    log.lock().expect("lock").push(req.uri().to_string());
+                    let answer = answer.clone();
+                    async move {
+                        let mut resp = Response::builder().status(answer.status);
+                        for (k, v) in &answer.headers {
+                            resp = resp.header(*k, v);
+                        }
+                        Ok::<_, Infallible>(resp.body(Full::new(answer.body)).expect("response"))
+                    }
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+            }
+        });
+        Self { addr, seen }
+    }
+
+    /// The base URL, Cloud-style.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/wiki", self.addr)
+    }
+
+    /// Every request target received (path and query), in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+/// An address nothing listens on.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("bound")
+}
+
+/// Atlassian's sample 200 body (a copy of shared/fixtures/confluence/audit-since-sample.json).
+pub fn atlassian_sample() -> &'static [u8] {
+    include_bytes!("../../fixtures/atlassian-audit-since-sample.json")
+}
