@@ -1,0 +1,19 @@
+# Multi-stage build of audit-gateway; the runtime image runs as a non-root user.
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
+COPY src src
+RUN cargo build --release --locked --bin audit-gateway
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home gateway
+COPY --from=build /src/target/release/audit-gateway /usr/local/bin/audit-gateway
+USER 10001
+EXPOSE 50051
+ENV AUDIT_GATEWAY_LISTEN=0.0.0.0:50051
+ENTRYPOINT ["audit-gateway"]
+CMD ["serve"]
