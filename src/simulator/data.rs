@@ -1,0 +1,534 @@
+//! The synthetic audit log. Only creation dates are stored; every record is generated on
+//! demand from (seed, sequence number), so a log of millions of records costs a few bytes.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// Milliseconds between the creation dates of consecutive initial records. Small enough
+/// that the default window (3 MONTHS = 90 days) holds 1,555,200 initial records.
+pub const RECORD_SPACING_MS: i64 = 5_000;
+
+/// The log: sequence numbers `0..len()`, 0 the oldest, creation dates non-decreasing.
+#[derive(Clone, Debug)]
+pub(crate) struct Log {
+    seed: u64,
+    /// Records present at start, dated `RECORD_SPACING_MS` apart up to `newest_initial_ms`.
+    initial: u64,
+    newest_initial_ms: i64,
+    /// Inserted batches as (first sequence number, creation date), both ascending. Shared so a
+    /// request can render from a snapshot without holding the simulator's lock.
+    batches: Arc<Vec<(u64, i64)>>,
+    len: u64,
+}
+
+impl Log {
+    /// A log of `initial` records whose newest is dated `now_ms`.
+    pub(crate) fn new(seed: u64, initial: usize, now_ms: i64) -> Log {
+        let initial = u64::try_from(initial).unwrap_or(u64::MAX);
+        Log {
+            seed,
+            initial,
+            newest_initial_ms: now_ms,
+            batches: Arc::default(),
+            len: initial,
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Creation date (epoch ms) of record `seq` (< `len()`).
+    pub(crate) fn date(&self, seq: u64) -> i64 {
+        if seq < self.initial {
+            let age = i64::try_from(self.initial - 1 - seq).unwrap_or(i64::MAX);
+            return self
+                .newest_initial_ms
+                .saturating_sub(age.saturating_mul(RECORD_SPACING_MS));
+        }
+        let batch = self.batches.partition_point(|&(first, _)| first <= seq);
+        self.batches
+            .get(batch.saturating_sub(1))
+            .map_or(self.newest_initial_ms, |&(_, date)| date)
+    }
+
+    /// Adds `n` records at the head, dated `now_ms` or, should the clock have gone back,
+    /// the current newest date: dates never decrease, which the window search relies on.
+    pub(crate) fn insert(&mut self, n: u64, now_ms: i64) {
+        if n == 0 {
+            return;
+        }
+        let newest = self.len.checked_sub(1).map(|seq| self.date(seq));
+        let date = newest.map_or(now_ms, |newest| newest.max(now_ms));
+        let batches = Arc::make_mut(&mut self.batches);
+        // Consecutive inserts within one millisecond share a batch.
+        if batches.last().is_none_or(|&(_, last)| last != date) {
+            batches.push((self.len, date));
+        }
+        self.len = self.len.saturating_add(n);
+    }
+
+    /// The oldest sequence number dated at or after `cutoff_ms` (`len()` when none is):
+    /// a binary search, as dates never decrease.
+    pub(crate) fn first_since(&self, cutoff_ms: i64) -> u64 {
+        let (mut lo, mut hi) = (0, self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.date(mid) < cutoff_ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Record `seq`, generated afresh.
+    pub(crate) fn record(&self, seq: u64) -> Record {
+        Record::generate(self.seed, seq, self.date(seq))
+    }
+
+    /// One page, newest first: the records of `first..len()` that contain `search_lower`
+    /// (already lower-cased; `None` for no filter), skipping `start` and taking `limit`.
+    /// Without a search the offset is arithmetic; with one it is a linear scan.
+    pub(crate) fn page(
+        &self,
+        first: u64,
+        search_lower: Option<&str>,
+        start: usize,
+        limit: usize,
+    ) -> Vec<Record> {
+        let newest_first = (first..self.len).rev();
+        match search_lower {
+            None => newest_first
+                .skip(start)
+                .take(limit)
+                .map(|seq| self.record(seq))
+                .collect(),
+            Some(needle) => newest_first
+                .map(|seq| self.record(seq))
+                .filter(|record| record.contains(needle))
+                .skip(start)
+                .take(limit)
+                .collect(),
+        }
+    }
+}
+
+/// One audit record as Confluence serialises it (field order as in real answers).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Record {
+    author: Author,
+    remote_address: String,
+    creation_date: i64,
+    summary: String,
+    description: String,
+    category: &'static str,
+    sys_admin: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    super_admin: Option<bool>,
+    affected_object: Object,
+    changed_values: Vec<ChangedValue>,
+    associated_objects: Vec<Object>,
+    // Keys the schema does not know, as newer Confluence versions add them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    risk_level: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ext: Option<Value>,
+}
+
+/// `Option<Value>` fields below are three-state: absent (`None`), `null`, or a string.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Author {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    display_name: &'static str,
+    operations: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_key: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_id: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_collaborator: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_external_collaborator: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_guest: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_name: Option<&'static str>,
+    // Unknown to the schema.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_zone: Option<&'static str>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Object {
+    name: &'static str,
+    object_type: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangedValue {
+    name: &'static str,
+    old_value: &'static str,
+    new_value: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hidden_old_value: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hidden_new_value: Option<&'static str>,
+}
+
+// Value pools: unicode, punctuation that needs URL-encoding, and empty strings on purpose.
+const NAMES: &[&str] = &[
+    "Ada Lovelace",
+    "Zoë Ångström",
+    "山田 太郎",
+    "Renée O'Brien",
+    "emoji 🚀 bot",
+    "Jürgen Groß",
+    "",
+];
+const SUMMARIES: &[&str] = &[
+    "Space permission added",
+    "User added to group",
+    "App installed",
+    "Global permission removed",
+    "Page restored from trash",
+    "Exported space R&D + QA #ops Résumé 日本語",
+    "Audit log exported — emoji 🚀",
+    "",
+];
+const DESCRIPTIONS: &[&str] = &[
+    "Permission granted by an administrator",
+    "Changed via the REST API",
+    "Résumé space settings updated",
+    "日本語 content moved",
+    "",
+];
+const CATEGORIES: &[&str] = &[
+    "Permissions",
+    "Spaces",
+    "Users and groups",
+    "Apps",
+    "Security",
+    "",
+];
+const OBJECT_NAMES: &[&str] = &[
+    "Engineering",
+    "confluence-users",
+    "R&D + QA",
+    "Résumé templates",
+    "日本語ドキュメント",
+    "",
+];
+const OBJECT_TYPES: &[&str] = &["Space", "User", "Group", "App", "Page", ""];
+const FIELDS: &[&str] = &["Permission", "Name", "Status", "Description", ""];
+const VALUES: &[&str] = &[
+    "VIEWSPACE",
+    "EDITSPACE",
+    "true",
+    "false",
+    "Résumé",
+    "🚀",
+    "",
+];
+const TIME_ZONES: &[&str] = &["Europe/Berlin", "Asia/Tokyo", "America/New_York", "UTC"];
+const ACCOUNT_TYPES: &[Option<&str>] = &[Some("atlassian"), Some("app"), Some(""), None];
+const OPTIONAL_BOOLS: &[Option<bool>] = &[Some(true), Some(false), None];
+
+impl Record {
+    /// Record `seq` of the log made from `seed`: the same inputs always give the same record.
+    /// `summary` ends with `#<seq>` and `description` holds `(record <seq>)`, so every record
+    /// is unique and identifiable.
+    fn generate(seed: u64, seq: u64, creation_date: i64) -> Record {
+        let r = &mut fastrand::Rng::with_seed(mix(seed ^ mix(seq)));
+        Record {
+            author: Author::generate(r),
+            remote_address: remote_address(r, seq),
+            creation_date,
+            summary: format!("{} #{seq}", pick(r, SUMMARIES)),
+            description: format!("{} (record {seq})", pick(r, DESCRIPTIONS)),
+            category: pick(r, CATEGORIES),
+            sys_admin: r.bool(),
+            super_admin: pick(r, OPTIONAL_BOOLS),
+            affected_object: Object::generate(r),
+            changed_values: (0..r.usize(0..=3))
+                .map(|_| ChangedValue::generate(r))
+                .collect(),
+            associated_objects: (0..r.usize(0..=3)).map(|_| Object::generate(r)).collect(),
+            risk_level: one_in(r, 4).then(|| pick(r, &["low", "medium", "high"])),
+            ext: one_in(r, 5).then(|| json!({ "nested": [1, "x", null] })),
+        }
+    }
+
+    /// Whether any string in the record contains `needle_lower` (lower-cased), ignoring case.
+    pub(crate) fn contains(&self, needle_lower: &str) -> bool {
+        let mut strings = Vec::with_capacity(32);
+        self.collect_strings(&mut strings);
+        strings
+            .iter()
+            .any(|s| s.to_lowercase().contains(needle_lower))
+    }
+
+    fn collect_strings<'a>(&'a self, out: &mut Vec<&'a str>) {
+        self.author.collect_strings(out);
+        out.extend([
+            self.remote_address.as_str(),
+            &self.summary,
+            &self.description,
+            self.category,
+            self.affected_object.name,
+            self.affected_object.object_type,
+        ]);
+        for value in &self.changed_values {
+            out.extend([value.name, value.old_value, value.new_value]);
+            out.extend(
+                value
+                    .hidden_old_value
+                    .into_iter()
+                    .chain(value.hidden_new_value),
+            );
+        }
+        for object in &self.associated_objects {
+            out.extend([object.name, object.object_type]);
+        }
+        out.extend(self.risk_level);
+        if let Some(ext) = &self.ext {
+            value_strings(ext, out);
+        }
+    }
+}
+
+impl Author {
+    fn generate(r: &mut fastrand::Rng) -> Author {
+        Author {
+            kind: "user",
+            display_name: pick(r, NAMES),
+            operations: operations(r),
+            username: one_in(r, 3).then(|| format!("user{}", r.u32(..1000))),
+            user_key: absent_null_or(r, 32),
+            account_id: absent_null_or(r, 24),
+            account_type: pick(r, ACCOUNT_TYPES),
+            external_collaborator: one_in(r, 4).then(|| r.bool()),
+            is_external_collaborator: one_in(r, 4).then(|| r.bool()),
+            is_guest: pick(r, OPTIONAL_BOOLS),
+            public_name: one_in(r, 3).then(|| pick(r, &NAMES[..NAMES.len() - 1])),
+            time_zone: one_in(r, 4).then(|| pick(r, TIME_ZONES)),
+        }
+    }
+
+    fn collect_strings<'a>(&'a self, out: &mut Vec<&'a str>) {
+        out.extend([self.kind, self.display_name]);
+        value_strings(&self.operations, out);
+        out.extend(self.username.as_deref());
+        for id in [&self.user_key, &self.account_id].into_iter().flatten() {
+            value_strings(id, out);
+        }
+        out.extend(self.account_type.into_iter().chain(self.public_name));
+        out.extend(self.time_zone);
+    }
+}
+
+impl Object {
+    fn generate(r: &mut fastrand::Rng) -> Object {
+        Object {
+            name: pick(r, OBJECT_NAMES),
+            object_type: pick(r, OBJECT_TYPES),
+        }
+    }
+}
+
+impl ChangedValue {
+    fn generate(r: &mut fastrand::Rng) -> ChangedValue {
+        ChangedValue {
+            name: pick(r, FIELDS),
+            old_value: pick(r, VALUES),
+            new_value: pick(r, VALUES),
+            hidden_old_value: one_in(r, 3).then(|| pick(r, VALUES)),
+            hidden_new_value: one_in(r, 3).then(|| pick(r, VALUES)),
+        }
+    }
+}
+
+/// `author.operations` in all three shapes real data shows: `null`, an object, an array.
+fn operations(r: &mut fastrand::Rng) -> Value {
+    match r.u8(0..4) {
+        0 => Value::Null,
+        1 => json!({}),
+        2 => json!({ "read": true }),
+        _ => json!([
+            { "operation": "read", "targetType": "space" },
+            { "operation": "administer", "targetType": "application" },
+        ]),
+    }
+}
+
+/// An identifier that is absent, `null`, or `hex_len` hex digits.
+fn absent_null_or(r: &mut fastrand::Rng, hex_len: usize) -> Option<Value> {
+    match r.u8(0..3) {
+        0 => None,
+        1 => Some(Value::Null),
+        _ => Some(Value::String(
+            (0..hex_len)
+                .map(|_| char::from(b"0123456789abcdef"[r.usize(..16)]))
+                .collect(),
+        )),
+    }
+}
+
+/// A unique address per sequence number: IPv4 mostly, IPv6 sometimes (and beyond 2^24).
+fn remote_address(r: &mut fastrand::Rng, seq: u64) -> String {
+    let [a, b, c, d, e, f, g, h] = seq.to_be_bytes();
+    if one_in(r, 5) || seq >= 1 << 24 {
+        let group = |hi: u8, lo: u8| u16::from_be_bytes([hi, lo]);
+        format!(
+            "2001:db8::{:x}:{:x}:{:x}:{:x}",
+            group(a, b),
+            group(c, d),
+            group(e, f),
+            group(g, h)
+        )
+    } else {
+        format!("10.{f}.{g}.{h}")
+    }
+}
+
+fn value_strings<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter().for_each(|item| value_strings(item, out)),
+        Value::Object(map) => map.values().for_each(|item| value_strings(item, out)),
+        _ => {}
+    }
+}
+
+fn pick<T: Copy>(r: &mut fastrand::Rng, pool: &[T]) -> T {
+    pool[r.usize(..pool.len())]
+}
+
+fn one_in(r: &mut fastrand::Rng, n: u32) -> bool {
+    r.u32(..n) == 0
+}
+
+/// SplitMix64 finaliser: turns (seed, seq) into well-spread, independent generator seeds.
+fn mix(x: u64) -> u64 {
+    let x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The JSON body of one page, as `AuditRecordArray`.
+#[derive(Serialize)]
+struct PageBody<'a> {
+    results: &'a [Record],
+    start: u32,
+    limit: u32,
+    size: usize,
+    #[serde(rename = "_links")]
+    links: Links<'a>,
+}
+
+#[derive(Serialize)]
+struct Links<'a> {
+    base: &'a str,
+    context: &'a str,
+    #[serde(rename = "self")]
+    this: &'a str,
+}
+
+/// Serialises one page; `base_url` is `http://host:port{context}`, `self_url` the request's URL.
+pub(crate) fn render(
+    records: &[Record],
+    start: u32,
+    limit: u32,
+    base_url: &str,
+    context: &str,
+    self_url: &str,
+) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&PageBody {
+        results: records,
+        start,
+        limit,
+        size: records.len(),
+        links: Links {
+            base: base_url,
+            context,
+            this: self_url,
+        },
+    })
+}
+
+/// What [`render_page`] renders: a page of a log with no inserts, no window and no search.
+#[derive(Clone, Debug)]
+pub struct PageSpec {
+    /// Generator seed (as [`super::SimulatorConfig::seed`]).
+    pub seed: u64,
+    /// Records in the log.
+    pub total: usize,
+    /// Creation date (epoch ms) of the newest record; older ones are `RECORD_SPACING_MS` apart.
+    pub newest_date_ms: i64,
+    /// Offset from the newest record.
+    pub start: u32,
+    /// Page size.
+    pub limit: u32,
+    /// Base URL reported in `_links.base`, e.g. `"http://127.0.0.1:8080/wiki"`.
+    pub base_url: String,
+}
+
+impl Default for PageSpec {
+    /// A full 1000-record first page of a 5000-record log with the simulator's default seed.
+    fn default() -> PageSpec {
+        PageSpec {
+            seed: 42,
+            total: 5000,
+            newest_date_ms: 1_700_000_000_000,
+            start: 0,
+            limit: 1000,
+            base_url: "http://127.0.0.1/wiki".to_owned(),
+        }
+    }
+}
+
+/// Builds the JSON body of one `GET /rest/api/audit/since` page (pure: no clock, no I/O): the
+/// records a simulator with the same seed, record count and newest date serves when the window
+/// holds the whole log, in the same encoding (`_links.self` is the endpoint without a query).
+/// For benches, `render_page(&PageSpec::default())` is a realistic 1000-record page (~700 KB).
+/// Fails only if serde_json fails to serialise, which these types do not.
+pub fn render_page(spec: &PageSpec) -> serde_json::Result<Vec<u8>> {
+    let log = Log::new(spec.seed, spec.total, spec.newest_date_ms);
+    let records = log.page(0, None, spec.start as usize, spec.limit as usize);
+    let context = url::Url::parse(&spec.base_url)
+        .map(|url| url.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    render(
+        &records,
+        spec.start,
+        spec.limit,
+        &spec.base_url,
+        &context,
+        &format!("{}/rest/api/audit/since", spec.base_url),
+    )
+}
+
+/// The sequence number of a served record (the `#<seq>` that ends its `summary`), so tests can
+/// check that each record is delivered exactly once.
+pub fn record_seq(record: &Value) -> Option<u64> {
+    record
+        .get("summary")?
+        .as_str()?
+        .rsplit_once('#')?
+        .1
+        .parse()
+        .ok()
+}

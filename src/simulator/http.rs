@@ -1,0 +1,227 @@
+//! Answers one HTTP request: faults first, then routing, authorization, validation and the page.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use super::data::{self, Log};
+use super::fault::atlassian_error;
+use super::query::AuditQuery;
+use super::state::{Shared, now_ms};
+use super::{Fault, RecordedRequest};
+
+const JSON: &str = "application/json;charset=UTF-8";
+/// The endpoint, after the base path.
+pub(crate) const AUDIT_SINCE: &str = "/rest/api/audit/since";
+
+/// The service's error: makes hyper drop the connection without answering ([`Fault::Reset`]).
+#[derive(Debug)]
+pub(crate) struct ConnectionReset;
+
+impl std::fmt::Display for ConnectionReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("simulated connection reset")
+    }
+}
+
+impl std::error::Error for ConnectionReset {}
+
+/// Answers `request`, or fails to make hyper close the connection.
+pub(crate) async fn handle<B>(
+    shared: Arc<Shared>,
+    request: Request<B>,
+) -> Result<Response<Full<Bytes>>, ConnectionReset> {
+    let recorded = RecordedRequest::from_request(&request);
+    let is_audit = request.uri().path() == shared.audit_path;
+    let admission = shared.admit(recorded.clone(), is_audit);
+    let extra_delay = match admission.fault {
+        Some(Fault::Reset) => return Err(ConnectionReset),
+        Some(Fault::Delay(delay)) => delay,
+        _ => Duration::ZERO,
+    };
+    let delay = admission.latency.saturating_add(extra_delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    Ok(match admission.fault {
+        Some(Fault::Status {
+            code,
+            retry_after,
+            body,
+        }) => status_response(code, retry_after.as_deref(), body),
+        // A page cut short, as when a proxy drops the connection mid-body.
+        Some(Fault::Malformed) => body_response(
+            StatusCode::OK,
+            JSON,
+            r#"{"results":[{"author":{"type":"user","displayName":"Ada"#,
+        ),
+        Some(Fault::WrongShape) => body_response(StatusCode::OK, JSON, r#"{"results":5}"#),
+        _ if request.uri().path() != shared.audit_path => error_response(404, "Not found"),
+        _ if request.method() != Method::GET => error_response(405, "Method not allowed"),
+        _ => answer(shared, &recorded, admission.log).await,
+    })
+}
+
+/// The normal answer of the audit endpoint.
+async fn answer(shared: Arc<Shared>, request: &RecordedRequest, log: Log) -> Response<Full<Bytes>> {
+    if let Some(required) = &shared.required_authorization
+        && request.authorization.as_deref() != Some(required.as_str())
+    {
+        return error_response(401, "Client must be authenticated to access this resource.");
+    }
+    let query = match AuditQuery::parse(&request.query) {
+        Ok(query) => query,
+        Err(message) => return error_response(400, &message),
+    };
+    let self_url = match &request.raw_query {
+        Some(raw) => format!("{}{AUDIT_SINCE}?{raw}", shared.base_url),
+        None => format!("{}{AUDIT_SINCE}", shared.base_url),
+    };
+    // A search over a big window scans it: keep that off the async worker threads.
+    let rendered =
+        tokio::task::spawn_blocking(move || render(&shared, &query, &log, &self_url)).await;
+    match rendered {
+        Ok(Ok(body)) => body_response(StatusCode::OK, JSON, body),
+        Ok(Err(error)) => error_response(500, &format!("Could not render the page: {error}")),
+        Err(error) => error_response(500, &format!("Rendering failed: {error}")),
+    }
+}
+
+fn render(
+    shared: &Shared,
+    query: &AuditQuery,
+    log: &Log,
+    self_url: &str,
+) -> serde_json::Result<Vec<u8>> {
+    let limit = shared
+        .max_limit
+        .map_or(query.limit, |cap| query.limit.min(cap));
+    let first = query
+        .cutoff_ms(now_ms())
+        .map_or(log.len(), |cutoff| log.first_since(cutoff));
+    let records = log.page(
+        first,
+        query.search_lower.as_deref(),
+        query.start as usize,
+        limit as usize,
+    );
+    data::render(
+        &records,
+        query.start,
+        limit,
+        &shared.base_url,
+        &shared.context,
+        self_url,
+    )
+}
+
+/// A scripted status answer; 429s also carry Atlassian's rate-limit headers.
+fn status_response(
+    code: u16,
+    retry_after: Option<&str>,
+    body: Option<String>,
+) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(code).unwrap_or_else(|_| {
+        tracing::warn!(
+            code,
+            "invalid status code in a simulator fault, answering 500"
+        );
+        StatusCode::INTERNAL_SERVER_ERROR
+    });
+    let mut response = match body {
+        Some(json) => body_response(status, JSON, json),
+        None => body_response(status, "text/plain", ""),
+    };
+    let headers = response.headers_mut();
+    if let Some(value) = retry_after.and_then(|value| HeaderValue::from_str(value).ok()) {
+        headers.insert(RETRY_AFTER, value);
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // Reset: when the retry may succeed, assuming a sane Retry-After (else one minute).
+        let wait_s = retry_after
+            .and_then(|value| value.parse::<i64>().ok())
+            .filter(|s| (0..=86_400).contains(s))
+            .unwrap_or(60);
+        let reset = iso8601(now_ms().saturating_add(wait_s * 1000));
+        for (name, value) in [
+            ("x-ratelimit-limit", "100".to_owned()),
+            ("x-ratelimit-remaining", "0".to_owned()),
+            ("x-ratelimit-reset", reset),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    response
+}
+
+/// An Atlassian-shaped JSON error.
+fn error_response(code: u16, message: &str) -> Response<Full<Bytes>> {
+    status_response(code, None, Some(atlassian_error(code, message)))
+}
+
+fn body_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+impl RecordedRequest {
+    fn from_request<B>(request: &Request<B>) -> RecordedRequest {
+        let text = |value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
+        let raw_query = request.uri().query().map(str::to_owned);
+        RecordedRequest {
+            path: request.uri().path().to_owned(),
+            query: raw_query
+                .as_deref()
+                .map(|raw| {
+                    url::form_urlencoded::parse(raw.as_bytes())
+                        .into_owned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            raw_query,
+            authorization: request.headers().get(AUTHORIZATION).map(text),
+            headers: request
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), text(value)))
+                .collect(),
+        }
+    }
+}
+
+/// `2024-01-31T12:34:56.789Z` for epoch milliseconds (civil-from-days, H. Hinnant).
+fn iso8601(epoch_ms: i64) -> String {
+    let secs = epoch_ms.div_euclid(1000);
+    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60,
+        epoch_ms.rem_euclid(1000)
+    )
+}

@@ -1,0 +1,268 @@
+//! A synthetic Confluence audit API (`GET {base}/rest/api/audit/since`) for demos, tests and
+//! benchmarks: a deterministic, arbitrarily large, optionally growing log, served over HTTP/1.1
+//! with scripted or random faults, latency and authorization.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use audit_gateway::simulator::{Fault, Simulator, SimulatorConfig};
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let sim = Simulator::start(SimulatorConfig::default(), listener).await?;
+//! let throttled: Fault = "429:retry-after=2".parse().map_err(std::io::Error::other)?;
+//! sim.push_faults([Fault::Reset, throttled]);
+//! let url = format!("{}/rest/api/audit/since?limit=100", sim.base_url());
+//! # let _ = url; Ok(()) }
+//! ```
+//!
+//! Records are generated from (seed, sequence number) on demand, never stored: see
+//! [`render_page`] for the same bodies without a server, [`record_seq`] to identify a record.
+
+mod data;
+mod fault;
+mod http;
+mod query;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub use data::{PageSpec, RECORD_SPACING_MS, record_seq, render_page};
+pub use fault::Fault;
+use state::{Shared, now_ms};
+
+/// How a simulator starts. Settings a handle can change later say so.
+#[derive(Clone, Debug)]
+pub struct SimulatorConfig {
+    /// Records in the log at start (default 5000). The newest is dated at start time, older
+    /// ones [`RECORD_SPACING_MS`] apart, so the default 3-MONTHS window holds them all up to
+    /// 1,555,200 records.
+    pub records: usize,
+    /// Seed of the generated content (default 42): the same seed gives the same records.
+    pub seed: u64,
+    /// Path before `/rest/api` (default `"/wiki"`; `""` for a Data Center-style root).
+    pub base_path: String,
+    /// Server-side cap on `limit` (default none); answers report the capped `limit`.
+    pub max_limit: Option<u32>,
+    /// Delay before answering each request, faults included except resets (default 0;
+    /// see [`SimulatorHandle::set_latency`]).
+    pub latency: Duration,
+    /// Records added at the head before each audit request is served, faulted or not
+    /// (default 0; see [`SimulatorHandle::set_inserts_per_request`]).
+    pub inserts_per_request: u32,
+    /// Fraction (0..=1) of audit requests that get a random transient fault: 503 with a JSON
+    /// body, 429 with `Retry-After: 0`, or a reset (default 0; see
+    /// [`SimulatorHandle::set_fault_rate`]). Seeded by `seed`, so runs are reproducible.
+    pub fault_rate: f64,
+    /// If set, the `Authorization` header must equal it exactly, else 401 (default none).
+    pub required_authorization: Option<String>,
+    /// Faults served one per audit request, in order, before any normal answer (default none;
+    /// see [`SimulatorHandle::push_faults`]).
+    pub faults: Vec<Fault>,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> SimulatorConfig {
+        SimulatorConfig {
+            records: 5000,
+            seed: 42,
+            base_path: "/wiki".to_owned(),
+            max_limit: None,
+            latency: Duration::ZERO,
+            inserts_per_request: 0,
+            fault_rate: 0.0,
+            required_authorization: None,
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// One request as the simulator received it, for tests to inspect.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// Path without the query, e.g. `"/wiki/rest/api/audit/since"`.
+    pub path: String,
+    /// The query exactly as received, still percent-encoded.
+    pub raw_query: Option<String>,
+    /// Decoded query pairs, in order.
+    pub query: Vec<(String, String)>,
+    /// The `Authorization` header, verbatim.
+    pub authorization: Option<String>,
+    /// All headers in received order (names lower-case; values lossily decoded as UTF-8).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Starts simulators.
+pub struct Simulator;
+
+impl Simulator {
+    /// Serves `config` on `listener` from a spawned task until [`SimulatorHandle::shutdown`]
+    /// is called or the last clone of the returned handle is dropped (so keep it alive).
+    /// Either stops accepting, and lets each open connection finish its current request
+    /// before closing it. Must be called inside a Tokio runtime.
+    pub async fn start(
+        config: SimulatorConfig,
+        listener: TcpListener,
+    ) -> std::io::Result<SimulatorHandle> {
+        let addr = listener.local_addr()?;
+        let base_url = format!("http://{addr}{}", config.base_path.trim_end_matches('/'));
+        let shared = Arc::new(Shared::new(config, base_url));
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, Arc::clone(&shared), stopped));
+        Ok(SimulatorHandle {
+            inner: Arc::new(HandleInner { addr, shared, stop }),
+        })
+    }
+}
+
+/// Controls and observes a running simulator. Clones share it; dropping the last one stops it.
+#[derive(Clone)]
+pub struct SimulatorHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    /// Dropped with the last handle, which the server sees as a stop too.
+    stop: watch::Sender<bool>,
+}
+
+impl SimulatorHandle {
+    /// The address the simulator listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// `http://{addr}{base_path}` without a trailing slash, e.g. `http://127.0.0.1:PORT/wiki`:
+    /// the `{base}` a Confluence client is configured with.
+    pub fn base_url(&self) -> String {
+        self.inner.shared.base_url.clone()
+    }
+
+    /// Appends scripted faults, served first-in first-out, one per audit request.
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.shared.lock().faults.extend(faults);
+    }
+
+    /// Changes the fraction of audit requests that get a random transient fault.
+    pub fn set_fault_rate(&self, rate: f64) {
+        self.inner.shared.lock().fault_rate = rate;
+    }
+
+    /// Changes the delay before each answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner.shared.lock().latency = latency;
+    }
+
+    /// Changes how many records are added at the head before each audit request.
+    pub fn set_inserts_per_request(&self, n: u32) {
+        self.inner.shared.lock().inserts_per_request = n;
+    }
+
+    /// Adds `n` records at the head now, dated now (never before the current newest).
+    pub fn insert_records(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.inner.shared.lock().log.insert(n, now_ms());
+    }
+
+    /// Records in the log now.
+    pub fn record_count(&self) -> usize {
+        usize::try_from(self.inner.shared.lock().log.len()).unwrap_or(usize::MAX)
+    }
+
+    /// Requests to the audit endpoint received so far, faulted ones included.
+    pub fn request_count(&self) -> usize {
+        self.inner.shared.lock().audit_requests
+    }
+
+    /// Every request received so far, any path, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.inner.shared.lock().requests.clone()
+    }
+
+    /// Stops accepting connections; open ones finish their current request, then close.
+    pub fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+    }
+}
+
+impl std::fmt::Debug for SimulatorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimulatorHandle")
+            .field("base_url", &self.inner.shared.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts connections until told to stop (or every handle is gone).
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            // A stop wins over a pending connection, so none is accepted after it.
+            biased;
+            () = stop_requested(&mut stopped) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(
+                    stream,
+                    Arc::clone(&shared),
+                    stopped.clone(),
+                ));
+            }
+            Err(error) => {
+                // Typically out of file descriptors: pause rather than spin.
+                tracing::warn!(%error, "simulator accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::debug!(base_url = %shared.base_url, "simulator stopped accepting");
+}
+
+/// Serves one keep-alive connection; on stop, finishes the request in flight and closes.
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    // Small answers would otherwise wait for delayed ACKs (Nagle), skewing latency benches.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "simulator could not set TCP_NODELAY");
+    }
+    let service = service_fn(move |request| http::handle(Arc::clone(&shared), request));
+    let connection = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop_requested(&mut stopped) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    // Errors here are clients going away or simulated resets: nothing to act on.
+    if let Err(error) = result {
+        tracing::debug!(%error, "simulator connection ended");
+    }
+}
+
+/// Resolves once `shutdown` was called or every handle dropped.
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, i.e. every handle dropped: a stop too.
+    let _ = stopped.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,567 @@
+//! The simulator queried over real TCP with hand-written HTTP/1.1, so what is checked is what
+//! goes over the wire.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+const AUDIT: &str = "/wiki/rest/api/audit/since";
+
+async fn start(config: SimulatorConfig) -> SimulatorHandle {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Simulator::start(config, listener).await.unwrap()
+}
+
+fn with_records(records: usize) -> SimulatorConfig {
+    SimulatorConfig {
+        records,
+        ..SimulatorConfig::default()
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        let found = self.headers.iter().find(|(key, _)| key == name);
+        found.map(|(_, value)| value.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Client(BufReader<TcpStream>);
+
+impl Client {
+    async fn connect(sim: &SimulatorHandle) -> Client {
+        Client(BufReader::new(
+            TcpStream::connect(sim.addr()).await.unwrap(),
+        ))
+    }
+
+    /// Sends a GET; `None` when the server closed the connection without an answer.
+    async fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> Option<Reply> {
+        let mut head = format!("GET {target} HTTP/1.1\r\nhost: simulator\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.0.get_mut().write_all(head.as_bytes()).await.ok()?;
+        let mut line = String::new();
+        if self.0.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.0.read_line(&mut line).await.unwrap();
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                break;
+            };
+            headers.push((name.to_lowercase(), value.trim().to_owned()));
+        }
+        let mut reply = Reply {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let length = reply.header("content-length").unwrap().parse().unwrap();
+        reply.body.resize(length, 0);
+        self.0.read_exact(&mut reply.body).await.unwrap();
+        Some(reply)
+    }
+}
+
+/// GET on a fresh connection; panics if there is no answer.
+async fn get(sim: &SimulatorHandle, target: &str) -> Reply {
+    Client::connect(sim).await.get(target, &[]).await.unwrap()
+}
+
+/// The 200 page for `query`, checked for the `AuditRecordArray` shape.
+async fn page(sim: &SimulatorHandle, query: &str) -> Value {
+    let reply = get(sim, &format!("{AUDIT}?{query}")).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json;charset=UTF-8")
+    );
+    let body = reply.json();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(body["size"], results.len());
+    assert!(body["start"].is_u64() && body["limit"].is_u64());
+    for link in ["base", "context", "self"] {
+        assert!(body["_links"][link].is_string(), "_links.{link}");
+    }
+    body
+}
+
+fn seqs(body: &Value) -> Vec<u64> {
+    let results = body["results"].as_array().unwrap();
+    results.iter().map(|r| record_seq(r).unwrap()).collect()
+}
+
+fn newest_first(from: u64, count: u64) -> Vec<u64> {
+    (from + 1 - count..=from).rev().collect()
+}
+
+#[tokio::test]
+async fn pages_are_newest_first_and_do_not_overlap() {
+    let sim = start(with_records(2500)).await;
+    let first = page(&sim, "").await;
+    assert_eq!(
+        (first["start"].as_u64(), first["limit"].as_u64()),
+        (Some(0), Some(1000))
+    );
+    assert_eq!(seqs(&first), newest_first(2499, 1000));
+    assert_eq!(first["_links"]["base"], sim.base_url());
+    assert_eq!(first["_links"]["context"], "/wiki");
+    let second = page(&sim, "start=1000&limit=1000").await;
+    assert_eq!(seqs(&second), newest_first(1499, 1000));
+    let last = page(&sim, "start=2000&limit=1000").await;
+    assert_eq!(seqs(&last), newest_first(499, 500));
+    assert!(seqs(&page(&sim, "start=2500").await).is_empty());
+    assert!(seqs(&page(&sim, "limit=0").await).is_empty());
+    let dates: Vec<i64> = first["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["creationDate"].as_i64().unwrap())
+        .collect();
+    assert!(
+        dates
+            .windows(2)
+            .all(|pair| pair[0] - pair[1] == RECORD_SPACING_MS)
+    );
+    assert_eq!(sim.request_count(), 5);
+}
+
+#[tokio::test]
+async fn keep_alive_serves_many_requests_on_one_connection() {
+    let sim = start(with_records(10)).await;
+    let mut client = Client::connect(&sim).await;
+    for start in 0..3 {
+        let target = format!("{AUDIT}?start={start}&limit=1");
+        let reply = client.get(&target, &[]).await.unwrap();
+        assert_eq!(seqs(&reply.json()), [9 - start]);
+    }
+}
+
+#[tokio::test]
+async fn limit_is_capped_and_reported() {
+    let sim = start(SimulatorConfig {
+        max_limit: Some(100),
+        ..with_records(500)
+    })
+    .await;
+    let body = page(&sim, "limit=1000").await;
+    assert_eq!(body["limit"], 100);
+    assert_eq!(seqs(&body), newest_first(499, 100));
+    assert_eq!(page(&sim, "limit=7").await["limit"], 7);
+}
+
+#[tokio::test]
+async fn search_matches_encoded_special_characters_ignoring_case() {
+    let sim = start(with_records(300)).await;
+    let needle = "R&D + qa #OPS RÉSUMÉ";
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("searchString", needle)
+        .finish();
+    let found = page(&sim, &query).await;
+    let expected: Vec<u64> = page(&sim, "limit=1000").await["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|record| {
+            record
+                .to_string()
+                .to_lowercase()
+                .contains("r&d + qa #ops résumé")
+        })
+        .map(|record| record_seq(record).unwrap())
+        .collect();
+    assert!(expected.len() > 1, "the pool holds the needle");
+    assert_eq!(seqs(&found), expected);
+    let request = &sim.requests()[0];
+    assert_eq!(
+        request.query[0],
+        ("searchString".to_owned(), needle.to_owned())
+    );
+    let raw = request.raw_query.as_deref().unwrap();
+    assert!(raw.contains("%26") && raw.contains("%2B") && raw.contains("%23"));
+    let paged = page(&sim, &format!("{query}&start=1&limit=2")).await;
+    assert_eq!(seqs(&paged), expected[1..3]);
+}
+
+#[tokio::test]
+async fn window_filters_by_creation_date() {
+    let sim = start(with_records(5000)).await;
+    assert!(seqs(&page(&sim, "number=0").await).is_empty());
+    assert!(seqs(&page(&sim, "number=-1&units=YEARS").await).is_empty());
+    // One hour at one record every 5 s: 721 if served within the start millisecond, else 720.
+    let hour = seqs(&page(&sim, "number=1&units=HOURS").await);
+    assert!((720..=721).contains(&hour.len()), "{}", hour.len());
+    assert_eq!(hour[0], 4999);
+    let huge = page(&sim, "number=9223372036854775807&units=CENTURIES&limit=1").await;
+    assert_eq!(seqs(&huge), [4999]);
+}
+
+#[tokio::test]
+async fn million_record_log_pages_deep_quickly() {
+    let sim = start(with_records(1_000_000)).await;
+    let body = page(&sim, "units=YEARS&start=500000&limit=1000").await;
+    assert_eq!(seqs(&body), newest_first(499_999, 1000));
+}
+
+#[tokio::test]
+async fn invalid_parameters_are_400_with_atlassian_body() {
+    let sim = start(with_records(10)).await;
+    for query in [
+        "units=FOO",
+        "units=MILLENNIA",
+        "units=months",
+        "number=x",
+        "start=-1",
+        "limit=-5",
+        "limit=2147483648",
+    ] {
+        let reply = get(&sim, &format!("{AUDIT}?{query}")).await;
+        assert_eq!(reply.status, 400, "{query}");
+        let body = reply.json();
+        assert_eq!(body["statusCode"], 400);
+        assert!(body["message"].is_string());
+        assert_eq!(body["data"]["valid"], false);
+    }
+    let not_found = get(&sim, "/wiki/rest/api/audit").await;
+    assert_eq!(not_found.status, 404);
+    assert_eq!(not_found.json()["statusCode"], 404);
+    assert_eq!(sim.request_count(), 7, "404s are not audit requests");
+    assert_eq!(sim.requests().len(), 8);
+}
+
+#[tokio::test]
+async fn authorization_must_match_exactly() {
+    let sim = start(SimulatorConfig {
+        required_authorization: Some("Basic dXNlcjp0b2tlbg==".to_owned()),
+        ..with_records(10)
+    })
+    .await;
+    let mut client = Client::connect(&sim).await;
+    let missing = client.get(AUDIT, &[]).await.unwrap();
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.json()["data"]["authorized"], false);
+    let wrong = [("authorization", "Basic dXNlcjpvdGhlcg==")];
+    assert_eq!(client.get(AUDIT, &wrong).await.unwrap().status, 401);
+    let right = [("authorization", "Basic dXNlcjp0b2tlbg==")];
+    assert_eq!(client.get(AUDIT, &right).await.unwrap().status, 200);
+    let seen: Vec<Option<String>> = sim
+        .requests()
+        .into_iter()
+        .map(|r| r.authorization)
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            None,
+            Some(wrong[0].1.to_owned()),
+            Some(right[0].1.to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn scripted_faults_are_served_in_order_then_normal_answers() {
+    let sim = start(SimulatorConfig {
+        faults: vec!["503".parse().unwrap()],
+        ..with_records(10)
+    })
+    .await;
+    let later = [
+        "429:retry-after=9223372036854775807",
+        "403",
+        "500:json",
+        "reset",
+        "malformed",
+        "wrong-shape",
+        "delay=20ms",
+    ];
+    sim.push_faults(later.iter().map(|text| text.parse().unwrap()));
+
+    let unavailable = get(&sim, AUDIT).await;
+    assert_eq!(unavailable.status, 503);
+    assert_eq!(unavailable.json()["statusCode"], 503);
+
+    let throttled = get(&sim, AUDIT).await;
+    assert_eq!(throttled.status, 429);
+    assert_eq!(throttled.header("retry-after"), Some("9223372036854775807"));
+    assert_eq!(throttled.header("x-ratelimit-remaining"), Some("0"));
+    assert!(throttled.header("x-ratelimit-limit").is_some());
+    assert!(
+        throttled
+            .header("x-ratelimit-reset")
+            .unwrap()
+            .ends_with('Z')
+    );
+
+    let forbidden = get(&sim, AUDIT).await;
+    assert_eq!(forbidden.status, 403);
+    assert_eq!(forbidden.header("content-type"), Some("text/plain"));
+    assert!(forbidden.body.is_empty());
+
+    let failed = get(&sim, AUDIT).await;
+    assert_eq!(
+        (failed.status, failed.json()["statusCode"].as_u64()),
+        (500, Some(500))
+    );
+
+    assert!(Client::connect(&sim).await.get(AUDIT, &[]).await.is_none());
+
+    let malformed = get(&sim, AUDIT).await;
+    assert_eq!(malformed.status, 200);
+    assert!(serde_json::from_slice::<Value>(&malformed.body).is_err());
+
+    let wrong_shape = get(&sim, AUDIT).await;
+    assert_eq!(wrong_shape.status, 200);
+    assert!(!wrong_shape.json()["results"].is_array());
+
+    let begun = Instant::now();
+    assert_eq!(seqs(&page(&sim, "").await).len(), 10);
+    assert!(begun.elapsed() >= Duration::from_millis(20));
+
+    assert_eq!(seqs(&page(&sim, "").await).len(), 10);
+    assert_eq!(sim.request_count(), 9);
+}
+
+#[tokio::test]
+async fn random_faults_follow_the_rate() {
+    let sim = start(SimulatorConfig {
+        fault_rate: 1.0,
+        ..with_records(10)
+    })
+    .await;
+    for _ in 0..20 {
+        let reply = Client::connect(&sim).await.get(AUDIT, &[]).await;
+        match reply {
+            None => {}
+            Some(reply) if reply.status == 429 => {
+                assert_eq!(reply.header("retry-after"), Some("0"))
+            }
+            Some(reply) => assert_eq!(reply.status, 503),
+        }
+    }
+    sim.set_fault_rate(0.0);
+    assert_eq!(get(&sim, AUDIT).await.status, 200);
+}
+
+#[tokio::test]
+async fn inserts_shift_offsets() {
+    let sim = start(with_records(10)).await;
+    assert_eq!(seqs(&page(&sim, "limit=3").await), [9, 8, 7]);
+    sim.insert_records(2);
+    assert_eq!(sim.record_count(), 12);
+    assert_eq!(seqs(&page(&sim, "limit=3").await), [11, 10, 9]);
+    sim.set_inserts_per_request(1);
+    assert_eq!(seqs(&page(&sim, "start=3&limit=3").await), [9, 8, 7]);
+    assert_eq!(sim.record_count(), 13);
+    let body = page(&sim, "limit=20").await;
+    assert_eq!(seqs(&body), newest_first(13, 14));
+    let dates: Vec<i64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["creationDate"].as_i64().unwrap())
+        .collect();
+    assert!(dates.windows(2).all(|pair| pair[0] >= pair[1]));
+}
+
+#[tokio::test]
+async fn latency_and_base_path_are_configurable() {
+    let sim = start(SimulatorConfig {
+        base_path: String::new(),
+        ..with_records(3)
+    })
+    .await;
+    assert!(sim.base_url().starts_with("http://127.0.0.1:"));
+    sim.set_latency(Duration::from_millis(20));
+    let begun = Instant::now();
+    let body = page_at(&sim, "/rest/api/audit/since").await;
+    assert!(begun.elapsed() >= Duration::from_millis(20));
+    assert_eq!(body["_links"]["context"], "");
+}
+
+async fn page_at(sim: &SimulatorHandle, path: &str) -> Value {
+    let reply = get(sim, path).await;
+    assert_eq!(reply.status, 200);
+    reply.json()
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting() {
+    let sim = start(with_records(3)).await;
+    let mut open = Client::connect(&sim).await;
+    assert_eq!(open.get(AUDIT, &[]).await.unwrap().status, 200);
+    sim.shutdown();
+    // Refused, or accepted by the kernel and reset when the listener closes: no answer.
+    if let Ok(stream) = TcpStream::connect(sim.addr()).await {
+        assert!(
+            Client(BufReader::new(stream))
+                .get(AUDIT, &[])
+                .await
+                .is_none()
+        );
+    }
+    // The idle keep-alive connection is closed too.
+    assert!(open.get(AUDIT, &[]).await.is_none());
+}
+
+#[tokio::test]
+async fn records_show_every_variant_and_are_unique() {
+    let sim = start(with_records(5000)).await;
+    let body = page(&sim, "limit=5000").await;
+    let records = body["results"].as_array().unwrap();
+    let unique: HashSet<u64> = records.iter().map(|r| record_seq(r).unwrap()).collect();
+    assert_eq!(unique.len(), 5000);
+    let remote: HashSet<&str> = records
+        .iter()
+        .map(|r| r["remoteAddress"].as_str().unwrap())
+        .collect();
+    assert_eq!(remote.len(), 5000);
+
+    let seen = |what: &str, test: &dyn Fn(&Value) -> bool| {
+        assert!(records.iter().any(test), "no record with {what}");
+    };
+    seen("null operations", &|r| r["author"]["operations"].is_null());
+    seen("empty object operations", &|r| {
+        r["author"]["operations"] == serde_json::json!({})
+    });
+    seen("object operations", &|r| {
+        r["author"]["operations"]["read"] == true
+    });
+    seen("array operations", &|r| {
+        r["author"]["operations"].is_array()
+    });
+    for key in ["accountId", "userKey"] {
+        seen("absent id", &|r| r["author"].get(key).is_none());
+        seen("null id", &|r| r["author"].get(key) == Some(&Value::Null));
+        seen("string id", &|r| r["author"][key].is_string());
+    }
+    for account_type in ["atlassian", "app", ""] {
+        seen(account_type, &|r| {
+            r["author"]["accountType"] == account_type
+        });
+    }
+    seen("isGuest true", &|r| r["author"]["isGuest"] == true);
+    seen("isGuest false", &|r| r["author"]["isGuest"] == false);
+    seen("no isGuest", &|r| r["author"].get("isGuest").is_none());
+    for key in [
+        "username",
+        "externalCollaborator",
+        "isExternalCollaborator",
+        "publicName",
+        "timeZone",
+    ] {
+        seen(key, &|r| r["author"].get(key).is_some());
+    }
+    seen("superAdmin", &|r| r.get("superAdmin").is_some());
+    seen("riskLevel", &|r| r.get("riskLevel").is_some());
+    seen("ext", &|r| {
+        r["ext"]["nested"] == serde_json::json!([1, "x", null])
+    });
+    seen("hidden values", &|r| {
+        r["changedValues"][0].get("hiddenOldValue").is_some()
+    });
+    seen("no changed values", &|r| {
+        r["changedValues"] == serde_json::json!([])
+    });
+    seen("3 associated objects", &|r| {
+        r["associatedObjects"].as_array().unwrap().len() == 3
+    });
+    seen("no associated objects", &|r| {
+        r["associatedObjects"] == serde_json::json!([])
+    });
+    seen("empty category", &|r| r["category"] == "");
+    for text in ["Résumé", "日本語", "🚀"] {
+        seen(text, &|r| r.to_string().contains(text));
+    }
+}
+
+#[test]
+fn render_page_is_deterministic_and_pure() {
+    let spec = PageSpec::default();
+    let body = render_page(&spec).unwrap();
+    assert_eq!(body, render_page(&spec).unwrap());
+    let other_seed = PageSpec {
+        seed: 7,
+        ..spec.clone()
+    };
+    assert_ne!(body, render_page(&other_seed).unwrap());
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seqs(&json), newest_first(4999, 1000));
+    assert_eq!(json["results"][0]["creationDate"], spec.newest_date_ms);
+    assert_eq!(json["_links"]["context"], "/wiki");
+}
+
+#[test]
+fn faults_parse_from_text() {
+    let parsed = |text: &str| text.parse::<Fault>().unwrap();
+    let shape = |fault: Fault| match fault {
+        Fault::Status {
+            code,
+            retry_after,
+            body,
+        } => {
+            let json =
+                body.map(|b| serde_json::from_str::<Value>(&b).unwrap()["statusCode"] == code);
+            (code, retry_after, json)
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(shape(parsed("503")), (503, None, Some(true)));
+    assert_eq!(shape(parsed("403")), (403, None, None));
+    assert_eq!(shape(parsed("403:json")), (403, None, Some(true)));
+    assert_eq!(shape(parsed("500:json")), (500, None, Some(true)));
+    assert_eq!(shape(parsed("503:empty")), (503, None, None));
+    assert_eq!(
+        shape(parsed("429:retry-after=2")),
+        (429, Some("2".to_owned()), Some(true))
+    );
+    assert_eq!(parsed("reset"), Fault::Reset);
+    assert_eq!(parsed("malformed"), Fault::Malformed);
+    assert_eq!(parsed("wrong-shape"), Fault::WrongShape);
+    assert_eq!(
+        parsed("delay=250ms"),
+        Fault::Delay(Duration::from_millis(250))
+    );
+    assert_eq!(parsed("delay=2s"), Fault::Delay(Duration::from_secs(2)));
+    for bad in [
+        "",
+        "200",
+        "600",
+        "abc",
+        "429:bogus",
+        "429:retry-after=",
+        "delay=5m",
+        "delay=-1s",
+    ] {
+        let error = bad.parse::<Fault>().unwrap_err();
+        assert!(error.contains(&format!("{bad:?}")), "{error}");
+    }
+}
