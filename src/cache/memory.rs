@@ -53,10 +53,10 @@ impl PageCache {
         let ttl = self.settings.ttl;
         let lookup_key = key.clone();
         let init = async move {
-            if let Some(tier) = shared.as_ref().filter(|_| caching && !refresh) {
-                if let Some(page) = tier.get(&lookup_key).await {
-                    return Ok(page);
-                }
+            if let Some(tier) = shared.as_ref().filter(|_| caching && !refresh)
+                && let Some(page) = tier.get(&lookup_key).await
+            {
+                return Ok(page);
             }
             let page = load().await?;
             if let Some(tier) = shared.as_ref().filter(|_| caching) {

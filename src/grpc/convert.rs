@@ -280,14 +280,23 @@ mod tests {
         required: Vec<(&'static str, BoxedStrategy<Value>)>,
         optional_keys: Vec<(&'static str, BoxedStrategy<Option<Value>>)>,
     ) -> impl Strategy<Value = Value> {
+        // Pair each strategy with its key (a bare `&str` would be read as a regex).
+        let required: Vec<_> = required
+            .into_iter()
+            .map(|(k, s)| s.prop_map(move |v| (k, v)))
+            .collect();
+        let optional_keys: Vec<_> = optional_keys
+            .into_iter()
+            .map(|(k, s)| s.prop_map(move |v| (k, v)))
+            .collect();
         (required, optional_keys, unknown_keys()).prop_map(|(req, opt, extra)| {
             let mut m = extra;
-            for (k, v) in req.into_iter() {
-                m.insert(k.into(), v);
+            for (k, v) in req {
+                m.insert(k.to_owned(), v);
             }
-            for (k, v) in opt.into_iter() {
+            for (k, v) in opt {
                 if let Some(v) = v {
-                    m.insert(k.into(), v);
+                    m.insert(k.to_owned(), v);
                 }
             }
             Value::Object(m)

@@ -1,0 +1,139 @@
+//! Figures for the unary gateway, printed (not asserted): conversion speed against a bare
+//! `serde_json::Value` parse, and `GetSince` latency cold (upstream fetch) and warm (page
+//! cache) through a real gRPC client over loopback, against the simulator.
+//!
+//! Run: `cargo bench --bench gateway` (release build).
+
+use std::time::{Duration, Instant};
+
+use audit_gateway::{
+    config::{Cli, Command},
+    grpc::convert::page_to_proto,
+    pb::{self, audit_service_client::AuditServiceClient},
+    server::{self, ShutdownSettings},
+    simulator::{PageSpec, Simulator, SimulatorConfig, render_page},
+};
+use clap::Parser;
+use prost::Message;
+use tonic::{Request, metadata::MetadataValue};
+
+fn main() {
+    conversion();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(latency());
+}
+
+/// Best of several rounds of `iters` runs of `f`, per run.
+fn time_per_run(iters: u32, mut f: impl FnMut()) -> Duration {
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t.elapsed() / iters
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn conversion() {
+    let body = render_page(&PageSpec::default()).expect("page");
+    let value = time_per_run(50, || {
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        std::hint::black_box(v);
+    });
+    let typed = time_per_run(50, || {
+        let page = audit_gateway::audit::record::Page::parse(&body).expect("page");
+        std::hint::black_box(page_to_proto(page).encode_to_vec());
+    });
+    println!(
+        "conversion, 1000-record page ({} KiB): serde_json::Value parse {value:.2?}; \
+         typed parse + protobuf + encode {typed:.2?}; ratio {:.2}x",
+        body.len() / 1024,
+        value.as_secs_f64() / typed.as_secs_f64()
+    );
+}
+
+async fn latency() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sim = Simulator::start(
+        SimulatorConfig {
+            records: 5000,
+            ..Default::default()
+        },
+        sim_listener,
+    )
+    .await
+    .expect("simulator");
+    let url = sim.base_url();
+    let argv = [
+        "audit-gateway",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--confluence-url",
+        &url,
+    ];
+    let Command::Serve(args) = Cli::parse_from(argv).command else {
+        unreachable!("serve")
+    };
+    let service = server::build_service(&args).expect("service");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(server::run(
+        service,
+        listener,
+        std::future::pending(),
+        ShutdownSettings {
+            drain_delay: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+        },
+    ));
+    let mut client = AuditServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20);
+
+    for limit in [10, 1000] {
+        let mut cold = Vec::new();
+        let mut warm = Vec::new();
+        for _ in 0..100 {
+            let req = || pb::GetSinceRequest {
+                limit: Some(limit),
+                ..Default::default()
+            };
+            let mut fresh = Request::new(req());
+            fresh
+                .metadata_mut()
+                .insert("cache-control", MetadataValue::from_static("no-cache"));
+            let t = Instant::now();
+            client.get_since(fresh).await.expect("cold call");
+            cold.push(t.elapsed());
+            let t = Instant::now();
+            client.get_since(req()).await.expect("warm call");
+            warm.push(t.elapsed());
+        }
+        println!(
+            "GetSince limit={limit}: cold (upstream fetch) p50 {:.2?} p99 {:.2?}; warm (cache hit) p50 {:.2?} p99 {:.2?}",
+            pct(&mut cold, 50),
+            pct(&mut cold, 99),
+            pct(&mut warm, 50),
+            pct(&mut warm, 99)
+        );
+    }
+    println!("upstream requests: {}", sim.request_count());
+}
+
+fn pct(v: &mut [Duration], p: usize) -> Duration {
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
