@@ -1,7 +1,13 @@
 //! Pages of the audit log as the gateway serves them: looked up in the page cache, or
 //! fetched from Confluence, parsed and encoded as a `GetSinceResponse` once.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
 
 use bytes::Bytes;
 use prost::Message;
@@ -62,14 +68,14 @@ impl PageService {
                 .into(),
             query: req.query.clone(),
         };
-        let load = || async {
-            let body = self
-                .client
-                .fetch_page(&req.query, req.credential.as_ref(), req.deadline)
-                .await?;
-            encode_page(&body)
+        let lookup = async {
+            match self.load_once(&key, &req).await {
+                // The load we joined ran under its starter's deadline, not ours: when that
+                // is what ended it, run one under our own.
+                (Err(e), true) if e.is_deadline_bound() => self.load_once(&key, &req).await.0,
+                (result, _) => result,
+            }
         };
-        let lookup = self.cache.get_or_load(key, req.refresh, load);
         match req.deadline {
             // A caller that joined someone else's load still leaves at its own deadline.
             Some(d) => tokio::time::timeout_at(d.into(), lookup)
@@ -81,6 +87,28 @@ impl PageService {
                 }),
             None => lookup.await,
         }
+    }
+
+    /// One cache lookup, loading on a miss; also says whether it joined another
+    /// caller's load rather than running its own.
+    async fn load_once(
+        &self,
+        key: &PageKey,
+        req: &PageRequest,
+    ) -> (Result<Bytes, GatewayError>, bool) {
+        let ran = AtomicBool::new(false);
+        let load = || {
+            ran.store(true, Ordering::Relaxed);
+            async {
+                let body = self
+                    .client
+                    .fetch_page(&req.query, req.credential.as_ref(), req.deadline)
+                    .await?;
+                encode_page(&body)
+            }
+        };
+        let result = self.cache.get_or_load(key.clone(), req.refresh, load).await;
+        (result, !ran.load(Ordering::Relaxed))
     }
 
     /// The cache, for inspection.

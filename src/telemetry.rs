@@ -1,5 +1,7 @@
 //! Logging: human-readable lines on stderr, filtered by `RUST_LOG` (default `info`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; a second call is a no-op.
@@ -9,5 +11,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: piped logs stay parseable.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

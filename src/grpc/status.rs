@@ -11,6 +11,9 @@ use crate::error::{GatewayError, UpstreamFailure};
 /// `ErrorInfo.domain` of every status the gateway makes.
 pub const ERROR_DOMAIN: &str = "audit-gateway";
 
+/// The `RetryInfo` delay suggested when Confluence named none.
+pub const DEFAULT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The gRPC code of an error.
 pub fn code(err: &GatewayError) -> Code {
     match err {
@@ -54,7 +57,8 @@ pub fn to_status(err: &GatewayError) -> Status {
                 UpstreamFailure::RateLimited | UpstreamFailure::Unavailable
             );
             if retryable {
-                details.set_retry_info(Some(retry_after.unwrap_or_default()));
+                // Without a Retry-After, suggest a pause rather than an immediate retry.
+                details.set_retry_info(Some(retry_after.unwrap_or(DEFAULT_RETRY_DELAY)));
             }
         }
         GatewayError::BodyTooLarge { limit } => {

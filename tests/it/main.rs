@@ -1,4 +1,8 @@
 //! Integration tests: one binary (built and linked once), one module per concern.
 
+mod cache;
 mod common;
+mod errors;
 mod get_since;
+mod interop;
+mod server;

@@ -1,0 +1,784 @@
+//! Failures end to end (DESIGN §2-§3): every row of the error table through the real gRPC
+//! client, retries and their limits, `Retry-After` as a clamped floor, caller deadlines,
+//! and no credential in any status.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use audit_gateway::{
+    config::{Cli, Command, ServeArgs},
+    pb,
+    simulator::{Fault, SimulatorConfig, SimulatorHandle},
+};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use clap::Parser;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorInfo, StatusExt};
+
+use crate::common::{
+    Canned, StubUpstream, TestGateway, atlassian_sample, closed_port, spawn_gateway,
+    spawn_simulator,
+};
+
+const DOMAIN: &str = "audit-gateway";
+
+/// `serve` settings for these tests: the harness's fast defaults, each overridable
+/// (clap refuses a flag given twice, so `extra` replaces a default of the same name).
+fn args(confluence_url: &str, extra: &[(&str, &str)]) -> ServeArgs {
+    let mut flags: Vec<(&str, &str)> = vec![
+        ("--listen", "127.0.0.1:0"),
+        ("--confluence-url", confluence_url),
+        ("--upstream-backoff", "10ms"),
+        ("--upstream-max-backoff", "2s"),
+        ("--upstream-timeout", "5s"),
+    ];
+    for &(flag, value) in extra {
+        match flags.iter_mut().find(|(f, _)| *f == flag) {
+            Some(slot) => slot.1 = value,
+            None => flags.push((flag, value)),
+        }
+    }
+    let mut argv = vec!["audit-gateway", "serve"];
+    for (flag, value) in flags {
+        argv.extend([flag, value]);
+    }
+    match Cli::try_parse_from(argv).expect("valid test flags").command {
+        Command::Serve(args) => args,
+        other => panic!("not serve: {other:?}"),
+    }
+}
+
+/// A small simulator (fast pages) with `faults` scripted, and a gateway in front of it.
+async fn setup(faults: Vec<Fault>, extra: &[(&str, &str)]) -> (SimulatorHandle, TestGateway) {
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 20,
+        faults,
+        ..Default::default()
+    })
+    .await;
+    let gw = spawn_gateway(args(&sim.base_url(), extra)).await;
+    (sim, gw)
+}
+
+fn page_request() -> pb::GetSinceRequest {
+    pb::GetSinceRequest {
+        limit: Some(10),
+        ..Default::default()
+    }
+}
+
+/// One `GetSince` call, expected to fail.
+async fn fail(gw: &mut TestGateway) -> Status {
+    gw.client
+        .get_since(page_request())
+        .await
+        .expect_err("the call should fail")
+}
+
+/// One `GetSince` call, expected to succeed with records.
+async fn succeed(gw: &mut TestGateway) -> pb::GetSinceResponse {
+    let page = gw
+        .client
+        .get_since(page_request())
+        .await
+        .expect("the call should succeed")
+        .into_inner();
+    assert_eq!(page.results.len(), 10);
+    page
+}
+
+fn fault(text: &str) -> Fault {
+    text.parse().expect("valid fault")
+}
+
+/// A status fault whose Atlassian JSON body carries `message`.
+fn json_fault(code: u16, message: &str) -> Fault {
+    Fault::Status {
+        code,
+        retry_after: None,
+        body: Some(
+            serde_json::json!({"statusCode": code, "message": message, "data": {}}).to_string(),
+        ),
+    }
+}
+
+/// The `ErrorInfo` detail, checked to be the gateway's.
+fn error_info(status: &Status) -> ErrorInfo {
+    let info = status
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .unwrap_or_else(|| panic!("no ErrorInfo detail in {status:?}"));
+    assert_eq!(info.domain, DOMAIN, "{status:?}");
+    info
+}
+
+/// Asserts code, `ErrorInfo.reason` and `http_status` metadata.
+fn assert_status(status: &Status, code: Code, reason: &str, http_status: Option<u16>) {
+    assert_eq!(status.code(), code, "{status:?}");
+    let info = error_info(status);
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(
+        info.metadata.get("http_status").cloned(),
+        http_status.map(|s| s.to_string()),
+        "{status:?}"
+    );
+}
+
+fn retry_delay(status: &Status) -> Option<Duration> {
+    status
+        .get_error_details()
+        .retry_info()
+        .unwrap_or_else(|| panic!("no RetryInfo detail in {status:?}"))
+        .retry_delay
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. The error table, one upstream request per call (--upstream-retries 0).
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn http_errors_map_to_their_codes_with_confluences_message() {
+    let (sim, mut gw) = setup(vec![], &[("--upstream-retries", "0")]).await;
+    let rows = [
+        (400, Code::InvalidArgument, "UPSTREAM_BAD_REQUEST"),
+        (401, Code::Unauthenticated, "UPSTREAM_UNAUTHENTICATED"),
+        (404, Code::NotFound, "UPSTREAM_NOT_FOUND"),
+        (429, Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
+        (500, Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+        (502, Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+        (503, Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+        (504, Code::DeadlineExceeded, "UPSTREAM_TIMEOUT"),
+    ];
+    for (i, (http, code, reason)) in rows.into_iter().enumerate() {
+        let message = format!("simulated {http}: searchString is rubbish & so on");
+        sim.push_faults([json_fault(http, &message)]);
+        let status = fail(&mut gw).await;
+        assert_status(&status, code, reason, Some(http));
+        assert!(
+            status.message().contains(&message),
+            "{http}: Confluence's message is kept: {:?}",
+            status.message()
+        );
+        assert_eq!(sim.request_count(), i + 1, "{http}: exactly one request");
+    }
+}
+
+#[tokio::test]
+async fn forbidden_with_an_empty_body_names_the_missing_permission() {
+    // "403" is an empty text/plain body, as real Confluence answers.
+    let (sim, mut gw) = setup(vec![fault("403")], &[("--upstream-retries", "0")]).await;
+    let status = fail(&mut gw).await;
+    assert_status(
+        &status,
+        Code::PermissionDenied,
+        "UPSTREAM_PERMISSION_DENIED",
+        Some(403),
+    );
+    assert!(
+        status.message().contains("Confluence Administrator"),
+        "{:?}",
+        status.message()
+    );
+    assert_eq!(sim.request_count(), 1);
+}
+
+#[tokio::test]
+async fn rate_limits_carry_retry_info_from_retry_after() {
+    let (sim, mut gw) = setup(
+        vec![fault("429:retry-after=2"), fault("429")],
+        &[("--upstream-retries", "0")],
+    )
+    .await;
+    let status = fail(&mut gw).await;
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "UPSTREAM_RATE_LIMITED",
+        Some(429),
+    );
+    assert_eq!(retry_delay(&status), Some(Duration::from_secs(2)));
+    assert!(
+        status.message().contains("Rate limit exceeded"),
+        "{:?}",
+        status.message()
+    );
+    // Without Retry-After there is still a RetryInfo (the caller should back off).
+    let status = fail(&mut gw).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        retry_delay(&status),
+        Some(Duration::from_secs(1)),
+        "{status:?}"
+    );
+    assert_eq!(sim.request_count(), 2);
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_is_clamped_in_retry_info() {
+    let (sim, mut gw) = setup(
+        vec![fault("429:retry-after=9223372036854775807")],
+        &[
+            ("--upstream-retries", "0"),
+            ("--upstream-max-backoff", "1s"),
+        ],
+    )
+    .await;
+    let status = fail(&mut gw).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(retry_delay(&status), Some(Duration::from_secs(1)));
+    assert_eq!(sim.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_unavailable() {
+    let addr = closed_port().await;
+    let mut gw = spawn_gateway(args(
+        &format!("http://{addr}/wiki"),
+        &[("--upstream-retries", "0")],
+    ))
+    .await;
+    let status = fail(&mut gw).await;
+    assert_status(&status, Code::Unavailable, "UPSTREAM_UNAVAILABLE", None);
+    assert!(
+        !status.message().contains(&addr.port().to_string()),
+        "no URL in the message: {:?}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_reset_connection_is_unavailable() {
+    let (sim, mut gw) = setup(vec![Fault::Reset], &[("--upstream-retries", "0")]).await;
+    let status = fail(&mut gw).await;
+    assert_status(&status, Code::Unavailable, "UPSTREAM_UNAVAILABLE", None);
+    assert_eq!(sim.request_count(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_slower_than_the_upstream_timeout_is_deadline_exceeded() {
+    let (sim, mut gw) = setup(
+        vec![Fault::Delay(Duration::from_secs(5))],
+        &[("--upstream-retries", "0"), ("--upstream-timeout", "200ms")],
+    )
+    .await;
+    let started = Instant::now();
+    let status = fail(&mut gw).await;
+    let elapsed = started.elapsed();
+    assert_status(&status, Code::DeadlineExceeded, "UPSTREAM_TIMEOUT", None);
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(sim.request_count(), 1);
+}
+
+#[tokio::test]
+async fn malformed_and_wrong_shape_bodies_are_internal() {
+    let (sim, mut gw) = setup(
+        vec![Fault::Malformed, Fault::WrongShape],
+        &[("--upstream-retries", "0")],
+    )
+    .await;
+    for (i, what) in ["malformed", "wrong-shape"].into_iter().enumerate() {
+        let status = fail(&mut gw).await;
+        assert_status(&status, Code::Internal, "UPSTREAM_MALFORMED_BODY", None);
+        assert!(
+            status.message().contains("not an AuditRecordArray"),
+            "{what}: {:?}",
+            status.message()
+        );
+        assert_eq!(sim.request_count(), i + 1, "{what}");
+    }
+    // Not a poisoned state: the next answer is served.
+    succeed(&mut gw).await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_cap_is_internal() {
+    // The stub sends a Content-Length: refused before reading.
+    let stub = StubUpstream::start(Canned::json(atlassian_sample())).await;
+    let mut gw = spawn_gateway(args(
+        &stub.base_url(),
+        &[("--upstream-retries", "0"), ("--upstream-max-body", "1KiB")],
+    ))
+    .await;
+    let status = fail(&mut gw).await;
+    assert_status(&status, Code::Internal, "UPSTREAM_BODY_TOO_LARGE", None);
+    assert_eq!(
+        error_info(&status)
+            .metadata
+            .get("max_body_bytes")
+            .map(String::as_str),
+        Some("1024")
+    );
+    assert_eq!(stub.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_cap_is_internal_never_truncated() {
+    // No Content-Length: the cap must be enforced while reading.
+    let upstream = ChunkedUpstream::start(atlassian_sample()).await;
+    let mut gw = spawn_gateway(args(
+        &upstream.base_url(),
+        &[("--upstream-retries", "0"), ("--upstream-max-body", "1KiB")],
+    ))
+    .await;
+    let status = fail(&mut gw).await;
+    assert_status(&status, Code::Internal, "UPSTREAM_BODY_TOO_LARGE", None);
+    assert_eq!(upstream.requests(), 1);
+
+    // The same upstream under a cap it fits in: served whole.
+    let mut gw = spawn_gateway(args(
+        &upstream.base_url(),
+        &[
+            ("--upstream-retries", "0"),
+            ("--upstream-max-body", "64KiB"),
+        ],
+    ))
+    .await;
+    let page = gw
+        .client
+        .get_since(pb::GetSinceRequest::default())
+        .await
+        .expect("fits the cap")
+        .into_inner();
+    assert_eq!(page.results.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Retries.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn transient_faults_are_retried_until_success() {
+    let transient = [
+        "503",
+        "502",
+        "504",
+        "reset",
+        "429:retry-after=0",
+        "503:empty",
+    ];
+    for text in transient {
+        for n in [1, 4] {
+            // Default --upstream-retries is 4: four faults still end in success.
+            let faults = vec![fault(text); n];
+            let (sim, mut gw) = setup(faults, &[]).await;
+            gw.client
+                .get_since(page_request())
+                .await
+                .unwrap_or_else(|s| panic!("{n} x {text} then OK: {s:?}"));
+            assert_eq!(sim.request_count(), n + 1, "{n} x {text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn mixed_transient_faults_are_retried_until_success() {
+    let faults = ["reset", "429:retry-after=0", "502", "503"].map(fault);
+    let (sim, mut gw) = setup(faults.to_vec(), &[]).await;
+    succeed(&mut gw).await;
+    assert_eq!(sim.request_count(), 5);
+}
+
+#[tokio::test]
+async fn upstream_timeouts_are_retried() {
+    let (sim, mut gw) = setup(
+        vec![Fault::Delay(Duration::from_secs(5))],
+        &[("--upstream-timeout", "300ms")],
+    )
+    .await;
+    succeed(&mut gw).await;
+    assert_eq!(sim.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_plain_500_is_retried_at_most_once() {
+    let (sim, mut gw) = setup(vec![fault("500"), fault("500")], &[]).await;
+    let status = fail(&mut gw).await;
+    assert_status(
+        &status,
+        Code::Unavailable,
+        "UPSTREAM_UNAVAILABLE",
+        Some(500),
+    );
+    assert_eq!(sim.request_count(), 2);
+
+    // One 500 is retried.
+    let (sim, mut gw) = setup(vec![fault("500")], &[]).await;
+    succeed(&mut gw).await;
+    assert_eq!(sim.request_count(), 2);
+
+    // Other transient faults do not spend the 500's single retry.
+    let (sim, mut gw) = setup(["503", "500", "503"].map(fault).to_vec(), &[]).await;
+    succeed(&mut gw).await;
+    assert_eq!(sim.request_count(), 4);
+}
+
+#[tokio::test]
+async fn client_errors_are_never_retried() {
+    let (sim, mut gw) = setup(vec![], &[("--upstream-retries", "4")]).await;
+    let rows = [
+        ("400", Code::InvalidArgument),
+        ("401", Code::Unauthenticated),
+        ("403", Code::PermissionDenied),
+        ("404", Code::NotFound),
+    ];
+    for (i, (text, code)) in rows.into_iter().enumerate() {
+        // A success queued behind the fault would show up as OK if it were retried.
+        sim.push_faults([fault(text)]);
+        let status = fail(&mut gw).await;
+        assert_eq!(status.code(), code, "{text}: {status:?}");
+        assert_eq!(sim.request_count(), i + 1, "{text} is not retried");
+    }
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_configured_count() {
+    // Exactly --upstream-retries faults: still OK.
+    let (sim, mut gw) = setup(vec![fault("503"); 2], &[("--upstream-retries", "2")]).await;
+    succeed(&mut gw).await;
+    assert_eq!(sim.request_count(), 3);
+
+    // One more: the last failure is returned after 1 + 2 requests.
+    let (sim, mut gw) = setup(vec![fault("503"); 3], &[("--upstream-retries", "2")]).await;
+    let status = fail(&mut gw).await;
+    assert_status(
+        &status,
+        Code::Unavailable,
+        "UPSTREAM_UNAVAILABLE",
+        Some(503),
+    );
+    assert_eq!(sim.request_count(), 3);
+
+    // The last failure is the one reported.
+    let (sim, mut gw) = setup(
+        ["503", "502", "429:retry-after=0"].map(fault).to_vec(),
+        &[("--upstream-retries", "2")],
+    )
+    .await;
+    let status = fail(&mut gw).await;
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "UPSTREAM_RATE_LIMITED",
+        Some(429),
+    );
+    assert_eq!(sim.request_count(), 3);
+
+    // --upstream-retries 0: one request only.
+    let (sim, mut gw) = setup(vec![fault("503")], &[("--upstream-retries", "0")]).await;
+    fail(&mut gw).await;
+    assert_eq!(sim.request_count(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Retry-After is a floor, clamped.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn retry_after_is_a_floor() {
+    let (sim, mut gw) = setup(
+        vec![fault("429:retry-after=1")],
+        &[("--upstream-max-backoff", "5s")],
+    )
+    .await;
+    let started = Instant::now();
+    succeed(&mut gw).await;
+    let elapsed = started.elapsed();
+    assert_eq!(sim.request_count(), 2);
+    // The backoff alone (10 ms ceiling) would retry at once.
+    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn retry_after_on_a_503_is_a_floor_too() {
+    let (sim, mut gw) = setup(
+        vec![fault("503:retry-after=1")],
+        &[("--upstream-max-backoff", "5s")],
+    )
+    .await;
+    let started = Instant::now();
+    succeed(&mut gw).await;
+    let elapsed = started.elapsed();
+    assert_eq!(sim.request_count(), 2);
+    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_is_clamped_to_the_max_backoff() {
+    let (sim, mut gw) = setup(
+        vec![fault("429:retry-after=9223372036854775807")],
+        &[("--upstream-max-backoff", "1s")],
+    )
+    .await;
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), gw.client.get_since(page_request()))
+        .await
+        .expect("the call ends: Retry-After is clamped");
+    let elapsed = started.elapsed();
+    result.expect("OK after the clamped wait");
+    assert_eq!(sim.request_count(), 2);
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Caller deadlines.
+// ---------------------------------------------------------------------------------------
+
+async fn call_with_timeout(gw: &mut TestGateway, timeout: Duration) -> (Status, Duration) {
+    let mut request = Request::new(page_request());
+    request.set_timeout(timeout);
+    let started = Instant::now();
+    let status = gw
+        .client
+        .get_since(request)
+        .await
+        .expect_err("the call should fail");
+    (status, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_slow_upstream_fails_at_the_callers_deadline() {
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 20,
+        latency: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
+    let mut gw = spawn_gateway(args(&sim.base_url(), &[])).await;
+    let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_millis(300)).await;
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The gateway's own status, not the transport's.
+    let reason = error_info(&status).reason;
+    assert!(
+        ["DEADLINE_EXCEEDED", "UPSTREAM_TIMEOUT"].contains(&reason.as_str()),
+        "{status:?}"
+    );
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_delayed_answer_fails_at_the_callers_deadline_despite_retries() {
+    let (_sim, mut gw) = setup(vec![Fault::Delay(Duration::from_secs(5))], &[]).await;
+    let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_millis(300)).await;
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    error_info(&status);
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_deadline_is_returned_at_once() {
+    let (sim, mut gw) = setup(
+        vec![fault("429:retry-after=30")],
+        &[("--upstream-max-backoff", "60s")],
+    )
+    .await;
+    let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_secs(5)).await;
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "UPSTREAM_RATE_LIMITED",
+        Some(429),
+    );
+    assert_eq!(retry_delay(&status), Some(Duration::from_secs(30)));
+    assert_eq!(sim.request_count(), 1);
+    // Neither the 30 s wait nor the 5 s deadline.
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. No credential in any status.
+// ---------------------------------------------------------------------------------------
+
+const EMAIL: &str = "a@b";
+const TOKEN: &str = "SECRET-TOKEN-123";
+
+fn basic_header() -> String {
+    format!("Basic {}", STANDARD.encode(format!("{EMAIL}:{TOKEN}")))
+}
+
+fn with_credential<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut flags = vec![
+        ("--confluence-email", EMAIL),
+        ("--confluence-api-token", TOKEN),
+        ("--upstream-retries", "0"),
+    ];
+    flags.extend_from_slice(extra);
+    flags
+}
+
+fn assert_no_secret(what: &str, status: &Status) {
+    let forbidden = [
+        TOKEN.to_owned(),
+        STANDARD.encode(format!("{EMAIL}:{TOKEN}")),
+        STANDARD.encode(TOKEN),
+        basic_header(),
+    ];
+    let mut haystack: Vec<u8> = status.message().as_bytes().to_vec();
+    haystack.extend_from_slice(status.details());
+    for (name, value) in status.metadata().clone().into_headers().iter() {
+        haystack.extend_from_slice(name.as_str().as_bytes());
+        haystack.push(b'=');
+        haystack.extend_from_slice(value.as_bytes());
+        haystack.push(b'\n');
+    }
+    let details = status.get_error_details();
+    if let Some(info) = details.error_info() {
+        for (k, v) in &info.metadata {
+            haystack.extend_from_slice(format!("{k}={v}\n").as_bytes());
+        }
+    }
+    let haystack = String::from_utf8_lossy(&haystack).to_lowercase();
+    for secret in &forbidden {
+        assert!(
+            !haystack.contains(&secret.to_lowercase()),
+            "{what}: the credential leaked into {status:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_failure_reveals_the_credential() {
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 20,
+        required_authorization: Some(basic_header()),
+        ..Default::default()
+    })
+    .await;
+    let mut gw = spawn_gateway(args(
+        &sim.base_url(),
+        // No cache: every call below must reach the simulator.
+        &with_credential(&[("--upstream-timeout", "1s"), ("--cache-ttl", "0")]),
+    ))
+    .await;
+    // The credential is really sent (else this test proves nothing).
+    succeed(&mut gw).await;
+    assert_eq!(
+        sim.requests()[0].authorization.as_deref(),
+        Some(basic_header().as_str())
+    );
+
+    let kinds = [
+        "400",
+        "401",
+        "403",
+        "403:json",
+        "404",
+        "429:retry-after=1",
+        "500",
+        "502",
+        "503",
+        "504",
+        "reset",
+        "malformed",
+        "wrong-shape",
+        "delay=2s",
+    ];
+    let mut seen = 1;
+    for kind in kinds {
+        sim.push_faults([fault(kind)]);
+        let status = fail(&mut gw).await;
+        seen += 1;
+        assert_eq!(sim.request_count(), seen, "{kind}");
+        assert_no_secret(kind, &status);
+    }
+
+    // The caller's deadline.
+    sim.push_faults([fault("delay=2s")]);
+    let (status, _) = call_with_timeout(&mut gw, Duration::from_millis(150)).await;
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_no_secret("caller deadline", &status);
+
+    // A real 401: Confluence refuses this very credential.
+    let refusing = spawn_simulator(SimulatorConfig {
+        records: 20,
+        required_authorization: Some("Bearer someone-else".into()),
+        ..Default::default()
+    })
+    .await;
+    let mut gw = spawn_gateway(args(&refusing.base_url(), &with_credential(&[]))).await;
+    let status = fail(&mut gw).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_no_secret("refused credential", &status);
+
+    // Over the body cap.
+    let mut gw = spawn_gateway(args(
+        &sim.base_url(),
+        &with_credential(&[("--upstream-max-body", "1KiB")]),
+    ))
+    .await;
+    let status = fail(&mut gw).await;
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_no_secret("body cap", &status);
+
+    // Nobody listening.
+    let addr = closed_port().await;
+    let mut gw = spawn_gateway(args(&format!("http://{addr}/wiki"), &with_credential(&[]))).await;
+    let status = fail(&mut gw).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_no_secret("connection refused", &status);
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw HTTP/1.1 upstream answering with a chunked body (no Content-Length).
+// ---------------------------------------------------------------------------------------
+
+struct ChunkedUpstream {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+}
+
+impl ChunkedUpstream {
+    async fn start(body: &'static [u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("bound");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                        transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                        .to_vec();
+                    for chunk in body.chunks(256) {
+                        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                        out.extend_from_slice(chunk);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    let _ = stream.write_all(&out).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}/wiki", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,525 @@
+//! The server around the service: health, reflection, graceful shutdown, the methods
+//! not built yet, and the `audit-gateway serve` binary's start-up.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use audit_gateway::{pb, simulator::SimulatorConfig};
+use prost::Message;
+use tokio::net::TcpStream;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::{v1, v1alpha};
+
+use crate::common::{closed_port, serve_args, sim_and_gateway, spawn_gateway};
+
+const AUDIT: &str = "confluence.audit.v1.AuditService";
+const HEALTH: &str = "grpc.health.v1.Health";
+
+fn small() -> pb::GetSinceRequest {
+    pb::GetSinceRequest {
+        limit: Some(5),
+        ..Default::default()
+    }
+}
+
+async fn health_status(client: &mut HealthClient<Channel>, service: &str) -> Result<i32, Code> {
+    client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .map_err(|s| s.code())
+}
+
+/// A gateway in front of an address nothing listens on: enough for everything that
+/// never calls Confluence.
+async fn idle_gateway(extra: &[&str]) -> crate::common::TestGateway {
+    let url = format!("http://{}/wiki", closed_port().await);
+    spawn_gateway(serve_args(&url, extra)).await
+}
+
+#[tokio::test]
+async fn health_reports_serving_for_the_server_and_the_audit_service() {
+    let gw = idle_gateway(&[]).await;
+    let mut health = HealthClient::new(gw.channel().await);
+    for service in ["", AUDIT] {
+        assert_eq!(
+            health_status(&mut health, service).await,
+            Ok(ServingStatus::Serving as i32),
+            "{service:?}"
+        );
+    }
+    assert_eq!(
+        health_status(&mut health, "no.such.Service").await,
+        Err(Code::NotFound)
+    );
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn reflection_v1_lists_services_and_serves_descriptors() {
+    use v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let gw = idle_gateway(&[]).await;
+    let mut client = ServerReflectionClient::new(gw.channel().await);
+    let requests = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol(AUDIT.into()),
+    ]
+    .map(|m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    });
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("reflection stream")
+        .into_inner();
+
+    let listed = answers.message().await.expect("answer").expect("one");
+    let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+        panic!("not a service list: {listed:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&AUDIT), "{names:?}");
+    assert!(names.contains(&HEALTH), "{names:?}");
+
+    let file = answers.message().await.expect("answer").expect("two");
+    let Some(MessageResponse::FileDescriptorResponse(files)) = file.message_response else {
+        panic!("not a descriptor: {file:?}");
+    };
+    let protos: Vec<_> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|b| prost_types::FileDescriptorProto::decode(b.as_slice()).expect("descriptor"))
+        .collect();
+    let defining = protos
+        .iter()
+        .find(|f| {
+            f.package() == "confluence.audit.v1"
+                && f.service.iter().any(|s| s.name() == "AuditService")
+        })
+        .unwrap_or_else(|| panic!("no file defines AuditService: {protos:?}"));
+    let methods: Vec<_> = defining.service[0]
+        .method
+        .iter()
+        .map(|m| m.name())
+        .collect();
+    assert!(methods.contains(&"GetSince"), "{methods:?}");
+    assert!(
+        answers.message().await.expect("end").is_none(),
+        "one answer per request"
+    );
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_lists_services() {
+    use v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let gw = idle_gateway(&[]).await;
+    let mut client = ServerReflectionClient::new(gw.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection stream")
+        .into_inner();
+    let listed = answers.message().await.expect("answer").expect("one");
+    let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+        panic!("not a service list: {listed:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&AUDIT), "{names:?}");
+    assert!(names.contains(&HEALTH), "{names:?}");
+}
+
+#[tokio::test]
+async fn stream_since_is_unimplemented_for_now() {
+    let mut gw = idle_gateway(&[]).await;
+    let status = gw
+        .client
+        .stream_since(pb::StreamSinceRequest::default())
+        .await
+        .expect_err("not built yet");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+}
+
+/// Waits (bounded) until the simulator has received `n` audit requests.
+async fn upstream_reached(sim: &audit_gateway::simulator::SimulatorHandle, n: usize) {
+    for _ in 0..1000 {
+        if sim.request_count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!(
+        "upstream saw {} requests, expected {n}",
+        sim.request_count()
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_then_finishes_in_flight_calls() {
+    let (sim, mut gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 20,
+            latency: Duration::from_millis(500),
+            ..Default::default()
+        },
+        &["--drain-delay", "300ms"],
+    )
+    .await;
+    let addr = gw.addr;
+    let mut health = HealthClient::new(gw.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: AUDIT.into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("status").expect("one");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    let mut client = gw.client.clone();
+    let in_flight = tokio::spawn(async move { client.get_since(small()).await });
+    upstream_reached(&sim, 1).await;
+    assert!(!in_flight.is_finished(), "the call is still in flight");
+
+    let server = gw.begin_shutdown();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("an update within 5 s of the signal")
+        .expect("status")
+        .expect("an update");
+    assert_eq!(
+        next.status,
+        ServingStatus::NotServing as i32,
+        "watchers hear NOT_SERVING at the signal"
+    );
+    assert_eq!(
+        health_status(&mut health, "").await,
+        Ok(ServingStatus::NotServing as i32)
+    );
+    assert_eq!(
+        health_status(&mut health, AUDIT).await,
+        Ok(ServingStatus::NotServing as i32)
+    );
+    // A watch never ends on its own: hang it up so the server can finish.
+    drop(watch);
+    drop(health);
+
+    let page = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the in-flight call ends within 10 s")
+        .expect("task did not panic")
+        .expect("the in-flight call completes")
+        .into_inner();
+    assert_eq!(page.results.len(), 5);
+
+    let result = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops within 10 s")
+        .expect("server task did not panic");
+    assert_eq!(result, Ok(()));
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "new connections are refused once the server returned"
+    );
+    assert_eq!(sim.request_count(), 1);
+}
+
+#[tokio::test]
+async fn connections_are_accepted_during_the_drain_delay_only() {
+    let mut gw = idle_gateway(&["--drain-delay", "300ms"]).await;
+    let addr = gw.addr;
+    let started = Instant::now();
+    let server = gw.begin_shutdown();
+    // Still draining: a new connection is accepted and told NOT_SERVING.
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("accepted while draining");
+    let mut health = HealthClient::new(channel);
+    assert_eq!(
+        health_status(&mut health, "").await,
+        Ok(ServingStatus::NotServing as i32)
+    );
+    drop(health);
+    drop(gw);
+    let result = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops within 10 s")
+        .expect("server task did not panic");
+    assert_eq!(result, Ok(()));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the drain delay was waited: {:?}",
+        started.elapsed()
+    );
+    assert!(TcpStream::connect(addr).await.is_err(), "refused after");
+}
+
+#[tokio::test]
+async fn the_shutdown_timeout_bounds_a_call_that_never_ends() {
+    // A health watch is a call that only its client ends.
+    let mut gw = idle_gateway(&["--shutdown-timeout", "300ms"]).await;
+    let mut health = HealthClient::new(gw.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    watch.message().await.expect("status").expect("one");
+    let started = Instant::now();
+    let server = gw.begin_shutdown();
+    let result = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the shutdown timeout is honoured")
+        .expect("server task did not panic");
+    assert_eq!(result, Ok(()));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "in-flight calls were given the timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+// --- the binary -------------------------------------------------------------------------
+
+/// `audit-gateway serve …` with no CONFLUENCE_* or AUDIT_GATEWAY_* settings inherited.
+fn gateway_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-gateway"));
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("CONFLUENCE_") || n.starts_with("AUDIT_GATEWAY_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .arg("serve")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Waits for `child` to exit, killing it and failing after `limit`.
+fn exit_within(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("audit-gateway still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `serve` with `args` expecting a quick failure; returns its stderr.
+fn failing_serve(args: &[&str]) -> String {
+    let mut child = gateway_command(args).spawn().expect("binary runs");
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).expect("stderr");
+        s
+    });
+    let status = exit_within(&mut child, Duration::from_secs(10));
+    let stderr = reader.join().expect("reader");
+    assert!(!status.success(), "{args:?} exited {status}: {stderr}");
+    stderr
+}
+
+#[test]
+fn serve_rejects_wrong_settings_naming_them() {
+    let url = "http://127.0.0.1:9/wiki";
+    let cases: [(&[&str], &str); 5] = [
+        (&["--confluence-url", "ftp://x"], "--confluence-url"),
+        (
+            &["--confluence-url", "http://x/wiki/rest/api/audit/since"],
+            "--confluence-url",
+        ),
+        (
+            &["--confluence-url", url, "--cache-ttl", "soon"],
+            "--cache-ttl",
+        ),
+        (
+            &[
+                "--confluence-url",
+                url,
+                "--confluence-email",
+                "a@example.com",
+            ],
+            "--confluence-api-token",
+        ),
+        (
+            &["--confluence-url", url, "--upstream-retries", "11"],
+            "--upstream-retries",
+        ),
+    ];
+    for (args, setting) in cases {
+        let stderr = failing_serve(args);
+        assert!(
+            stderr.contains(setting),
+            "{args:?}: stderr does not name {setting}: {stderr}"
+        );
+    }
+    let stderr = failing_serve(&[]);
+    assert!(stderr.contains("--confluence-url"), "{stderr}");
+}
+
+#[test]
+fn serve_reports_a_listen_address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("bound").to_string();
+    let stderr = failing_serve(&[
+        "--confluence-url",
+        "http://127.0.0.1:9/wiki",
+        "--listen",
+        &addr,
+    ]);
+    assert!(stderr.contains("--listen"), "{stderr}");
+}
+
+/// Strips ANSI escape sequences, should the log be coloured anyway.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The child's stderr lines, read on a thread.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(plain(&line)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_logs_the_bound_address_and_serves_there() {
+    let mut child = KillOnDrop(
+        gateway_command(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--confluence-url",
+            "http://127.0.0.1:9/wiki",
+        ])
+        .spawn()
+        .expect("binary runs"),
+    );
+    let lines = stderr_lines(&mut child.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .expect("a 'listening' line within 10 s");
+        if line.contains("listening") {
+            break line;
+        }
+    };
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0, "the bound port, not the requested one");
+
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("the logged address serves");
+    let mut health = HealthClient::new(channel);
+    assert_eq!(
+        health_status(&mut health, "").await,
+        Ok(ServingStatus::Serving as i32)
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn serve_exits_cleanly_on_sigterm() {
+    let mut child = KillOnDrop(
+        gateway_command(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--confluence-url",
+            "http://127.0.0.1:9/wiki",
+        ])
+        .spawn()
+        .expect("binary runs"),
+    );
+    let lines = stderr_lines(&mut child.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).expect("a 'listening' line");
+        if line.contains("listening") {
+            break;
+        }
+    }
+    let pid = child.0.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = exit_within(&mut child.0, Duration::from_secs(10));
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
