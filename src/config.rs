@@ -54,6 +54,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
 
+    /// Pages a StreamSince call fetches ahead, concurrently (it starts at one and
+    /// doubles with each full page up to this).
+    #[arg(long, env = "AUDIT_GATEWAY_STREAM_PREFETCH", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub stream_prefetch: u16,
+
     /// Wait this long after a shutdown signal, reporting NOT_SERVING, before refusing
     /// new connections (lets a mesh stop routing here first).
     #[arg(long, env = "AUDIT_GATEWAY_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]

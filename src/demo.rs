@@ -61,6 +61,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             cache_max_bytes: 256 << 20,
             credential_salt: None,
         },
+        stream_prefetch: 8,
         drain_delay: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(5),
     };

@@ -16,5 +16,6 @@ pub mod pages;
 pub mod pb;
 pub mod server;
 pub mod simulator;
+pub mod stream;
 pub mod telemetry;
 pub mod upstream;

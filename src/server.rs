@@ -5,8 +5,10 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{codec::CompressionEncoding, transport::Server};
+use tonic::{
+    codec::CompressionEncoding,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -58,6 +60,7 @@ pub fn build_service(args: &ServeArgs) -> Result<AuditGrpc, String> {
     Ok(AuditGrpc::new(
         PageService::new(client, cache, key),
         credentials,
+        usize::from(args.stream_prefetch),
     ))
 }
 
@@ -106,14 +109,15 @@ pub async fn run(
 
     tracing::info!(%addr, "audit-gateway listening");
     let serve = Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(audit)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // The builder's tcp_nodelay covers only listeners it binds itself; without
+        // TCP_NODELAY small answers wait ~40 ms on delayed ACKs.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     tokio::pin!(serve);
     tokio::select! {
         res = &mut serve => return res.map_err(|e| format!("gRPC server failed: {e}")),

@@ -3,7 +3,7 @@
 
 use std::{pin::Pin, time::Instant};
 
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{encoded::EncodedMessage, metadata, status::to_status, validate};
@@ -12,6 +12,7 @@ use crate::{
     error::GatewayError,
     pages::{PageRequest, PageService},
     pb::{self, audit_service_server::AuditService},
+    stream,
 };
 
 /// Whose credential calls Confluence.
@@ -28,12 +29,36 @@ pub enum CredentialMode {
 pub struct AuditGrpc {
     pages: PageService,
     credentials: CredentialMode,
+    stream_prefetch: usize,
 }
 
 impl AuditGrpc {
-    /// A service answering from `pages` with credentials chosen by `credentials`.
-    pub fn new(pages: PageService, credentials: CredentialMode) -> Self {
-        Self { pages, credentials }
+    /// A service answering from `pages` with credentials chosen by `credentials`;
+    /// streams fetch up to `stream_prefetch` pages ahead.
+    pub fn new(pages: PageService, credentials: CredentialMode, stream_prefetch: usize) -> Self {
+        Self {
+            pages,
+            credentials,
+            stream_prefetch,
+        }
+    }
+
+    fn open_stream(
+        &self,
+        request: &Request<pb::StreamSinceRequest>,
+    ) -> Result<stream::StreamRequest, GatewayError> {
+        let received = Instant::now();
+        let md = request.metadata();
+        let p = validate::stream_params(request.get_ref())?;
+        Ok(stream::StreamRequest {
+            window: p.window,
+            page_size: p.page_size,
+            max_records: p.max_records,
+            cursor: p.cursor,
+            credential: self.credential(md)?,
+            refresh: metadata::wants_fresh(md),
+            deadline: metadata::deadline(md, received),
+        })
     }
 
     fn credential(
@@ -84,10 +109,14 @@ impl AuditService for AuditGrpc {
 
     async fn stream_since(
         &self,
-        _request: Request<pb::StreamSinceRequest>,
+        request: Request<pb::StreamSinceRequest>,
     ) -> Result<Response<Self::StreamSinceStream>, Status> {
-        Err(Status::unimplemented(
-            "StreamSince is not available yet; page with GetSince",
-        ))
+        let req = self.open_stream(&request).map_err(|err| {
+            tracing::info!(reason = err.reason(), error = %err, "StreamSince refused");
+            to_status(&err)
+        })?;
+        let rx = stream::start(self.pages.clone(), req, self.stream_prefetch);
+        let messages = ReceiverStream::new(rx).map(|item| item.map_err(|e| to_status(&e)));
+        Ok(Response::new(Box::pin(messages)))
     }
 }

@@ -2,10 +2,68 @@
 //! never reaches Confluence.
 
 use crate::{
-    audit::{PageQuery, TimeUnit},
+    audit::{
+        PageQuery, TimeUnit,
+        anchor::{Cursor, Window},
+        resume,
+    },
     error::GatewayError,
     pb,
 };
+
+/// A `StreamSinceRequest`, validated: the window, page size, record cap and where to
+/// begin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamParams {
+    /// The window's filters.
+    pub window: Window,
+    /// Records per page, 1..=1000.
+    pub page_size: i32,
+    /// Stop after this many records.
+    pub max_records: Option<u64>,
+    /// Where to begin.
+    pub cursor: Cursor,
+}
+
+/// Validates a `StreamSinceRequest`.
+pub fn stream_params(req: &pb::StreamSinceRequest) -> Result<StreamParams, GatewayError> {
+    let window = Window {
+        number: number(req.number)?,
+        units: units(req.units)?,
+        search_string: search_string(req.search_string.as_deref())?,
+    };
+    let page_size = req.page_size.unwrap_or(PageQuery::MAX_LIMIT);
+    if !(1..=PageQuery::MAX_LIMIT).contains(&page_size) {
+        return Err(GatewayError::invalid(
+            "page_size",
+            format!(
+                "must be between 1 and {}, got {page_size}",
+                PageQuery::MAX_LIMIT
+            ),
+        ));
+    }
+    let max_records = match req.max_records {
+        Some(n) if n < 1 => {
+            return Err(GatewayError::invalid(
+                "max_records",
+                format!("must be >= 1 when set, got {n}"),
+            ));
+        }
+        n => n.map(|n| n as u64),
+    };
+    let cursor = if req.resume_token.is_empty() {
+        Cursor::BEGIN
+    } else {
+        resume::decode(&window, &req.resume_token)
+            .map_err(|e| GatewayError::invalid("resume_token", e.to_string()))?
+    };
+    Ok(StreamParams {
+        window,
+        page_size,
+        max_records,
+        cursor,
+    })
+}
 
 /// A `GetSinceRequest` as the page query sent upstream.
 pub fn page_query(req: &pb::GetSinceRequest) -> Result<PageQuery, GatewayError> {
@@ -180,6 +238,55 @@ mod tests {
         for (req, field) in cases {
             assert_eq!(field_of(page_query(&req)), field, "{req:?}");
         }
+    }
+
+    #[test]
+    fn stream_requests_are_checked() {
+        let base = pb::StreamSinceRequest::default;
+        let p = stream_params(&base()).expect("defaults");
+        assert_eq!(
+            (p.page_size, p.max_records, p.cursor),
+            (1000, None, Cursor::BEGIN)
+        );
+        let field = |r: pb::StreamSinceRequest| match stream_params(&r) {
+            Err(GatewayError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        assert_eq!(
+            field(pb::StreamSinceRequest {
+                page_size: Some(0),
+                ..base()
+            }),
+            "page_size"
+        );
+        assert_eq!(
+            field(pb::StreamSinceRequest {
+                page_size: Some(1001),
+                ..base()
+            }),
+            "page_size"
+        );
+        assert_eq!(
+            field(pb::StreamSinceRequest {
+                max_records: Some(0),
+                ..base()
+            }),
+            "max_records"
+        );
+        assert_eq!(
+            field(pb::StreamSinceRequest {
+                number: Some(-2),
+                ..base()
+            }),
+            "number"
+        );
+        assert_eq!(
+            field(pb::StreamSinceRequest {
+                resume_token: "nope".into(),
+                ..base()
+            }),
+            "resume_token"
+        );
     }
 
     #[test]

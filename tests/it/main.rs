@@ -6,3 +6,4 @@ mod errors;
 mod get_since;
 mod interop;
 mod server;
+mod stream;

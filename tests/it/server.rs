@@ -149,17 +149,6 @@ async fn reflection_v1alpha_lists_services() {
     assert!(names.contains(&HEALTH), "{names:?}");
 }
 
-#[tokio::test]
-async fn stream_since_is_unimplemented_for_now() {
-    let mut gw = idle_gateway(&[]).await;
-    let status = gw
-        .client
-        .stream_since(pb::StreamSinceRequest::default())
-        .await
-        .expect_err("not built yet");
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-}
-
 /// Waits (bounded) until the simulator has received `n` audit requests.
 async fn upstream_reached(sim: &audit_gateway::simulator::SimulatorHandle, n: usize) {
     for _ in 0..1000 {

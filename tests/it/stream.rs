@@ -1,0 +1,460 @@
+//! `StreamSince` end to end: every record of the window exactly once and in order, over
+//! capped limits, live inserts, cache/fresh mixes, faults, cuts and resumes.
+
+use std::time::Duration;
+
+use audit_gateway::{
+    pb::{self, audit_service_client::AuditServiceClient},
+    simulator::{Fault, SimulatorConfig, SimulatorHandle},
+};
+use tonic::{Code, Streaming, transport::Channel};
+use tonic_types::StatusExt;
+
+use crate::common::{TestGateway, sim_and_gateway};
+
+/// The simulator's sequence number of a record (its summary ends with `#<seq>`).
+fn seq(r: &pb::AuditRecord) -> u64 {
+    r.summary
+        .rsplit_once('#')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sequence number in {:?}", r.summary))
+}
+
+fn window(page_size: i32) -> pb::StreamSinceRequest {
+    pb::StreamSinceRequest {
+        page_size: Some(page_size),
+        ..Default::default()
+    }
+}
+
+/// Every message of a stream, and how it ended.
+async fn drain(
+    mut s: Streaming<pb::StreamSinceResponse>,
+) -> (Vec<pb::StreamSinceResponse>, Option<tonic::Status>) {
+    let mut out = Vec::new();
+    loop {
+        match s.message().await {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => return (out, None),
+            Err(status) => return (out, Some(status)),
+        }
+    }
+}
+
+async fn stream_all(
+    client: &mut AuditServiceClient<Channel>,
+    req: pb::StreamSinceRequest,
+) -> Vec<pb::StreamSinceResponse> {
+    let s = client
+        .stream_since(req)
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let (messages, end) = drain(s).await;
+    assert!(end.is_none(), "stream failed: {end:?}");
+    messages
+}
+
+fn seqs(messages: &[pb::StreamSinceResponse]) -> Vec<u64> {
+    messages
+        .iter()
+        .flat_map(|m| m.records.iter().map(seq))
+        .collect()
+}
+
+/// `n` newest-first sequence numbers ending at 0: what a whole log of `n` streams as.
+fn whole(n: u64) -> Vec<u64> {
+    (0..n).rev().collect()
+}
+
+async fn setup(
+    records: usize,
+    config: SimulatorConfig,
+    extra: &[&str],
+) -> (SimulatorHandle, TestGateway) {
+    sim_and_gateway(SimulatorConfig { records, ..config }, extra).await
+}
+
+#[tokio::test]
+async fn windows_of_every_size_stream_exactly_once_in_order() {
+    for (records, page_size) in [(0, 10), (1, 10), (10, 10), (11, 10), (95, 10), (250, 7)] {
+        let (sim, mut gw) = setup(records, SimulatorConfig::default(), &[]).await;
+        let messages = stream_all(&mut gw.client, window(page_size)).await;
+        assert_eq!(
+            seqs(&messages),
+            whole(records as u64),
+            "{records} records, pages of {page_size}"
+        );
+        assert!(
+            messages
+                .iter()
+                .all(|m| !m.records.is_empty() && !m.resume_token.is_empty())
+        );
+        assert!(
+            sim.request_count() <= records / page_size as usize + 2 + 8,
+            "{records}: {} requests",
+            sim.request_count()
+        );
+    }
+}
+
+#[tokio::test]
+async fn server_capped_limits_still_deliver_everything_once() {
+    let (_sim, mut gw) = setup(
+        500,
+        SimulatorConfig {
+            max_limit: Some(33),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await;
+    let messages = stream_all(&mut gw.client, window(1000)).await;
+    assert_eq!(seqs(&messages), whole(500));
+    assert!(messages.iter().all(|m| m.records.len() <= 33));
+}
+
+#[tokio::test]
+async fn live_inserts_before_every_page_neither_repeat_nor_skip() {
+    let (sim, mut gw) = setup(
+        300,
+        SimulatorConfig {
+            inserts_per_request: 7,
+            ..Default::default()
+        },
+        &[],
+    )
+    .await;
+    let got = seqs(&stream_all(&mut gw.client, window(20)).await);
+    // Everything from the newest record when the first page was read down to the oldest,
+    // each once: consecutive sequence numbers ending at 0.
+    let head = got[0];
+    assert!(head >= 300 + 7 - 1, "head {head}");
+    assert_eq!(got, whole(head + 1));
+    assert!(
+        sim.record_count() > head as usize + 1,
+        "events kept arriving during the stream"
+    );
+}
+
+#[tokio::test]
+async fn a_mix_of_stale_cached_and_fresh_pages_is_realigned() {
+    let (sim, mut gw) = setup(100, SimulatorConfig::default(), &[]).await;
+    // Cache pages 2 and 4 of the stream's walk (starts 20 and 40, 11 records each) as they
+    // are now, then let events arrive: those cached pages are stale snapshots.
+    for start in [20, 40] {
+        gw.client
+            .get_since(pb::GetSinceRequest {
+                start: Some(start),
+                limit: Some(11),
+                ..Default::default()
+            })
+            .await
+            .expect("prime cache");
+    }
+    sim.insert_records(3);
+    let got = seqs(&stream_all(&mut gw.client, window(10)).await);
+    assert_eq!(got, whole(103));
+}
+
+#[tokio::test]
+async fn random_upstream_faults_are_retried_without_repeats_or_gaps() {
+    let (sim, mut gw) = setup(
+        400,
+        SimulatorConfig {
+            fault_rate: 0.2,
+            inserts_per_request: 7,
+            max_limit: Some(50),
+            ..Default::default()
+        },
+        &["--upstream-retries", "8"],
+    )
+    .await;
+    let got = seqs(&stream_all(&mut gw.client, window(1000)).await);
+    assert_eq!(got, whole(got[0] + 1));
+    assert!(got.len() >= 400);
+    let faulted = sim.request_count();
+    assert!(
+        faulted > got.len() / 50,
+        "faults were injected ({faulted} requests)"
+    );
+}
+
+#[tokio::test]
+async fn max_records_ends_exactly_and_resume_continues_after_it() {
+    let (sim, mut gw) = setup(120, SimulatorConfig::default(), &[]).await;
+    let first = stream_all(
+        &mut gw.client,
+        pb::StreamSinceRequest {
+            max_records: Some(25),
+            ..window(10)
+        },
+    )
+    .await;
+    assert_eq!(seqs(&first), (95..120).rev().collect::<Vec<_>>());
+    // Events arrive between the cut and the resume; nothing repeats, nothing is lost.
+    sim.insert_records(4);
+    let token = first.last().expect("messages").resume_token.clone();
+    let rest = stream_all(
+        &mut gw.client,
+        pb::StreamSinceRequest {
+            resume_token: token,
+            ..window(10)
+        },
+    )
+    .await;
+    assert_eq!(seqs(&rest), whole(95));
+}
+
+#[tokio::test]
+async fn a_failed_page_ends_the_stream_after_what_was_delivered_and_resume_recovers() {
+    let (sim, mut gw) = setup(
+        60,
+        SimulatorConfig::default(),
+        &["--upstream-retries", "0", "--stream-prefetch", "1"],
+    )
+    .await;
+    // Pages 1 and 2 succeed, page 3 is refused.
+    sim.push_faults([
+        Fault::Delay(Duration::ZERO),
+        Fault::Delay(Duration::ZERO),
+        Fault::status_json(403),
+    ]);
+    let s = gw
+        .client
+        .stream_since(window(10))
+        .await
+        .expect("opens")
+        .into_inner();
+    let (delivered, end) = drain(s).await;
+    let status = end.expect("the stream ends with the page's status");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // The first page holds the 10 asked plus the overlap record; later ones 10 new.
+    assert_eq!(seqs(&delivered), (39..60).rev().collect::<Vec<_>>());
+    let token = delivered.last().expect("two pages").resume_token.clone();
+    let rest = stream_all(
+        &mut gw.client,
+        pb::StreamSinceRequest {
+            resume_token: token,
+            ..window(10)
+        },
+    )
+    .await;
+    assert_eq!(seqs(&rest), whole(39));
+}
+
+#[tokio::test]
+async fn bad_tokens_and_fields_are_invalid_arguments_before_any_upstream_call() {
+    let (sim, mut gw) = setup(30, SimulatorConfig::default(), &[]).await;
+    let first = stream_all(
+        &mut gw.client,
+        pb::StreamSinceRequest {
+            max_records: Some(5),
+            ..window(5)
+        },
+    )
+    .await;
+    let token = first[0].resume_token.clone();
+    let before = sim.request_count();
+    let mut corrupted = token.clone().into_bytes();
+    corrupted[4] = if corrupted[4] == b'A' { b'B' } else { b'A' };
+    let cases = [
+        (
+            pb::StreamSinceRequest {
+                resume_token: token.clone(),
+                search_string: Some("other".into()),
+                ..window(5)
+            },
+            "resume_token",
+        ),
+        (
+            pb::StreamSinceRequest {
+                resume_token: String::from_utf8(corrupted).expect("ascii"),
+                ..window(5)
+            },
+            "resume_token",
+        ),
+        (window(0), "page_size"),
+        (window(1001), "page_size"),
+        (
+            pb::StreamSinceRequest {
+                max_records: Some(-1),
+                ..window(5)
+            },
+            "max_records",
+        ),
+        (
+            pb::StreamSinceRequest {
+                units: 42,
+                ..window(5)
+            },
+            "units",
+        ),
+    ];
+    for (req, field) in cases {
+        let status = gw.client.stream_since(req).await.expect_err("invalid");
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        let details = status.get_error_details();
+        assert_eq!(
+            details.bad_request().expect("BadRequest").field_violations[0].field,
+            field
+        );
+    }
+    assert_eq!(sim.request_count(), before);
+}
+
+#[tokio::test]
+async fn many_consumers_of_one_window_cost_one_upstream_call_per_page() {
+    let (sim, gw) = setup(
+        200,
+        SimulatorConfig {
+            latency: Duration::from_millis(20),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let mut client = gw.client.clone();
+        tasks.push(tokio::spawn(async move {
+            seqs(&stream_all(&mut client, window(10)).await)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("consumer"), whole(200));
+    }
+    // 20 pages (the last one short of the 11 asked), plus at most the prefetch window of
+    // look-ahead past the end, each fetched once for all consumers.
+    let pages = 20;
+    assert!(
+        sim.request_count() <= pages + 8,
+        "{} upstream requests for {pages} pages",
+        sim.request_count()
+    );
+}
+
+/// Polls `f` until it holds or a bounded number of short waits pass.
+async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+#[tokio::test]
+async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
+    let prefetch = 4;
+    let (sim, gw) = setup(
+        20_000,
+        SimulatorConfig::default(),
+        &["--stream-prefetch", "4"],
+    )
+    .await;
+    // A client with small HTTP/2 windows, so unread messages are not absorbed by its
+    // receive buffers (2 MiB by default) and the gateway must hold back.
+    let channel = Channel::from_shared(format!("http://{}", gw.addr))
+        .expect("uri")
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = AuditServiceClient::new(channel);
+    let mut s = client
+        .stream_since(window(200))
+        .await
+        .expect("opens")
+        .into_inner();
+    let read = 5;
+    for _ in 0..read {
+        s.message().await.expect("ok").expect("a page");
+    }
+    // Stop reading; wait until the request count stops moving (bounded), then check.
+    let mut last = sim.request_count();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let now = sim.request_count();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    // Ahead of what was read: a message in flow-control buffers, one in the channel,
+    // one held by the producer, and the prefetch window.
+    let bound = read + 3 + prefetch;
+    assert!(
+        last <= bound,
+        "{last} upstream requests with {read} pages read (bound {bound})"
+    );
+    drop(s);
+}
+
+#[tokio::test]
+async fn a_cancelled_stream_stops_fetching() {
+    let (sim, mut gw) = setup(
+        5000,
+        SimulatorConfig {
+            latency: Duration::from_millis(100),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await;
+    let mut s = gw
+        .client
+        .stream_since(window(10))
+        .await
+        .expect("opens")
+        .into_inner();
+    s.message().await.expect("ok").expect("a page");
+    s.message().await.expect("ok").expect("a page");
+    drop(s);
+    // Let requests already on the wire land (latency 100 ms), then check that no new
+    // ones start: the producer stopped and its pending fetches were aborted.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let settled = sim.request_count();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        sim.request_count(),
+        settled,
+        "requests continued after the caller left"
+    );
+    assert!(settled < 20, "{settled} requests for a window of 500 pages");
+}
+
+#[tokio::test]
+async fn the_window_filters_reach_confluence_on_every_page() {
+    let (sim, mut gw) = setup(50, SimulatorConfig::default(), &[]).await;
+    let req = pb::StreamSinceRequest {
+        number: Some(2),
+        units: pb::TimeUnit::Days as i32,
+        search_string: Some("#1".into()),
+        page_size: Some(5),
+        ..Default::default()
+    };
+    let got = seqs(&stream_all(&mut gw.client, req).await);
+    assert!(!got.is_empty());
+    assert!(
+        got.iter().all(|s| s.to_string().starts_with('1')),
+        "{got:?}"
+    );
+    for r in sim.requests() {
+        let q: Vec<(&str, &str)> = r
+            .query
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert!(
+            q.contains(&("number", "2")) && q.contains(&("units", "DAYS")),
+            "{q:?}"
+        );
+        assert!(
+            q.contains(&("searchString", "#1")) && q.contains(&("limit", "6")),
+            "{q:?}"
+        );
+    }
+}
