@@ -334,17 +334,6 @@ async fn many_consumers_of_one_window_cost_one_upstream_call_per_page() {
     );
 }
 
-/// Polls `f` until it holds or a bounded number of short waits pass.
-async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    f()
-}
-
 #[tokio::test]
 async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
     let prefetch = 4;
