@@ -1,7 +1,7 @@
 //! Generates the protobuf messages and the gRPC client with `tonic-prost-build`, from a
 //! descriptor set compiled by `protox` (so no system `protoc` is needed), and the gRPC
-//! server by hand-built service description so `GetSince` can answer with pre-encoded
-//! cached pages instead of decoding and re-encoding them.
+//! server by hand-built service description so both methods answer with messages
+//! assembled from pre-encoded cached pages instead of decoding and re-encoding them.
 
 use std::{env, fs, path::PathBuf};
 
@@ -40,9 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tonic_build::manual::Method::builder()
                 .name("stream_since")
                 .route_name("StreamSince")
-                .comment("Streams every record of a time window.")
+                .comment("Streams every record of a time window, messages already encoded.")
                 .input_type("super::StreamSinceRequest")
-                .output_type("super::StreamSinceResponse")
+                .output_type("crate::grpc::encoded::EncodedMessage")
                 .codec_path("tonic_prost::ProstCodec")
                 .server_streaming()
                 .build(),

@@ -1,23 +1,80 @@
-//! The `get` command: one `GetSince` call through a gateway, printed as JSON.
+//! The `get` and `stream` commands: calls through a gateway, printed as Confluence's JSON.
 
-use tonic::{Request, metadata::MetadataValue, transport::Endpoint};
+use std::io::Write;
+
+use tonic::{
+    Request,
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
 
 use crate::{
-    config::GetArgs,
+    config::{GetArgs, StreamArgs},
     pb::{self, audit_service_client::AuditServiceClient, json::ToJson},
 };
+
+async fn connect(gateway: &str) -> Result<AuditServiceClient<Channel>, String> {
+    let channel = Endpoint::from_shared(gateway.to_owned())
+        .map_err(|e| format!("--gateway: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to the gateway at {gateway}: {e}"))?;
+    Ok(AuditServiceClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+fn authorize<T>(request: &mut Request<T>, authorization: Option<&str>) -> Result<(), String> {
+    if let Some(auth) = authorization {
+        let value = MetadataValue::try_from(auth)
+            .map_err(|_| "--authorization: not a valid metadata value".to_owned())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(())
+}
+
+/// Streams a window, writing one JSON record per line to `out`; returns the number of
+/// records and the last resume token.
+pub async fn stream(args: &StreamArgs, out: &mut impl Write) -> Result<(u64, String), String> {
+    let mut client = connect(&args.gateway).await?;
+    let mut request = Request::new(pb::StreamSinceRequest {
+        number: args.number,
+        units: args.units.map_or(0, |u| unit_to_proto(u) as i32),
+        search_string: args.search.clone(),
+        page_size: args.page_size,
+        max_records: args.max_records,
+        resume_token: args.resume_token.clone(),
+    });
+    authorize(&mut request, args.authorization.as_deref())?;
+    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    let mut messages = client
+        .stream_since(request)
+        .await
+        .map_err(status)?
+        .into_inner();
+    let (mut count, mut token) = (0, String::new());
+    loop {
+        let message = match messages.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok((count, token)),
+            // Say where to resume from, then the failure.
+            Err(s) => {
+                return Err(format!(
+                    "{} (resume with --resume-token '{token}')",
+                    status(s)
+                ));
+            }
+        };
+        for record in &message.records {
+            writeln!(out, "{}", record.to_json()).map_err(|e| format!("output: {e}"))?;
+            count += 1;
+        }
+        token = message.resume_token;
+    }
+}
 
 /// Calls `GetSince` as `args` say and returns the page as pretty JSON, or the status
 /// as one line (`CODE: message`).
 pub async fn get(args: &GetArgs) -> Result<String, String> {
-    let endpoint = Endpoint::from_shared(args.gateway.clone())
-        .map_err(|e| format!("--gateway: {e}"))?
-        .connect_timeout(args.timeout);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to the gateway at {}: {e}", args.gateway))?;
-    let mut client = AuditServiceClient::new(channel);
+    let mut client = connect(&args.gateway).await?;
     let mut request = Request::new(pb::GetSinceRequest {
         number: args.number,
         units: args.units.map_or(0, |u| unit_to_proto(u) as i32),
@@ -31,11 +88,7 @@ pub async fn get(args: &GetArgs) -> Result<String, String> {
             .metadata_mut()
             .insert("cache-control", MetadataValue::from_static("no-cache"));
     }
-    if let Some(auth) = &args.authorization {
-        let value = MetadataValue::try_from(auth.as_str())
-            .map_err(|_| "--authorization: not a valid metadata value".to_owned())?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    authorize(&mut request, args.authorization.as_deref())?;
     let page = client
         .get_since(request)
         .await

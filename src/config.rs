@@ -34,6 +34,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Call `GetSince` on a gateway and print the page as Confluence's JSON.
     Get(GetArgs),
+    /// Call `StreamSince` on a gateway and print each record as one JSON line.
+    Stream(StreamArgs),
 }
 
 /// `serve` settings.
@@ -163,7 +165,7 @@ pub struct CacheArgs {
     pub cache_ttl: Duration,
 
     /// Bound on the in-process cache, in bytes of encoded pages (e.g. 256MiB).
-    #[arg(long, env = "AUDIT_GATEWAY_CACHE_MAX_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "AUDIT_GATEWAY_CACHE_MAX_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
     pub cache_max_bytes: u64,
 
     /// Secret keying credential fingerprints in cache keys; replicas sharing a cache
@@ -301,6 +303,46 @@ pub struct GetArgs {
     /// Deadline of the call.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// `stream` settings.
+#[derive(Clone, Debug, Args)]
+pub struct StreamArgs {
+    /// The gateway's address (http://host:port).
+    #[arg(
+        long,
+        env = "AUDIT_GATEWAY_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub gateway: String,
+
+    /// How many `units` back.
+    #[arg(long)]
+    pub number: Option<i64>,
+
+    /// NANOS … CENTURIES (default MONTHS).
+    #[arg(long, value_parser = parse_units)]
+    pub units: Option<crate::audit::TimeUnit>,
+
+    /// Confluence's searchString.
+    #[arg(long = "search")]
+    pub search: Option<String>,
+
+    /// Records per upstream page (1..=1000).
+    #[arg(long)]
+    pub page_size: Option<i32>,
+
+    /// Stop after this many records.
+    #[arg(long)]
+    pub max_records: Option<i64>,
+
+    /// Continue after the message that carried this token (printed to stderr at the end).
+    #[arg(long, default_value = "")]
+    pub resume_token: String,
+
+    /// `authorization` metadata to send (for gateways run with --auth-passthrough).
+    #[arg(long, env = "AUDIT_GATEWAY_AUTHORIZATION", hide_env_values = true)]
+    pub authorization: Option<String>,
 }
 
 fn parse_units(s: &str) -> Result<crate::audit::TimeUnit, String> {

@@ -58,7 +58,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         },
         cache: CacheArgs {
             cache_ttl: Duration::from_secs(60),
-            cache_max_bytes: 256 << 20,
+            cache_max_bytes: 32 << 20,
             credential_salt: None,
         },
         stream_prefetch: 8,
@@ -102,12 +102,29 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     crate::client::get(&get).await?;
     let warm = warm.elapsed();
     println!("GetSince(number=1, units=DAYS, limit=2) answered:\n{page}");
+    let streamed = Instant::now();
+    let stream_args = crate::config::StreamArgs {
+        gateway: format!("http://{addr}"),
+        number: Some(1),
+        units: Some(crate::audit::TimeUnit::Days),
+        search: None,
+        page_size: Some(500),
+        max_records: None,
+        resume_token: String::new(),
+        authorization: None,
+    };
+    let (count, _) = crate::client::stream(&stream_args, &mut std::io::sink()).await?;
+    println!(
+        "StreamSince(number=1, units=DAYS, page_size=500) delivered {count} records in {:.1?}",
+        streamed.elapsed()
+    );
     println!(
         "first call {cold:.1?} (upstream fetch), second {warm:.1?} (page cache); upstream requests so far: {}",
         sim.request_count()
     );
     println!(
         "query it yourself:\n  cargo run -- get --gateway http://{addr} --number 1 --units DAYS --limit 3\n  \
+         cargo run -- stream --gateway http://{addr} --number 1 --units DAYS --max-records 5\n  \
          grpcurl -plaintext -d '{{\"number\":1,\"units\":\"TIME_UNIT_DAYS\",\"limit\":3}}' {addr} confluence.audit.v1.AuditService/GetSince"
     );
     if !args.once {

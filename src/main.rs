@@ -58,5 +58,13 @@ async fn run(command: Command) -> Result<(), String> {
             println!("{json}");
             Ok(())
         }
+        Command::Stream(args) => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let result = client::stream(&args, &mut out).await;
+            std::io::Write::flush(&mut out).map_err(|e| format!("output: {e}"))?;
+            let (count, token) = result?;
+            eprintln!("{count} records; resume token: {token}");
+            Ok(())
+        }
     }
 }

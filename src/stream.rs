@@ -9,7 +9,6 @@
 use std::{collections::VecDeque, time::Instant};
 
 use bytes::Bytes;
-use prost::Message;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
@@ -21,7 +20,7 @@ use crate::{
     credential::Credential,
     error::GatewayError,
     pages::{PageRequest, PageService},
-    pb,
+    pb::wire::{self, PageView},
 };
 
 /// One validated `StreamSince` call.
@@ -43,8 +42,8 @@ pub struct StreamRequest {
     pub deadline: Option<Instant>,
 }
 
-/// What the stream yields.
-pub type Item = Result<pb::StreamSinceResponse, GatewayError>;
+/// What the stream yields: encoded `StreamSinceResponse`s, then at most one error.
+pub type Item = Result<Bytes, GatewayError>;
 
 /// Starts the producer; the receiver yields the messages, then at most one error.
 pub fn start(pages: PageService, req: StreamRequest, prefetch: usize) -> mpsc::Receiver<Item> {
@@ -86,7 +85,7 @@ struct Fetch {
     start: i64,
     /// Fetched past the cache after the anchor's page was placed.
     fresh: bool,
-    task: JoinHandle<Result<pb::GetSinceResponse, GatewayError>>,
+    task: JoinHandle<Result<PageView, GatewayError>>,
     /// Finish even when dropped: other streams may be waiting on this very load.
     let_go: bool,
 }
@@ -159,7 +158,7 @@ impl Producer {
                 })??,
                 _ = tx.closed() => return Ok(()),
             };
-            let n = page.results.len() as i64;
+            let n = page.records.len() as i64;
             let limit = if page.limit > 0 {
                 i64::from(page.limit).min(asked)
             } else {
@@ -172,7 +171,7 @@ impl Producer {
             }
             step = Some(limit - 1);
             let last_page = n < limit;
-            let from = match place(&cursor, &page.results, fetch.fresh) {
+            let from = match place(&cursor, &page.records, fetch.fresh) {
                 Placement::Refetch => {
                     serial = Some(self.fetch(fetch.start, true));
                     continue;
@@ -188,7 +187,7 @@ impl Producer {
                 }
                 Placement::Deliver(from) => from,
             };
-            let mut records = page.results;
+            let mut records = page.records;
             records.drain(..from.min(records.len()));
             let mut done = last_page;
             if let Some(left) = remaining.as_mut() {
@@ -207,10 +206,8 @@ impl Producer {
                     start: fetch.start + (from + records.len() - 1) as i64,
                     anchor: Some(anchor),
                 };
-                let message = pb::StreamSinceResponse {
-                    resume_token: resume::encode(&self.req.window, cursor.start, anchor),
-                    records,
-                };
+                let token = resume::encode(&self.req.window, cursor.start, anchor);
+                let message = wire::stream_message(&records, &token);
                 if tx.send(Ok(message)).await.is_err() {
                     return Ok(());
                 }
@@ -254,21 +251,24 @@ impl Producer {
     }
 }
 
-fn decode(page: &Bytes) -> Result<pb::GetSinceResponse, GatewayError> {
-    pb::GetSinceResponse::decode(page.as_ref())
+fn decode(page: &Bytes) -> Result<PageView, GatewayError> {
+    PageView::parse(page)
         .map_err(|e| GatewayError::Internal(format!("a cached page does not decode: {e}")))
 }
 
-impl Anchored for pb::AuditRecord {
+/// An encoded `AuditRecord`: the gateway encodes records deterministically (fields in
+/// order, `Struct` keys sorted), so its bytes identify its content.
+impl Anchored for Bytes {
     fn id(&self) -> [u8; 16] {
-        // prost encodes fields in order and map fields (Struct) sorted: a stable digest.
-        let digest = ring::digest::digest(&ring::digest::SHA256, &self.encode_to_vec());
+        let digest = ring::digest::digest(&ring::digest::SHA256, self);
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest.as_ref()[..16]);
         id
     }
 
     fn date(&self) -> i64 {
-        self.creation_date
+        // Pages are written by this gateway, so a record that does not parse is a defect;
+        // dating it 0 only makes it look older than any anchor.
+        wire::creation_date(self).unwrap_or_default()
     }
 }

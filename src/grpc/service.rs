@@ -105,7 +105,7 @@ impl AuditService for AuditGrpc {
     }
 
     type StreamSinceStream =
-        Pin<Box<dyn Stream<Item = Result<pb::StreamSinceResponse, Status>> + Send + 'static>>;
+        Pin<Box<dyn Stream<Item = Result<EncodedMessage, Status>> + Send + 'static>>;
 
     async fn stream_since(
         &self,
@@ -116,7 +116,8 @@ impl AuditService for AuditGrpc {
             to_status(&err)
         })?;
         let rx = stream::start(self.pages.clone(), req, self.stream_prefetch);
-        let messages = ReceiverStream::new(rx).map(|item| item.map_err(|e| to_status(&e)));
+        let messages =
+            ReceiverStream::new(rx).map(|item| item.map(EncodedMessage).map_err(|e| to_status(&e)));
         Ok(Response::new(Box::pin(messages)))
     }
 }

@@ -3,6 +3,7 @@
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 pub mod json;
+pub mod wire;
 
 tonic::include_proto!("confluence.audit.v1");
 include!(concat!(

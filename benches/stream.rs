@@ -1,0 +1,214 @@
+//! Figures for `StreamSince`, printed (not asserted):
+//!
+//! 1. time to stream a 40-page window (40,000 records, pages of 1000) with 100 ms of
+//!    upstream latency per page, for several prefetch depths, against the sequential
+//!    floor of 41 × 100 ms;
+//! 2. the gateway's peak RSS (VmHWM) while streaming 100,000 and 1,000,000 records to a
+//!    slow consumer, the gateway running as its own process with default settings.
+//!
+//! Run: `cargo bench --bench stream` (release build).
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use audit_gateway::{
+    config::{Cli, Command as Sub},
+    pb,
+    server::{self, ShutdownSettings},
+    simulator::{Simulator, SimulatorConfig, SimulatorHandle},
+};
+use clap::Parser;
+use http::uri::PathAndQuery;
+use tonic::{client::Grpc, transport::Channel};
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        prefetch_speedup().await;
+        peak_rss().await;
+    });
+}
+
+async fn simulator(config: SimulatorConfig) -> SimulatorHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    Simulator::start(config, listener).await.expect("simulator")
+}
+
+/// `StreamSinceResponse` with its records left encoded: the bench counts records rather
+/// than decode them, so the machine's two cores go to the gateway being measured (a real
+/// consumer decodes on its own machine).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Counted {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    records: Vec<bytes::Bytes>,
+    #[prost(string, tag = "2")]
+    resume_token: String,
+}
+
+async fn client(addr: &str) -> Grpc<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    Grpc::new(channel).max_decoding_message_size(64 << 20)
+}
+
+/// Streams the whole window; returns (records, messages).
+async fn stream(client: &mut Grpc<Channel>, pause: Duration) -> (usize, usize) {
+    let req = pb::StreamSinceRequest {
+        page_size: Some(1000),
+        ..Default::default()
+    };
+    client.ready().await.expect("ready");
+    let path = PathAndQuery::from_static("/confluence.audit.v1.AuditService/StreamSince");
+    let codec = tonic_prost::ProstCodec::<pb::StreamSinceRequest, Counted>::default();
+    let mut s = client
+        .server_streaming(tonic::Request::new(req), path, codec)
+        .await
+        .expect("stream")
+        .into_inner();
+    let (mut records, mut messages) = (0, 0);
+    while let Some(m) = s.message().await.expect("stream ok") {
+        records += m.records.len();
+        messages += 1;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    (records, messages)
+}
+
+async fn prefetch_speedup() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let latency = Duration::from_millis(100);
+    let floor = latency * 41;
+    println!(
+        "StreamSince, 40,000 records in pages of 1000, {latency:?} upstream latency per page; sequential floor 41 x {latency:?} = {floor:?}"
+    );
+    for prefetch in [1u16, 4, 8, 16] {
+        let sim = simulator(SimulatorConfig {
+            records: 40_000,
+            latency,
+            ..Default::default()
+        })
+        .await;
+        let url = sim.base_url();
+        let p = prefetch.to_string();
+        let argv = [
+            "audit-gateway",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--confluence-url",
+            &url,
+            "--stream-prefetch",
+            &p,
+        ];
+        let Sub::Serve(args) = Cli::parse_from(argv).command else {
+            unreachable!("serve")
+        };
+        let service = server::build_service(&args).expect("service");
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(
+            service,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            ShutdownSettings {
+                drain_delay: Duration::ZERO,
+                timeout: Duration::from_secs(1),
+            },
+        ));
+        let mut c = client(&addr).await;
+        let t = Instant::now();
+        let (records, messages) = stream(&mut c, Duration::ZERO).await;
+        let took = t.elapsed();
+        println!(
+            "  prefetch {prefetch:>2}: {records} records in {messages} messages, {took:.2?}, {:.1}x faster than the floor, {} upstream requests",
+            floor.as_secs_f64() / took.as_secs_f64(),
+            sim.request_count()
+        );
+        let _ = stop.send(());
+        let _ = task.await;
+        sim.shutdown();
+    }
+}
+
+/// Starts the gateway binary with default settings in front of `url`; returns the child
+/// and its gRPC address (read from its log).
+fn spawn_gateway(url: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-gateway"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--confluence-url", url])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("gateway binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("gateway log line").expect("utf-8 log");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn peak_rss() {
+    println!(
+        "StreamSince to a slow consumer (2 ms per message), gateway process with default settings:"
+    );
+    for records in [100_000usize, 1_000_000] {
+        let sim = simulator(SimulatorConfig {
+            records,
+            max_limit: Some(1000),
+            ..Default::default()
+        })
+        .await;
+        let (mut child, addr) = spawn_gateway(&sim.base_url());
+        let mut c = client(&addr).await;
+        let t = Instant::now();
+        let (got, messages) = stream(&mut c, Duration::from_millis(2)).await;
+        let hwm = vm_hwm_kib(child.id());
+        println!(
+            "  {got} records in {messages} messages, {:.1?}: gateway peak RSS {:.1} MiB",
+            t.elapsed(),
+            hwm as f64 / 1024.0
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        sim.shutdown();
+    }
+}
