@@ -150,9 +150,10 @@ async fn prefetch_speedup() {
 
 /// Starts the gateway binary with default settings in front of `url`; returns the child
 /// and its gRPC address (read from its log).
-fn spawn_gateway(url: &str) -> (Child, String) {
+fn spawn_gateway(url: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_audit-gateway"))
         .args(["serve", "--listen", "127.0.0.1:0", "--confluence-url", url])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -187,23 +188,28 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 }
 
 async fn peak_rss() {
-    println!(
-        "StreamSince to a slow consumer (2 ms per message), gateway process with default settings:"
-    );
-    for records in [100_000usize, 1_000_000] {
+    println!("StreamSince to a slow consumer (10 ms per message), gateway as its own process:");
+    let settings: [(&str, &[&str]); 2] = [
+        ("default settings", &[]),
+        ("--cache-max-bytes 4MiB", &["--cache-max-bytes", "4MiB"]),
+    ];
+    for ((label, extra), records) in settings
+        .iter()
+        .flat_map(|s| [100_000usize, 1_000_000].map(|r| (s, r)))
+    {
         let sim = simulator(SimulatorConfig {
             records,
             max_limit: Some(1000),
             ..Default::default()
         })
         .await;
-        let (mut child, addr) = spawn_gateway(&sim.base_url());
+        let (mut child, addr) = spawn_gateway(&sim.base_url(), extra);
         let mut c = client(&addr).await;
         let t = Instant::now();
-        let (got, messages) = stream(&mut c, Duration::from_millis(2)).await;
+        let (got, messages) = stream(&mut c, Duration::from_millis(10)).await;
         let hwm = vm_hwm_kib(child.id());
         println!(
-            "  {got} records in {messages} messages, {:.1?}: gateway peak RSS {:.1} MiB",
+            "  {label}: {got} records in {messages} messages, {:.1?}: gateway peak RSS {:.1} MiB",
             t.elapsed(),
             hwm as f64 / 1024.0
         );

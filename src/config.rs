@@ -56,9 +56,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
 
-    /// Pages a StreamSince call fetches ahead, concurrently (it starts at one and
-    /// doubles with each full page up to this).
-    #[arg(long, env = "AUDIT_GATEWAY_STREAM_PREFETCH", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Pages a StreamSince call fetches ahead, concurrently, once its first page is
+    /// full (16: a 40-page window at 100 ms per page streams 7x faster than paging).
+    #[arg(long, env = "AUDIT_GATEWAY_STREAM_PREFETCH", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub stream_prefetch: u16,
 
     /// Wait this long after a shutdown signal, reporting NOT_SERVING, before refusing
@@ -85,7 +85,7 @@ pub struct UpstreamArgs {
         hide_env_values = true,
         requires = "confluence_email"
     )]
-    pub confluence_api_token: Option<String>,
+    pub confluence_api_token: Option<Secret>,
 
     /// Bearer token (Data Center personal access token, OAuth 2.0 or scoped token).
     #[arg(
@@ -94,7 +94,7 @@ pub struct UpstreamArgs {
         hide_env_values = true,
         conflicts_with_all = ["confluence_email", "confluence_api_token"]
     )]
-    pub confluence_bearer_token: Option<String>,
+    pub confluence_bearer_token: Option<Secret>,
 
     /// Forward each caller's `authorization` metadata to Confluence instead of a
     /// configured credential; calls without one get UNAUTHENTICATED.
@@ -132,16 +132,21 @@ pub struct UpstreamArgs {
 }
 
 impl UpstreamArgs {
-    /// The configured credential, if any.
-    pub fn credential(&self) -> Option<Credential> {
+    /// The configured credential, if any; a token that cannot travel in a header is
+    /// refused here, at start, rather than on every call.
+    pub fn credential(&self) -> Result<Option<Credential>, String> {
         match (
             &self.confluence_email,
             &self.confluence_api_token,
             &self.confluence_bearer_token,
         ) {
-            (Some(email), Some(token), _) => Some(Credential::basic(email, token)),
-            (_, _, Some(token)) => Some(Credential::bearer(token)),
-            _ => None,
+            (Some(email), Some(token), _) => Credential::basic(email.trim(), token.expose().trim())
+                .map(Some)
+                .map_err(|why| format!("--confluence-api-token / --confluence-email: {why}")),
+            (_, _, Some(token)) => Credential::bearer(token.expose().trim())
+                .map(Some)
+                .map_err(|why| format!("--confluence-bearer-token: {why}")),
+            _ => Ok(None),
         }
     }
 
@@ -165,13 +170,43 @@ pub struct CacheArgs {
     pub cache_ttl: Duration,
 
     /// Bound on the in-process cache, in bytes of encoded pages (e.g. 256MiB).
-    #[arg(long, env = "AUDIT_GATEWAY_CACHE_MAX_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "AUDIT_GATEWAY_CACHE_MAX_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
     pub cache_max_bytes: u64,
 
     /// Secret keying credential fingerprints in cache keys; replicas sharing a cache
     /// tier must share it. Unset: a random key per process.
     #[arg(long, env = "AUDIT_GATEWAY_CREDENTIAL_SALT", hide_env_values = true)]
-    pub credential_salt: Option<String>,
+    pub credential_salt: Option<Secret>,
+}
+
+/// A secret setting: `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
 }
 
 /// `simulate` settings.
@@ -446,6 +481,31 @@ mod tests {
         assert!(parse_base_url("ftp://x").is_err());
         assert!(parse_base_url("https://u:p@x/wiki").is_err());
         assert!(parse_base_url("https://x/wiki/rest/api/audit/since").is_err());
+    }
+
+    #[test]
+    fn tokens_are_checked_at_start_and_never_printed() {
+        let serve = |args: &[&str]| {
+            let mut argv = vec!["audit-gateway", "serve", "--confluence-url", "http://x"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).expect("parses").command {
+                Command::Serve(s) => s,
+                _ => unreachable!(),
+            }
+        };
+        // A trailing newline (a token read from a file) is trimmed; an inner one refused.
+        let ok = serve(&["--confluence-bearer-token", "tok-123\n"]);
+        assert_eq!(
+            ok.upstream
+                .credential()
+                .expect("valid")
+                .map(|c| c.expose().to_owned()),
+            Some("Bearer tok-123".to_owned())
+        );
+        let bad = serve(&["--confluence-bearer-token", "tok\n123"]);
+        let err = bad.upstream.credential().expect_err("refused");
+        assert!(err.starts_with("--confluence-bearer-token"), "{err}");
+        assert!(!format!("{ok:?}").contains("tok-123"));
     }
 
     #[test]

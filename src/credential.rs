@@ -12,16 +12,19 @@ pub struct Credential(String);
 
 impl Credential {
     /// Basic auth, as Confluence Cloud takes an account email and API token.
-    pub fn basic(email: &str, api_token: &str) -> Self {
-        Self(format!(
+    pub fn basic(email: &str, api_token: &str) -> Result<Self, &'static str> {
+        if email.is_empty() || api_token.is_empty() {
+            return Err("the email and the API token must not be empty");
+        }
+        Ok(Self(format!(
             "Basic {}",
             STANDARD.encode(format!("{email}:{api_token}"))
-        ))
+        )))
     }
 
     /// A bearer token: a Data Center personal access token, or an OAuth 2.0 token.
-    pub fn bearer(token: &str) -> Self {
-        Self(format!("Bearer {token}"))
+    pub fn bearer(token: &str) -> Result<Self, &'static str> {
+        Self::from_header(&format!("Bearer {token}"))
     }
 
     /// A caller's `authorization` metadata, forwarded as is once checked to be a
@@ -97,7 +100,7 @@ mod tests {
 
     #[test]
     fn basic_is_base64_of_email_and_token() {
-        let c = Credential::basic("a@example.com", "tok");
+        let c = Credential::basic("a@example.com", "tok").expect("valid");
         assert_eq!(c.expose(), "Basic YUBleGFtcGxlLmNvbTp0b2s=");
         assert_eq!(format!("{c:?}"), "Credential(<redacted>)");
     }
@@ -113,14 +116,16 @@ mod tests {
 
     #[test]
     fn fingerprints_depend_on_key_and_hide_the_secret() {
-        let c = Credential::bearer("s3cret-token");
+        let c = Credential::bearer("s3cret-token").expect("valid");
+        assert!(Credential::bearer("with\nnewline").is_err());
+        assert!(Credential::bearer("").is_err());
         let k1 = FingerprintKey::from_secret(b"one");
         let k2 = FingerprintKey::from_secret(b"two");
         assert_eq!(c.fingerprint(&k1), c.fingerprint(&k1));
         assert_ne!(c.fingerprint(&k1), c.fingerprint(&k2));
         assert_ne!(
             c.fingerprint(&k1),
-            Credential::bearer("other").fingerprint(&k1)
+            Credential::bearer("other").expect("valid").fingerprint(&k1)
         );
         assert!(!c.fingerprint(&k1).contains("s3cret"));
         assert_eq!(c.fingerprint(&k1).len(), 32);

@@ -24,7 +24,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         SimulatorConfig {
             records: args.records,
             required_authorization: Some(
-                Credential::basic(DEMO_EMAIL, DEMO_TOKEN)
+                Credential::basic(DEMO_EMAIL, DEMO_TOKEN)?
                     .expose()
                     .to_owned(),
             ),
@@ -58,10 +58,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         },
         cache: CacheArgs {
             cache_ttl: Duration::from_secs(60),
-            cache_max_bytes: 32 << 20,
+            cache_max_bytes: 16 << 20,
             credential_salt: None,
         },
-        stream_prefetch: 8,
+        stream_prefetch: 16,
         drain_delay: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(5),
     };

@@ -90,18 +90,9 @@ impl GatewayError {
         }
     }
 
-    /// Whether a caller's deadline (rather than Confluence) ended the call: the
-    /// deadline passed, or an attempt cut short to fit it timed out.
+    /// Whether a caller's deadline (rather than Confluence) ended the call.
     pub fn is_deadline_bound(&self) -> bool {
-        matches!(
-            self,
-            Self::DeadlineExceeded(_)
-                | Self::Upstream {
-                    failure: UpstreamFailure::Timeout,
-                    http_status: None,
-                    ..
-                }
-        )
+        matches!(self, Self::DeadlineExceeded(_))
     }
 
     /// Whether another attempt may succeed (connection trouble, 429, 5xx, time-outs).

@@ -21,6 +21,10 @@ use crate::{
     upstream::{ConfluenceClient, UpstreamSettings},
 };
 
+/// The longest page TTL accepted: audit pages go stale, and the cache cannot hold
+/// entries for centuries.
+const MAX_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How the server stops.
 #[derive(Clone, Debug)]
 pub struct ShutdownSettings {
@@ -41,6 +45,12 @@ pub fn build_service(args: &ServeArgs) -> Result<AuditGrpc, String> {
         retry: args.upstream.retry_policy(),
     })
     .map_err(|e| format!("--confluence-url: {e}"))?;
+    if args.cache.cache_ttl > MAX_CACHE_TTL {
+        return Err(format!(
+            "--cache-ttl: at most {} hours",
+            MAX_CACHE_TTL.as_secs() / 3600
+        ));
+    }
     let cache = PageCache::new(
         CacheSettings {
             ttl: args.cache.cache_ttl,
@@ -49,13 +59,13 @@ pub fn build_service(args: &ServeArgs) -> Result<AuditGrpc, String> {
         None,
     );
     let key = match &args.cache.credential_salt {
-        Some(salt) => FingerprintKey::from_secret(salt.as_bytes()),
+        Some(salt) => FingerprintKey::from_secret(salt.expose().as_bytes()),
         None => FingerprintKey::random()?,
     };
     let credentials = if args.upstream.auth_passthrough {
         CredentialMode::Passthrough
     } else {
-        CredentialMode::Configured(args.upstream.credential())
+        CredentialMode::Configured(args.upstream.credential()?)
     };
     Ok(AuditGrpc::new(
         PageService::new(client, cache, key),

@@ -141,8 +141,8 @@ impl Producer {
             return Ok(());
         }
         let asked = i64::from(self.req.page_size) + 1;
-        // Pages ahead: the first page alone (it tells the server's limit), then doubling
-        // with each full page up to the configured prefetch, so short windows waste little.
+        // Pages ahead: the first page alone (it tells the server's limit and whether
+        // the window holds more than a page), then the whole prefetch window.
         let mut window = 1;
         let mut step: Option<i64> = None;
         let mut ahead: VecDeque<Fetch> = VecDeque::new();
@@ -221,7 +221,7 @@ impl Producer {
                 ahead.iter_mut().for_each(|f| f.let_go = true);
                 return Ok(());
             }
-            window = (window * 2).min(self.prefetch);
+            window = self.prefetch;
         }
     }
 

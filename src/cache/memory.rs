@@ -12,6 +12,7 @@ use crate::error::GatewayError;
 #[derive(Clone)]
 pub struct PageCache {
     memory: Cache<PageKey, Bytes>,
+    in_flight: Cache<PageKey, Bytes>,
     shared: Option<Arc<dyn SharedTier>>,
     settings: CacheSettings,
 }
@@ -26,15 +27,18 @@ impl PageCache {
             })
             .time_to_live(settings.ttl.max(std::time::Duration::from_millis(1)))
             .build();
+        let in_flight = Cache::builder().build();
         Self {
             memory,
+            in_flight,
             shared,
             settings,
         }
     }
 
     /// The page under `key`, loading it with `load` on a miss. Concurrent misses of one
-    /// key share a single load. With `refresh`, cached copies are skipped and replaced.
+    /// key share a single load. With `refresh`, cached copies are skipped and replaced
+    /// once the load succeeds (a failed refresh leaves the cached page in place).
     pub async fn get_or_load<F, Fut>(
         &self,
         key: PageKey,
@@ -46,9 +50,6 @@ impl PageCache {
         Fut: Future<Output = Result<Bytes, GatewayError>>,
     {
         let caching = !self.settings.ttl.is_zero();
-        if refresh && caching {
-            self.memory.invalidate(&key).await;
-        }
         let shared = self.shared.clone();
         let ttl = self.settings.ttl;
         let lookup_key = key.clone();
@@ -64,12 +65,25 @@ impl PageCache {
             }
             Ok(page)
         };
-        let result = self.memory.try_get_with(key.clone(), init).await;
-        if !caching {
-            // Single-flight still applied; the page just is not kept.
-            self.memory.invalidate(&key).await;
+        // Refreshes and uncached loads go through a map of their own that only joins
+        // concurrent loads of one key; its entries are dropped right after.
+        let bypass = refresh || !caching;
+        let flights = if bypass {
+            &self.in_flight
+        } else {
+            &self.memory
+        };
+        let result = flights
+            .try_get_with(key.clone(), init)
+            .await
+            .map_err(|e: Arc<GatewayError>| (*e).clone());
+        if bypass {
+            self.in_flight.invalidate(&key).await;
+            if let (Ok(page), true) = (&result, caching) {
+                self.memory.insert(key, page.clone()).await;
+            }
         }
-        result.map_err(|e: Arc<GatewayError>| (*e).clone())
+        result
     }
 
     /// Pages held by the in-process tier (for tests and metrics).

@@ -105,9 +105,20 @@ impl ConfluenceClient {
         deadline: Option<Instant>,
     ) -> Result<Bytes, GatewayError> {
         let mut timeout = self.settings.attempt_timeout;
+        let mut cut_by_deadline = false;
         if let Some(d) = deadline {
-            timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+            let left = d.saturating_duration_since(Instant::now());
+            cut_by_deadline = left < timeout;
+            timeout = timeout.min(left);
         }
+        let failed = |e: &reqwest::Error| {
+            if e.is_timeout() && cut_by_deadline {
+                // The caller's deadline, not Confluence, ended this attempt.
+                deadline_error()
+            } else {
+                transport_error(e, timeout)
+            }
+        };
         let mut request = self
             .http
             .get(url.clone())
@@ -120,14 +131,11 @@ impl ConfluenceClient {
             request = request.header(header::AUTHORIZATION, value);
         }
         let started = Instant::now();
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, timeout))?;
+        let response = request.send().await.map_err(|e| failed(&e))?;
         let status = response.status();
         tracing::debug!(status = status.as_u16(), elapsed = ?started.elapsed(), "Confluence answered");
         if status == StatusCode::OK {
-            return read_capped(response, self.settings.max_body_bytes, timeout).await;
+            return read_capped(response, self.settings.max_body_bytes, failed).await;
         }
         Err(self.status_error(response).await)
     }
@@ -140,7 +148,8 @@ impl ConfluenceClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, self.settings.retry.max_retry_after));
         // A body that cannot be read only costs us Confluence's message.
-        let body = read_capped(response, MAX_ERROR_BODY, self.settings.attempt_timeout)
+        let timeout = self.settings.attempt_timeout;
+        let body = read_capped(response, MAX_ERROR_BODY, |e| transport_error(e, timeout))
             .await
             .unwrap_or_default();
         let failure = classify(status.as_u16());
@@ -185,17 +194,13 @@ pub fn encode_params(params: &[(&str, String)]) -> String {
 async fn read_capped(
     mut response: reqwest::Response,
     cap: usize,
-    timeout: Duration,
+    failed: impl Fn(&reqwest::Error) -> GatewayError,
 ) -> Result<Bytes, GatewayError> {
     if response.content_length().is_some_and(|n| n > cap as u64) {
         return Err(GatewayError::BodyTooLarge { limit: cap });
     }
     let mut body = BytesMut::with_capacity(response.content_length().map_or(8192, |n| n as usize));
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error(&e, timeout))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| failed(&e))? {
         if body.len() + chunk.len() > cap {
             return Err(GatewayError::BodyTooLarge { limit: cap });
         }

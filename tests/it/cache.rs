@@ -462,3 +462,33 @@ async fn a_short_deadline_does_not_fail_callers_who_joined_its_load() {
         .into_inner();
     assert_eq!(page.results.len(), 5);
 }
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_cached_page() {
+    let (sim, mut gw) = sim_and_gateway(sim_config(100), &["--upstream-retries", "0"]).await;
+    let cached = gw
+        .client
+        .get_since(small())
+        .await
+        .expect("miss")
+        .into_inner();
+    sim.push_faults([Fault::status_json(503)]);
+    let status = gw
+        .client
+        .get_since(with_md(small(), &[("cache-control", "no-cache")]))
+        .await
+        .expect_err("the refresh fails");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let after = gw
+        .client
+        .get_since(small())
+        .await
+        .expect("still cached")
+        .into_inner();
+    assert_eq!(after, cached);
+    assert_eq!(
+        sim.request_count(),
+        2,
+        "the plain call after the failed refresh is a hit"
+    );
+}
