@@ -177,6 +177,27 @@ pub struct CacheArgs {
     /// tier must share it. Unset: a random key per process.
     #[arg(long, env = "AUDIT_GATEWAY_CREDENTIAL_SALT", hide_env_values = true)]
     pub credential_salt: Option<Secret>,
+
+    /// Redis shared by all replicas, below the in-process cache (redis:// or rediss://,
+    /// auth and database in the URL). Unset: in-process cache only.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// Time-out of each Redis operation; a slower Redis is skipped.
+    #[arg(long, env = "AUDIT_GATEWAY_REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// How long Redis is skipped after an error before it is tried again.
+    #[arg(long, env = "AUDIT_GATEWAY_REDIS_PAUSE", default_value = "5s", value_parser = parse_duration)]
+    pub redis_pause: Duration,
+
+    /// Prefix of the gateway's Redis keys.
+    #[arg(
+        long,
+        env = "AUDIT_GATEWAY_REDIS_KEY_PREFIX",
+        default_value = "audit-gateway"
+    )]
+    pub redis_key_prefix: String,
 }
 
 /// A secret setting: `Debug` never prints it.

@@ -12,8 +12,11 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    cache::{CacheSettings, PageCache},
-    config::ServeArgs,
+    cache::{
+        CacheSettings, PageCache, SharedTier,
+        redis::{RedisSettings, RedisTier},
+    },
+    config::{CacheArgs, ServeArgs},
     credential::FingerprintKey,
     grpc::{AuditGrpc, CredentialMode},
     pages::PageService,
@@ -56,7 +59,7 @@ pub fn build_service(args: &ServeArgs) -> Result<AuditGrpc, String> {
             ttl: args.cache.cache_ttl,
             max_bytes: args.cache.cache_max_bytes,
         },
-        None,
+        shared_tier(&args.cache)?,
     );
     let key = match &args.cache.credential_salt {
         Some(salt) => FingerprintKey::from_secret(salt.expose().as_bytes()),
@@ -72,6 +75,30 @@ pub fn build_service(args: &ServeArgs) -> Result<AuditGrpc, String> {
         credentials,
         usize::from(args.stream_prefetch),
     ))
+}
+
+/// The Redis tier, when `--redis-url` is set.
+fn shared_tier(args: &CacheArgs) -> Result<Option<Arc<dyn SharedTier>>, String> {
+    let Some(url) = &args.redis_url else {
+        return Ok(None);
+    };
+    if args.credential_salt.is_none() {
+        return Err(
+            "--redis-url: set --credential-salt too, the same on every replica, so \
+                    replicas file pages under the same keys"
+                .into(),
+        );
+    }
+    if args.redis_timeout.is_zero() {
+        return Err("--redis-timeout: must be larger than 0".into());
+    }
+    let tier = RedisTier::new(RedisSettings {
+        url: url.expose().to_owned(),
+        key_prefix: args.redis_key_prefix.clone(),
+        timeout: args.redis_timeout,
+        pause: args.redis_pause,
+    })?;
+    Ok(Some(Arc::new(tier)))
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves, then reports NOT_SERVING,

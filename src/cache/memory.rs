@@ -1,18 +1,39 @@
-//! The in-process tier (moka): TTL, a byte bound, and one load per key at a time.
+//! The in-process tier (moka): per-page TTL, a byte bound, and one load per key at a time.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use moka::future::Cache;
+use moka::{Expiry, future::Cache};
 
 use super::{CacheSettings, PageKey, SharedTier};
 use crate::error::GatewayError;
 
+/// A cached page and how long it stays fresh from when it was stored.
+#[derive(Clone, Debug)]
+struct Cached {
+    page: Bytes,
+    ttl: Duration,
+}
+
+/// Each page expires after its own TTL: a page filled from the shared tier keeps only
+/// the time it had left there.
+struct PerPageTtl;
+
+impl Expiry<PageKey, Cached> for PerPageTtl {
+    fn expire_after_create(&self, _: &PageKey, value: &Cached, _: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
 /// The page cache callers use: in-process tier, optional shared tier, then the loader.
 #[derive(Clone)]
 pub struct PageCache {
-    memory: Cache<PageKey, Bytes>,
-    in_flight: Cache<PageKey, Bytes>,
+    memory: Cache<PageKey, Cached>,
+    in_flight: Cache<PageKey, Cached>,
     shared: Option<Arc<dyn SharedTier>>,
     settings: CacheSettings,
 }
@@ -22,10 +43,10 @@ impl PageCache {
     pub fn new(settings: CacheSettings, shared: Option<Arc<dyn SharedTier>>) -> Self {
         let memory = Cache::builder()
             .max_capacity(settings.max_bytes)
-            .weigher(|k: &PageKey, v: &Bytes| {
-                u32::try_from(k.weight() + v.len()).unwrap_or(u32::MAX)
+            .weigher(|k: &PageKey, v: &Cached| {
+                u32::try_from(k.weight() + v.page.len()).unwrap_or(u32::MAX)
             })
-            .time_to_live(settings.ttl.max(std::time::Duration::from_millis(1)))
+            .expire_after(PerPageTtl)
             .build();
         let in_flight = Cache::builder().build();
         Self {
@@ -49,21 +70,26 @@ impl PageCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, GatewayError>>,
     {
-        let caching = !self.settings.ttl.is_zero();
-        let shared = self.shared.clone();
         let ttl = self.settings.ttl;
+        let caching = !ttl.is_zero();
+        let shared = self.shared.clone().filter(|_| caching);
         let lookup_key = key.clone();
         let init = async move {
-            if let Some(tier) = shared.as_ref().filter(|_| caching && !refresh)
-                && let Some(page) = tier.get(&lookup_key).await
+            if let Some(tier) = shared.as_ref().filter(|_| !refresh)
+                && let Some((page, left)) = tier.get(&lookup_key).await
             {
-                return Ok(page);
+                return Ok(Cached {
+                    page,
+                    ttl: left.min(ttl),
+                });
             }
             let page = load().await?;
-            if let Some(tier) = shared.as_ref().filter(|_| caching) {
-                tier.put(&lookup_key, page.clone(), ttl).await;
+            if let Some(tier) = shared {
+                // Off the caller's path: a slow shared tier must not slow the answer.
+                let (page, key) = (page.clone(), lookup_key);
+                tokio::spawn(async move { tier.put(&key, page, ttl).await });
             }
-            Ok(page)
+            Ok(Cached { page, ttl })
         };
         // Refreshes and uncached loads go through a map of their own that only joins
         // concurrent loads of one key; its entries are dropped right after.
@@ -79,11 +105,11 @@ impl PageCache {
             .map_err(|e: Arc<GatewayError>| (*e).clone());
         if bypass {
             self.in_flight.invalidate(&key).await;
-            if let (Ok(page), true) = (&result, caching) {
-                self.memory.insert(key, page.clone()).await;
+            if let (Ok(cached), true) = (&result, caching) {
+                self.memory.insert(key, cached.clone()).await;
             }
         }
-        result
+        result.map(|c| c.page)
     }
 
     /// Pages held by the in-process tier (for tests and metrics).

@@ -3,6 +3,7 @@
 //! tier ([`SharedTier`], e.g. Redis) may sit below it.
 
 mod memory;
+pub mod redis;
 
 use std::{sync::Arc, time::Duration};
 
@@ -39,8 +40,8 @@ impl PageKey {
 /// never fail a call: a tier in trouble answers `None` and drops writes.
 #[async_trait]
 pub trait SharedTier: Send + Sync + 'static {
-    /// The page under `key`, if the tier holds it.
-    async fn get(&self, key: &PageKey) -> Option<Bytes>;
+    /// The page under `key` and the time it has left, if the tier holds it.
+    async fn get(&self, key: &PageKey) -> Option<(Bytes, Duration)>;
     /// Stores `page` under `key` for `ttl`.
     async fn put(&self, key: &PageKey, page: Bytes, ttl: Duration);
 }

@@ -12,55 +12,24 @@ Prints one line per check group and ends with `N passed, M failed` (exit 0 when 
 """
 
 import base64
-import contextlib
-import importlib
-import importlib.resources
 import json
-import os
-import queue
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import traceback
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from grpc_tools import protoc
 
-REPO = Path(__file__).resolve().parents[2]
+from common import (REPO, Checks, expect_invalid_argument, generate_stubs, start_gateway,
+                    start_watchdog, stop_gateway)
+
 FIXTURE = REPO / "tests/fixtures/atlassian-audit-since-sample.json"
 ENDPOINT = "/wiki/rest/api/audit/since"
 EMAIL, TOKEN = "interop@example.com", "interop-token"
 AUTHORIZATION = "Basic " + base64.b64encode(f"{EMAIL}:{TOKEN}".encode()).decode()
 SEARCH = "a&b #é"
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 WATCHDOG_SECONDS = 60  # then give up, still stopping the gateway (the Rust test allows 120)
-
-
-class Watchdog(BaseException):
-    """Raised by SIGALRM; not an Exception, so no check group swallows it."""
-
-
-def generate_stubs(out):
-    """Compiles audit.proto into `out` and returns (audit_pb2, audit_pb2_grpc)."""
-    well_known = importlib.resources.files("grpc_tools") / "_proto"
-    rc = protoc.main([
-        "grpc_tools.protoc", f"-I{REPO / 'proto'}", f"-I{well_known}",
-        f"--python_out={out}", f"--grpc_python_out={out}",
-        "confluence/audit/v1/audit.proto",
-    ])
-    if rc != 0:
-        sys.exit(f"grpc_tools.protoc failed ({rc})")
-    sys.path.insert(0, str(out))
-    return (importlib.import_module("confluence.audit.v1.audit_pb2"),
-            importlib.import_module("confluence.audit.v1.audit_pb2_grpc"))
 
 
 class StandIn(BaseHTTPRequestHandler):
@@ -89,35 +58,6 @@ class StandIn(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-def start_gateway(binary, upstream_port):
-    """Starts `serve` on port 0; returns (process, "host:port", log lines)."""
-    env = dict(os.environ, NO_COLOR="1", RUST_LOG="info")
-    proc = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0",
-         "--confluence-url", f"http://127.0.0.1:{upstream_port}/wiki",
-         "--confluence-email", EMAIL, "--confluence-api-token", TOKEN],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=env, text=True, encoding="utf-8", errors="replace")
-    log, found = [], queue.Queue()
-
-    def drain():  # keeps reading so the gateway never blocks on a full pipe
-        for line in proc.stderr:
-            log.append(line := ANSI.sub("", line.rstrip("\n")))
-            if m := re.search(r"listening.*\baddr=(\S+)", line):
-                found.put(m.group(1))
-        found.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        addr = found.get(timeout=30)
-    except queue.Empty:
-        addr = None
-    if addr is None:
-        proc.kill()
-        sys.exit("the gateway never logged its listening address:\n" + "\n".join(log))
-    return proc, addr, log
 
 
 def check_page(page, want):
@@ -179,30 +119,18 @@ def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     binary = sys.argv[1]
-
-    def watchdog(*_):
-        raise Watchdog(f"interop.py did not finish within {WATCHDOG_SECONDS} s")
-
-    signal.signal(signal.SIGALRM, watchdog)
-    signal.alarm(WATCHDOG_SECONDS)
+    start_watchdog("interop.py", WATCHDOG_SECONDS)
     want = json.loads(FIXTURE.read_text(encoding="utf-8"))
-    results = []
-
-    @contextlib.contextmanager
-    def group(name):
-        try:
-            yield
-            results.append(True)
-            print(f"ok   {name}", flush=True)
-        except Exception:
-            results.append(False)
-            print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
+    checks = Checks()
+    group = checks.group
 
     with tempfile.TemporaryDirectory() as tmp:
         pb, pb_grpc = generate_stubs(tmp)
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    gateway, addr, log = start_gateway(binary, upstream.server_address[1])
+    gateway, addr, log = start_gateway(binary, [
+        "--confluence-url", f"http://127.0.0.1:{upstream.server_address[1]}/wiki",
+        "--confluence-email", EMAIL, "--confluence-api-token", TOKEN])
     try:
         with grpc.insecure_channel(addr) as channel:
             stub = pb_grpc.AuditServiceStub(channel)
@@ -221,37 +149,15 @@ def main():
                 ], StandIn.seen
                 assert StandIn.auth == [AUTHORIZATION] * 2, "wrong Authorization header"
             with group("an invalid limit gets INVALID_ARGUMENT with a BadRequest naming it"):
-                try:
-                    stub.GetSince(pb.GetSinceRequest(limit=5000), timeout=30)
-                    raise AssertionError("limit=5000 was accepted")
-                except grpc.RpcError as e:
-                    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
-                    assert "limit" in e.details(), e.details()
-                    trailers = dict(e.trailing_metadata() or ())
-                    assert "grpc-status-details-bin" in trailers, trailers
-                    status = rpc_status.from_call(e)  # also checks code and message agree
-                    violations = []
-                    for detail in status.details:
-                        bad = error_details_pb2.BadRequest()
-                        if detail.Unpack(bad):
-                            violations += [v.field for v in bad.field_violations]
-                    assert violations == ["limit"], (violations, status)
+                expect_invalid_argument(
+                    lambda: stub.GetSince(pb.GetSinceRequest(limit=5000), timeout=30), "limit")
                 assert len(StandIn.seen) == 2, f"reached Confluence: {StandIn.seen}"
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        try:
-            code = gateway.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
-            code = "still running 30 s after SIGTERM"
+        code = stop_gateway(gateway)
         upstream.shutdown()
     with group("the gateway exits 0 on SIGTERM"):
         assert code == 0, f"exit status {code}"
-    failed = results.count(False)
-    if failed:
-        print("gateway log:\n  " + "\n  ".join(log))
-    print(f"{results.count(True)} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    checks.finish(log)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 //! Cross-language interop: a Python client generated from `proto/` calls the real
-//! gateway binary in front of a Python stand-in for Confluence (tests/interop/interop.py).
+//! gateway binary in front of a Python stand-in for Confluence (tests/interop/*.py).
 
 use std::{
     io::Read,
@@ -9,11 +9,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Longest the Python program may run (stub generation, gateway start, calls, shutdown).
+/// Longest a Python program may run (stub generation, gateway start, calls, shutdown).
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 #[test]
 fn python_client_gets_atlassians_sample_field_for_field() {
+    run_python("interop.py", 5);
+}
+
+#[test]
+fn python_client_streams_a_live_flaky_log_exactly_once_and_resumes() {
+    run_python("stream_interop.py", 6);
+}
+
+/// Runs `tests/interop/<script>` against the gateway binary and expects it to report
+/// `passes` check groups passing and none failing.
+fn run_python(script: &str, passes: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let deps = Command::new("python3")
         .args([
@@ -34,7 +45,7 @@ fn python_client_gets_atlassians_sample_field_for_field() {
     }
 
     let mut child = Command::new("python3")
-        .arg(root.join("tests/interop/interop.py"))
+        .arg(root.join("tests/interop").join(script))
         .arg(env!("CARGO_BIN_EXE_audit-gateway"))
         .current_dir(root)
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -60,7 +71,7 @@ fn python_client_gets_atlassians_sample_field_for_field() {
             break Some(status);
         }
         if started.elapsed() > TIMEOUT {
-            // interop.py's own 60 s watchdog stops its gateway first; this is the backstop.
+            // The script's own watchdog stops its gateway first; this is the backstop.
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -73,11 +84,11 @@ fn python_client_gets_atlassians_sample_field_for_field() {
         stderr.join().expect("stderr reader")
     );
     match status {
-        None => panic!("interop.py did not finish within {TIMEOUT:?}\n{output}"),
-        Some(s) => assert!(s.success(), "interop.py failed ({s})\n{output}"),
+        None => panic!("{script} did not finish within {TIMEOUT:?}\n{output}"),
+        Some(s) => assert!(s.success(), "{script} failed ({s})\n{output}"),
     }
     assert!(
-        output.contains("\n5 passed, 0 failed\n"),
-        "interop.py did not report its 5 check groups passing\n{output}"
+        output.contains(&format!("\n{passes} passed, 0 failed\n")),
+        "{script} did not report its {passes} check groups passing\n{output}"
     );
 }

@@ -5,5 +5,6 @@ mod common;
 mod errors;
 mod get_since;
 mod interop;
+mod redis;
 mod server;
 mod stream;

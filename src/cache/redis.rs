@@ -1,0 +1,309 @@
+//! The shared tier: Redis, below the in-process tier, so replicas fetch each page once.
+//!
+//! It can never fail a call: every operation has a short time-out, a failing Redis is
+//! skipped for a while (one log line when it goes, one when it is back), and a value
+//! that is not ours (foreign, truncated, corrupted) is a miss.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ring::digest;
+
+use super::{PageKey, SharedTier};
+
+/// Value layout version; a change makes old values misses, never misreads.
+const MAGIC: &[u8; 4] = b"AGP1";
+/// Magic, expiry (unix ms), checksum.
+const HEADER: usize = 4 + 8 + 8;
+
+/// Redis tier settings.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL, auth and database included.
+    pub url: String,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Time-out of one operation (and of connecting).
+    pub timeout: Duration,
+    /// How long the tier is skipped after an error.
+    pub pause: Duration,
+}
+
+/// Counters of the tier's outcomes.
+#[derive(Debug, Default)]
+pub struct RedisStats {
+    /// Lookups answered with a page.
+    pub hits: AtomicU64,
+    /// Lookups that found nothing usable (absent, foreign or corrupted).
+    pub misses: AtomicU64,
+    /// Operations that failed or timed out.
+    pub errors: AtomicU64,
+    /// Operations not attempted because the tier was paused.
+    pub skipped: AtomicU64,
+}
+
+/// The Redis tier.
+pub struct RedisTier {
+    conn: ConnectionManager,
+    settings: RedisSettings,
+    /// Process-relative millis until which the tier is skipped (0: in use).
+    paused_until: AtomicU64,
+    /// Whether the tier is known to be down (for one log line per outage).
+    down: AtomicBool,
+    epoch: Instant,
+    stats: Arc<RedisStats>,
+}
+
+impl RedisTier {
+    /// A tier for `settings`; it connects lazily, so a Redis that is down at start
+    /// only means misses until it is up.
+    pub fn new(settings: RedisSettings) -> Result<Self, String> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| format!("--redis-url: {}", redact(&e.to_string(), &settings.url)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("--redis-url: {}", redact(&e.to_string(), &settings.url)))?;
+        Ok(Self {
+            conn,
+            settings,
+            paused_until: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+            epoch: Instant::now(),
+            stats: Arc::default(),
+        })
+    }
+
+    /// The tier's counters.
+    pub fn stats(&self) -> Arc<RedisStats> {
+        self.stats.clone()
+    }
+
+    /// The Redis key of a page: prefix, layout version, and a digest of the whole cache
+    /// key (which holds only the credential's keyed fingerprint, never the credential).
+    pub fn key_for(prefix: &str, key: &PageKey) -> String {
+        let q = &key.query;
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        for part in [
+            key.base_url.as_bytes(),
+            key.credential.as_bytes(),
+            &q.number.to_be_bytes(),
+            q.units.as_str().as_bytes(),
+            &q.start.to_be_bytes(),
+            &q.limit.to_be_bytes(),
+        ] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        match &q.search_string {
+            Some(s) => {
+                ctx.update(&[1]);
+                ctx.update(s.as_bytes());
+            }
+            None => ctx.update(&[0]),
+        }
+        let hex: String = ctx.finish().as_ref()[..20]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{prefix}:v1:page:{hex}")
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn usable(&self) -> bool {
+        let until = self.paused_until.load(Ordering::Relaxed);
+        if until != 0 && self.now_ms() < until {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn failed(&self, what: &str, err: &str) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        let until = self.now_ms() + self.settings.pause.as_millis() as u64;
+        self.paused_until.store(until.max(1), Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                operation = what,
+                error = %redact(err, &self.settings.url),
+                pause = ?self.settings.pause,
+                "Redis cache tier unavailable; serving without it and retrying later"
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("Redis cache tier is back");
+        }
+        self.paused_until.store(0, Ordering::Relaxed);
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, what: &str, cmd: redis::Cmd) -> Option<T> {
+        let mut conn = self.conn.clone();
+        let call = cmd.query_async::<T>(&mut conn);
+        match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(v)) => {
+                self.succeeded();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.failed(what, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed(what, "timed out");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SharedTier for RedisTier {
+    async fn get(&self, key: &PageKey) -> Option<(Bytes, Duration)> {
+        if !self.usable() {
+            return None;
+        }
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(Self::key_for(&self.settings.key_prefix, key));
+        let value: Option<Vec<u8>> = self.run("GET", cmd).await?;
+        match value.and_then(|v| unwrap_value(&v, unix_ms())) {
+            Some(hit) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                Some(hit)
+            }
+            None => {
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    async fn put(&self, key: &PageKey, page: Bytes, ttl: Duration) {
+        if !self.usable() || ttl.is_zero() {
+            return;
+        }
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(Self::key_for(&self.settings.key_prefix, key))
+            .arg(wrap_value(&page, unix_ms() + ttl.as_millis() as u64))
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        let _: Option<()> = self.run("SET", cmd).await;
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `AGP1 | expiry (unix ms) | checksum | page`.
+pub fn wrap_value(page: &[u8], expires_unix_ms: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(HEADER + page.len());
+    v.extend_from_slice(MAGIC);
+    v.extend_from_slice(&expires_unix_ms.to_be_bytes());
+    v.extend_from_slice(&checksum(page));
+    v.extend_from_slice(page);
+    v
+}
+
+/// The page and its remaining TTL, or `None` for anything that is not an unexpired
+/// value of ours.
+pub fn unwrap_value(v: &[u8], now_unix_ms: u64) -> Option<(Bytes, Duration)> {
+    if v.len() < HEADER || &v[..4] != MAGIC {
+        return None;
+    }
+    let expires = u64::from_be_bytes(v[4..12].try_into().ok()?);
+    let page = &v[HEADER..];
+    if v[12..20] != checksum(page) || expires <= now_unix_ms {
+        return None;
+    }
+    Some((
+        Bytes::copy_from_slice(page),
+        Duration::from_millis(expires - now_unix_ms),
+    ))
+}
+
+fn checksum(page: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest::digest(&digest::SHA256, page).as_ref()[..8]);
+    out
+}
+
+/// An error message with the URL's password (if any) blanked.
+fn redact(message: &str, url: &str) -> String {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+    {
+        Some(pw) if !pw.is_empty() => message.replace(&pw, "<redacted>"),
+        _ => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::PageQuery;
+
+    #[test]
+    fn values_round_trip_and_reject_what_is_not_ours() {
+        let v = wrap_value(b"page", 10_000);
+        assert_eq!(
+            unwrap_value(&v, 4_000),
+            Some((Bytes::from_static(b"page"), Duration::from_millis(6_000)))
+        );
+        assert_eq!(unwrap_value(&v, 10_000), None, "expired");
+        let mut flipped = v.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert_eq!(unwrap_value(&flipped, 0), None, "corrupted");
+        assert_eq!(unwrap_value(b"garbage", 0), None);
+        assert_eq!(unwrap_value(&v[..HEADER - 1], 0), None, "truncated");
+    }
+
+    #[test]
+    fn keys_hold_no_part_of_the_key_material() {
+        let key = PageKey {
+            base_url: "https://x.atlassian.net/wiki".into(),
+            credential: "0123456789abcdef0123456789abcdef".into(),
+            query: PageQuery::default(),
+        };
+        let k = RedisTier::key_for("audit-gateway", &key);
+        assert!(k.starts_with("audit-gateway:v1:page:"), "{k}");
+        assert!(
+            !k.contains("0123456789abcdef") && !k.contains("atlassian"),
+            "{k}"
+        );
+        let other = PageKey {
+            credential: "fedcba9876543210fedcba9876543210".into(),
+            ..key.clone()
+        };
+        assert_ne!(k, RedisTier::key_for("audit-gateway", &other));
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_messages() {
+        let m = redact(
+            "auth failed for redis://:hunter2@h",
+            "redis://:hunter2@h:6379",
+        );
+        assert!(!m.contains("hunter2"), "{m}");
+    }
+}

@@ -1,0 +1,316 @@
+//! The shared Redis tier against a real `redis-server` the test starts: replicas share
+//! pages, a dead Redis fails no call, a restarted one is used again, values that are not
+//! ours are misses, and no key reveals a credential.
+
+use std::{
+    net::TcpListener as StdListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use audit_gateway::{pb, simulator::SimulatorConfig};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+
+use crate::common::{TestGateway, serve_args, spawn_gateway, spawn_simulator};
+
+/// A `redis-server` on a free loopback port, stopped on drop.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    async fn start() -> Self {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = Self { port, child: None };
+        server.launch().await;
+        server
+    }
+
+    async fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}): install it (Debian: apt-get install \
+                     redis-server); .ci/run does"
+                )
+            });
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.command(&["PING"]).await.is_some_and(|r| r == "+PONG") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server did not answer PING on port {}", self.port);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// One command over RESP; the first line of the answer.
+    async fn command(&self, args: &[&str]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).await.ok()?;
+        Some(line.trim_end().to_owned())
+    }
+
+    /// Every key, via KEYS (fine for a test's few keys).
+    async fn keys(&self) -> Vec<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("redis");
+        s.write_all(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
+            .await
+            .expect("write");
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).await.expect("read");
+        let n: usize = line.trim_start_matches('*').trim().parse().expect("array");
+        let mut keys = Vec::new();
+        for _ in 0..n {
+            line.clear();
+            r.read_line(&mut line).await.expect("len");
+            line.clear();
+            r.read_line(&mut line).await.expect("key");
+            keys.push(line.trim_end().to_owned());
+        }
+        keys
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const SALT: &str = "shared-by-all-replicas";
+const TOKEN: &str = "SECRET-PAT-4711";
+
+async fn replica(confluence: &str, redis: &RedisServer, extra: &[&str]) -> TestGateway {
+    let url = redis.url();
+    let mut flags = vec![
+        "--redis-url",
+        url.as_str(),
+        "--credential-salt",
+        SALT,
+        "--confluence-bearer-token",
+        TOKEN,
+        "--redis-pause",
+        "200ms",
+    ];
+    flags.extend_from_slice(extra);
+    spawn_gateway(serve_args(confluence, &flags)).await
+}
+
+fn page(start: i32) -> pb::GetSinceRequest {
+    pb::GetSinceRequest {
+        start: Some(start),
+        limit: Some(10),
+        ..Default::default()
+    }
+}
+
+/// Polls until `f` holds, a bounded number of times.
+async fn until(mut f: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_page_fetched_by_one_replica_is_served_by_the_other() {
+    let redis = RedisServer::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &redis, &[]).await;
+    let mut b = replica(&sim.base_url(), &redis, &[]).await;
+    let first = a.client.get_since(page(0)).await.expect("a").into_inner();
+    assert_eq!(sim.request_count(), 1);
+    // The write to Redis happens off the caller's path: wait until it landed.
+    assert!(
+        until(async || !redis.keys().await.is_empty()).await,
+        "page stored"
+    );
+    let second = b.client.get_since(page(0)).await.expect("b").into_inner();
+    assert_eq!(second, first);
+    assert_eq!(sim.request_count(), 1, "replica b made no upstream call");
+    // And b now holds it in process too: Redis can go and b still answers from memory.
+    drop(redis);
+    b.client.get_since(page(0)).await.expect("b, from memory");
+    assert_eq!(sim.request_count(), 1);
+}
+
+#[tokio::test]
+async fn keys_are_prefixed_versioned_and_reveal_no_credential() {
+    let redis = RedisServer::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &redis, &[]).await;
+    for start in [0, 10, 20] {
+        a.client.get_since(page(start)).await.expect("page");
+    }
+    assert!(until(async || redis.keys().await.len() == 3).await);
+    for key in redis.keys().await {
+        assert!(key.starts_with("audit-gateway:v1:page:"), "{key}");
+        let lower = key.to_lowercase();
+        for secret in [TOKEN, "bearer", SALT, "127.0.0.1"] {
+            assert!(
+                !lower.contains(&secret.to_lowercase()),
+                "{key} holds {secret}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dead_redis_fails_no_call_and_costs_no_wait() {
+    let mut redis = RedisServer::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &redis, &["--cache-ttl", "0"]).await;
+    a.client.get_since(page(0)).await.expect("with redis");
+    redis.kill();
+    // Every call still succeeds, and promptly (refused connections fail fast; then the
+    // tier is skipped). The bound is generous: this checks "no hang", not speed.
+    for start in 0..20 {
+        let t = Instant::now();
+        a.client
+            .get_since(page(start))
+            .await
+            .expect("without redis");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "call {start} took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_hung_redis_is_cut_off_by_the_timeout() {
+    // A listener that accepts and never answers: the worst Redis there is.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = hung.local_addr().expect("addr").port();
+    let keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+        }
+    });
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut a = spawn_gateway(serve_args(
+        &sim.base_url(),
+        &[
+            "--redis-url",
+            &url,
+            "--credential-salt",
+            SALT,
+            "--redis-timeout",
+            "50ms",
+        ],
+    ))
+    .await;
+    for start in 0..5 {
+        let t = Instant::now();
+        a.client
+            .get_since(page(start))
+            .await
+            .expect("served from upstream");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "call {start} took {:?}",
+            t.elapsed()
+        );
+    }
+    keep.abort();
+}
+
+#[tokio::test]
+async fn a_restarted_redis_is_shared_again() {
+    let mut redis = RedisServer::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &redis, &[]).await;
+    let mut b = replica(&sim.base_url(), &redis, &[]).await;
+    redis.kill();
+    a.client.get_since(page(0)).await.expect("redis down");
+    redis.launch().await;
+    // After the pause, a's next miss stores its page again and b is served from it.
+    let mut start = 100;
+    let shared = until(async || {
+        start += 10;
+        let before = sim.request_count();
+        a.client.get_since(page(start)).await.expect("a");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        b.client.get_since(page(start)).await.expect("b");
+        sim.request_count() == before + 1
+    })
+    .await;
+    assert!(shared, "replicas never shared a page after Redis came back");
+}
+
+#[tokio::test]
+async fn values_that_are_not_ours_are_misses() {
+    let redis = RedisServer::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &redis, &[]).await;
+    a.client.get_since(page(0)).await.expect("page");
+    assert!(until(async || redis.keys().await.len() == 1).await);
+    let key = redis.keys().await.remove(0);
+    for junk in ["garbage", "AGP1", "AGP1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"] {
+        assert_eq!(
+            redis.command(&["SET", &key, junk]).await.as_deref(),
+            Some("+OK")
+        );
+        // A fresh replica has nothing in process: it must treat the value as a miss.
+        let mut b = replica(&sim.base_url(), &redis, &[]).await;
+        let before = sim.request_count();
+        let got = b
+            .client
+            .get_since(page(0))
+            .await
+            .expect("served despite junk");
+        assert_eq!(got.into_inner().results.len(), 10);
+        assert_eq!(sim.request_count(), before + 1, "{junk:?} was not a miss");
+    }
+}
+
+#[tokio::test]
+async fn redis_needs_a_shared_salt() {
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let args = serve_args(&sim.base_url(), &["--redis-url", "redis://127.0.0.1:1/0"]);
+    let err = audit_gateway::server::build_service(&args)
+        .err()
+        .expect("refused without --credential-salt");
+    assert!(err.contains("--credential-salt"), "{err}");
+}
