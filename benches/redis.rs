@@ -1,0 +1,151 @@
+//! Figures for the shared Redis tier, printed (not asserted): `GetSince` latency for a
+//! replica-to-replica hit (page fetched by replica A, served to replica B from Redis),
+//! against an in-process hit and an upstream miss, through real gRPC clients over
+//! loopback, two gateways and a real `redis-server` (which must be on PATH).
+//!
+//! Run: `cargo bench --bench redis` (release build).
+
+use std::{
+    net::TcpListener as StdListener,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use audit_gateway::{
+    config::{Cli, Command as Sub},
+    pb::{self, audit_service_client::AuditServiceClient},
+    server::{self, ShutdownSettings},
+    simulator::{Simulator, SimulatorConfig},
+};
+use clap::Parser;
+use tonic::transport::Channel;
+
+fn main() {
+    let port = StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH (apt-get install redis-server)");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(measure(port));
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
+
+async fn replica(confluence: &str, redis_port: u16) -> AuditServiceClient<Channel> {
+    let redis = format!("redis://127.0.0.1:{redis_port}/0");
+    let argv = [
+        "audit-gateway",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--confluence-url",
+        confluence,
+        "--redis-url",
+        &redis,
+        "--credential-salt",
+        "bench",
+    ];
+    let Sub::Serve(args) = Cli::parse_from(argv).command else {
+        unreachable!("serve")
+    };
+    let service = server::build_service(&args).expect("service");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(server::run(
+        service,
+        listener,
+        std::future::pending(),
+        ShutdownSettings {
+            drain_delay: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+        },
+    ));
+    AuditServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20)
+}
+
+async fn timed(client: &mut AuditServiceClient<Channel>, req: pb::GetSinceRequest) -> Duration {
+    let t = Instant::now();
+    client.get_since(req).await.expect("call");
+    t.elapsed()
+}
+
+async fn measure(redis_port: u16) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sim = Simulator::start(
+        SimulatorConfig {
+            records: 200_000,
+            ..Default::default()
+        },
+        listener,
+    )
+    .await
+    .expect("simulator");
+    // Wait for redis-server to accept connections.
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut a = replica(&sim.base_url(), redis_port).await;
+    let mut b = replica(&sim.base_url(), redis_port).await;
+    for limit in [10, 1000] {
+        let (mut miss, mut shared, mut local) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..100 {
+            let req = pb::GetSinceRequest {
+                start: Some(i * limit),
+                limit: Some(limit),
+                ..Default::default()
+            };
+            miss.push(timed(&mut a, req.clone()).await);
+            // A stores the page in Redis off its caller's path; give it a moment.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            shared.push(timed(&mut b, req.clone()).await);
+            local.push(timed(&mut b, req).await);
+        }
+        println!(
+            "GetSince limit={limit}, p50 (p99): upstream miss {:.2?} ({:.2?}); replica-to-replica hit via Redis {:.2?} ({:.2?}); in-process hit {:.2?} ({:.2?})",
+            pct(&mut miss, 50),
+            pct(&mut miss, 99),
+            pct(&mut shared, 50),
+            pct(&mut shared, 99),
+            pct(&mut local, 50),
+            pct(&mut local, 99),
+        );
+    }
+    println!(
+        "upstream requests: {} (one per page: B never called Confluence)",
+        sim.request_count()
+    );
+}
+
+fn pct(v: &mut [Duration], p: usize) -> Duration {
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
