@@ -6,14 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+mod support;
+
 use audit_gateway::{
-    config::{Cli, Command},
     grpc::convert::page_to_proto,
     pb::{self, audit_service_client::AuditServiceClient},
-    server::{self, ShutdownSettings},
-    simulator::{PageSpec, Simulator, SimulatorConfig, render_page},
+    simulator::{PageSpec, SimulatorConfig, render_page},
 };
-use clap::Parser;
 use prost::Message;
 use tonic::{Request, metadata::MetadataValue};
 
@@ -59,45 +58,12 @@ fn conversion() {
 }
 
 async fn latency() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let sim = Simulator::start(
-        SimulatorConfig {
-            records: 5000,
-            ..Default::default()
-        },
-        sim_listener,
-    )
-    .await
-    .expect("simulator");
-    let url = sim.base_url();
-    let argv = [
-        "audit-gateway",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--confluence-url",
-        &url,
-    ];
-    let Command::Serve(args) = Cli::parse_from(argv).command else {
-        unreachable!("serve")
-    };
-    let service = server::build_service(&args).expect("service");
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::run(
-        service,
-        listener,
-        std::future::pending(),
-        ShutdownSettings {
-            drain_delay: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-        },
-    ));
+    let sim = support::simulator(SimulatorConfig {
+        records: 5000,
+        ..Default::default()
+    })
+    .await;
+    let addr = support::gateway(&sim.base_url(), &[], std::future::pending()).await;
     let mut client = AuditServiceClient::connect(format!("http://{addr}"))
         .await
         .expect("connect")
@@ -124,16 +90,11 @@ async fn latency() {
         }
         println!(
             "GetSince limit={limit}: cold (upstream fetch) p50 {:.2?} p99 {:.2?}; warm (cache hit) p50 {:.2?} p99 {:.2?}",
-            pct(&mut cold, 50),
-            pct(&mut cold, 99),
-            pct(&mut warm, 50),
-            pct(&mut warm, 99)
+            support::pct(&mut cold, 50),
+            support::pct(&mut cold, 99),
+            support::pct(&mut warm, 50),
+            support::pct(&mut warm, 99)
         );
     }
     println!("upstream requests: {}", sim.request_count());
-}
-
-fn pct(v: &mut [Duration], p: usize) -> Duration {
-    v.sort();
-    v[(v.len() * p / 100).min(v.len() - 1)]
 }

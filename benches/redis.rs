@@ -11,13 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod support;
+
 use audit_gateway::{
-    config::{Cli, Command as Sub},
     pb::{self, audit_service_client::AuditServiceClient},
-    server::{self, ShutdownSettings},
-    simulator::{Simulator, SimulatorConfig},
+    simulator::SimulatorConfig,
 };
-use clap::Parser;
 use tonic::transport::Channel;
 
 fn main() {
@@ -48,35 +47,8 @@ fn main() {
 
 async fn replica(confluence: &str, redis_port: u16) -> AuditServiceClient<Channel> {
     let redis = format!("redis://127.0.0.1:{redis_port}/0");
-    let argv = [
-        "audit-gateway",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--confluence-url",
-        confluence,
-        "--redis-url",
-        &redis,
-        "--credential-salt",
-        "bench",
-    ];
-    let Sub::Serve(args) = Cli::parse_from(argv).command else {
-        unreachable!("serve")
-    };
-    let service = server::build_service(&args).expect("service");
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::run(
-        service,
-        listener,
-        std::future::pending(),
-        ShutdownSettings {
-            drain_delay: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-        },
-    ));
+    let extra = ["--redis-url", redis.as_str(), "--credential-salt", "bench"];
+    let addr = support::gateway(confluence, &extra, std::future::pending()).await;
     AuditServiceClient::connect(format!("http://{addr}"))
         .await
         .expect("connect")
@@ -90,19 +62,11 @@ async fn timed(client: &mut AuditServiceClient<Channel>, req: pb::GetSinceReques
 }
 
 async fn measure(redis_port: u16) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let sim = Simulator::start(
-        SimulatorConfig {
-            records: 200_000,
-            ..Default::default()
-        },
-        listener,
-    )
-    .await
-    .expect("simulator");
+    let sim = support::simulator(SimulatorConfig {
+        records: 200_000,
+        ..Default::default()
+    })
+    .await;
     // Wait for redis-server to accept connections.
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
@@ -131,21 +95,16 @@ async fn measure(redis_port: u16) {
         }
         println!(
             "GetSince limit={limit}, p50 (p99): upstream miss {:.2?} ({:.2?}); replica-to-replica hit via Redis {:.2?} ({:.2?}); in-process hit {:.2?} ({:.2?})",
-            pct(&mut miss, 50),
-            pct(&mut miss, 99),
-            pct(&mut shared, 50),
-            pct(&mut shared, 99),
-            pct(&mut local, 50),
-            pct(&mut local, 99),
+            support::pct(&mut miss, 50),
+            support::pct(&mut miss, 99),
+            support::pct(&mut shared, 50),
+            support::pct(&mut shared, 99),
+            support::pct(&mut local, 50),
+            support::pct(&mut local, 99),
         );
     }
     println!(
         "upstream requests: {} (one per page: B never called Confluence)",
         sim.request_count()
     );
-}
-
-fn pct(v: &mut [Duration], p: usize) -> Duration {
-    v.sort();
-    v[(v.len() * p / 100).min(v.len() - 1)]
 }

@@ -14,13 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{
-    config::{Cli, Command as Sub},
-    pb,
-    server::{self, ShutdownSettings},
-    simulator::{Simulator, SimulatorConfig, SimulatorHandle},
-};
-use clap::Parser;
+mod support;
+
+use audit_gateway::{pb, simulator::SimulatorConfig};
 use http::uri::PathAndQuery;
 use tonic::{client::Grpc, transport::Channel};
 
@@ -33,13 +29,6 @@ fn main() {
         prefetch_speedup().await;
         peak_rss().await;
     });
-}
-
-async fn simulator(config: SimulatorConfig) -> SimulatorHandle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    Simulator::start(config, listener).await.expect("simulator")
 }
 
 /// `StreamSinceResponse` with its records left encoded: the bench counts records rather
@@ -88,51 +77,26 @@ async fn stream(client: &mut Grpc<Channel>, pause: Duration) -> (usize, usize) {
 }
 
 async fn prefetch_speedup() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let latency = Duration::from_millis(100);
     let floor = latency * 41;
     println!(
         "StreamSince, 40,000 records in pages of 1000, {latency:?} upstream latency per page; sequential floor 41 x {latency:?} = {floor:?}"
     );
     for prefetch in [1u16, 4, 8, 16] {
-        let sim = simulator(SimulatorConfig {
+        let sim = support::simulator(SimulatorConfig {
             records: 40_000,
             latency,
             ..Default::default()
         })
         .await;
-        let url = sim.base_url();
-        let p = prefetch.to_string();
-        let argv = [
-            "audit-gateway",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--confluence-url",
-            &url,
-            "--stream-prefetch",
-            &p,
-        ];
-        let Sub::Serve(args) = Cli::parse_from(argv).command else {
-            unreachable!("serve")
-        };
-        let service = server::build_service(&args).expect("service");
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(
-            service,
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-            ShutdownSettings {
-                drain_delay: Duration::ZERO,
-                timeout: Duration::from_secs(1),
-            },
-        ));
+        let p = prefetch.to_string();
+        let stop_on = async move {
+            let _ = stopped.await;
+        };
+        let addr = support::gateway(&sim.base_url(), &["--stream-prefetch", &p], stop_on)
+            .await
+            .to_string();
         let mut c = client(&addr).await;
         let t = Instant::now();
         let (records, messages) = stream(&mut c, Duration::ZERO).await;
@@ -143,7 +107,6 @@ async fn prefetch_speedup() {
             sim.request_count()
         );
         let _ = stop.send(());
-        let _ = task.await;
         sim.shutdown();
     }
 }
@@ -197,7 +160,7 @@ async fn peak_rss() {
         .iter()
         .flat_map(|s| [100_000usize, 1_000_000].map(|r| (s, r)))
     {
-        let sim = simulator(SimulatorConfig {
+        let sim = support::simulator(SimulatorConfig {
             records,
             max_limit: Some(1000),
             ..Default::default()

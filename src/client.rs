@@ -9,7 +9,7 @@ use tonic::{
 };
 
 use crate::{
-    config::{GetArgs, StreamArgs},
+    config::{GetArgs, Secret, StreamArgs},
     pb::{self, audit_service_client::AuditServiceClient, json::ToJson},
 };
 
@@ -22,9 +22,9 @@ async fn connect(gateway: &str) -> Result<AuditServiceClient<Channel>, String> {
     Ok(AuditServiceClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
-fn authorize<T>(request: &mut Request<T>, authorization: Option<&str>) -> Result<(), String> {
+fn authorize<T>(request: &mut Request<T>, authorization: Option<&Secret>) -> Result<(), String> {
     if let Some(auth) = authorization {
-        let value = MetadataValue::try_from(auth)
+        let value = MetadataValue::try_from(auth.expose())
             .map_err(|_| "--authorization: not a valid metadata value".to_owned())?;
         request.metadata_mut().insert("authorization", value);
     }
@@ -34,16 +34,17 @@ fn authorize<T>(request: &mut Request<T>, authorization: Option<&str>) -> Result
 /// Streams a window, writing one JSON record per line to `out`; returns the number of
 /// records and the last resume token.
 pub async fn stream(args: &StreamArgs, out: &mut impl Write) -> Result<(u64, String), String> {
-    let mut client = connect(&args.gateway).await?;
+    let call = &args.call;
+    let mut client = connect(&call.gateway).await?;
     let mut request = Request::new(pb::StreamSinceRequest {
-        number: args.number,
-        units: args.units.map_or(0, |u| unit_to_proto(u) as i32),
-        search_string: args.search.clone(),
+        number: call.number,
+        units: call.units.map_or(0, |u| unit_to_proto(u) as i32),
+        search_string: call.search.clone(),
         page_size: args.page_size,
         max_records: args.max_records,
         resume_token: args.resume_token.clone(),
     });
-    authorize(&mut request, args.authorization.as_deref())?;
+    authorize(&mut request, call.authorization.as_ref())?;
     let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     let mut messages = client
         .stream_since(request)
@@ -74,11 +75,12 @@ pub async fn stream(args: &StreamArgs, out: &mut impl Write) -> Result<(u64, Str
 /// Calls `GetSince` as `args` say and returns the page as pretty JSON, or the status
 /// as one line (`CODE: message`).
 pub async fn get(args: &GetArgs) -> Result<String, String> {
-    let mut client = connect(&args.gateway).await?;
+    let call = &args.call;
+    let mut client = connect(&call.gateway).await?;
     let mut request = Request::new(pb::GetSinceRequest {
-        number: args.number,
-        units: args.units.map_or(0, |u| unit_to_proto(u) as i32),
-        search_string: args.search.clone(),
+        number: call.number,
+        units: call.units.map_or(0, |u| unit_to_proto(u) as i32),
+        search_string: call.search.clone(),
         start: args.start,
         limit: args.limit,
     });
@@ -88,7 +90,7 @@ pub async fn get(args: &GetArgs) -> Result<String, String> {
             .metadata_mut()
             .insert("cache-control", MetadataValue::from_static("no-cache"));
     }
-    authorize(&mut request, args.authorization.as_deref())?;
+    authorize(&mut request, call.authorization.as_ref())?;
     let page = client
         .get_since(request)
         .await

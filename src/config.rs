@@ -317,9 +317,9 @@ pub struct DemoArgs {
     pub once: bool,
 }
 
-/// `get` settings.
+/// How the `get` and `stream` commands reach a gateway, and the window they ask for.
 #[derive(Clone, Debug, Args)]
-pub struct GetArgs {
+pub struct CallArgs {
     /// The gateway's address (http://host:port).
     #[arg(
         long,
@@ -327,6 +327,10 @@ pub struct GetArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub gateway: String,
+
+    /// `authorization` metadata to send (for gateways run with --auth-passthrough).
+    #[arg(long, env = "AUDIT_GATEWAY_AUTHORIZATION", hide_env_values = true)]
+    pub authorization: Option<Secret>,
 
     /// How many `units` back.
     #[arg(long)]
@@ -339,6 +343,13 @@ pub struct GetArgs {
     /// Confluence's searchString.
     #[arg(long = "search")]
     pub search: Option<String>,
+}
+
+/// `get` settings.
+#[derive(Clone, Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub call: CallArgs,
 
     /// Offset of the first record.
     #[arg(long)]
@@ -352,10 +363,6 @@ pub struct GetArgs {
     #[arg(long)]
     pub no_cache: bool,
 
-    /// `authorization` metadata to send (for gateways run with --auth-passthrough).
-    #[arg(long, env = "AUDIT_GATEWAY_AUTHORIZATION", hide_env_values = true)]
-    pub authorization: Option<String>,
-
     /// Deadline of the call.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -364,25 +371,8 @@ pub struct GetArgs {
 /// `stream` settings.
 #[derive(Clone, Debug, Args)]
 pub struct StreamArgs {
-    /// The gateway's address (http://host:port).
-    #[arg(
-        long,
-        env = "AUDIT_GATEWAY_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub gateway: String,
-
-    /// How many `units` back.
-    #[arg(long)]
-    pub number: Option<i64>,
-
-    /// NANOS … CENTURIES (default MONTHS).
-    #[arg(long, value_parser = parse_units)]
-    pub units: Option<crate::audit::TimeUnit>,
-
-    /// Confluence's searchString.
-    #[arg(long = "search")]
-    pub search: Option<String>,
+    #[command(flatten)]
+    pub call: CallArgs,
 
     /// Records per upstream page (1..=1000).
     #[arg(long)]
@@ -395,10 +385,6 @@ pub struct StreamArgs {
     /// Continue after the message that carried this token (printed to stderr at the end).
     #[arg(long, default_value = "")]
     pub resume_token: String,
-
-    /// `authorization` metadata to send (for gateways run with --auth-passthrough).
-    #[arg(long, env = "AUDIT_GATEWAY_AUTHORIZATION", hide_env_values = true)]
-    pub authorization: Option<String>,
 }
 
 fn parse_units(s: &str) -> Result<crate::audit::TimeUnit, String> {

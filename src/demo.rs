@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 use crate::{
-    config::{CacheArgs, DemoArgs, GetArgs, ServeArgs, UpstreamArgs, parse_base_url},
+    config::{CacheArgs, CallArgs, DemoArgs, GetArgs, ServeArgs, UpstreamArgs, parse_base_url},
     credential::Credential,
     server::{self, ShutdownSettings},
     simulator::{Simulator, SimulatorConfig},
@@ -88,15 +88,18 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     ));
     println!("gateway: confluence.audit.v1.AuditService on {addr}");
 
-    let get = GetArgs {
+    let call = CallArgs {
         gateway: format!("http://{addr}"),
+        authorization: None,
         number: Some(1),
         units: Some(crate::audit::TimeUnit::Days),
         search: None,
+    };
+    let get = GetArgs {
+        call: call.clone(),
         start: None,
         limit: Some(2),
         no_cache: false,
-        authorization: None,
         timeout: Duration::from_secs(10),
     };
     let cold = Instant::now();
@@ -108,14 +111,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     println!("GetSince(number=1, units=DAYS, limit=2) answered:\n{page}");
     let streamed = Instant::now();
     let stream_args = crate::config::StreamArgs {
-        gateway: format!("http://{addr}"),
-        number: Some(1),
-        units: Some(crate::audit::TimeUnit::Days),
-        search: None,
+        call,
         page_size: Some(500),
         max_records: None,
         resume_token: String::new(),
-        authorization: None,
     };
     let (count, _) = crate::client::stream(&stream_args, &mut std::io::sink()).await?;
     println!(
