@@ -109,6 +109,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     crate::client::get(&get).await?;
     let warm = warm.elapsed();
     println!("GetSince(number=1, units=DAYS, limit=2) answered:\n{page}");
+    println!(
+        "first call {cold:.1?} (upstream fetch), second {warm:.1?} (page cache); upstream requests so far: {}",
+        sim.request_count()
+    );
     let streamed = Instant::now();
     let stream_args = crate::config::StreamArgs {
         call,
@@ -120,10 +124,6 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     println!(
         "StreamSince(number=1, units=DAYS, page_size=500) delivered {count} records in {:.1?}",
         streamed.elapsed()
-    );
-    println!(
-        "first call {cold:.1?} (upstream fetch), second {warm:.1?} (page cache); upstream requests so far: {}",
-        sim.request_count()
     );
     println!(
         "query it yourself:\n  cargo run -- get --gateway http://{addr} --number 1 --units DAYS --limit 3\n  \
