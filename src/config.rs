@@ -50,9 +50,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CONFLUENCE_URL", value_parser = parse_base_url)]
     pub confluence_url: Url,
 
+    /// How to call Confluence.
     #[command(flatten)]
     pub upstream: UpstreamArgs,
 
+    /// The page cache.
     #[command(flatten)]
     pub cache: CacheArgs,
 
@@ -237,6 +239,7 @@ pub struct SimulateArgs {
     #[arg(long, env = "SIMULATOR_LISTEN", default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
 
+    /// The simulated Confluence.
     #[command(flatten)]
     pub sim: SimulatorArgs,
 }
@@ -348,6 +351,7 @@ pub struct CallArgs {
 /// `get` settings.
 #[derive(Clone, Debug, Args)]
 pub struct GetArgs {
+    /// The gateway and the window.
     #[command(flatten)]
     pub call: CallArgs,
 
@@ -371,6 +375,7 @@ pub struct GetArgs {
 /// `stream` settings.
 #[derive(Clone, Debug, Args)]
 pub struct StreamArgs {
+    /// The gateway and the window.
     #[command(flatten)]
     pub call: CallArgs,
 

@@ -4,6 +4,8 @@
 //! gRPC edge, `audit` holds the domain (queries, pages, records), `upstream` talks to
 //! Confluence, `cache` keeps fetched pages and `simulator` stands in for Confluence.
 
+#![warn(missing_docs)]
+
 pub mod audit;
 pub mod cache;
 pub mod client;

@@ -198,22 +198,42 @@ impl Producer {
                 *left -= records.len() as u64;
             }
             if let Some(last) = records.last() {
-                let anchor = Anchor {
-                    id: last.id(),
+                let id = last.id();
+                let anchor = Some(Anchor {
+                    id,
                     date: last.date(),
+                });
+                // Identical copies of the last record that end this message (one, as a
+                // rule): the next page must skip them all.
+                let copies = records.iter().rev().take_while(|r| r.id() == id).count();
+                cursor = if copies == records.len() && cursor.anchor.is_some_and(|a| a.id == id) {
+                    // The run began in an earlier message: keep its first copy.
+                    Cursor {
+                        anchor,
+                        run: cursor.run + copies as u32,
+                        ..cursor
+                    }
+                } else {
+                    Cursor {
+                        start: fetch.start + (from + records.len() - copies) as i64,
+                        anchor,
+                        run: copies as u32,
+                    }
                 };
-                cursor = Cursor {
-                    start: fetch.start + (from + records.len() - 1) as i64,
-                    anchor: Some(anchor),
-                };
-                let token = resume::encode(&self.req.window, cursor.start, anchor);
+                let token = resume::encode(&self.req.window, &cursor);
                 let message = wire::stream_message(&records, &token);
                 if tx.send(Ok(message)).await.is_err() {
                     return Ok(());
                 }
             } else if from > 0 {
-                // The anchor closed the page: it now sits at this offset.
-                cursor.start = fetch.start + from as i64 - 1;
+                // The anchor closed the page: its run now starts at this offset.
+                let first = fetch.start + from.saturating_sub(cursor.run as usize) as i64;
+                cursor.start = if first == fetch.start && !last_page {
+                    // A run longer than a page: look past it rather than loop.
+                    fetch.start + n - 1
+                } else {
+                    first
+                };
             }
             if done {
                 // A normal end: look-ahead loads past the end finish for whoever shares

@@ -12,7 +12,9 @@
 //! Each page after the first is requested so that it overlaps the previous one by one
 //! record: the last record delivered is the *anchor*, and the next request starts at the
 //! anchor's offset as of the page it came from. A record is identified by a digest of its
-//! full content (with `creationDate`, in practice unique).
+//! full content (with `creationDate`, in practice unique). Should the delivered records
+//! end in a run of identical ones, the anchor is the whole run: the request starts at
+//! its first copy and delivery resumes after as many copies as were delivered.
 //!
 //! * Records only ever move to higher offsets (events are added at the head; the oldest
 //!   leave the window at the tail, which moves nothing before them). So in any snapshot
@@ -23,17 +25,22 @@
 //!   nothing between the anchor and `page[k+1]` can be missing, because the page is one
 //!   consistent snapshot.
 //! * If the anchor is not in the page and the page may be an older snapshot (it came from
-//!   the cache, or was fetched concurrently), it is refetched past the cache. A fresh
+//!   the cache, or was fetched concurrently), it is refetched past the cache, by a request
+//!   that starts after the anchor's page was placed (never one joined in flight). A fresh
 //!   page starts at or before the anchor's current offset (first point), so either the
 //!   anchor is in it, or every record of it is newer than the anchor (more than a page of
 //!   new events arrived): then paging advances by the page length and looks again.
 //! * A fresh page without the anchor that holds records older than the anchor means the
-//!   anchor itself vanished (deleted, or an identical record we cannot tell apart); then
-//!   only records dated before the anchor are delivered, so still none twice.
+//!   anchor itself vanished (deleted upstream, or encoded differently by another gateway
+//!   version); then delivery resumes at the first record dated no later than the anchor.
+//!   Records of the anchor's very millisecond may then come twice: in that corner the
+//!   stream prefers at-least-once to a silent gap.
 //!
-//! The records present when the stream started are therefore each delivered exactly
-//! once, in upstream order, whatever mix of cached and fresh pages serves them. Events
-//! added during the stream are newer than its first record and are not part of it.
+//! The records of the first page's snapshot and all older ones are therefore each
+//! delivered exactly once, in upstream order, whatever mix of cached and fresh pages
+//! serves them. Events added later are newer than the first record and are left for the
+//! next stream. (The first page may come from the cache, up to the cache TTL old; a call
+//! with `cache-control: no-cache` starts from a fresh one.)
 
 use super::TimeUnit;
 
@@ -57,10 +64,12 @@ pub trait Anchored {
 /// Where a stream stands: the offset to request next and the record it must find there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cursor {
-    /// Offset the next page starts at (the anchor's offset, when there is one).
+    /// Offset the next page starts at (the anchor run's first copy, when there is one).
     pub start: i64,
     /// The last record delivered; `None` before the first.
     pub anchor: Option<Anchor>,
+    /// How many identical copies of the anchor end what was delivered (1 as a rule).
+    pub run: u32,
 }
 
 impl Cursor {
@@ -68,6 +77,7 @@ impl Cursor {
     pub const BEGIN: Cursor = Cursor {
         start: 0,
         anchor: None,
+        run: 0,
     };
 }
 
@@ -89,13 +99,13 @@ pub fn place<R: Anchored>(cursor: &Cursor, records: &[R], fresh: bool) -> Placem
         return Placement::Deliver(0);
     };
     if let Some(k) = records.iter().position(|r| r.id() == anchor.id) {
-        return Placement::Deliver(k + 1);
+        return Placement::Deliver((k + cursor.run.max(1) as usize).min(records.len()));
     }
     if !fresh {
         return Placement::Refetch;
     }
-    match records.iter().position(|r| r.date() < anchor.date) {
-        // All newer than (or as old as) the anchor: delivered already.
+    match records.iter().position(|r| r.date() <= anchor.date) {
+        // All newer than the anchor: delivered already.
         None if !records.is_empty() => Placement::Advance,
         None => Placement::Deliver(0),
         Some(i) => Placement::Deliver(i),
@@ -136,7 +146,19 @@ mod tests {
                 id: r.id(),
                 date: r.date(),
             }),
+            run: 1,
         }
+    }
+
+    #[test]
+    fn a_run_of_identical_anchors_is_skipped_whole() {
+        let c = Cursor {
+            run: 2,
+            ..anchored_at(R(5, 50))
+        };
+        // Shifted by one insert: [new, A, A, B]: resume at B.
+        let page = [R(9, 90), R(5, 50), R(5, 50), R(4, 40)];
+        assert_eq!(place(&c, &page, false), Placement::Deliver(3));
     }
 
     #[test]
@@ -168,10 +190,12 @@ mod tests {
     }
 
     #[test]
-    fn vanished_anchor_delivers_only_older_records() {
+    fn vanished_anchor_resumes_at_its_millisecond() {
         let c = anchored_at(R(5, 50));
         let page = [R(6, 60), R(3, 30), R(2, 20)];
         assert_eq!(place(&c, &page, true), Placement::Deliver(1));
+        let same_ms = [R(6, 60), R(7, 50), R(2, 20)];
+        assert_eq!(place(&c, &same_ms, true), Placement::Deliver(1));
         assert_eq!(place(&c, &[] as &[R], true), Placement::Deliver(0));
     }
 }

@@ -8,7 +8,8 @@ use ring::digest;
 use super::anchor::{Anchor, Cursor, Window};
 
 const VERSION: u8 = 1;
-const LEN: usize = 1 + 8 + 8 + 16 + 8 + 4;
+/// Version, window digest, start, anchor id, anchor date, run, checksum.
+const LEN: usize = 1 + 8 + 8 + 16 + 8 + 4 + 4;
 
 /// Why a token was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,14 +34,20 @@ impl std::fmt::Display for TokenError {
     }
 }
 
-/// Encodes the position after `anchor`, seen at offset `start`, in `window`.
-pub fn encode(window: &Window, start: i64, anchor: Anchor) -> String {
+/// Encodes a cursor (which must have an anchor) of a stream over `window`.
+pub fn encode(window: &Window, cursor: &Cursor) -> String {
+    let (start, run) = (cursor.start, cursor.run);
+    let anchor = cursor.anchor.unwrap_or(Anchor {
+        id: [0; 16],
+        date: 0,
+    });
     let mut b = Vec::with_capacity(LEN);
     b.push(VERSION);
     b.extend_from_slice(&window_digest(window));
     b.extend_from_slice(&start.to_be_bytes());
     b.extend_from_slice(&anchor.id);
     b.extend_from_slice(&anchor.date.to_be_bytes());
+    b.extend_from_slice(&run.to_be_bytes());
     let sum = checksum(&b);
     b.extend_from_slice(&sum);
     URL_SAFE_NO_PAD.encode(b)
@@ -68,7 +75,9 @@ pub fn decode(window: &Window, token: &str) -> Result<Cursor, TokenError> {
     let mut id = [0u8; 16];
     id.copy_from_slice(&b[17..33]);
     let start = int(9..17);
-    if start < 0 {
+    let run = u32::from_be_bytes([b[41], b[42], b[43], b[44]]);
+    // Offsets are int32 upstream; a run is at least the anchor itself.
+    if !(0..=i64::from(i32::MAX)).contains(&start) || run == 0 {
         return Err(TokenError::Corrupt);
     }
     Ok(Cursor {
@@ -77,6 +86,7 @@ pub fn decode(window: &Window, token: &str) -> Result<Cursor, TokenError> {
             id,
             date: int(33..41),
         }),
+        run,
     })
 }
 
@@ -117,27 +127,29 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let a = Anchor {
-            id: [7; 16],
-            date: -5,
+        let c = Cursor {
+            start: 1234,
+            anchor: Some(Anchor {
+                id: [7; 16],
+                date: -5,
+            }),
+            run: 2,
         };
-        let t = encode(&window(None), 1234, a);
-        assert_eq!(
-            decode(&window(None), &t),
-            Ok(Cursor {
-                start: 1234,
-                anchor: Some(a)
-            })
-        );
+        let t = encode(&window(None), &c);
+        assert_eq!(decode(&window(None), &t), Ok(c));
     }
 
     #[test]
     fn refuses_other_windows_and_corruption() {
-        let a = Anchor {
-            id: [1; 16],
-            date: 9,
+        let c = Cursor {
+            start: 5,
+            anchor: Some(Anchor {
+                id: [1; 16],
+                date: 9,
+            }),
+            run: 1,
         };
-        let t = encode(&window(Some("x")), 5, a);
+        let t = encode(&window(Some("x")), &c);
         assert_eq!(decode(&window(None), &t), Err(TokenError::OtherWindow));
         assert_eq!(decode(&window(Some("y")), &t), Err(TokenError::OtherWindow));
         let mut bytes = URL_SAFE_NO_PAD.decode(&t).expect("b64");

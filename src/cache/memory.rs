@@ -27,13 +27,23 @@ impl Expiry<PageKey, Cached> for PerPageTtl {
     fn expire_after_create(&self, _: &PageKey, value: &Cached, _: Instant) -> Option<Duration> {
         Some(value.ttl)
     }
+
+    // A refresh replaces the entry: it gets its own full TTL, not what the old one had.
+    fn expire_after_update(
+        &self,
+        _: &PageKey,
+        value: &Cached,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
 }
 
 /// The page cache callers use: in-process tier, optional shared tier, then the loader.
 #[derive(Clone)]
 pub struct PageCache {
     memory: Cache<PageKey, Cached>,
-    in_flight: Cache<PageKey, Cached>,
     shared: Option<Arc<dyn SharedTier>>,
     settings: CacheSettings,
 }
@@ -48,18 +58,19 @@ impl PageCache {
             })
             .expire_after(PerPageTtl)
             .build();
-        let in_flight = Cache::builder().build();
         Self {
             memory,
-            in_flight,
             shared,
             settings,
         }
     }
 
     /// The page under `key`, loading it with `load` on a miss. Concurrent misses of one
-    /// key share a single load. With `refresh`, cached copies are skipped and replaced
-    /// once the load succeeds (a failed refresh leaves the cached page in place).
+    /// key share a single load.
+    ///
+    /// With `refresh`, cached copies are skipped: `load` runs now, never joining a load
+    /// that began earlier (a stream relies on a refreshed page being taken after the
+    /// call), and its page replaces the cached ones only if it succeeds.
     pub async fn get_or_load<F, Fut>(
         &self,
         key: PageKey,
@@ -71,11 +82,28 @@ impl PageCache {
         Fut: Future<Output = Result<Bytes, GatewayError>>,
     {
         let ttl = self.settings.ttl;
-        let caching = !ttl.is_zero();
-        let shared = self.shared.clone().filter(|_| caching);
+        if ttl.is_zero() {
+            return load().await;
+        }
+        if refresh {
+            let page = load().await?;
+            self.store_shared(&key, &page, true);
+            self.memory
+                .insert(
+                    key,
+                    Cached {
+                        page: page.clone(),
+                        ttl,
+                    },
+                )
+                .await;
+            return Ok(page);
+        }
+        let shared = self.shared.clone();
         let lookup_key = key.clone();
+        let this = self.clone();
         let init = async move {
-            if let Some(tier) = shared.as_ref().filter(|_| !refresh)
+            if let Some(tier) = &shared
                 && let Some((page, left)) = tier.get(&lookup_key).await
             {
                 return Ok(Cached {
@@ -84,32 +112,24 @@ impl PageCache {
                 });
             }
             let page = load().await?;
-            if let Some(tier) = shared {
-                // Off the caller's path: a slow shared tier must not slow the answer.
-                let (page, key) = (page.clone(), lookup_key);
-                tokio::spawn(async move { tier.put(&key, page, ttl).await });
-            }
+            this.store_shared(&lookup_key, &page, false);
             Ok(Cached { page, ttl })
         };
-        // Refreshes and uncached loads go through a map of their own that only joins
-        // concurrent loads of one key; its entries are dropped right after.
-        let bypass = refresh || !caching;
-        let flights = if bypass {
-            &self.in_flight
-        } else {
-            &self.memory
-        };
-        let result = flights
-            .try_get_with(key.clone(), init)
+        self.memory
+            .try_get_with(key, init)
             .await
-            .map_err(|e: Arc<GatewayError>| (*e).clone());
-        if bypass {
-            self.in_flight.invalidate(&key).await;
-            if let (Ok(cached), true) = (&result, caching) {
-                self.memory.insert(key, cached.clone()).await;
-            }
+            .map(|c| c.page)
+            .map_err(|e: Arc<GatewayError>| (*e).clone())
+    }
+
+    /// Writes a page to the shared tier off the caller's path: a slow shared tier must
+    /// not slow the answer. A refresh replaces what is there; a fill never does, so an
+    /// older load finishing late cannot overwrite a refresh.
+    fn store_shared(&self, key: &PageKey, page: &Bytes, replace: bool) {
+        if let Some(tier) = self.shared.clone() {
+            let (key, page, ttl) = (key.clone(), page.clone(), self.settings.ttl);
+            tokio::spawn(async move { tier.put(&key, page, ttl, replace).await });
         }
-        result.map(|c| c.page)
     }
 
     /// Pages held by the in-process tier (for tests and metrics).

@@ -42,14 +42,15 @@ impl PageKey {
 pub trait SharedTier: Send + Sync + 'static {
     /// The page under `key` and the time it has left, if the tier holds it.
     async fn get(&self, key: &PageKey) -> Option<(Bytes, Duration)>;
-    /// Stores `page` under `key` for `ttl`.
-    async fn put(&self, key: &PageKey, page: Bytes, ttl: Duration);
+    /// Stores `page` under `key` for `ttl`; without `replace`, only where the tier
+    /// holds no page yet.
+    async fn put(&self, key: &PageKey, page: Bytes, ttl: Duration, replace: bool);
 }
 
 /// Cache settings.
 #[derive(Clone, Debug)]
 pub struct CacheSettings {
-    /// How long a page stays fresh; zero disables caching (single-flight remains).
+    /// How long a page stays fresh; zero disables caching (and the joining of loads).
     pub ttl: Duration,
     /// Bound on the bytes the in-process tier holds.
     pub max_bytes: u64,

@@ -24,8 +24,8 @@ const MAGIC: &[u8; 4] = b"AGP1";
 /// Magic, expiry (unix ms), checksum.
 const HEADER: usize = 4 + 8 + 8;
 
-/// Redis tier settings.
-#[derive(Clone, Debug)]
+/// Redis tier settings. `Debug` leaves the URL out: it may hold a password.
+#[derive(Clone)]
 pub struct RedisSettings {
     /// `redis://` or `rediss://` URL, auth and database included.
     pub url: String,
@@ -35,6 +35,17 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// How long the tier is skipped after an error.
     pub pause: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("pause", &self.pause)
+            .finish()
+    }
 }
 
 /// Counters of the tier's outcomes.
@@ -58,6 +69,9 @@ pub struct RedisTier {
     paused_until: AtomicU64,
     /// Whether the tier is known to be down (for one log line per outage).
     down: AtomicBool,
+    /// Process-relative millis of the last failure: only an operation started after it
+    /// proves the tier is back.
+    failed_at: AtomicU64,
     epoch: Instant,
     stats: Arc<RedisStats>,
 }
@@ -79,6 +93,7 @@ impl RedisTier {
             settings,
             paused_until: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            failed_at: AtomicU64::new(0),
             epoch: Instant::now(),
             stats: Arc::default(),
         })
@@ -134,7 +149,9 @@ impl RedisTier {
 
     fn failed(&self, what: &str, err: &str) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        let until = self.now_ms() + self.settings.pause.as_millis() as u64;
+        let now = self.now_ms();
+        self.failed_at.store(now.max(1), Ordering::Relaxed);
+        let until = now + self.settings.pause.as_millis() as u64;
         self.paused_until.store(until.max(1), Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -146,7 +163,11 @@ impl RedisTier {
         }
     }
 
-    fn succeeded(&self) {
+    fn succeeded(&self, started_ms: u64) {
+        if started_ms <= self.failed_at.load(Ordering::Relaxed) {
+            // Began before the last failure: it says nothing about the tier now.
+            return;
+        }
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!("Redis cache tier is back");
         }
@@ -155,11 +176,24 @@ impl RedisTier {
 
     async fn run<T: redis::FromRedisValue>(&self, what: &str, cmd: redis::Cmd) -> Option<T> {
         let mut conn = self.conn.clone();
+        let started = self.now_ms();
         let call = cmd.query_async::<T>(&mut conn);
         match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(v)) => {
-                self.succeeded();
+                self.succeeded(started);
                 Some(v)
+            }
+            Ok(Err(e))
+                if !(e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()) =>
+            {
+                // Redis answered, with an error about this key (a foreign value of
+                // another type, say): a miss, not an outage.
+                self.succeeded(started);
+                tracing::debug!(operation = what, error = %redact(&e.to_string(), &self.settings.url), "Redis refused an operation");
+                None
             }
             Ok(Err(e)) => {
                 self.failed(what, &e.to_string());
@@ -194,7 +228,7 @@ impl SharedTier for RedisTier {
         }
     }
 
-    async fn put(&self, key: &PageKey, page: Bytes, ttl: Duration) {
+    async fn put(&self, key: &PageKey, page: Bytes, ttl: Duration, replace: bool) {
         if !self.usable() || ttl.is_zero() {
             return;
         }
@@ -203,6 +237,9 @@ impl SharedTier for RedisTier {
             .arg(wrap_value(&page, unix_ms() + ttl.as_millis() as u64))
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64);
+        if !replace {
+            cmd.arg("NX");
+        }
         let _: Option<()> = self.run("SET", cmd).await;
     }
 }
