@@ -314,3 +314,32 @@ async fn redis_needs_a_shared_salt() {
         .expect("refused without --credential-salt");
     assert!(err.contains("--credential-salt"), "{err}");
 }
+
+#[tokio::test]
+async fn no_cache_refreshes_the_shared_tier_too() {
+    let redis = RedisServer::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &redis, &[]).await;
+    let old = a.client.get_since(page(0)).await.expect("a").into_inner();
+    assert!(until(async || redis.keys().await.len() == 1).await);
+    sim.insert_records(3);
+    let mut fresh = tonic::Request::new(page(0));
+    fresh
+        .metadata_mut()
+        .insert("cache-control", "no-cache".parse().expect("ascii"));
+    let new = a
+        .client
+        .get_since(fresh)
+        .await
+        .expect("refresh")
+        .into_inner();
+    assert_ne!(new, old, "the refresh saw the new records");
+    assert_eq!(sim.request_count(), 2);
+    // A replica that never saw the page is served the refreshed copy from Redis (the
+    // write happens off the caller's path; give it a moment to land).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = replica(&sim.base_url(), &redis, &[]).await;
+    let got = c.client.get_since(page(0)).await.expect("c").into_inner();
+    assert_eq!(got, new, "Redis kept the stale page");
+    assert_eq!(sim.request_count(), 2, "replica c made no upstream call");
+}
