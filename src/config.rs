@@ -63,6 +63,10 @@ pub struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_STREAM_PREFETCH", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub stream_prefetch: u16,
 
+    /// Serve Prometheus metrics on this address (`GET /metrics`); unset: none.
+    #[arg(long, env = "AUDIT_GATEWAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Wait this long after a shutdown signal, reporting NOT_SERVING, before refusing
     /// new connections (lets a mesh stop routing here first).
     #[arg(long, env = "AUDIT_GATEWAY_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]

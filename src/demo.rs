@@ -66,6 +66,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             redis_key_prefix: "audit-gateway".into(),
         },
         stream_prefetch: 16,
+        metrics_listen: None,
         drain_delay: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(5),
     };

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use audit_gateway::{
     client,
     config::{Cli, Command},
-    demo, server,
+    demo, metrics, server,
     simulator::Simulator,
     telemetry,
 };
@@ -58,6 +58,14 @@ async fn run(command: Command) -> Result<(), String> {
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+            if let Some(addr) = args.metrics_listen {
+                let metrics = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+                tracing::info!(addr = %addr, "metrics on /metrics");
+                // Ends with the process, after the gRPC server has drained.
+                tokio::spawn(metrics::serve(metrics, std::future::pending()));
+            }
             let shutdown = server::ShutdownSettings {
                 drain_delay: args.drain_delay,
                 timeout: args.shutdown_timeout,

@@ -18,6 +18,7 @@ use crate::{
     credential::{Credential, FingerprintKey},
     error::GatewayError,
     grpc::convert::page_to_proto,
+    metrics::METRICS,
     upstream::ConfluenceClient,
 };
 
@@ -56,6 +57,7 @@ impl PageService {
 
     /// The page as an encoded `GetSinceResponse`.
     pub async fn page(&self, req: PageRequest) -> Result<Bytes, GatewayError> {
+        METRICS.page_requests.inc();
         let key = PageKey {
             base_url: self.base_url.clone(),
             credential: req
@@ -99,6 +101,7 @@ impl PageService {
         let ran = AtomicBool::new(false);
         let load = || {
             ran.store(true, Ordering::Relaxed);
+            METRICS.page_loads.inc();
             async {
                 let body = self
                     .client

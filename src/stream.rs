@@ -19,6 +19,7 @@ use crate::{
     },
     credential::Credential,
     error::GatewayError,
+    metrics::METRICS,
     pages::{PageRequest, PageService},
     pb::wire::{self, PageView},
 };
@@ -47,6 +48,7 @@ pub type Item = Result<Bytes, GatewayError>;
 
 /// Starts the producer; the receiver yields the messages, then at most one error.
 pub fn start(pages: PageService, req: StreamRequest, prefetch: usize) -> mpsc::Receiver<Item> {
+    METRICS.streams_started.inc();
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         let deadline = req.deadline;
@@ -222,6 +224,7 @@ impl Producer {
                 };
                 let token = resume::encode(&self.req.window, &cursor);
                 let message = wire::stream_message(&records, &token);
+                METRICS.stream_records.add(records.len() as u64);
                 if tx.send(Ok(message)).await.is_err() {
                     return Ok(());
                 }

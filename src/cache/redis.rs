@@ -5,10 +5,7 @@
 //! that is not ours (foreign, truncated, corrupted) is a miss.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -18,6 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ring::digest;
 
 use super::{PageKey, SharedTier};
+use crate::metrics::METRICS;
 
 /// Value layout version; a change makes old values misses, never misreads.
 const MAGIC: &[u8; 4] = b"AGP1";
@@ -48,19 +46,6 @@ impl std::fmt::Debug for RedisSettings {
     }
 }
 
-/// Counters of the tier's outcomes.
-#[derive(Debug, Default)]
-pub struct RedisStats {
-    /// Lookups answered with a page.
-    pub hits: AtomicU64,
-    /// Lookups that found nothing usable (absent, foreign or corrupted).
-    pub misses: AtomicU64,
-    /// Operations that failed or timed out.
-    pub errors: AtomicU64,
-    /// Operations not attempted because the tier was paused.
-    pub skipped: AtomicU64,
-}
-
 /// The Redis tier.
 pub struct RedisTier {
     conn: ConnectionManager,
@@ -73,7 +58,6 @@ pub struct RedisTier {
     /// proves the tier is back.
     failed_at: AtomicU64,
     epoch: Instant,
-    stats: Arc<RedisStats>,
 }
 
 impl RedisTier {
@@ -95,13 +79,7 @@ impl RedisTier {
             down: AtomicBool::new(false),
             failed_at: AtomicU64::new(0),
             epoch: Instant::now(),
-            stats: Arc::default(),
         })
-    }
-
-    /// The tier's counters.
-    pub fn stats(&self) -> Arc<RedisStats> {
-        self.stats.clone()
     }
 
     /// The Redis key of a page: prefix, layout version, and a digest of the whole cache
@@ -141,19 +119,20 @@ impl RedisTier {
     fn usable(&self) -> bool {
         let until = self.paused_until.load(Ordering::Relaxed);
         if until != 0 && self.now_ms() < until {
-            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            METRICS.redis_skipped.inc();
             return false;
         }
         true
     }
 
     fn failed(&self, what: &str, err: &str) {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        METRICS.redis_errors.inc();
         let now = self.now_ms();
         self.failed_at.store(now.max(1), Ordering::Relaxed);
         let until = now + self.settings.pause.as_millis() as u64;
         self.paused_until.store(until.max(1), Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
+            METRICS.redis_outages.inc();
             tracing::warn!(
                 operation = what,
                 error = %redact(err, &self.settings.url),
@@ -218,11 +197,11 @@ impl SharedTier for RedisTier {
         let value: Option<Vec<u8>> = self.run("GET", cmd).await?;
         match value.and_then(|v| unwrap_value(&v, unix_ms())) {
             Some(hit) => {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                METRICS.redis_hits.inc();
                 Some(hit)
             }
             None => {
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                METRICS.redis_misses.inc();
                 None
             }
         }

@@ -12,6 +12,7 @@ use crate::{
     audit::PageQuery,
     credential::Credential,
     error::{GatewayError, UpstreamFailure},
+    metrics::METRICS,
 };
 
 /// Largest error body read for its `message`.
@@ -131,10 +132,22 @@ impl ConfluenceClient {
             request = request.header(header::AUTHORIZATION, value);
         }
         let started = Instant::now();
+        METRICS.upstream_attempts.inc();
+        let result = self.exchange(request, failed).await;
+        if let Err(e) = &result {
+            METRICS.upstream_failed(e.reason());
+        }
+        tracing::debug!(elapsed = ?started.elapsed(), ok = result.is_ok(), "Confluence attempt");
+        result
+    }
+
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        failed: impl Fn(&reqwest::Error) -> GatewayError,
+    ) -> Result<Bytes, GatewayError> {
         let response = request.send().await.map_err(|e| failed(&e))?;
-        let status = response.status();
-        tracing::debug!(status = status.as_u16(), elapsed = ?started.elapsed(), "Confluence answered");
-        if status == StatusCode::OK {
+        if response.status() == StatusCode::OK {
             return read_capped(response, self.settings.max_body_bytes, failed).await;
         }
         Err(self.status_error(response).await)

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{pb, simulator::SimulatorConfig};
+use audit_gateway::{metrics::METRICS, pb, simulator::SimulatorConfig};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -195,12 +195,14 @@ async fn keys_are_prefixed_versioned_and_reveal_no_credential() {
 async fn a_dead_redis_fails_no_call_and_costs_no_wait() {
     let mut redis = RedisServer::start().await;
     let sim = spawn_simulator(SimulatorConfig::default()).await;
-    let mut a = replica(&sim.base_url(), &redis, &["--cache-ttl", "0"]).await;
+    let mut a = replica(&sim.base_url(), &redis, &[]).await;
     a.client.get_since(page(0)).await.expect("with redis");
+    let (errors, outages) = (METRICS.redis_errors.get(), METRICS.redis_outages.get());
     redis.kill();
-    // Every call still succeeds, and promptly (refused connections fail fast; then the
-    // tier is skipped). The bound is generous: this checks "no hang", not speed.
-    for start in 0..20 {
+    // Every call (each a new page, so each asks Redis first) still succeeds, and
+    // promptly: refused connections fail fast, then the tier is skipped. The bound is
+    // generous: this checks "no hang", not speed.
+    for start in 1..21 {
         let t = Instant::now();
         a.client
             .get_since(page(start))
@@ -212,6 +214,11 @@ async fn a_dead_redis_fails_no_call_and_costs_no_wait() {
             t.elapsed()
         );
     }
+    assert_eq!(sim.request_count(), 21, "every page came from upstream");
+    // The outage is counted once it is seen (metrics are process-wide: other tests may
+    // add to them, so only growth is checked).
+    assert!(METRICS.redis_errors.get() > errors);
+    assert!(METRICS.redis_outages.get() > outages);
 }
 
 #[tokio::test]

@@ -512,3 +512,36 @@ async fn serve_exits_cleanly_on_sigterm() {
     let status = exit_within(&mut child.0, Duration::from_secs(10));
     assert!(status.success(), "exit after SIGTERM: {status}");
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text_format() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(audit_gateway::metrics::serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .bytes()
+        .await
+        .expect("body");
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(
+        text.contains("# TYPE audit_gateway_page_requests_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("audit_gateway_upstream_failures_total{reason=\"UPSTREAM_RATE_LIMITED\"}")
+    );
+    let other = reqwest::get(format!("http://{addr}/other"))
+        .await
+        .expect("404");
+    assert_eq!(other.status().as_u16(), 404);
+    let _ = stop.send(());
+    server.await.expect("metrics server stops");
+}
