@@ -17,6 +17,7 @@ const DEMO_TOKEN: &str = "demo-api-token";
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<(), String> {
+    let signal = server::shutdown_signal();
     let sim_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot bind the simulator: {e}"))?;
@@ -133,7 +134,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     );
     if !args.once {
         println!("serving until Ctrl-C");
-        server::shutdown_signal().await;
+        signal.await;
     }
     let _ = stop_tx.send(());
     gateway

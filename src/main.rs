@@ -54,6 +54,8 @@ async fn run(command: Command) -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match command {
         Command::Serve(args) => {
+            // Handlers first: a SIGTERM during start-up is then a graceful stop too.
+            let signal = server::shutdown_signal();
             let service = server::build_service(&args)?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
@@ -70,18 +72,19 @@ async fn run(command: Command) -> Result<(), String> {
                 drain_delay: args.drain_delay,
                 timeout: args.shutdown_timeout,
             };
-            server::run(service, listener, server::shutdown_signal(), shutdown).await
+            server::run(service, listener, signal, shutdown).await
         }
         Command::Simulate(args) => {
             let config = args.sim.to_config()?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+            let signal = server::shutdown_signal();
             let sim = Simulator::start(config, listener)
                 .await
                 .map_err(|e| format!("simulator: {e}"))?;
             tracing::info!(base_url = %sim.base_url(), "Confluence simulator serving");
-            server::shutdown_signal().await;
+            signal.await;
             sim.shutdown();
             Ok(())
         }
