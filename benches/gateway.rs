@@ -45,6 +45,14 @@ fn conversion() {
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         std::hint::black_box(v);
     });
+    let parse = time_per_run(50, || {
+        std::hint::black_box(audit_gateway::audit::record::Page::parse(&body).expect("page"));
+    });
+    let convert = time_per_run(50, || {
+        let page = audit_gateway::audit::record::Page::parse(&body).expect("page");
+        std::hint::black_box(page_to_proto(page));
+    });
+    println!("  of which: typed parse {parse:.2?}; parse + protobuf structs {convert:.2?}");
     let typed = time_per_run(50, || {
         let page = audit_gateway::audit::record::Page::parse(&body).expect("page");
         std::hint::black_box(page_to_proto(page).encode_to_vec());

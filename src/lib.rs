@@ -14,6 +14,7 @@ pub mod credential;
 pub mod demo;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod metrics;
 pub mod pages;
 pub mod pb;

@@ -9,7 +9,7 @@ use tonic::{
     codec::CompressionEncoding,
     transport::{Server, server::TcpIncoming},
 };
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::{ServingStatus, pb::health_server::HealthServer, server::HealthReporter};
 
 use crate::{
     cache::{
@@ -19,6 +19,7 @@ use crate::{
     config::{CacheArgs, ServeArgs},
     credential::FingerprintKey,
     grpc::{AuditGrpc, CredentialMode},
+    health::DrainingHealth,
     pages::PageService,
     pb::{self, audit_service_server::AuditServiceServer},
     upstream::{ConfluenceClient, UpstreamSettings},
@@ -112,8 +113,10 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let reporter = HealthReporter::new();
     set_health(&reporter, ServingStatus::Serving).await;
+    let (end_watches, stopping) = tokio::sync::watch::channel(false);
+    let health = HealthServer::new(DrainingHealth::new(reporter.clone(), stopping));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -140,6 +143,9 @@ pub async fn run(
         tracing::info!("shutting down: reporting NOT_SERVING");
         set_health(&draining, ServingStatus::NotServing).await;
         tokio::time::sleep(drain_delay).await;
+        // Health watches last as long as their clients want: end them, or every stop
+        // would wait the whole shutdown timeout.
+        let _ = end_watches.send(true);
         tracing::info!("refusing new connections; waiting for in-flight calls");
         let _ = stopped_tx.send(());
     };

@@ -18,7 +18,7 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::common::{closed_port, serve_args, sim_and_gateway, spawn_gateway};
+use crate::common::{closed_port, serve_args, sim_and_gateway, spawn_gateway, spawn_simulator};
 
 const AUDIT: &str = "confluence.audit.v1.AuditService";
 const HEALTH: &str = "grpc.health.v1.Health";
@@ -268,15 +268,26 @@ async fn connections_are_accepted_during_the_drain_delay_only() {
 
 #[tokio::test]
 async fn the_shutdown_timeout_bounds_a_call_that_never_ends() {
-    // A health watch is a call that only its client ends.
-    let mut gw = idle_gateway(&["--shutdown-timeout", "300ms"]).await;
-    let mut health = HealthClient::new(gw.channel().await);
-    let mut watch = health
-        .watch(HealthCheckRequest::default())
-        .await
-        .expect("watch")
-        .into_inner();
-    watch.message().await.expect("status").expect("one");
+    // A call held up by an upstream that takes a minute to answer.
+    let sim = spawn_simulator(SimulatorConfig {
+        latency: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await;
+    let mut gw = spawn_gateway(serve_args(
+        &sim.base_url(),
+        &["--shutdown-timeout", "300ms"],
+    ))
+    .await;
+    let mut client = gw.client.clone();
+    let call = tokio::spawn(async move { client.get_since(pb::GetSinceRequest::default()).await });
+    for _ in 0..200 {
+        if sim.request_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sim.request_count(), 1, "the call is in flight");
     let started = Instant::now();
     let server = gw.begin_shutdown();
     let result = tokio::time::timeout(Duration::from_secs(10), server)
@@ -289,6 +300,34 @@ async fn the_shutdown_timeout_bounds_a_call_that_never_ends() {
         "in-flight calls were given the timeout: {:?}",
         started.elapsed()
     );
+    call.abort();
+}
+
+#[tokio::test]
+async fn health_watches_end_at_shutdown_instead_of_holding_it() {
+    let mut gw = idle_gateway(&["--shutdown-timeout", "30s", "--drain-delay", "100ms"]).await;
+    let mut health = HealthClient::new(gw.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("status").expect("one");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let started = Instant::now();
+    let server = gw.begin_shutdown();
+    let next = watch.message().await.expect("status").expect("an update");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    assert!(
+        watch.message().await.expect("clean end").is_none(),
+        "the watch ends"
+    );
+    let result = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops without waiting for the watch")
+        .expect("server task did not panic");
+    assert_eq!(result, Ok(()));
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 // --- the binary -------------------------------------------------------------------------
