@@ -45,7 +45,7 @@ impl Counter {
 pub struct Metrics {
     /// Pages asked of the page service (GetSince calls and stream pages).
     pub page_requests: Counter,
-    /// Pages loaded from below the in-process tier (Redis or Confluence).
+    /// Pages fetched from Confluence (missed by every cache tier).
     pub page_loads: Counter,
     /// HTTP attempts sent to Confluence, retries included.
     pub upstream_attempts: Counter,
@@ -115,7 +115,7 @@ impl Metrics {
         );
         counter(
             "audit_gateway_page_loads_total",
-            "Pages loaded from below the in-process cache.",
+            "Pages fetched from Confluence, missed by every cache tier.",
             self.page_loads.get(),
         );
         counter(

@@ -22,6 +22,9 @@ use crate::{
     upstream::ConfluenceClient,
 };
 
+/// Bodies at least this large are converted on the blocking pool.
+const BLOCKING_BODY_BYTES: usize = 64 * 1024;
+
 /// One page request, already validated.
 #[derive(Clone, Debug)]
 pub struct PageRequest {
@@ -107,7 +110,14 @@ impl PageService {
                     .client
                     .fetch_page(&req.query, req.credential.as_ref(), req.deadline)
                     .await?;
-                encode_page(&body)
+                if body.len() < BLOCKING_BODY_BYTES {
+                    return encode_page(&body);
+                }
+                // A full page takes milliseconds of CPU: off the async workers, so cache
+                // hits and other calls are not held up behind it.
+                tokio::task::spawn_blocking(move || encode_page(&body))
+                    .await
+                    .map_err(|e| GatewayError::Internal(format!("page conversion failed: {e}")))?
             }
         };
         let result = self.cache.get_or_load(key.clone(), req.refresh, load).await;
