@@ -11,6 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use prost::Message;
+use tokio::sync::Semaphore;
 
 use crate::{
     audit::{PageQuery, record::Page},
@@ -45,6 +46,7 @@ pub struct PageService {
     cache: PageCache,
     base_url: Arc<str>,
     fingerprints: Arc<FingerprintKey>,
+    converting: Arc<Semaphore>,
 }
 
 impl PageService {
@@ -55,6 +57,9 @@ impl PageService {
             client: Arc::new(client),
             cache,
             fingerprints: Arc::new(fingerprints),
+            converting: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         }
     }
 
@@ -114,7 +119,12 @@ impl PageService {
                     return encode_page(&body);
                 }
                 // A full page takes milliseconds of CPU: off the async workers, so cache
-                // hits and other calls are not held up behind it.
+                // hits and other calls are not held up behind it; one per core at a time,
+                // so memory does not grow with the number of pages in flight.
+                let _permit =
+                    self.converting.acquire().await.map_err(|_| {
+                        GatewayError::Internal("page conversion is shut down".into())
+                    })?;
                 tokio::task::spawn_blocking(move || encode_page(&body))
                     .await
                     .map_err(|e| GatewayError::Internal(format!("page conversion failed: {e}")))?
