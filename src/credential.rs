@@ -58,11 +58,19 @@ impl Credential {
     /// to anyone without it, and never the secret itself.
     pub fn fingerprint(&self, key: &FingerprintKey) -> String {
         let tag = hmac::sign(&key.0, self.0.as_bytes());
-        tag.as_ref()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        to_hex(&tag.as_ref()[..16])
     }
+}
+
+/// Lower-case hex of `bytes`, without a per-byte allocation (this runs on every call).
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 impl fmt::Debug for Credential {
@@ -129,5 +137,6 @@ mod tests {
         );
         assert!(!c.fingerprint(&k1).contains("s3cret"));
         assert_eq!(c.fingerprint(&k1).len(), 32);
+        assert_eq!(to_hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
     }
 }

@@ -15,7 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ring::digest;
 
 use super::{PageKey, SharedTier};
-use crate::metrics::METRICS;
+use crate::{credential::to_hex, metrics::METRICS};
 
 /// Value layout version; a change makes old values misses, never misreads.
 const MAGIC: &[u8; 4] = b"AGP1";
@@ -105,10 +105,7 @@ impl RedisTier {
             }
             None => ctx.update(&[0]),
         }
-        let hex: String = ctx.finish().as_ref()[..20]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = to_hex(&ctx.finish().as_ref()[..20]);
         format!("{prefix}:v1:page:{hex}")
     }
 
