@@ -101,63 +101,67 @@ impl Metrics {
 
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
+        let counters: [(&str, &str, &Counter); 10] = [
+            (
+                "page_requests",
+                "Pages asked of the page cache.",
+                &self.page_requests,
+            ),
+            (
+                "page_loads",
+                "Pages fetched from Confluence, missed by every cache tier.",
+                &self.page_loads,
+            ),
+            (
+                "upstream_attempts",
+                "HTTP attempts sent to Confluence.",
+                &self.upstream_attempts,
+            ),
+            (
+                "redis_hits",
+                "Redis lookups answered with a page.",
+                &self.redis_hits,
+            ),
+            (
+                "redis_misses",
+                "Redis lookups without a usable page.",
+                &self.redis_misses,
+            ),
+            (
+                "redis_errors",
+                "Redis operations that failed or timed out.",
+                &self.redis_errors,
+            ),
+            (
+                "redis_skipped",
+                "Redis operations skipped while paused after an error.",
+                &self.redis_skipped,
+            ),
+            (
+                "redis_outages",
+                "Times the Redis tier was found down.",
+                &self.redis_outages,
+            ),
+            (
+                "streams_started",
+                "StreamSince calls started.",
+                &self.streams_started,
+            ),
+            (
+                "stream_records",
+                "Records delivered by StreamSince.",
+                &self.stream_records,
+            ),
+        ];
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
+        for (name, help, c) in counters {
+            let name = format!("audit_gateway_{name}_total");
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.get()
             );
-        };
-        counter(
-            "audit_gateway_page_requests_total",
-            "Pages asked of the page cache.",
-            self.page_requests.get(),
-        );
-        counter(
-            "audit_gateway_page_loads_total",
-            "Pages fetched from Confluence, missed by every cache tier.",
-            self.page_loads.get(),
-        );
-        counter(
-            "audit_gateway_upstream_attempts_total",
-            "HTTP attempts sent to Confluence.",
-            self.upstream_attempts.get(),
-        );
-        counter(
-            "audit_gateway_redis_hits_total",
-            "Redis lookups answered with a page.",
-            self.redis_hits.get(),
-        );
-        counter(
-            "audit_gateway_redis_misses_total",
-            "Redis lookups without a usable page.",
-            self.redis_misses.get(),
-        );
-        counter(
-            "audit_gateway_redis_errors_total",
-            "Redis operations that failed or timed out.",
-            self.redis_errors.get(),
-        );
-        counter(
-            "audit_gateway_redis_skipped_total",
-            "Redis operations skipped while paused after an error.",
-            self.redis_skipped.get(),
-        );
-        counter(
-            "audit_gateway_redis_outages_total",
-            "Times the Redis tier was found down.",
-            self.redis_outages.get(),
-        );
-        counter(
-            "audit_gateway_streams_started_total",
-            "StreamSince calls started.",
-            self.streams_started.get(),
-        );
-        counter(
-            "audit_gateway_stream_records_total",
-            "Records delivered by StreamSince.",
-            self.stream_records.get(),
-        );
+        }
         let name = "audit_gateway_upstream_failures_total";
         let _ = writeln!(
             out,
