@@ -24,7 +24,7 @@ use audit_gateway::{
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status, client::Grpc, transport::Channel};
+use tonic::{Request, Response, Status};
 
 /// Answers every `GetSince` with the same encoded page: the reference.
 struct Bare(Bytes);
@@ -56,21 +56,12 @@ struct Raw {
     results: Vec<Bytes>,
 }
 
-async fn grpc(addr: SocketAddr) -> Grpc<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    Grpc::new(channel).max_decoding_message_size(64 << 20)
-}
-
 /// Requests/s of `callers` concurrent loops of `GetSince` for `run`.
 async fn rate(addr: SocketAddr, limit: i32, callers: usize, run: Duration) -> f64 {
     let mut tasks = Vec::new();
     let until = Instant::now() + run;
     for _ in 0..callers {
-        let mut client = grpc(addr).await;
+        let mut client = support::grpc(addr).await;
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < until {
@@ -111,7 +102,7 @@ fn main() {
         let gateway = support::gateway(&sim.base_url(), &[], std::future::pending()).await;
         for limit in [10, 1000] {
             // Warm the cache, and take the exact bytes the gateway serves for the reference.
-            let mut c = grpc(gateway).await;
+            let mut c = support::grpc(gateway).await;
             c.ready().await.expect("ready");
             let req = pb::GetSinceRequest {
                 limit: Some(limit),

@@ -42,15 +42,6 @@ struct Counted {
     resume_token: String,
 }
 
-async fn client(addr: &str) -> Grpc<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    Grpc::new(channel).max_decoding_message_size(64 << 20)
-}
-
 /// Streams the whole window; returns (records, messages).
 async fn stream(client: &mut Grpc<Channel>, pause: Duration) -> (usize, usize) {
     let req = pb::StreamSinceRequest {
@@ -97,7 +88,7 @@ async fn prefetch_speedup() {
         let addr = support::gateway(&sim.base_url(), &["--stream-prefetch", &p], stop_on)
             .await
             .to_string();
-        let mut c = client(&addr).await;
+        let mut c = support::grpc(&addr).await;
         let t = Instant::now();
         let (records, messages) = stream(&mut c, Duration::ZERO).await;
         let took = t.elapsed();
@@ -167,7 +158,7 @@ async fn peak_rss() {
         })
         .await;
         let (mut child, addr) = spawn_gateway(&sim.base_url(), extra);
-        let mut c = client(&addr).await;
+        let mut c = support::grpc(&addr).await;
         let t = Instant::now();
         let (got, messages) = stream(&mut c, Duration::from_millis(10)).await;
         let hwm = vm_hwm_kib(child.id());

@@ -11,6 +11,7 @@ use audit_gateway::{
     simulator::{Simulator, SimulatorConfig, SimulatorHandle},
 };
 use clap::Parser;
+use tonic::{client::Grpc, transport::Channel};
 
 /// A simulator on a free loopback port.
 pub async fn simulator(config: SimulatorConfig) -> SimulatorHandle {
@@ -55,6 +56,16 @@ pub async fn gateway(
         },
     ));
     addr
+}
+
+/// A generic gRPC client of `addr` that takes pages up to 64 MiB.
+pub async fn grpc(addr: impl std::fmt::Display) -> Grpc<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    Grpc::new(channel).max_decoding_message_size(64 << 20)
 }
 
 /// The `p`th percentile of `v`.
