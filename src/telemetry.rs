@@ -13,5 +13,8 @@ pub fn init() {
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: piped logs stay parseable.
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed log pipe must not stop the gateway: the subscriber would report the
+        // failed write with eprintln!, which panics when stderr itself is gone.
+        .log_internal_errors(false)
         .try_init();
 }
