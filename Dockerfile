@@ -5,7 +5,10 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
 COPY benches benches
-RUN cargo build --release --locked --bin audit-gateway
+COPY crates crates
+# Without the default `simulator` feature: the production binary holds neither the
+# Confluence simulator nor the demo and its credential.
+RUN cargo build --release --locked --no-default-features --bin audit-gateway
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_name("GetSince")
                 .comment("Answers one upstream page, already encoded.")
                 .input_type("super::GetSinceRequest")
-                .output_type("crate::grpc::encoded::EncodedMessage")
+                .output_type("crate::pb::EncodedMessage")
                 .codec_path("tonic_prost::ProstCodec")
                 .build(),
         )
@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_name("StreamSince")
                 .comment("Streams every record of a time window, messages already encoded.")
                 .input_type("super::StreamSinceRequest")
-                .output_type("crate::grpc::encoded::EncodedMessage")
+                .output_type("crate::pb::EncodedMessage")
                 .codec_path("tonic_prost::ProstCodec")
                 .server_streaming()
                 .build(),

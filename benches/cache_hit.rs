@@ -1,4 +1,4 @@
-//! DESIGN §5's cache-hit figure, printed (not asserted): `GetSince` requests/s when
+//! The cache-hit figure, printed (not asserted): `GetSince` requests/s when
 //! every call is a page-cache hit, against a bare tonic server of the same service that
 //! answers the same pre-encoded bytes and does nothing else. Both in this process, both
 //! driven by the same closed loop of concurrent callers over loopback.
@@ -13,15 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{
-    grpc::encoded::EncodedMessage,
-    pb::{
-        self,
-        audit_service_server::{AuditService, AuditServiceServer},
-    },
-    simulator::SimulatorConfig,
+use audit_gateway::pb::{
+    self, EncodedMessage,
+    audit_service_server::{AuditService, AuditServiceServer},
 };
 use bytes::Bytes;
+use confluence_sim::SimulatorConfig;
 use http::uri::PathAndQuery;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -99,7 +96,7 @@ fn main() {
             ..Default::default()
         })
         .await;
-        let gateway = support::gateway(&sim.base_url(), &[], std::future::pending()).await;
+        let gateway = support::gateway(&sim.base_url(), |_| {}, std::future::pending()).await;
         for limit in [10, 1000] {
             // Warm the cache, and take the exact bytes the gateway serves for the reference.
             let mut c = support::grpc(gateway).await;

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 mod support;
 
 use audit_gateway::{
-    grpc::convert::page_to_proto,
+    bench,
     pb::{self, audit_service_client::AuditServiceClient},
-    simulator::{PageSpec, SimulatorConfig, render_page},
 };
-use prost::Message;
+use confluence_sim::{PageSpec, SimulatorConfig, render_page};
 use tonic::{Request, metadata::MetadataValue};
 
 fn main() {
@@ -46,16 +45,14 @@ fn conversion() {
         std::hint::black_box(v);
     });
     let parse = time_per_run(50, || {
-        std::hint::black_box(audit_gateway::audit::record::Page::parse(&body).expect("page"));
+        std::hint::black_box(bench::parse(&body).expect("page"));
     });
     let convert = time_per_run(50, || {
-        let page = audit_gateway::audit::record::Page::parse(&body).expect("page");
-        std::hint::black_box(page_to_proto(page));
+        std::hint::black_box(bench::parse_and_convert(&body).expect("page"));
     });
     println!("  of which: typed parse {parse:.2?}; parse + protobuf structs {convert:.2?}");
     let typed = time_per_run(50, || {
-        let page = audit_gateway::audit::record::Page::parse(&body).expect("page");
-        std::hint::black_box(page_to_proto(page).encode_to_vec());
+        std::hint::black_box(bench::encode_page(&body).expect("page"));
     });
     println!(
         "conversion, 1000-record page ({} KiB): serde_json::Value parse {value:.2?}; \
@@ -71,7 +68,7 @@ async fn latency() {
         ..Default::default()
     })
     .await;
-    let addr = support::gateway(&sim.base_url(), &[], std::future::pending()).await;
+    let addr = support::gateway(&sim.base_url(), |_| {}, std::future::pending()).await;
     let mut client = AuditServiceClient::connect(format!("http://{addr}"))
         .await
         .expect("connect")

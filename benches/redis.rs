@@ -13,10 +13,8 @@ use std::{
 
 mod support;
 
-use audit_gateway::{
-    pb::{self, audit_service_client::AuditServiceClient},
-    simulator::SimulatorConfig,
-};
+use audit_gateway::pb::{self, audit_service_client::AuditServiceClient};
+use confluence_sim::SimulatorConfig;
 use tonic::transport::Channel;
 
 fn main() {
@@ -47,8 +45,11 @@ fn main() {
 
 async fn replica(confluence: &str, redis_port: u16) -> AuditServiceClient<Channel> {
     let redis = format!("redis://127.0.0.1:{redis_port}/0");
-    let extra = ["--redis-url", redis.as_str(), "--credential-salt", "bench"];
-    let addr = support::gateway(confluence, &extra, std::future::pending()).await;
+    let shared = |c: &mut audit_gateway::GatewayConfig| {
+        c.cache.redis_url = Some(redis.into());
+        c.cache.credential_salt = Some("bench".into());
+    };
+    let addr = support::gateway(confluence, shared, std::future::pending()).await;
     AuditServiceClient::connect(format!("http://{addr}"))
         .await
         .expect("connect")

@@ -16,7 +16,8 @@ use std::{
 
 mod support;
 
-use audit_gateway::{pb, simulator::SimulatorConfig};
+use audit_gateway::pb;
+use confluence_sim::SimulatorConfig;
 use http::uri::PathAndQuery;
 use tonic::{client::Grpc, transport::Channel};
 
@@ -73,7 +74,7 @@ async fn prefetch_speedup() {
     println!(
         "StreamSince, 40,000 records in pages of 1000, {latency:?} upstream latency per page; sequential floor 41 x {latency:?} = {floor:?}"
     );
-    for prefetch in [1u16, 4, 8, 16] {
+    for prefetch in [1usize, 4, 8, 16] {
         let sim = support::simulator(SimulatorConfig {
             records: 40_000,
             latency,
@@ -81,11 +82,10 @@ async fn prefetch_speedup() {
         })
         .await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let p = prefetch.to_string();
         let stop_on = async move {
             let _ = stopped.await;
         };
-        let addr = support::gateway(&sim.base_url(), &["--stream-prefetch", &p], stop_on)
+        let addr = support::gateway(&sim.base_url(), |c| c.stream_prefetch = prefetch, stop_on)
             .await
             .to_string();
         let mut c = support::grpc(&addr).await;

@@ -1,539 +1,447 @@
-//! The command line: every flag has an environment variable; a wrong setting fails at
-//! start with one line naming it.
+//! The gateway's configuration: plain data with defaults, checked in one place
+//! ([`GatewayConfig::check`]) with errors that name the flag to change. The command line
+//! (`src/cli/serve.rs`) only fills it in; tests and benches set its fields directly.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    borrow::Cow,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
 
-use clap::{Args, Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::{
-    credential::Credential,
-    simulator::{Fault, SimulatorConfig},
-    upstream::RetryPolicy,
+    cache::{CacheSettings, redis::RedisSettings},
+    credential::{Credential, FingerprintKey},
+    upstream::{RetryPolicy, UpstreamSettings},
 };
 
-/// audit-gateway: the Confluence audit log over gRPC.
-#[derive(Debug, Parser)]
-#[command(name = "audit-gateway", version, about)]
-pub struct Cli {
-    /// What to run.
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// The longest page TTL accepted: audit pages go stale, and the cache cannot hold
+/// entries for centuries.
+const MAX_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most retries of one upstream call.
+const MAX_RETRIES: u32 = 10;
+/// Most pages a stream fetches ahead.
+const MAX_PREFETCH: usize = 64;
 
-/// The subcommands.
-// Parsed once at start; boxing the large variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Serve `confluence.audit.v1.AuditService` in front of a Confluence site.
-    Serve(ServeArgs),
-    /// Serve a synthetic Confluence audit API (for demos, tests and benchmarks).
-    Simulate(SimulateArgs),
-    /// Run a simulator and a gateway in front of it, query it once, keep serving.
-    Demo(DemoArgs),
-    /// Call `GetSince` on a gateway and print the page as Confluence's JSON.
-    Get(GetArgs),
-    /// Call `StreamSince` on a gateway and print each record as one JSON line.
-    Stream(StreamArgs),
-}
-
-/// `serve` settings.
-#[derive(Clone, Debug, Args)]
-pub struct ServeArgs {
-    /// Address to serve gRPC on; port 0 picks a free port (the bound address is logged).
-    #[arg(long, env = "AUDIT_GATEWAY_LISTEN", default_value = "0.0.0.0:50051")]
+/// Everything a gateway needs to start.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// gRPC address (`--listen`); port 0 picks a free port.
     pub listen: SocketAddr,
-
-    /// Confluence base URL, everything before `/rest/api`
-    /// (e.g. https://your-domain.atlassian.net/wiki).
-    #[arg(long, env = "CONFLUENCE_URL", value_parser = parse_base_url)]
-    pub confluence_url: Url,
-
-    /// How to call Confluence.
-    #[command(flatten)]
-    pub upstream: UpstreamArgs,
-
-    /// The page cache.
-    #[command(flatten)]
-    pub cache: CacheArgs,
-
-    /// Pages a StreamSince call fetches ahead, concurrently, once its first page is
-    /// full (16: a 40-page window at 100 ms per page streams 7x faster than paging).
-    #[arg(long, env = "AUDIT_GATEWAY_STREAM_PREFETCH", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub stream_prefetch: u16,
-
-    /// Serve Prometheus metrics on this address (`GET /metrics`); unset: none.
-    #[arg(long, env = "AUDIT_GATEWAY_METRICS_LISTEN")]
+    /// Confluence base URL, everything before `/rest/api` (`--confluence-url`).
+    pub confluence_url: String,
+    /// Whose credential calls Confluence.
+    pub auth: UpstreamAuth,
+    /// How Confluence is called.
+    pub upstream: UpstreamConfig,
+    /// The page cache tiers.
+    pub cache: CacheConfig,
+    /// Pages a `StreamSince` call fetches ahead once its first page is full
+    /// (`--stream-prefetch`, 1..=64).
+    pub stream_prefetch: usize,
+    /// Where to serve Prometheus metrics (`--metrics-listen`); `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
-
-    /// Wait this long after a shutdown signal, reporting NOT_SERVING, before refusing
-    /// new connections (lets a mesh stop routing here first).
-    #[arg(long, env = "AUDIT_GATEWAY_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    /// How long NOT_SERVING is reported before new connections are refused
+    /// (`--drain-delay`).
     pub drain_delay: Duration,
-
-    /// Longest wait for in-flight calls to finish after a shutdown signal.
-    #[arg(long, env = "AUDIT_GATEWAY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    /// Longest wait for in-flight calls at shutdown (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
 }
 
+/// Whose credential the gateway sends to Confluence.
+#[derive(Clone, Debug, Default)]
+pub enum UpstreamAuth {
+    /// None: Confluence sees anonymous calls (it answers 401 or 403).
+    #[default]
+    Anonymous,
+    /// Basic auth with an account email and API token (Confluence Cloud).
+    Basic {
+        /// `--confluence-email`.
+        email: String,
+        /// `--confluence-api-token`.
+        api_token: SecretString,
+    },
+    /// A bearer token (`--confluence-bearer-token`): Data Center PAT, OAuth 2.0, scoped.
+    Bearer(SecretString),
+    /// Each caller's `authorization` metadata, forwarded (`--auth-passthrough`).
+    Passthrough,
+}
+
 /// How the gateway calls Confluence.
-#[derive(Clone, Debug, Args)]
-pub struct UpstreamArgs {
-    /// Account email for basic auth (Confluence Cloud), with --confluence-api-token.
-    #[arg(long, env = "CONFLUENCE_EMAIL", requires = "confluence_api_token")]
-    pub confluence_email: Option<String>,
-
-    /// API token for basic auth, with --confluence-email.
-    #[arg(
-        long,
-        env = "CONFLUENCE_API_TOKEN",
-        hide_env_values = true,
-        requires = "confluence_email"
-    )]
-    pub confluence_api_token: Option<Secret>,
-
-    /// Bearer token (Data Center personal access token, OAuth 2.0 or scoped token).
-    #[arg(
-        long,
-        env = "CONFLUENCE_BEARER_TOKEN",
-        hide_env_values = true,
-        conflicts_with_all = ["confluence_email", "confluence_api_token"]
-    )]
-    pub confluence_bearer_token: Option<Secret>,
-
-    /// Forward each caller's `authorization` metadata to Confluence instead of a
-    /// configured credential; calls without one get UNAUTHENTICATED.
-    #[arg(
-        long,
-        env = "AUDIT_GATEWAY_AUTH_PASSTHROUGH",
-        conflicts_with_all = ["confluence_email", "confluence_api_token", "confluence_bearer_token"]
-    )]
-    pub auth_passthrough: bool,
-
-    /// Time-out of one upstream attempt, body included.
-    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub upstream_timeout: Duration,
-
-    /// Time-out of connecting to Confluence.
-    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    pub upstream_connect_timeout: Duration,
-
-    /// Retries of a transient upstream failure (connection trouble, 429, 502, 503, 504;
-    /// a plain 500 once).
-    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_RETRIES", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10))]
-    pub upstream_retries: u32,
-
-    /// First backoff ceiling; it doubles per retry (full jitter).
-    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_BACKOFF", default_value = "200ms", value_parser = parse_duration)]
-    pub upstream_backoff: Duration,
-
-    /// Largest backoff and largest `Retry-After` honoured.
-    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
-    pub upstream_max_backoff: Duration,
-
-    /// Largest upstream page body accepted (e.g. 64MiB).
-    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_MAX_BODY", default_value = "64MiB", value_parser = parse_bytes)]
-    pub upstream_max_body: u64,
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// One attempt, body included (`--upstream-timeout`).
+    pub timeout: Duration,
+    /// Connecting (`--upstream-connect-timeout`).
+    pub connect_timeout: Duration,
+    /// Retries of a transient failure (`--upstream-retries`, 0..=10).
+    pub retries: u32,
+    /// First backoff ceiling, doubling per retry (`--upstream-backoff`).
+    pub backoff: Duration,
+    /// Largest backoff and largest `Retry-After` honoured (`--upstream-max-backoff`).
+    pub max_backoff: Duration,
+    /// Largest page body accepted, in bytes (`--upstream-max-body`).
+    pub max_body: u64,
 }
 
-impl UpstreamArgs {
-    /// The configured credential, if any; a token that cannot travel in a header is
-    /// refused here, at start, rather than on every call.
-    pub fn credential(&self) -> Result<Option<Credential>, String> {
-        match (
-            &self.confluence_email,
-            &self.confluence_api_token,
-            &self.confluence_bearer_token,
-        ) {
-            (Some(email), Some(token), _) => Credential::basic(email.trim(), token.expose().trim())
-                .map(Some)
-                .map_err(|why| format!("--confluence-api-token / --confluence-email: {why}")),
-            (_, _, Some(token)) => Credential::bearer(token.expose().trim())
-                .map(Some)
-                .map_err(|why| format!("--confluence-bearer-token: {why}")),
-            _ => Ok(None),
-        }
-    }
-
-    /// The retry policy these flags describe.
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            max_retries: self.upstream_retries,
-            base_delay: self.upstream_backoff,
-            max_delay: self.upstream_max_backoff,
-            max_retry_after: self.upstream_max_backoff,
-            ..RetryPolicy::default()
-        }
-    }
-}
-
-/// The page cache.
-#[derive(Clone, Debug, Args)]
-pub struct CacheArgs {
-    /// How long a fetched page is served from cache; 0 disables caching.
-    #[arg(long, env = "AUDIT_GATEWAY_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
-    pub cache_ttl: Duration,
-
-    /// Bound on the in-process cache, in bytes of encoded pages (e.g. 256MiB).
-    #[arg(long, env = "AUDIT_GATEWAY_CACHE_MAX_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
-    pub cache_max_bytes: u64,
-
-    /// Secret keying credential fingerprints in cache keys; replicas sharing a cache
-    /// tier must share it. Unset: a random key per process.
-    #[arg(long, env = "AUDIT_GATEWAY_CREDENTIAL_SALT", hide_env_values = true)]
-    pub credential_salt: Option<Secret>,
-
-    /// Redis shared by all replicas, below the in-process cache (redis:// or rediss://,
-    /// auth and database in the URL). Unset: in-process cache only.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<Secret>,
-
-    /// Time-out of each Redis operation; a slower Redis is skipped.
-    #[arg(long, env = "AUDIT_GATEWAY_REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
+/// The page cache tiers.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// How long a page is served from cache (`--cache-ttl`); zero disables caching.
+    pub ttl: Duration,
+    /// Bound on the in-process tier, in bytes of encoded pages (`--cache-max-bytes`).
+    pub max_bytes: u64,
+    /// Key of credential fingerprints (`--credential-salt`); `None`: random per process.
+    pub credential_salt: Option<SecretString>,
+    /// A Redis shared by all replicas (`--redis-url`); `None`: in-process only.
+    pub redis_url: Option<SecretString>,
+    /// Time-out of each Redis operation (`--redis-timeout`).
     pub redis_timeout: Duration,
-
-    /// How long Redis is skipped after an error before it is tried again.
-    #[arg(long, env = "AUDIT_GATEWAY_REDIS_PAUSE", default_value = "5s", value_parser = parse_duration)]
+    /// How long Redis is skipped after an error (`--redis-pause`).
     pub redis_pause: Duration,
-
-    /// Prefix of the gateway's Redis keys.
-    #[arg(
-        long,
-        env = "AUDIT_GATEWAY_REDIS_KEY_PREFIX",
-        default_value = "audit-gateway"
-    )]
-    pub redis_key_prefix: String,
+    /// Prefix of the gateway's Redis keys (`--redis-key-prefix`).
+    pub redis_key_prefix: Cow<'static, str>,
 }
 
-/// A secret setting: `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+impl GatewayConfig {
+    /// The defaults, the only place they are written: the command line shows these.
+    pub const DEFAULT: Self = Self {
+        listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 50051)),
+        confluence_url: String::new(),
+        auth: UpstreamAuth::Anonymous,
+        upstream: UpstreamConfig {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            // Atlassian's guidance: about 4 retries, exponential with jitter, capped near 30 s.
+            retries: 4,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            max_body: 64 << 20,
+        },
+        cache: CacheConfig {
+            ttl: Duration::from_secs(60),
+            // The cache dominates the gateway's memory; 16 MiB keeps a 1M-record stream
+            // flat (see benches/stream.rs).
+            max_bytes: 16 << 20,
+            credential_salt: None,
+            redis_url: None,
+            redis_timeout: Duration::from_millis(50),
+            redis_pause: Duration::from_secs(5),
+            redis_key_prefix: Cow::Borrowed("audit-gateway"),
+        },
+        // A 40-page window at 100 ms per page streams 7x faster than paging with 16.
+        stream_prefetch: 16,
+        metrics_listen: None,
+        drain_delay: Duration::ZERO,
+        shutdown_timeout: Duration::from_secs(30),
+    };
 
-impl Secret {
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
+    /// A configuration in front of `confluence_url`, everything else default.
+    pub fn new(confluence_url: impl Into<String>) -> Self {
+        Self {
+            confluence_url: confluence_url.into(),
+            ..Self::default()
+        }
     }
-}
 
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Self {
-        Self(s.to_owned())
-    }
-}
-
-/// `simulate` settings.
-#[derive(Clone, Debug, Args)]
-pub struct SimulateArgs {
-    /// Address to serve HTTP on.
-    #[arg(long, env = "SIMULATOR_LISTEN", default_value = "127.0.0.1:8090")]
-    pub listen: SocketAddr,
-
-    /// The simulated Confluence.
-    #[command(flatten)]
-    pub sim: SimulatorArgs,
-}
-
-/// The simulated Confluence.
-#[derive(Clone, Debug, Args)]
-pub struct SimulatorArgs {
-    /// Records in the log at start.
-    #[arg(long, default_value_t = 5000)]
-    pub records: usize,
-
-    /// Seed of the synthetic content.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-
-    /// Server-side cap on `limit`, as Confluence applies one.
-    #[arg(long)]
-    pub max_limit: Option<u32>,
-
-    /// Latency added to every answer.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    pub latency: Duration,
-
-    /// New records added at the head before each request.
-    #[arg(long, default_value_t = 0)]
-    pub inserts_per_request: u32,
-
-    /// Fraction of requests answered with a random transient fault (0..1).
-    #[arg(long, default_value_t = 0.0)]
-    pub fault_rate: f64,
-
-    /// Scripted faults served in order to the first requests: 503, 429:retry-after=2,
-    /// 403, 500:json, reset, malformed, wrong-shape, delay=250ms. Repeatable.
-    #[arg(long = "fault")]
-    pub faults: Vec<Fault>,
-
-    /// Require exactly this `Authorization` header (401 otherwise).
-    #[arg(long, hide_env_values = true)]
-    pub require_authorization: Option<String>,
-}
-
-impl SimulatorArgs {
-    /// The simulator configuration these flags describe.
-    pub fn to_config(&self) -> Result<SimulatorConfig, String> {
-        if !(0.0..=1.0).contains(&self.fault_rate) {
-            return Err(format!(
-                "--fault-rate: must be between 0 and 1, got {}",
-                self.fault_rate
+    /// Checks every setting and derives what the components are built from.
+    pub(crate) fn check(&self) -> Result<Checked, ConfigError> {
+        let base_url = parse_base_url(&self.confluence_url)?;
+        let u = &self.upstream;
+        if u.retries > MAX_RETRIES {
+            return Err(ConfigError::new(
+                "--upstream-retries",
+                format!("at most {MAX_RETRIES}, got {}", u.retries),
             ));
         }
-        Ok(SimulatorConfig {
-            records: self.records,
-            seed: self.seed,
-            max_limit: self.max_limit,
-            latency: self.latency,
-            inserts_per_request: self.inserts_per_request,
-            fault_rate: self.fault_rate,
-            required_authorization: self.require_authorization.clone(),
-            faults: self.faults.clone(),
-            ..SimulatorConfig::default()
+        for (flag, d) in [
+            ("--upstream-timeout", u.timeout),
+            ("--upstream-connect-timeout", u.connect_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(flag, "must be larger than 0"));
+            }
+        }
+        let max_body_bytes = usize::try_from(u.max_body)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "--upstream-max-body",
+                    "must be between 1 byte and usize::MAX",
+                )
+            })?;
+        if !(1..=MAX_PREFETCH).contains(&self.stream_prefetch) {
+            return Err(ConfigError::new(
+                "--stream-prefetch",
+                format!(
+                    "must be between 1 and {MAX_PREFETCH}, got {}",
+                    self.stream_prefetch
+                ),
+            ));
+        }
+        let c = &self.cache;
+        if c.ttl > MAX_CACHE_TTL {
+            return Err(ConfigError::new(
+                "--cache-ttl",
+                format!("at most {} hours", MAX_CACHE_TTL.as_secs() / 3600),
+            ));
+        }
+        if c.max_bytes == 0 {
+            return Err(ConfigError::new(
+                "--cache-max-bytes",
+                "must be larger than 0",
+            ));
+        }
+        let redis = match &c.redis_url {
+            None => None,
+            Some(_) if c.credential_salt.is_none() => {
+                return Err(ConfigError::new(
+                    "--credential-salt",
+                    "required with --redis-url, the same on every replica, so replicas \
+                     file pages under the same keys",
+                ));
+            }
+            Some(_) if c.redis_timeout.is_zero() => {
+                return Err(ConfigError::new("--redis-timeout", "must be larger than 0"));
+            }
+            Some(url) => Some(RedisSettings {
+                url: url.expose_secret().to_owned(),
+                key_prefix: c.redis_key_prefix.to_string(),
+                timeout: c.redis_timeout,
+                pause: c.redis_pause,
+            }),
+        };
+        let fingerprints = match &c.credential_salt {
+            Some(salt) => FingerprintKey::from_secret(salt.expose_secret().as_bytes()),
+            None => FingerprintKey::random()
+                .map_err(|e| ConfigError::new("--credential-salt", e.to_string()))?,
+        };
+        Ok(Checked {
+            upstream: UpstreamSettings {
+                base_url,
+                attempt_timeout: u.timeout,
+                connect_timeout: u.connect_timeout,
+                max_body_bytes,
+                retry: RetryPolicy {
+                    max_retries: u.retries,
+                    base_delay: u.backoff,
+                    max_delay: u.max_backoff,
+                    max_retry_after: u.max_backoff,
+                    ..RetryPolicy::default()
+                },
+            },
+            credentials: self.auth.credentials()?,
+            cache: CacheSettings {
+                ttl: c.ttl,
+                max_bytes: c.max_bytes,
+            },
+            redis,
+            fingerprints,
         })
     }
 }
 
-/// `demo` settings.
-#[derive(Clone, Debug, Args)]
-pub struct DemoArgs {
-    /// Address the demo gateway serves gRPC on.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
-
-    /// Records in the simulated log.
-    #[arg(long, default_value_t = 5000)]
-    pub records: usize,
-
-    /// Stop after the first query instead of serving until Ctrl-C.
-    #[arg(long)]
-    pub once: bool,
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
-/// How the `get` and `stream` commands reach a gateway, and the window they ask for.
-#[derive(Clone, Debug, Args)]
-pub struct CallArgs {
-    /// The gateway's address (http://host:port).
-    #[arg(
-        long,
-        env = "AUDIT_GATEWAY_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub gateway: String,
-
-    /// `authorization` metadata to send (for gateways run with --auth-passthrough).
-    #[arg(long, env = "AUDIT_GATEWAY_AUTHORIZATION", hide_env_values = true)]
-    pub authorization: Option<Secret>,
-
-    /// How many `units` back.
-    #[arg(long)]
-    pub number: Option<i64>,
-
-    /// NANOS … CENTURIES (default MONTHS).
-    #[arg(long, value_parser = parse_units)]
-    pub units: Option<crate::audit::TimeUnit>,
-
-    /// Confluence's searchString.
-    #[arg(long = "search")]
-    pub search: Option<String>,
+impl UpstreamAuth {
+    /// The credential mode; a token that cannot travel in a header is refused here, at
+    /// start, rather than on every call.
+    fn credentials(&self) -> Result<CredentialMode, ConfigError> {
+        let configured = |c| Ok(CredentialMode::Configured(Some(c)));
+        match self {
+            Self::Anonymous => Ok(CredentialMode::Configured(None)),
+            Self::Basic { email, api_token } => {
+                Credential::basic(email.trim(), api_token.expose_secret().trim())
+                    .map_err(|why| ConfigError::new("--confluence-api-token", why))
+                    .and_then(configured)
+            }
+            Self::Bearer(token) => Credential::bearer(token.expose_secret().trim())
+                .map_err(|why| ConfigError::new("--confluence-bearer-token", why))
+                .and_then(configured),
+            Self::Passthrough => Ok(CredentialMode::Passthrough),
+        }
+    }
 }
 
-/// `get` settings.
-#[derive(Clone, Debug, Args)]
-pub struct GetArgs {
-    /// The gateway and the window.
-    #[command(flatten)]
-    pub call: CallArgs,
-
-    /// Offset of the first record.
-    #[arg(long)]
-    pub start: Option<i32>,
-
-    /// Page size.
-    #[arg(long)]
-    pub limit: Option<i32>,
-
-    /// Ask the gateway to refetch instead of serving its cache.
-    #[arg(long)]
-    pub no_cache: bool,
-
-    /// Deadline of the call.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub timeout: Duration,
+/// Whose credential calls Confluence, once checked.
+#[derive(Clone, Debug)]
+pub(crate) enum CredentialMode {
+    /// The gateway's own configured credential (or none).
+    Configured(Option<Credential>),
+    /// Each caller's `authorization` metadata, forwarded.
+    Passthrough,
 }
 
-/// `stream` settings.
-#[derive(Clone, Debug, Args)]
-pub struct StreamArgs {
-    /// The gateway and the window.
-    #[command(flatten)]
-    pub call: CallArgs,
-
-    /// Records per upstream page (1..=1000).
-    #[arg(long)]
-    pub page_size: Option<i32>,
-
-    /// Stop after this many records.
-    #[arg(long)]
-    pub max_records: Option<i64>,
-
-    /// Continue after the message that carried this token (printed to stderr at the end).
-    #[arg(long, default_value = "")]
-    pub resume_token: String,
+/// A checked configuration: the settings each component is built from.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    pub(crate) upstream: UpstreamSettings,
+    pub(crate) credentials: CredentialMode,
+    pub(crate) cache: CacheSettings,
+    pub(crate) redis: Option<RedisSettings>,
+    pub(crate) fingerprints: FingerprintKey,
 }
 
-fn parse_units(s: &str) -> Result<crate::audit::TimeUnit, String> {
-    crate::audit::TimeUnit::parse(s).ok_or_else(|| {
-        "expected one of NANOS MICROS MILLIS SECONDS MINUTES HOURS HALF_DAYS DAYS WEEKS \
-         MONTHS YEARS DECADES CENTURIES"
-            .to_owned()
-    })
+/// A setting that cannot work, named by its flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {problem}")]
+pub struct ConfigError {
+    /// The command-line flag of the setting, e.g. `--cache-ttl`.
+    pub flag: &'static str,
+    problem: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
-/// An http(s) URL without credentials, query or fragment.
-pub fn parse_base_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s.trim()).map_err(|e| format!("not a URL ({e})"))?;
+impl ConfigError {
+    /// `flag` cannot work because of `problem`.
+    pub(crate) fn new(flag: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            flag,
+            problem: problem.into(),
+            source: None,
+        }
+    }
+
+    /// `flag` cannot work because of `problem`, caused by `source`.
+    pub(crate) fn caused_by(
+        flag: &'static str,
+        problem: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            flag,
+            problem: problem.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// An http(s) URL without credentials, query or fragment, given before `/rest/api`.
+fn parse_base_url(s: &str) -> Result<Url, ConfigError> {
+    let flag = "--confluence-url";
+    if s.trim().is_empty() {
+        return Err(ConfigError::new(
+            flag,
+            "required (e.g. https://your-domain.atlassian.net/wiki)",
+        ));
+    }
+    let url = Url::parse(s.trim()).map_err(|e| ConfigError::caused_by(flag, "not a URL", e))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err("must be an http:// or https:// URL".into());
+        return Err(ConfigError::new(flag, "must be an http:// or https:// URL"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not hold credentials; use --confluence-email/--confluence-api-token or --confluence-bearer-token".into());
+        return Err(ConfigError::new(
+            flag,
+            "must not hold credentials; use --confluence-email/--confluence-api-token or \
+             --confluence-bearer-token",
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
+        return Err(ConfigError::new(flag, "must not have a query or fragment"));
     }
     if url.path().contains("/rest/api") {
-        return Err(
-            "give the base before /rest/api (e.g. https://your-domain.atlassian.net/wiki)".into(),
-        );
+        return Err(ConfigError::new(
+            flag,
+            "give the base before /rest/api (e.g. https://your-domain.atlassian.net/wiki)",
+        ));
     }
     Ok(url)
-}
-
-/// A duration like `60s`, `250ms`, `2m`, `1h` or `0`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 60s, 250ms, 2m)"))?;
-    let secs = match unit {
-        "" if n == 0.0 => 0.0,
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}' is not a duration (units: ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is out of range"))
-}
-
-/// A size like `64MiB`, `512KiB`, `1GiB`, `1000000` (bytes).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (e.g. 64MiB)"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "KB" => 1 << 10,
-        "MiB" | "M" | "MB" => 1 << 20,
-        "GiB" | "G" | "GB" => 1 << 30,
-        _ => return Err(format!("'{s}' is not a size (units: KiB, MiB, GiB)")),
-    };
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is out of range"))?;
-    if bytes == 0 {
-        return Err("must be larger than 0".into());
-    }
-    Ok(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("soon").is_err());
+    fn flag_of(config: &GatewayConfig) -> &'static str {
+        match config.check() {
+            Err(e) => e.flag,
+            Ok(_) => panic!("expected {config:?} to be refused"),
+        }
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_bytes("1000"), Ok(1000));
-        assert!(parse_bytes("0").is_err());
-        assert!(parse_bytes("1TiB").is_err());
+    fn defaults_need_only_a_url() {
+        assert_eq!(flag_of(&GatewayConfig::default()), "--confluence-url");
+        assert!(
+            GatewayConfig::new("https://x.atlassian.net/wiki")
+                .check()
+                .is_ok()
+        );
     }
 
     #[test]
     fn base_urls() {
-        assert!(parse_base_url("https://x.atlassian.net/wiki").is_ok());
-        assert!(parse_base_url("ftp://x").is_err());
-        assert!(parse_base_url("https://u:p@x/wiki").is_err());
-        assert!(parse_base_url("https://x/wiki/rest/api/audit/since").is_err());
+        for bad in [
+            "ftp://x",
+            "https://u:p@x/wiki",
+            "https://x/wiki/rest/api/audit/since",
+            "https://x/wiki?q=1",
+            "not a url",
+        ] {
+            assert_eq!(
+                flag_of(&GatewayConfig::new(bad)),
+                "--confluence-url",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_bad_setting_names_its_flag() {
+        let base = || GatewayConfig::new("http://127.0.0.1:1/wiki");
+        let mut c = base();
+        c.upstream.retries = 11;
+        assert_eq!(flag_of(&c), "--upstream-retries");
+        let mut c = base();
+        c.stream_prefetch = 0;
+        assert_eq!(flag_of(&c), "--stream-prefetch");
+        let mut c = base();
+        c.cache.ttl = Duration::from_secs(8 * 24 * 3600);
+        assert_eq!(flag_of(&c), "--cache-ttl");
+        let mut c = base();
+        c.cache.redis_url = Some("redis://127.0.0.1:1/0".into());
+        assert_eq!(flag_of(&c), "--credential-salt");
+        c.cache.credential_salt = Some("salt".into());
+        c.cache.redis_timeout = Duration::ZERO;
+        assert_eq!(flag_of(&c), "--redis-timeout");
+        let mut c = base();
+        c.upstream.max_body = 0;
+        assert_eq!(flag_of(&c), "--upstream-max-body");
     }
 
     #[test]
     fn tokens_are_checked_at_start_and_never_printed() {
-        let serve = |args: &[&str]| {
-            let mut argv = vec!["audit-gateway", "serve", "--confluence-url", "http://x"];
-            argv.extend_from_slice(args);
-            match Cli::try_parse_from(argv).expect("parses").command {
-                Command::Serve(s) => s,
-                _ => unreachable!(),
-            }
-        };
+        let mut c = GatewayConfig::new("http://x");
         // A trailing newline (a token read from a file) is trimmed; an inner one refused.
-        let ok = serve(&["--confluence-bearer-token", "tok-123\n"]);
-        assert_eq!(
-            ok.upstream
-                .credential()
-                .expect("valid")
-                .map(|c| c.expose().to_owned()),
-            Some("Bearer tok-123".to_owned())
-        );
-        let bad = serve(&["--confluence-bearer-token", "tok\n123"]);
-        let err = bad.upstream.credential().expect_err("refused");
-        assert!(err.starts_with("--confluence-bearer-token"), "{err}");
-        assert!(!format!("{ok:?}").contains("tok-123"));
+        c.auth = UpstreamAuth::Bearer("tok-123\n".into());
+        let checked = c.check().expect("valid");
+        match &checked.credentials {
+            CredentialMode::Configured(Some(cred)) => assert_eq!(cred.expose(), "Bearer tok-123"),
+            other => panic!("expected a configured credential, got {other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("tok-123"), "{c:?}");
+        c.auth = UpstreamAuth::Bearer("tok\n123".into());
+        assert_eq!(flag_of(&c), "--confluence-bearer-token");
+        c.auth = UpstreamAuth::Basic {
+            email: "a@b".into(),
+            api_token: "".into(),
+        };
+        assert_eq!(flag_of(&c), "--confluence-api-token");
     }
 
     #[test]
-    fn credentials_conflict_and_pair() {
-        let parse = |args: &[&str]| {
-            let mut argv = vec!["audit-gateway", "serve", "--confluence-url", "http://x"];
-            argv.extend_from_slice(args);
-            Cli::try_parse_from(argv)
-        };
-        assert!(parse(&["--confluence-email", "a@b"]).is_err());
-        assert!(parse(&["--confluence-bearer-token", "t", "--auth-passthrough"]).is_err());
-        assert!(parse(&["--confluence-email", "a@b", "--confluence-api-token", "t"]).is_ok());
-        assert!(parse(&["--listen", "nowhere"]).is_err());
+    fn errors_keep_their_source() {
+        let e = GatewayConfig::new("http://[::1")
+            .check()
+            .expect_err("refused");
+        assert!(std::error::Error::source(&e).is_some(), "{e:?}");
     }
 }

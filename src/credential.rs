@@ -135,7 +135,11 @@ mod tests {
             c.fingerprint(&k1),
             Credential::bearer("other").expect("valid").fingerprint(&k1)
         );
-        assert!(!c.fingerprint(&k1).contains("s3cret"));
+        // Neither the secret's bytes nor its unkeyed digest show through.
+        let fp = c.fingerprint(&k1);
+        assert!(!fp.contains(&to_hex(&c.expose().as_bytes()[..8])), "{fp}");
+        let unkeyed = ring::digest::digest(&ring::digest::SHA256, c.expose().as_bytes());
+        assert_ne!(fp, to_hex(&unkeyed.as_ref()[..16]));
         assert_eq!(c.fingerprint(&k1).len(), 32);
         assert_eq!(to_hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
     }

@@ -1,6 +1,11 @@
-//! The gateway's error type, free of any transport: `grpc::status` maps it to gRPC.
+//! The gateway's error type, free of any transport: `src/grpc/status.rs` maps it to
+//! gRPC, and `Chain` prints it with its causes for logs.
 
-use std::{fmt, time::Duration};
+use std::{error::Error, fmt, sync::Arc, time::Duration};
+
+/// The cause of an error, shared so that a load joined by several callers can hand
+/// each of them the same failure.
+pub type Source = Arc<dyn Error + Send + Sync>;
 
 /// Why an upstream call failed, in the terms the gateway's error table uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,8 +28,41 @@ pub enum UpstreamFailure {
     Other,
 }
 
+impl UpstreamFailure {
+    /// Every class, in a fixed order (metrics keep one counter per class).
+    pub(crate) const ALL: [Self; 8] = [
+        Self::BadRequest,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
+        Self::NotFound,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::Timeout,
+        Self::Other,
+    ];
+
+    /// The stable reason code, as `ErrorInfo` and metrics labels carry it.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::BadRequest => "UPSTREAM_BAD_REQUEST",
+            Self::Unauthenticated => "UPSTREAM_UNAUTHENTICATED",
+            Self::PermissionDenied => "UPSTREAM_PERMISSION_DENIED",
+            Self::NotFound => "UPSTREAM_NOT_FOUND",
+            Self::RateLimited => "UPSTREAM_RATE_LIMITED",
+            Self::Unavailable => "UPSTREAM_UNAVAILABLE",
+            Self::Timeout => "UPSTREAM_TIMEOUT",
+            Self::Other => "UPSTREAM_ERROR",
+        }
+    }
+
+    /// This class's position in [`UpstreamFailure::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Everything that can make a gateway call fail.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum GatewayError {
     /// A request field is invalid; the request never reached the upstream.
     InvalidArgument {
@@ -45,6 +83,8 @@ pub enum GatewayError {
         message: String,
         /// The wait Confluence asked for (`Retry-After`, clamped).
         retry_after: Option<Duration>,
+        /// The transport error beneath, when there was no answer.
+        source: Option<Source>,
     },
     /// The caller's deadline passed before the upstream answered.
     DeadlineExceeded(String),
@@ -73,16 +113,7 @@ impl GatewayError {
         match self {
             Self::InvalidArgument { .. } => "INVALID_REQUEST",
             Self::MissingCredential(_) => "MISSING_CREDENTIAL",
-            Self::Upstream { failure, .. } => match failure {
-                UpstreamFailure::BadRequest => "UPSTREAM_BAD_REQUEST",
-                UpstreamFailure::Unauthenticated => "UPSTREAM_UNAUTHENTICATED",
-                UpstreamFailure::PermissionDenied => "UPSTREAM_PERMISSION_DENIED",
-                UpstreamFailure::NotFound => "UPSTREAM_NOT_FOUND",
-                UpstreamFailure::RateLimited => "UPSTREAM_RATE_LIMITED",
-                UpstreamFailure::Unavailable => "UPSTREAM_UNAVAILABLE",
-                UpstreamFailure::Timeout => "UPSTREAM_TIMEOUT",
-                UpstreamFailure::Other => "UPSTREAM_ERROR",
-            },
+            Self::Upstream { failure, .. } => failure.reason(),
             Self::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Self::MalformedBody(_) => "UPSTREAM_MALFORMED_BODY",
             Self::BodyTooLarge { .. } => "UPSTREAM_BODY_TOO_LARGE",
@@ -125,4 +156,58 @@ impl fmt::Display for GatewayError {
     }
 }
 
-impl std::error::Error for GatewayError {}
+impl Error for GatewayError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            Self::Upstream {
+                source: Some(s), ..
+            } => Some(s.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// Prints an error and each of its causes, `outer: inner: innermost`, for logs.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_print_every_cause() {
+        let io = std::io::Error::other("connection reset by peer");
+        let err = GatewayError::Upstream {
+            failure: UpstreamFailure::Unavailable,
+            http_status: None,
+            message: "the connection to Confluence failed".into(),
+            retry_after: None,
+            source: Some(Arc::new(io)),
+        };
+        assert_eq!(
+            Chain(&err).to_string(),
+            "the connection to Confluence failed: connection reset by peer"
+        );
+        // The caller's message stays the gateway's own.
+        assert_eq!(err.to_string(), "the connection to Confluence failed");
+    }
+
+    #[test]
+    fn reasons_follow_the_order_of_all() {
+        for (i, f) in UpstreamFailure::ALL.iter().enumerate() {
+            assert_eq!(f.index(), i, "{f:?}");
+        }
+    }
+}

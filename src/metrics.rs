@@ -14,6 +14,8 @@ use hyper::{Request, Response, body::Incoming, server::conn::http1, service::ser
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::error::{GatewayError, UpstreamFailure};
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -49,8 +51,8 @@ pub struct Metrics {
     pub page_loads: Counter,
     /// HTTP attempts sent to Confluence, retries included.
     pub upstream_attempts: Counter,
-    /// Failed upstream attempts, by `GatewayError::reason`.
-    pub upstream_failures: [(&'static str, Counter); 8],
+    /// Failed upstream attempts, by class (indexed by `UpstreamFailure::index`).
+    upstream_failures: [Counter; UpstreamFailure::ALL.len()],
     /// Redis lookups answered with a page.
     pub redis_hits: Counter,
     /// Redis lookups that found nothing usable.
@@ -72,16 +74,7 @@ pub static METRICS: Metrics = Metrics {
     page_requests: Counter::new(),
     page_loads: Counter::new(),
     upstream_attempts: Counter::new(),
-    upstream_failures: [
-        ("UPSTREAM_BAD_REQUEST", Counter::new()),
-        ("UPSTREAM_UNAUTHENTICATED", Counter::new()),
-        ("UPSTREAM_PERMISSION_DENIED", Counter::new()),
-        ("UPSTREAM_NOT_FOUND", Counter::new()),
-        ("UPSTREAM_RATE_LIMITED", Counter::new()),
-        ("UPSTREAM_UNAVAILABLE", Counter::new()),
-        ("UPSTREAM_TIMEOUT", Counter::new()),
-        ("UPSTREAM_ERROR", Counter::new()),
-    ],
+    upstream_failures: [const { Counter::new() }; UpstreamFailure::ALL.len()],
     redis_hits: Counter::new(),
     redis_misses: Counter::new(),
     redis_errors: Counter::new(),
@@ -92,11 +85,17 @@ pub static METRICS: Metrics = Metrics {
 };
 
 impl Metrics {
-    /// Counts a failed upstream attempt under its reason (others are not upstream's).
-    pub fn upstream_failed(&self, reason: &str) {
-        if let Some((_, c)) = self.upstream_failures.iter().find(|(r, _)| *r == reason) {
-            c.inc();
+    /// Counts a failed upstream attempt under its class; other errors (a deadline, a
+    /// malformed body) are not Confluence's failures and are not counted here.
+    pub(crate) fn upstream_failed(&self, err: &GatewayError) {
+        if let GatewayError::Upstream { failure, .. } = err {
+            self.upstream_failures[failure.index()].inc();
         }
+    }
+
+    /// Failed upstream attempts of one class so far.
+    pub fn upstream_failures(&self, failure: UpstreamFailure) -> u64 {
+        self.upstream_failures[failure.index()].get()
     }
 
     /// The metrics in Prometheus' text exposition format.
@@ -167,15 +166,16 @@ impl Metrics {
             out,
             "# HELP {name} Failed Confluence attempts, by reason.\n# TYPE {name} counter"
         );
-        for (reason, c) in &self.upstream_failures {
-            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", c.get());
+        for failure in UpstreamFailure::ALL {
+            let (reason, n) = (failure.reason(), self.upstream_failures(failure));
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
         }
         out
     }
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -214,8 +214,20 @@ mod tests {
 
     #[test]
     fn renders_counters_and_fixed_reason_labels() {
-        METRICS.upstream_failed("UPSTREAM_RATE_LIMITED");
-        METRICS.upstream_failed("not an upstream reason");
+        let limited = GatewayError::Upstream {
+            failure: UpstreamFailure::RateLimited,
+            http_status: Some(429),
+            message: String::new(),
+            retry_after: None,
+            source: None,
+        };
+        let before = METRICS.upstream_failures(UpstreamFailure::RateLimited);
+        METRICS.upstream_failed(&limited);
+        METRICS.upstream_failed(&GatewayError::Internal("not upstream".into()));
+        assert_eq!(
+            METRICS.upstream_failures(UpstreamFailure::RateLimited),
+            before + 1
+        );
         let text = METRICS.render();
         assert!(
             text.contains("# TYPE audit_gateway_redis_errors_total counter"),

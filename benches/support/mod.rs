@@ -5,12 +5,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use audit_gateway::{
-    config::{Cli, Command},
-    server::{self, ShutdownSettings},
-    simulator::{Simulator, SimulatorConfig, SimulatorHandle},
-};
-use clap::Parser;
+use audit_gateway::{Gateway, GatewayConfig};
+use confluence_sim::{Simulator, SimulatorConfig, SimulatorHandle};
 use tonic::{client::Grpc, transport::Channel};
 
 /// A simulator on a free loopback port.
@@ -21,40 +17,20 @@ pub async fn simulator(config: SimulatorConfig) -> SimulatorHandle {
     Simulator::start(config, listener).await.expect("simulator")
 }
 
-/// A gateway in this process in front of `confluence`, with `extra` serve flags; it
-/// runs until `stop` resolves.
+/// A gateway in this process in front of `confluence`, its defaults changed by
+/// `tweak`; it runs until `stop` resolves.
 pub async fn gateway(
     confluence: &str,
-    extra: &[&str],
+    tweak: impl FnOnce(&mut GatewayConfig),
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> SocketAddr {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut argv = vec![
-        "audit-gateway",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--confluence-url",
-        confluence,
-    ];
-    argv.extend_from_slice(extra);
-    let Command::Serve(args) = Cli::parse_from(argv).command else {
-        unreachable!("serve")
-    };
-    let service = server::build_service(&args).expect("service");
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::run(
-        service,
-        listener,
-        stop,
-        ShutdownSettings {
-            drain_delay: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-        },
-    ));
+    let mut config = GatewayConfig::new(confluence);
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.shutdown_timeout = Duration::from_secs(1);
+    tweak(&mut config);
+    let gateway = Gateway::bind(config).await.expect("gateway starts");
+    let addr = gateway.local_addr();
+    tokio::spawn(gateway.run_until_stopped(stop));
     addr
 }
 

@@ -327,16 +327,6 @@ impl<'a> Page<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(body)
     }
-
-    /// The number of records on the page.
-    pub fn len(&self) -> usize {
-        self.results.len()
-    }
-
-    /// Whether the page holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.results.is_empty()
-    }
 }
 
 impl<'de> Deserialize<'de> for Record<'de> {
@@ -401,7 +391,7 @@ mod tests {
     #[test]
     fn parses_atlassian_sample() {
         let page = Page::parse(sample()).expect("sample parses");
-        assert_eq!(page.len(), 2);
+        assert_eq!(page.results.len(), 2);
         assert_eq!(page.header.start, Some(Loose::Typed(-42437008)));
         assert_eq!(page.header.size, Some(Loose::Typed(-54456786)));
         let r = &page.results[0];

@@ -131,9 +131,4 @@ impl PageCache {
             tokio::spawn(async move { tier.put(&key, page, ttl, replace).await });
         }
     }
-
-    /// Pages held by the in-process tier (for tests and metrics).
-    pub fn entry_count(&self) -> u64 {
-        self.memory.entry_count()
-    }
 }

@@ -65,13 +65,13 @@ impl RedisTier {
     /// only means misses until it is up.
     pub fn new(settings: RedisSettings) -> Result<Self, String> {
         let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("--redis-url: {}", redact(&e.to_string(), &settings.url)))?;
+            .map_err(|e| redact(&e.to_string(), &settings.url))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("--redis-url: {}", redact(&e.to_string(), &settings.url)))?;
+            .map_err(|e| redact(&e.to_string(), &settings.url))?;
         Ok(Self {
             conn,
             settings,
@@ -299,11 +299,17 @@ mod tests {
             query: PageQuery::default(),
         };
         let k = RedisTier::key_for("audit-gateway", &key);
-        assert!(k.starts_with("audit-gateway:v1:page:"), "{k}");
+        // `{prefix}:v1:page:` and a lower-case hex digest, nothing else: no room for the
+        // URL, the fingerprint or the query to show through.
+        let digest = k.strip_prefix("audit-gateway:v1:page:").expect("prefix");
+        assert!(digest.len() >= 32, "{k}");
         assert!(
-            !k.contains("0123456789abcdef") && !k.contains("atlassian"),
+            digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
             "{k}"
         );
+        assert!(!digest.contains("0123456789abcdef"), "{k}");
         let other = PageKey {
             credential: "fedcba9876543210fedcba9876543210".into(),
             ..key.clone()

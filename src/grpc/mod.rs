@@ -1,11 +1,10 @@
-//! The gRPC edge: request validation, metadata, protobuf conversion, status mapping and
-//! the `AuditService` implementation.
+//! The gRPC edge: request validation, metadata, status mapping and the `AuditService`
+//! implementation. Only this module (with `server.rs` and `health.rs`) knows tonic's
+//! request and status types; it calls the application layer (`src/app/`).
 
-pub mod convert;
-pub mod encoded;
-pub mod metadata;
-pub mod service;
-pub mod status;
-pub mod validate;
+mod metadata;
+mod service;
+mod status;
+mod validate;
 
-pub use service::{AuditGrpc, CredentialMode};
+pub(crate) use service::AuditGrpc;

@@ -1,32 +1,23 @@
 //! `confluence.audit.v1.AuditService`: each call validated, resolved to a credential and
-//! a deadline, answered from the page service.
+//! a deadline, answered by the application layer (`src/app/`).
 
 use std::{pin::Pin, time::Instant};
 
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{encoded::EncodedMessage, metadata, status::to_status, validate};
+use super::{metadata, status::fail, validate};
 use crate::{
+    app::{PageRequest, PageService, stream},
+    config::CredentialMode,
     credential::Credential,
     error::GatewayError,
-    pages::{PageRequest, PageService},
-    pb::{self, audit_service_server::AuditService},
-    stream,
+    pb::{self, EncodedMessage, audit_service_server::AuditService},
 };
-
-/// Whose credential calls Confluence.
-#[derive(Clone, Debug)]
-pub enum CredentialMode {
-    /// The gateway's own configured credential (or none).
-    Configured(Option<Credential>),
-    /// Each caller's `authorization` metadata, forwarded.
-    Passthrough,
-}
 
 /// The gRPC service.
 #[derive(Clone)]
-pub struct AuditGrpc {
+pub(crate) struct AuditGrpc {
     pages: PageService,
     credentials: CredentialMode,
     stream_prefetch: usize,
@@ -35,7 +26,11 @@ pub struct AuditGrpc {
 impl AuditGrpc {
     /// A service answering from `pages` with credentials chosen by `credentials`;
     /// streams fetch up to `stream_prefetch` pages ahead.
-    pub fn new(pages: PageService, credentials: CredentialMode, stream_prefetch: usize) -> Self {
+    pub(crate) fn new(
+        pages: PageService,
+        credentials: CredentialMode,
+        stream_prefetch: usize,
+    ) -> Self {
         Self {
             pages,
             credentials,
@@ -95,13 +90,10 @@ impl AuditService for AuditGrpc {
         &self,
         request: Request<pb::GetSinceRequest>,
     ) -> Result<Response<EncodedMessage>, Status> {
-        match self.get_page(request).await {
-            Ok(page) => Ok(Response::new(page)),
-            Err(err) => {
-                tracing::info!(reason = err.reason(), error = %err, "GetSince failed");
-                Err(to_status(&err))
-            }
-        }
+        self.get_page(request)
+            .await
+            .map(Response::new)
+            .map_err(|e| fail("GetSince", &e))
     }
 
     type StreamSinceStream =
@@ -111,13 +103,14 @@ impl AuditService for AuditGrpc {
         &self,
         request: Request<pb::StreamSinceRequest>,
     ) -> Result<Response<Self::StreamSinceStream>, Status> {
-        let req = self.open_stream(&request).map_err(|err| {
-            tracing::info!(reason = err.reason(), error = %err, "StreamSince refused");
-            to_status(&err)
-        })?;
+        let req = self
+            .open_stream(&request)
+            .map_err(|e| fail("StreamSince", &e))?;
         let rx = stream::start(self.pages.clone(), req, self.stream_prefetch);
-        let messages =
-            ReceiverStream::new(rx).map(|item| item.map(EncodedMessage).map_err(|e| to_status(&e)));
+        let messages = ReceiverStream::new(rx).map(|item| {
+            item.map(EncodedMessage)
+                .map_err(|e| fail("StreamSince", &e))
+        });
         Ok(Response::new(Box::pin(messages)))
     }
 }

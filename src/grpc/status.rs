@@ -1,21 +1,34 @@
-//! The one place gateway errors become gRPC statuses (DESIGN §3's table), with
-//! `ErrorInfo`, `RetryInfo` and `BadRequest` details.
+//! The one place gateway errors become gRPC statuses (the error table in README.md),
+//! with `ErrorInfo`, `RetryInfo` and `BadRequest` details, and are logged.
 
 use std::collections::HashMap;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::error::{GatewayError, UpstreamFailure};
+use crate::error::{Chain, GatewayError, UpstreamFailure};
 
 /// `ErrorInfo.domain` of every status the gateway makes.
-pub const ERROR_DOMAIN: &str = "audit-gateway";
+const ERROR_DOMAIN: &str = "audit-gateway";
 
 /// The `RetryInfo` delay suggested when Confluence named none.
-pub const DEFAULT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+const DEFAULT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Logs why `method` failed (with the error's whole chain) and gives the caller's status.
+pub(crate) fn fail(method: &'static str, err: &GatewayError) -> Status {
+    let status = to_status(err);
+    tracing::info!(
+        method,
+        code = ?status.code(),
+        reason = err.reason(),
+        error = %Chain(err),
+        "call failed"
+    );
+    status
+}
 
 /// The gRPC code of an error.
-pub fn code(err: &GatewayError) -> Code {
+fn code(err: &GatewayError) -> Code {
     match err {
         GatewayError::InvalidArgument { .. } => Code::InvalidArgument,
         GatewayError::MissingCredential(_) => Code::Unauthenticated,
@@ -36,7 +49,7 @@ pub fn code(err: &GatewayError) -> Code {
 }
 
 /// The status sent to the caller for an error.
-pub fn to_status(err: &GatewayError) -> Status {
+fn to_status(err: &GatewayError) -> Status {
     let mut details = ErrorDetails::new();
     let mut metadata = HashMap::new();
     match err {
@@ -82,6 +95,7 @@ mod tests {
             http_status: Some(status),
             message: format!("Confluence answered {status}"),
             retry_after: (status == 429).then(|| Duration::from_secs(2)),
+            source: None,
         }
     }
 

@@ -8,25 +8,25 @@ use crate::{
         resume,
     },
     error::GatewayError,
-    pb,
+    pb::{self, convert::time_unit},
 };
 
 /// A `StreamSinceRequest`, validated: the window, page size, record cap and where to
 /// begin.
 #[derive(Clone, Debug, PartialEq)]
-pub struct StreamParams {
+pub(crate) struct StreamParams {
     /// The window's filters.
-    pub window: Window,
+    pub(crate) window: Window,
     /// Records per page, 1..=1000.
-    pub page_size: i32,
+    pub(crate) page_size: i32,
     /// Stop after this many records.
-    pub max_records: Option<u64>,
+    pub(crate) max_records: Option<u64>,
     /// Where to begin.
-    pub cursor: Cursor,
+    pub(crate) cursor: Cursor,
 }
 
 /// Validates a `StreamSinceRequest`.
-pub fn stream_params(req: &pb::StreamSinceRequest) -> Result<StreamParams, GatewayError> {
+pub(crate) fn stream_params(req: &pb::StreamSinceRequest) -> Result<StreamParams, GatewayError> {
     let window = Window {
         number: number(req.number)?,
         units: units(req.units)?,
@@ -66,7 +66,7 @@ pub fn stream_params(req: &pb::StreamSinceRequest) -> Result<StreamParams, Gatew
 }
 
 /// A `GetSinceRequest` as the page query sent upstream.
-pub fn page_query(req: &pb::GetSinceRequest) -> Result<PageQuery, GatewayError> {
+pub(crate) fn page_query(req: &pb::GetSinceRequest) -> Result<PageQuery, GatewayError> {
     let limit = req.limit.unwrap_or(PageQuery::DEFAULT_LIMIT);
     if !(0..=PageQuery::MAX_LIMIT).contains(&limit) {
         return Err(GatewayError::invalid(
@@ -94,7 +94,7 @@ pub fn page_query(req: &pb::GetSinceRequest) -> Result<PageQuery, GatewayError> 
 }
 
 /// `number`: absent means 3; negative is invalid.
-pub fn number(n: Option<i64>) -> Result<i64, GatewayError> {
+pub(crate) fn number(n: Option<i64>) -> Result<i64, GatewayError> {
     match n {
         None => Ok(PageQuery::DEFAULT_NUMBER),
         Some(n) if n < 0 => Err(GatewayError::invalid(
@@ -106,35 +106,16 @@ pub fn number(n: Option<i64>) -> Result<i64, GatewayError> {
 }
 
 /// `units`: unspecified means MONTHS; a value outside the enum is invalid.
-pub fn units(raw: i32) -> Result<TimeUnit, GatewayError> {
-    use pb::TimeUnit as P;
-    let unit = match P::try_from(raw) {
-        Ok(P::Unspecified) => PageQuery::DEFAULT_UNITS,
-        Ok(P::Nanos) => TimeUnit::Nanos,
-        Ok(P::Micros) => TimeUnit::Micros,
-        Ok(P::Millis) => TimeUnit::Millis,
-        Ok(P::Seconds) => TimeUnit::Seconds,
-        Ok(P::Minutes) => TimeUnit::Minutes,
-        Ok(P::Hours) => TimeUnit::Hours,
-        Ok(P::HalfDays) => TimeUnit::HalfDays,
-        Ok(P::Days) => TimeUnit::Days,
-        Ok(P::Weeks) => TimeUnit::Weeks,
-        Ok(P::Months) => TimeUnit::Months,
-        Ok(P::Years) => TimeUnit::Years,
-        Ok(P::Decades) => TimeUnit::Decades,
-        Ok(P::Centuries) => TimeUnit::Centuries,
-        Err(_) => {
-            return Err(GatewayError::invalid(
-                "units",
-                format!("{raw} is not a TimeUnit value"),
-            ));
-        }
-    };
-    Ok(unit)
+pub(crate) fn units(raw: i32) -> Result<TimeUnit, GatewayError> {
+    if raw == pb::TimeUnit::Unspecified as i32 {
+        return Ok(PageQuery::DEFAULT_UNITS);
+    }
+    time_unit(raw)
+        .ok_or_else(|| GatewayError::invalid("units", format!("{raw} is not a TimeUnit value")))
 }
 
 /// `search_string`: at most 1000 characters, no control characters; empty means none.
-pub fn search_string(s: Option<&str>) -> Result<Option<String>, GatewayError> {
+pub(crate) fn search_string(s: Option<&str>) -> Result<Option<String>, GatewayError> {
     let Some(s) = s.filter(|s| !s.is_empty()) else {
         return Ok(None);
     };

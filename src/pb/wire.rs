@@ -149,7 +149,7 @@ mod tests {
             size: 3,
             links: [(
                 "base".to_owned(),
-                crate::grpc::convert::json_to_value("x".into()),
+                crate::pb::convert::json_to_value("x".into()),
             )]
             .into(),
             unknown_fields: None,

@@ -112,7 +112,7 @@ impl ConfluenceClient {
             cut_by_deadline = left < timeout;
             timeout = timeout.min(left);
         }
-        let failed = |e: &reqwest::Error| {
+        let failed = |e: reqwest::Error| {
             if e.is_timeout() && cut_by_deadline {
                 // The caller's deadline, not Confluence, ended this attempt.
                 deadline_error()
@@ -135,7 +135,7 @@ impl ConfluenceClient {
         METRICS.upstream_attempts.inc();
         let result = self.exchange(request, failed).await;
         if let Err(e) = &result {
-            METRICS.upstream_failed(e.reason());
+            METRICS.upstream_failed(e);
         }
         tracing::debug!(elapsed = ?started.elapsed(), ok = result.is_ok(), "Confluence attempt");
         result
@@ -144,9 +144,9 @@ impl ConfluenceClient {
     async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
-        failed: impl Fn(&reqwest::Error) -> GatewayError,
+        failed: impl Fn(reqwest::Error) -> GatewayError,
     ) -> Result<Bytes, GatewayError> {
-        let response = request.send().await.map_err(|e| failed(&e))?;
+        let response = request.send().await.map_err(&failed)?;
         if response.status() == StatusCode::OK {
             return read_capped(response, self.settings.max_body_bytes, failed).await;
         }
@@ -171,6 +171,7 @@ impl ConfluenceClient {
             http_status: Some(status.as_u16()),
             message: status_message(status, failure, &body),
             retry_after,
+            source: None,
         }
     }
 }
@@ -207,13 +208,13 @@ pub fn encode_params(params: &[(&str, String)]) -> String {
 async fn read_capped(
     mut response: reqwest::Response,
     cap: usize,
-    failed: impl Fn(&reqwest::Error) -> GatewayError,
+    failed: impl Fn(reqwest::Error) -> GatewayError,
 ) -> Result<Bytes, GatewayError> {
     if response.content_length().is_some_and(|n| n > cap as u64) {
         return Err(GatewayError::BodyTooLarge { limit: cap });
     }
     let mut body = BytesMut::with_capacity(response.content_length().map_or(8192, |n| n as usize));
-    while let Some(chunk) = response.chunk().await.map_err(|e| failed(&e))? {
+    while let Some(chunk) = response.chunk().await.map_err(&failed)? {
         if body.len() + chunk.len() > cap {
             return Err(GatewayError::BodyTooLarge { limit: cap });
         }
@@ -250,7 +251,7 @@ fn status_message(status: StatusCode, failure: UpstreamFailure, body: &[u8]) -> 
 
 /// A failure below HTTP: no connection, a reset, a time-out. The URL is left out of
 /// the message; it adds nothing the caller does not know.
-fn transport_error(e: &reqwest::Error, timeout: Duration) -> GatewayError {
+fn transport_error(e: reqwest::Error, timeout: Duration) -> GatewayError {
     let (failure, message) = if e.is_timeout() {
         (
             UpstreamFailure::Timeout,
@@ -272,6 +273,8 @@ fn transport_error(e: &reqwest::Error, timeout: Duration) -> GatewayError {
         http_status: None,
         message,
         retry_after: None,
+        // Without the URL: its query holds the caller's search string.
+        source: Some(std::sync::Arc::new(e.without_url())),
     }
 }
 

@@ -125,6 +125,7 @@ mod tests {
             http_status: Some(status),
             message: String::new(),
             retry_after,
+            source: None,
         }
     }
 

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use audit_gateway::{
+    UpstreamAuth,
     pb::{self, audit_service_client::AuditServiceClient},
-    simulator::{Fault, SimulatorConfig},
 };
+use confluence_sim::{Fault, SimulatorConfig};
 use tonic::{Code, Request};
 
 use crate::common::sim_and_gateway;
@@ -47,7 +48,7 @@ fn head_seq(page: &pb::GetSinceResponse) -> u64 {
 
 #[tokio::test]
 async fn a_repeated_call_is_a_hit_and_each_query_field_is_part_of_the_key() {
-    let (sim, mut gw) = sim_and_gateway(sim_config(200), &[]).await;
+    let (sim, mut gw) = sim_and_gateway(sim_config(200), |_| {}).await;
 
     let first = gw
         .client
@@ -132,7 +133,7 @@ async fn a_repeated_call_is_a_hit_and_each_query_field_is_part_of_the_key() {
 
 #[tokio::test]
 async fn defaults_are_applied_before_the_key_is_made() {
-    let (sim, mut gw) = sim_and_gateway(sim_config(50), &[]).await;
+    let (sim, mut gw) = sim_and_gateway(sim_config(50), |_| {}).await;
     gw.client
         .get_since(pb::GetSinceRequest::default())
         .await
@@ -160,7 +161,7 @@ async fn concurrent_identical_misses_make_one_upstream_call() {
             latency: Duration::from_millis(200),
             ..Default::default()
         },
-        &[],
+        |_| {},
     )
     .await;
     let channel = gw.channel().await;
@@ -190,7 +191,7 @@ async fn concurrent_identical_misses_make_one_upstream_call() {
 
 #[tokio::test]
 async fn no_cache_refetches_and_refreshes_the_entry() {
-    let (sim, mut gw) = sim_and_gateway(sim_config(100), &[]).await;
+    let (sim, mut gw) = sim_and_gateway(sim_config(100), |_| {}).await;
     let old = gw
         .client
         .get_since(small())
@@ -234,7 +235,7 @@ async fn no_cache_refetches_and_refreshes_the_entry() {
 
 #[tokio::test]
 async fn no_cache_on_a_cold_entry_is_one_upstream_call() {
-    let (sim, mut gw) = sim_and_gateway(sim_config(20), &[]).await;
+    let (sim, mut gw) = sim_and_gateway(sim_config(20), |_| {}).await;
     gw.client
         .get_since(with_md(small(), &[("cache-control", "no-cache")]))
         .await
@@ -245,7 +246,7 @@ async fn no_cache_on_a_cold_entry_is_one_upstream_call() {
 
 #[tokio::test]
 async fn a_zero_ttl_sends_every_call_upstream() {
-    let (sim, mut gw) = sim_and_gateway(sim_config(20), &["--cache-ttl", "0"]).await;
+    let (sim, mut gw) = sim_and_gateway(sim_config(20), |c| c.cache.ttl = Duration::ZERO).await;
     for i in 1..=3 {
         gw.client.get_since(small()).await.expect("page");
         assert_eq!(sim.request_count(), i);
@@ -254,7 +255,8 @@ async fn a_zero_ttl_sends_every_call_upstream() {
 
 #[tokio::test]
 async fn passthrough_without_a_credential_is_unauthenticated_before_upstream() {
-    let (sim, mut gw) = sim_and_gateway(sim_config(20), &["--auth-passthrough"]).await;
+    let (sim, mut gw) =
+        sim_and_gateway(sim_config(20), |c| c.auth = UpstreamAuth::Passthrough).await;
     let status = gw
         .client
         .get_since(small())
@@ -275,7 +277,8 @@ async fn passthrough_without_a_credential_is_unauthenticated_before_upstream() {
 
 #[tokio::test]
 async fn passthrough_callers_get_their_own_entries_and_headers() {
-    let (sim, mut gw) = sim_and_gateway(sim_config(20), &["--auth-passthrough"]).await;
+    let (sim, mut gw) =
+        sim_and_gateway(sim_config(20), |c| c.auth = UpstreamAuth::Passthrough).await;
     let a = || with_md(small(), &[("authorization", "Bearer token-a")]);
     let b = || with_md(small(), &[("authorization", "Bearer token-b")]);
 
@@ -311,7 +314,7 @@ async fn a_cached_page_never_reaches_a_caller_upstream_refuses() {
             required_authorization: Some("Bearer token-a".into()),
             ..Default::default()
         },
-        &["--auth-passthrough"],
+        |c| c.auth = UpstreamAuth::Passthrough,
     )
     .await;
     let page = gw
@@ -351,7 +354,7 @@ async fn a_configured_bearer_token_reaches_upstream() {
             required_authorization: Some("Bearer X".into()),
             ..Default::default()
         },
-        &["--confluence-bearer-token", "X"],
+        |c| c.auth = UpstreamAuth::Bearer("X".into()),
     )
     .await;
     // A caller's own authorization metadata does not override the configured one.
@@ -369,7 +372,7 @@ async fn a_configured_bearer_token_reaches_upstream() {
 
 #[tokio::test]
 async fn errors_are_not_cached() {
-    let (sim, mut gw) = sim_and_gateway(sim_config(20), &["--upstream-retries", "0"]).await;
+    let (sim, mut gw) = sim_and_gateway(sim_config(20), |c| c.upstream.retries = 0).await;
     sim.push_faults([Fault::status_json(503)]);
     let status = gw.client.get_since(small()).await.expect_err("503");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -396,7 +399,7 @@ async fn a_failed_shared_load_fails_every_waiter_and_is_not_kept() {
             faults: vec![Fault::status_json(503)],
             ..Default::default()
         },
-        &["--upstream-retries", "0"],
+        |c| c.upstream.retries = 0,
     )
     .await;
     let channel = gw.channel().await;
@@ -427,7 +430,7 @@ async fn a_short_deadline_does_not_fail_callers_who_joined_its_load() {
             latency: Duration::from_millis(400),
             ..Default::default()
         },
-        &[],
+        |_| {},
     )
     .await;
     let channel = gw.channel().await;
@@ -465,7 +468,7 @@ async fn a_short_deadline_does_not_fail_callers_who_joined_its_load() {
 
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_cached_page() {
-    let (sim, mut gw) = sim_and_gateway(sim_config(100), &["--upstream-retries", "0"]).await;
+    let (sim, mut gw) = sim_and_gateway(sim_config(100), |c| c.upstream.retries = 0).await;
     let cached = gw
         .client
         .get_since(small())

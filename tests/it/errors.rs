@@ -1,4 +1,4 @@
-//! Failures end to end (DESIGN §2-§3): every row of the error table through the real gRPC
+//! Failures end to end: every row of the error table through the real gRPC
 //! client, retries and their limits, `Retry-After` as a clamped floor, caller deadlines,
 //! and no credential in any status.
 
@@ -11,13 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{
-    config::{Cli, Command, ServeArgs},
-    pb,
-    simulator::{Fault, SimulatorConfig, SimulatorHandle},
-};
+use audit_gateway::{GatewayConfig, UpstreamAuth, pb};
 use base64::{Engine, engine::general_purpose::STANDARD};
-use clap::Parser;
+use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -26,48 +22,38 @@ use tonic::{Code, Request, Status};
 use tonic_types::{ErrorInfo, StatusExt};
 
 use crate::common::{
-    Canned, StubUpstream, TestGateway, atlassian_sample, closed_port, spawn_gateway,
-    spawn_simulator,
+    Canned, StubUpstream, TestGateway, atlassian_sample, closed_port, sim_and_gateway,
+    spawn_gateway, spawn_simulator, test_config,
 };
 
 const DOMAIN: &str = "audit-gateway";
 
-/// `serve` settings for these tests: the harness's fast defaults, each overridable
-/// (clap refuses a flag given twice, so `extra` replaces a default of the same name).
-fn args(confluence_url: &str, extra: &[(&str, &str)]) -> ServeArgs {
-    let mut flags: Vec<(&str, &str)> = vec![
-        ("--listen", "127.0.0.1:0"),
-        ("--confluence-url", confluence_url),
-        ("--upstream-backoff", "10ms"),
-        ("--upstream-max-backoff", "2s"),
-        ("--upstream-timeout", "5s"),
-    ];
-    for &(flag, value) in extra {
-        match flags.iter_mut().find(|(f, _)| *f == flag) {
-            Some(slot) => slot.1 = value,
-            None => flags.push((flag, value)),
-        }
-    }
-    let mut argv = vec!["audit-gateway", "serve"];
-    for (flag, value) in flags {
-        argv.extend([flag, value]);
-    }
-    match Cli::try_parse_from(argv).expect("valid test flags").command {
-        Command::Serve(args) => args,
-        other => panic!("not serve: {other:?}"),
-    }
+/// The harness's fast test configuration in front of `confluence_url`, changed by `tweak`.
+fn config(confluence_url: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> GatewayConfig {
+    let mut config = test_config(confluence_url);
+    tweak(&mut config);
+    config
+}
+
+/// One upstream request per call.
+fn no_retries(c: &mut GatewayConfig) {
+    c.upstream.retries = 0;
 }
 
 /// A small simulator (fast pages) with `faults` scripted, and a gateway in front of it.
-async fn setup(faults: Vec<Fault>, extra: &[(&str, &str)]) -> (SimulatorHandle, TestGateway) {
-    let sim = spawn_simulator(SimulatorConfig {
-        records: 20,
-        faults,
-        ..Default::default()
-    })
-    .await;
-    let gw = spawn_gateway(args(&sim.base_url(), extra)).await;
-    (sim, gw)
+async fn setup(
+    faults: Vec<Fault>,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> (SimulatorHandle, TestGateway) {
+    sim_and_gateway(
+        SimulatorConfig {
+            records: 20,
+            faults,
+            ..Default::default()
+        },
+        tweak,
+    )
+    .await
 }
 
 fn page_request() -> pb::GetSinceRequest {
@@ -149,7 +135,7 @@ fn retry_delay(status: &Status) -> Option<Duration> {
 
 #[tokio::test]
 async fn http_errors_map_to_their_codes_with_confluences_message() {
-    let (sim, mut gw) = setup(vec![], &[("--upstream-retries", "0")]).await;
+    let (sim, mut gw) = setup(vec![], no_retries).await;
     let rows = [
         (400, Code::InvalidArgument, "UPSTREAM_BAD_REQUEST"),
         (401, Code::Unauthenticated, "UPSTREAM_UNAUTHENTICATED"),
@@ -177,7 +163,7 @@ async fn http_errors_map_to_their_codes_with_confluences_message() {
 #[tokio::test]
 async fn forbidden_with_an_empty_body_names_the_missing_permission() {
     // "403" is an empty text/plain body, as real Confluence answers.
-    let (sim, mut gw) = setup(vec![fault("403")], &[("--upstream-retries", "0")]).await;
+    let (sim, mut gw) = setup(vec![fault("403")], no_retries).await;
     let status = fail(&mut gw).await;
     assert_status(
         &status,
@@ -195,11 +181,7 @@ async fn forbidden_with_an_empty_body_names_the_missing_permission() {
 
 #[tokio::test]
 async fn rate_limits_carry_retry_info_from_retry_after() {
-    let (sim, mut gw) = setup(
-        vec![fault("429:retry-after=2"), fault("429")],
-        &[("--upstream-retries", "0")],
-    )
-    .await;
+    let (sim, mut gw) = setup(vec![fault("429:retry-after=2"), fault("429")], no_retries).await;
     let status = fail(&mut gw).await;
     assert_status(
         &status,
@@ -226,13 +208,10 @@ async fn rate_limits_carry_retry_info_from_retry_after() {
 
 #[tokio::test]
 async fn an_absurd_retry_after_is_clamped_in_retry_info() {
-    let (sim, mut gw) = setup(
-        vec![fault("429:retry-after=9223372036854775807")],
-        &[
-            ("--upstream-retries", "0"),
-            ("--upstream-max-backoff", "1s"),
-        ],
-    )
+    let (sim, mut gw) = setup(vec![fault("429:retry-after=9223372036854775807")], |c| {
+        no_retries(c);
+        c.upstream.max_backoff = Duration::from_secs(1);
+    })
     .await;
     let status = fail(&mut gw).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -243,11 +222,7 @@ async fn an_absurd_retry_after_is_clamped_in_retry_info() {
 #[tokio::test]
 async fn a_refused_connection_is_unavailable() {
     let addr = closed_port().await;
-    let mut gw = spawn_gateway(args(
-        &format!("http://{addr}/wiki"),
-        &[("--upstream-retries", "0")],
-    ))
-    .await;
+    let mut gw = spawn_gateway(config(&format!("http://{addr}/wiki"), no_retries)).await;
     let status = fail(&mut gw).await;
     assert_status(&status, Code::Unavailable, "UPSTREAM_UNAVAILABLE", None);
     assert!(
@@ -259,7 +234,7 @@ async fn a_refused_connection_is_unavailable() {
 
 #[tokio::test]
 async fn a_reset_connection_is_unavailable() {
-    let (sim, mut gw) = setup(vec![Fault::Reset], &[("--upstream-retries", "0")]).await;
+    let (sim, mut gw) = setup(vec![Fault::Reset], no_retries).await;
     let status = fail(&mut gw).await;
     assert_status(&status, Code::Unavailable, "UPSTREAM_UNAVAILABLE", None);
     assert_eq!(sim.request_count(), 1);
@@ -267,10 +242,10 @@ async fn a_reset_connection_is_unavailable() {
 
 #[tokio::test]
 async fn an_upstream_slower_than_the_upstream_timeout_is_deadline_exceeded() {
-    let (sim, mut gw) = setup(
-        vec![Fault::Delay(Duration::from_secs(5))],
-        &[("--upstream-retries", "0"), ("--upstream-timeout", "200ms")],
-    )
+    let (sim, mut gw) = setup(vec![Fault::Delay(Duration::from_secs(5))], |c| {
+        no_retries(c);
+        c.upstream.timeout = Duration::from_millis(200);
+    })
     .await;
     let started = Instant::now();
     let status = fail(&mut gw).await;
@@ -283,11 +258,7 @@ async fn an_upstream_slower_than_the_upstream_timeout_is_deadline_exceeded() {
 
 #[tokio::test]
 async fn malformed_and_wrong_shape_bodies_are_internal() {
-    let (sim, mut gw) = setup(
-        vec![Fault::Malformed, Fault::WrongShape],
-        &[("--upstream-retries", "0")],
-    )
-    .await;
+    let (sim, mut gw) = setup(vec![Fault::Malformed, Fault::WrongShape], no_retries).await;
     for (i, what) in ["malformed", "wrong-shape"].into_iter().enumerate() {
         let status = fail(&mut gw).await;
         assert_status(&status, Code::Internal, "UPSTREAM_MALFORMED_BODY", None);
@@ -306,10 +277,10 @@ async fn malformed_and_wrong_shape_bodies_are_internal() {
 async fn a_body_over_the_cap_is_internal() {
     // The stub sends a Content-Length: refused before reading.
     let stub = StubUpstream::start(Canned::json(atlassian_sample())).await;
-    let mut gw = spawn_gateway(args(
-        &stub.base_url(),
-        &[("--upstream-retries", "0"), ("--upstream-max-body", "1KiB")],
-    ))
+    let mut gw = spawn_gateway(config(&stub.base_url(), |c| {
+        no_retries(c);
+        c.upstream.max_body = 1024;
+    }))
     .await;
     let status = fail(&mut gw).await;
     assert_status(&status, Code::Internal, "UPSTREAM_BODY_TOO_LARGE", None);
@@ -327,23 +298,20 @@ async fn a_body_over_the_cap_is_internal() {
 async fn a_chunked_body_over_the_cap_is_internal_never_truncated() {
     // No Content-Length: the cap must be enforced while reading.
     let upstream = ChunkedUpstream::start(atlassian_sample()).await;
-    let mut gw = spawn_gateway(args(
-        &upstream.base_url(),
-        &[("--upstream-retries", "0"), ("--upstream-max-body", "1KiB")],
-    ))
+    let mut gw = spawn_gateway(config(&upstream.base_url(), |c| {
+        no_retries(c);
+        c.upstream.max_body = 1024;
+    }))
     .await;
     let status = fail(&mut gw).await;
     assert_status(&status, Code::Internal, "UPSTREAM_BODY_TOO_LARGE", None);
     assert_eq!(upstream.requests(), 1);
 
     // The same upstream under a cap it fits in: served whole.
-    let mut gw = spawn_gateway(args(
-        &upstream.base_url(),
-        &[
-            ("--upstream-retries", "0"),
-            ("--upstream-max-body", "64KiB"),
-        ],
-    ))
+    let mut gw = spawn_gateway(config(&upstream.base_url(), |c| {
+        no_retries(c);
+        c.upstream.max_body = 64 * 1024;
+    }))
     .await;
     let page = gw
         .client
@@ -372,7 +340,7 @@ async fn transient_faults_are_retried_until_success() {
         for n in [1, 4] {
             // Default --upstream-retries is 4: four faults still end in success.
             let faults = vec![fault(text); n];
-            let (sim, mut gw) = setup(faults, &[]).await;
+            let (sim, mut gw) = setup(faults, |_| {}).await;
             gw.client
                 .get_since(page_request())
                 .await
@@ -385,17 +353,16 @@ async fn transient_faults_are_retried_until_success() {
 #[tokio::test]
 async fn mixed_transient_faults_are_retried_until_success() {
     let faults = ["reset", "429:retry-after=0", "502", "503"].map(fault);
-    let (sim, mut gw) = setup(faults.to_vec(), &[]).await;
+    let (sim, mut gw) = setup(faults.to_vec(), |_| {}).await;
     succeed(&mut gw).await;
     assert_eq!(sim.request_count(), 5);
 }
 
 #[tokio::test]
 async fn upstream_timeouts_are_retried() {
-    let (sim, mut gw) = setup(
-        vec![Fault::Delay(Duration::from_secs(5))],
-        &[("--upstream-timeout", "300ms")],
-    )
+    let (sim, mut gw) = setup(vec![Fault::Delay(Duration::from_secs(5))], |c| {
+        c.upstream.timeout = Duration::from_millis(300)
+    })
     .await;
     succeed(&mut gw).await;
     assert_eq!(sim.request_count(), 2);
@@ -403,7 +370,7 @@ async fn upstream_timeouts_are_retried() {
 
 #[tokio::test]
 async fn a_plain_500_is_retried_at_most_once() {
-    let (sim, mut gw) = setup(vec![fault("500"), fault("500")], &[]).await;
+    let (sim, mut gw) = setup(vec![fault("500"), fault("500")], |_| {}).await;
     let status = fail(&mut gw).await;
     assert_status(
         &status,
@@ -414,19 +381,19 @@ async fn a_plain_500_is_retried_at_most_once() {
     assert_eq!(sim.request_count(), 2);
 
     // One 500 is retried.
-    let (sim, mut gw) = setup(vec![fault("500")], &[]).await;
+    let (sim, mut gw) = setup(vec![fault("500")], |_| {}).await;
     succeed(&mut gw).await;
     assert_eq!(sim.request_count(), 2);
 
     // Other transient faults do not spend the 500's single retry.
-    let (sim, mut gw) = setup(["503", "500", "503"].map(fault).to_vec(), &[]).await;
+    let (sim, mut gw) = setup(["503", "500", "503"].map(fault).to_vec(), |_| {}).await;
     succeed(&mut gw).await;
     assert_eq!(sim.request_count(), 4);
 }
 
 #[tokio::test]
 async fn client_errors_are_never_retried() {
-    let (sim, mut gw) = setup(vec![], &[("--upstream-retries", "4")]).await;
+    let (sim, mut gw) = setup(vec![], |c| c.upstream.retries = 4).await;
     let rows = [
         ("400", Code::InvalidArgument),
         ("401", Code::Unauthenticated),
@@ -445,12 +412,12 @@ async fn client_errors_are_never_retried() {
 #[tokio::test]
 async fn retries_stop_at_the_configured_count() {
     // Exactly --upstream-retries faults: still OK.
-    let (sim, mut gw) = setup(vec![fault("503"); 2], &[("--upstream-retries", "2")]).await;
+    let (sim, mut gw) = setup(vec![fault("503"); 2], |c| c.upstream.retries = 2).await;
     succeed(&mut gw).await;
     assert_eq!(sim.request_count(), 3);
 
     // One more: the last failure is returned after 1 + 2 requests.
-    let (sim, mut gw) = setup(vec![fault("503"); 3], &[("--upstream-retries", "2")]).await;
+    let (sim, mut gw) = setup(vec![fault("503"); 3], |c| c.upstream.retries = 2).await;
     let status = fail(&mut gw).await;
     assert_status(
         &status,
@@ -463,7 +430,7 @@ async fn retries_stop_at_the_configured_count() {
     // The last failure is the one reported.
     let (sim, mut gw) = setup(
         ["503", "502", "429:retry-after=0"].map(fault).to_vec(),
-        &[("--upstream-retries", "2")],
+        |c| c.upstream.retries = 2,
     )
     .await;
     let status = fail(&mut gw).await;
@@ -476,7 +443,7 @@ async fn retries_stop_at_the_configured_count() {
     assert_eq!(sim.request_count(), 3);
 
     // --upstream-retries 0: one request only.
-    let (sim, mut gw) = setup(vec![fault("503")], &[("--upstream-retries", "0")]).await;
+    let (sim, mut gw) = setup(vec![fault("503")], no_retries).await;
     fail(&mut gw).await;
     assert_eq!(sim.request_count(), 1);
 }
@@ -488,7 +455,10 @@ async fn retries_stop_at_the_configured_count() {
 #[tokio::test]
 async fn retry_after_is_a_floor_on_429_and_503() {
     for first in ["429:retry-after=1", "503:retry-after=1"] {
-        let (sim, mut gw) = setup(vec![fault(first)], &[("--upstream-max-backoff", "5s")]).await;
+        let (sim, mut gw) = setup(vec![fault(first)], |c| {
+            c.upstream.max_backoff = Duration::from_secs(5);
+        })
+        .await;
         let started = Instant::now();
         succeed(&mut gw).await;
         let elapsed = started.elapsed();
@@ -500,10 +470,9 @@ async fn retry_after_is_a_floor_on_429_and_503() {
 
 #[tokio::test]
 async fn a_huge_retry_after_is_clamped_to_the_max_backoff() {
-    let (sim, mut gw) = setup(
-        vec![fault("429:retry-after=9223372036854775807")],
-        &[("--upstream-max-backoff", "1s")],
-    )
+    let (sim, mut gw) = setup(vec![fault("429:retry-after=9223372036854775807")], |c| {
+        c.upstream.max_backoff = Duration::from_secs(1)
+    })
     .await;
     let started = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(10), gw.client.get_since(page_request()))
@@ -539,7 +508,7 @@ async fn a_slow_upstream_fails_at_the_callers_deadline() {
         ..Default::default()
     })
     .await;
-    let mut gw = spawn_gateway(args(&sim.base_url(), &[])).await;
+    let mut gw = spawn_gateway(test_config(&sim.base_url())).await;
     let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_millis(300)).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     // The gateway's own status, not the transport's.
@@ -553,7 +522,7 @@ async fn a_slow_upstream_fails_at_the_callers_deadline() {
 
 #[tokio::test]
 async fn a_delayed_answer_fails_at_the_callers_deadline_despite_retries() {
-    let (_sim, mut gw) = setup(vec![Fault::Delay(Duration::from_secs(5))], &[]).await;
+    let (_sim, mut gw) = setup(vec![Fault::Delay(Duration::from_secs(5))], |_| {}).await;
     let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_millis(300)).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     error_info(&status);
@@ -562,10 +531,9 @@ async fn a_delayed_answer_fails_at_the_callers_deadline_despite_retries() {
 
 #[tokio::test]
 async fn a_retry_after_past_the_deadline_is_returned_at_once() {
-    let (sim, mut gw) = setup(
-        vec![fault("429:retry-after=30")],
-        &[("--upstream-max-backoff", "60s")],
-    )
+    let (sim, mut gw) = setup(vec![fault("429:retry-after=30")], |c| {
+        c.upstream.max_backoff = Duration::from_secs(60)
+    })
     .await;
     let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_secs(5)).await;
     assert_status(
@@ -591,14 +559,13 @@ fn basic_header() -> String {
     format!("Basic {}", STANDARD.encode(format!("{EMAIL}:{TOKEN}")))
 }
 
-fn with_credential<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut flags = vec![
-        ("--confluence-email", EMAIL),
-        ("--confluence-api-token", TOKEN),
-        ("--upstream-retries", "0"),
-    ];
-    flags.extend_from_slice(extra);
-    flags
+/// Basic auth with `EMAIL` and `TOKEN`, one upstream request per call.
+fn with_credential(c: &mut GatewayConfig) {
+    c.auth = UpstreamAuth::Basic {
+        email: EMAIL.into(),
+        api_token: TOKEN.into(),
+    };
+    no_retries(c);
 }
 
 fn assert_no_secret(what: &str, status: &Status) {
@@ -639,11 +606,12 @@ async fn no_failure_reveals_the_credential() {
         ..Default::default()
     })
     .await;
-    let mut gw = spawn_gateway(args(
-        &sim.base_url(),
+    let mut gw = spawn_gateway(config(&sim.base_url(), |c| {
+        with_credential(c);
+        c.upstream.timeout = Duration::from_secs(1);
         // No cache: every call below must reach the simulator.
-        &with_credential(&[("--upstream-timeout", "1s"), ("--cache-ttl", "0")]),
-    ))
+        c.cache.ttl = Duration::ZERO;
+    }))
     .await;
     // The credential is really sent (else this test proves nothing).
     succeed(&mut gw).await;
@@ -690,16 +658,16 @@ async fn no_failure_reveals_the_credential() {
         ..Default::default()
     })
     .await;
-    let mut gw = spawn_gateway(args(&refusing.base_url(), &with_credential(&[]))).await;
+    let mut gw = spawn_gateway(config(&refusing.base_url(), with_credential)).await;
     let status = fail(&mut gw).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert_no_secret("refused credential", &status);
 
     // Over the body cap.
-    let mut gw = spawn_gateway(args(
-        &sim.base_url(),
-        &with_credential(&[("--upstream-max-body", "1KiB")]),
-    ))
+    let mut gw = spawn_gateway(config(&sim.base_url(), |c| {
+        with_credential(c);
+        c.upstream.max_body = 1024;
+    }))
     .await;
     let status = fail(&mut gw).await;
     assert_eq!(status.code(), Code::Internal, "{status:?}");
@@ -707,7 +675,7 @@ async fn no_failure_reveals_the_credential() {
 
     // Nobody listening.
     let addr = closed_port().await;
-    let mut gw = spawn_gateway(args(&format!("http://{addr}/wiki"), &with_credential(&[]))).await;
+    let mut gw = spawn_gateway(config(&format!("http://{addr}/wiki"), with_credential)).await;
     let status = fail(&mut gw).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_no_secret("connection refused", &status);

@@ -1,21 +1,19 @@
 //! `GetSince` end to end: lossless records, the exact upstream query, validation.
 
-use audit_gateway::{
-    pb::{self, json::ToJson},
-    simulator::SimulatorConfig,
-};
+use audit_gateway::pb::{self, convert::ToJson};
+use confluence_sim::SimulatorConfig;
 use prost_types::value::Kind;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
 use crate::common::{
-    Canned, StubUpstream, atlassian_sample, serve_args, sim_and_gateway, spawn_gateway,
+    Canned, StubUpstream, atlassian_sample, sim_and_gateway, spawn_gateway, test_config,
 };
 
 #[tokio::test]
 async fn atlassian_sample_arrives_field_for_field() {
     let stub = StubUpstream::start(Canned::json(atlassian_sample())).await;
-    let mut gw = spawn_gateway(serve_args(&stub.base_url(), &[])).await;
+    let mut gw = spawn_gateway(test_config(&stub.base_url())).await;
     let page = gw
         .client
         .get_since(pb::GetSinceRequest::default())
@@ -73,7 +71,7 @@ async fn atlassian_sample_arrives_field_for_field() {
 #[tokio::test]
 async fn upstream_sees_the_query_a_careful_curl_sends() {
     let stub = StubUpstream::start(Canned::json(atlassian_sample())).await;
-    let mut gw = spawn_gateway(serve_args(&stub.base_url(), &[])).await;
+    let mut gw = spawn_gateway(test_config(&stub.base_url())).await;
     gw.client
         .get_since(pb::GetSinceRequest::default())
         .await
@@ -104,7 +102,7 @@ async fn every_simulated_variant_survives_the_round_trip() {
             records: 300,
             ..Default::default()
         },
-        &[],
+        |_| {},
     )
     .await;
     let page = gw
@@ -142,7 +140,7 @@ async fn every_simulated_variant_survives_the_round_trip() {
 
 #[tokio::test]
 async fn invalid_requests_name_the_field_and_never_reach_upstream() {
-    let (sim, mut gw) = sim_and_gateway(SimulatorConfig::default(), &[]).await;
+    let (sim, mut gw) = sim_and_gateway(SimulatorConfig::default(), |_| {}).await;
     let base = pb::GetSinceRequest::default;
     let cases = [
         (
@@ -209,7 +207,7 @@ async fn invalid_requests_name_the_field_and_never_reach_upstream() {
 #[tokio::test]
 async fn compressed_calls_are_answered() {
     let stub = StubUpstream::start(Canned::json(atlassian_sample())).await;
-    let gw = spawn_gateway(serve_args(&stub.base_url(), &[])).await;
+    let gw = spawn_gateway(test_config(&stub.base_url())).await;
     for enc in [
         tonic::codec::CompressionEncoding::Gzip,
         tonic::codec::CompressionEncoding::Zstd,

@@ -26,7 +26,14 @@ fn python_client_streams_a_live_flaky_log_exactly_once_and_resumes() {
 /// `passes` check groups passing and none failing.
 fn run_python(script: &str, passes: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let deps = Command::new("python3")
+    // scripts/test prepares this virtualenv; without it, the system's python3.
+    let venv = root.join("target/interop-venv/bin/python3");
+    let python = if venv.exists() {
+        venv.into_os_string()
+    } else {
+        "python3".into()
+    };
+    let deps = Command::new(&python)
         .args([
             "-c",
             "import grpc, grpc_tools, grpc_status, google.rpc.error_details_pb2",
@@ -34,9 +41,8 @@ fn run_python(script: &str, passes: usize) {
         .output();
     if !deps.as_ref().is_ok_and(|o| o.status.success()) {
         panic!(
-            "the Python interop client needs python3 with its packages: run \
-             `python3 -m pip install --only-binary=:all: -r tests/interop/requirements.txt` \
-             ({})",
+            "the Python interop client needs its packages: run `scripts/test` once, which \
+             installs them into target/interop-venv ({})",
             match &deps {
                 Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
                 Err(e) => format!("python3: {e}"),
@@ -44,7 +50,7 @@ fn run_python(script: &str, passes: usize) {
         );
     }
 
-    let mut child = Command::new("python3")
+    let mut child = Command::new(&python)
         .arg(root.join("tests/interop").join(script))
         .arg(env!("CARGO_BIN_EXE_audit-gateway"))
         .current_dir(root)

@@ -8,13 +8,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{metrics::METRICS, pb, simulator::SimulatorConfig};
+use audit_gateway::{Gateway, UpstreamAuth, metrics::METRICS, pb};
+use confluence_sim::SimulatorConfig;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
 };
 
-use crate::common::{TestGateway, serve_args, spawn_gateway, spawn_simulator};
+use crate::common::{TestGateway, spawn_gateway, spawn_simulator, test_config};
 
 /// A `redis-server` on a free loopback port, stopped on drop.
 struct RedisServer {
@@ -113,20 +114,14 @@ impl Drop for RedisServer {
 const SALT: &str = "shared-by-all-replicas";
 const TOKEN: &str = "SECRET-PAT-4711";
 
-async fn replica(confluence: &str, redis: &RedisServer, extra: &[&str]) -> TestGateway {
-    let url = redis.url();
-    let mut flags = vec![
-        "--redis-url",
-        url.as_str(),
-        "--credential-salt",
-        SALT,
-        "--confluence-bearer-token",
-        TOKEN,
-        "--redis-pause",
-        "200ms",
-    ];
-    flags.extend_from_slice(extra);
-    spawn_gateway(serve_args(confluence, &flags)).await
+/// A gateway sharing `redis`, calling `confluence` with the bearer `TOKEN`.
+async fn replica(confluence: &str, redis: &RedisServer) -> TestGateway {
+    let mut config = test_config(confluence);
+    config.auth = UpstreamAuth::Bearer(TOKEN.into());
+    config.cache.redis_url = Some(redis.url().into());
+    config.cache.credential_salt = Some(SALT.into());
+    config.cache.redis_pause = Duration::from_millis(200);
+    spawn_gateway(config).await
 }
 
 fn page(start: i32) -> pb::GetSinceRequest {
@@ -152,8 +147,8 @@ async fn until(mut f: impl AsyncFnMut() -> bool) -> bool {
 async fn a_page_fetched_by_one_replica_is_served_by_the_other() {
     let redis = RedisServer::start().await;
     let sim = spawn_simulator(SimulatorConfig::default()).await;
-    let mut a = replica(&sim.base_url(), &redis, &[]).await;
-    let mut b = replica(&sim.base_url(), &redis, &[]).await;
+    let mut a = replica(&sim.base_url(), &redis).await;
+    let mut b = replica(&sim.base_url(), &redis).await;
     let first = a.client.get_since(page(0)).await.expect("a").into_inner();
     assert_eq!(sim.request_count(), 1);
     // The write to Redis happens off the caller's path: wait until it landed.
@@ -174,19 +169,40 @@ async fn a_page_fetched_by_one_replica_is_served_by_the_other() {
 async fn keys_are_prefixed_versioned_and_reveal_no_credential() {
     let redis = RedisServer::start().await;
     let sim = spawn_simulator(SimulatorConfig::default()).await;
-    let mut a = replica(&sim.base_url(), &redis, &[]).await;
+    let base_url = sim.base_url();
+    let mut a = replica(&base_url, &redis).await;
+    let search = "Space permission";
     for start in [0, 10, 20] {
-        a.client.get_since(page(start)).await.expect("page");
+        let request = pb::GetSinceRequest {
+            search_string: Some(search.into()),
+            ..page(start)
+        };
+        a.client.get_since(request).await.expect("page");
     }
     assert!(until(async || redis.keys().await.len() == 3).await);
+    let host = sim.addr().to_string();
     for key in redis.keys().await {
-        assert!(key.starts_with("audit-gateway:v1:page:"), "{key}");
+        // The documented shape, `{prefix}:v1:page:{hex digest}`, and nothing else.
+        let digest = key
+            .strip_prefix("audit-gateway:v1:page:")
+            .unwrap_or_else(|| panic!("{key} is not under audit-gateway:v1:page:"));
+        assert!(
+            digest.len() >= 32
+                && digest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{key}: not a lower-case hex digest of at least 128 bits"
+        );
         let lower = key.to_lowercase();
-        for secret in [TOKEN, "bearer", SALT, "127.0.0.1"] {
-            assert!(
-                !lower.contains(&secret.to_lowercase()),
-                "{key} holds {secret}"
-            );
+        for part in [
+            TOKEN,
+            "bearer",
+            SALT,
+            base_url.as_str(),
+            host.as_str(),
+            search,
+        ] {
+            assert!(!lower.contains(&part.to_lowercase()), "{key} holds {part}");
         }
     }
 }
@@ -195,7 +211,7 @@ async fn keys_are_prefixed_versioned_and_reveal_no_credential() {
 async fn a_dead_redis_fails_no_call_and_costs_no_wait() {
     let mut redis = RedisServer::start().await;
     let sim = spawn_simulator(SimulatorConfig::default()).await;
-    let mut a = replica(&sim.base_url(), &redis, &[]).await;
+    let mut a = replica(&sim.base_url(), &redis).await;
     a.client.get_since(page(0)).await.expect("with redis");
     let (errors, outages) = (METRICS.redis_errors.get(), METRICS.redis_outages.get());
     redis.kill();
@@ -236,18 +252,11 @@ async fn a_hung_redis_is_cut_off_by_the_timeout() {
     });
     let sim = spawn_simulator(SimulatorConfig::default()).await;
     let url = format!("redis://127.0.0.1:{port}/0");
-    let mut a = spawn_gateway(serve_args(
-        &sim.base_url(),
-        &[
-            "--redis-url",
-            &url,
-            "--credential-salt",
-            SALT,
-            "--redis-timeout",
-            "50ms",
-        ],
-    ))
-    .await;
+    let mut config = test_config(&sim.base_url());
+    config.cache.redis_url = Some(url.into());
+    config.cache.credential_salt = Some(SALT.into());
+    config.cache.redis_timeout = Duration::from_millis(50);
+    let mut a = spawn_gateway(config).await;
     for start in 0..5 {
         let t = Instant::now();
         a.client
@@ -267,8 +276,8 @@ async fn a_hung_redis_is_cut_off_by_the_timeout() {
 async fn a_restarted_redis_is_shared_again() {
     let mut redis = RedisServer::start().await;
     let sim = spawn_simulator(SimulatorConfig::default()).await;
-    let mut a = replica(&sim.base_url(), &redis, &[]).await;
-    let mut b = replica(&sim.base_url(), &redis, &[]).await;
+    let mut a = replica(&sim.base_url(), &redis).await;
+    let mut b = replica(&sim.base_url(), &redis).await;
     redis.kill();
     a.client.get_since(page(0)).await.expect("redis down");
     redis.launch().await;
@@ -290,7 +299,7 @@ async fn a_restarted_redis_is_shared_again() {
 async fn values_that_are_not_ours_are_misses() {
     let redis = RedisServer::start().await;
     let sim = spawn_simulator(SimulatorConfig::default()).await;
-    let mut a = replica(&sim.base_url(), &redis, &[]).await;
+    let mut a = replica(&sim.base_url(), &redis).await;
     a.client.get_since(page(0)).await.expect("page");
     assert!(until(async || redis.keys().await.len() == 1).await);
     let key = redis.keys().await.remove(0);
@@ -300,7 +309,7 @@ async fn values_that_are_not_ours_are_misses() {
             Some("+OK")
         );
         // A fresh replica has nothing in process: it must treat the value as a miss.
-        let mut b = replica(&sim.base_url(), &redis, &[]).await;
+        let mut b = replica(&sim.base_url(), &redis).await;
         let before = sim.request_count();
         let got = b
             .client
@@ -315,18 +324,22 @@ async fn values_that_are_not_ours_are_misses() {
 #[tokio::test]
 async fn redis_needs_a_shared_salt() {
     let sim = spawn_simulator(SimulatorConfig::default()).await;
-    let args = serve_args(&sim.base_url(), &["--redis-url", "redis://127.0.0.1:1/0"]);
-    let err = audit_gateway::server::build_service(&args)
-        .err()
-        .expect("refused without --credential-salt");
-    assert!(err.contains("--credential-salt"), "{err}");
+    let mut config = test_config(&sim.base_url());
+    config.cache.redis_url = Some("redis://127.0.0.1:1/0".into());
+    let err = match Gateway::bind(config).await {
+        Ok(_) => panic!("a Redis tier without a credential salt was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(err.flag, "--credential-salt", "{err}");
+    assert!(err.to_string().starts_with("--credential-salt: "), "{err}");
+    assert!(err.to_string().contains("--redis-url"), "{err}");
 }
 
 #[tokio::test]
 async fn no_cache_refreshes_the_shared_tier_too() {
     let redis = RedisServer::start().await;
     let sim = spawn_simulator(SimulatorConfig::default()).await;
-    let mut a = replica(&sim.base_url(), &redis, &[]).await;
+    let mut a = replica(&sim.base_url(), &redis).await;
     let old = a.client.get_since(page(0)).await.expect("a").into_inner();
     assert!(until(async || redis.keys().await.len() == 1).await);
     sim.insert_records(3);
@@ -345,7 +358,7 @@ async fn no_cache_refreshes_the_shared_tier_too() {
     // A replica that never saw the page is served the refreshed copy from Redis (the
     // write happens off the caller's path; give it a moment to land).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut c = replica(&sim.base_url(), &redis, &[]).await;
+    let mut c = replica(&sim.base_url(), &redis).await;
     let got = c.client.get_since(page(0)).await.expect("c").into_inner();
     assert_eq!(got, new, "Redis kept the stale page");
     assert_eq!(sim.request_count(), 2, "replica c made no upstream call");

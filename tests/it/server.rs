@@ -9,7 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{pb, simulator::SimulatorConfig};
+use audit_gateway::{Gateway, GatewayConfig, pb};
+use confluence_sim::{SimulatorConfig, SimulatorHandle};
 use prost::Message;
 use tokio::net::TcpStream;
 use tonic::{Code, transport::Channel};
@@ -18,7 +19,7 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::common::{closed_port, serve_args, sim_and_gateway, spawn_gateway, spawn_simulator};
+use crate::common::{closed_port, sim_and_gateway, spawn_gateway, spawn_simulator, test_config};
 
 const AUDIT: &str = "confluence.audit.v1.AuditService";
 const HEALTH: &str = "grpc.health.v1.Health";
@@ -42,14 +43,15 @@ async fn health_status(client: &mut HealthClient<Channel>, service: &str) -> Res
 
 /// A gateway in front of an address nothing listens on: enough for everything that
 /// never calls Confluence.
-async fn idle_gateway(extra: &[&str]) -> crate::common::TestGateway {
-    let url = format!("http://{}/wiki", closed_port().await);
-    spawn_gateway(serve_args(&url, extra)).await
+async fn idle_gateway(tweak: impl FnOnce(&mut GatewayConfig)) -> crate::common::TestGateway {
+    let mut config = test_config(&format!("http://{}/wiki", closed_port().await));
+    tweak(&mut config);
+    spawn_gateway(config).await
 }
 
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_the_audit_service() {
-    let gw = idle_gateway(&[]).await;
+    let gw = idle_gateway(|_| {}).await;
     let mut health = HealthClient::new(gw.channel().await);
     for service in ["", AUDIT] {
         assert_eq!(
@@ -71,7 +73,7 @@ async fn reflection_v1_lists_services_and_serves_descriptors() {
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let gw = idle_gateway(&[]).await;
+    let gw = idle_gateway(|_| {}).await;
     let mut client = ServerReflectionClient::new(gw.channel().await);
     let requests = [
         MessageRequest::ListServices(String::new()),
@@ -129,7 +131,7 @@ async fn reflection_v1alpha_lists_services() {
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let gw = idle_gateway(&[]).await;
+    let gw = idle_gateway(|_| {}).await;
     let mut client = ServerReflectionClient::new(gw.channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -150,7 +152,7 @@ async fn reflection_v1alpha_lists_services() {
 }
 
 /// Waits (bounded) until the simulator has received `n` audit requests.
-async fn upstream_reached(sim: &audit_gateway::simulator::SimulatorHandle, n: usize) {
+async fn upstream_reached(sim: &SimulatorHandle, n: usize) {
     for _ in 0..1000 {
         if sim.request_count() >= n {
             return;
@@ -171,7 +173,7 @@ async fn graceful_shutdown_drains_then_finishes_in_flight_calls() {
             latency: Duration::from_millis(500),
             ..Default::default()
         },
-        &["--drain-delay", "300ms"],
+        |c| c.drain_delay = Duration::from_millis(300),
     )
     .await;
     let addr = gw.addr;
@@ -226,7 +228,7 @@ async fn graceful_shutdown_drains_then_finishes_in_flight_calls() {
         .await
         .expect("server stops within 10 s")
         .expect("server task did not panic");
-    assert_eq!(result, Ok(()));
+    result.expect("the server stops cleanly");
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "new connections are refused once the server returned"
@@ -236,7 +238,7 @@ async fn graceful_shutdown_drains_then_finishes_in_flight_calls() {
 
 #[tokio::test]
 async fn connections_are_accepted_during_the_drain_delay_only() {
-    let mut gw = idle_gateway(&["--drain-delay", "300ms"]).await;
+    let mut gw = idle_gateway(|c| c.drain_delay = Duration::from_millis(300)).await;
     let addr = gw.addr;
     let started = Instant::now();
     let server = gw.begin_shutdown();
@@ -257,7 +259,7 @@ async fn connections_are_accepted_during_the_drain_delay_only() {
         .await
         .expect("server stops within 10 s")
         .expect("server task did not panic");
-    assert_eq!(result, Ok(()));
+    result.expect("the server stops cleanly");
     assert!(
         started.elapsed() >= Duration::from_millis(300),
         "the drain delay was waited: {:?}",
@@ -274,11 +276,9 @@ async fn the_shutdown_timeout_bounds_a_call_that_never_ends() {
         ..Default::default()
     })
     .await;
-    let mut gw = spawn_gateway(serve_args(
-        &sim.base_url(),
-        &["--shutdown-timeout", "300ms"],
-    ))
-    .await;
+    let mut config = test_config(&sim.base_url());
+    config.shutdown_timeout = Duration::from_millis(300);
+    let mut gw = spawn_gateway(config).await;
     let mut client = gw.client.clone();
     let call = tokio::spawn(async move { client.get_since(pb::GetSinceRequest::default()).await });
     for _ in 0..200 {
@@ -294,7 +294,7 @@ async fn the_shutdown_timeout_bounds_a_call_that_never_ends() {
         .await
         .expect("the shutdown timeout is honoured")
         .expect("server task did not panic");
-    assert_eq!(result, Ok(()));
+    result.expect("the server stops cleanly");
     assert!(
         started.elapsed() >= Duration::from_millis(300),
         "in-flight calls were given the timeout: {:?}",
@@ -305,7 +305,11 @@ async fn the_shutdown_timeout_bounds_a_call_that_never_ends() {
 
 #[tokio::test]
 async fn health_watches_end_at_shutdown_instead_of_holding_it() {
-    let mut gw = idle_gateway(&["--shutdown-timeout", "30s", "--drain-delay", "100ms"]).await;
+    let mut gw = idle_gateway(|c| {
+        c.shutdown_timeout = Duration::from_secs(30);
+        c.drain_delay = Duration::from_millis(100);
+    })
+    .await;
     let mut health = HealthClient::new(gw.channel().await);
     let mut watch = health
         .watch(HealthCheckRequest::default())
@@ -326,7 +330,7 @@ async fn health_watches_end_at_shutdown_instead_of_holding_it() {
         .await
         .expect("the server stops without waiting for the watch")
         .expect("server task did not panic");
-    assert_eq!(result, Ok(()));
+    result.expect("the server stops cleanly");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
@@ -543,13 +547,13 @@ async fn serve_exits_cleanly_on_sigterm() {
 
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_text_format() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let mut config = test_config(&format!("http://{}/wiki", closed_port().await));
+    config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let gateway = Gateway::bind(config).await.expect("valid settings");
+    let addr = gateway.metrics_addr().expect("metrics are served");
+    assert_ne!(addr.port(), 0, "the bound port, not the requested one");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(audit_gateway::metrics::serve(listener, async move {
+    let server = tokio::spawn(gateway.run_until_stopped(async move {
         let _ = stopped.await;
     }));
     let body = reqwest::get(format!("http://{addr}/metrics"))
@@ -571,5 +575,9 @@ async fn metrics_are_served_in_prometheus_text_format() {
         .expect("404");
     assert_eq!(other.status().as_u16(), 404);
     let _ = stop.send(());
-    server.await.expect("metrics server stops");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the gateway stops within 10 s")
+        .expect("server task did not panic")
+        .expect("the gateway stops cleanly");
 }

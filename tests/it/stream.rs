@@ -4,16 +4,19 @@
 use std::time::Duration;
 
 use audit_gateway::{
+    GatewayConfig,
     pb::{self, audit_service_client::AuditServiceClient},
-    simulator::{Fault, SimulatorConfig, SimulatorHandle},
 };
+use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
 use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
 use crate::common::{TestGateway, sim_and_gateway};
 
-/// The gateway's default `--stream-prefetch`.
-const PREFETCH: usize = 16;
+/// The gateway's default `stream_prefetch`.
+fn default_prefetch() -> usize {
+    GatewayConfig::DEFAULT.stream_prefetch
+}
 
 /// The simulator's sequence number of a record (its summary ends with `#<seq>`).
 fn seq(r: &pb::AuditRecord) -> u64 {
@@ -73,15 +76,15 @@ fn whole(n: u64) -> Vec<u64> {
 async fn setup(
     records: usize,
     config: SimulatorConfig,
-    extra: &[&str],
+    tweak: impl FnOnce(&mut GatewayConfig),
 ) -> (SimulatorHandle, TestGateway) {
-    sim_and_gateway(SimulatorConfig { records, ..config }, extra).await
+    sim_and_gateway(SimulatorConfig { records, ..config }, tweak).await
 }
 
 #[tokio::test]
 async fn windows_of_every_size_stream_exactly_once_in_order() {
     for (records, page_size) in [(0, 10), (1, 10), (10, 10), (11, 10), (95, 10), (250, 7)] {
-        let (sim, mut gw) = setup(records, SimulatorConfig::default(), &[]).await;
+        let (sim, mut gw) = setup(records, SimulatorConfig::default(), |_| {}).await;
         let messages = stream_all(&mut gw.client, window(page_size)).await;
         assert_eq!(
             seqs(&messages),
@@ -94,7 +97,7 @@ async fn windows_of_every_size_stream_exactly_once_in_order() {
                 .all(|m| !m.records.is_empty() && !m.resume_token.is_empty())
         );
         assert!(
-            sim.request_count() <= records / page_size as usize + 2 + PREFETCH,
+            sim.request_count() <= records / page_size as usize + 2 + default_prefetch(),
             "{records}: {} requests",
             sim.request_count()
         );
@@ -109,7 +112,7 @@ async fn server_capped_limits_still_deliver_everything_once() {
             max_limit: Some(33),
             ..Default::default()
         },
-        &[],
+        |_| {},
     )
     .await;
     let messages = stream_all(&mut gw.client, window(1000)).await;
@@ -125,7 +128,7 @@ async fn live_inserts_before_every_page_neither_repeat_nor_skip() {
             inserts_per_request: 7,
             ..Default::default()
         },
-        &[],
+        |_| {},
     )
     .await;
     let got = seqs(&stream_all(&mut gw.client, window(20)).await);
@@ -142,7 +145,7 @@ async fn live_inserts_before_every_page_neither_repeat_nor_skip() {
 
 #[tokio::test]
 async fn a_mix_of_stale_cached_and_fresh_pages_is_realigned() {
-    let (sim, mut gw) = setup(100, SimulatorConfig::default(), &[]).await;
+    let (sim, mut gw) = setup(100, SimulatorConfig::default(), |_| {}).await;
     // Cache pages 2 and 4 of the stream's walk (starts 20 and 40, 11 records each) as they
     // are now, then let events arrive: those cached pages are stale snapshots.
     for start in [20, 40] {
@@ -170,7 +173,7 @@ async fn random_upstream_faults_are_retried_without_repeats_or_gaps() {
             max_limit: Some(50),
             ..Default::default()
         },
-        &["--upstream-retries", "8"],
+        |c| c.upstream.retries = 8,
     )
     .await;
     let got = seqs(&stream_all(&mut gw.client, window(1000)).await);
@@ -185,7 +188,7 @@ async fn random_upstream_faults_are_retried_without_repeats_or_gaps() {
 
 #[tokio::test]
 async fn max_records_ends_exactly_and_resume_continues_after_it() {
-    let (sim, mut gw) = setup(120, SimulatorConfig::default(), &[]).await;
+    let (sim, mut gw) = setup(120, SimulatorConfig::default(), |_| {}).await;
     let first = stream_all(
         &mut gw.client,
         pb::StreamSinceRequest {
@@ -211,11 +214,10 @@ async fn max_records_ends_exactly_and_resume_continues_after_it() {
 
 #[tokio::test]
 async fn a_failed_page_ends_the_stream_after_what_was_delivered_and_resume_recovers() {
-    let (sim, mut gw) = setup(
-        60,
-        SimulatorConfig::default(),
-        &["--upstream-retries", "0", "--stream-prefetch", "1"],
-    )
+    let (sim, mut gw) = setup(60, SimulatorConfig::default(), |c| {
+        c.upstream.retries = 0;
+        c.stream_prefetch = 1;
+    })
     .await;
     // Pages 1 and 2 succeed, page 3 is refused.
     sim.push_faults([
@@ -248,7 +250,7 @@ async fn a_failed_page_ends_the_stream_after_what_was_delivered_and_resume_recov
 
 #[tokio::test]
 async fn bad_tokens_and_fields_are_invalid_arguments_before_any_upstream_call() {
-    let (sim, mut gw) = setup(30, SimulatorConfig::default(), &[]).await;
+    let (sim, mut gw) = setup(30, SimulatorConfig::default(), |_| {}).await;
     let first = stream_all(
         &mut gw.client,
         pb::StreamSinceRequest {
@@ -314,7 +316,7 @@ async fn many_consumers_of_one_window_cost_one_upstream_call_per_page() {
             latency: Duration::from_millis(20),
             ..Default::default()
         },
-        &[],
+        |_| {},
     )
     .await;
     let mut tasks = Vec::new();
@@ -331,7 +333,7 @@ async fn many_consumers_of_one_window_cost_one_upstream_call_per_page() {
     // look-ahead past the end, each fetched once for all consumers.
     let pages = 20;
     assert!(
-        sim.request_count() <= pages + PREFETCH,
+        sim.request_count() <= pages + default_prefetch(),
         "{} upstream requests for {pages} pages",
         sim.request_count()
     );
@@ -353,11 +355,9 @@ async fn small_window_client(gw: &TestGateway) -> AuditServiceClient<Channel> {
 #[tokio::test]
 async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
     let prefetch = 4;
-    let (sim, gw) = setup(
-        20_000,
-        SimulatorConfig::default(),
-        &["--stream-prefetch", "4"],
-    )
+    let (sim, gw) = setup(20_000, SimulatorConfig::default(), |c| {
+        c.stream_prefetch = prefetch
+    })
     .await;
     let mut client = small_window_client(&gw).await;
     let mut s = client
@@ -397,7 +397,7 @@ async fn a_cancelled_stream_stops_fetching() {
             latency: Duration::from_millis(100),
             ..Default::default()
         },
-        &[],
+        |_| {},
     )
     .await;
     let mut client = small_window_client(&gw).await;
@@ -421,12 +421,12 @@ async fn a_cancelled_stream_stops_fetching() {
     );
     // Far short of the window's 100 pages: two read, a few between producer and wire,
     // and the prefetch window.
-    assert!(settled <= 2 + 3 + PREFETCH, "{settled} requests");
+    assert!(settled <= 2 + 3 + default_prefetch(), "{settled} requests");
 }
 
 #[tokio::test]
 async fn the_window_filters_reach_confluence_on_every_page() {
-    let (sim, mut gw) = setup(50, SimulatorConfig::default(), &[]).await;
+    let (sim, mut gw) = setup(50, SimulatorConfig::default(), |_| {}).await;
     let req = pb::StreamSinceRequest {
         number: Some(2),
         units: pb::TimeUnit::Days as i32,

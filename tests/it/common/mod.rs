@@ -9,13 +9,10 @@ use std::{
 };
 
 use audit_gateway::{
-    config::{Cli, Command, ServeArgs},
-    pb::audit_service_client::AuditServiceClient,
-    server::{self, ShutdownSettings},
-    simulator::{Simulator, SimulatorConfig, SimulatorHandle},
+    Gateway, GatewayConfig, ServeError, pb::audit_service_client::AuditServiceClient,
 };
 use bytes::Bytes;
-use clap::Parser;
+use confluence_sim::{Simulator, SimulatorConfig, SimulatorHandle};
 use http_body_util::Full;
 use hyper::{Request, Response, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -29,7 +26,7 @@ pub struct TestGateway {
     /// A client over loopback.
     pub client: AuditServiceClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), String>>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
 impl TestGateway {
@@ -43,7 +40,7 @@ impl TestGateway {
     }
 
     /// Sends the shutdown signal and waits for the server to return.
-    pub async fn shutdown(mut self) -> Result<(), String> {
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
         self.stop.take().map(|s| s.send(()));
         let task = self.task.take().expect("running");
         tokio::time::timeout(Duration::from_secs(10), task)
@@ -53,7 +50,7 @@ impl TestGateway {
     }
 
     /// Sends the shutdown signal without waiting; returns the server task.
-    pub fn begin_shutdown(&mut self) -> JoinHandle<Result<(), String>> {
+    pub fn begin_shutdown(&mut self) -> JoinHandle<Result<(), ServeError>> {
         self.stop.take().map(|s| s.send(()));
         self.task.take().expect("running")
     }
@@ -65,48 +62,26 @@ impl Drop for TestGateway {
     }
 }
 
-/// `serve` settings as the command line would give them, tuned for fast tests (short
-/// backoffs); `extra` flags are appended.
-pub fn serve_args(confluence_url: &str, extra: &[&str]) -> ServeArgs {
-    let mut argv = vec![
-        "audit-gateway",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--confluence-url",
-        confluence_url,
-        "--upstream-backoff",
-        "10ms",
-        "--upstream-max-backoff",
-        "2s",
-        "--upstream-timeout",
-        "5s",
-    ];
-    argv.extend_from_slice(extra);
-    match Cli::try_parse_from(argv).expect("valid test flags").command {
-        Command::Serve(args) => args,
-        other => panic!("not serve: {other:?}"),
-    }
+/// A gateway configuration in front of `confluence_url` for fast tests: port 0 on
+/// loopback, short backoffs; tests change its fields.
+pub fn test_config(confluence_url: &str) -> GatewayConfig {
+    let mut config = GatewayConfig::new(confluence_url);
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.upstream.backoff = Duration::from_millis(10);
+    config.upstream.max_backoff = Duration::from_secs(2);
+    config.upstream.timeout = Duration::from_secs(5);
+    config
 }
 
-/// Starts a gateway with `args` on port 0.
-pub async fn spawn_gateway(args: ServeArgs) -> TestGateway {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let service = server::build_service(&args).expect("valid settings");
-    let listener = TcpListener::bind(args.listen).await.expect("bind port 0");
-    let addr = listener.local_addr().expect("bound");
+/// Starts a gateway with `config` (through `Gateway`, as `main` does) and connects a
+/// client to it.
+pub async fn spawn_gateway(config: GatewayConfig) -> TestGateway {
+    let gateway = Gateway::bind(config).await.expect("valid settings");
+    let addr = gateway.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
-        service,
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-        ShutdownSettings {
-            drain_delay: args.drain_delay,
-            timeout: args.shutdown_timeout,
-        },
-    ));
+    let task = tokio::spawn(gateway.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("valid uri")
         .connect()
@@ -128,13 +103,15 @@ pub async fn spawn_simulator(config: SimulatorConfig) -> SimulatorHandle {
         .expect("simulator starts")
 }
 
-/// A simulator and a gateway in front of it with `extra` flags.
+/// A simulator and a gateway in front of it, its `test_config` changed by `tweak`.
 pub async fn sim_and_gateway(
     config: SimulatorConfig,
-    extra: &[&str],
+    tweak: impl FnOnce(&mut GatewayConfig),
 ) -> (SimulatorHandle, TestGateway) {
     let sim = spawn_simulator(config).await;
-    let gw = spawn_gateway(serve_args(&sim.base_url(), extra)).await;
+    let mut gateway = test_config(&sim.base_url());
+    tweak(&mut gateway);
+    let gw = spawn_gateway(gateway).await;
     (sim, gw)
 }
 

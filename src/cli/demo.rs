@@ -1,23 +1,48 @@
 //! The `demo` command: a simulated Confluence and a gateway in front of it on local
 //! ports, one query through it to show it works, then serving until Ctrl-C.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
+use clap::Args;
+use confluence_sim::{Simulator, SimulatorConfig};
 use tokio::net::TcpListener;
 
+use super::{
+    call::{self, CallArgs, GetArgs, StreamArgs},
+    parse::Dur,
+};
 use crate::{
-    config::{CacheArgs, CallArgs, DemoArgs, GetArgs, ServeArgs, UpstreamArgs, parse_base_url},
+    audit::TimeUnit,
+    config::{GatewayConfig, UpstreamAuth},
     credential::Credential,
-    server::{self, ShutdownSettings},
-    simulator::{Simulator, SimulatorConfig},
+    gateway::{Gateway, shutdown_signal},
 };
 
 const DEMO_EMAIL: &str = "demo@example.com";
 const DEMO_TOKEN: &str = "demo-api-token";
 
+/// `demo` settings.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Address the demo gateway serves gRPC on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+
+    /// Records in the simulated log.
+    #[arg(long, default_value_t = 5000)]
+    records: usize,
+
+    /// Stop after the first query instead of serving until Ctrl-C.
+    #[arg(long)]
+    once: bool,
+}
+
 /// Runs the demo.
-pub async fn run(args: DemoArgs) -> Result<(), String> {
-    let signal = server::shutdown_signal();
+pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
+    let signal = shutdown_signal();
     let sim_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot bind the simulator: {e}"))?;
@@ -42,59 +67,29 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         sim.base_url()
     );
 
-    let serve = ServeArgs {
+    let gateway = Gateway::bind(GatewayConfig {
         listen: args.listen,
-        confluence_url: parse_base_url(&sim.base_url())?,
-        upstream: UpstreamArgs {
-            confluence_email: Some(DEMO_EMAIL.into()),
-            confluence_api_token: Some(DEMO_TOKEN.into()),
-            confluence_bearer_token: None,
-            auth_passthrough: false,
-            upstream_timeout: Duration::from_secs(10),
-            upstream_connect_timeout: Duration::from_secs(2),
-            upstream_retries: 4,
-            upstream_backoff: Duration::from_millis(100),
-            upstream_max_backoff: Duration::from_secs(5),
-            upstream_max_body: 64 << 20,
+        auth: UpstreamAuth::Basic {
+            email: DEMO_EMAIL.into(),
+            api_token: DEMO_TOKEN.into(),
         },
-        cache: CacheArgs {
-            cache_ttl: Duration::from_secs(60),
-            cache_max_bytes: 16 << 20,
-            credential_salt: None,
-            redis_url: None,
-            redis_timeout: Duration::from_millis(50),
-            redis_pause: Duration::from_secs(5),
-            redis_key_prefix: "audit-gateway".into(),
-        },
-        stream_prefetch: 16,
-        metrics_listen: None,
-        drain_delay: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(5),
-    };
-    let service = server::build_service(&serve)?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("--listen {}: {e}", args.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        ..GatewayConfig::new(sim.base_url())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let addr = gateway.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn(server::run(
-        service,
-        listener,
-        async move {
-            let _ = stop_rx.await;
-        },
-        ShutdownSettings {
-            drain_delay: Duration::ZERO,
-            timeout: Duration::from_secs(5),
-        },
-    ));
+    let gateway = tokio::spawn(gateway.run_until_stopped(async move {
+        let _ = stop_rx.await;
+    }));
     println!("gateway: confluence.audit.v1.AuditService on {addr}");
 
     let call = CallArgs {
         gateway: format!("http://{addr}"),
         authorization: None,
         number: Some(1),
-        units: Some(crate::audit::TimeUnit::Days),
+        units: Some(TimeUnit::Days),
         search: None,
     };
     let get = GetArgs {
@@ -102,13 +97,13 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         start: None,
         limit: Some(2),
         no_cache: false,
-        timeout: Duration::from_secs(10),
+        timeout: Dur(Duration::from_secs(10)),
     };
     let cold = Instant::now();
-    let page = crate::client::get(&get).await?;
+    let page = call::get(&get).await?;
     let cold = cold.elapsed();
     let warm = Instant::now();
-    crate::client::get(&get).await?;
+    call::get(&get).await?;
     let warm = warm.elapsed();
     println!("GetSince(number=1, units=DAYS, limit=2) answered:\n{page}");
     println!(
@@ -116,13 +111,13 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         sim.request_count()
     );
     let streamed = Instant::now();
-    let stream_args = crate::config::StreamArgs {
+    let stream_args = StreamArgs {
         call,
         page_size: Some(500),
         max_records: None,
         resume_token: String::new(),
     };
-    let (count, _) = crate::client::stream(&stream_args, &mut std::io::sink()).await?;
+    let (count, _) = call::stream(&stream_args, &mut std::io::sink()).await?;
     println!(
         "StreamSince(number=1, units=DAYS, page_size=500) delivered {count} records in {:.1?}",
         streamed.elapsed()
@@ -139,7 +134,8 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let _ = stop_tx.send(());
     gateway
         .await
-        .map_err(|e| format!("gateway task failed: {e}"))??;
+        .map_err(|e| format!("gateway task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
     sim.shutdown();
     Ok(())
 }

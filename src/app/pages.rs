@@ -10,16 +10,15 @@ use std::{
 };
 
 use bytes::Bytes;
-use prost::Message;
 use tokio::sync::Semaphore;
 
 use crate::{
-    audit::{PageQuery, record::Page},
+    audit::PageQuery,
     cache::{PageCache, PageKey},
     credential::{Credential, FingerprintKey},
     error::GatewayError,
-    grpc::convert::page_to_proto,
     metrics::METRICS,
+    pb::convert::encode_page,
     upstream::ConfluenceClient,
 };
 
@@ -133,19 +132,4 @@ impl PageService {
         let result = self.cache.get_or_load(key.clone(), req.refresh, load).await;
         (result, !ran.load(Ordering::Relaxed))
     }
-
-    /// The cache, for inspection.
-    pub fn cache(&self) -> &PageCache {
-        &self.cache
-    }
-}
-
-/// A 200 body from Confluence as an encoded `GetSinceResponse`.
-pub fn encode_page(body: &[u8]) -> Result<Bytes, GatewayError> {
-    let page = Page::parse(body).map_err(|e| {
-        GatewayError::MalformedBody(format!(
-            "Confluence's answer is not an AuditRecordArray: {e}"
-        ))
-    })?;
-    Ok(Bytes::from(page_to_proto(page).encode_to_vec()))
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
+    app::{PageRequest, PageService},
     audit::{
         PageQuery,
         anchor::{Anchor, Anchored, Cursor, Placement, Window, place},
@@ -20,7 +21,6 @@ use crate::{
     credential::Credential,
     error::GatewayError,
     metrics::METRICS,
-    pages::{PageRequest, PageService},
     pb::wire::{self, PageView},
 };
 

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use audit_gateway::simulator::{Fault, Simulator, SimulatorConfig};
+//! use confluence_sim::{Fault, Simulator, SimulatorConfig};
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let sim = Simulator::start(SimulatorConfig::default(), listener).await?;
 //! let throttled: Fault = "429:retry-after=2".parse().map_err(std::io::Error::other)?;
@@ -16,6 +16,7 @@
 //! Records are generated from (seed, sequence number) on demand, never stored: see
 //! [`render_page`] for the same bodies without a server, [`record_seq`] to identify a record.
 
+pub mod cli;
 mod data;
 mod fault;
 mod http;

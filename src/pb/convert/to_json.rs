@@ -1,11 +1,11 @@
-//! Protobuf messages back into Confluence's JSON, the inverse of `grpc::convert`: typed
+//! Protobuf messages back into Confluence's JSON, the inverse of `from_json`: typed
 //! fields under their JSON names, then `unknown_fields` over them. The `get` command
 //! prints pages with it, and tests check the round trip with it.
 
 use prost_types::{Struct, Value as PbValue, value::Kind};
 use serde_json::{Map, Value};
 
-use super::{AffectedObject, AuditAuthor, AuditRecord, ChangedValue, GetSinceResponse};
+use crate::pb::{AffectedObject, AuditAuthor, AuditRecord, ChangedValue, GetSinceResponse};
 
 /// Protobuf messages that print as Confluence's JSON.
 pub trait ToJson {

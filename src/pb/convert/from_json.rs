@@ -6,11 +6,11 @@ use serde_json::Value;
 
 use crate::{
     audit::record::{self, Field, Loose, Str, Unknown, ValueOf},
-    pb::{self, json::ToJson},
+    pb::{self, convert::ToJson},
 };
 
 /// Converts a parsed page into the `GetSinceResponse` message.
-pub fn page_to_proto(page: record::Page<'_>) -> pb::GetSinceResponse {
+pub(crate) fn page_to_proto(page: record::Page<'_>) -> pb::GetSinceResponse {
     let h = page.header;
     let mut unknown = Extra::new(h.unknown);
     let links = match h.links {
@@ -34,7 +34,7 @@ pub fn page_to_proto(page: record::Page<'_>) -> pb::GetSinceResponse {
 }
 
 /// Converts one audit record.
-pub fn record_to_proto(r: record::Record<'_>) -> pb::AuditRecord {
+fn record_to_proto(r: record::Record<'_>) -> pb::AuditRecord {
     let mut x = Extra::new(r.unknown);
     let creation_date = x.take("creationDate", r.creation_date);
     pb::AuditRecord {
@@ -185,7 +185,7 @@ impl Extra {
 }
 
 /// `creationDate` (epoch milliseconds, possibly negative) as a `Timestamp`.
-pub fn millis_to_timestamp(ms: i64) -> Timestamp {
+fn millis_to_timestamp(ms: i64) -> Timestamp {
     Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
@@ -193,7 +193,7 @@ pub fn millis_to_timestamp(ms: i64) -> Timestamp {
 }
 
 /// JSON into `google.protobuf.Value`. Numbers become doubles, as the type requires.
-pub fn json_to_value(v: Value) -> PbValue {
+pub(crate) fn json_to_value(v: Value) -> PbValue {
     let kind = match v {
         Value::Null => Kind::NullValue(0),
         Value::Bool(b) => Kind::BoolValue(b),
@@ -221,7 +221,7 @@ mod tests {
     use super::page_to_proto;
     use crate::{
         audit::record::Page,
-        pb::{self, json::ToJson},
+        pb::{self, convert::ToJson},
     };
 
     /// Any JSON whose numbers survive `google.protobuf.Value` (doubles): integers within

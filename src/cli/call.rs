@@ -1,17 +1,97 @@
 //! The `get` and `stream` commands: calls through a gateway, printed as Confluence's JSON.
 
-use std::io::Write;
+use std::{io::Write, time::Duration};
 
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
 use tonic::{
     Request,
     metadata::MetadataValue,
     transport::{Channel, Endpoint},
 };
 
+use super::parse::Dur;
 use crate::{
-    config::{GetArgs, Secret, StreamArgs},
-    pb::{self, audit_service_client::AuditServiceClient, json::ToJson},
+    audit::TimeUnit,
+    pb::{self, audit_service_client::AuditServiceClient, convert::ToJson},
 };
+
+/// How the `get` and `stream` commands reach a gateway, and the window they ask for.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct CallArgs {
+    /// The gateway's address (http://host:port).
+    #[arg(
+        long,
+        env = "AUDIT_GATEWAY_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub(crate) gateway: String,
+
+    /// `authorization` metadata to send (for gateways run with --auth-passthrough).
+    #[arg(long, env = "AUDIT_GATEWAY_AUTHORIZATION", hide_env_values = true)]
+    pub(crate) authorization: Option<SecretString>,
+
+    /// How many `units` back.
+    #[arg(long)]
+    pub(crate) number: Option<i64>,
+
+    /// NANOS … CENTURIES (default MONTHS).
+    #[arg(long, value_parser = parse_units)]
+    pub(crate) units: Option<TimeUnit>,
+
+    /// Confluence's searchString.
+    #[arg(long = "search")]
+    pub(crate) search: Option<String>,
+}
+
+/// `get` settings.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct GetArgs {
+    #[command(flatten)]
+    pub(crate) call: CallArgs,
+
+    /// Offset of the first record.
+    #[arg(long)]
+    pub(crate) start: Option<i32>,
+
+    /// Page size.
+    #[arg(long)]
+    pub(crate) limit: Option<i32>,
+
+    /// Ask the gateway to refetch instead of serving its cache.
+    #[arg(long)]
+    pub(crate) no_cache: bool,
+
+    /// Deadline of the call.
+    #[arg(long, default_value_t = Dur(Duration::from_secs(30)))]
+    pub(crate) timeout: Dur,
+}
+
+/// `stream` settings.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct StreamArgs {
+    #[command(flatten)]
+    pub(crate) call: CallArgs,
+
+    /// Records per upstream page (1..=1000).
+    #[arg(long)]
+    pub(crate) page_size: Option<i32>,
+
+    /// Stop after this many records.
+    #[arg(long)]
+    pub(crate) max_records: Option<i64>,
+
+    /// Continue after the message that carried this token (printed to stderr at the end).
+    #[arg(long, default_value = "")]
+    pub(crate) resume_token: String,
+}
+
+fn parse_units(s: &str) -> Result<TimeUnit, String> {
+    TimeUnit::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = TimeUnit::ALL.iter().map(|u| u.as_str()).collect();
+        format!("expected one of {}", names.join(" "))
+    })
+}
 
 async fn connect(gateway: &str) -> Result<AuditServiceClient<Channel>, String> {
     let channel = Endpoint::from_shared(gateway.to_owned())
@@ -22,9 +102,12 @@ async fn connect(gateway: &str) -> Result<AuditServiceClient<Channel>, String> {
     Ok(AuditServiceClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
-fn authorize<T>(request: &mut Request<T>, authorization: Option<&Secret>) -> Result<(), String> {
+fn authorize<T>(
+    request: &mut Request<T>,
+    authorization: Option<&SecretString>,
+) -> Result<(), String> {
     if let Some(auth) = authorization {
-        let value = MetadataValue::try_from(auth.expose())
+        let value = MetadataValue::try_from(auth.expose_secret())
             .map_err(|_| "--authorization: not a valid metadata value".to_owned())?;
         request.metadata_mut().insert("authorization", value);
     }
@@ -33,12 +116,15 @@ fn authorize<T>(request: &mut Request<T>, authorization: Option<&Secret>) -> Res
 
 /// Streams a window, writing one JSON record per line to `out`; returns the number of
 /// records and the last resume token.
-pub async fn stream(args: &StreamArgs, out: &mut impl Write) -> Result<(u64, String), String> {
+pub(crate) async fn stream(
+    args: &StreamArgs,
+    out: &mut impl Write,
+) -> Result<(u64, String), String> {
     let call = &args.call;
     let mut client = connect(&call.gateway).await?;
     let mut request = Request::new(pb::StreamSinceRequest {
         number: call.number,
-        units: call.units.map_or(0, |u| unit_to_proto(u) as i32),
+        units: call.units.map_or(0, |u| pb::TimeUnit::from(u) as i32),
         search_string: call.search.clone(),
         page_size: args.page_size,
         max_records: args.max_records,
@@ -74,17 +160,17 @@ pub async fn stream(args: &StreamArgs, out: &mut impl Write) -> Result<(u64, Str
 
 /// Calls `GetSince` as `args` say and returns the page as pretty JSON, or the status
 /// as one line (`CODE: message`).
-pub async fn get(args: &GetArgs) -> Result<String, String> {
+pub(crate) async fn get(args: &GetArgs) -> Result<String, String> {
     let call = &args.call;
     let mut client = connect(&call.gateway).await?;
     let mut request = Request::new(pb::GetSinceRequest {
         number: call.number,
-        units: call.units.map_or(0, |u| unit_to_proto(u) as i32),
+        units: call.units.map_or(0, |u| pb::TimeUnit::from(u) as i32),
         search_string: call.search.clone(),
         start: args.start,
         limit: args.limit,
     });
-    request.set_timeout(args.timeout);
+    request.set_timeout(args.timeout.0);
     if args.no_cache {
         request
             .metadata_mut()
@@ -97,24 +183,4 @@ pub async fn get(args: &GetArgs) -> Result<String, String> {
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
     serde_json::to_string_pretty(&page.to_json()).map_err(|e| e.to_string())
-}
-
-/// The protobuf enum value of a unit.
-pub fn unit_to_proto(u: crate::audit::TimeUnit) -> pb::TimeUnit {
-    use crate::audit::TimeUnit as T;
-    match u {
-        T::Nanos => pb::TimeUnit::Nanos,
-        T::Micros => pb::TimeUnit::Micros,
-        T::Millis => pb::TimeUnit::Millis,
-        T::Seconds => pb::TimeUnit::Seconds,
-        T::Minutes => pb::TimeUnit::Minutes,
-        T::Hours => pb::TimeUnit::Hours,
-        T::HalfDays => pb::TimeUnit::HalfDays,
-        T::Days => pb::TimeUnit::Days,
-        T::Weeks => pb::TimeUnit::Weeks,
-        T::Months => pb::TimeUnit::Months,
-        T::Years => pb::TimeUnit::Years,
-        T::Decades => pb::TimeUnit::Decades,
-        T::Centuries => pb::TimeUnit::Centuries,
-    }
 }

@@ -1,0 +1,9 @@
+//! The application layer: pages through the cache (`pages`) and whole windows as
+//! streams (`stream`). It speaks domain types and encoded protobuf bytes; the gRPC edge
+//! (`src/grpc/`) calls it, and it calls the cache, the upstream client and the
+//! protobuf conversion.
+
+pub(crate) mod pages;
+pub(crate) mod stream;
+
+pub(crate) use pages::{PageRequest, PageService};

@@ -1,0 +1,73 @@
+//! The command line: `serve`, the `get` and `stream` client commands and, with the
+//! `simulator` feature, `simulate` and `demo`. Clap structs are named `*Args` and live
+//! here; the library's configuration is `GatewayConfig` (`src/config.rs`).
+
+mod call;
+#[cfg(feature = "simulator")]
+mod demo;
+mod parse;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+use crate::{error::Chain, gateway::Gateway, shutdown_signal};
+
+/// audit-gateway: the Confluence audit log over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "audit-gateway", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve `confluence.audit.v1.AuditService` in front of a Confluence site.
+    Serve(Box<serve::ServeArgs>),
+    /// Call `GetSince` on a gateway and print the page as Confluence's JSON.
+    Get(call::GetArgs),
+    /// Call `StreamSince` on a gateway and print each record as one JSON line.
+    Stream(call::StreamArgs),
+    /// Serve a synthetic Confluence audit API (for demos, tests and benchmarks).
+    #[cfg(feature = "simulator")]
+    Simulate(confluence_sim::cli::SimulateArgs),
+    /// Run a simulator and a gateway in front of it, query it once, keep serving.
+    #[cfg(feature = "simulator")]
+    Demo(demo::DemoArgs),
+}
+
+impl Cli {
+    /// Runs the command; the error is one line for the terminal.
+    pub async fn run(self) -> Result<(), String> {
+        match self.command {
+            Command::Serve(args) => {
+                // Handlers first: a SIGTERM during start-up is then a graceful stop too.
+                let signal = shutdown_signal();
+                let gateway = Gateway::bind((*args).into())
+                    .await
+                    .map_err(|e| Chain(&e).to_string())?;
+                gateway
+                    .run_until_stopped(signal)
+                    .await
+                    .map_err(|e| Chain(&e).to_string())
+            }
+            Command::Get(args) => {
+                let json = call::get(&args).await?;
+                println!("{json}");
+                Ok(())
+            }
+            Command::Stream(args) => {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                let result = call::stream(&args, &mut out).await;
+                std::io::Write::flush(&mut out).map_err(|e| format!("output: {e}"))?;
+                let (count, token) = result?;
+                eprintln!("{count} records; resume token: {token}");
+                Ok(())
+            }
+            #[cfg(feature = "simulator")]
+            Command::Simulate(args) => args.serve(shutdown_signal()).await,
+            #[cfg(feature = "simulator")]
+            Command::Demo(args) => demo::run(args).await,
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! `serve` flags: each one a field of [`GatewayConfig`], with an environment variable and
+//! the library's default. Only parsing happens here; `GatewayConfig::check` validates.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use secrecy::SecretString;
+
+use super::parse::{Dur, Size};
+use crate::config::{CacheConfig, GatewayConfig, UpstreamAuth, UpstreamConfig};
+
+const D: GatewayConfig = GatewayConfig::DEFAULT;
+
+/// `serve` settings.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to serve gRPC on; port 0 picks a free port (the bound address is logged).
+    #[arg(long, env = "AUDIT_GATEWAY_LISTEN", default_value_t = D.listen)]
+    listen: SocketAddr,
+
+    /// Confluence base URL, everything before `/rest/api`
+    /// (e.g. https://your-domain.atlassian.net/wiki).
+    #[arg(long, env = "CONFLUENCE_URL")]
+    confluence_url: String,
+
+    /// Account email for basic auth (Confluence Cloud), with --confluence-api-token.
+    #[arg(long, env = "CONFLUENCE_EMAIL", requires = "confluence_api_token")]
+    confluence_email: Option<String>,
+
+    /// API token for basic auth, with --confluence-email.
+    #[arg(
+        long,
+        env = "CONFLUENCE_API_TOKEN",
+        hide_env_values = true,
+        requires = "confluence_email"
+    )]
+    confluence_api_token: Option<SecretString>,
+
+    /// Bearer token (Data Center personal access token, OAuth 2.0 or scoped token).
+    #[arg(
+        long,
+        env = "CONFLUENCE_BEARER_TOKEN",
+        hide_env_values = true,
+        conflicts_with_all = ["confluence_email", "confluence_api_token"]
+    )]
+    confluence_bearer_token: Option<SecretString>,
+
+    /// Forward each caller's `authorization` metadata to Confluence instead of a
+    /// configured credential; calls without one get UNAUTHENTICATED.
+    #[arg(
+        long,
+        env = "AUDIT_GATEWAY_AUTH_PASSTHROUGH",
+        conflicts_with_all = ["confluence_email", "confluence_api_token", "confluence_bearer_token"]
+    )]
+    auth_passthrough: bool,
+
+    /// Time-out of one upstream attempt, body included.
+    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_TIMEOUT", default_value_t = Dur(D.upstream.timeout))]
+    upstream_timeout: Dur,
+
+    /// Time-out of connecting to Confluence.
+    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_CONNECT_TIMEOUT", default_value_t = Dur(D.upstream.connect_timeout))]
+    upstream_connect_timeout: Dur,
+
+    /// Retries of a transient upstream failure (connection trouble, 429, 502, 503, 504;
+    /// a plain 500 once), at most 10.
+    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_RETRIES", default_value_t = D.upstream.retries)]
+    upstream_retries: u32,
+
+    /// First backoff ceiling; it doubles per retry (full jitter).
+    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_BACKOFF", default_value_t = Dur(D.upstream.backoff))]
+    upstream_backoff: Dur,
+
+    /// Largest backoff and largest `Retry-After` honoured.
+    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_MAX_BACKOFF", default_value_t = Dur(D.upstream.max_backoff))]
+    upstream_max_backoff: Dur,
+
+    /// Largest upstream page body accepted.
+    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_MAX_BODY", default_value_t = Size(D.upstream.max_body))]
+    upstream_max_body: Size,
+
+    /// How long a fetched page is served from cache (at most 7 days); 0 disables caching.
+    #[arg(long, env = "AUDIT_GATEWAY_CACHE_TTL", default_value_t = Dur(D.cache.ttl))]
+    cache_ttl: Dur,
+
+    /// Bound on the in-process cache, in bytes of encoded pages.
+    #[arg(long, env = "AUDIT_GATEWAY_CACHE_MAX_BYTES", default_value_t = Size(D.cache.max_bytes))]
+    cache_max_bytes: Size,
+
+    /// Secret keying credential fingerprints in cache keys; replicas sharing a cache
+    /// tier must share it. Unset: a random key per process.
+    #[arg(long, env = "AUDIT_GATEWAY_CREDENTIAL_SALT", hide_env_values = true)]
+    credential_salt: Option<SecretString>,
+
+    /// Redis shared by all replicas, below the in-process cache (redis:// or rediss://,
+    /// auth and database in the URL). Unset: in-process cache only.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: Option<SecretString>,
+
+    /// Time-out of each Redis operation; a slower Redis is skipped.
+    #[arg(long, env = "AUDIT_GATEWAY_REDIS_TIMEOUT", default_value_t = Dur(D.cache.redis_timeout))]
+    redis_timeout: Dur,
+
+    /// How long Redis is skipped after an error before it is tried again.
+    #[arg(long, env = "AUDIT_GATEWAY_REDIS_PAUSE", default_value_t = Dur(D.cache.redis_pause))]
+    redis_pause: Dur,
+
+    /// Prefix of the gateway's Redis keys.
+    #[arg(long, env = "AUDIT_GATEWAY_REDIS_KEY_PREFIX", default_value_t = D.cache.redis_key_prefix.to_string())]
+    redis_key_prefix: String,
+
+    /// Pages a StreamSince call fetches ahead, concurrently, once its first page is
+    /// full (1..=64).
+    #[arg(long, env = "AUDIT_GATEWAY_STREAM_PREFETCH", default_value_t = D.stream_prefetch)]
+    stream_prefetch: usize,
+
+    /// Serve Prometheus metrics on this address (`GET /metrics`); unset: none.
+    #[arg(long, env = "AUDIT_GATEWAY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+
+    /// Wait this long after a shutdown signal, reporting NOT_SERVING, before refusing
+    /// new connections (lets a mesh stop routing here first).
+    #[arg(long, env = "AUDIT_GATEWAY_DRAIN_DELAY", default_value_t = Dur(D.drain_delay))]
+    drain_delay: Dur,
+
+    /// Longest wait for in-flight calls to finish after a shutdown signal.
+    #[arg(long, env = "AUDIT_GATEWAY_SHUTDOWN_TIMEOUT", default_value_t = Dur(D.shutdown_timeout))]
+    shutdown_timeout: Dur,
+}
+
+impl From<ServeArgs> for GatewayConfig {
+    fn from(a: ServeArgs) -> Self {
+        let auth = match (
+            a.confluence_email,
+            a.confluence_api_token,
+            a.confluence_bearer_token,
+        ) {
+            _ if a.auth_passthrough => UpstreamAuth::Passthrough,
+            (Some(email), Some(api_token), _) => UpstreamAuth::Basic { email, api_token },
+            (_, _, Some(token)) => UpstreamAuth::Bearer(token),
+            _ => UpstreamAuth::Anonymous,
+        };
+        GatewayConfig {
+            listen: a.listen,
+            confluence_url: a.confluence_url,
+            auth,
+            upstream: UpstreamConfig {
+                timeout: a.upstream_timeout.0,
+                connect_timeout: a.upstream_connect_timeout.0,
+                retries: a.upstream_retries,
+                backoff: a.upstream_backoff.0,
+                max_backoff: a.upstream_max_backoff.0,
+                max_body: a.upstream_max_body.0,
+            },
+            cache: CacheConfig {
+                ttl: a.cache_ttl.0,
+                max_bytes: a.cache_max_bytes.0,
+                credential_salt: a.credential_salt,
+                redis_url: a.redis_url,
+                redis_timeout: a.redis_timeout.0,
+                redis_pause: a.redis_pause.0,
+                redis_key_prefix: a.redis_key_prefix.into(),
+            },
+            stream_prefetch: a.stream_prefetch,
+            metrics_listen: a.metrics_listen,
+            drain_delay: a.drain_delay.0,
+            shutdown_timeout: a.shutdown_timeout.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<GatewayConfig, clap::Error> {
+        let mut argv = vec!["audit-gateway", "serve", "--confluence-url", "http://x"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(s) => Ok(GatewayConfig::from(*s)),
+            _ => unreachable!("serve"),
+        }
+    }
+
+    #[test]
+    fn no_flags_give_the_library_defaults() {
+        let c = parse(&[]).expect("parses");
+        let d = GatewayConfig::default();
+        assert_eq!(
+            format!("{c:?}"),
+            format!(
+                "{:?}",
+                GatewayConfig {
+                    confluence_url: "http://x".into(),
+                    ..d
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn flags_fill_their_fields() {
+        let c = parse(&[
+            "--upstream-retries",
+            "2",
+            "--cache-ttl",
+            "250ms",
+            "--cache-max-bytes",
+            "4MiB",
+            "--confluence-bearer-token",
+            "tok",
+        ])
+        .expect("parses");
+        assert_eq!(c.upstream.retries, 2);
+        assert_eq!(c.cache.ttl, std::time::Duration::from_millis(250));
+        assert_eq!(c.cache.max_bytes, 4 << 20);
+        assert!(matches!(&c.auth, UpstreamAuth::Bearer(t) if t.expose_secret() == "tok"));
+    }
+
+    #[test]
+    fn credentials_conflict_and_pair() {
+        assert!(parse(&["--confluence-email", "a@b"]).is_err());
+        assert!(parse(&["--confluence-bearer-token", "t", "--auth-passthrough"]).is_err());
+        assert!(matches!(
+            parse(&["--confluence-email", "a@b", "--confluence-api-token", "t"]).map(|c| c.auth),
+            Ok(UpstreamAuth::Basic { .. })
+        ));
+        assert!(matches!(
+            parse(&["--auth-passthrough"]).map(|c| c.auth),
+            Ok(UpstreamAuth::Passthrough)
+        ));
+        assert!(parse(&["--listen", "nowhere"]).is_err());
+    }
+}

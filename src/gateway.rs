@@ -1,0 +1,139 @@
+//! The one way to start a gateway: [`Gateway::bind`] checks a [`GatewayConfig`], builds
+//! every component and binds the listeners; [`Gateway::run_until_stopped`] serves until
+//! the caller's shutdown future resolves. `main`, the demo, the tests and the benches all
+//! start gateways through it.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    app::PageService,
+    cache::{PageCache, SharedTier, redis::RedisTier},
+    config::{ConfigError, GatewayConfig},
+    grpc::AuditGrpc,
+    metrics,
+    server::{self, ServeError, ShutdownSettings},
+    upstream::ConfluenceClient,
+};
+
+/// A gateway with its listeners bound, ready to serve.
+pub struct Gateway {
+    service: AuditGrpc,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: ShutdownSettings,
+}
+
+impl Gateway {
+    /// Checks `config`, builds the gateway and binds its listeners (port 0 picks one).
+    /// No call reaches Confluence or Redis yet.
+    pub async fn bind(config: GatewayConfig) -> Result<Self, ConfigError> {
+        // rustls needs one process-wide crypto provider; ring is the one we build. Err
+        // means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let checked = config.check()?;
+        let client = ConfluenceClient::new(checked.upstream)
+            .map_err(|e| ConfigError::new("--confluence-url", e))?;
+        let shared: Option<Arc<dyn SharedTier>> = match checked.redis {
+            Some(settings) => Some(Arc::new(
+                RedisTier::new(settings).map_err(|e| ConfigError::new("--redis-url", e))?,
+            )),
+            None => None,
+        };
+        let pages = PageService::new(
+            client,
+            PageCache::new(checked.cache, shared),
+            checked.fingerprints,
+        );
+        let service = AuditGrpc::new(pages, checked.credentials, config.stream_prefetch);
+
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            ConfigError::caused_by("--listen", format!("cannot bind {}", config.listen), e)
+        })?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                ConfigError::caused_by("--metrics-listen", format!("cannot bind {addr}"), e)
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            service,
+            listener,
+            metrics,
+            shutdown: ShutdownSettings {
+                drain_delay: config.drain_delay,
+                timeout: config.shutdown_timeout,
+            },
+        })
+    }
+
+    /// The address gRPC is served on.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound TCP listener always has one; the fallback is never taken.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The address metrics are served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING, waits the drain delay,
+    /// stops accepting and lets in-flight calls finish (at most the shutdown timeout).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = self.metrics {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics on /metrics");
+            }
+            tokio::spawn(metrics::serve(listener, async move {
+                let _ = metrics_stopped.await;
+            }));
+        }
+        let result = server::serve(self.service, self.listener, shutdown, self.shutdown).await;
+        let _ = metrics_stop.send(());
+        result
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives while the server
+/// is still starting must still mean a graceful stop, not the default kill. Call it
+/// inside the runtime.
+#[cfg(unix)]
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                // No handler: never resolve, rather than stop at once.
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(term) => {},
+            _ = wait(int) => {},
+        }
+    }
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
