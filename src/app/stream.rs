@@ -4,7 +4,8 @@
 //! A producer task walks the window and hands messages to a channel of one slot, so a
 //! slow caller holds it back (backpressure) and memory stays at the prefetch window
 //! whatever the window's size. When the caller goes away the channel closes, the
-//! producer returns, and dropping its pending fetches aborts them.
+//! producer returns, and dropping its pending fetches aborts them. Should the producer
+//! panic, the stream ends with INTERNAL rather than looking complete.
 
 use std::{collections::VecDeque, time::Instant};
 
@@ -15,7 +16,7 @@ use crate::{
     app::{PageRequest, PageService},
     audit::{
         PageQuery,
-        anchor::{Anchor, Anchored, Cursor, Placement, Window, place},
+        anchor::{self, Anchored, Cursor, Step, Window},
         resume,
     },
     credential::Credential,
@@ -46,38 +47,44 @@ pub struct StreamRequest {
 /// What the stream yields: encoded `StreamSinceResponse`s, then at most one error.
 pub type Item = Result<Bytes, GatewayError>;
 
+/// Where the producer gets its pages: encoded `GetSinceResponse`s.
+pub trait PageSource: Clone + Send + Sync + 'static {
+    /// The page `req` asks for.
+    fn page(&self, req: PageRequest) -> impl Future<Output = Result<Bytes, GatewayError>> + Send;
+}
+
+impl PageSource for PageService {
+    fn page(&self, req: PageRequest) -> impl Future<Output = Result<Bytes, GatewayError>> + Send {
+        PageService::page(self, req)
+    }
+}
+
 /// Starts the producer; the receiver yields the messages, then at most one error.
-pub fn start(pages: PageService, req: StreamRequest, prefetch: usize) -> mpsc::Receiver<Item> {
+pub fn start<P: PageSource>(pages: P, req: StreamRequest, prefetch: usize) -> mpsc::Receiver<Item> {
     METRICS.streams_started.inc();
     let (tx, rx) = mpsc::channel(1);
+    let producer = Producer {
+        pages,
+        req,
+        prefetch: prefetch.max(1),
+    };
+    let producing = tokio::spawn(producer.produce(tx.clone()));
+    // A panic would only close the channel, and the caller would take the messages so far
+    // for the whole window: end the stream with an error instead.
     tokio::spawn(async move {
-        let deadline = req.deadline;
-        let producer = Producer {
-            pages,
-            req,
-            prefetch: prefetch.max(1),
-        };
-        let run = producer.run(&tx);
-        let result = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), run)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(GatewayError::DeadlineExceeded(
-                        "the stream's deadline passed; resume from the last token".into(),
-                    ))
-                }),
-            None => run.await,
-        };
-        if let Err(e) = result {
-            tracing::info!(reason = e.reason(), error = %e, "StreamSince ended early");
-            let _ = tx.send(Err(e)).await;
+        if let Err(e) = producing.await
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "StreamSince producer panicked");
+            let failed = "the stream failed; resume from the last token".to_owned();
+            let _ = tx.send(Err(GatewayError::Internal(failed))).await;
         }
     });
     rx
 }
 
-struct Producer {
-    pages: PageService,
+struct Producer<P> {
+    pages: P,
     req: StreamRequest,
     prefetch: usize,
 }
@@ -100,7 +107,27 @@ impl Drop for Fetch {
     }
 }
 
-impl Producer {
+impl<P: PageSource> Producer<P> {
+    /// Runs the stream within its deadline; an error that ends it is its last item.
+    async fn produce(self, tx: mpsc::Sender<Item>) {
+        let deadline = self.req.deadline;
+        let run = self.run(&tx);
+        let result = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), run)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(GatewayError::DeadlineExceeded(
+                        "the stream's deadline passed; resume from the last token".into(),
+                    ))
+                }),
+            None => run.await,
+        };
+        if let Err(e) = result {
+            tracing::info!(reason = e.reason(), error = %e, "StreamSince ended early");
+            let _ = tx.send(Err(e)).await;
+        }
+    }
+
     fn fetch(&self, start: i64, fresh: bool) -> Fetch {
         let pages = self.pages.clone();
         let w = &self.req.window;
@@ -146,21 +173,21 @@ impl Producer {
         // Pages ahead: the first page alone (it tells the server's limit and whether
         // the window holds more than a page), then the whole prefetch window.
         let mut window = 1;
-        let mut step: Option<i64> = None;
+        let mut stride: Option<i64> = None;
         let mut ahead: VecDeque<Fetch> = VecDeque::new();
         let mut serial: Option<Fetch> = None;
         loop {
             let mut fetch = match serial.take() {
                 Some(f) => f,
-                None => self.next_in_pipeline(&mut ahead, cursor.start, step, window),
+                None => self.next_in_pipeline(&mut ahead, cursor.start, stride, window),
             };
+            debug_assert_eq!(fetch.start, cursor.start, "pages are fetched at the cursor");
             let page = tokio::select! {
                 joined = &mut fetch.task => joined.map_err(|e| {
                     GatewayError::Internal(format!("page fetch task failed: {e}"))
                 })??,
                 _ = tx.closed() => return Ok(()),
             };
-            let n = page.records.len() as i64;
             let limit = if page.limit > 0 {
                 i64::from(page.limit).min(asked)
             } else {
@@ -171,77 +198,42 @@ impl Producer {
                     "Confluence caps pages at one record; pages cannot overlap".into(),
                 ));
             }
-            step = Some(limit - 1);
-            let last_page = n < limit;
-            let from = match place(&cursor, &page.records, fetch.fresh) {
-                Placement::Refetch => {
-                    serial = Some(self.fetch(fetch.start, true));
-                    continue;
-                }
-                Placement::Advance if last_page => {
-                    ahead.iter_mut().for_each(|f| f.let_go = true);
-                    return Ok(());
-                }
-                Placement::Advance => {
-                    cursor.start = fetch.start + n - 1;
+            stride = Some(limit - 1);
+            let last_page = (page.records.len() as i64) < limit;
+            let want = remaining.map_or(usize::MAX, |left| {
+                usize::try_from(left).unwrap_or(usize::MAX)
+            });
+            let records = match anchor::step(&cursor, &page.records, fetch.fresh, last_page, want) {
+                Step::Refetch(next) => {
+                    cursor = next;
                     serial = Some(self.fetch(cursor.start, true));
                     continue;
                 }
-                Placement::Deliver(from) => from,
-            };
-            let mut records = page.records;
-            records.drain(..from.min(records.len()));
-            let mut done = last_page;
-            if let Some(left) = remaining.as_mut() {
-                if records.len() as u64 >= *left {
-                    records.truncate(*left as usize);
-                    done = true;
+                Step::End => {
+                    let_go(ahead);
+                    return Ok(());
                 }
-                *left -= records.len() as u64;
-            }
-            if let Some(last) = records.last() {
-                let id = last.id();
-                let anchor = Some(Anchor {
-                    id,
-                    date: last.date(),
-                });
-                // Identical copies of the last record that end this message (one, as a
-                // rule): the next page must skip them all.
-                let copies = records.iter().rev().take_while(|r| r.id() == id).count();
-                cursor = if copies == records.len() && cursor.anchor.is_some_and(|a| a.id == id) {
-                    // The run began in an earlier message: keep its first copy.
-                    Cursor {
-                        anchor,
-                        run: cursor.run + copies as u32,
-                        ..cursor
-                    }
-                } else {
-                    Cursor {
-                        start: fetch.start + (from + records.len() - copies) as i64,
-                        anchor,
-                        run: copies as u32,
-                    }
-                };
+                Step::Deliver {
+                    records: range,
+                    cursor: next,
+                } => {
+                    cursor = next;
+                    &page.records[range]
+                }
+            };
+            if !records.is_empty() {
+                if let Some(left) = remaining.as_mut() {
+                    *left -= records.len() as u64;
+                }
                 let token = resume::encode(&self.req.window, &cursor);
-                let message = wire::stream_message(&records, &token);
+                let message = wire::stream_message(records, &token);
                 METRICS.stream_records.add(records.len() as u64);
                 if tx.send(Ok(message)).await.is_err() {
                     return Ok(());
                 }
-            } else if from > 0 {
-                // The anchor closed the page: its run now starts at this offset.
-                let first = fetch.start + from.saturating_sub(cursor.run as usize) as i64;
-                cursor.start = if first == fetch.start && !last_page {
-                    // A run longer than a page: look past it rather than loop.
-                    fetch.start + n - 1
-                } else {
-                    first
-                };
             }
-            if done {
-                // A normal end: look-ahead loads past the end finish for whoever shares
-                // them (aborting would make each waiting stream start them again).
-                ahead.iter_mut().for_each(|f| f.let_go = true);
+            if last_page || remaining == Some(0) {
+                let_go(ahead);
                 return Ok(());
             }
             window = self.prefetch;
@@ -249,29 +241,35 @@ impl Producer {
     }
 
     /// The next page of the pipeline, which must start at `start`; keeps `window`
-    /// pages in flight once the step between pages is known.
+    /// pages in flight once the stride between pages is known.
     fn next_in_pipeline(
         &self,
         ahead: &mut VecDeque<Fetch>,
         start: i64,
-        step: Option<i64>,
+        stride: Option<i64>,
         window: usize,
     ) -> Fetch {
         if ahead.front().is_some_and(|f| f.start != start) {
             // Predictions went stale (an advance, a capped limit): start over from here.
             ahead.clear();
         }
-        if let Some(step) = step {
-            let mut next = ahead.back().map_or(start, |f| f.start + step);
+        if let Some(stride) = stride {
+            let mut next = ahead.back().map_or(start, |f| f.start + stride);
             while ahead.len() < window {
                 ahead.push_back(self.fetch(next, false));
-                next += step;
+                next += stride;
             }
         }
         ahead
             .pop_front()
             .unwrap_or_else(|| self.fetch(start, false))
     }
+}
+
+/// A normal end: look-ahead loads past the end finish for whoever shares them (aborting
+/// would make each waiting stream start them again).
+fn let_go(mut ahead: VecDeque<Fetch>) {
+    ahead.iter_mut().for_each(|f| f.let_go = true);
 }
 
 fn decode(page: &Bytes) -> Result<PageView, GatewayError> {
@@ -293,5 +291,142 @@ impl Anchored for Bytes {
         // Pages are written by this gateway, so a record that does not parse is a defect;
         // dating it 0 only makes it look older than any anchor.
         wire::creation_date(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use prost::Message;
+
+    use super::*;
+    use crate::{audit::TimeUnit, pb};
+
+    /// A quiet log, newest first, served as encoded pages.
+    #[derive(Clone)]
+    struct Log(Arc<Vec<pb::AuditRecord>>);
+
+    fn log(records: i64) -> Log {
+        let record = |i: i64| pb::AuditRecord {
+            creation_date: 1000 + i,
+            summary: format!("#{i}"),
+            ..Default::default()
+        };
+        Log(Arc::new((0..records).rev().map(record).collect()))
+    }
+
+    impl PageSource for Log {
+        fn page(
+            &self,
+            req: PageRequest,
+        ) -> impl Future<Output = Result<Bytes, GatewayError>> + Send {
+            let start = usize::try_from(req.query.start).expect("offset");
+            let limit = usize::try_from(req.query.limit).expect("limit");
+            let page = pb::GetSinceResponse {
+                results: self.0.iter().skip(start).take(limit).cloned().collect(),
+                limit: req.query.limit,
+                ..Default::default()
+            };
+            std::future::ready(Ok(Bytes::from(page.encode_to_vec())))
+        }
+    }
+
+    /// A log whose handle panics when cloned more than `clones` times. The producer clones
+    /// it itself, so this is a panic of the producer's own task (a panic inside a page
+    /// fetch already ends that fetch with an error, see `Producer::run`).
+    struct BreaksAfter {
+        log: Log,
+        clones: usize,
+        cloned: Arc<AtomicUsize>,
+    }
+
+    impl Clone for BreaksAfter {
+        fn clone(&self) -> Self {
+            if self.cloned.fetch_add(1, Ordering::Relaxed) >= self.clones {
+                panic!("a defect in the producer");
+            }
+            Self {
+                log: self.log.clone(),
+                clones: self.clones,
+                cloned: self.cloned.clone(),
+            }
+        }
+    }
+
+    impl PageSource for BreaksAfter {
+        fn page(
+            &self,
+            req: PageRequest,
+        ) -> impl Future<Output = Result<Bytes, GatewayError>> + Send {
+            self.log.page(req)
+        }
+    }
+
+    fn window() -> Window {
+        Window {
+            number: 1,
+            units: TimeUnit::Days,
+            search_string: None,
+        }
+    }
+
+    fn request(page_size: i32, max_records: Option<u64>, cursor: Cursor) -> StreamRequest {
+        StreamRequest {
+            window: window(),
+            page_size,
+            max_records,
+            cursor,
+            credential: None,
+            refresh: false,
+            deadline: None,
+        }
+    }
+
+    /// The summaries of the records streamed, the last token, and how the stream ended.
+    async fn drain(mut rx: mpsc::Receiver<Item>) -> (Vec<String>, String, Option<GatewayError>) {
+        let (mut summaries, mut token) = (Vec::new(), String::new());
+        while let Some(item) = rx.recv().await {
+            let message = match item {
+                Ok(m) => pb::StreamSinceResponse::decode(m).expect("a stream message"),
+                Err(e) => return (summaries, token, Some(e)),
+            };
+            summaries.extend(message.records.into_iter().map(|r| r.summary));
+            token = message.resume_token;
+        }
+        (summaries, token, None)
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_at_max_records_resumes_from_its_token_to_the_end() {
+        let log = log(11);
+        let rx = start(log.clone(), request(3, Some(5), Cursor::BEGIN), 2);
+        let (first, token, end) = drain(rx).await;
+        assert_eq!(end, None);
+        assert_eq!(first, ["#10", "#9", "#8", "#7", "#6"]);
+
+        let cursor = resume::decode(&window(), &token).expect("a token");
+        let (rest, _, end) = drain(start(log, request(3, None, cursor), 2)).await;
+        assert_eq!(end, None);
+        let rest_expected: Vec<String> = (0..6).rev().map(|i| format!("#{i}")).collect();
+        assert_eq!(rest, rest_expected);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_producer_ends_the_stream_with_internal_not_ok() {
+        let source = BreaksAfter {
+            log: log(11),
+            clones: 1,
+            cloned: Arc::default(),
+        };
+        let (delivered, _, end) = drain(start(source, request(3, None, Cursor::BEGIN), 2)).await;
+        assert_eq!(delivered, ["#10", "#9", "#8", "#7"]);
+        assert!(
+            matches!(end, Some(GatewayError::Internal(_))),
+            "ended with {end:?}"
+        );
     }
 }
