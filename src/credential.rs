@@ -8,11 +8,11 @@ use ring::hmac;
 
 /// An `Authorization` header value for Confluence. `Debug` and `Display` redact it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credential(String);
+pub(crate) struct Credential(String);
 
 impl Credential {
     /// Basic auth, as Confluence Cloud takes an account email and API token.
-    pub fn basic(email: &str, api_token: &str) -> Result<Self, &'static str> {
+    pub(crate) fn basic(email: &str, api_token: &str) -> Result<Self, &'static str> {
         if email.is_empty() || api_token.is_empty() {
             return Err("the email and the API token must not be empty");
         }
@@ -23,13 +23,13 @@ impl Credential {
     }
 
     /// A bearer token: a Data Center personal access token, or an OAuth 2.0 token.
-    pub fn bearer(token: &str) -> Result<Self, &'static str> {
+    pub(crate) fn bearer(token: &str) -> Result<Self, &'static str> {
         Self::from_header(&format!("Bearer {token}"))
     }
 
     /// A caller's `authorization` metadata, forwarded as is once checked to be a
     /// `Basic` or `Bearer` credential fit for an HTTP header.
-    pub fn from_header(value: &str) -> Result<Self, &'static str> {
+    pub(crate) fn from_header(value: &str) -> Result<Self, &'static str> {
         let value = value.trim();
         let (scheme, rest) = value
             .split_once(' ')
@@ -50,20 +50,20 @@ impl Credential {
     }
 
     /// The header value itself; only the upstream client may call this.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 
     /// A keyed hash of the credential (HMAC-SHA-256, hex): stable for one key, useless
     /// to anyone without it, and never the secret itself.
-    pub fn fingerprint(&self, key: &FingerprintKey) -> String {
+    pub(crate) fn fingerprint(&self, key: &FingerprintKey) -> String {
         let tag = hmac::sign(&key.0, self.0.as_bytes());
         to_hex(&tag.as_ref()[..16])
     }
 }
 
 /// Lower-case hex of `bytes`, without a per-byte allocation (this runs on every call).
-pub fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -80,16 +80,16 @@ impl fmt::Debug for Credential {
 }
 
 /// The key of credential fingerprints. Replicas that share a cache tier must share it.
-pub struct FingerprintKey(hmac::Key);
+pub(crate) struct FingerprintKey(hmac::Key);
 
 impl FingerprintKey {
     /// A key from a configured secret.
-    pub fn from_secret(secret: &[u8]) -> Self {
+    pub(crate) fn from_secret(secret: &[u8]) -> Self {
         Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
     /// A fresh random key for this process, from the system's CSPRNG.
-    pub fn random() -> Result<Self, String> {
+    pub(crate) fn random() -> Result<Self, String> {
         hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
             .map(Self)
             .map_err(|_| "the system random generator failed".to_owned())

@@ -5,7 +5,7 @@ use std::{error::Error, fmt, sync::Arc, time::Duration};
 
 /// The cause of an error, shared so that a load joined by several callers can hand
 /// each of them the same failure.
-pub type Source = Arc<dyn Error + Send + Sync>;
+pub(crate) type Source = Arc<dyn Error + Send + Sync>;
 
 /// Why an upstream call failed, in the terms the gateway's error table uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,14 +11,14 @@ use tonic_health::{
 };
 
 /// The health service; `Watch` streams end once `stopping` turns true.
-pub struct DrainingHealth {
+pub(crate) struct DrainingHealth {
     inner: HealthService,
     stopping: watch::Receiver<bool>,
 }
 
 impl DrainingHealth {
     /// Health as `reporter` reports it, watches ending when `stopping` turns true.
-    pub fn new(reporter: HealthReporter, stopping: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(reporter: HealthReporter, stopping: watch::Receiver<bool>) -> Self {
         Self {
             inner: HealthService::from_health_reporter(reporter),
             stopping,

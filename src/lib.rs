@@ -6,7 +6,7 @@
 //! conversion (`pb`), the page cache (`cache`) and the Confluence client (`upstream`),
 //! all of them over the domain (`audit`, `error`).
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod app;
 mod audit;

@@ -27,7 +27,7 @@ const BLOCKING_BODY_BYTES: usize = 64 * 1024;
 
 /// One page request, already validated.
 #[derive(Clone, Debug)]
-pub struct PageRequest {
+pub(crate) struct PageRequest {
     /// What to fetch.
     pub query: PageQuery,
     /// Whom to fetch it as (`None`: anonymous).
@@ -40,7 +40,7 @@ pub struct PageRequest {
 
 /// Serves pages through the cache.
 #[derive(Clone)]
-pub struct PageService {
+pub(crate) struct PageService {
     client: Arc<ConfluenceClient>,
     cache: PageCache,
     base_url: Arc<str>,
@@ -50,7 +50,11 @@ pub struct PageService {
 
 impl PageService {
     /// Wires the client, the cache and the fingerprint key together.
-    pub fn new(client: ConfluenceClient, cache: PageCache, fingerprints: FingerprintKey) -> Self {
+    pub(crate) fn new(
+        client: ConfluenceClient,
+        cache: PageCache,
+        fingerprints: FingerprintKey,
+    ) -> Self {
         Self {
             base_url: client.base_url().into(),
             client: Arc::new(client),
@@ -63,7 +67,7 @@ impl PageService {
     }
 
     /// The page as an encoded `GetSinceResponse`.
-    pub async fn page(&self, req: PageRequest) -> Result<Bytes, GatewayError> {
+    pub(crate) async fn page(&self, req: PageRequest) -> Result<Bytes, GatewayError> {
         METRICS.page_requests.inc();
         let key = PageKey {
             base_url: self.base_url.clone(),

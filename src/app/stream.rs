@@ -27,7 +27,7 @@ use crate::{
 
 /// One validated `StreamSince` call.
 #[derive(Clone, Debug)]
-pub struct StreamRequest {
+pub(crate) struct StreamRequest {
     /// The window's filters.
     pub window: Window,
     /// Records asked for per page (1..=1000); each request asks one more, the overlap.
@@ -45,10 +45,10 @@ pub struct StreamRequest {
 }
 
 /// What the stream yields: encoded `StreamSinceResponse`s, then at most one error.
-pub type Item = Result<Bytes, GatewayError>;
+pub(crate) type Item = Result<Bytes, GatewayError>;
 
 /// Where the producer gets its pages: encoded `GetSinceResponse`s.
-pub trait PageSource: Clone + Send + Sync + 'static {
+pub(crate) trait PageSource: Clone + Send + Sync + 'static {
     /// The page `req` asks for.
     fn page(&self, req: PageRequest) -> impl Future<Output = Result<Bytes, GatewayError>> + Send;
 }
@@ -60,7 +60,11 @@ impl PageSource for PageService {
 }
 
 /// Starts the producer; the receiver yields the messages, then at most one error.
-pub fn start<P: PageSource>(pages: P, req: StreamRequest, prefetch: usize) -> mpsc::Receiver<Item> {
+pub(crate) fn start<P: PageSource>(
+    pages: P,
+    req: StreamRequest,
+    prefetch: usize,
+) -> mpsc::Receiver<Item> {
     METRICS.streams_started.inc();
     let (tx, rx) = mpsc::channel(1);
     let producer = Producer {
@@ -122,8 +126,8 @@ impl<P: PageSource> Producer<P> {
                 }),
             None => run.await,
         };
+        // Logged where it becomes the caller's status (src/grpc/status.rs).
         if let Err(e) = result {
-            tracing::info!(reason = e.reason(), error = %e, "StreamSince ended early");
             let _ = tx.send(Err(e)).await;
         }
     }
@@ -405,12 +409,12 @@ mod tests {
         let log = log(11);
         let rx = start(log.clone(), request(3, Some(5), Cursor::BEGIN), 2);
         let (first, token, end) = drain(rx).await;
-        assert_eq!(end, None);
+        assert!(end.is_none(), "{end:?}");
         assert_eq!(first, ["#10", "#9", "#8", "#7", "#6"]);
 
         let cursor = resume::decode(&window(), &token).expect("a token");
         let (rest, _, end) = drain(start(log, request(3, None, cursor), 2)).await;
-        assert_eq!(end, None);
+        assert!(end.is_none(), "{end:?}");
         let rest_expected: Vec<String> = (0..6).rev().map(|i| format!("#{i}")).collect();
         assert_eq!(rest, rest_expected);
     }

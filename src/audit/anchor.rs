@@ -54,7 +54,7 @@ use super::TimeUnit;
 
 /// The last record delivered: its content digest, date and offset when it was seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Anchor {
+pub(crate) struct Anchor {
     /// Digest of the record's full content.
     pub id: [u8; 16],
     /// The record's `creationDate` (epoch ms).
@@ -62,7 +62,7 @@ pub struct Anchor {
 }
 
 /// A record as the pager sees it.
-pub trait Anchored {
+pub(crate) trait Anchored {
     /// Digest of the full content.
     fn id(&self) -> [u8; 16];
     /// `creationDate` (epoch ms).
@@ -71,7 +71,7 @@ pub trait Anchored {
 
 /// Where a stream stands: the offset to request next and the record it must find there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cursor {
+pub(crate) struct Cursor {
     /// Offset the next page starts at (the anchor run's first copy, when there is one).
     pub start: i64,
     /// The last record delivered; `None` before the first.
@@ -82,7 +82,7 @@ pub struct Cursor {
 
 impl Cursor {
     /// The start of a window.
-    pub const BEGIN: Cursor = Cursor {
+    pub(crate) const BEGIN: Cursor = Cursor {
         start: 0,
         anchor: None,
         run: 0,
@@ -91,7 +91,7 @@ impl Cursor {
 
 /// What to do with a page fetched at the cursor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Placement {
+pub(crate) enum Placement {
     /// Deliver the records from this index on.
     Deliver(usize),
     /// The page may be an older snapshot without the anchor: fetch it again, fresh.
@@ -102,7 +102,7 @@ pub enum Placement {
 
 /// Places a page fetched at `cursor.start` (`fresh`: fetched past the cache after the
 /// anchor's page) relative to the anchor.
-pub fn place<R: Anchored>(cursor: &Cursor, records: &[R], fresh: bool) -> Placement {
+pub(crate) fn place<R: Anchored>(cursor: &Cursor, records: &[R], fresh: bool) -> Placement {
     let Some(anchor) = cursor.anchor else {
         return Placement::Deliver(0);
     };
@@ -122,7 +122,7 @@ pub fn place<R: Anchored>(cursor: &Cursor, records: &[R], fresh: bool) -> Placem
 
 /// What the producer does with a page fetched at the cursor, and where it then stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Deliver `page[records]` (none when the anchor closed the page), then stand at `cursor`.
     Deliver {
         /// The records to deliver, as a range of the page.
@@ -139,7 +139,7 @@ pub enum Step {
 /// Decides what to do with `page`, fetched at `cursor.start` (`fresh`: as for [`place`];
 /// `last`: shorter than the server's limit, the window's end), delivering at most `want`
 /// (at least one) of its records.
-pub fn step<R: Anchored>(
+pub(crate) fn step<R: Anchored>(
     cursor: &Cursor,
     page: &[R],
     fresh: bool,
@@ -215,7 +215,7 @@ fn after<R: Anchored>(
 
 /// The filters that define a window; a resume token is only valid for the same ones.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Window {
+pub(crate) struct Window {
     /// How many `units` back.
     pub number: i64,
     /// The unit.

@@ -1,9 +1,9 @@
 //! The audit-log domain: what a page query is, what a page holds, and how a stream
 //! walks a live log exactly once. Nothing here knows gRPC or HTTP.
 
-pub mod anchor;
-pub mod query;
-pub mod record;
-pub mod resume;
+pub(crate) mod anchor;
+pub(crate) mod query;
+pub(crate) mod record;
+pub(crate) mod resume;
 
-pub use query::{PageQuery, TimeUnit};
+pub(crate) use query::{PageQuery, TimeUnit};

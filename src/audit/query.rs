@@ -87,7 +87,7 @@ impl fmt::Display for TimeUnit {
 /// One page of the audit log, every parameter explicit (defaults already applied), so
 /// equal queries are equal values: the page cache keys on it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     /// How many `units` back the window reaches.
     pub number: i64,
     /// The unit of `number`.
@@ -102,18 +102,18 @@ pub struct PageQuery {
 
 impl PageQuery {
     /// Confluence's default `number`.
-    pub const DEFAULT_NUMBER: i64 = 3;
+    pub(crate) const DEFAULT_NUMBER: i64 = 3;
     /// Confluence's default `units`.
-    pub const DEFAULT_UNITS: TimeUnit = TimeUnit::Months;
+    pub(crate) const DEFAULT_UNITS: TimeUnit = TimeUnit::Months;
     /// Confluence's default (and the gateway's maximum) `limit`.
-    pub const DEFAULT_LIMIT: i32 = 1000;
+    pub(crate) const DEFAULT_LIMIT: i32 = 1000;
     /// The largest `limit` the gateway accepts.
-    pub const MAX_LIMIT: i32 = 1000;
+    pub(crate) const MAX_LIMIT: i32 = 1000;
     /// The longest `searchString` the gateway accepts, in characters.
-    pub const MAX_SEARCH_CHARS: usize = 1000;
+    pub(crate) const MAX_SEARCH_CHARS: usize = 1000;
 
     /// The query parameters sent to Confluence, in a fixed order.
-    pub fn to_params(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn to_params(&self) -> Vec<(&'static str, String)> {
         let mut params = vec![
             ("number", self.number.to_string()),
             ("units", self.units.as_str().to_owned()),

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 /// A string borrowed from the body where it had no escapes, owned otherwise.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Str<'a>(pub Cow<'a, str>);
+pub(crate) struct Str<'a>(pub Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Str<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -43,7 +43,7 @@ impl<'de> Deserialize<'de> for Str<'de> {
 
 /// A known key's value: the type the schema gives it, or whatever JSON came instead.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Loose<T> {
+pub(crate) enum Loose<T> {
     /// The value had the schema's type.
     Typed(T),
     /// The value had another JSON type (including `null`); kept verbatim.
@@ -51,7 +51,7 @@ pub enum Loose<T> {
 }
 
 /// What a [`Loose`] value accepts as its typed form; everything else becomes `Raw`.
-pub trait Expect<'de>: Sized {
+pub(crate) trait Expect<'de>: Sized {
     /// A JSON boolean.
     fn from_bool(_: bool) -> Option<Self> {
         None
@@ -167,10 +167,10 @@ impl<'de, T: Expect<'de>> Visitor<'de> for LooseVisitor<T> {
 }
 
 /// A key present in the JSON: `None` when absent.
-pub type Field<T> = Option<Loose<T>>;
+pub(crate) type Field<T> = Option<Loose<T>>;
 
 /// Keys the schema does not know, in body order, with their values.
-pub type Unknown<'a> = Vec<(Str<'a>, Value)>;
+pub(crate) type Unknown<'a> = Vec<(Str<'a>, Value)>;
 
 /// Declares a struct read from a JSON object whose known keys are `Field`s and whose
 /// other keys land in `unknown`, so every shape of the object parses.
@@ -183,10 +183,10 @@ macro_rules! json_object {
     ) => {
         $(#[$meta])*
         #[derive(Clone, Debug, Default, PartialEq)]
-        pub struct $name<'a> {
-            $( $(#[$fmeta])* pub $field: Field<$ty>, )*
+        pub(crate) struct $name<'a> {
+            $( $(#[$fmeta])* pub(crate) $field: Field<$ty>, )*
             /// Keys the schema does not know.
-            pub unknown: Unknown<'a>,
+            pub(crate) unknown: Unknown<'a>,
         }
 
         impl<'de> Expect<'de> for $name<'de> {
@@ -305,7 +305,7 @@ json_object! {
 
 /// Any JSON value taken whole (`null` included): `operations`, `_links`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ValueOf(pub Value);
+pub(crate) struct ValueOf(pub Value);
 
 impl<'de> Deserialize<'de> for Loose<ValueOf> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -315,7 +315,7 @@ impl<'de> Deserialize<'de> for Loose<ValueOf> {
 
 /// One page of the audit log as Confluence sent it.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Page<'a> {
+pub(crate) struct Page<'a> {
     /// The records, newest first.
     pub results: Vec<Record<'a>>,
     /// The other keys of the body.
@@ -324,7 +324,7 @@ pub struct Page<'a> {
 
 impl<'a> Page<'a> {
     /// Parses a 200 body; the error says why it is not an `AuditRecordArray`.
-    pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+    pub(crate) fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(body)
     }
 }

@@ -13,7 +13,7 @@ const LEN: usize = 1 + 8 + 8 + 16 + 8 + 4 + 4;
 
 /// Why a token was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// Not a token this gateway wrote (bad encoding, length or checksum).
     Corrupt,
     /// A token version this gateway does not read.
@@ -35,7 +35,7 @@ impl std::fmt::Display for TokenError {
 }
 
 /// Encodes a cursor (which must have an anchor) of a stream over `window`.
-pub fn encode(window: &Window, cursor: &Cursor) -> String {
+pub(crate) fn encode(window: &Window, cursor: &Cursor) -> String {
     let (start, run) = (cursor.start, cursor.run);
     let anchor = cursor.anchor.unwrap_or(Anchor {
         id: [0; 16],
@@ -54,7 +54,7 @@ pub fn encode(window: &Window, cursor: &Cursor) -> String {
 }
 
 /// Decodes a token for `window` into the cursor to continue from.
-pub fn decode(window: &Window, token: &str) -> Result<Cursor, TokenError> {
+pub(crate) fn decode(window: &Window, token: &str) -> Result<Cursor, TokenError> {
     let b = URL_SAFE_NO_PAD
         .decode(token.trim())
         .map_err(|_| TokenError::Corrupt)?;

@@ -42,7 +42,7 @@ impl Expiry<PageKey, Cached> for PerPageTtl {
 
 /// The page cache callers use: in-process tier, optional shared tier, then the loader.
 #[derive(Clone)]
-pub struct PageCache {
+pub(crate) struct PageCache {
     memory: Cache<PageKey, Cached>,
     shared: Option<Arc<dyn SharedTier>>,
     settings: CacheSettings,
@@ -50,7 +50,7 @@ pub struct PageCache {
 
 impl PageCache {
     /// A cache with the given bounds and, optionally, a shared tier below it.
-    pub fn new(settings: CacheSettings, shared: Option<Arc<dyn SharedTier>>) -> Self {
+    pub(crate) fn new(settings: CacheSettings, shared: Option<Arc<dyn SharedTier>>) -> Self {
         let memory = Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|k: &PageKey, v: &Cached| {
@@ -71,7 +71,7 @@ impl PageCache {
     /// With `refresh`, cached copies are skipped: `load` runs now, never joining a load
     /// that began earlier (a stream relies on a refreshed page being taken after the
     /// call), and its page replaces the cached ones only if it succeeds.
-    pub async fn get_or_load<F, Fut>(
+    pub(crate) async fn get_or_load<F, Fut>(
         &self,
         key: PageKey,
         refresh: bool,

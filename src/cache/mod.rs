@@ -3,21 +3,21 @@
 //! tier ([`SharedTier`], e.g. Redis) may sit below it.
 
 mod memory;
-pub mod redis;
+pub(crate) mod redis;
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use memory::PageCache;
+pub(crate) use memory::PageCache;
 
 use crate::audit::PageQuery;
 
 /// What a cached page is filed under. It never holds a credential, only its keyed
 /// fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PageKey {
+pub(crate) struct PageKey {
     /// The Confluence base URL.
     pub base_url: Arc<str>,
     /// The keyed fingerprint of the credential the page was fetched with.
@@ -39,7 +39,7 @@ impl PageKey {
 /// A cache tier shared between gateway replicas, below the in-process tier. It must
 /// never fail a call: a tier in trouble answers `None` and drops writes.
 #[async_trait]
-pub trait SharedTier: Send + Sync + 'static {
+pub(crate) trait SharedTier: Send + Sync + 'static {
     /// The page under `key` and the time it has left, if the tier holds it.
     async fn get(&self, key: &PageKey) -> Option<(Bytes, Duration)>;
     /// Stores `page` under `key` for `ttl`; without `replace`, only where the tier
@@ -49,7 +49,7 @@ pub trait SharedTier: Send + Sync + 'static {
 
 /// Cache settings.
 #[derive(Clone, Debug)]
-pub struct CacheSettings {
+pub(crate) struct CacheSettings {
     /// How long a page stays fresh; zero disables caching (and the joining of loads).
     pub ttl: Duration,
     /// Bound on the bytes the in-process tier holds.

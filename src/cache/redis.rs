@@ -24,7 +24,7 @@ const HEADER: usize = 4 + 8 + 8;
 
 /// Redis tier settings. `Debug` leaves the URL out: it may hold a password.
 #[derive(Clone)]
-pub struct RedisSettings {
+pub(crate) struct RedisSettings {
     /// `redis://` or `rediss://` URL, auth and database included.
     pub url: String,
     /// Prefix of every key.
@@ -47,7 +47,7 @@ impl std::fmt::Debug for RedisSettings {
 }
 
 /// The Redis tier.
-pub struct RedisTier {
+pub(crate) struct RedisTier {
     conn: ConnectionManager,
     settings: RedisSettings,
     /// Process-relative millis until which the tier is skipped (0: in use).
@@ -63,7 +63,7 @@ pub struct RedisTier {
 impl RedisTier {
     /// A tier for `settings`; it connects lazily, so a Redis that is down at start
     /// only means misses until it is up.
-    pub fn new(settings: RedisSettings) -> Result<Self, String> {
+    pub(crate) fn new(settings: RedisSettings) -> Result<Self, String> {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| redact(&e.to_string(), &settings.url))?;
         let config = ConnectionManagerConfig::new()
@@ -84,7 +84,7 @@ impl RedisTier {
 
     /// The Redis key of a page: prefix, layout version, and a digest of the whole cache
     /// key (which holds only the credential's keyed fingerprint, never the credential).
-    pub fn key_for(prefix: &str, key: &PageKey) -> String {
+    pub(crate) fn key_for(prefix: &str, key: &PageKey) -> String {
         let q = &key.query;
         let mut ctx = digest::Context::new(&digest::SHA256);
         for part in [
@@ -227,7 +227,7 @@ fn unix_ms() -> u64 {
 }
 
 /// `AGP1 | expiry (unix ms) | checksum | page`.
-pub fn wrap_value(page: &[u8], expires_unix_ms: u64) -> Vec<u8> {
+pub(crate) fn wrap_value(page: &[u8], expires_unix_ms: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER + page.len());
     v.extend_from_slice(MAGIC);
     v.extend_from_slice(&expires_unix_ms.to_be_bytes());
@@ -238,7 +238,7 @@ pub fn wrap_value(page: &[u8], expires_unix_ms: u64) -> Vec<u8> {
 
 /// The page and its remaining TTL, or `None` for anything that is not an unexpired
 /// value of ours.
-pub fn unwrap_value(v: &[u8], now_unix_ms: u64) -> Option<(Bytes, Duration)> {
+pub(crate) fn unwrap_value(v: &[u8], now_unix_ms: u64) -> Option<(Bytes, Duration)> {
     if v.len() < HEADER || &v[..4] != MAGIC {
         return None;
     }

@@ -9,14 +9,14 @@ use crate::{credential::Credential, error::GatewayError};
 
 /// The caller's deadline, a little early so the gateway's own precise status wins the
 /// race against the transport's generic time-out.
-pub fn deadline(md: &MetadataMap, received: Instant) -> Option<Instant> {
+pub(super) fn deadline(md: &MetadataMap, received: Instant) -> Option<Instant> {
     let timeout = parse_grpc_timeout(md.get("grpc-timeout")?.to_str().ok()?)?;
     let margin = (timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(100));
     Some(received + timeout.saturating_sub(margin))
 }
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
-pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+pub(super) fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     let (digits, unit) = v.split_at_checked(v.len().checked_sub(1)?)?;
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -34,7 +34,7 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 }
 
 /// Whether the caller asked to bypass cached pages (`no-cache`, `no-store`, `max-age=0`).
-pub fn wants_fresh(md: &MetadataMap) -> bool {
+pub(super) fn wants_fresh(md: &MetadataMap) -> bool {
     md.get_all("cache-control")
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -44,7 +44,7 @@ pub fn wants_fresh(md: &MetadataMap) -> bool {
 }
 
 /// The caller's own credential, for `--auth-passthrough`.
-pub fn caller_credential(md: &MetadataMap) -> Result<Credential, GatewayError> {
+pub(super) fn caller_credential(md: &MetadataMap) -> Result<Credential, GatewayError> {
     let value = md.get("authorization").ok_or_else(|| {
         GatewayError::MissingCredential(
             "this gateway forwards each caller's credential: send 'authorization' metadata \

@@ -19,7 +19,7 @@ const CREATION_DATE: u32 = 3;
 
 /// Bytes that are not the message they should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WireError(String);
+pub(crate) struct WireError(String);
 
 impl std::fmt::Display for WireError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,7 +35,7 @@ impl From<prost::DecodeError> for WireError {
 
 /// An encoded `GetSinceResponse`, its records still encoded (slices of the page).
 #[derive(Clone, Debug, Default)]
-pub struct PageView {
+pub(crate) struct PageView {
     /// Each record's encoded `AuditRecord` bytes, in page order.
     pub records: Vec<Bytes>,
     /// The page's `limit`.
@@ -44,7 +44,7 @@ pub struct PageView {
 
 impl PageView {
     /// Splits an encoded `GetSinceResponse` into its records and `limit`.
-    pub fn parse(page: &Bytes) -> Result<Self, WireError> {
+    pub(crate) fn parse(page: &Bytes) -> Result<Self, WireError> {
         let mut view = PageView::default();
         let mut buf = page.clone();
         while buf.has_remaining() {
@@ -64,7 +64,7 @@ impl PageView {
 }
 
 /// `AuditRecord.creation_date` of an encoded record (0 when absent, as protobuf reads it).
-pub fn creation_date(record: &[u8]) -> Result<i64, WireError> {
+pub(crate) fn creation_date(record: &[u8]) -> Result<i64, WireError> {
     let mut buf = record;
     let mut date = 0;
     while buf.has_remaining() {
@@ -79,7 +79,7 @@ pub fn creation_date(record: &[u8]) -> Result<i64, WireError> {
 }
 
 /// An encoded `StreamSinceResponse` of these records and token.
-pub fn stream_message(records: &[Bytes], resume_token: &str) -> Bytes {
+pub(crate) fn stream_message(records: &[Bytes], resume_token: &str) -> Bytes {
     let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
     let size = records.iter().map(|r| field(r.len())).sum::<usize>() + field(resume_token.len());
     let mut out = BytesMut::with_capacity(size);

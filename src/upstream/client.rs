@@ -22,7 +22,7 @@ const MAX_MESSAGE_CHARS: usize = 512;
 
 /// How to reach Confluence.
 #[derive(Clone, Debug)]
-pub struct UpstreamSettings {
+pub(crate) struct UpstreamSettings {
     /// Everything before `/rest/api`, e.g. `https://your-domain.atlassian.net/wiki`.
     pub base_url: Url,
     /// Time-out of one attempt, body included.
@@ -37,7 +37,7 @@ pub struct UpstreamSettings {
 
 /// A client of one Confluence site's audit endpoint.
 #[derive(Clone, Debug)]
-pub struct ConfluenceClient {
+pub(crate) struct ConfluenceClient {
     http: reqwest::Client,
     endpoint: Url,
     settings: UpstreamSettings,
@@ -45,7 +45,7 @@ pub struct ConfluenceClient {
 
 impl ConfluenceClient {
     /// Builds the client; fails on a base URL that cannot carry the endpoint path.
-    pub fn new(settings: UpstreamSettings) -> Result<Self, String> {
+    pub(crate) fn new(settings: UpstreamSettings) -> Result<Self, String> {
         let endpoint = audit_endpoint(&settings.base_url)?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("audit-gateway/", env!("CARGO_PKG_VERSION")))
@@ -62,19 +62,19 @@ impl ConfluenceClient {
     }
 
     /// The configured base URL, as cache keys name it.
-    pub fn base_url(&self) -> &str {
+    pub(crate) fn base_url(&self) -> &str {
         self.settings.base_url.as_str()
     }
 
     /// The full URL of a page query, every value percent-encoded.
-    pub fn page_url(&self, query: &PageQuery) -> Url {
+    pub(crate) fn page_url(&self, query: &PageQuery) -> Url {
         let mut url = self.endpoint.clone();
         url.set_query(Some(&encode_params(&query.to_params())));
         url
     }
 
     /// Fetches one page's 200 body, retrying what is transient, never past `deadline`.
-    pub async fn fetch_page(
+    pub(crate) async fn fetch_page(
         &self,
         query: &PageQuery,
         credential: Option<&Credential>,
@@ -193,7 +193,7 @@ fn audit_endpoint(base: &Url) -> Result<Url, String> {
 
 /// `k=v&…` with every byte outside `A-Za-z0-9-._*` percent-encoded and spaces as `%20`
 /// (unambiguous for every server, unlike `+`).
-pub fn encode_params(params: &[(&str, String)]) -> String {
+pub(crate) fn encode_params(params: &[(&str, String)]) -> String {
     params
         .iter()
         .map(|(k, v)| {

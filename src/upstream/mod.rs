@@ -1,7 +1,7 @@
 //! Confluence's REST API: the HTTP client and its retry policy.
 
-pub mod client;
-pub mod retry;
+pub(crate) mod client;
+pub(crate) mod retry;
 
-pub use client::{ConfluenceClient, UpstreamSettings};
-pub use retry::RetryPolicy;
+pub(crate) use client::{ConfluenceClient, UpstreamSettings};
+pub(crate) use retry::RetryPolicy;

@@ -9,7 +9,7 @@ use crate::error::{GatewayError, UpstreamFailure};
 
 /// Retry settings.
 #[derive(Clone, Debug)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Retries after the first attempt.
     pub max_retries: u32,
     /// Retries allowed after a plain 500 (it is rarely transient).
@@ -38,7 +38,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The exponential ceilings backon walks: `base_delay` doubling up to `max_delay`,
     /// `max_retries` of them. Jitter and floors are applied in [`RetryPolicy::adjust`].
-    pub fn backoff(&self) -> ExponentialBuilder {
+    pub(crate) fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.base_delay)
             .with_max_delay(self.max_delay)
@@ -50,7 +50,7 @@ impl RetryPolicy {
     /// when out of retries), or `None` to give up: not transient, a plain 500 retried
     /// enough already, or a wait that would end past `deadline`. Full jitter, with
     /// `Retry-After` (clamped) as the floor.
-    pub fn adjust(
+    pub(crate) fn adjust(
         &self,
         err: &GatewayError,
         ceiling: Option<Duration>,
@@ -89,7 +89,7 @@ impl RetryPolicy {
 
 /// Parses `Retry-After` (delay-seconds; an HTTP date is not used by Confluence), clamped
 /// to `max`: values as large as 2^63-1 have been seen.
-pub fn parse_retry_after(value: &str, max: Duration) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, max: Duration) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs).min(max));
@@ -102,7 +102,7 @@ pub fn parse_retry_after(value: &str, max: Duration) -> Option<Duration> {
 }
 
 /// The failure class of an HTTP status other than 200.
-pub fn classify(status: u16) -> UpstreamFailure {
+pub(crate) fn classify(status: u16) -> UpstreamFailure {
     match status {
         400 => UpstreamFailure::BadRequest,
         401 => UpstreamFailure::Unauthenticated,

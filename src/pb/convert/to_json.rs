@@ -121,7 +121,7 @@ impl ToJson for ChangedValue {
 
 /// `google.protobuf.Value` as JSON; whole doubles within ±2^53 print as integers, as
 /// Confluence sent them.
-pub fn value_to_json(v: &PbValue) -> Value {
+pub(super) fn value_to_json(v: &PbValue) -> Value {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     match &v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
