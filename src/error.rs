@@ -167,6 +167,21 @@ impl Error for GatewayError {
     }
 }
 
+/// Runs `work` until `deadline` (if any); past it, the answer is DEADLINE_EXCEEDED with
+/// `why`. The one way the gateway holds work to a caller's deadline.
+pub(crate) async fn within_deadline<T>(
+    deadline: Option<std::time::Instant>,
+    why: &'static str,
+    work: impl Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), work)
+            .await
+            .unwrap_or_else(|_| Err(GatewayError::DeadlineExceeded(why.to_owned()))),
+        None => work.await,
+    }
+}
+
 /// Prints an error and each of its causes, `outer: inner: innermost`, for logs.
 pub(crate) struct Chain<'a>(pub(crate) &'a (dyn Error + 'static));
 

@@ -16,7 +16,7 @@ use crate::{
     audit::PageQuery,
     cache::{PageCache, PageKey},
     credential::{Credential, FingerprintKey},
-    error::GatewayError,
+    error::{GatewayError, within_deadline},
     metrics::METRICS,
     pb::convert::encode_page,
     upstream::ConfluenceClient,
@@ -89,17 +89,13 @@ impl PageService {
                 (result, _) => result,
             }
         };
-        match req.deadline {
-            // A caller that joined someone else's load still leaves at its own deadline.
-            Some(d) => tokio::time::timeout_at(d.into(), lookup)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(GatewayError::DeadlineExceeded(
-                        "the call's deadline passed before the page was ready".into(),
-                    ))
-                }),
-            None => lookup.await,
-        }
+        // A caller that joined someone else's load still leaves at its own deadline.
+        within_deadline(
+            req.deadline,
+            "the call's deadline passed before the page was ready",
+            lookup,
+        )
+        .await
     }
 
     /// One cache lookup, loading on a miss; also says whether it joined another

@@ -20,7 +20,7 @@ use crate::{
         resume,
     },
     credential::Credential,
-    error::GatewayError,
+    error::{GatewayError, within_deadline},
     metrics::METRICS,
     pb::wire::{self, PageView},
 };
@@ -116,16 +116,12 @@ impl<P: PageSource> Producer<P> {
     async fn produce(self, tx: mpsc::Sender<Item>) {
         let deadline = self.req.deadline;
         let run = self.run(&tx);
-        let result = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), run)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(GatewayError::DeadlineExceeded(
-                        "the stream's deadline passed; resume from the last token".into(),
-                    ))
-                }),
-            None => run.await,
-        };
+        let result = within_deadline(
+            deadline,
+            "the stream's deadline passed; resume from the last token",
+            run,
+        )
+        .await;
         // Logged where it becomes the caller's status (src/grpc/status.rs).
         if let Err(e) = result {
             let _ = tx.send(Err(e)).await;

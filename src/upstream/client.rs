@@ -11,7 +11,7 @@ use super::retry::{RetryPolicy, classify, parse_retry_after};
 use crate::{
     audit::PageQuery,
     credential::Credential,
-    error::{GatewayError, UpstreamFailure},
+    error::{GatewayError, UpstreamFailure, within_deadline},
     metrics::METRICS,
 };
 
@@ -91,12 +91,7 @@ impl ConfluenceClient {
             .notify(|err, wait| {
                 tracing::warn!(reason = err.reason(), error = %err, ?wait, "retrying Confluence call");
             });
-        match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), call)
-                .await
-                .unwrap_or_else(|_| Err(deadline_error())),
-            None => call.await,
-        }
+        within_deadline(deadline, DEADLINE_PASSED, call).await
     }
 
     async fn attempt(
@@ -278,8 +273,10 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> GatewayError {
     }
 }
 
+const DEADLINE_PASSED: &str = "the call's deadline passed before Confluence answered";
+
 fn deadline_error() -> GatewayError {
-    GatewayError::DeadlineExceeded("the call's deadline passed before Confluence answered".into())
+    GatewayError::DeadlineExceeded(DEADLINE_PASSED.into())
 }
 
 #[cfg(test)]
