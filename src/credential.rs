@@ -88,6 +88,14 @@ impl FingerprintKey {
         Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
+    /// A key for another purpose (`label`), derived from this one: as shared, or as
+    /// random, as the salt it came from.
+    pub(crate) fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(hmac::sign(&self.0, label).as_ref());
+        out
+    }
+
     /// A fresh random key for this process, from the system's CSPRNG.
     pub(crate) fn random() -> Result<Self, String> {
         hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())

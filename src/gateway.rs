@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     app::PageService,
+    audit::resume::TokenKey,
     cache::{PageCache, SharedTier, redis::RedisTier},
     config::{ConfigError, GatewayConfig},
     grpc::AuditGrpc,
@@ -41,12 +42,18 @@ impl Gateway {
             )),
             None => None,
         };
+        if config.cache.credential_salt.is_none() {
+            tracing::info!("no --credential-salt: resume tokens are valid only for this process");
+        }
+        // Tokens are signed with a key derived from the salt, so replicas sharing the salt
+        // resume each other's streams and nobody else can forge a position.
+        let tokens = TokenKey::new(&checked.fingerprints.derive(b"audit-gateway resume token"));
         let pages = PageService::new(
             client,
             PageCache::new(checked.cache, shared),
             checked.fingerprints,
         );
-        let service = AuditGrpc::new(pages, checked.credentials, config.stream_prefetch);
+        let service = AuditGrpc::new(pages, checked.credentials, config.stream_prefetch, tokens);
 
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             ConfigError::caused_by("--listen", format!("cannot bind {}", config.listen), e)

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub streams_started: Counter,
     /// Records delivered by StreamSince.
     pub stream_records: Counter,
+    /// Stream pages whose last millisecond held more records than a page (exactly-once
+    /// then depends on Confluence listing them in a stable order).
+    pub stream_tie_overflows: Counter,
 }
 
 /// The process's metrics.
@@ -82,6 +85,7 @@ pub static METRICS: Metrics = Metrics {
     redis_outages: Counter::new(),
     streams_started: Counter::new(),
     stream_records: Counter::new(),
+    stream_tie_overflows: Counter::new(),
 };
 
 impl Metrics {
@@ -100,7 +104,7 @@ impl Metrics {
 
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "page_requests",
                 "Pages asked of the page cache.",
@@ -150,6 +154,11 @@ impl Metrics {
                 "stream_records",
                 "Records delivered by StreamSince.",
                 &self.stream_records,
+            ),
+            (
+                "stream_tie_overflows",
+                "Stream pages whose last millisecond held more records than a page.",
+                &self.stream_tie_overflows,
             ),
         ];
         let mut out = String::new();

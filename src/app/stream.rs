@@ -6,8 +6,14 @@
 //! whatever the window's size. When the caller goes away the channel closes, the
 //! producer returns, and dropping its pending fetches aborts them. Should the producer
 //! panic, the stream ends with INTERNAL rather than looking complete.
+//!
+//! Every decision about records is `audit::anchor`'s: which pages cover the stream's
+//! boundary, what they deliver, where the next page starts. This module only chooses
+//! which offsets to fetch: a pipeline of predicted pages while they keep covering, a page
+//! fetched again past the cache when one does not, and a search by date when the
+//! boundary is far from where it was.
 
-use std::{collections::VecDeque, time::Instant};
+use std::{collections::VecDeque, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -16,8 +22,8 @@ use crate::{
     app::{PageRequest, PageService},
     audit::{
         PageQuery,
-        anchor::{self, Anchored, Cursor, Step, Window},
-        resume,
+        anchor::{self, Anchored, Cursor, Position, Window},
+        resume::{self, TokenKey},
     },
     credential::Credential,
     error::{GatewayError, within_deadline},
@@ -25,12 +31,23 @@ use crate::{
     pb::wire::{self, PageView},
 };
 
+/// Records each page overlaps the one before it by, when pages are predicted ahead: a
+/// predicted page covers the boundary unless the tie group at the end of the page before
+/// it holds more records than this.
+const OVERLAP: i64 = 8;
+/// Most probes spent locating a boundary (a binary search over int32 offsets needs 32).
+const MAX_PROBES: u32 = 64;
+/// Most requests in a row that deliver nothing: paging never goes on forever, whatever
+/// the server answers.
+const MAX_IDLE_REQUESTS: u32 = 200;
+
 /// One validated `StreamSince` call.
 #[derive(Clone, Debug)]
 pub(crate) struct StreamRequest {
     /// The window's filters.
     pub window: Window,
-    /// Records asked for per page (1..=1000); each request asks one more, the overlap.
+    /// Records per message (1..=1000); pages ask for a few more, the overlap, but never
+    /// more than Confluence's largest `limit`.
     pub page_size: i32,
     /// Stop after this many records.
     pub max_records: Option<u64>,
@@ -64,6 +81,7 @@ pub(crate) fn start<P: PageSource>(
     pages: P,
     req: StreamRequest,
     prefetch: usize,
+    tokens: Arc<TokenKey>,
 ) -> mpsc::Receiver<Item> {
     METRICS.streams_started.inc();
     let (tx, rx) = mpsc::channel(1);
@@ -71,6 +89,7 @@ pub(crate) fn start<P: PageSource>(
         pages,
         req,
         prefetch: prefetch.max(1),
+        tokens,
     };
     let producing = tokio::spawn(producer.produce(tx.clone()));
     // A panic would only close the channel, and the caller would take the messages so far
@@ -91,12 +110,13 @@ struct Producer<P> {
     pages: P,
     req: StreamRequest,
     prefetch: usize,
+    tokens: Arc<TokenKey>,
 }
 
 /// A page being fetched; dropping it aborts the fetch unless it was let go.
 struct Fetch {
     start: i64,
-    /// Fetched past the cache after the anchor's page was placed.
+    /// Fetched past the cache, after everything the stream knows was seen.
     fresh: bool,
     task: JoinHandle<Result<PageView, GatewayError>>,
     /// Finish even when dropped: other streams may be waiting on this very load.
@@ -109,6 +129,39 @@ impl Drop for Fetch {
             self.task.abort();
         }
     }
+}
+
+/// A search by date for a page that covers the boundary.
+#[derive(Clone, Copy, Debug, Default)]
+struct Search {
+    /// An offset known to hold a record newer than the boundary.
+    newer_at: Option<i64>,
+    /// An offset known to be at or past the boundary (or past the log's end).
+    past_at: Option<i64>,
+    /// Pages in a row found wholly newer: the forward jump doubles with each.
+    ahead: u32,
+    probes: u32,
+}
+
+impl Search {
+    /// The next offset to probe (fresh), with `limit` records a page.
+    fn next(&self, limit: i64) -> i64 {
+        let lo = self.newer_at.unwrap_or(0);
+        match self.past_at {
+            Some(hi) if hi - lo > limit - 1 => lo + (hi - lo) / 2,
+            Some(_) => lo,
+            None if self.ahead <= 1 => lo,
+            None => lo + (limit - 1) * ((1i64 << self.ahead.min(30)) - 1),
+        }
+    }
+}
+
+/// What the producer does next.
+enum Next {
+    /// Take the next page of the pipeline.
+    Pipeline,
+    /// Fetch this page next, alone (the pipeline restarts after it).
+    Serial(Fetch),
 }
 
 impl<P: PageSource> Producer<P> {
@@ -128,15 +181,21 @@ impl<P: PageSource> Producer<P> {
         }
     }
 
+    /// The `limit` every page asks for: the page size plus the overlap, at most 1000.
+    fn asked(&self) -> i64 {
+        (i64::from(self.req.page_size) + OVERLAP).min(i64::from(PageQuery::MAX_LIMIT))
+    }
+
     fn fetch(&self, start: i64, fresh: bool) -> Fetch {
         let pages = self.pages.clone();
         let w = &self.req.window;
+        let limit = self.asked() as i32;
         let query = i32::try_from(start).map(|start| PageQuery {
             number: w.number,
             units: w.units,
             search_string: w.search_string.clone(),
             start,
-            limit: self.req.page_size + 1,
+            limit,
         });
         let credential = self.req.credential.clone();
         let refresh = self.req.refresh || fresh;
@@ -164,101 +223,193 @@ impl<P: PageSource> Producer<P> {
     }
 
     async fn run(self, tx: &mpsc::Sender<Item>) -> Result<(), GatewayError> {
-        let mut cursor = self.req.cursor;
+        let mut cursor = self.req.cursor.clone();
         let mut remaining = self.req.max_records;
         if remaining == Some(0) {
             return Ok(());
         }
-        let asked = i64::from(self.req.page_size) + 1;
-        // Pages ahead: the first page alone (it tells the server's limit and whether
-        // the window holds more than a page), then the whole prefetch window.
+        // The most records a page has held. A server may cap pages below what was asked,
+        // and say nothing of it; its cap is the same for every page (Confluence speaks of
+        // "fixed system limits"), so a page shorter than one already seen was not cut by
+        // it: it reaches the log's end.
+        let mut largest = 0;
+        // Pages in a row, at different offsets, that delivered records and were as long as
+        // the longest: after two, the cap is known and the pipeline runs ahead at its
+        // stride.
+        let mut full_pages = 0u32;
+        let mut last_full_at = None;
+        // The first page alone (it may show a cap, or the whole window), then the
+        // prefetch window.
         let mut window = 1;
-        let mut stride: Option<i64> = None;
         let mut ahead: VecDeque<Fetch> = VecDeque::new();
-        let mut serial: Option<Fetch> = None;
+        let mut next = Next::Pipeline;
+        let mut search: Option<Search> = None;
+        let mut idle = 0u32;
         loop {
-            let mut fetch = match serial.take() {
-                Some(f) => f,
-                None => self.next_in_pipeline(&mut ahead, cursor.start, stride, window),
+            idle += 1;
+            if idle > MAX_IDLE_REQUESTS {
+                return Err(GatewayError::Internal(format!(
+                    "{MAX_IDLE_REQUESTS} pages in a row brought nothing new; Confluence's \
+                     answers do not page consistently (resume from the last token)"
+                )));
+            }
+            let page_limit = largest.max(2);
+            let stride = (page_limit - OVERLAP.min(page_limit - 1)).max(1);
+            let mut fetch = match std::mem::replace(&mut next, Next::Pipeline) {
+                Next::Serial(f) => f,
+                Next::Pipeline => self.next_in_pipeline(&mut ahead, cursor.start, stride, window),
             };
-            debug_assert_eq!(fetch.start, cursor.start, "pages are fetched at the cursor");
             let page = tokio::select! {
                 joined = &mut fetch.task => joined.map_err(|e| {
                     GatewayError::Internal(format!("page fetch task failed: {e}"))
                 })??,
                 _ = tx.closed() => return Ok(()),
             };
-            let limit = if page.limit > 0 {
-                i64::from(page.limit).min(asked)
-            } else {
-                asked
-            };
-            if limit < 2 {
-                return Err(GatewayError::Internal(
-                    "Confluence caps pages at one record; pages cannot overlap".into(),
-                ));
+            let (at, n) = (fetch.start, page.records.len() as i64);
+            // Shorter than a page already seen: this page reaches the log's end.
+            let reaches_end = n < largest;
+            if n > largest {
+                largest = n;
+                full_pages = 0;
             }
-            stride = Some(limit - 1);
-            let last_page = (page.records.len() as i64) < limit;
-            let want = remaining.map_or(usize::MAX, |left| {
-                usize::try_from(left).unwrap_or(usize::MAX)
-            });
-            let records = match anchor::step(&cursor, &page.records, fetch.fresh, last_page, want) {
-                Step::Refetch(next) => {
-                    cursor = next;
-                    serial = Some(self.fetch(cursor.start, true));
-                    continue;
+            let page_limit = largest.max(2);
+            let probe = |search: &mut Option<Search>, update: &dyn Fn(&mut Search)| {
+                let s = search.get_or_insert_with(Search::default);
+                update(s);
+                s.probes += 1;
+                s.next(page_limit)
+            };
+            match anchor::position(&cursor, at, &page.records, fetch.fresh) {
+                Position::Covers => {
+                    search = None;
+                    let want = remaining.map_or(usize::MAX, |left| {
+                        usize::try_from(left).unwrap_or(usize::MAX)
+                    });
+                    // Cut by the limit, perhaps: as long as asked for, or as the cap.
+                    let cut = n >= self.asked() || (n == largest && full_pages >= 2);
+                    let d = anchor::deliver(&cursor, at, &page.records, want, cut);
+                    if n == largest && !d.records.is_empty() && last_full_at != Some(at) {
+                        full_pages += 1;
+                        last_full_at = Some(at);
+                    }
+                    if d.overflowed {
+                        METRICS.stream_tie_overflows.inc();
+                        tracing::warn!(
+                            at,
+                            page_limit,
+                            "a millisecond holds more records than a page: if Confluence \
+                             reorders them between requests, some of them can be missed"
+                        );
+                    }
+                    let moved = d.cursor != cursor;
+                    cursor = d.cursor;
+                    if !d.records.is_empty() {
+                        idle = 0;
+                        let records: Vec<Bytes> =
+                            d.records.iter().map(|&i| page.records[i].clone()).collect();
+                        if let Some(left) = remaining.as_mut() {
+                            *left -= records.len() as u64;
+                        }
+                        let token = resume::encode(&self.tokens, &self.req.window, &cursor);
+                        METRICS.stream_records.add(records.len() as u64);
+                        if tx
+                            .send(Ok(wire::stream_message(&records, &token)))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
+                    if remaining == Some(0) {
+                        let_go(ahead);
+                        return Ok(());
+                    }
+                    if reaches_end {
+                        // Everything after the boundary up to the log's end was delivered.
+                        let_go(ahead);
+                        return Ok(());
+                    }
+                    if !moved && fetch.fresh {
+                        // A fresh page that brought nothing new and moved nothing: the
+                        // boundary's tie group fills it. Look past it.
+                        cursor = anchor::look_past(&cursor, at, page.records.len());
+                    } else if !moved {
+                        // Nothing new, perhaps from an older snapshot: ask again, fresh.
+                        next = Next::Serial(self.fetch(cursor.start, true));
+                        ahead.clear();
+                    }
+                    if n >= self.asked() || full_pages >= 2 {
+                        window = self.prefetch;
+                    }
                 }
-                Step::End => {
+                Position::Empty
+                    if cursor.boundary.is_none()
+                        || (fetch.fresh
+                            && at
+                                <= 1 + search.and_then(|s| s.newer_at).unwrap_or(cursor.start)) =>
+                {
+                    // Nothing right after a record newer than the boundary (the hint, or one
+                    // a search found): arrivals only push records further on, so nothing
+                    // at or past the boundary is left. The window is done.
                     let_go(ahead);
                     return Ok(());
                 }
-                Step::Deliver {
-                    records: range,
-                    cursor: next,
-                } => {
-                    cursor = next;
-                    &page.records[range]
+                Position::Empty | Position::After if !fetch.fresh => {
+                    // An older snapshot, or a guessed offset: ask again where the boundary
+                    // was last seen, past the cache.
+                    next = Next::Serial(self.fetch(cursor.start, true));
+                    ahead.clear();
                 }
-            };
-            if !records.is_empty() {
-                if let Some(left) = remaining.as_mut() {
-                    *left -= records.len() as u64;
+                Position::Empty | Position::After => {
+                    // A fresh page at or past the boundary: it lies before `at`.
+                    let to = probe(&mut search, &|s| {
+                        s.past_at = Some(at);
+                        s.ahead = 0;
+                    });
+                    next = Next::Serial(self.fetch(to, true));
+                    ahead.clear();
                 }
-                let token = resume::encode(&self.req.window, &cursor);
-                let message = wire::stream_message(records, &token);
-                METRICS.stream_records.add(records.len() as u64);
-                if tx.send(Ok(message)).await.is_err() {
+                Position::Before if reaches_end => {
+                    // All newer, up to the log's end: nothing at or past the boundary is left.
+                    let_go(ahead);
                     return Ok(());
                 }
+                Position::Before => {
+                    // All newer: the boundary lies further on; jump, then bisect.
+                    let to = probe(&mut search, &|s| {
+                        s.newer_at = Some(at + n - 1);
+                        s.ahead += 1;
+                        if s.past_at.is_some_and(|hi| hi < at + n) {
+                            s.past_at = None;
+                        }
+                    });
+                    next = Next::Serial(self.fetch(to, true));
+                    ahead.clear();
+                }
             }
-            if last_page || remaining == Some(0) {
-                let_go(ahead);
-                return Ok(());
+            if search.is_some_and(|s| s.probes > MAX_PROBES) {
+                return Err(GatewayError::Internal(
+                    "cannot find where the stream stood in Confluence's log; resume from an \
+                     earlier token or start the window again"
+                        .into(),
+                ));
             }
-            window = self.prefetch;
         }
     }
 
-    /// The next page of the pipeline, which must start at `start`; keeps `window`
-    /// pages in flight once the stride between pages is known.
+    /// The next page of the pipeline: the oldest prediction, or one at `start`; keeps
+    /// `window` pages in flight, `stride` apart.
     fn next_in_pipeline(
         &self,
         ahead: &mut VecDeque<Fetch>,
         start: i64,
-        stride: Option<i64>,
+        stride: i64,
         window: usize,
     ) -> Fetch {
-        if ahead.front().is_some_and(|f| f.start != start) {
-            // Predictions went stale (an advance, a capped limit): start over from here.
-            ahead.clear();
-        }
-        if let Some(stride) = stride {
-            let mut next = ahead.back().map_or(start, |f| f.start + stride);
-            while ahead.len() < window {
-                ahead.push_back(self.fetch(next, false));
-                next += stride;
-            }
+        let mut next = ahead.back().map_or(start, |f| f.start + stride);
+        while ahead.len() < window {
+            ahead.push_back(self.fetch(next, false));
+            next += stride;
         }
         ahead
             .pop_front()
@@ -280,43 +431,68 @@ fn decode(page: &Bytes) -> Result<PageView, GatewayError> {
 /// An encoded `AuditRecord`: the gateway encodes records deterministically (fields in
 /// order, `Struct` keys sorted), so its bytes identify its content.
 impl Anchored for Bytes {
-    fn id(&self) -> [u8; 16] {
+    fn id(&self) -> u64 {
         let digest = ring::digest::digest(&ring::digest::SHA256, self);
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&digest.as_ref()[..16]);
-        id
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest.as_ref()[..8]);
+        u64::from_be_bytes(id)
     }
 
     fn date(&self) -> i64 {
         // Pages are written by this gateway, so a record that does not parse is a defect;
-        // dating it 0 only makes it look older than any anchor.
+        // dating it 0 only makes it look older than any boundary.
         wire::creation_date(self).unwrap_or_default()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
+    use std::{
+        collections::HashMap,
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicUsize, Ordering},
+        },
     };
 
+    use proptest::prelude::*;
     use prost::Message;
 
     use super::*;
-    use crate::{audit::TimeUnit, pb};
+    use crate::{
+        audit::{TimeUnit, anchor::Cursor},
+        error::UpstreamFailure,
+        pb,
+    };
+
+    fn record(date: i64, content: &str) -> pb::AuditRecord {
+        pb::AuditRecord {
+            creation_date: date,
+            summary: content.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn encode(records: &[pb::AuditRecord], limit: i32) -> Bytes {
+        let page = pb::GetSinceResponse {
+            results: records.to_vec(),
+            limit,
+            ..Default::default()
+        };
+        Bytes::from(page.encode_to_vec())
+    }
 
     /// A quiet log, newest first, served as encoded pages.
     #[derive(Clone)]
     struct Log(Arc<Vec<pb::AuditRecord>>);
 
     fn log(records: i64) -> Log {
-        let record = |i: i64| pb::AuditRecord {
-            creation_date: 1000 + i,
-            summary: format!("#{i}"),
-            ..Default::default()
-        };
-        Log(Arc::new((0..records).rev().map(record).collect()))
+        Log(Arc::new(
+            (0..records)
+                .rev()
+                .map(|i| record(1000 + i, &format!("#{i}")))
+                .collect(),
+        ))
     }
 
     impl PageSource for Log {
@@ -326,12 +502,8 @@ mod tests {
         ) -> impl Future<Output = Result<Bytes, GatewayError>> + Send {
             let start = usize::try_from(req.query.start).expect("offset");
             let limit = usize::try_from(req.query.limit).expect("limit");
-            let page = pb::GetSinceResponse {
-                results: self.0.iter().skip(start).take(limit).cloned().collect(),
-                limit: req.query.limit,
-                ..Default::default()
-            };
-            std::future::ready(Ok(Bytes::from(page.encode_to_vec())))
+            let records: Vec<_> = self.0.iter().skip(start).take(limit).cloned().collect();
+            std::future::ready(Ok(encode(&records, req.query.limit)))
         }
     }
 
@@ -374,6 +546,10 @@ mod tests {
         }
     }
 
+    fn key() -> Arc<TokenKey> {
+        Arc::new(TokenKey::new(b"test"))
+    }
+
     fn request(page_size: i32, max_records: Option<u64>, cursor: Cursor) -> StreamRequest {
         StreamRequest {
             window: window(),
@@ -386,47 +562,343 @@ mod tests {
         }
     }
 
-    /// The summaries of the records streamed, the last token, and how the stream ended.
-    async fn drain(mut rx: mpsc::Receiver<Item>) -> (Vec<String>, String, Option<GatewayError>) {
-        let (mut summaries, mut token) = (Vec::new(), String::new());
+    /// The records streamed (summary, date), the last token, and how the stream ended.
+    async fn drain(
+        mut rx: mpsc::Receiver<Item>,
+    ) -> (Vec<(String, i64)>, String, Option<GatewayError>) {
+        let (mut records, mut token) = (Vec::new(), String::new());
         while let Some(item) = rx.recv().await {
             let message = match item {
                 Ok(m) => pb::StreamSinceResponse::decode(m).expect("a stream message"),
-                Err(e) => return (summaries, token, Some(e)),
+                Err(e) => return (records, token, Some(e)),
             };
-            summaries.extend(message.records.into_iter().map(|r| r.summary));
+            records.extend(
+                message
+                    .records
+                    .into_iter()
+                    .map(|r| (r.summary, r.creation_date)),
+            );
             token = message.resume_token;
         }
-        (summaries, token, None)
+        (records, token, None)
+    }
+
+    fn names(records: &[(String, i64)]) -> Vec<&str> {
+        records.iter().map(|(s, _)| s.as_str()).collect()
     }
 
     #[tokio::test]
     async fn a_stream_cut_at_max_records_resumes_from_its_token_to_the_end() {
         let log = log(11);
-        let rx = start(log.clone(), request(3, Some(5), Cursor::BEGIN), 2);
+        let rx = start(log.clone(), request(3, Some(5), Cursor::BEGIN), 2, key());
         let (first, token, end) = drain(rx).await;
         assert!(end.is_none(), "{end:?}");
-        assert_eq!(first, ["#10", "#9", "#8", "#7", "#6"]);
+        assert_eq!(names(&first), ["#10", "#9", "#8", "#7", "#6"]);
 
-        let cursor = resume::decode(&window(), &token).expect("a token");
-        let (rest, _, end) = drain(start(log, request(3, None, cursor), 2)).await;
+        let cursor = resume::decode(&key(), &window(), &token).expect("a token");
+        let (rest, _, end) = drain(start(log, request(3, None, cursor), 2, key())).await;
         assert!(end.is_none(), "{end:?}");
-        let rest_expected: Vec<String> = (0..6).rev().map(|i| format!("#{i}")).collect();
-        assert_eq!(rest, rest_expected);
+        let expected: Vec<String> = (0..6).rev().map(|i| format!("#{i}")).collect();
+        assert_eq!(names(&rest), expected);
     }
 
     #[tokio::test]
     async fn a_panicking_producer_ends_the_stream_with_internal_not_ok() {
         let source = BreaksAfter {
-            log: log(11),
+            log: log(30),
             clones: 1,
             cloned: Arc::default(),
         };
-        let (delivered, _, end) = drain(start(source, request(3, None, Cursor::BEGIN), 2)).await;
-        assert_eq!(delivered, ["#10", "#9", "#8", "#7"]);
+        let (delivered, _, end) =
+            drain(start(source, request(3, None, Cursor::BEGIN), 2, key())).await;
+        assert!(delivered.len() < 30, "{delivered:?}");
         assert!(
             matches!(end, Some(GatewayError::Internal(_))),
             "ended with {end:?}"
         );
+    }
+
+    /// How a model Confluence misbehaves (each within what its documentation allows).
+    #[derive(Clone, Debug)]
+    struct Misbehaviour {
+        /// Largest tie group (records sharing a millisecond), listed in a fresh random
+        /// order on every request.
+        ties: usize,
+        /// Of a tie group's records, the share that copy another member byte for byte.
+        identical: f64,
+        /// New records at the head before each request (up to).
+        inserts: usize,
+        /// Oldest milliseconds deleted before each request (up to).
+        deletes: usize,
+        /// Server-side cap on `limit`, with the requested limit echoed (or none).
+        cap: Option<usize>,
+        /// Share of pages answered from an older snapshot when the cache may serve them.
+        stale: f64,
+        /// Share of requests that fail (a cut body, a 503, a 429) after the gateway's
+        /// retries: the stream ends and the caller resumes from its last token.
+        faults: f64,
+    }
+
+    /// A model Confluence: a log newest first, changed before every request.
+    struct Model {
+        log: Vec<pb::AuditRecord>,
+        /// Every record that ever was, by content (identical records count twice).
+        ever: HashMap<String, usize>,
+        /// Earlier states of the log, for stale answers.
+        history: VecDeque<Vec<pb::AuditRecord>>,
+        next_id: usize,
+        rng: fastrand::Rng,
+        how: Misbehaviour,
+        requests: usize,
+        /// How many records the first page served held.
+        first_page: Option<usize>,
+        /// The newest `creationDate` the log ever held.
+        newest: i64,
+    }
+
+    impl Model {
+        fn new(records: usize, how: Misbehaviour, seed: u64) -> Self {
+            let mut model = Model {
+                log: Vec::new(),
+                ever: HashMap::new(),
+                history: VecDeque::new(),
+                next_id: 0,
+                rng: fastrand::Rng::with_seed(seed),
+                how,
+                requests: 0,
+                first_page: None,
+                newest: 0,
+            };
+            model.insert(records, 1_000_000);
+            model
+        }
+
+        /// Adds `n` records at the head, from `date` on, in tie groups.
+        fn insert(&mut self, n: usize, mut date: i64) {
+            let mut batch = Vec::with_capacity(n);
+            while batch.len() < n {
+                let group = self.rng.usize(1..=self.how.ties).min(n - batch.len());
+                let mut members: Vec<pb::AuditRecord> = Vec::new();
+                for _ in 0..group {
+                    let content = match members.last() {
+                        Some(m) if self.rng.f64() < self.how.identical => m.summary.clone(),
+                        _ => {
+                            self.next_id += 1;
+                            format!("e{}", self.next_id)
+                        }
+                    };
+                    *self.ever.entry(content.clone()).or_default() += 1;
+                    members.push(record(date, &content));
+                }
+                batch.extend(members);
+                self.newest = self.newest.max(date);
+                date += 1 + self.rng.i64(0..3);
+            }
+            batch.reverse();
+            batch.append(&mut self.log);
+            self.log = batch;
+        }
+
+        /// One request: the log changes, ties reorder, and a page is cut out of it.
+        fn answer(
+            &mut self,
+            start: usize,
+            limit: usize,
+            refresh: bool,
+        ) -> Result<Bytes, GatewayError> {
+            self.requests += 1;
+            assert!(
+                limit <= 1000,
+                "asked for more than Confluence's largest limit: {limit}"
+            );
+            self.history.push_back(self.log.clone());
+            if self.history.len() > 4 {
+                self.history.pop_front();
+            }
+            let inserts = self.rng.usize(0..=self.how.inserts);
+            // Arrivals are newer than anything the log ever held, even once emptied.
+            self.insert(inserts, self.newest + 1);
+            // Retention and the relative window's moving lower bound remove records by
+            // date: a millisecond leaves whole.
+            for _ in 0..self.rng.usize(0..=self.how.deletes) {
+                let Some(oldest) = self.log.last().map(|r| r.creation_date) else {
+                    break;
+                };
+                self.log.retain(|r| r.creation_date != oldest);
+            }
+            self.reorder_ties();
+            if self.rng.f64() < self.how.faults {
+                let failure = [UpstreamFailure::Unavailable, UpstreamFailure::RateLimited]
+                    [self.rng.usize(0..2)];
+                return Err(match self.rng.bool() {
+                    true => GatewayError::MalformedBody("the body was cut off".into()),
+                    false => GatewayError::Upstream {
+                        failure,
+                        http_status: None,
+                        message: "model fault".into(),
+                        retry_after: None,
+                        source: None,
+                    },
+                });
+            }
+            let snapshot = match self.history.front() {
+                Some(old) if !refresh && self.rng.f64() < self.how.stale => old.clone(),
+                _ => self.log.clone(),
+            };
+            let served = self.how.cap.map_or(limit, |cap| cap.min(limit));
+            let records: Vec<_> = snapshot.iter().skip(start).take(served).cloned().collect();
+            self.first_page.get_or_insert(records.len());
+            // The echo is the requested limit, or nothing: never proof of a cap.
+            let echo = if self.rng.bool() { limit as i32 } else { 0 };
+            Ok(encode(&records, echo))
+        }
+
+        fn reorder_ties(&mut self) {
+            let mut i = 0;
+            while i < self.log.len() {
+                let date = self.log[i].creation_date;
+                let end = i + self.log[i..]
+                    .iter()
+                    .take_while(|r| r.creation_date == date)
+                    .count();
+                self.rng.shuffle(&mut self.log[i..end]);
+                i = end;
+            }
+        }
+    }
+
+    #[derive(Clone)]
+    struct ModelSource(Arc<Mutex<Model>>);
+
+    impl PageSource for ModelSource {
+        fn page(
+            &self,
+            req: PageRequest,
+        ) -> impl Future<Output = Result<Bytes, GatewayError>> + Send {
+            let start = usize::try_from(req.query.start).expect("offset");
+            let limit = usize::try_from(req.query.limit).expect("limit");
+            let answer = self
+                .0
+                .lock()
+                .expect("model")
+                .answer(start, limit, req.refresh);
+            std::future::ready(answer)
+        }
+    }
+
+    /// Streams the whole window as a client would: on an error or at `max_records`, a new
+    /// call resumes from the last token. Returns what was delivered, in order.
+    async fn stream_through(
+        source: ModelSource,
+        page_size: i32,
+        max_records: Option<u64>,
+    ) -> Result<Vec<(String, i64)>, String> {
+        let mut delivered = Vec::new();
+        let mut cursor = Cursor::BEGIN;
+        for _ in 0..200 {
+            let req = request(page_size, max_records, cursor.clone());
+            let (records, token, end) = drain(start(source.clone(), req, 3, key())).await;
+            let got = records.len();
+            delivered.extend(records);
+            if !token.is_empty() {
+                cursor = resume::decode(&key(), &window(), &token).map_err(|e| e.to_string())?;
+            }
+            match end {
+                Some(GatewayError::Internal(m)) => return Err(format!("INTERNAL: {m}")),
+                Some(_) => continue,
+                None if max_records.is_some_and(|m| got as u64 == m) => continue,
+                None => return Ok(delivered),
+            }
+        }
+        Err("the stream did not finish within 200 calls".into())
+    }
+
+    fn misbehaviour() -> impl Strategy<Value = (Misbehaviour, i32)> {
+        (
+            2usize..=12,
+            0.0..0.3f64,
+            0usize..=6,
+            0usize..=4,
+            prop::option::of(3usize..=20),
+            0.0..0.5f64,
+            0.0..0.2f64,
+            1i32..=12,
+        )
+            .prop_map(
+                |(ties, identical, inserts, deletes, cap, stale, faults, page_size)| {
+                    // Tie groups fit in a page with the record before them (the guarantee's
+                    // assumption, see audit/anchor.rs), whatever the cap.
+                    // The guarantee's assumptions (see audit/anchor.rs): the log grows slower
+                    // than it is paged (a log that gains a page between two requests can never
+                    // be read to its end by offset), and a tie group fits in a page together
+                    // with the record before it and what arrives between two requests.
+                    let page = cap.unwrap_or(usize::MAX).min(page_size as usize + 8);
+                    let inserts = inserts.min(page / 4);
+                    let how = Misbehaviour {
+                        ties: ties.min(page.saturating_sub(2 + inserts)).max(1),
+                        identical,
+                        inserts,
+                        deletes,
+                        cap,
+                        stale,
+                        faults,
+                    };
+                    (how, page_size)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(500)
+        ))]
+
+        /// Whatever the schedule: every record of the window that is still in the log at
+        /// the end is delivered exactly once; nothing is delivered twice; dates never
+        /// increase along the whole concatenation of calls.
+        #[test]
+        fn every_surviving_record_arrives_exactly_once_in_order(
+            (how, page_size) in misbehaviour(),
+            records in 0usize..120,
+            max_records in prop::option::of(1u64..40),
+            seed in any::<u64>(),
+        ) {
+            let model = Arc::new(Mutex::new(Model::new(records, how, seed)));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let source = ModelSource(model.clone());
+            let delivered = runtime
+                .block_on(stream_through(source, page_size, max_records))
+                .map_err(TestCaseError::fail)?;
+            let model = model.lock().expect("model");
+
+            for pair in delivered.windows(2) {
+                prop_assert!(pair[0].1 >= pair[1].1, "order broken at {pair:?}");
+            }
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            for (content, _) in &delivered {
+                *counts.entry(content.as_str()).or_default() += 1;
+            }
+            for (content, n) in &counts {
+                let ever = model.ever.get(*content).copied().unwrap_or(0);
+                prop_assert!(*n <= ever, "{content} delivered {n} times, existed {ever} times");
+            }
+            // The window: what the first message began with, and everything older.
+            let top = delivered.first().map_or(i64::MIN, |r| r.1);
+            let mut alive: HashMap<&str, usize> = HashMap::new();
+            for r in model.log.iter().filter(|r| r.creation_date <= top) {
+                *alive.entry(r.summary.as_str()).or_default() += 1;
+            }
+            if delivered.is_empty() {
+                // Only right if the window was empty when the stream began.
+                prop_assert_eq!(model.first_page, Some(0));
+            }
+            for (content, n) in &alive {
+                let got = counts.get(content).copied().unwrap_or(0);
+                prop_assert!(got >= *n, "{content}: {n} in the log, {got} delivered");
+            }
+        }
     }
 }

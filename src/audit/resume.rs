@@ -1,20 +1,45 @@
 //! Resume tokens: where a stream stood after a message, for the same window only.
-//! Opaque to callers, versioned, and checked: a corrupted token or one from another
-//! window is refused rather than misread.
+//! Opaque to callers, versioned and authenticated (an HMAC keyed by a secret of the
+//! gateway's), so a forged, edited or corrupted token, or one from another window, is
+//! refused before anything is fetched.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use ring::digest;
+use ring::{digest, hmac};
 
-use super::anchor::{Anchor, Cursor, Window};
+use super::anchor::{Boundary, Cursor, Window};
 
-const VERSION: u8 = 1;
-/// Version, window digest, start, anchor id, anchor date, run, checksum.
-const LEN: usize = 1 + 8 + 8 + 16 + 8 + 4 + 4;
+const VERSION: u8 = 2;
+/// Version, window digest, start, overflow flag, boundary date, count of seen digests.
+const HEAD: usize = 1 + 8 + 8 + 1 + 8 + 2;
+/// Each digest delivered at the boundary's millisecond.
+const DIGEST: usize = 8;
+/// The MAC's length (HMAC-SHA-256, truncated).
+const MAC: usize = 16;
+/// Most digests a token carries: a tie group larger than this is past what the
+/// stream guarantees anyway (see `anchor.rs`), and tokens stay under ~11 KiB.
+pub(crate) const MAX_SEEN: usize = 1000;
+
+/// The key that signs and checks tokens. Replicas that resume each other's streams
+/// must share it (it derives from `--credential-salt`).
+pub(crate) struct TokenKey(hmac::Key);
+
+impl TokenKey {
+    /// A key from secret bytes.
+    pub(crate) fn new(secret: &[u8]) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
+    }
+}
 
 /// Why a token was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum TokenError {
-    /// Not a token this gateway wrote (bad encoding, length or checksum).
+    /// Not a token this gateway wrote (bad encoding, length or MAC).
     Corrupt,
     /// A token version this gateway does not read.
     UnknownVersion(u8),
@@ -25,7 +50,10 @@ pub(crate) enum TokenError {
 impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Corrupt => f.write_str("is not a resume token (corrupted or truncated?)"),
+            Self::Corrupt => f.write_str(
+                "is not a resume token of this gateway (corrupted, edited, or signed with \
+                 another --credential-salt)",
+            ),
             Self::UnknownVersion(v) => write!(f, "has version {v}, which this gateway cannot read"),
             Self::OtherWindow => {
                 f.write_str("belongs to a stream with other filters (number, units, search_string)")
@@ -34,60 +62,79 @@ impl std::fmt::Display for TokenError {
     }
 }
 
-/// Encodes a cursor (which must have an anchor) of a stream over `window`.
-pub(crate) fn encode(window: &Window, cursor: &Cursor) -> String {
-    let (start, run) = (cursor.start, cursor.run);
-    let anchor = cursor.anchor.unwrap_or(Anchor {
-        id: [0; 16],
-        date: 0,
-    });
-    let mut b = Vec::with_capacity(LEN);
+/// Encodes a cursor (which must have a boundary) of a stream over `window`.
+pub(crate) fn encode(key: &TokenKey, window: &Window, cursor: &Cursor) -> String {
+    let (date, seen): (i64, &[u64]) = match &cursor.boundary {
+        Some(b) => (b.date, &b.seen[..b.seen.len().min(MAX_SEEN)]),
+        None => (i64::MAX, &[]),
+    };
+    let mut b = Vec::with_capacity(HEAD + seen.len() * DIGEST + MAC);
     b.push(VERSION);
     b.extend_from_slice(&window_digest(window));
-    b.extend_from_slice(&start.to_be_bytes());
-    b.extend_from_slice(&anchor.id);
-    b.extend_from_slice(&anchor.date.to_be_bytes());
-    b.extend_from_slice(&run.to_be_bytes());
-    let sum = checksum(&b);
-    b.extend_from_slice(&sum);
+    b.extend_from_slice(&cursor.start.to_be_bytes());
+    b.push(u8::from(cursor.overflow));
+    b.extend_from_slice(&date.to_be_bytes());
+    b.extend_from_slice(&(seen.len() as u16).to_be_bytes());
+    for d in seen {
+        b.extend_from_slice(&d.to_be_bytes());
+    }
+    let tag = hmac::sign(&key.0, &b);
+    b.extend_from_slice(&tag.as_ref()[..MAC]);
     URL_SAFE_NO_PAD.encode(b)
 }
 
 /// Decodes a token for `window` into the cursor to continue from.
-pub(crate) fn decode(window: &Window, token: &str) -> Result<Cursor, TokenError> {
+pub(crate) fn decode(key: &TokenKey, window: &Window, token: &str) -> Result<Cursor, TokenError> {
     let b = URL_SAFE_NO_PAD
         .decode(token.trim())
         .map_err(|_| TokenError::Corrupt)?;
-    if b.len() != LEN || checksum(&b[..LEN - 4]) != b[LEN - 4..] {
+    if b.len() < HEAD + MAC {
         return Err(TokenError::Corrupt);
     }
-    if b[0] != VERSION {
-        return Err(TokenError::UnknownVersion(b[0]));
+    let (body, tag) = b.split_at(b.len() - MAC);
+    // Checked before anything in the token is believed, version included.
+    let expected = hmac::sign(&key.0, body);
+    if !constant_time_eq(&expected.as_ref()[..MAC], tag) {
+        return Err(TokenError::Corrupt);
     }
-    if b[1..9] != window_digest(window) {
+    if body[0] != VERSION {
+        return Err(TokenError::UnknownVersion(body[0]));
+    }
+    if body[1..9] != window_digest(window) {
         return Err(TokenError::OtherWindow);
     }
-    let int = |r: std::ops::Range<usize>| {
+    let int = |at: usize| {
         let mut a = [0u8; 8];
-        a.copy_from_slice(&b[r]);
+        a.copy_from_slice(&body[at..at + 8]);
         i64::from_be_bytes(a)
     };
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&b[17..33]);
-    let start = int(9..17);
-    let run = u32::from_be_bytes([b[41], b[42], b[43], b[44]]);
-    // Offsets are int32 upstream; a run is at least the anchor itself.
-    if !(0..=i64::from(i32::MAX)).contains(&start) || run == 0 {
+    let start = int(9);
+    let overflow = body[17] == 1;
+    let date = int(18);
+    let count = usize::from(u16::from_be_bytes([body[26], body[27]]));
+    if body.len() != HEAD + count * DIGEST
+        || !(0..=i64::from(i32::MAX)).contains(&start)
+        || body[17] > 1
+    {
         return Err(TokenError::Corrupt);
     }
+    let seen = body[HEAD..]
+        .chunks_exact(DIGEST)
+        .map(|c| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            u64::from_be_bytes(a)
+        })
+        .collect();
     Ok(Cursor {
         start,
-        anchor: Some(Anchor {
-            id,
-            date: int(33..41),
-        }),
-        run,
+        boundary: Some(Boundary { date, seen }),
+        overflow,
     })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn window_digest(w: &Window) -> [u8; 8] {
@@ -106,12 +153,6 @@ fn window_digest(w: &Window) -> [u8; 8] {
     out
 }
 
-fn checksum(b: &[u8]) -> [u8; 4] {
-    let mut out = [0u8; 4];
-    out.copy_from_slice(&digest::digest(&digest::SHA256, b).as_ref()[..4]);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,43 +166,54 @@ mod tests {
         }
     }
 
-    #[test]
-    fn round_trips() {
-        let c = Cursor {
+    fn cursor(seen: Vec<u64>) -> Cursor {
+        Cursor {
             start: 1234,
-            anchor: Some(Anchor {
-                id: [7; 16],
-                date: -5,
-            }),
-            run: 2,
-        };
-        let t = encode(&window(None), &c);
-        assert_eq!(decode(&window(None), &t), Ok(c));
+            boundary: Some(Boundary { date: -5, seen }),
+            overflow: false,
+        }
     }
 
     #[test]
-    fn refuses_other_windows_and_corruption() {
-        let c = Cursor {
-            start: 5,
-            anchor: Some(Anchor {
-                id: [1; 16],
-                date: 9,
-            }),
-            run: 1,
-        };
-        let t = encode(&window(Some("x")), &c);
-        assert_eq!(decode(&window(None), &t), Err(TokenError::OtherWindow));
-        assert_eq!(decode(&window(Some("y")), &t), Err(TokenError::OtherWindow));
-        let mut bytes = URL_SAFE_NO_PAD.decode(&t).expect("b64");
-        bytes[12] ^= 1;
-        let flipped = URL_SAFE_NO_PAD.encode(&bytes);
+    fn round_trips() {
+        let key = TokenKey::new(b"k");
+        for c in [cursor(vec![]), cursor(vec![1, 1, u64::MAX])] {
+            let t = encode(&key, &window(None), &c);
+            assert_eq!(decode(&key, &window(None), &t), Ok(c));
+        }
+    }
+
+    #[test]
+    fn refuses_other_windows_other_keys_and_any_edit() {
+        let key = TokenKey::new(b"k");
+        let t = encode(&key, &window(Some("x")), &cursor(vec![7]));
         assert_eq!(
-            decode(&window(Some("x")), &flipped),
+            decode(&key, &window(None), &t),
+            Err(TokenError::OtherWindow)
+        );
+        assert_eq!(
+            decode(&key, &window(Some("y")), &t),
+            Err(TokenError::OtherWindow)
+        );
+        assert_eq!(
+            decode(&TokenKey::new(b"other"), &window(Some("x")), &t),
             Err(TokenError::Corrupt)
         );
+        // Flipping any bit anywhere, MAC included, is caught.
+        let bytes = URL_SAFE_NO_PAD.decode(&t).expect("b64");
+        for i in 0..bytes.len() {
+            let mut edited = bytes.clone();
+            edited[i] ^= 1;
+            let edited = URL_SAFE_NO_PAD.encode(&edited);
+            assert_eq!(
+                decode(&key, &window(Some("x")), &edited),
+                Err(TokenError::Corrupt),
+                "bit flipped in byte {i}"
+            );
+        }
         for junk in ["", "garbage!", &t[..t.len() - 2]] {
             assert_eq!(
-                decode(&window(Some("x")), junk),
+                decode(&key, &window(Some("x")), junk),
                 Err(TokenError::Corrupt),
                 "{junk}"
             );

@@ -1,7 +1,7 @@
 //! `confluence.audit.v1.AuditService`: each call validated, resolved to a credential and
 //! a deadline, answered by the application layer (`src/app/`).
 
-use std::{pin::Pin, time::Instant};
+use std::{pin::Pin, sync::Arc, time::Instant};
 
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::{metadata, status::fail, validate};
 use crate::{
     app::{PageRequest, PageService, stream},
+    audit::resume::TokenKey,
     config::CredentialMode,
     credential::Credential,
     error::GatewayError,
@@ -21,20 +22,24 @@ pub(crate) struct AuditGrpc {
     pages: PageService,
     credentials: CredentialMode,
     stream_prefetch: usize,
+    tokens: Arc<TokenKey>,
 }
 
 impl AuditGrpc {
     /// A service answering from `pages` with credentials chosen by `credentials`;
-    /// streams fetch up to `stream_prefetch` pages ahead.
+    /// streams fetch up to `stream_prefetch` pages ahead and sign resume tokens with
+    /// `tokens`.
     pub(crate) fn new(
         pages: PageService,
         credentials: CredentialMode,
         stream_prefetch: usize,
+        tokens: TokenKey,
     ) -> Self {
         Self {
             pages,
             credentials,
             stream_prefetch,
+            tokens: Arc::new(tokens),
         }
     }
 
@@ -44,7 +49,7 @@ impl AuditGrpc {
     ) -> Result<stream::StreamRequest, GatewayError> {
         let received = Instant::now();
         let md = request.metadata();
-        let p = validate::stream_params(request.get_ref())?;
+        let p = validate::stream_params(request.get_ref(), &self.tokens)?;
         Ok(stream::StreamRequest {
             window: p.window,
             page_size: p.page_size,
@@ -106,7 +111,12 @@ impl AuditService for AuditGrpc {
         let req = self
             .open_stream(&request)
             .map_err(|e| fail("StreamSince", &e))?;
-        let rx = stream::start(self.pages.clone(), req, self.stream_prefetch);
+        let rx = stream::start(
+            self.pages.clone(),
+            req,
+            self.stream_prefetch,
+            self.tokens.clone(),
+        );
         let messages = ReceiverStream::new(rx).map(|item| {
             item.map(EncodedMessage)
                 .map_err(|e| fail("StreamSince", &e))

@@ -5,7 +5,7 @@ use crate::{
     audit::{
         PageQuery, TimeUnit,
         anchor::{Cursor, Window},
-        resume,
+        resume::{self, TokenKey},
     },
     error::GatewayError,
     pb::{self, convert::time_unit},
@@ -26,7 +26,10 @@ pub(crate) struct StreamParams {
 }
 
 /// Validates a `StreamSinceRequest`.
-pub(crate) fn stream_params(req: &pb::StreamSinceRequest) -> Result<StreamParams, GatewayError> {
+pub(crate) fn stream_params(
+    req: &pb::StreamSinceRequest,
+    tokens: &TokenKey,
+) -> Result<StreamParams, GatewayError> {
     let window = Window {
         number: number(req.number)?,
         units: units(req.units)?,
@@ -54,7 +57,7 @@ pub(crate) fn stream_params(req: &pb::StreamSinceRequest) -> Result<StreamParams
     let cursor = if req.resume_token.is_empty() {
         Cursor::BEGIN
     } else {
-        resume::decode(&window, &req.resume_token)
+        resume::decode(tokens, &window, &req.resume_token)
             .map_err(|e| GatewayError::invalid("resume_token", e.to_string()))?
     };
     Ok(StreamParams {
@@ -224,12 +227,12 @@ mod tests {
     #[test]
     fn stream_requests_are_checked() {
         let base = pb::StreamSinceRequest::default;
-        let p = stream_params(&base()).expect("defaults");
+        let p = stream_params(&base(), &TokenKey::new(b"k")).expect("defaults");
         assert_eq!(
             (p.page_size, p.max_records, p.cursor),
             (1000, None, Cursor::BEGIN)
         );
-        let field = |r: pb::StreamSinceRequest| match stream_params(&r) {
+        let field = |r: pb::StreamSinceRequest| match stream_params(&r, &TokenKey::new(b"k")) {
             Err(GatewayError::InvalidArgument { field, .. }) => field,
             other => panic!("expected invalid, got {other:?}"),
         };

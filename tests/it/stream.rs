@@ -234,8 +234,9 @@ async fn a_failed_page_ends_the_stream_after_what_was_delivered_and_resume_recov
     let (delivered, end) = drain(s).await;
     let status = end.expect("the stream ends with the page's status");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    // The first page holds the 10 asked plus the overlap record; later ones 10 new.
-    assert_eq!(seqs(&delivered), (39..60).rev().collect::<Vec<_>>());
+    // Pages ask for the 10 per message plus an overlap of 8: the first delivers 18, the
+    // second (starting just before the last record delivered) 16 new ones.
+    assert_eq!(seqs(&delivered), (26..60).rev().collect::<Vec<_>>());
     let token = delivered.last().expect("two pages").resume_token.clone();
     let rest = stream_all(
         &mut gw.client,
@@ -245,7 +246,7 @@ async fn a_failed_page_ends_the_stream_after_what_was_delivered_and_resume_recov
         },
     )
     .await;
-    assert_eq!(seqs(&rest), whole(39));
+    assert_eq!(seqs(&rest), whole(26));
 }
 
 #[tokio::test]
@@ -451,8 +452,54 @@ async fn the_window_filters_reach_confluence_on_every_page() {
             "{q:?}"
         );
         assert!(
-            q.contains(&("searchString", "#1")) && q.contains(&("limit", "6")),
+            q.contains(&("searchString", "#1")) && q.contains(&("limit", "13")),
             "{q:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn tokens_are_signed_with_the_salt_so_replicas_share_them_and_nobody_forges_one() {
+    let sim = crate::common::spawn_simulator(SimulatorConfig {
+        records: 40,
+        ..Default::default()
+    })
+    .await;
+    let replica = |salt: &'static str| {
+        let mut config = crate::common::test_config(&sim.base_url());
+        config.cache.credential_salt = Some(salt.into());
+        crate::common::spawn_gateway(config)
+    };
+    let mut a = replica("one salt for every replica").await;
+    let mut b = replica("one salt for every replica").await;
+    let mut other = replica("somebody else's salt").await;
+    let first = stream_all(
+        &mut a.client,
+        pb::StreamSinceRequest {
+            max_records: Some(15),
+            ..window(10)
+        },
+    )
+    .await;
+    let token = first.last().expect("messages").resume_token.clone();
+    let resume = || pb::StreamSinceRequest {
+        resume_token: token.clone(),
+        ..window(10)
+    };
+
+    // A gateway with another salt cannot read it, and asks Confluence nothing.
+    let before = sim.request_count();
+    let status = other
+        .client
+        .stream_since(resume())
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(sim.request_count(), before);
+
+    // A replica with the same salt continues the stream.
+    let rest = stream_all(&mut b.client, resume()).await;
+    let mut all = seqs(&first);
+    all.extend(seqs(&rest));
+    assert_eq!(all, whole(40));
 }
