@@ -13,12 +13,25 @@ newest first; that a stream cut by max_records and resumed from its last token (
 more new events) delivers the rest with nothing repeated or lost; and that a token for
 other filters, or a damaged one, is INVALID_ARGUMENT without reaching Confluence.
 
+Then a second gateway is started in front of an adversarial stand-in (adversary.py: ties
+listed in a fresh order by every request, the oldest records deleted as requests come,
+pages capped while the body echoes the requested `limit` or leaves it out, `limit` over
+1000 refused with 400, 10 % of 200 bodies cut short), and two more groups check that a
+window streamed in segments (cut by max_records and by cancelling, each resumed from the
+last token) delivers every record that survives in the log exactly once, newest first,
+and that a stream with the default page_size does too without asking for more than 1000.
+The environment variable INTEROP_ADVERSARIES (comma-separated, default all of
+ties,retention,echo,strict,cut; "none" for none) picks the behaviours, to tell which one
+a gateway trips over.
+
 Usage: python3 tests/interop/stream_interop.py PATH-OF-audit-gateway
 Needs: python3 -m pip install -r tests/interop/requirements.txt
 Prints one line per check group and ends with `N passed, M failed` (exit 0 when M is 0).
 """
 
+import collections
 import json
+import os
 import random
 import re
 import sys
@@ -30,6 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 
+import adversary
 from common import (Checks, expect_invalid_argument, generate_stubs, start_gateway,
                     start_watchdog, stop_gateway)
 
@@ -45,7 +59,17 @@ BASE_MS = 1_700_000_000_000
 ENDPOINT = "/wiki/rest/api/audit/since"
 BEARER = "interop"
 SUMMARY = re.compile(r"event #(\d+)")
-WATCHDOG_SECONDS = 90  # then give up, still stopping the gateway (the Rust test allows 120)
+ADV_SEED = SEED + 1
+ADV_PAGE_SIZE = 50  # the gateway asks 51: more than the adversary's cap of 40
+# How the adversarial stream is cut: at max_records, or by cancelling after that many
+# messages; each cut is resumed from the last token after ADV_GAP more events, and the
+# last segment runs to the window's end.
+ADV_PLAN = [("max_records", 150), ("cancel", 2), ("max_records", 200), ("cancel", 3)]
+ADV_GAP = 3 * adversary.CAP
+ADV_MOST_SEGMENTS = 12  # then the stream is taken for one that never ends
+ADV_SECONDS = 20  # for all the segments of one adversarial stream (a few take 2 s)
+ADV_RESUMABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+WATCHDOG_SECONDS = 60  # then give up, still stopping the gateways (the Rust test allows 120)
 UNITS = {"NANOS", "MICROS", "MILLIS", "SECONDS", "MINUTES", "HOURS", "HALF_DAYS", "DAYS",
          "WEEKS", "MONTHS", "YEARS", "DECADES", "CENTURIES"}
 CATEGORIES = ["Permissions", "Users and groups", "Spaces", "Security", "Apps"]
@@ -173,13 +197,20 @@ class StandIn(BaseHTTPRequestHandler):
             return self.reply(400, {}, error_body(400, "bad query"))
         self.reply(*log.answer(query))
 
-    def reply(self, status, headers, body):
+    def reply(self, status, headers, body, cut=False):
+        """Sends an answer; `cut`: the whole body's Content-Length, half the body, then the
+        connection closed, as when a proxy drops it mid-body."""
         self.send_response(status)
         self.send_header("Content-Type", "application/json" if body else "text/plain")
         self.send_header("Content-Length", str(len(body)))
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
+        if cut:
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True  # the server then closes the socket
+            return
         self.wfile.write(body)
 
     def log_message(self, *args):
@@ -238,6 +269,109 @@ def settle(log, quiet=0.3, most=10.0):
             return seen
         seen = len(log.served)
     raise AssertionError(f"Confluence still asked after {most} s")
+
+
+def adversaries():
+    """The adversarial behaviours INTEROP_ADVERSARIES asks for (default: all)."""
+    text = os.environ.get("INTEROP_ADVERSARIES", ",".join(adversary.BEHAVIOURS))
+    return [] if text.strip() == "none" else [b.strip() for b in text.split(",") if b.strip()]
+
+
+def adversarial_seqs(message, log, i):
+    """The seqs of one message of an adversarial stream, checking each record is the one
+    the stand-in created under that seq."""
+    assert message.resume_token, f"message {i} has no resume_token"
+    seqs = []
+    for r in message.records:
+        match = SUMMARY.fullmatch(r.summary)
+        assert match, f"message {i}: unexpected summary {r.summary!r}"
+        seq = int(match.group(1))
+        assert seq in log.date_of, f"message {i}: a record #{seq} the stand-in never made"
+        want = adversary.record(seq, log.date_of[seq])
+        got = (r.creation_date, r.description, r.associated_objects[0].name)
+        assert got == (want["creationDate"], want["description"], f"Page {seq}"), (seq, got)
+        seqs.append(seq)
+    return seqs
+
+
+def segment(stub, pb, log, fields, cancel_after, timeout):
+    """One StreamSince call: (seqs delivered, last token, how it ended). `cancel_after`:
+    cancel the call after that many messages."""
+    call = stub.StreamSince(pb.StreamSinceRequest(**fields), timeout=timeout)
+    seqs, token, ended = [], None, "end"
+    try:
+        for i, message in enumerate(call, 1):
+            seqs += adversarial_seqs(message, log, i)
+            token = message.resume_token
+            if cancel_after and i >= cancel_after:
+                ended = "cancelled"
+                call.cancel()
+                break
+    except grpc.RpcError as e:
+        if ended != "cancelled":
+            ended = f"{e.code().name}: {e.details()}"
+    return seqs, token, ended
+
+
+def stream_in_segments(stub, pb, log, fields, plan):
+    """Streams a window to its end, cut as `plan` says and resumed from the last token each
+    time (also after a transient error, as README.md tells callers to); returns the seqs
+    delivered in order, what each segment did, and errors that ended the stream."""
+    delivered, segments, errors = [], [], []
+    plan, token, transient = list(plan), None, 0
+    deadline = time.monotonic() + ADV_SECONDS
+    while True:
+        if len(segments) == ADV_MOST_SEGMENTS or time.monotonic() >= deadline:
+            errors.append(f"still not at the window's end after {len(segments)} segments "
+                          f"and {ADV_SECONDS} s or less")
+            break
+        kind, amount = plan.pop(0) if plan else ("to the end", None)
+        request = dict(fields)
+        if token:
+            request["resume_token"] = token
+        if kind == "max_records":
+            request["max_records"] = amount
+        seqs, last, ended = segment(stub, pb, log, request,
+                                    amount if kind == "cancel" else None,
+                                    max(1.0, deadline - time.monotonic()))
+        delivered += seqs
+        token = last or token
+        segments.append(f"{kind}{'' if amount is None else f'={amount}'}: {len(seqs)} "
+                        f"records, {ended}")
+        if ended == "cancelled" or (kind == "max_records" and len(seqs) == amount):
+            log.grow(ADV_GAP)
+            continue
+        if ended != "end":
+            if ended.split(":")[0] in ADV_RESUMABLE and transient < 3:
+                transient += 1
+                continue
+            errors.append(f"the stream ended with {ended}")
+        break
+    return delivered, segments, errors
+
+
+def check_exactly_once(log, since, delivered, segments, errors):
+    """Fails, saying what went wrong, unless every record that survives in the log and lies
+    in the window came once, newest first, and nothing else came."""
+    present = log.present()
+    head = log.first_page_head(since)
+    if head is None:
+        # Without a first page there is no window to account for: the errors say why.
+        problems = errors + ["Confluence never served a whole page at offset 0"]
+        head, expected = -1, set()
+    else:
+        expected = {seq for seq in present if seq <= head}
+        problems = errors + adversary.exactly_once_problems(delivered, expected, head,
+                                                            log.date_of)
+    if problems:
+        served = log.served[since:]
+        status = collections.Counter(str(e["status"]) for e in served)
+        raise AssertionError(
+            "; ".join(problems) + f".\n  {len(delivered)} records delivered "
+            f"({len(set(delivered))} distinct); window: #{head} and older, {len(expected)} of "
+            f"them still in the log at the end.\n  segments: " + " | ".join(segments) +
+            f"\n  Confluence answered {len(served)} requests: {dict(status)}; "
+            f"limits asked: {sorted({e['asked'] for e in served})}")
 
 
 def main():
@@ -326,6 +460,53 @@ def main():
         upstream.shutdown()
     with group("the gateway exits 0 on SIGTERM"):
         assert code == 0, f"exit status {code}"
+
+    behaviours = adversaries()
+    adv_log = adversary.AdversarialLog(ADV_SEED, behaviours)
+    adv_upstream = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
+    adv_upstream.log = adv_log
+    threading.Thread(target=adv_upstream.serve_forever, daemon=True).start()
+    adv_gateway, adv_addr, adv_gateway_log = start_gateway(binary, [
+        "--confluence-url", f"http://127.0.0.1:{adv_upstream.server_address[1]}/wiki",
+        "--confluence-bearer-token", BEARER, "--upstream-retries", "6",
+        "--upstream-backoff", "5ms", "--upstream-max-backoff", "50ms"])
+    adversarial = f"against {'+'.join(behaviours) or 'no adversary'}"
+    try:
+        with grpc.insecure_channel(adv_addr, options=[
+                ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+            stub = pb_grpc.AuditServiceStub(channel)
+
+            with group(f"{adversarial}: a window streamed in segments (cut at max_records "
+                       f"and by cancelling, resumed from the last token) delivers every "
+                       f"surviving record once, newest first"):
+                since = len(adv_log.served)
+                delivered, segments, errors = stream_in_segments(
+                    stub, pb, adv_log, {"number": 3, "page_size": ADV_PAGE_SIZE}, ADV_PLAN)
+                check_exactly_once(adv_log, since, delivered, segments, errors)
+
+            with group(f"{adversarial}: a stream with the default page_size (1000) delivers "
+                       f"every surviving record once"
+                       + (f", never asking for more than {adversary.LARGEST_LIMIT}"
+                          if "strict" in behaviours else "")):
+                settle(adv_log)
+                since = len(adv_log.served)
+                delivered, segments, errors = stream_in_segments(
+                    stub, pb, adv_log, {"number": 2}, [])
+                asked = max((e["asked"] for e in adv_log.served[since:]), default=0)
+                if "strict" in behaviours and asked > adversary.LARGEST_LIMIT:
+                    errors.append(f"Confluence was asked for limit={asked}")
+                check_exactly_once(adv_log, since, delivered, segments, errors)
+    finally:
+        adv_code = stop_gateway(adv_gateway)
+        adv_upstream.shutdown()
+    if not all(checks.results):
+        gateway_log = gateway_log + ["--- the adversarial stand-in's gateway (last 40 lines) ---"]
+        gateway_log += adv_gateway_log[-40:]
+    adv_status = collections.Counter(str(e["status"]) for e in adv_log.served)
+    print(f"adversary ({'+'.join(behaviours) or 'none'}): {len(adv_log.served)} upstream "
+          f"requests {dict(adv_status)}; the log went from {adversary.RECORDS} to "
+          f"{len(adv_log.present())} records (seqs up to {adv_log.next_seq - 1}); the gateway "
+          f"exited {adv_code}")
     status = [e["status"] for e in log.served]
     print(f"figures: {streamed} records in {messages} messages in "
           f"{time.monotonic() - started:.1f} s; {len(status)} upstream requests: "

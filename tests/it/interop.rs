@@ -17,9 +17,12 @@ fn python_client_gets_atlassians_sample_field_for_field() {
     run_python("interop.py", 5);
 }
 
+/// Six groups against a live, flaky log, then two against the adversarial stand-in of
+/// tests/interop/adversary.py (ties reshuffled, retention, a dishonest `limit`, 400 over
+/// 1000, cut bodies).
 #[test]
 fn python_client_streams_a_live_flaky_log_exactly_once_and_resumes() {
-    run_python("stream_interop.py", 6);
+    run_python("stream_interop.py", 8);
 }
 
 /// Runs `tests/interop/<script>` against the gateway binary and expects it to report

@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use clap::Args;
 
-use crate::{Fault, Simulator, SimulatorConfig};
+use crate::{Fault, LimitEcho, Simulator, SimulatorConfig};
 
 /// Where to serve a simulated Confluence, and what it holds.
 #[derive(Clone, Debug, Args)]
@@ -26,6 +26,33 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub max_limit: Option<u32>,
 
+    /// What a page's `limit` says: the capped limit, the requested one, or nothing (no
+    /// `limit`, no `size`).
+    #[arg(long, value_enum, default_value_t = LimitEcho::Capped)]
+    pub limit_echo: LimitEcho,
+
+    /// Answer `limit` over 1000 with 400, as Confluence documents 1000 as the largest.
+    #[arg(long)]
+    pub strict_limit: bool,
+
+    /// Records come in groups of up to this many sharing a millisecond, each group listed
+    /// in a fresh (seeded) order by every request; 0 or 1 for none.
+    #[arg(long, default_value_t = 0)]
+    pub ties: u32,
+
+    /// About one record in this many is a byte-identical copy of the one before it; 0 for none.
+    #[arg(long, default_value_t = 0)]
+    pub duplicate_every: u32,
+
+    /// Oldest records deleted before each request, as retention does.
+    #[arg(long, default_value_t = 0)]
+    pub deletes_per_request: u32,
+
+    /// Fraction of 200 answers whose body is cut short: full Content-Length, half the body,
+    /// then the connection closed (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    pub cut_rate: f64,
+
     /// Milliseconds added before every answer.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
@@ -39,7 +66,7 @@ pub struct SimulateArgs {
     pub fault_rate: f64,
 
     /// Scripted faults served in order to the first requests: 503, 429:retry-after=2,
-    /// 403, 500:json, reset, malformed, wrong-shape, delay=250ms. Repeatable.
+    /// 403, 500:json, reset, malformed, wrong-shape, cut, delay=250ms. Repeatable.
     #[arg(long = "fault")]
     pub faults: Vec<Fault>,
 
@@ -51,16 +78,24 @@ pub struct SimulateArgs {
 impl SimulateArgs {
     /// The simulator configuration these flags describe.
     pub fn to_config(&self) -> Result<SimulatorConfig, String> {
-        if !(0.0..=1.0).contains(&self.fault_rate) {
-            return Err(format!(
-                "--fault-rate: must be between 0 and 1, got {}",
-                self.fault_rate
-            ));
+        for (flag, rate) in [
+            ("--fault-rate", self.fault_rate),
+            ("--cut-rate", self.cut_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{flag}: must be between 0 and 1, got {rate}"));
+            }
         }
         Ok(SimulatorConfig {
             records: self.records,
             seed: self.seed,
             max_limit: self.max_limit,
+            limit_echo: self.limit_echo,
+            strict_limit: self.strict_limit,
+            ties: self.ties,
+            duplicate_every: self.duplicate_every,
+            deletes_per_request: self.deletes_per_request,
+            cut_rate: self.cut_rate,
             latency: Duration::from_millis(self.latency_ms),
             inserts_per_request: self.inserts_per_request,
             fault_rate: self.fault_rate,

@@ -10,18 +10,34 @@ use serde_json::{Value, json};
 /// that the default window (3 MONTHS = 90 days) holds 1,555,200 initial records.
 pub const RECORD_SPACING_MS: i64 = 5_000;
 
-/// The log: sequence numbers `0..len()`, 0 the oldest, creation dates non-decreasing.
+/// The log: sequence numbers `oldest..end`, the oldest first, creation dates non-decreasing.
+/// Sequence numbers below `oldest` were deleted (retention); a record keeps its sequence
+/// number, hence its content, for as long as it exists.
 #[derive(Clone, Debug)]
 pub(crate) struct Log {
     seed: u64,
-    /// Records present at start, dated `RECORD_SPACING_MS` apart up to `newest_initial_ms`.
+    /// Records present at start, dated up to `newest_initial_ms`: one per
+    /// `RECORD_SPACING_MS` step, or with `ties` a group of up to `ties` per step.
     initial: u64,
     newest_initial_ms: i64,
+    /// Largest group of initial records sharing a millisecond (0 and 1: none share one).
+    ties: u32,
+    /// About one record in this many is a byte-identical copy of the one before it, at the
+    /// same millisecond (0: none).
+    duplicate_every: u32,
     /// Inserted batches as (first sequence number, creation date), both ascending. Shared so a
     /// request can render from a snapshot without holding the simulator's lock.
     batches: Arc<Vec<(u64, i64)>>,
-    len: u64,
+    /// The oldest sequence number not deleted.
+    oldest: u64,
+    /// The next sequence number to insert.
+    end: u64,
 }
+
+/// Salts that keep the tie, duplicate and listing-order generators apart from the content's.
+const TIE_SALT: u64 = 0x7469_6573;
+const DUPLICATE_SALT: u64 = 0x6475_7073;
+const ORDER_SALT: u64 = 0x6f72_6465;
 
 impl Log {
     /// A log of `initial` records whose newest is dated `now_ms`.
@@ -31,22 +47,78 @@ impl Log {
             seed,
             initial,
             newest_initial_ms: now_ms,
+            ties: 0,
+            duplicate_every: 0,
             batches: Arc::default(),
-            len: initial,
+            oldest: 0,
+            end: initial,
         }
     }
 
-    pub(crate) fn len(&self) -> u64 {
-        self.len
+    /// The same log with initial records in tie groups of up to `ties` records (group sizes
+    /// seeded), and about one record in `duplicate_every` a copy of the one before it.
+    pub(crate) fn shaped(self, ties: u32, duplicate_every: u32) -> Log {
+        Log {
+            ties,
+            duplicate_every,
+            ..self
+        }
     }
 
-    /// Creation date (epoch ms) of record `seq` (< `len()`).
+    /// Records in the log.
+    pub(crate) fn count(&self) -> u64 {
+        self.end - self.oldest
+    }
+
+    /// One past the newest sequence number.
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Deletes up to `n` of the oldest records, as retention does.
+    pub(crate) fn delete_oldest(&mut self, n: u64) {
+        self.oldest = self.oldest.saturating_add(n).min(self.end);
+    }
+
+    /// Creation date (epoch ms) of record `seq` (< `end()`): a duplicate shares the date of
+    /// the record it copies.
     pub(crate) fn date(&self, seq: u64) -> i64 {
+        match self.copy_of(seq) {
+            Some(original) => self.own_date(original),
+            None => self.own_date(seq),
+        }
+    }
+
+    /// The record `seq` is a byte-identical copy of, if it is a duplicate. Only odd sequence
+    /// numbers are, so an original is never a copy itself.
+    fn copy_of(&self, seq: u64) -> Option<u64> {
+        let every = u64::from(self.duplicate_every / 2).max(1);
+        (self.duplicate_every > 0
+            && seq % 2 == 1
+            && mix(self.seed ^ DUPLICATE_SALT ^ mix(seq)).is_multiple_of(every))
+        .then(|| seq - 1)
+    }
+
+    /// The date `seq` would have were it not a duplicate.
+    fn own_date(&self, seq: u64) -> i64 {
         if seq < self.initial {
-            let age = i64::try_from(self.initial - 1 - seq).unwrap_or(i64::MAX);
+            let age = self.initial - 1 - seq;
+            let (steps, older_ms) = match u64::from(self.ties) {
+                0 | 1 => (age, 0),
+                ties => {
+                    // A block of `ties` records per step, split at a seeded point into a
+                    // newer group at the step's millisecond and an older one a millisecond
+                    // before: groups of 1..=ties records, never decreasing in date.
+                    let block = age / ties;
+                    let split = mix(self.seed ^ TIE_SALT ^ mix(block)) % ties;
+                    (block, i64::from(age % ties >= split))
+                }
+            };
+            let steps = i64::try_from(steps).unwrap_or(i64::MAX);
             return self
                 .newest_initial_ms
-                .saturating_sub(age.saturating_mul(RECORD_SPACING_MS));
+                .saturating_sub(steps.saturating_mul(RECORD_SPACING_MS))
+                .saturating_sub(older_ms);
         }
         let batch = self.batches.partition_point(|&(first, _)| first <= seq);
         self.batches
@@ -60,20 +132,20 @@ impl Log {
         if n == 0 {
             return;
         }
-        let newest = self.len.checked_sub(1).map(|seq| self.date(seq));
+        let newest = self.end.checked_sub(1).map(|seq| self.date(seq));
         let date = newest.map_or(now_ms, |newest| newest.max(now_ms));
         let batches = Arc::make_mut(&mut self.batches);
         // Consecutive inserts within one millisecond share a batch.
         if batches.last().is_none_or(|&(_, last)| last != date) {
-            batches.push((self.len, date));
+            batches.push((self.end, date));
         }
-        self.len = self.len.saturating_add(n);
+        self.end = self.end.saturating_add(n);
     }
 
-    /// The oldest sequence number dated at or after `cutoff_ms` (`len()` when none is):
-    /// a binary search, as dates never decrease.
+    /// The oldest sequence number present dated at or after `cutoff_ms` (`end()` when none
+    /// is): a binary search, as dates never decrease.
     pub(crate) fn first_since(&self, cutoff_ms: i64) -> u64 {
-        let (mut lo, mut hi) = (0, self.len);
+        let (mut lo, mut hi) = (self.oldest, self.end);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             if self.date(mid) < cutoff_ms {
@@ -85,35 +157,184 @@ impl Log {
         lo
     }
 
-    /// Record `seq`, generated afresh.
+    /// Record `seq`, generated afresh (a duplicate from the record it copies).
     pub(crate) fn record(&self, seq: u64) -> Record {
-        Record::generate(self.seed, seq, self.date(seq))
+        let content = self.copy_of(seq).unwrap_or(seq);
+        Record::generate(self.seed, content, self.date(seq))
     }
 
-    /// One page, newest first: the records of `first..len()` that contain `search_lower`
-    /// (already lower-cased; `None` for no filter), skipping `start` and taking `limit`.
-    /// Without a search the offset is arithmetic; with one it is a linear scan.
+    /// One page, newest first: the records of `first..end()` that contain `search_lower`
+    /// (already lower-cased; `None` for no filter), skipping `start` and taking `limit`,
+    /// listed as [`Log::newest_first`] lists them for `order`. Without a search the offset is
+    /// found directly; with one it is a linear scan.
     pub(crate) fn page(
         &self,
         first: u64,
         search_lower: Option<&str>,
         start: usize,
         limit: usize,
+        order: Option<u64>,
     ) -> Vec<Record> {
-        let newest_first = (first..self.len).rev();
         match search_lower {
-            None => newest_first
-                .skip(start)
+            None => self
+                .newest_first(first, start as u64, order)
                 .take(limit)
                 .map(|seq| self.record(seq))
                 .collect(),
-            Some(needle) => newest_first
+            Some(needle) => self
+                .newest_first(first, 0, order)
                 .map(|seq| self.record(seq))
                 .filter(|record| record.contains(needle))
                 .skip(start)
                 .take(limit)
                 .collect(),
         }
+    }
+
+    /// The sequence numbers of `first..end()` (deleted ones left out) newest first, from
+    /// offset `skip` on. Records sharing a millisecond come in sequence order when `order` is
+    /// `None`; else in an order drawn afresh from `order` for each group, as Confluence lists
+    /// ties differently on every request.
+    pub(crate) fn newest_first(
+        &self,
+        first: u64,
+        skip: u64,
+        order: Option<u64>,
+    ) -> NewestFirst<'_> {
+        let first = first.max(self.oldest);
+        let mut listing = NewestFirst {
+            log: self,
+            first,
+            below: first,
+            order,
+            group: Vec::new(),
+        };
+        let Some(at) = self
+            .end
+            .checked_sub(1)
+            .and_then(|newest| newest.checked_sub(skip))
+            .filter(|&at| at >= first)
+        else {
+            return listing;
+        };
+        if order.is_none() {
+            listing.below = at + 1;
+            return listing;
+        }
+        // The group holding offset `skip`, entered part way: the members listed before it
+        // belong to earlier offsets.
+        let newest = self.group_end(at);
+        let oldest = self.group_start(at, first);
+        listing.fill(oldest, newest);
+        let listed_before = usize::try_from(newest - at).unwrap_or(usize::MAX);
+        let left = listing.group.len().saturating_sub(listed_before);
+        listing.group.truncate(left);
+        listing.below = oldest;
+        listing
+    }
+
+    /// The oldest sequence number, not below `floor`, dated as `seq`: an exponential then a
+    /// binary search, cheap for small groups whatever the log's size.
+    fn group_start(&self, seq: u64, floor: u64) -> u64 {
+        let date = self.date(seq);
+        let (mut inside, mut step) = (seq, 1u64);
+        let mut outside = loop {
+            if inside <= floor {
+                return floor;
+            }
+            let probe = inside.saturating_sub(step).max(floor);
+            if self.date(probe) != date {
+                break probe;
+            }
+            inside = probe;
+            step = step.saturating_mul(2);
+        };
+        while inside - outside > 1 {
+            let mid = outside + (inside - outside) / 2;
+            if self.date(mid) == date {
+                inside = mid;
+            } else {
+                outside = mid;
+            }
+        }
+        inside
+    }
+
+    /// The newest sequence number dated as `seq` (`seq < end()`).
+    fn group_end(&self, seq: u64) -> u64 {
+        let date = self.date(seq);
+        let ceiling = self.end - 1;
+        let (mut inside, mut step) = (seq, 1u64);
+        let mut outside = loop {
+            if inside >= ceiling {
+                return ceiling;
+            }
+            let probe = inside.saturating_add(step).min(ceiling);
+            if self.date(probe) != date {
+                break probe;
+            }
+            inside = probe;
+            step = step.saturating_mul(2);
+        };
+        while outside - inside > 1 {
+            let mid = inside + (outside - inside) / 2;
+            if self.date(mid) == date {
+                inside = mid;
+            } else {
+                outside = mid;
+            }
+        }
+        inside
+    }
+}
+
+/// The seed a request lists its tie groups with: a function of the log's seed and the
+/// request's number, so a run is reproducible.
+pub(crate) fn listing_order(seed: u64, request: u64) -> u64 {
+    mix(seed ^ ORDER_SALT ^ mix(request))
+}
+
+/// Sequence numbers newest first, see [`Log::newest_first`].
+pub(crate) struct NewestFirst<'a> {
+    log: &'a Log,
+    first: u64,
+    /// Sequence numbers below this one are still to come, after `group`.
+    below: u64,
+    order: Option<u64>,
+    /// What is left of the current tie group, last listed first (so `pop` lists it).
+    group: Vec<u64>,
+}
+
+impl NewestFirst<'_> {
+    /// Makes `oldest..=newest` the current group, in this listing's order.
+    fn fill(&mut self, oldest: u64, newest: u64) {
+        self.group.clear();
+        self.group.extend(oldest..=newest);
+        if let Some(order) = self.order {
+            fastrand::Rng::with_seed(mix(order ^ mix(oldest))).shuffle(&mut self.group);
+        }
+    }
+}
+
+impl Iterator for NewestFirst<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        if let Some(seq) = self.group.pop() {
+            return Some(seq);
+        }
+        if self.below <= self.first {
+            return None;
+        }
+        let newest = self.below - 1;
+        if self.order.is_none() {
+            self.below = newest;
+            return Some(newest);
+        }
+        let oldest = self.log.group_start(newest, self.first);
+        self.fill(oldest, newest);
+        self.below = oldest;
+        self.group.pop()
     }
 }
 
@@ -433,8 +654,10 @@ fn mix(x: u64) -> u64 {
 struct PageBody<'a> {
     results: &'a [Record],
     start: u32,
-    limit: u32,
-    size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<usize>,
     #[serde(rename = "_links")]
     links: Links<'a>,
 }
@@ -448,10 +671,11 @@ struct Links<'a> {
 }
 
 /// Serialises one page; `base_url` is `http://host:port{context}`, `self_url` the request's URL.
+/// `limit` `None` leaves out both `limit` and `size`.
 pub(crate) fn render(
     records: &[Record],
     start: u32,
-    limit: u32,
+    limit: Option<u32>,
     base_url: &str,
     context: &str,
     self_url: &str,
@@ -460,7 +684,7 @@ pub(crate) fn render(
         results: records,
         start,
         limit,
-        size: records.len(),
+        size: limit.map(|_| records.len()),
         links: Links {
             base: base_url,
             context,
@@ -507,14 +731,14 @@ impl Default for PageSpec {
 /// Fails only if serde_json fails to serialise, which these types do not.
 pub fn render_page(spec: &PageSpec) -> serde_json::Result<Vec<u8>> {
     let log = Log::new(spec.seed, spec.total, spec.newest_date_ms);
-    let records = log.page(0, None, spec.start as usize, spec.limit as usize);
+    let records = log.page(0, None, spec.start as usize, spec.limit as usize, None);
     let context = url::Url::parse(&spec.base_url)
         .map(|url| url.path().trim_end_matches('/').to_owned())
         .unwrap_or_default();
     render(
         &records,
         spec.start,
-        spec.limit,
+        Some(spec.limit),
         &spec.base_url,
         &context,
         &format!("{}/rest/api/audit/since", spec.base_url),
@@ -522,7 +746,8 @@ pub fn render_page(spec: &PageSpec) -> serde_json::Result<Vec<u8>> {
 }
 
 /// The sequence number of a served record (the `#<seq>` that ends its `summary`), so tests can
-/// check that each record is delivered exactly once.
+/// check that each record is delivered exactly once. A duplicate (see
+/// [`super::SimulatorConfig::duplicate_every`]) carries the number of the record it copies.
 pub fn record_seq(record: &Value) -> Option<u64> {
     record
         .get("summary")?

@@ -1,5 +1,6 @@
 //! Faults the simulator can inject instead of a normal answer, and their textual form
-//! (`"503"`, `"429:retry-after=2"`, `"reset"`, `"delay=250ms"`, …) for command lines and tests.
+//! (`"503"`, `"429:retry-after=2"`, `"reset"`, `"cut"`, `"delay=250ms"`, …) for command lines
+//! and tests.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,6 +27,9 @@ pub enum Fault {
     WrongShape,
     /// Answer normally, but only after this extra delay.
     Delay(Duration),
+    /// Answer normally, but if the answer is a 200, cut its body: the full body's
+    /// `Content-Length`, half the body, then the connection closed.
+    Cut,
 }
 
 impl Fault {
@@ -88,7 +92,7 @@ fn default_message(code: u16) -> &'static str {
 ///   `text/plain` body like real Confluence;
 /// - options after the code, separated by `:`: `json` (force the JSON body), `empty` (force
 ///   the empty body), `retry-after=<value>` (sent verbatim), e.g. `"429:retry-after=2"`;
-/// - `"reset"`, `"malformed"`, `"wrong-shape"`, `"delay=250ms"`, `"delay=2s"`.
+/// - `"reset"`, `"malformed"`, `"wrong-shape"`, `"cut"`, `"delay=250ms"`, `"delay=2s"`.
 impl FromStr for Fault {
     type Err = String;
 
@@ -98,6 +102,7 @@ impl FromStr for Fault {
             "reset" => return Ok(Fault::Reset),
             "malformed" => return Ok(Fault::Malformed),
             "wrong-shape" => return Ok(Fault::WrongShape),
+            "cut" => return Ok(Fault::Cut),
             _ => {}
         }
         if let Some(delay) = s.strip_prefix("delay=") {
@@ -122,7 +127,7 @@ fn parse_status(s: &str) -> Result<Fault, String> {
             format!(
                 "unknown fault {s:?}: expected a 4xx/5xx status (e.g. \"503\", \
                  \"429:retry-after=2\", \"500:json\"), \"reset\", \"malformed\", \
-                 \"wrong-shape\" or \"delay=250ms\""
+                 \"wrong-shape\", \"cut\" or \"delay=250ms\""
             )
         })?;
     // Real Confluence answers 403 with an empty text/plain body; other errors carry JSON.

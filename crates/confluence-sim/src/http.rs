@@ -6,40 +6,62 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 
-use super::data::{self, Log};
+use super::data;
 use super::fault::atlassian_error;
 use super::query::AuditQuery;
-use super::state::{Shared, now_ms};
-use super::{Fault, RecordedRequest};
+use super::state::{Admission, Shared, now_ms};
+use super::{Fault, LimitEcho, RecordedRequest};
 
 const JSON: &str = "application/json;charset=UTF-8";
 /// The endpoint, after the base path.
 pub(crate) const AUDIT_SINCE: &str = "/rest/api/audit/since";
 
-/// The service's error: makes hyper drop the connection without answering ([`Fault::Reset`]).
-#[derive(Debug)]
-pub(crate) struct ConnectionReset;
+/// Confluence's documented largest `limit`; `strict_limit` refuses more.
+const LARGEST_LIMIT: u32 = 1000;
 
-impl std::fmt::Display for ConnectionReset {
+/// The service's error: makes hyper drop the connection without answering. For a cut the
+/// connection's owner then writes the answer's raw bytes itself (see [`cut_answer`]).
+#[derive(Debug)]
+pub(crate) enum Abort {
+    /// [`Fault::Reset`]: close without a word.
+    Reset,
+    /// A 200 cut short: its head with the full body's `Content-Length`, and half the body.
+    Cut(Bytes),
+}
+
+impl std::fmt::Display for Abort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("simulated connection reset")
+        match self {
+            Abort::Reset => f.write_str("simulated connection reset"),
+            Abort::Cut(_) => f.write_str("simulated body cut short"),
+        }
     }
 }
 
-impl std::error::Error for ConnectionReset {}
+impl std::error::Error for Abort {}
+
+/// The raw bytes of a cut answer, if `error` is hyper giving up a connection because the
+/// service asked to cut its answer.
+pub(crate) fn cut_answer(error: &hyper::Error) -> Option<&Bytes> {
+    use std::error::Error as _;
+    match error.source()?.downcast_ref::<Abort>()? {
+        Abort::Cut(raw) => Some(raw),
+        Abort::Reset => None,
+    }
+}
 
 /// Answers `request`, or fails to make hyper close the connection.
 pub(crate) async fn handle<B>(
     shared: Arc<Shared>,
     request: Request<B>,
-) -> Result<Response<Full<Bytes>>, ConnectionReset> {
+) -> Result<Response<Full<Bytes>>, Abort> {
     let recorded = RecordedRequest::from_request(&request);
     let is_audit = request.uri().path() == shared.audit_path;
     let admission = shared.admit(recorded.clone(), is_audit);
     let extra_delay = match admission.fault {
-        Some(Fault::Reset) => return Err(ConnectionReset),
+        Some(Fault::Reset) => return Err(Abort::Reset),
         Some(Fault::Delay(delay)) => delay,
         _ => Duration::ZERO,
     };
@@ -47,7 +69,8 @@ pub(crate) async fn handle<B>(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    Ok(match admission.fault {
+    let cut = admission.cut;
+    let response = match admission.fault.clone() {
         Some(Fault::Status {
             code,
             retry_after,
@@ -62,12 +85,39 @@ pub(crate) async fn handle<B>(
         Some(Fault::WrongShape) => body_response(StatusCode::OK, JSON, r#"{"results":5}"#),
         _ if request.uri().path() != shared.audit_path => error_response(404, "Not found"),
         _ if request.method() != Method::GET => error_response(405, "Method not allowed"),
-        _ => answer(shared, &recorded, admission.log).await,
-    })
+        _ => answer(shared, &recorded, admission).await,
+    };
+    if cut && response.status() == StatusCode::OK {
+        return Err(Abort::Cut(cut_short(response).await));
+    }
+    Ok(response)
+}
+
+/// The raw bytes of `response` with its full `Content-Length` but only half its body.
+async fn cut_short(response: Response<Full<Bytes>>) -> Bytes {
+    let (head, body) = response.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    let mut raw = format!("HTTP/1.1 {}\r\n", head.status).into_bytes();
+    for (name, value) in &head.headers {
+        raw.extend_from_slice(name.as_str().as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(value.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    raw.extend_from_slice(&body[..body.len() / 2]);
+    raw.into()
 }
 
 /// The normal answer of the audit endpoint.
-async fn answer(shared: Arc<Shared>, request: &RecordedRequest, log: Log) -> Response<Full<Bytes>> {
+async fn answer(
+    shared: Arc<Shared>,
+    request: &RecordedRequest,
+    admission: Admission,
+) -> Response<Full<Bytes>> {
     if let Some(required) = &shared.required_authorization
         && request.authorization.as_deref() != Some(required.as_str())
     {
@@ -77,13 +127,20 @@ async fn answer(shared: Arc<Shared>, request: &RecordedRequest, log: Log) -> Res
         Ok(query) => query,
         Err(message) => return error_response(400, &message),
     };
+    if shared.strict_limit && query.limit > LARGEST_LIMIT {
+        let message = format!(
+            "Invalid value {} for parameter 'limit': must be at most {LARGEST_LIMIT}",
+            query.limit
+        );
+        return error_response(400, &message);
+    }
     let self_url = match &request.raw_query {
         Some(raw) => format!("{}{AUDIT_SINCE}?{raw}", shared.base_url),
         None => format!("{}{AUDIT_SINCE}", shared.base_url),
     };
     // A search over a big window scans it: keep that off the async worker threads.
     let rendered =
-        tokio::task::spawn_blocking(move || render(&shared, &query, &log, &self_url)).await;
+        tokio::task::spawn_blocking(move || render(&shared, &query, &admission, &self_url)).await;
     match rendered {
         Ok(Ok(body)) => body_response(StatusCode::OK, JSON, body),
         Ok(Err(error)) => error_response(500, &format!("Could not render the page: {error}")),
@@ -94,25 +151,32 @@ async fn answer(shared: Arc<Shared>, request: &RecordedRequest, log: Log) -> Res
 fn render(
     shared: &Shared,
     query: &AuditQuery,
-    log: &Log,
+    admission: &Admission,
     self_url: &str,
 ) -> serde_json::Result<Vec<u8>> {
+    let log = &admission.log;
     let limit = shared
         .max_limit
         .map_or(query.limit, |cap| query.limit.min(cap));
     let first = query
         .cutoff_ms(now_ms())
-        .map_or(log.len(), |cutoff| log.first_since(cutoff));
+        .map_or(log.end(), |cutoff| log.first_since(cutoff));
     let records = log.page(
         first,
         query.search_lower.as_deref(),
         query.start as usize,
         limit as usize,
+        admission.order,
     );
+    let reported = match admission.limit_echo {
+        LimitEcho::Capped => Some(limit),
+        LimitEcho::Requested => Some(query.limit),
+        LimitEcho::Omitted => None,
+    };
     data::render(
         &records,
         query.start,
-        limit,
+        reported,
         &shared.base_url,
         &shared.context,
         self_url,

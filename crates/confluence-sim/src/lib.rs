@@ -2,6 +2,14 @@
 //! benchmarks: a deterministic, arbitrarily large, optionally growing log, served over HTTP/1.1
 //! with scripted or random faults, latency and authorization.
 //!
+//! It can also misbehave as Confluence is allowed to, each behaviour off by default: records
+//! sharing a millisecond listed in a fresh order by every request ([`SimulatorConfig::ties`]),
+//! byte-identical duplicates ([`SimulatorConfig::duplicate_every`]), the oldest records deleted
+//! while a client pages ([`SimulatorConfig::deletes_per_request`]), a capped `limit` echoed as
+//! asked or left out ([`SimulatorConfig::limit_echo`]), `limit` over 1000 refused
+//! ([`SimulatorConfig::strict_limit`]), and 200 bodies cut short
+//! ([`SimulatorConfig::cut_rate`], [`Fault::Cut`]).
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use confluence_sim::{Fault, Simulator, SimulatorConfig};
@@ -32,6 +40,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -50,8 +59,32 @@ pub struct SimulatorConfig {
     pub seed: u64,
     /// Path before `/rest/api` (default `"/wiki"`; `""` for a Data Center-style root).
     pub base_path: String,
-    /// Server-side cap on `limit` (default none); answers report the capped `limit`.
+    /// Server-side cap on `limit` (default none); answers report it as `limit_echo` says.
     pub max_limit: Option<u32>,
+    /// What a page's `limit` says (default [`LimitEcho::Capped`], the limit applied; see
+    /// [`SimulatorHandle::set_limit_echo`]).
+    pub limit_echo: LimitEcho,
+    /// Answer `limit` over 1000, the largest Confluence documents, with 400 and its JSON error
+    /// body (default off: the gateway's streams ask `page_size + 1`, src/app/stream.rs, so a
+    /// stream of 1000-record pages asks 1001, as benches/stream.rs does).
+    pub strict_limit: bool,
+    /// Largest group of initial records sharing one `creationDate` millisecond, group sizes
+    /// 1..=ties drawn from `seed` (default 0: each record its own millisecond). Any value
+    /// above 1 also makes every request list each group of records sharing a millisecond
+    /// (inserted batches included) in an order of its own, drawn from `seed` and the
+    /// request's number. Groups are [`RECORD_SPACING_MS`] apart, so a window holds up to
+    /// `ties` times more records.
+    pub ties: u32,
+    /// About one record in this many (default 0: none) is a byte-identical copy of the record
+    /// before it, at the same millisecond: a distinct event that must be delivered too.
+    pub duplicate_every: u32,
+    /// Oldest records deleted before each audit request is served, faulted or not, as
+    /// retention does (default 0; see [`SimulatorHandle::set_deletes_per_request`]).
+    pub deletes_per_request: u32,
+    /// Fraction (0..=1) of 200 answers whose body is cut: the full body's `Content-Length`,
+    /// half the body, then the connection closed (default 0; see
+    /// [`SimulatorHandle::set_cut_rate`]). Seeded by `seed`, so runs are reproducible.
+    pub cut_rate: f64,
     /// Delay before answering each request, faults included except resets (default 0;
     /// see [`SimulatorHandle::set_latency`]).
     pub latency: Duration,
@@ -76,6 +109,12 @@ impl Default for SimulatorConfig {
             seed: 42,
             base_path: "/wiki".to_owned(),
             max_limit: None,
+            limit_echo: LimitEcho::Capped,
+            strict_limit: false,
+            ties: 0,
+            duplicate_every: 0,
+            deletes_per_request: 0,
+            cut_rate: 0.0,
             latency: Duration::ZERO,
             inserts_per_request: 0,
             fault_rate: 0.0,
@@ -83,6 +122,19 @@ impl Default for SimulatorConfig {
             faults: Vec::new(),
         }
     }
+}
+
+/// What a page's `limit` says; with [`SimulatorConfig::max_limit`] set, the last two let a
+/// capped page look like the window's last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LimitEcho {
+    /// The limit applied, after the cap (as Confluence documents it).
+    #[default]
+    Capped,
+    /// The limit asked for, whatever the cap.
+    Requested,
+    /// Neither `limit` nor `size` in the body.
+    Omitted,
 }
 
 /// One request as the simulator received it, for tests to inspect.
@@ -174,9 +226,30 @@ impl SimulatorHandle {
         self.inner.shared.lock().log.insert(n, now_ms());
     }
 
+    /// Changes how many of the oldest records are deleted before each audit request.
+    pub fn set_deletes_per_request(&self, n: u32) {
+        self.inner.shared.lock().deletes_per_request = n;
+    }
+
+    /// Deletes up to `n` of the oldest records now.
+    pub fn delete_records(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.inner.shared.lock().log.delete_oldest(n);
+    }
+
+    /// Changes what a page's `limit` says.
+    pub fn set_limit_echo(&self, echo: LimitEcho) {
+        self.inner.shared.lock().limit_echo = echo;
+    }
+
+    /// Changes the fraction of 200 answers whose body is cut short.
+    pub fn set_cut_rate(&self, rate: f64) {
+        self.inner.shared.lock().cut_rate = rate;
+    }
+
     /// Records in the log now.
     pub fn record_count(&self) -> usize {
-        usize::try_from(self.inner.shared.lock().log.len()).unwrap_or(usize::MAX)
+        usize::try_from(self.inner.shared.lock().log.count()).unwrap_or(usize::MAX)
     }
 
     /// Requests to the audit endpoint received so far, faulted ones included.
@@ -236,7 +309,7 @@ async fn accept_loop(
 
 /// Serves one keep-alive connection; on stop, finishes the request in flight and closes.
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -244,22 +317,38 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "simulator could not set TCP_NODELAY");
     }
-    let service = service_fn(move |request| http::handle(Arc::clone(&shared), request));
-    let connection = http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stop_requested(&mut stopped) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let result = {
+        let service = service_fn(move |request| http::handle(Arc::clone(&shared), request));
+        // hyper only borrows the socket, so a cut answer can be written on it once hyper has
+        // given the connection up.
+        let connection = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(&mut stream), service);
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => result,
+            () = stop_requested(&mut stopped) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
         }
     };
-    // Errors here are clients going away or simulated resets: nothing to act on.
-    if let Err(error) = result {
-        tracing::debug!(%error, "simulator connection ended");
+    let Err(error) = result else { return };
+    if let Some(raw) = http::cut_answer(&error) {
+        // A hyper service cannot send fewer body bytes than its Content-Length (hyper aborts
+        // the connection, dropping what it had buffered), so a cut answer goes out raw.
+        if let Err(error) = write_and_close(&mut stream, raw).await {
+            tracing::debug!(%error, "simulator could not write a cut answer");
+        }
+        return;
     }
+    // Other errors are clients going away or simulated resets: nothing to act on.
+    tracing::debug!(%error, "simulator connection ended");
+}
+
+async fn write_and_close(stream: &mut TcpStream, raw: &[u8]) -> std::io::Result<()> {
+    stream.write_all(raw).await?;
+    stream.shutdown().await
 }
 
 /// Resolves once `shutdown` was called or every handle dropped.

@@ -4,9 +4,9 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::data::Log;
+use super::data::{Log, listing_order};
 use super::http::AUDIT_SINCE;
-use super::{Fault, RecordedRequest, SimulatorConfig};
+use super::{Fault, LimitEcho, RecordedRequest, SimulatorConfig};
 
 /// Settings fixed at start, and the mutable state behind one lock.
 pub(crate) struct Shared {
@@ -17,7 +17,11 @@ pub(crate) struct Shared {
     /// `base_path`, reported as `_links.context`.
     pub(crate) context: String,
     pub(crate) max_limit: Option<u32>,
+    /// Answer `limit` over 1000 with 400.
+    pub(crate) strict_limit: bool,
     pub(crate) required_authorization: Option<String>,
+    /// Seed of each request's listing order of ties; `None` lists them in sequence order.
+    tie_order_seed: Option<u64>,
     state: Mutex<State>,
 }
 
@@ -28,18 +32,26 @@ pub(crate) struct State {
     pub(crate) fault_rate: f64,
     pub(crate) latency: Duration,
     pub(crate) inserts_per_request: u32,
+    pub(crate) deletes_per_request: u32,
+    pub(crate) limit_echo: LimitEcho,
+    pub(crate) cut_rate: f64,
     pub(crate) requests: Vec<RecordedRequest>,
     pub(crate) audit_requests: usize,
-    /// Decides random faults; seeded so a run with a fault rate is reproducible.
+    /// Decides random faults and cuts; seeded so a run with a rate is reproducible.
     rng: fastrand::Rng,
 }
 
 /// What one request is to get, decided under the lock and acted on outside it.
 pub(crate) struct Admission {
     pub(crate) fault: Option<Fault>,
+    /// Cut the body of the answer short if it is a 200.
+    pub(crate) cut: bool,
     pub(crate) latency: Duration,
     /// Snapshot of the log, cheap to clone, so the page renders without the lock.
     pub(crate) log: Log,
+    /// How this request lists ties (see `Log::newest_first`).
+    pub(crate) order: Option<u64>,
+    pub(crate) limit_echo: LimitEcho,
 }
 
 impl Shared {
@@ -50,13 +62,19 @@ impl Shared {
             base_url,
             context,
             max_limit: config.max_limit,
+            strict_limit: config.strict_limit,
             required_authorization: config.required_authorization,
+            tie_order_seed: (config.ties > 1).then_some(config.seed),
             state: Mutex::new(State {
-                log: Log::new(config.seed, config.records, now_ms()),
+                log: Log::new(config.seed, config.records, now_ms())
+                    .shaped(config.ties, config.duplicate_every),
                 faults: config.faults.into(),
                 fault_rate: config.fault_rate,
                 latency: config.latency,
                 inserts_per_request: config.inserts_per_request,
+                deletes_per_request: config.deletes_per_request,
+                limit_echo: config.limit_echo,
+                cut_rate: config.cut_rate,
                 requests: Vec::new(),
                 audit_requests: 0,
                 rng: fastrand::Rng::with_seed(config.seed),
@@ -71,24 +89,37 @@ impl Shared {
     }
 
     /// Records a request and decides its fate. For the audit endpoint it counts the request,
-    /// grows the log by `inserts_per_request` (faulted or not: a live log grows whatever one
-    /// client sees) and takes the next scripted fault, else a random one at `fault_rate`.
-    /// Other paths get no faults and no inserts.
+    /// grows the log by `inserts_per_request` and shrinks it by `deletes_per_request` (faulted
+    /// or not: a live log changes whatever one client sees), takes the next scripted fault,
+    /// else a random one at `fault_rate`, else a cut at `cut_rate`, and draws the request's
+    /// order of ties. Other paths get no faults and no changes.
     pub(crate) fn admit(&self, request: RecordedRequest, is_audit: bool) -> Admission {
         let mut state = self.lock();
         state.requests.push(request);
-        let fault = if is_audit {
+        let (mut fault, mut cut, mut order) = (None, false, None);
+        if is_audit {
             state.audit_requests += 1;
             let inserts = u64::from(state.inserts_per_request);
             state.log.insert(inserts, now_ms());
-            state.next_fault()
-        } else {
-            None
-        };
+            let deletes = u64::from(state.deletes_per_request);
+            state.log.delete_oldest(deletes);
+            fault = state.next_fault();
+            cut = match fault {
+                Some(Fault::Cut) => true,
+                Some(_) => false,
+                // Drawn only with a rate, so runs without cuts see the faults they always did.
+                None => state.cut_rate > 0.0 && state.rng.f64() < state.cut_rate,
+            };
+            let number = u64::try_from(state.audit_requests).unwrap_or(u64::MAX);
+            order = self.tie_order_seed.map(|seed| listing_order(seed, number));
+        }
         Admission {
             fault,
+            cut,
             latency: state.latency,
             log: state.log.clone(),
+            order,
+            limit_echo: state.limit_echo,
         }
     }
 }

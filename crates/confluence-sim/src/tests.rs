@@ -28,6 +28,7 @@ fn with_records(records: usize) -> SimulatorConfig {
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
+    /// The body as far as it came: up to `Content-Length` bytes, fewer if the server closed.
     body: Vec<u8>,
 }
 
@@ -39,6 +40,10 @@ impl Reply {
 
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap()
+    }
+
+    fn content_length(&self) -> usize {
+        self.header("content-length").unwrap().parse().unwrap()
     }
 }
 
@@ -79,9 +84,13 @@ impl Client {
             headers,
             body: Vec::new(),
         };
-        let length = reply.header("content-length").unwrap().parse().unwrap();
-        reply.body.resize(length, 0);
-        self.0.read_exact(&mut reply.body).await.unwrap();
+        let length = reply.content_length() as u64;
+        // A cut answer ends early: keep what came, so tests can see it is short.
+        (&mut self.0)
+            .take(length)
+            .read_to_end(&mut reply.body)
+            .await
+            .unwrap();
         Some(reply)
     }
 }
@@ -100,6 +109,7 @@ async fn page(sim: &SimulatorHandle, query: &str) -> Value {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
+    assert_eq!(reply.body.len(), reply.content_length(), "a whole body");
     assert_eq!(
         reply.header("content-type"),
         Some("application/json;charset=UTF-8")
@@ -302,6 +312,7 @@ async fn scripted_faults_are_served_in_order_then_normal_answers() {
         "malformed",
         "wrong-shape",
         "delay=20ms",
+        "cut",
     ];
     sim.push_faults(later.iter().map(|text| text.parse().unwrap()));
 
@@ -346,8 +357,12 @@ async fn scripted_faults_are_served_in_order_then_normal_answers() {
     assert_eq!(seqs(&page(&sim, "").await).len(), 10);
     assert!(begun.elapsed() >= Duration::from_millis(20));
 
+    let cut = get(&sim, AUDIT).await;
+    assert_eq!(cut.status, 200);
+    assert!(cut.body.len() < cut.content_length());
+
     assert_eq!(seqs(&page(&sim, "").await).len(), 10);
-    assert_eq!(sim.request_count(), 9);
+    assert_eq!(sim.request_count(), 10);
 }
 
 #[tokio::test]
@@ -546,6 +561,7 @@ fn faults_parse_from_text() {
     assert_eq!(parsed("reset"), Fault::Reset);
     assert_eq!(parsed("malformed"), Fault::Malformed);
     assert_eq!(parsed("wrong-shape"), Fault::WrongShape);
+    assert_eq!(parsed("cut"), Fault::Cut);
     assert_eq!(
         parsed("delay=250ms"),
         Fault::Delay(Duration::from_millis(250))
@@ -564,4 +580,249 @@ fn faults_parse_from_text() {
         let error = bad.parse::<Fault>().unwrap_err();
         assert!(error.contains(&format!("{bad:?}")), "{error}");
     }
+}
+
+/// `creationDate` of each record of a page, in order.
+fn dates(body: &Value) -> Vec<i64> {
+    let results = body["results"].as_array().unwrap();
+    results
+        .iter()
+        .map(|r| r["creationDate"].as_i64().unwrap())
+        .collect()
+}
+
+/// The seqs of a page grouped by millisecond, each group in listing order.
+fn tie_groups(body: &Value) -> Vec<(i64, Vec<u64>)> {
+    let mut groups: Vec<(i64, Vec<u64>)> = Vec::new();
+    for (date, seq) in dates(body).into_iter().zip(seqs(body)) {
+        match groups.last_mut() {
+            Some((last, members)) if *last == date => members.push(seq),
+            _ => groups.push((date, vec![seq])),
+        }
+    }
+    groups
+}
+
+#[tokio::test]
+async fn ties_are_listed_in_a_fresh_order_by_every_request() {
+    let config = SimulatorConfig {
+        ties: 6,
+        ..with_records(600)
+    };
+    let sim = start(config.clone()).await;
+    let first = page(&sim, "limit=1000").await;
+    let second = page(&sim, "limit=1000").await;
+    for body in [&first, &second] {
+        let mut all = seqs(body);
+        all.sort_unstable();
+        assert_eq!(all, (0..600).collect::<Vec<u64>>(), "every record once");
+        assert!(dates(body).windows(2).all(|pair| pair[0] >= pair[1]));
+    }
+    let (groups, again) = (tie_groups(&first), tie_groups(&second));
+    let sizes: HashSet<usize> = groups.iter().map(|(_, members)| members.len()).collect();
+    assert!(
+        sizes.iter().all(|&size| (1..=6).contains(&size)),
+        "{sizes:?}"
+    );
+    assert!(sizes.len() > 3, "sizes vary: {sizes:?}");
+    assert_eq!(groups.len(), again.len());
+    let mut reordered = 0;
+    for ((date, members), (date_again, members_again)) in groups.iter().zip(&again) {
+        assert_eq!(date, date_again);
+        let sorted = |m: &Vec<u64>| {
+            let mut m = m.clone();
+            m.sort_unstable();
+            m
+        };
+        assert_eq!(
+            sorted(members),
+            sorted(members_again),
+            "same members at {date}"
+        );
+        reordered += usize::from(members != members_again);
+    }
+    assert!(
+        reordered > groups.len() / 4,
+        "{reordered} of {} groups listed differently",
+        groups.len()
+    );
+    let distinct: HashSet<String> = first["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    assert_eq!(distinct.len(), 600, "ties differ in content");
+
+    // A page starting inside a group gets the dates of those offsets, members of its group.
+    let page_dates = dates(&page(&sim, "start=5&limit=20").await);
+    assert_eq!(page_dates, dates(&first)[5..25]);
+
+    // The same seed gives the same listings, request by request (dates follow the clock).
+    let twin = start(config).await;
+    assert_eq!(seqs(&page(&twin, "limit=1000").await), seqs(&first));
+    assert_eq!(seqs(&page(&twin, "limit=1000").await), seqs(&second));
+}
+
+#[test]
+fn a_listing_entered_at_any_offset_continues_the_same_order() {
+    let log = data::Log::new(7, 500, 1_700_000_000_000).shaped(5, 6);
+    let mut log = log;
+    log.insert(40, 1_700_000_001_000);
+    log.delete_oldest(13);
+    for order in [None, Some(data::listing_order(7, 1))] {
+        let whole: Vec<u64> = log.newest_first(0, 0, order).collect();
+        let mut sorted = whole.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (13..540).collect::<Vec<u64>>());
+        let ordered: Vec<i64> = whole.iter().map(|&seq| log.date(seq)).collect();
+        assert!(ordered.windows(2).all(|pair| pair[0] >= pair[1]));
+        for skip in 0..=whole.len() as u64 + 2 {
+            let from: Vec<u64> = log.newest_first(0, skip, order).collect();
+            assert_eq!(from, whole[whole.len().min(skip as usize)..], "skip {skip}");
+        }
+        // A window that starts inside the log starts at a group's oldest member.
+        let first = log.first_since(log.date(300));
+        let windowed: Vec<u64> = log.newest_first(first, 0, order).collect();
+        assert!(windowed.iter().all(|&seq| seq >= first));
+        assert_eq!(windowed.len() as u64, 540 - first);
+    }
+}
+
+#[tokio::test]
+async fn duplicates_are_byte_identical_at_the_same_millisecond() {
+    let sim = start(SimulatorConfig {
+        duplicate_every: 4,
+        ..with_records(400)
+    })
+    .await;
+    let body = page(&sim, "limit=1000").await;
+    let records = body["results"].as_array().unwrap();
+    assert_eq!(records.len(), 400);
+    let copies = records.windows(2).filter(|pair| pair[0] == pair[1]).count();
+    assert!((20..=180).contains(&copies), "{copies} copies");
+    assert!(dates(&body).windows(2).all(|pair| pair[0] >= pair[1]));
+    // Only pairs: a copy is never copied again.
+    assert!(records.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])));
+}
+
+#[tokio::test]
+async fn retention_deletes_the_oldest_records_as_requests_come() {
+    let sim = start(SimulatorConfig {
+        deletes_per_request: 10,
+        ..with_records(100)
+    })
+    .await;
+    assert_eq!(seqs(&page(&sim, "limit=1000").await), newest_first(99, 90));
+    assert_eq!(seqs(&page(&sim, "limit=1000").await), newest_first(99, 80));
+    // The head does not move: offsets from the newest stay put.
+    assert_eq!(seqs(&page(&sim, "start=5&limit=3").await), [94, 93, 92]);
+    assert_eq!(sim.record_count(), 70);
+    sim.set_deletes_per_request(0);
+    sim.delete_records(65);
+    assert_eq!(seqs(&page(&sim, "limit=1000").await), newest_first(99, 5));
+    sim.delete_records(1000);
+    assert_eq!(sim.record_count(), 0);
+    assert!(seqs(&page(&sim, "").await).is_empty());
+    sim.insert_records(2);
+    assert_eq!(seqs(&page(&sim, "").await), [101, 100]);
+}
+
+#[tokio::test]
+async fn a_capped_limit_can_be_echoed_as_asked_or_left_out() {
+    let sim = start(SimulatorConfig {
+        max_limit: Some(10),
+        limit_echo: LimitEcho::Requested,
+        ..with_records(100)
+    })
+    .await;
+    let body = page(&sim, "limit=50").await;
+    assert_eq!(seqs(&body), newest_first(99, 10));
+    assert_eq!(
+        (body["limit"].as_u64(), body["size"].as_u64()),
+        (Some(50), Some(10))
+    );
+
+    sim.set_limit_echo(LimitEcho::Omitted);
+    let reply = get(&sim, &format!("{AUDIT}?limit=50")).await;
+    assert_eq!(reply.status, 200);
+    let body = reply.json();
+    assert_eq!(seqs(&body), newest_first(99, 10));
+    let object = body.as_object().unwrap();
+    assert!(
+        !object.contains_key("limit") && !object.contains_key("size"),
+        "{object:?}"
+    );
+    assert_eq!(body["start"], 0);
+
+    sim.set_limit_echo(LimitEcho::Capped);
+    assert_eq!(page(&sim, "limit=50").await["limit"], 10);
+}
+
+#[tokio::test]
+async fn strict_limit_answers_over_1000_with_400() {
+    let sim = start(SimulatorConfig {
+        strict_limit: true,
+        ..with_records(10)
+    })
+    .await;
+    let refused = get(&sim, &format!("{AUDIT}?limit=1001")).await;
+    assert_eq!(refused.status, 400);
+    let body = refused.json();
+    assert_eq!(body["statusCode"], 400);
+    assert_eq!(body["data"]["valid"], false);
+    assert!(
+        body["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+    assert_eq!(seqs(&page(&sim, "limit=1000").await).len(), 10);
+    let lenient = start(with_records(10)).await;
+    assert_eq!(seqs(&page(&lenient, "limit=1001").await).len(), 10);
+}
+
+#[tokio::test]
+async fn cut_bodies_declare_the_full_length_then_close() {
+    let sim = start(SimulatorConfig {
+        cut_rate: 1.0,
+        ..with_records(50)
+    })
+    .await;
+    let mut client = Client::connect(&sim).await;
+    let cut = client.get(&format!("{AUDIT}?limit=50"), &[]).await.unwrap();
+    assert_eq!(cut.status, 200);
+    let declared = cut.content_length();
+    assert!(declared > 1000, "a whole page is declared: {declared}");
+    assert_eq!(cut.body.len(), declared / 2, "half of it arrives");
+    assert!(serde_json::from_slice::<Value>(&cut.body).is_err());
+    // The connection is closed after the cut.
+    assert!(client.get(AUDIT, &[]).await.is_none());
+    // Only 200s are cut.
+    let refused = get(&sim, &format!("{AUDIT}?units=FOO")).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.body.len(), refused.content_length());
+    assert_eq!(refused.json()["statusCode"], 400);
+
+    sim.set_cut_rate(0.0);
+    assert_eq!(seqs(&page(&sim, "limit=50").await).len(), 50);
+}
+
+#[tokio::test]
+async fn cut_rate_is_seeded() {
+    let config = SimulatorConfig {
+        cut_rate: 0.5,
+        ..with_records(5)
+    };
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let sim = start(config.clone()).await;
+        let mut cuts = Vec::new();
+        for _ in 0..30 {
+            let reply = get(&sim, AUDIT).await;
+            cuts.push(reply.body.len() < reply.content_length());
+        }
+        runs.push(cuts);
+    }
+    assert_eq!(runs[0], runs[1]);
+    let cut = runs[0].iter().filter(|&&cut| cut).count();
+    assert!((5..=25).contains(&cut), "{cut} of 30 cut");
 }
