@@ -503,3 +503,118 @@ async fn tokens_are_signed_with_the_salt_so_replicas_share_them_and_nobody_forge
     all.extend(seqs(&rest));
     assert_eq!(all, whole(40));
 }
+
+#[tokio::test]
+async fn a_misbehaving_confluence_still_gets_every_surviving_record_exactly_once() {
+    // Everything Confluence is allowed to do at once: ties reshuffled on every request,
+    // arrivals and deletions of the oldest records before every request, pages capped at
+    // 40 while the requested limit is echoed, 10 % of bodies cut, other faults.
+    let (sim, mut gw) = setup(
+        3000,
+        SimulatorConfig {
+            ties: 5,
+            inserts_per_request: 3,
+            deletes_per_request: 2,
+            max_limit: Some(40),
+            limit_echo: confluence_sim::LimitEcho::Requested,
+            cut_rate: 0.1,
+            fault_rate: 0.05,
+            ..Default::default()
+        },
+        |c| c.upstream.retries = 6,
+    )
+    .await;
+    let mut delivered: Vec<pb::AuditRecord> = Vec::new();
+    let mut token = String::new();
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        assert!(calls < 200, "the window did not end");
+        if calls == 3 {
+            // Halfway, the server stops echoing any limit at all.
+            sim.set_limit_echo(confluence_sim::LimitEcho::Omitted);
+        }
+        let req = pb::StreamSinceRequest {
+            max_records: Some(500),
+            resume_token: token.clone(),
+            ..window(100)
+        };
+        let s = gw
+            .client
+            .stream_since(req)
+            .await
+            .expect("opens")
+            .into_inner();
+        let (messages, end) = drain(s).await;
+        let got: usize = messages.iter().map(|m| m.records.len()).sum();
+        if let Some(last) = messages.last() {
+            token = last.resume_token.clone();
+        }
+        delivered.extend(messages.into_iter().flat_map(|m| m.records));
+        match end {
+            // Failures after retries (a cut body, a 503): resume, as a client would.
+            Some(status) => assert_ne!(status.code(), Code::InvalidArgument, "{status:?}"),
+            None if got == 500 => {}
+            None => break,
+        }
+    }
+    for pair in delivered.windows(2) {
+        assert!(
+            pair[0].creation_date >= pair[1].creation_date,
+            "order broken: {} then {}",
+            pair[0].summary,
+            pair[1].summary
+        );
+    }
+    let mut got: Vec<u64> = delivered.iter().map(seq).collect();
+    got.sort_unstable();
+    let repeated: Vec<u64> = got
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    assert!(repeated.is_empty(), "delivered twice: {repeated:?}");
+    // The window's top is the first record delivered; what survives of it now is the
+    // newest `record_count` sequence numbers, up to that top.
+    sim.set_inserts_per_request(0);
+    sim.set_deletes_per_request(0);
+    let top = seq(&delivered[0]);
+    let newest = {
+        let mut req = tonic::Request::new(pb::GetSinceRequest {
+            limit: Some(1),
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("cache-control", "no-cache".parse().expect("metadata"));
+        let page = loop {
+            match gw.client.get_since(req).await {
+                Ok(page) => break page.into_inner(),
+                // A cut body or fault again: ask once more.
+                Err(_) => {
+                    req = tonic::Request::new(pb::GetSinceRequest {
+                        limit: Some(1),
+                        ..Default::default()
+                    });
+                    req.metadata_mut()
+                        .insert("cache-control", "no-cache".parse().expect("metadata"));
+                }
+            }
+        };
+        page.results.iter().map(seq).max().expect("a record")
+    };
+    let oldest = newest + 1 - sim.record_count() as u64;
+    assert!(
+        top + 1 - oldest > 2000,
+        "too little of the window survived to tell"
+    );
+    let missing: Vec<u64> = (oldest..=top)
+        .filter(|s| got.binary_search(s).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} surviving records missing, e.g. {:?}",
+        missing.len(),
+        top + 1 - oldest,
+        &missing[..missing.len().min(10)]
+    );
+}

@@ -31,9 +31,10 @@ pub struct SimulateArgs {
     #[arg(long, value_enum, default_value_t = LimitEcho::Capped)]
     pub limit_echo: LimitEcho,
 
-    /// Answer `limit` over 1000 with 400, as Confluence documents 1000 as the largest.
+    /// Serve `limit` over 1000 instead of answering 400 (Confluence documents 1000 as
+    /// the largest).
     #[arg(long)]
-    pub strict_limit: bool,
+    pub allow_limit_over_1000: bool,
 
     /// Records come in groups of up to this many sharing a millisecond, each group listed
     /// in a fresh (seeded) order by every request; 0 or 1 for none.
@@ -91,7 +92,7 @@ impl SimulateArgs {
             seed: self.seed,
             max_limit: self.max_limit,
             limit_echo: self.limit_echo,
-            strict_limit: self.strict_limit,
+            strict_limit: !self.allow_limit_over_1000,
             ties: self.ties,
             duplicate_every: self.duplicate_every,
             deletes_per_request: self.deletes_per_request,

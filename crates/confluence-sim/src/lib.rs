@@ -2,12 +2,12 @@
 //! benchmarks: a deterministic, arbitrarily large, optionally growing log, served over HTTP/1.1
 //! with scripted or random faults, latency and authorization.
 //!
-//! It can also misbehave as Confluence is allowed to, each behaviour off by default: records
+//! It refuses `limit` over 1000, as Confluence documents ([`SimulatorConfig::strict_limit`]),
+//! and can misbehave as Confluence is allowed to, each behaviour off by default: records
 //! sharing a millisecond listed in a fresh order by every request ([`SimulatorConfig::ties`]),
 //! byte-identical duplicates ([`SimulatorConfig::duplicate_every`]), the oldest records deleted
 //! while a client pages ([`SimulatorConfig::deletes_per_request`]), a capped `limit` echoed as
-//! asked or left out ([`SimulatorConfig::limit_echo`]), `limit` over 1000 refused
-//! ([`SimulatorConfig::strict_limit`]), and 200 bodies cut short
+//! asked or left out ([`SimulatorConfig::limit_echo`]), and 200 bodies cut short
 //! ([`SimulatorConfig::cut_rate`], [`Fault::Cut`]).
 //!
 //! ```no_run
@@ -65,8 +65,7 @@ pub struct SimulatorConfig {
     /// [`SimulatorHandle::set_limit_echo`]).
     pub limit_echo: LimitEcho,
     /// Answer `limit` over 1000, the largest Confluence documents, with 400 and its JSON error
-    /// body (default off: the gateway's streams ask `page_size + 1`, src/app/stream.rs, so a
-    /// stream of 1000-record pages asks 1001, as benches/stream.rs does).
+    /// body (default on).
     pub strict_limit: bool,
     /// Largest group of initial records sharing one `creationDate` millisecond, group sizes
     /// 1..=ties drawn from `seed` (default 0: each record its own millisecond). Any value
@@ -110,7 +109,7 @@ impl Default for SimulatorConfig {
             base_path: "/wiki".to_owned(),
             max_limit: None,
             limit_echo: LimitEcho::Capped,
-            strict_limit: false,
+            strict_limit: true,
             ties: 0,
             duplicate_every: 0,
             deletes_per_request: 0,
