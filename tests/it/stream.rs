@@ -618,3 +618,35 @@ async fn a_misbehaving_confluence_still_gets_every_surviving_record_exactly_once
         &missing[..missing.len().min(10)]
     );
 }
+
+#[tokio::test]
+async fn a_token_older_than_the_window_ends_promptly_without_walking_it() {
+    let (sim, mut gw) = setup(3000, SimulatorConfig::default(), |_| {}).await;
+    let first = stream_all(
+        &mut gw.client,
+        pb::StreamSinceRequest {
+            max_records: Some(20),
+            ..window(10)
+        },
+    )
+    .await;
+    assert_eq!(seqs(&first), (2980..3000).rev().collect::<Vec<_>>());
+    let token = first.last().expect("messages").resume_token.clone();
+    // Everything at and past where the stream stood leaves the log (retention, or the
+    // relative window's lower bound moving on), and 2000 events arrive meanwhile.
+    sim.delete_records(2981);
+    sim.insert_records(2000);
+    let before = sim.request_count();
+    let rest = stream_all(
+        &mut gw.client,
+        pb::StreamSinceRequest {
+            resume_token: token,
+            ..window(10)
+        },
+    )
+    .await;
+    assert!(seqs(&rest).is_empty(), "{:?}", seqs(&rest));
+    // Locating the boundary by date takes a few requests, not one per page of the 2000.
+    let asked = sim.request_count() - before;
+    assert!(asked <= 30, "{asked} requests");
+}
