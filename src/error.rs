@@ -88,7 +88,8 @@ pub enum GatewayError {
     },
     /// The caller's deadline passed before the upstream answered.
     DeadlineExceeded(String),
-    /// Confluence answered 200 with a body that is not an `AuditRecordArray`.
+    /// Confluence answered 200 with a body that was cut short, is not JSON, or is not an
+    /// `AuditRecordArray`; retried a few times (`src/upstream/retry.rs`) before it ends a call.
     MalformedBody(String),
     /// Confluence's body exceeded the configured size cap.
     BodyTooLarge {
@@ -126,7 +127,9 @@ impl GatewayError {
         matches!(self, Self::DeadlineExceeded(_))
     }
 
-    /// Whether another attempt may succeed (connection trouble, 429, 5xx, time-outs).
+    /// Whether another attempt may succeed (connection trouble, 429, 5xx, time-outs, a
+    /// broken 200 body: a proxy or a dropped connection, not Confluence's data, is the
+    /// likely cause).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -135,7 +138,7 @@ impl GatewayError {
                     | UpstreamFailure::Unavailable
                     | UpstreamFailure::Timeout,
                 ..
-            }
+            } | Self::MalformedBody(_)
         )
     }
 }

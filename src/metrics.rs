@@ -53,6 +53,8 @@ pub struct Metrics {
     pub upstream_attempts: Counter,
     /// Failed upstream attempts, by class (indexed by `UpstreamFailure::index`).
     upstream_failures: [Counter; UpstreamFailure::ALL.len()],
+    /// Upstream attempts answered 200 with a body that was cut or could not be used.
+    pub upstream_malformed_bodies: Counter,
     /// Redis lookups answered with a page.
     pub redis_hits: Counter,
     /// Redis lookups that found nothing usable.
@@ -78,6 +80,7 @@ pub static METRICS: Metrics = Metrics {
     page_loads: Counter::new(),
     upstream_attempts: Counter::new(),
     upstream_failures: [const { Counter::new() }; UpstreamFailure::ALL.len()],
+    upstream_malformed_bodies: Counter::new(),
     redis_hits: Counter::new(),
     redis_misses: Counter::new(),
     redis_errors: Counter::new(),
@@ -89,11 +92,14 @@ pub static METRICS: Metrics = Metrics {
 };
 
 impl Metrics {
-    /// Counts a failed upstream attempt under its class; other errors (a deadline, a
-    /// malformed body) are not Confluence's failures and are not counted here.
+    /// Counts a failed upstream attempt under its class, a broken 200 body included (it
+    /// is retried like the others); other errors (a deadline, an oversized body, a
+    /// defect) are not counted here.
     pub(crate) fn upstream_failed(&self, err: &GatewayError) {
-        if let GatewayError::Upstream { failure, .. } = err {
-            self.upstream_failures[failure.index()].inc();
+        match err {
+            GatewayError::Upstream { failure, .. } => self.upstream_failures[failure.index()].inc(),
+            GatewayError::MalformedBody(_) => self.upstream_malformed_bodies.inc(),
+            _ => {}
         }
     }
 
@@ -179,6 +185,9 @@ impl Metrics {
             let (reason, n) = (failure.reason(), self.upstream_failures(failure));
             let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
         }
+        let reason = GatewayError::MalformedBody(String::new()).reason();
+        let n = self.upstream_malformed_bodies.get();
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
         out
     }
 }
@@ -237,6 +246,9 @@ mod tests {
             METRICS.upstream_failures(UpstreamFailure::RateLimited),
             before + 1
         );
+        let bodies = METRICS.upstream_malformed_bodies.get();
+        METRICS.upstream_failed(&GatewayError::MalformedBody("cut".into()));
+        assert_eq!(METRICS.upstream_malformed_bodies.get(), bodies + 1);
         let text = METRICS.render();
         assert!(
             text.contains("# TYPE audit_gateway_redis_errors_total counter"),
@@ -250,6 +262,12 @@ mod tests {
                 )
             })
             .expect("rate-limit line");
+        assert!(
+            text.contains(
+                "audit_gateway_upstream_failures_total{reason=\"UPSTREAM_MALFORMED_BODY\"}"
+            ),
+            "{text}"
+        );
         let n: u64 = line
             .rsplit(' ')
             .next()

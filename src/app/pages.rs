@@ -1,20 +1,15 @@
 //! Pages of the audit log as the gateway serves them: looked up in the page cache, or
 //! fetched from Confluence, parsed and encoded as a `GetSinceResponse` once.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
+use serde::de::IgnoredAny;
 use tokio::sync::Semaphore;
 
 use crate::{
     audit::PageQuery,
-    cache::{PageCache, PageKey},
+    cache::{LoadProgress, PageCache, PageKey},
     credential::{Credential, FingerprintKey},
     error::{GatewayError, within_deadline},
     metrics::METRICS,
@@ -81,55 +76,60 @@ impl PageService {
                 .into(),
             query: req.query.clone(),
         };
-        let lookup = async {
-            match self.load_once(&key, &req).await {
-                // The load we joined ran under its starter's deadline, not ours: when that
-                // is what ended it, run one under our own.
-                (Err(e), true) if e.is_deadline_bound() => self.load_once(&key, &req).await.0,
-                (result, _) => result,
-            }
+        let (client, converting) = (self.client.clone(), self.converting.clone());
+        let (query, credential) = (req.query, req.credential);
+        // The cache runs this in a task of its own when the load is shared (then with no
+        // deadline: no one caller's deadline may end it), or in this call when nothing is.
+        let load = move |deadline: Option<Instant>, progress: LoadProgress| async move {
+            METRICS.page_loads.inc();
+            client
+                .fetch_page(
+                    &query,
+                    credential.as_ref(),
+                    deadline,
+                    |err, wait| progress.retrying(err, wait),
+                    |body| convert(converting.clone(), body),
+                )
+                .await
         };
-        // A caller that joined someone else's load still leaves at its own deadline.
+        // A caller leaves at its own deadline, whoever else waits on the load.
         within_deadline(
             req.deadline,
             "the call's deadline passed before the page was ready",
-            lookup,
+            self.cache.get_or_load(key, req.refresh, req.deadline, load),
         )
         .await
     }
+}
 
-    /// One cache lookup, loading on a miss; also says whether it joined another
-    /// caller's load rather than running its own.
-    async fn load_once(
-        &self,
-        key: &PageKey,
-        req: &PageRequest,
-    ) -> (Result<Bytes, GatewayError>, bool) {
-        let ran = AtomicBool::new(false);
-        let load = || {
-            ran.store(true, Ordering::Relaxed);
-            METRICS.page_loads.inc();
-            async {
-                let body = self
-                    .client
-                    .fetch_page(&req.query, req.credential.as_ref(), req.deadline)
-                    .await?;
-                if body.len() < BLOCKING_BODY_BYTES {
-                    return encode_page(&body);
-                }
-                // A full page takes milliseconds of CPU: off the async workers, so cache
-                // hits and other calls are not held up behind it; one per core at a time,
-                // so memory does not grow with the number of pages in flight.
-                let _permit =
-                    self.converting.acquire().await.map_err(|_| {
-                        GatewayError::Internal("page conversion is shut down".into())
-                    })?;
-                tokio::task::spawn_blocking(move || encode_page(&body))
-                    .await
-                    .map_err(|e| GatewayError::Internal(format!("page conversion failed: {e}")))?
-            }
-        };
-        let result = self.cache.get_or_load(key.clone(), req.refresh, load).await;
-        (result, !ran.load(Ordering::Relaxed))
+/// A 200 body as an encoded `GetSinceResponse`; a body that is not one is
+/// [`GatewayError::MalformedBody`], which the upstream client retries.
+async fn convert(converting: Arc<Semaphore>, body: Bytes) -> Result<Bytes, GatewayError> {
+    if body.len() < BLOCKING_BODY_BYTES {
+        return encode(&body);
+    }
+    // A full page takes milliseconds of CPU: off the async workers, so cache hits and
+    // other calls are not held up behind it; one per core at a time, so memory does not
+    // grow with the number of pages in flight.
+    let _permit = converting
+        .acquire_owned()
+        .await
+        .map_err(|_| GatewayError::Internal("page conversion is shut down".into()))?;
+    tokio::task::spawn_blocking(move || encode(&body))
+        .await
+        .map_err(|e| GatewayError::Internal(format!("page conversion failed: {e}")))?
+}
+
+/// `encode_page`, saying whether a body it refused is not JSON at all or JSON of another
+/// shape (the second parse costs only on that failure).
+fn encode(body: &[u8]) -> Result<Bytes, GatewayError> {
+    match encode_page(body) {
+        Err(GatewayError::MalformedBody(shape)) => Err(GatewayError::MalformedBody(
+            match serde_json::from_slice::<IgnoredAny>(body) {
+                Err(e) => format!("Confluence's answer is not JSON: {e}"),
+                Ok(_) => shape,
+            },
+        )),
+        other => other,
     }
 }

@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub(crate) use memory::PageCache;
+pub(crate) use memory::{LoadProgress, PageCache};
 
 use crate::audit::PageQuery;
 

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use reqwest::{StatusCode, header};
 use url::Url;
 
-use super::retry::{RetryPolicy, classify, parse_retry_after};
+use super::retry::{RetryPolicy, Spent, classify, parse_retry_after};
 use crate::{
     audit::PageQuery,
     credential::Credential,
@@ -73,33 +73,52 @@ impl ConfluenceClient {
         url
     }
 
-    /// Fetches one page's 200 body, retrying what is transient, never past `deadline`.
-    pub(crate) async fn fetch_page(
+    /// Fetches one page and turns its 200 body into a `T` with `convert`, retrying what
+    /// is transient (a body `convert` rejects with [`GatewayError::MalformedBody`]
+    /// included), never past `deadline`. `on_retry` hears of each failed attempt that
+    /// will be retried, with the wait before the next one.
+    ///
+    /// The conversion runs inside each attempt so that a broken body is one more attempt
+    /// outcome, retried under its own bound (`src/upstream/retry.rs`), rather than a
+    /// failure found after the retries are over.
+    pub(crate) async fn fetch_page<T, F, Fut>(
         &self,
         query: &PageQuery,
         credential: Option<&Credential>,
         deadline: Option<Instant>,
-    ) -> Result<Bytes, GatewayError> {
+        on_retry: impl Fn(&GatewayError, Duration),
+        convert: F,
+    ) -> Result<T, GatewayError>
+    where
+        F: Fn(Bytes) -> Fut,
+        Fut: Future<Output = Result<T, GatewayError>>,
+    {
         let url = self.page_url(query);
         let policy = &self.settings.retry;
-        let mut retries_after_500 = 0;
-        let call = (|| self.attempt(&url, credential, deadline))
+        let mut spent = Spent::default();
+        let call = (|| self.attempt(&url, credential, deadline, &convert))
             .retry(policy.backoff())
             .sleep(tokio::time::sleep)
             .when(GatewayError::is_transient)
-            .adjust(|err, ceiling| policy.adjust(err, ceiling, &mut retries_after_500, deadline))
+            .adjust(|err, ceiling| policy.adjust(err, ceiling, &mut spent, deadline))
             .notify(|err, wait| {
                 tracing::warn!(reason = err.reason(), error = %err, ?wait, "retrying Confluence call");
+                on_retry(err, wait);
             });
         within_deadline(deadline, DEADLINE_PASSED, call).await
     }
 
-    async fn attempt(
+    async fn attempt<T, F, Fut>(
         &self,
         url: &Url,
         credential: Option<&Credential>,
         deadline: Option<Instant>,
-    ) -> Result<Bytes, GatewayError> {
+        convert: &F,
+    ) -> Result<T, GatewayError>
+    where
+        F: Fn(Bytes) -> Fut,
+        Fut: Future<Output = Result<T, GatewayError>>,
+    {
         let mut timeout = self.settings.attempt_timeout;
         let mut cut_by_deadline = false;
         if let Some(d) = deadline {
@@ -128,7 +147,10 @@ impl ConfluenceClient {
         }
         let started = Instant::now();
         METRICS.upstream_attempts.inc();
-        let result = self.exchange(request, failed).await;
+        let result = match self.exchange(request, failed).await {
+            Ok(body) => convert(body).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             METRICS.upstream_failed(e);
         }
@@ -199,23 +221,44 @@ pub(crate) fn encode_params(params: &[(&str, String)]) -> String {
         .join("&")
 }
 
-/// Reads a body up to `cap` bytes; more is an error, never a truncated page.
+/// Reads a body up to `cap` bytes; more is an error, never a truncated page. A body cut
+/// off by the connection ending (short of its `Content-Length`, or chunked without its
+/// last chunk) is [`GatewayError::MalformedBody`] saying where, which is retried; a
+/// time-out while reading stays a time-out (`failed`).
 async fn read_capped(
     mut response: reqwest::Response,
     cap: usize,
     failed: impl Fn(reqwest::Error) -> GatewayError,
 ) -> Result<Bytes, GatewayError> {
-    if response.content_length().is_some_and(|n| n > cap as u64) {
+    let expected = response.content_length();
+    if expected.is_some_and(|n| n > cap as u64) {
         return Err(GatewayError::BodyTooLarge { limit: cap });
     }
-    let mut body = BytesMut::with_capacity(response.content_length().map_or(8192, |n| n as usize));
-    while let Some(chunk) = response.chunk().await.map_err(&failed)? {
+    let mut body = BytesMut::with_capacity(expected.map_or(8192, |n| n as usize));
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => return Err(failed(e)),
+            Err(e) => {
+                tracing::debug!(error = %e.without_url(), "Confluence's body was cut");
+                return Err(cut_body(body.len(), expected));
+            }
+        };
         if body.len() + chunk.len() > cap {
             return Err(GatewayError::BodyTooLarge { limit: cap });
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// A body that ended early, after `read` bytes of `expected` (when the answer said).
+fn cut_body(read: usize, expected: Option<u64>) -> GatewayError {
+    GatewayError::MalformedBody(match expected {
+        Some(total) => format!("Confluence's answer was cut after {read} of {total} bytes"),
+        None => format!("Confluence's answer was cut after {read} bytes"),
+    })
 }
 
 /// The status message for a non-200 answer, with Confluence's own `message` if any.

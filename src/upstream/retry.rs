@@ -14,6 +14,10 @@ pub(crate) struct RetryPolicy {
     pub max_retries: u32,
     /// Retries allowed after a plain 500 (it is rarely transient).
     pub max_500_retries: u32,
+    /// Retries allowed after a 200 whose body was cut or unusable: worth a second look
+    /// (a proxy or a dropped connection), but a Confluence that keeps sending one will
+    /// not change its mind.
+    pub max_bad_body_retries: u32,
     /// First backoff ceiling; doubles each retry.
     pub base_delay: Duration,
     /// Largest backoff ceiling.
@@ -28,6 +32,7 @@ impl Default for RetryPolicy {
         Self {
             max_retries: 4,
             max_500_retries: 1,
+            max_bad_body_retries: 2,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(30),
@@ -47,29 +52,35 @@ impl RetryPolicy {
     }
 
     /// The delay before the next attempt after `err`, given backon's `ceiling` (`None`
-    /// when out of retries), or `None` to give up: not transient, a plain 500 retried
-    /// enough already, or a wait that would end past `deadline`. Full jitter, with
-    /// `Retry-After` (clamped) as the floor.
+    /// when out of retries), or `None` to give up: not transient, a plain 500 or a broken
+    /// body retried enough already (counted in `spent`), or a wait that would end past
+    /// `deadline`. Full jitter, with `Retry-After` (clamped) as the floor.
     pub(crate) fn adjust(
         &self,
         err: &GatewayError,
         ceiling: Option<Duration>,
-        retries_after_500: &mut u32,
+        spent: &mut Spent,
         deadline: Option<Instant>,
     ) -> Option<Duration> {
         let ceiling = ceiling?;
         if !err.is_transient() {
             return None;
         }
-        if let GatewayError::Upstream {
-            http_status: Some(500),
-            ..
-        } = err
-        {
-            if *retries_after_500 >= self.max_500_retries {
+        let own_bound = match err {
+            GatewayError::Upstream {
+                http_status: Some(500),
+                ..
+            } => Some((&mut spent.after_500, self.max_500_retries)),
+            GatewayError::MalformedBody(_) => {
+                Some((&mut spent.after_bad_body, self.max_bad_body_retries))
+            }
+            _ => None,
+        };
+        if let Some((used, max)) = own_bound {
+            if *used >= max {
                 return None;
             }
-            *retries_after_500 += 1;
+            *used += 1;
         }
         let floor = match err {
             GatewayError::Upstream {
@@ -85,6 +96,14 @@ impl RetryPolicy {
             _ => Some(delay),
         }
     }
+}
+
+/// Retries already spent on the failures that have their own, smaller bound; the
+/// overall bound (`max_retries`) is backon's.
+#[derive(Debug, Default)]
+pub(crate) struct Spent {
+    after_500: u32,
+    after_bad_body: u32,
 }
 
 /// Parses `Retry-After` (delay-seconds; an HTTP date is not used by Confluence), clamped
@@ -152,27 +171,58 @@ mod tests {
         let c = Some(Duration::from_millis(100));
         for status in [400, 401, 403, 404, 418] {
             assert_eq!(
-                p.adjust(&upstream(status, None), c, &mut 0, None),
+                p.adjust(&upstream(status, None), c, &mut Spent::default(), None),
                 None,
                 "{status}"
             );
         }
         for status in [429, 502, 503, 504, 500] {
             assert!(
-                p.adjust(&upstream(status, None), c, &mut 0, None).is_some(),
+                p.adjust(&upstream(status, None), c, &mut Spent::default(), None)
+                    .is_some(),
                 "{status}"
             );
         }
-        let mut after_500 = 0;
+        let mut spent = Spent::default();
         assert!(
-            p.adjust(&upstream(500, None), c, &mut after_500, None)
+            p.adjust(&upstream(500, None), c, &mut spent, None)
                 .is_some()
         );
         assert!(
-            p.adjust(&upstream(500, None), c, &mut after_500, None)
+            p.adjust(&upstream(500, None), c, &mut spent, None)
                 .is_none()
         );
-        assert!(p.adjust(&upstream(503, None), None, &mut 0, None).is_none());
+        assert!(
+            p.adjust(&upstream(503, None), None, &mut Spent::default(), None)
+                .is_none()
+        );
+        let too_large = GatewayError::BodyTooLarge { limit: 1 };
+        assert_eq!(p.adjust(&too_large, c, &mut Spent::default(), None), None);
+    }
+
+    #[test]
+    fn broken_bodies_have_their_own_bound() {
+        let p = RetryPolicy::default();
+        let c = Some(Duration::from_millis(100));
+        let bad = GatewayError::MalformedBody("cut".into());
+        let mut spent = Spent::default();
+        for i in 0..p.max_bad_body_retries {
+            assert!(p.adjust(&bad, c, &mut spent, None).is_some(), "retry {i}");
+            // Other failures in between do not spend it.
+            assert!(
+                p.adjust(&upstream(503, None), c, &mut spent, None)
+                    .is_some()
+            );
+        }
+        assert_eq!(p.adjust(&bad, c, &mut spent, None), None);
+        // Nor does it spend the plain 500's retry.
+        assert!(
+            p.adjust(&upstream(500, None), c, &mut spent, None)
+                .is_some()
+        );
+        // Never past the deadline, like any other retry.
+        let passed = Some(Instant::now());
+        assert_eq!(p.adjust(&bad, c, &mut Spent::default(), passed), None);
     }
 
     #[test]
@@ -185,14 +235,17 @@ mod tests {
         assert!(ceilings[1].abs_diff(p.base_delay * 2) < Duration::from_micros(1));
         for c in ceilings {
             let d = p
-                .adjust(&upstream(503, None), Some(c), &mut 0, None)
+                .adjust(&upstream(503, None), Some(c), &mut Spent::default(), None)
                 .expect("retry");
             assert!(d <= c, "{d:?} above ceiling {c:?}");
         }
         let huge = upstream(429, Some(Duration::from_secs(3600)));
         let c = Some(Duration::from_millis(1));
-        assert_eq!(p.adjust(&huge, c, &mut 0, None), Some(p.max_retry_after));
+        assert_eq!(
+            p.adjust(&huge, c, &mut Spent::default(), None),
+            Some(p.max_retry_after)
+        );
         let soon = Instant::now() + Duration::from_secs(1);
-        assert_eq!(p.adjust(&huge, c, &mut 0, Some(soon)), None);
+        assert_eq!(p.adjust(&huge, c, &mut Spent::default(), Some(soon)), None);
     }
 }

@@ -1,5 +1,6 @@
-//! The page cache end to end: hits, distinct keys, single-flight, `cache-control`, TTL,
-//! credential isolation under `--auth-passthrough`, and errors that are never cached.
+//! The page cache end to end: hits, distinct keys, single-flight (a shared load owned by
+//! no caller: neither a caller's deadline nor its cancellation ends it), `cache-control`,
+//! TTL, credential isolation under `--auth-passthrough`, and errors that are never cached.
 
 use std::time::Duration;
 
@@ -464,6 +465,69 @@ async fn a_short_deadline_does_not_fail_callers_who_joined_its_load() {
         .expect("the patient caller is not failed by someone else's deadline")
         .into_inner();
     assert_eq!(page.results.len(), 5);
+    assert_eq!(
+        sim.request_count(),
+        1,
+        "the patient caller was served by the load the hasty one started"
+    );
+}
+
+#[tokio::test]
+async fn a_load_goes_on_when_the_caller_who_started_it_times_out() {
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 20,
+            latency: Duration::from_millis(400),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut client = AuditServiceClient::new(gw.channel().await);
+    let mut hasty = Request::new(small());
+    hasty.set_timeout(Duration::from_millis(100));
+    let status = client.get_since(hasty).await.expect_err("too hasty");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // Whether this call joins the load still in flight or finds the page it stored,
+    // Confluence is asked once.
+    let page = client.get_since(small()).await.expect("page").into_inner();
+    assert_eq!(page.results.len(), 5);
+    assert_eq!(sim.request_count(), 1, "the load outlived its starter");
+}
+
+#[tokio::test]
+async fn callers_who_start_a_slow_load_and_cancel_it_never_restart_it() {
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 20,
+            latency: Duration::from_secs(2),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let channel = gw.channel().await;
+    // One after another, each dropped (the call cancelled) long before Confluence answers.
+    for i in 0..300 {
+        let mut client = AuditServiceClient::new(channel.clone());
+        let call = tokio::time::timeout(Duration::from_millis(3), client.get_since(small()));
+        if let Ok(answer) = call.await {
+            // Only possible once the load has finished: a cache hit.
+            answer.unwrap_or_else(|s| panic!("call {i}: {s:?}"));
+        }
+    }
+    let mut patient = AuditServiceClient::new(channel);
+    let page = patient
+        .get_since(small())
+        .await
+        .expect("the load was neither restarted into a panic nor lost")
+        .into_inner();
+    assert_eq!(page.results.len(), 5);
+    assert_eq!(
+        sim.request_count(),
+        1,
+        "one load served every caller, however many cancelled"
+    );
 }
 
 #[tokio::test]

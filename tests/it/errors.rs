@@ -1,6 +1,6 @@
 //! Failures end to end: every row of the error table through the real gRPC
 //! client, retries and their limits, `Retry-After` as a clamped floor, caller deadlines,
-//! and no credential in any status.
+//! broken 200 bodies (cut, not JSON, the wrong shape), and no credential in any status.
 
 use std::{
     net::SocketAddr,
@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{GatewayConfig, UpstreamAuth, pb};
+use audit_gateway::{GatewayConfig, UpstreamAuth, metrics::METRICS, pb};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
 use tokio::{
@@ -259,11 +259,15 @@ async fn an_upstream_slower_than_the_upstream_timeout_is_deadline_exceeded() {
 #[tokio::test]
 async fn malformed_and_wrong_shape_bodies_are_internal() {
     let (sim, mut gw) = setup(vec![Fault::Malformed, Fault::WrongShape], no_retries).await;
-    for (i, what) in ["malformed", "wrong-shape"].into_iter().enumerate() {
+    let rows = [
+        ("malformed", "is not JSON"),
+        ("wrong-shape", "is not an AuditRecordArray"),
+    ];
+    for (i, (what, says)) in rows.into_iter().enumerate() {
         let status = fail(&mut gw).await;
         assert_status(&status, Code::Internal, "UPSTREAM_MALFORMED_BODY", None);
         assert!(
-            status.message().contains("not an AuditRecordArray"),
+            status.message().contains(says),
             "{what}: {:?}",
             status.message()
         );
@@ -277,11 +281,8 @@ async fn malformed_and_wrong_shape_bodies_are_internal() {
 async fn a_body_over_the_cap_is_internal() {
     // The stub sends a Content-Length: refused before reading.
     let stub = StubUpstream::start(Canned::json(atlassian_sample())).await;
-    let mut gw = spawn_gateway(config(&stub.base_url(), |c| {
-        no_retries(c);
-        c.upstream.max_body = 1024;
-    }))
-    .await;
+    // Retries on: an oversized body is still not retried (unlike a broken one).
+    let mut gw = spawn_gateway(config(&stub.base_url(), |c| c.upstream.max_body = 1024)).await;
     let status = fail(&mut gw).await;
     assert_status(&status, Code::Internal, "UPSTREAM_BODY_TOO_LARGE", None);
     assert_eq!(
@@ -549,7 +550,170 @@ async fn a_retry_after_past_the_deadline_is_returned_at_once() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. No credential in any status.
+// 5. Broken 200 bodies: retried under their own bound (2), then INTERNAL; never cached.
+// ---------------------------------------------------------------------------------------
+
+/// Requests a persistently broken body gets: the first and its 2 retries.
+const BAD_BODY_REQUESTS: usize = 3;
+
+/// The sample page as the gateway serves it (2 records).
+async fn sample_page(gw: &mut TestGateway) -> pb::GetSinceResponse {
+    let page = gw
+        .client
+        .get_since(pb::GetSinceRequest::default())
+        .await
+        .expect("the call should succeed")
+        .into_inner();
+    assert_eq!(page.results.len(), 2);
+    page
+}
+
+#[tokio::test]
+async fn a_cut_body_then_a_good_one_succeeds() {
+    let upstream = ScriptedUpstream::start(vec![Answer::Cut(100)]).await;
+    let mut gw = spawn_gateway(test_config(&upstream.base_url())).await;
+    sample_page(&mut gw).await;
+    assert_eq!(upstream.requests(), 2, "the cut body was retried");
+    // The good page was cached; the cut one never was.
+    sample_page(&mut gw).await;
+    assert_eq!(upstream.requests(), 2);
+}
+
+#[tokio::test]
+async fn cut_bodies_are_internal_after_their_retries_and_not_cached() {
+    let sample = atlassian_sample().len();
+    let upstream = ScriptedUpstream::start(vec![Answer::Cut(100); BAD_BODY_REQUESTS]).await;
+    let mut gw = spawn_gateway(test_config(&upstream.base_url())).await;
+    let before = METRICS.upstream_malformed_bodies.get();
+    let status = gw
+        .client
+        .get_since(pb::GetSinceRequest::default())
+        .await
+        .expect_err("every body was cut");
+    assert_status(&status, Code::Internal, "UPSTREAM_MALFORMED_BODY", None);
+    let says = format!("cut after 100 of {sample} bytes");
+    assert!(status.message().contains(&says), "{:?}", status.message());
+    assert_eq!(
+        upstream.requests(),
+        BAD_BODY_REQUESTS,
+        "1 + 2 retries, no more"
+    );
+    // Metrics are process-wide (other tests add to them): only growth is checked.
+    assert!(METRICS.upstream_malformed_bodies.get() >= before + BAD_BODY_REQUESTS as u64);
+    // Not cached: the next call asks again (and gets the good page).
+    sample_page(&mut gw).await;
+    assert_eq!(upstream.requests(), BAD_BODY_REQUESTS + 1);
+}
+
+#[tokio::test]
+async fn a_chunked_body_cut_short_is_retried() {
+    let upstream = ScriptedUpstream::start(vec![Answer::ChunkedCut(100)]).await;
+    let mut gw = spawn_gateway(test_config(&upstream.base_url())).await;
+    sample_page(&mut gw).await;
+    assert_eq!(upstream.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_a_timeout_not_a_broken_body() {
+    let upstream = ScriptedUpstream::start(vec![Answer::Stall(100)]).await;
+    let mut gw = spawn_gateway(config(&upstream.base_url(), |c| {
+        no_retries(c);
+        c.upstream.timeout = Duration::from_millis(300);
+    }))
+    .await;
+    let status = gw
+        .client
+        .get_since(pb::GetSinceRequest::default())
+        .await
+        .expect_err("the body never ends");
+    assert_status(&status, Code::DeadlineExceeded, "UPSTREAM_TIMEOUT", None);
+    assert_eq!(upstream.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_or_wrong_shape_body_then_a_good_one_succeeds() {
+    for bad in [Fault::Malformed, Fault::WrongShape] {
+        let (sim, mut gw) = setup(vec![bad.clone()], |_| {}).await;
+        succeed(&mut gw).await;
+        assert_eq!(sim.request_count(), 2, "{bad:?} was retried");
+        succeed(&mut gw).await;
+        assert_eq!(sim.request_count(), 2, "{bad:?}: the good page is cached");
+    }
+}
+
+#[tokio::test]
+async fn persistent_bad_bodies_are_internal_after_their_retries_and_not_cached() {
+    let rows = [
+        (vec![Fault::Malformed; BAD_BODY_REQUESTS], "is not JSON"),
+        (
+            vec![Fault::WrongShape; BAD_BODY_REQUESTS],
+            "is not an AuditRecordArray",
+        ),
+        // Kinds of broken body share one bound; the last one is reported.
+        (
+            vec![Fault::WrongShape, Fault::Malformed, Fault::WrongShape],
+            "is not an AuditRecordArray",
+        ),
+    ];
+    for (faults, says) in rows {
+        let what = format!("{faults:?}");
+        let (sim, mut gw) = setup(faults, |_| {}).await;
+        let status = fail(&mut gw).await;
+        assert_status(&status, Code::Internal, "UPSTREAM_MALFORMED_BODY", None);
+        assert!(
+            status.message().contains(says),
+            "{what}: {:?}",
+            status.message()
+        );
+        assert_eq!(sim.request_count(), BAD_BODY_REQUESTS, "{what}");
+        succeed(&mut gw).await;
+        assert_eq!(
+            sim.request_count(),
+            BAD_BODY_REQUESTS + 1,
+            "{what}: the failure was not cached"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_and_other_failures_keep_separate_bounds() {
+    // Two broken bodies spend theirs; the 503s the general one (4).
+    let faults = [
+        Fault::Malformed,
+        fault("503"),
+        Fault::WrongShape,
+        fault("503"),
+    ];
+    let (sim, mut gw) = setup(faults.to_vec(), |_| {}).await;
+    succeed(&mut gw).await;
+    assert_eq!(sim.request_count(), 5);
+    // --upstream-retries bounds them too.
+    let (sim, mut gw) = setup(vec![Fault::Malformed], |c| c.upstream.retries = 0).await;
+    let status = fail(&mut gw).await;
+    assert_status(&status, Code::Internal, "UPSTREAM_MALFORMED_BODY", None);
+    assert_eq!(sim.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_body_is_not_retried_past_the_callers_deadline() {
+    // A backoff of seconds (jittered below 3 s) against a 300 ms deadline.
+    let (_sim, mut gw) = setup(vec![Fault::Malformed; BAD_BODY_REQUESTS], |c| {
+        c.upstream.backoff = Duration::from_secs(3);
+        c.upstream.max_backoff = Duration::from_secs(3);
+    })
+    .await;
+    let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_millis(300)).await;
+    // The body's own error when the next attempt would start too late, else the deadline.
+    assert!(
+        [Code::Internal, Code::DeadlineExceeded].contains(&status.code()),
+        "{status:?}"
+    );
+    error_info(&status);
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. No credential in any status.
 // ---------------------------------------------------------------------------------------
 
 const EMAIL: &str = "a@b";
@@ -719,6 +883,100 @@ impl ChunkedUpstream {
                     }
                     out.extend_from_slice(b"0\r\n\r\n");
                     let _ = stream.write_all(&out).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}/wiki", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw HTTP/1.1 upstream answering each request by a script, then with the sample page.
+// ---------------------------------------------------------------------------------------
+
+/// One scripted answer: a 200 of the sample page, ended early in some way.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// `Content-Length` of the whole page, this many bytes of it, then the connection
+    /// closes.
+    Cut(usize),
+    /// A chunked body: this many bytes of the page, then the connection closes without
+    /// the last chunk.
+    ChunkedCut(usize),
+    /// `Content-Length` of the whole page, this many bytes of it, then nothing (the
+    /// connection stays open).
+    Stall(usize),
+}
+
+struct ScriptedUpstream {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+}
+
+impl ScriptedUpstream {
+    /// Answers request `i` with `script[i]`, and every request after the script with
+    /// the whole sample page.
+    async fn start(script: Vec<Answer>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("bound");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let script = Arc::new(script);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (count, script) = (count.clone(), script.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let body = atlassian_sample();
+                    let sized = |sent: usize| {
+                        let mut out = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        out.extend_from_slice(&body[..sent]);
+                        out
+                    };
+                    match script.get(n).copied() {
+                        None => {
+                            let _ = stream.write_all(&sized(body.len())).await;
+                        }
+                        Some(Answer::Cut(sent)) => {
+                            let _ = stream.write_all(&sized(sent)).await;
+                        }
+                        Some(Answer::ChunkedCut(sent)) => {
+                            let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                                .to_vec();
+                            out.extend_from_slice(format!("{sent:x}\r\n").as_bytes());
+                            out.extend_from_slice(&body[..sent]);
+                            out.extend_from_slice(b"\r\n");
+                            let _ = stream.write_all(&out).await;
+                        }
+                        Some(Answer::Stall(sent)) => {
+                            let _ = stream.write_all(&sized(sent)).await;
+                            // Hold the connection open, the body unfinished.
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                    }
                     let _ = stream.shutdown().await;
                 });
             }
