@@ -122,11 +122,6 @@ impl GatewayError {
         }
     }
 
-    /// Whether a caller's deadline (rather than Confluence) ended the call.
-    pub fn is_deadline_bound(&self) -> bool {
-        matches!(self, Self::DeadlineExceeded(_))
-    }
-
     /// Whether another attempt may succeed (connection trouble, 429, 5xx, time-outs, a
     /// broken 200 body: a proxy or a dropped connection, not Confluence's data, is the
     /// likely cause).

@@ -4,8 +4,9 @@
 //! A producer task walks the window and hands messages to a channel of one slot, so a
 //! slow caller holds it back (backpressure) and memory stays at the prefetch window
 //! whatever the window's size. When the caller goes away the channel closes, the
-//! producer returns, and dropping its pending fetches aborts them. Should the producer
-//! panic, the stream ends with INTERNAL rather than looking complete.
+//! producer returns and starts nothing more (requests already sent to Confluence finish
+//! within the upstream limits and fill the cache, see `src/cache/memory.rs`). Should the
+//! producer panic, the stream ends with INTERNAL rather than looking complete.
 //!
 //! Every decision about records is `audit::anchor`'s: which pages cover the stream's
 //! boundary, what they deliver, where the next page starts. This module only chooses
