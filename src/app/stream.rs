@@ -483,6 +483,12 @@ mod tests {
         Bytes::from(page.encode_to_vec())
     }
 
+    /// The offset and limit a page request asks for.
+    fn span(req: &PageRequest) -> (usize, usize) {
+        let start = usize::try_from(req.query.start).expect("offset");
+        (start, usize::try_from(req.query.limit).expect("limit"))
+    }
+
     /// A quiet log, newest first, served as encoded pages.
     #[derive(Clone)]
     struct Log(Arc<Vec<pb::AuditRecord>>);
@@ -501,8 +507,7 @@ mod tests {
             &self,
             req: PageRequest,
         ) -> impl Future<Output = Result<Bytes, GatewayError>> + Send {
-            let start = usize::try_from(req.query.start).expect("offset");
-            let limit = usize::try_from(req.query.limit).expect("limit");
+            let (start, limit) = span(&req);
             let records: Vec<_> = self.0.iter().skip(start).take(limit).cloned().collect();
             std::future::ready(Ok(encode(&records, req.query.limit)))
         }
@@ -776,8 +781,7 @@ mod tests {
             &self,
             req: PageRequest,
         ) -> impl Future<Output = Result<Bytes, GatewayError>> + Send {
-            let start = usize::try_from(req.query.start).expect("offset");
-            let limit = usize::try_from(req.query.limit).expect("limit");
+            let (start, limit) = span(&req);
             let answer = self
                 .0
                 .lock()
