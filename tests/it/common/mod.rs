@@ -190,7 +190,7 @@ pub async fn closed_port() -> SocketAddr {
     l.local_addr().expect("bound")
 }
 
-/// Atlassian's sample 200 body (a copy of shared/fixtures/confluence/audit-since-sample.json).
+/// Atlassian's sample 200 body for `GET /wiki/rest/api/audit/since` (tests/fixtures).
 pub fn atlassian_sample() -> &'static [u8] {
     include_bytes!("../../fixtures/atlassian-audit-since-sample.json")
 }
