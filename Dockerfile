@@ -18,6 +18,9 @@ RUN apt-get update \
 COPY --from=build /src/target/release/audit-gateway /usr/local/bin/audit-gateway
 USER 10001
 EXPOSE 50051
+# Reachable from other hosts, so the gateway starts only with caller tokens
+# (AUDIT_GATEWAY_CALLER_TOKENS_FILE), passthrough, or AUDIT_GATEWAY_ALLOW_UNAUTHENTICATED=true
+# where a mesh authenticates callers.
 ENV AUDIT_GATEWAY_LISTEN=0.0.0.0:50051
 ENTRYPOINT ["audit-gateway"]
 CMD ["serve"]

@@ -4,7 +4,9 @@
 
 use std::{
     borrow::Cow,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -13,6 +15,7 @@ use url::Url;
 
 use crate::{
     cache::{CacheSettings, redis::RedisSettings},
+    callers::CallerTokens,
     credential::{Credential, FingerprintKey},
     upstream::{RetryPolicy, UpstreamSettings},
 };
@@ -24,6 +27,8 @@ const MAX_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_RETRIES: u32 = 10;
 /// Most pages a stream fetches ahead.
 const MAX_PREFETCH: usize = 64;
+/// Shortest credential salt: it keys fingerprints, resume tokens and shared cache keys.
+const MIN_SALT_CHARS: usize = 16;
 
 /// Everything a gateway needs to start.
 #[derive(Clone, Debug)]
@@ -34,6 +39,14 @@ pub struct GatewayConfig {
     pub confluence_url: String,
     /// Whose credential calls Confluence.
     pub auth: UpstreamAuth,
+    /// Callers allowed in, `name:token` lines (`--caller-tokens-file`); `None`: anyone
+    /// who reaches the port.
+    pub caller_tokens_file: Option<PathBuf>,
+    /// Serve a non-loopback address without caller authentication
+    /// (`--allow-unauthenticated`: a mesh whose sidecars authenticate callers).
+    pub allow_unauthenticated: bool,
+    /// Accept a plain-HTTP Confluence URL that is not loopback (`--allow-insecure-upstream`).
+    pub allow_insecure_upstream: bool,
     /// How Confluence is called.
     pub upstream: UpstreamConfig,
     /// The page cache tiers.
@@ -111,6 +124,9 @@ impl GatewayConfig {
         listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 50051)),
         confluence_url: String::new(),
         auth: UpstreamAuth::Anonymous,
+        caller_tokens_file: None,
+        allow_unauthenticated: false,
+        allow_insecure_upstream: false,
         upstream: UpstreamConfig {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
@@ -149,6 +165,47 @@ impl GatewayConfig {
     /// Checks every setting and derives what the components are built from.
     pub(crate) fn check(&self) -> Result<Checked, ConfigError> {
         let base_url = parse_base_url(&self.confluence_url)?;
+        if base_url.scheme() == "http"
+            && !is_loopback_host(&base_url)
+            && !self.allow_insecure_upstream
+        {
+            return Err(ConfigError::new(
+                "--confluence-url",
+                "must be https: the credential and the audit log would cross the network in \
+                 clear (--allow-insecure-upstream allows plain HTTP, e.g. for a test server)",
+            ));
+        }
+        let passthrough = matches!(self.auth, UpstreamAuth::Passthrough);
+        let callers = match &self.caller_tokens_file {
+            Some(_) if passthrough => {
+                return Err(ConfigError::new(
+                    "--caller-tokens-file",
+                    "not combinable with --auth-passthrough: the authorization metadata \
+                     cannot be both the caller's gateway token and its Confluence credential",
+                ));
+            }
+            Some(path) => {
+                Some(Arc::new(CallerTokens::load(path).map_err(|why| {
+                    ConfigError::new("--caller-tokens-file", why)
+                })?))
+            }
+            None => None,
+        };
+        if !self.listen.ip().is_loopback()
+            && callers.is_none()
+            && !passthrough
+            && !self.allow_unauthenticated
+        {
+            return Err(ConfigError::new(
+                "--listen",
+                format!(
+                    "{} is reachable from other hosts, and anyone who reaches it would read \
+                     the whole audit log: set --caller-tokens-file, or --auth-passthrough, or \
+                     --allow-unauthenticated where a mesh authenticates callers",
+                    self.listen
+                ),
+            ));
+        }
         let u = &self.upstream;
         if u.retries > MAX_RETRIES {
             return Err(ConfigError::new(
@@ -214,6 +271,16 @@ impl GatewayConfig {
                 pause: c.redis_pause,
             }),
         };
+        if let Some(salt) = &c.credential_salt
+            && salt.expose_secret().chars().count() < MIN_SALT_CHARS
+        {
+            return Err(ConfigError::new(
+                "--credential-salt",
+                format!(
+                    "at least {MIN_SALT_CHARS} characters (it keys fingerprints and resume tokens)"
+                ),
+            ));
+        }
         let fingerprints = match &c.credential_salt {
             Some(salt) => FingerprintKey::from_secret(salt.expose_secret().as_bytes()),
             None => FingerprintKey::random()
@@ -234,6 +301,7 @@ impl GatewayConfig {
                 },
             },
             credentials: self.auth.credentials()?,
+            callers,
             cache: CacheSettings {
                 ttl: c.ttl,
                 max_bytes: c.max_bytes,
@@ -284,6 +352,7 @@ pub(crate) enum CredentialMode {
 pub(crate) struct Checked {
     pub(crate) upstream: UpstreamSettings,
     pub(crate) credentials: CredentialMode,
+    pub(crate) callers: Option<Arc<CallerTokens>>,
     pub(crate) cache: CacheSettings,
     pub(crate) redis: Option<RedisSettings>,
     pub(crate) fingerprints: FingerprintKey,
@@ -321,6 +390,16 @@ impl ConfigError {
             problem: problem.into(),
             source: Some(Box::new(source)),
         }
+    }
+}
+
+/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
     }
 }
 
@@ -368,13 +447,80 @@ mod tests {
     }
 
     #[test]
-    fn defaults_need_only_a_url() {
+    fn defaults_need_only_a_url_and_a_word_on_callers() {
         assert_eq!(flag_of(&GatewayConfig::default()), "--confluence-url");
-        assert!(
-            GatewayConfig::new("https://x.atlassian.net/wiki")
-                .check()
-                .is_ok()
+        // 0.0.0.0 by default: serving the whole audit log to anyone needs saying so.
+        let url = "https://x.atlassian.net/wiki";
+        assert_eq!(flag_of(&GatewayConfig::new(url)), "--listen");
+        let open = GatewayConfig {
+            allow_unauthenticated: true,
+            ..GatewayConfig::new(url)
+        };
+        assert!(open.check().is_ok());
+        let loopback = GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..GatewayConfig::new(url)
+        };
+        assert!(loopback.check().is_ok());
+        let passthrough = GatewayConfig {
+            auth: UpstreamAuth::Passthrough,
+            ..GatewayConfig::new(url)
+        };
+        assert!(passthrough.check().is_ok());
+    }
+
+    #[test]
+    fn plain_http_upstreams_must_be_loopback_or_allowed() {
+        let local = |url: &str| GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..GatewayConfig::new(url)
+        };
+        for ok in [
+            "http://127.0.0.1:8090/wiki",
+            "http://localhost/wiki",
+            "http://[::1]:1/",
+        ] {
+            assert!(local(ok).check().is_ok(), "{ok}");
+        }
+        assert_eq!(
+            flag_of(&local("http://confluence.example.com")),
+            "--confluence-url"
         );
+        let allowed = GatewayConfig {
+            allow_insecure_upstream: true,
+            ..local("http://confluence.example.com")
+        };
+        assert!(allowed.check().is_ok());
+    }
+
+    #[test]
+    fn caller_tokens_are_read_at_start_and_exclude_passthrough() {
+        let dir = std::env::temp_dir().join(format!("audit-gateway-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let good = dir.join("callers");
+        std::fs::write(&good, "siem:zq-token\n").expect("write");
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "no colon\n").expect("write");
+        let with = |path: &std::path::Path, auth: UpstreamAuth| GatewayConfig {
+            caller_tokens_file: Some(path.to_owned()),
+            auth,
+            ..GatewayConfig::new("https://x.atlassian.net/wiki")
+        };
+        // Tokens on 0.0.0.0 are enough; a bad file, a missing one or passthrough is not.
+        assert!(with(&good, UpstreamAuth::Anonymous).check().is_ok());
+        assert_eq!(
+            flag_of(&with(&bad, UpstreamAuth::Anonymous)),
+            "--caller-tokens-file"
+        );
+        assert_eq!(
+            flag_of(&with(&dir.join("missing"), UpstreamAuth::Anonymous)),
+            "--caller-tokens-file"
+        );
+        assert_eq!(
+            flag_of(&with(&good, UpstreamAuth::Passthrough)),
+            "--caller-tokens-file"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -396,7 +542,10 @@ mod tests {
 
     #[test]
     fn each_bad_setting_names_its_flag() {
-        let base = || GatewayConfig::new("http://127.0.0.1:1/wiki");
+        let base = || GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..GatewayConfig::new("http://127.0.0.1:1/wiki")
+        };
         let mut c = base();
         c.upstream.retries = 11;
         assert_eq!(flag_of(&c), "--upstream-retries");
@@ -409,7 +558,9 @@ mod tests {
         let mut c = base();
         c.cache.redis_url = Some("redis://127.0.0.1:1/0".into());
         assert_eq!(flag_of(&c), "--credential-salt");
-        c.cache.credential_salt = Some("salt".into());
+        c.cache.credential_salt = Some("short".into());
+        assert_eq!(flag_of(&c), "--credential-salt");
+        c.cache.credential_salt = Some("sixteen chars ok".into());
         c.cache.redis_timeout = Duration::ZERO;
         assert_eq!(flag_of(&c), "--redis-timeout");
         let mut c = base();
@@ -419,7 +570,10 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_at_start_and_never_printed() {
-        let mut c = GatewayConfig::new("http://x");
+        let mut c = GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..GatewayConfig::new("https://x")
+        };
         // A trailing newline (a token read from a file) is trimmed; an inner one refused.
         c.auth = UpstreamAuth::Bearer("tok-123\n".into());
         let checked = c.check().expect("valid");

@@ -73,6 +73,8 @@ pub enum GatewayError {
     },
     /// The caller sent no usable credential (with `--auth-passthrough`).
     MissingCredential(String),
+    /// The caller presented no gateway token, or one `--caller-tokens-file` does not hold.
+    UnknownCaller,
     /// Confluence answered with an error or could not be reached.
     Upstream {
         /// The class of failure.
@@ -114,6 +116,7 @@ impl GatewayError {
         match self {
             Self::InvalidArgument { .. } => "INVALID_REQUEST",
             Self::MissingCredential(_) => "MISSING_CREDENTIAL",
+            Self::UnknownCaller => "CALLER_UNAUTHENTICATED",
             Self::Upstream { failure, .. } => failure.reason(),
             Self::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Self::MalformedBody(_) => "UPSTREAM_MALFORMED_BODY",
@@ -142,6 +145,9 @@ impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InvalidArgument { field, description } => write!(f, "{field}: {description}"),
+            Self::UnknownCaller => f.write_str(
+                "this gateway needs 'authorization: Bearer <token>' metadata with a caller token",
+            ),
             Self::MissingCredential(m)
             | Self::DeadlineExceeded(m)
             | Self::MalformedBody(m)

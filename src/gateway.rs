@@ -24,6 +24,8 @@ pub struct Gateway {
     listener: TcpListener,
     metrics: Option<TcpListener>,
     shutdown: ShutdownSettings,
+    /// Re-reads `--caller-tokens-file` when it changes.
+    watching: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -53,7 +55,14 @@ impl Gateway {
             PageCache::new(checked.cache, shared),
             checked.fingerprints,
         );
-        let service = AuditGrpc::new(pages, checked.credentials, config.stream_prefetch, tokens);
+        let watching = checked.callers.as_ref().map(|c| c.watch());
+        let service = AuditGrpc::new(
+            pages,
+            checked.credentials,
+            config.stream_prefetch,
+            tokens,
+            checked.callers,
+        );
 
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             ConfigError::caused_by("--listen", format!("cannot bind {}", config.listen), e)
@@ -68,6 +77,7 @@ impl Gateway {
             service,
             listener,
             metrics,
+            watching,
             shutdown: ShutdownSettings {
                 drain_delay: config.drain_delay,
                 timeout: config.shutdown_timeout,
@@ -105,6 +115,9 @@ impl Gateway {
         }
         let result = server::serve(self.service, self.listener, shutdown, self.shutdown).await;
         let _ = metrics_stop.send(());
+        if let Some(w) = self.watching {
+            w.abort();
+        }
         result
     }
 }

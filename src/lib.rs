@@ -11,6 +11,7 @@
 mod app;
 mod audit;
 mod cache;
+mod callers;
 mod cli;
 mod config;
 mod credential;

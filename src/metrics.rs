@@ -2,9 +2,11 @@
 //! Labels are fixed sets (reasons, tiers): never a credential, a URL or a query.
 
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     fmt::Write as _,
     future::Future,
+    sync::Mutex,
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -69,6 +71,9 @@ pub struct Metrics {
     pub streams_started: Counter,
     /// Records delivered by StreamSince.
     pub stream_records: Counter,
+    /// Authenticated calls, by caller name (names are `[A-Za-z0-9._-]`, from
+    /// `--caller-tokens-file`; never a token).
+    caller_calls: Mutex<BTreeMap<String, u64>>,
     /// Stream pages whose last millisecond held more records than a page (exactly-once
     /// then depends on Confluence listing them in a stable order).
     pub stream_tie_overflows: Counter,
@@ -89,6 +94,7 @@ pub static METRICS: Metrics = Metrics {
     streams_started: Counter::new(),
     stream_records: Counter::new(),
     stream_tie_overflows: Counter::new(),
+    caller_calls: Mutex::new(BTreeMap::new()),
 };
 
 impl Metrics {
@@ -101,6 +107,12 @@ impl Metrics {
             GatewayError::MalformedBody(_) => self.upstream_malformed_bodies.inc(),
             _ => {}
         }
+    }
+
+    /// Counts a call by an authenticated caller.
+    pub(crate) fn caller_call(&self, name: &str) {
+        let mut calls = self.caller_calls.lock().unwrap_or_else(|p| p.into_inner());
+        *calls.entry(name.to_owned()).or_default() += 1;
     }
 
     /// Failed upstream attempts of one class so far.
@@ -188,6 +200,15 @@ impl Metrics {
         let reason = GatewayError::MalformedBody(String::new()).reason();
         let n = self.upstream_malformed_bodies.get();
         let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+        let name = "audit_gateway_caller_calls_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Calls by authenticated callers, by caller name.\n# TYPE {name} counter"
+        );
+        let calls = self.caller_calls.lock().unwrap_or_else(|p| p.into_inner());
+        for (caller, n) in calls.iter() {
+            let _ = writeln!(out, "{name}{{caller=\"{caller}\"}} {n}");
+        }
         out
     }
 }

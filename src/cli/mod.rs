@@ -10,7 +10,7 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
-use crate::{error::Chain, gateway::Gateway, shutdown_signal};
+use crate::{GatewayConfig, error::Chain, gateway::Gateway, shutdown_signal};
 
 /// audit-gateway: the Confluence audit log over gRPC.
 #[derive(Debug, Parser)]
@@ -43,7 +43,8 @@ impl Cli {
             Command::Serve(args) => {
                 // Handlers first: a SIGTERM during start-up is then a graceful stop too.
                 let signal = shutdown_signal();
-                let gateway = Gateway::bind((*args).into())
+                let config = GatewayConfig::try_from(*args).map_err(|e| Chain(&e).to_string())?;
+                let gateway = Gateway::bind(config)
                     .await
                     .map_err(|e| Chain(&e).to_string())?;
                 gateway

@@ -1,13 +1,13 @@
 //! `serve` flags: each one a field of [`GatewayConfig`], with an environment variable and
 //! the library's default. Only parsing happens here; `GatewayConfig::check` validates.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
 use secrecy::SecretString;
 
 use super::parse::{Dur, Size};
-use crate::config::{CacheConfig, GatewayConfig, UpstreamAuth, UpstreamConfig};
+use crate::config::{CacheConfig, ConfigError, GatewayConfig, UpstreamAuth, UpstreamConfig};
 
 const D: GatewayConfig = GatewayConfig::DEFAULT;
 
@@ -24,7 +24,7 @@ pub(crate) struct ServeArgs {
     confluence_url: String,
 
     /// Account email for basic auth (Confluence Cloud), with --confluence-api-token.
-    #[arg(long, env = "CONFLUENCE_EMAIL", requires = "confluence_api_token")]
+    #[arg(long, env = "CONFLUENCE_EMAIL")]
     confluence_email: Option<String>,
 
     /// API token for basic auth, with --confluence-email.
@@ -32,27 +32,53 @@ pub(crate) struct ServeArgs {
         long,
         env = "CONFLUENCE_API_TOKEN",
         hide_env_values = true,
-        requires = "confluence_email"
+        conflicts_with = "confluence_api_token_file"
     )]
     confluence_api_token: Option<SecretString>,
+
+    /// A file holding the API token (as Kubernetes mounts secrets).
+    #[arg(long, env = "CONFLUENCE_API_TOKEN_FILE")]
+    confluence_api_token_file: Option<PathBuf>,
 
     /// Bearer token (Data Center personal access token, OAuth 2.0 or scoped token).
     #[arg(
         long,
         env = "CONFLUENCE_BEARER_TOKEN",
         hide_env_values = true,
-        conflicts_with_all = ["confluence_email", "confluence_api_token"]
+        conflicts_with_all = ["confluence_email", "confluence_api_token", "confluence_api_token_file", "confluence_bearer_token_file"]
     )]
     confluence_bearer_token: Option<SecretString>,
+
+    /// A file holding the bearer token.
+    #[arg(
+        long,
+        env = "CONFLUENCE_BEARER_TOKEN_FILE",
+        conflicts_with_all = ["confluence_email", "confluence_api_token", "confluence_api_token_file"]
+    )]
+    confluence_bearer_token_file: Option<PathBuf>,
 
     /// Forward each caller's `authorization` metadata to Confluence instead of a
     /// configured credential; calls without one get UNAUTHENTICATED.
     #[arg(
         long,
         env = "AUDIT_GATEWAY_AUTH_PASSTHROUGH",
-        conflicts_with_all = ["confluence_email", "confluence_api_token", "confluence_bearer_token"]
+        conflicts_with_all = ["confluence_email", "confluence_api_token", "confluence_api_token_file", "confluence_bearer_token", "confluence_bearer_token_file", "caller_tokens_file"]
     )]
     auth_passthrough: bool,
+
+    /// Callers allowed in: `name:token` lines (`#` comments); callers send
+    /// `authorization: Bearer TOKEN`. Read again when it changes.
+    #[arg(long, env = "AUDIT_GATEWAY_CALLER_TOKENS_FILE")]
+    caller_tokens_file: Option<PathBuf>,
+
+    /// Serve a non-loopback address with no caller authentication (where a mesh's
+    /// sidecars authenticate callers).
+    #[arg(long, env = "AUDIT_GATEWAY_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+
+    /// Accept a plain-HTTP Confluence URL that is not loopback.
+    #[arg(long, env = "AUDIT_GATEWAY_ALLOW_INSECURE_UPSTREAM")]
+    allow_insecure_upstream: bool,
 
     /// Time-out of one upstream attempt, body included.
     #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_TIMEOUT", default_value_t = Dur(D.upstream.timeout))]
@@ -87,10 +113,19 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_CACHE_MAX_BYTES", default_value_t = Size(D.cache.max_bytes))]
     cache_max_bytes: Size,
 
-    /// Secret keying credential fingerprints in cache keys; replicas sharing a cache
-    /// tier must share it. Unset: a random key per process.
-    #[arg(long, env = "AUDIT_GATEWAY_CREDENTIAL_SALT", hide_env_values = true)]
+    /// Secret (16 characters or more) keying credential fingerprints, cache keys and
+    /// resume tokens; replicas must share it. Unset: a random key per process.
+    #[arg(
+        long,
+        env = "AUDIT_GATEWAY_CREDENTIAL_SALT",
+        hide_env_values = true,
+        conflicts_with = "credential_salt_file"
+    )]
     credential_salt: Option<SecretString>,
+
+    /// A file holding the credential salt.
+    #[arg(long, env = "AUDIT_GATEWAY_CREDENTIAL_SALT_FILE")]
+    credential_salt_file: Option<PathBuf>,
 
     /// Redis shared by all replicas, below the in-process cache (redis:// or rediss://,
     /// auth and database in the URL). Unset: in-process cache only.
@@ -128,22 +163,57 @@ pub(crate) struct ServeArgs {
     shutdown_timeout: Dur,
 }
 
-impl From<ServeArgs> for GatewayConfig {
-    fn from(a: ServeArgs) -> Self {
-        let auth = match (
-            a.confluence_email,
+/// A secret given inline or in a file (its trailing newline trimmed), by `flag`.
+fn secret(
+    inline: Option<SecretString>,
+    file: Option<PathBuf>,
+    flag: &'static str,
+) -> Result<Option<SecretString>, ConfigError> {
+    match (inline, file) {
+        (Some(s), _) => Ok(Some(s)),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned().into()))
+            .map_err(|e| {
+                ConfigError::caused_by(flag, format!("cannot read {}", path.display()), e)
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
+impl TryFrom<ServeArgs> for GatewayConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
+        let api_token = secret(
             a.confluence_api_token,
+            a.confluence_api_token_file,
+            "--confluence-api-token-file",
+        )?;
+        let bearer = secret(
             a.confluence_bearer_token,
-        ) {
+            a.confluence_bearer_token_file,
+            "--confluence-bearer-token-file",
+        )?;
+        let auth = match (a.confluence_email, api_token, bearer) {
             _ if a.auth_passthrough => UpstreamAuth::Passthrough,
             (Some(email), Some(api_token), _) => UpstreamAuth::Basic { email, api_token },
+            (None, Some(_), _) | (Some(_), None, None) => {
+                return Err(ConfigError::new(
+                    "--confluence-email",
+                    "basic auth needs --confluence-email and --confluence-api-token (or \
+                     --confluence-api-token-file) together",
+                ));
+            }
             (_, _, Some(token)) => UpstreamAuth::Bearer(token),
             _ => UpstreamAuth::Anonymous,
         };
-        GatewayConfig {
+        Ok(GatewayConfig {
             listen: a.listen,
             confluence_url: a.confluence_url,
             auth,
+            caller_tokens_file: a.caller_tokens_file,
+            allow_unauthenticated: a.allow_unauthenticated,
+            allow_insecure_upstream: a.allow_insecure_upstream,
             upstream: UpstreamConfig {
                 timeout: a.upstream_timeout.0,
                 connect_timeout: a.upstream_connect_timeout.0,
@@ -155,7 +225,11 @@ impl From<ServeArgs> for GatewayConfig {
             cache: CacheConfig {
                 ttl: a.cache_ttl.0,
                 max_bytes: a.cache_max_bytes.0,
-                credential_salt: a.credential_salt,
+                credential_salt: secret(
+                    a.credential_salt,
+                    a.credential_salt_file,
+                    "--credential-salt-file",
+                )?,
                 redis_url: a.redis_url,
                 redis_timeout: a.redis_timeout.0,
                 redis_pause: a.redis_pause.0,
@@ -165,7 +239,7 @@ impl From<ServeArgs> for GatewayConfig {
             metrics_listen: a.metrics_listen,
             drain_delay: a.drain_delay.0,
             shutdown_timeout: a.shutdown_timeout.0,
-        }
+        })
     }
 }
 
@@ -177,13 +251,60 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
 
-    fn parse(args: &[&str]) -> Result<GatewayConfig, clap::Error> {
+    fn parse(args: &[&str]) -> Result<GatewayConfig, String> {
         let mut argv = vec!["audit-gateway", "serve", "--confluence-url", "http://x"];
         argv.extend_from_slice(args);
-        match Cli::try_parse_from(argv)?.command {
-            Command::Serve(s) => Ok(GatewayConfig::from(*s)),
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Serve(s) => GatewayConfig::try_from(*s).map_err(|e| e.to_string()),
             _ => unreachable!("serve"),
         }
+    }
+
+    #[test]
+    fn secrets_come_from_files_as_kubernetes_mounts_them() {
+        let dir = std::env::temp_dir().join(format!("audit-gateway-serve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let token = dir.join("token");
+        std::fs::write(&token, "zq-from-file\n").expect("write");
+        let salt = dir.join("salt");
+        std::fs::write(&salt, "a salt of at least sixteen\r\n").expect("write");
+        let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+        let c = parse(&[
+            "--confluence-bearer-token-file",
+            &path(&token),
+            "--credential-salt-file",
+            &path(&salt),
+        ])
+        .expect("parses");
+        assert!(matches!(&c.auth, UpstreamAuth::Bearer(t) if t.expose_secret() == "zq-from-file"));
+        assert_eq!(
+            c.cache
+                .credential_salt
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
+            Some("a salt of at least sixteen".to_owned())
+        );
+        let missing = parse(&[
+            "--confluence-api-token-file",
+            &path(&dir.join("nope")),
+            "--confluence-email",
+            "a@b",
+        ]);
+        let err = missing.expect_err("refused");
+        assert!(err.starts_with("--confluence-api-token-file"), "{err}");
+        assert!(
+            parse(&[
+                "--confluence-bearer-token",
+                "t",
+                "--confluence-bearer-token-file",
+                &path(&token)
+            ])
+            .is_err()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

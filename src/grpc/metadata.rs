@@ -7,6 +7,13 @@ use tonic::metadata::MetadataMap;
 
 use crate::{credential::Credential, error::GatewayError};
 
+/// The bearer token of the caller's `authorization` metadata, if it has one.
+pub(crate) fn bearer_token(md: &MetadataMap) -> Option<&str> {
+    let value = md.get("authorization")?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// The caller's deadline, a little early so the gateway's own precise status wins the
 /// race against the transport's generic time-out.
 pub(super) fn deadline(md: &MetadataMap, received: Instant) -> Option<Instant> {

@@ -10,9 +10,11 @@ use super::{metadata, status::fail, validate};
 use crate::{
     app::{PageRequest, PageService, stream},
     audit::resume::TokenKey,
+    callers::CallerTokens,
     config::CredentialMode,
     credential::Credential,
     error::GatewayError,
+    metrics::METRICS,
     pb::{self, EncodedMessage, audit_service_server::AuditService},
 };
 
@@ -23,24 +25,43 @@ pub(crate) struct AuditGrpc {
     credentials: CredentialMode,
     stream_prefetch: usize,
     tokens: Arc<TokenKey>,
+    callers: Option<Arc<CallerTokens>>,
 }
 
 impl AuditGrpc {
     /// A service answering from `pages` with credentials chosen by `credentials`;
     /// streams fetch up to `stream_prefetch` pages ahead and sign resume tokens with
-    /// `tokens`.
+    /// `tokens`; with `callers`, only callers with a token of theirs get in.
     pub(crate) fn new(
         pages: PageService,
         credentials: CredentialMode,
         stream_prefetch: usize,
         tokens: TokenKey,
+        callers: Option<Arc<CallerTokens>>,
     ) -> Self {
         Self {
             pages,
             credentials,
             stream_prefetch,
             tokens: Arc::new(tokens),
+            callers,
         }
+    }
+
+    /// The caller's name, checked before any other work: `None` when the gateway does not
+    /// authenticate callers; UNAUTHENTICATED for a missing or unknown token.
+    fn authenticate(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<Arc<str>>, GatewayError> {
+        let Some(callers) = &self.callers else {
+            return Ok(None);
+        };
+        let name = metadata::bearer_token(md)
+            .and_then(|t| callers.caller(t))
+            .ok_or(GatewayError::UnknownCaller)?;
+        METRICS.caller_call(&name);
+        Ok(Some(name))
     }
 
     fn open_stream(
@@ -95,10 +116,13 @@ impl AuditService for AuditGrpc {
         &self,
         request: Request<pb::GetSinceRequest>,
     ) -> Result<Response<EncodedMessage>, Status> {
+        let caller = self
+            .authenticate(request.metadata())
+            .map_err(|e| fail("GetSince", None, &e))?;
         self.get_page(request)
             .await
             .map(Response::new)
-            .map_err(|e| fail("GetSince", &e))
+            .map_err(|e| fail("GetSince", caller.as_deref(), &e))
     }
 
     type StreamSinceStream =
@@ -108,18 +132,21 @@ impl AuditService for AuditGrpc {
         &self,
         request: Request<pb::StreamSinceRequest>,
     ) -> Result<Response<Self::StreamSinceStream>, Status> {
+        let caller = self
+            .authenticate(request.metadata())
+            .map_err(|e| fail("StreamSince", None, &e))?;
         let req = self
             .open_stream(&request)
-            .map_err(|e| fail("StreamSince", &e))?;
+            .map_err(|e| fail("StreamSince", caller.as_deref(), &e))?;
         let rx = stream::start(
             self.pages.clone(),
             req,
             self.stream_prefetch,
             self.tokens.clone(),
         );
-        let messages = ReceiverStream::new(rx).map(|item| {
+        let messages = ReceiverStream::new(rx).map(move |item| {
             item.map(EncodedMessage)
-                .map_err(|e| fail("StreamSince", &e))
+                .map_err(|e| fail("StreamSince", caller.as_deref(), &e))
         });
         Ok(Response::new(Box::pin(messages)))
     }

@@ -15,10 +15,11 @@ const ERROR_DOMAIN: &str = "audit-gateway";
 const DEFAULT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Logs why `method` failed (with the error's whole chain) and gives the caller's status.
-pub(crate) fn fail(method: &'static str, err: &GatewayError) -> Status {
+pub(crate) fn fail(method: &'static str, caller: Option<&str>, err: &GatewayError) -> Status {
     let status = to_status(err);
     tracing::info!(
         method,
+        caller,
         code = ?status.code(),
         reason = err.reason(),
         error = %Chain(err),
@@ -31,7 +32,7 @@ pub(crate) fn fail(method: &'static str, err: &GatewayError) -> Status {
 fn code(err: &GatewayError) -> Code {
     match err {
         GatewayError::InvalidArgument { .. } => Code::InvalidArgument,
-        GatewayError::MissingCredential(_) => Code::Unauthenticated,
+        GatewayError::MissingCredential(_) | GatewayError::UnknownCaller => Code::Unauthenticated,
         GatewayError::Upstream { failure, .. } => match failure {
             UpstreamFailure::BadRequest => Code::InvalidArgument,
             UpstreamFailure::Unauthenticated => Code::Unauthenticated,

@@ -1,6 +1,7 @@
 //! Integration tests: one binary (built and linked once), one module per concern.
 
 mod cache;
+mod callers;
 mod common;
 mod errors;
 mod get_since;

@@ -347,6 +347,9 @@ fn gateway_command(args: &[&str]) -> Command {
     }
     cmd.env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        // Loopback unless a test says otherwise: only loopback may serve without callers'
+        // tokens.
+        .env("AUDIT_GATEWAY_LISTEN", "127.0.0.1:0")
         .arg("serve")
         .args(args)
         .stdin(Stdio::null())
@@ -422,6 +425,35 @@ fn serve_rejects_wrong_settings_naming_them() {
     }
     let stderr = failing_serve(&[]);
     assert!(stderr.contains("--confluence-url"), "{stderr}");
+}
+
+#[test]
+fn serve_is_secure_by_default() {
+    // Reachable from other hosts with no way to tell callers apart: refused, naming why.
+    let stderr = failing_serve(&[
+        "--confluence-url",
+        "http://127.0.0.1:9/wiki",
+        "--listen",
+        "0.0.0.0:0",
+    ]);
+    assert!(
+        stderr.contains("--listen") && stderr.contains("--caller-tokens-file"),
+        "{stderr}"
+    );
+    // A plain-HTTP Confluence elsewhere: the credential would cross the network in clear.
+    let stderr = failing_serve(&["--confluence-url", "http://confluence.example.com/"]);
+    assert!(
+        stderr.contains("--confluence-url") && stderr.contains("https"),
+        "{stderr}"
+    );
+    // A short salt.
+    let stderr = failing_serve(&[
+        "--confluence-url",
+        "http://127.0.0.1:9/wiki",
+        "--credential-salt",
+        "short",
+    ]);
+    assert!(stderr.contains("--credential-salt"), "{stderr}");
 }
 
 #[test]

@@ -1,0 +1,106 @@
+//! Caller authentication: `--caller-tokens-file`, checked before any other work, rotated
+//! without a restart.
+
+use std::time::{Duration, Instant};
+
+use audit_gateway::pb;
+use confluence_sim::SimulatorConfig;
+use tonic::{Code, Request, metadata::MetadataValue};
+
+use crate::common::{spawn_gateway, spawn_simulator, test_config};
+
+fn call(token: Option<&str>) -> Request<pb::GetSinceRequest> {
+    let mut req = Request::new(pb::GetSinceRequest {
+        limit: Some(5),
+        ..Default::default()
+    });
+    if let Some(t) = token {
+        let value = MetadataValue::try_from(format!("Bearer {t}")).expect("metadata");
+        req.metadata_mut().insert("authorization", value);
+    }
+    req
+}
+
+#[tokio::test]
+async fn only_callers_with_a_token_get_in_and_tokens_rotate_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("audit-gateway-callers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("callers");
+    std::fs::write(&file, "# who may read the audit log\nsiem:zq-first-token\n").expect("write");
+
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 20,
+        ..Default::default()
+    })
+    .await;
+    let mut config = test_config(&sim.base_url());
+    config.caller_tokens_file = Some(file.clone());
+    let mut gw = spawn_gateway(config).await;
+
+    // No token, a wrong one, or another scheme: UNAUTHENTICATED, and Confluence is not asked.
+    for token in [None, Some("zq-wrong"), Some("")] {
+        let status = gw.client.get_since(call(token)).await.expect_err("refused");
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{token:?}: {status:?}"
+        );
+        assert!(!status.message().contains("zq-"), "{status:?}");
+    }
+    let mut basic = call(None);
+    basic.metadata_mut().insert(
+        "authorization",
+        MetadataValue::from_static("Basic enEtZmlyc3QtdG9rZW4="),
+    );
+    let status = gw.client.get_since(basic).await.expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let stream = gw
+        .client
+        .stream_since(pb::StreamSinceRequest::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(stream.code(), Code::Unauthenticated);
+    assert_eq!(
+        sim.request_count(),
+        0,
+        "Confluence was asked for a refused call"
+    );
+
+    // The right token reads.
+    let page = gw
+        .client
+        .get_since(call(Some("zq-first-token")))
+        .await
+        .expect("the caller's token lets it in")
+        .into_inner();
+    assert_eq!(page.results.len(), 5);
+
+    // Rotation: the file changes; the new token gets in and the old one no longer does,
+    // without a restart (the file is looked at every second).
+    std::fs::write(&file, "siem:zq-second-token\n").expect("rewrite");
+    let rotated = Instant::now() + Duration::from_secs(10);
+    loop {
+        match gw.client.get_since(call(Some("zq-second-token"))).await {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::Unauthenticated && Instant::now() < rotated => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("the rotated token never got in: {s:?}"),
+        }
+    }
+    let status = gw
+        .client
+        .get_since(call(Some("zq-first-token")))
+        .await
+        .expect_err("the old token is out");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // A broken file keeps the tokens already loaded.
+    std::fs::write(&file, "this is not a tokens file\n").expect("rewrite");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gw.client
+        .get_since(call(Some("zq-second-token")))
+        .await
+        .expect("still in after a bad edit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
