@@ -252,6 +252,21 @@ impl GatewayConfig {
                 "must be larger than 0",
             ));
         }
+        if let Some(salt) = &c.credential_salt
+            && salt.expose_secret().chars().count() < MIN_SALT_CHARS
+        {
+            return Err(ConfigError::new(
+                "--credential-salt",
+                format!(
+                    "at least {MIN_SALT_CHARS} characters (it keys fingerprints and resume tokens)"
+                ),
+            ));
+        }
+        let fingerprints = match &c.credential_salt {
+            Some(salt) => FingerprintKey::from_secret(salt.expose_secret().as_bytes()),
+            None => FingerprintKey::random()
+                .map_err(|e| ConfigError::new("--credential-salt", e.to_string()))?,
+        };
         let redis = match &c.redis_url {
             None => None,
             Some(_) if c.credential_salt.is_none() => {
@@ -269,22 +284,11 @@ impl GatewayConfig {
                 key_prefix: c.redis_key_prefix.to_string(),
                 timeout: c.redis_timeout,
                 pause: c.redis_pause,
-            }),
-        };
-        if let Some(salt) = &c.credential_salt
-            && salt.expose_secret().chars().count() < MIN_SALT_CHARS
-        {
-            return Err(ConfigError::new(
-                "--credential-salt",
-                format!(
-                    "at least {MIN_SALT_CHARS} characters (it keys fingerprints and resume tokens)"
+                value_key: ring::hmac::Key::new(
+                    ring::hmac::HMAC_SHA256,
+                    &fingerprints.derive(b"audit-gateway redis value"),
                 ),
-            ));
-        }
-        let fingerprints = match &c.credential_salt {
-            Some(salt) => FingerprintKey::from_secret(salt.expose_secret().as_bytes()),
-            None => FingerprintKey::random()
-                .map_err(|e| ConfigError::new("--credential-salt", e.to_string()))?,
+            }),
         };
         Ok(Checked {
             upstream: UpstreamSettings {

@@ -12,15 +12,17 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ring::digest;
+use ring::{digest, hmac};
 
 use super::{PageKey, SharedTier};
 use crate::{credential::to_hex, metrics::METRICS};
 
 /// Value layout version; a change makes old values misses, never misreads.
-const MAGIC: &[u8; 4] = b"AGP1";
-/// Magic, expiry (unix ms), checksum.
-const HEADER: usize = 4 + 8 + 8;
+const MAGIC: &[u8; 4] = b"AGP2";
+/// Magic, expiry (unix ms), MAC.
+const HEADER: usize = 4 + 8 + MAC;
+/// Bytes of the HMAC-SHA-256 kept.
+const MAC: usize = 16;
 
 /// Redis tier settings. `Debug` leaves the URL out: it may hold a password.
 #[derive(Clone)]
@@ -33,6 +35,9 @@ pub(crate) struct RedisSettings {
     pub timeout: Duration,
     /// How long the tier is skipped after an error.
     pub pause: Duration,
+    /// Key of the values' MAC (derived from the credential salt): a value anyone else
+    /// wrote, or one moved to another key, is a miss.
+    pub value_key: hmac::Key,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -42,7 +47,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .field("pause", &self.pause)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,10 +194,12 @@ impl SharedTier for RedisTier {
         if !self.usable() {
             return None;
         }
+        let redis_key = Self::key_for(&self.settings.key_prefix, key);
         let mut cmd = redis::cmd("GET");
-        cmd.arg(Self::key_for(&self.settings.key_prefix, key));
+        cmd.arg(&redis_key);
         let value: Option<Vec<u8>> = self.run("GET", cmd).await?;
-        match value.and_then(|v| unwrap_value(&v, unix_ms())) {
+        let key = &self.settings.value_key;
+        match value.and_then(|v| unwrap_value(key, &redis_key, &v, unix_ms())) {
             Some(hit) => {
                 METRICS.redis_hits.inc();
                 Some(hit)
@@ -208,9 +215,16 @@ impl SharedTier for RedisTier {
         if !self.usable() || ttl.is_zero() {
             return;
         }
+        let redis_key = Self::key_for(&self.settings.key_prefix, key);
+        let value = wrap_value(
+            &self.settings.value_key,
+            &redis_key,
+            &page,
+            unix_ms() + ttl.as_millis() as u64,
+        );
         let mut cmd = redis::cmd("SET");
-        cmd.arg(Self::key_for(&self.settings.key_prefix, key))
-            .arg(wrap_value(&page, unix_ms() + ttl.as_millis() as u64))
+        cmd.arg(&redis_key)
+            .arg(value)
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64);
         if !replace {
@@ -226,25 +240,42 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `AGP1 | expiry (unix ms) | checksum | page`.
-pub(crate) fn wrap_value(page: &[u8], expires_unix_ms: u64) -> Vec<u8> {
+/// `AGP2 | expiry (unix ms) | MAC | page`, the MAC (HMAC-SHA-256, keyed by the salt) over
+/// the Redis key, the expiry and the page.
+pub(crate) fn wrap_value(
+    mac_key: &hmac::Key,
+    redis_key: &str,
+    page: &[u8],
+    expires_unix_ms: u64,
+) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER + page.len());
     v.extend_from_slice(MAGIC);
     v.extend_from_slice(&expires_unix_ms.to_be_bytes());
-    v.extend_from_slice(&checksum(page));
+    v.extend_from_slice(&mac(mac_key, redis_key, expires_unix_ms, page).as_ref()[..MAC]);
     v.extend_from_slice(page);
     v
 }
 
-/// The page and its remaining TTL, or `None` for anything that is not an unexpired
-/// value of ours.
-pub(crate) fn unwrap_value(v: &[u8], now_unix_ms: u64) -> Option<(Bytes, Duration)> {
+/// The page in a value of ours under `redis_key` and the time it has left; `None` for
+/// anything else: another format, a MAC that does not verify (written without the salt,
+/// or moved from another key), or expired.
+pub(crate) fn unwrap_value(
+    mac_key: &hmac::Key,
+    redis_key: &str,
+    v: &[u8],
+    now_unix_ms: u64,
+) -> Option<(Bytes, Duration)> {
     if v.len() < HEADER || &v[..4] != MAGIC {
         return None;
     }
     let expires = u64::from_be_bytes(v[4..12].try_into().ok()?);
     let page = &v[HEADER..];
-    if v[12..20] != checksum(page) || expires <= now_unix_ms {
+    let expected = mac(mac_key, redis_key, expires, page);
+    let differs = expected.as_ref()[..MAC]
+        .iter()
+        .zip(&v[12..HEADER])
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if differs != 0 || expires <= now_unix_ms {
         return None;
     }
     Some((
@@ -253,10 +284,13 @@ pub(crate) fn unwrap_value(v: &[u8], now_unix_ms: u64) -> Option<(Bytes, Duratio
     ))
 }
 
-fn checksum(page: &[u8]) -> [u8; 8] {
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&digest::digest(&digest::SHA256, page).as_ref()[..8]);
-    out
+fn mac(key: &hmac::Key, redis_key: &str, expires_unix_ms: u64, page: &[u8]) -> hmac::Tag {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(&(redis_key.len() as u64).to_be_bytes());
+    ctx.update(redis_key.as_bytes());
+    ctx.update(&expires_unix_ms.to_be_bytes());
+    ctx.update(page);
+    ctx.sign()
 }
 
 /// An error message with the URL's password (if any) blanked.
@@ -277,18 +311,41 @@ mod tests {
 
     #[test]
     fn values_round_trip_and_reject_what_is_not_ours() {
-        let v = wrap_value(b"page", 10_000);
+        let ours = hmac::Key::new(hmac::HMAC_SHA256, b"our salt-derived key");
+        let theirs = hmac::Key::new(hmac::HMAC_SHA256, b"somebody else's key");
+        let v = wrap_value(&ours, "k1", b"page", 10_000);
         assert_eq!(
-            unwrap_value(&v, 4_000),
+            unwrap_value(&ours, "k1", &v, 4_000),
             Some((Bytes::from_static(b"page"), Duration::from_millis(6_000)))
         );
-        assert_eq!(unwrap_value(&v, 10_000), None, "expired");
-        let mut flipped = v.clone();
-        let last = flipped.len() - 1;
-        flipped[last] ^= 1;
-        assert_eq!(unwrap_value(&flipped, 0), None, "corrupted");
-        assert_eq!(unwrap_value(b"garbage", 0), None);
-        assert_eq!(unwrap_value(&v[..HEADER - 1], 0), None, "truncated");
+        assert_eq!(unwrap_value(&ours, "k1", &v, 10_000), None, "expired");
+        assert_eq!(
+            unwrap_value(&ours, "k2", &v, 0),
+            None,
+            "moved to another key"
+        );
+        assert_eq!(
+            unwrap_value(&theirs, "k1", &v, 0),
+            None,
+            "written without the salt"
+        );
+        let forged = wrap_value(&theirs, "k1", b"page", 10_000);
+        assert_eq!(unwrap_value(&ours, "k1", &forged, 0), None, "forged");
+        for i in 0..v.len() {
+            let mut flipped = v.clone();
+            flipped[i] ^= 1;
+            assert_eq!(
+                unwrap_value(&ours, "k1", &flipped, 0),
+                None,
+                "byte {i} edited"
+            );
+        }
+        assert_eq!(unwrap_value(&ours, "k1", b"garbage", 0), None);
+        assert_eq!(
+            unwrap_value(&ours, "k1", &v[..HEADER - 1], 0),
+            None,
+            "truncated"
+        );
     }
 
     #[test]

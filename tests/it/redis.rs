@@ -322,6 +322,65 @@ async fn values_that_are_not_ours_are_misses() {
 }
 
 #[tokio::test]
+async fn a_genuine_value_moved_to_another_key_is_never_served() {
+    let redis = RedisServer::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &redis).await;
+    let first = a
+        .client
+        .get_since(page(0))
+        .await
+        .expect("page")
+        .into_inner();
+    assert!(until(async || redis.keys().await.len() == 1).await);
+    let k0 = redis.keys().await.remove(0);
+    let tenth = a
+        .client
+        .get_since(page(10))
+        .await
+        .expect("page")
+        .into_inner();
+    assert!(until(async || redis.keys().await.len() == 2).await);
+    let k10 = redis
+        .keys()
+        .await
+        .into_iter()
+        .find(|k| *k != k0)
+        .expect("the second key");
+    // Someone with access to Redis (but not the salt) puts page 0's value under page
+    // 10's key: a well-formed value of ours, in the wrong place.
+    assert_eq!(
+        redis
+            .command(&["COPY", &k0, &k10, "REPLACE"])
+            .await
+            .as_deref(),
+        Some(":1")
+    );
+    let mut b = replica(&sim.base_url(), &redis).await;
+    let before = sim.request_count();
+    let got = b
+        .client
+        .get_since(page(10))
+        .await
+        .expect("page")
+        .into_inner();
+    let summaries = |p: &pb::GetSinceResponse| -> Vec<String> {
+        p.results.iter().map(|r| r.summary.clone()).collect()
+    };
+    assert_eq!(
+        summaries(&got),
+        summaries(&tenth),
+        "served another page's records"
+    );
+    assert_ne!(summaries(&got), summaries(&first));
+    assert_eq!(
+        sim.request_count(),
+        before + 1,
+        "the moved value was not a miss"
+    );
+}
+
+#[tokio::test]
 async fn redis_needs_a_shared_salt() {
     let sim = spawn_simulator(SimulatorConfig::default()).await;
     let mut config = test_config(&sim.base_url());
