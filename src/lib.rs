@@ -16,6 +16,8 @@ mod cli;
 mod config;
 mod credential;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod gateway;
 mod grpc;
 mod health;
