@@ -47,6 +47,9 @@ pub struct GatewayConfig {
     pub allow_unauthenticated: bool,
     /// Accept a plain-HTTP Confluence URL that is not loopback (`--allow-insecure-upstream`).
     pub allow_insecure_upstream: bool,
+    /// With passthrough, how long Confluence's acceptance of a caller's credential lets
+    /// cached pages be served to it (`--passthrough-revalidate`).
+    pub passthrough_revalidate: Duration,
     /// How Confluence is called.
     pub upstream: UpstreamConfig,
     /// The page cache tiers.
@@ -127,6 +130,7 @@ impl GatewayConfig {
         caller_tokens_file: None,
         allow_unauthenticated: false,
         allow_insecure_upstream: false,
+        passthrough_revalidate: Duration::from_secs(60),
         upstream: UpstreamConfig {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),

@@ -111,10 +111,9 @@ proptest! {
         text in prop_oneof![".{0,200}", mutated(token().into_bytes()).prop_map(|b| String::from_utf8_lossy(&b).into_owned())]
     ) {
         let key = TokenKey::new(b"fuzz");
-        match resume::decode(&key, &window(), &text) {
-            // Only the genuine token decodes: anything edited fails its MAC.
-            Ok(_) => prop_assert_eq!(text.trim(), token()),
-            Err(_) => {}
+        // Only the genuine token decodes: anything edited fails its MAC.
+        if resume::decode(&key, &window(), &text).is_ok() {
+            prop_assert_eq!(text.trim(), token());
         }
     }
 

@@ -11,7 +11,7 @@ use crate::{
     app::PageService,
     audit::resume::TokenKey,
     cache::{PageCache, SharedTier, redis::RedisTier},
-    config::{ConfigError, GatewayConfig},
+    config::{ConfigError, CredentialMode, GatewayConfig},
     grpc::AuditGrpc,
     metrics,
     server::{self, ServeError, ShutdownSettings},
@@ -50,11 +50,14 @@ impl Gateway {
         // Tokens are signed with a key derived from the salt, so replicas sharing the salt
         // resume each other's streams and nobody else can forge a position.
         let tokens = TokenKey::new(&checked.fingerprints.derive(b"audit-gateway resume token"));
-        let pages = PageService::new(
+        let mut pages = PageService::new(
             client,
             PageCache::new(checked.cache, shared),
             checked.fingerprints,
         );
+        if matches!(checked.credentials, CredentialMode::Passthrough) {
+            pages = pages.revalidating(config.passthrough_revalidate);
+        }
         let watching = checked.callers.as_ref().map(|c| c.watch());
         let service = AuditGrpc::new(
             pages,

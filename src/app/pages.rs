@@ -1,7 +1,11 @@
 //! Pages of the audit log as the gateway serves them: looked up in the page cache, or
 //! fetched from Confluence, parsed and encoded as a `GetSinceResponse` once.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use serde::de::IgnoredAny;
@@ -19,6 +23,8 @@ use crate::{
 
 /// Bodies at least this large are converted on the blocking pool.
 const BLOCKING_BODY_BYTES: usize = 64 * 1024;
+/// Credentials remembered as accepted, at most (older ones are forgotten first).
+const MAX_ACCEPTED: usize = 10_000;
 
 /// One page request, already validated.
 #[derive(Clone, Debug)]
@@ -41,7 +47,14 @@ pub(crate) struct PageService {
     base_url: Arc<str>,
     fingerprints: Arc<FingerprintKey>,
     converting: Arc<Semaphore>,
+    /// With `--auth-passthrough`: how long Confluence's acceptance of a caller's
+    /// credential lets cached pages be served to it, and when it last accepted each
+    /// (by fingerprint). A revoked token stops reading within that time.
+    revalidate: Option<(Duration, Arc<Mutex<Accepted>>)>,
 }
+
+/// When Confluence last accepted each credential, by fingerprint.
+type Accepted = HashMap<Arc<str>, Instant>;
 
 impl PageService {
     /// Wires the client, the cache and the fingerprint key together.
@@ -58,7 +71,15 @@ impl PageService {
             converting: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            revalidate: None,
         }
+    }
+
+    /// Serves a cached page to a caller's credential only if Confluence accepted that
+    /// credential within `every` (for `--auth-passthrough`).
+    pub(crate) fn revalidating(mut self, every: Duration) -> Self {
+        self.revalidate = Some((every, Arc::default()));
+        self
     }
 
     /// The page as an encoded `GetSinceResponse`.
@@ -76,6 +97,19 @@ impl PageService {
                 .into(),
             query: req.query.clone(),
         };
+        // A credential Confluence has not accepted lately is checked with it again:
+        // cached copies are skipped, so a revoked token reads nothing more.
+        let revalidating =
+            if let (Some((every, accepted)), Some(_)) = (&self.revalidate, &req.credential) {
+                let accepted = accepted.lock().unwrap_or_else(|p| p.into_inner());
+                accepted
+                    .get(&key.credential)
+                    .is_none_or(|at| at.elapsed() >= *every)
+            } else {
+                false
+            };
+        let refresh = req.refresh || revalidating;
+        let fingerprint = key.credential.clone();
         let (client, converting) = (self.client.clone(), self.converting.clone());
         let (query, credential) = (req.query, req.credential);
         // The cache runs this in a task of its own when the load is shared (then with no
@@ -93,12 +127,21 @@ impl PageService {
                 .await
         };
         // A caller leaves at its own deadline, whoever else waits on the load.
-        within_deadline(
+        let page = within_deadline(
             req.deadline,
             "the call's deadline passed before the page was ready",
-            self.cache.get_or_load(key, req.refresh, req.deadline, load),
+            self.cache.get_or_load(key, refresh, req.deadline, load),
         )
-        .await
+        .await?;
+        if let (true, Some((every, accepted))) = (refresh, &self.revalidate) {
+            // A refresh always asks Confluence: its answer is the credential's acceptance.
+            let mut accepted = accepted.lock().unwrap_or_else(|p| p.into_inner());
+            if accepted.len() >= MAX_ACCEPTED {
+                accepted.retain(|_, at| at.elapsed() < *every);
+            }
+            accepted.insert(fingerprint, Instant::now());
+        }
+        Ok(page)
     }
 }
 

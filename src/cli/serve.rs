@@ -66,6 +66,11 @@ pub(crate) struct ServeArgs {
     )]
     auth_passthrough: bool,
 
+    /// With --auth-passthrough: serve cached pages to a caller's credential only if
+    /// Confluence accepted it within this time (a revoked token stops reading by then).
+    #[arg(long, env = "AUDIT_GATEWAY_PASSTHROUGH_REVALIDATE", default_value_t = Dur(D.passthrough_revalidate))]
+    passthrough_revalidate: Dur,
+
     /// Callers allowed in: `name:token` lines (`#` comments); callers send
     /// `authorization: Bearer TOKEN`. Read again when it changes.
     #[arg(long, env = "AUDIT_GATEWAY_CALLER_TOKENS_FILE")]
@@ -214,6 +219,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             caller_tokens_file: a.caller_tokens_file,
             allow_unauthenticated: a.allow_unauthenticated,
             allow_insecure_upstream: a.allow_insecure_upstream,
+            passthrough_revalidate: a.passthrough_revalidate.0,
             upstream: UpstreamConfig {
                 timeout: a.upstream_timeout.0,
                 connect_timeout: a.upstream_connect_timeout.0,

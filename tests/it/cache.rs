@@ -559,3 +559,38 @@ async fn a_failed_refresh_keeps_the_cached_page() {
         "the plain call after the failed refresh is a hit"
     );
 }
+
+#[tokio::test]
+async fn passthrough_serves_cached_pages_only_to_credentials_confluence_accepted_lately() {
+    let (sim, mut gw) = sim_and_gateway(sim_config(20), |c| {
+        c.auth = UpstreamAuth::Passthrough;
+        c.passthrough_revalidate = Duration::from_millis(300);
+        c.upstream.retries = 0;
+    })
+    .await;
+    let call = || with_md(small(), &[("authorization", "Bearer token-a")]);
+    gw.client.get_since(call()).await.expect("accepted");
+    gw.client.get_since(call()).await.expect("from the cache");
+    assert_eq!(
+        sim.request_count(),
+        1,
+        "accepted a moment ago: the cache serves it"
+    );
+
+    // The token is revoked upstream; once the revalidation time has passed, the gateway
+    // asks Confluence again instead of serving the cached page.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sim.push_faults([Fault::status_json(401)]);
+    let status = gw
+        .client
+        .get_since(call())
+        .await
+        .expect_err("a revoked credential reads nothing, cached or not");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(sim.request_count(), 2);
+
+    // Accepted again (the fault is spent): served, and cached for it once more.
+    gw.client.get_since(call()).await.expect("accepted again");
+    gw.client.get_since(call()).await.expect("from the cache");
+    assert_eq!(sim.request_count(), 3);
+}
