@@ -17,6 +17,7 @@ use crate::{
     cache::{CacheSettings, redis::RedisSettings},
     callers::CallerTokens,
     credential::{Credential, FingerprintKey},
+    tls::{ReloadingTls, TlsFiles},
     upstream::{RetryPolicy, UpstreamSettings},
 };
 
@@ -50,6 +51,12 @@ pub struct GatewayConfig {
     /// With passthrough, how long Confluence's acceptance of a caller's credential lets
     /// cached pages be served to it (`--passthrough-revalidate`).
     pub passthrough_revalidate: Duration,
+    /// TLS certificate chain of the gRPC port, PEM (`--tls-cert`); `None`: plaintext.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key, PEM (`--tls-key`).
+    pub tls_key: Option<PathBuf>,
+    /// CA whose client certificates are required (`--tls-client-ca`): mTLS.
+    pub tls_client_ca: Option<PathBuf>,
     /// How Confluence is called.
     pub upstream: UpstreamConfig,
     /// The page cache tiers.
@@ -131,6 +138,9 @@ impl GatewayConfig {
         allow_unauthenticated: false,
         allow_insecure_upstream: false,
         passthrough_revalidate: Duration::from_secs(60),
+        tls_cert: None,
+        tls_key: None,
+        tls_client_ca: None,
         upstream: UpstreamConfig {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
@@ -195,17 +205,39 @@ impl GatewayConfig {
             }
             None => None,
         };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                ReloadingTls::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                })
+                .map_err(|(flag, why)| ConfigError::new(flag, why))?,
+            )),
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(ConfigError::new(
+                    "--tls-client-ca",
+                    "needs --tls-cert and --tls-key",
+                ));
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::new("--tls-key", "needed with --tls-cert")),
+            (None, Some(_)) => return Err(ConfigError::new("--tls-cert", "needed with --tls-key")),
+        };
+        let mtls = tls.is_some() && self.tls_client_ca.is_some();
         if !self.listen.ip().is_loopback()
             && callers.is_none()
             && !passthrough
+            && !mtls
             && !self.allow_unauthenticated
         {
             return Err(ConfigError::new(
                 "--listen",
                 format!(
                     "{} is reachable from other hosts, and anyone who reaches it would read \
-                     the whole audit log: set --caller-tokens-file, or --auth-passthrough, or \
-                     --allow-unauthenticated where a mesh authenticates callers",
+                     the whole audit log: set --caller-tokens-file, --tls-client-ca (mTLS), \
+                     or --auth-passthrough, or --allow-unauthenticated where a mesh \
+                     authenticates callers",
                     self.listen
                 ),
             ));
@@ -310,6 +342,7 @@ impl GatewayConfig {
             },
             credentials: self.auth.credentials()?,
             callers,
+            tls,
             cache: CacheSettings {
                 ttl: c.ttl,
                 max_bytes: c.max_bytes,
@@ -361,6 +394,7 @@ pub(crate) struct Checked {
     pub(crate) upstream: UpstreamSettings,
     pub(crate) credentials: CredentialMode,
     pub(crate) callers: Option<Arc<CallerTokens>>,
+    pub(crate) tls: Option<Arc<ReloadingTls>>,
     pub(crate) cache: CacheSettings,
     pub(crate) redis: Option<RedisSettings>,
     pub(crate) fingerprints: FingerprintKey,

@@ -15,6 +15,7 @@ use crate::{
     grpc::AuditGrpc,
     metrics,
     server::{self, ServeError, ShutdownSettings},
+    tls::ReloadingTls,
     upstream::ConfluenceClient,
 };
 
@@ -24,8 +25,9 @@ pub struct Gateway {
     listener: TcpListener,
     metrics: Option<TcpListener>,
     shutdown: ShutdownSettings,
-    /// Re-reads `--caller-tokens-file` when it changes.
-    watching: Option<tokio::task::JoinHandle<()>>,
+    /// Re-read `--caller-tokens-file` and the TLS files when they change.
+    watching: Vec<tokio::task::JoinHandle<()>>,
+    tls: Option<Arc<ReloadingTls>>,
 }
 
 impl Gateway {
@@ -58,7 +60,9 @@ impl Gateway {
         if matches!(checked.credentials, CredentialMode::Passthrough) {
             pages = pages.revalidating(config.passthrough_revalidate);
         }
-        let watching = checked.callers.as_ref().map(|c| c.watch());
+        let mut watching: Vec<_> = checked.callers.iter().map(|c| c.watch()).collect();
+        watching.extend(checked.tls.iter().map(|t| t.watch()));
+        let tls = checked.tls;
         let service = AuditGrpc::new(
             pages,
             checked.credentials,
@@ -81,6 +85,7 @@ impl Gateway {
             listener,
             metrics,
             watching,
+            tls,
             shutdown: ShutdownSettings {
                 drain_delay: config.drain_delay,
                 timeout: config.shutdown_timeout,
@@ -116,11 +121,16 @@ impl Gateway {
                 let _ = metrics_stopped.await;
             }));
         }
-        let result = server::serve(self.service, self.listener, shutdown, self.shutdown).await;
+        let result = server::serve(
+            self.service,
+            self.listener,
+            self.tls,
+            shutdown,
+            self.shutdown,
+        )
+        .await;
         let _ = metrics_stop.send(());
-        if let Some(w) = self.watching {
-            w.abort();
-        }
+        self.watching.iter().for_each(|w| w.abort());
         result
     }
 }

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod pb;
 mod server;
 pub mod telemetry;
+mod tls;
 mod upstream;
 
 pub use cli::Cli;

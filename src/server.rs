@@ -2,7 +2,7 @@
 //! graceful shutdown. `serve` takes its listener and shutdown signal from the caller
 //! (`src/gateway.rs`), so tests bind port 0.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tonic::{
@@ -15,6 +15,7 @@ use crate::{
     grpc::AuditGrpc,
     health::DrainingHealth,
     pb::{self, audit_service_server::AuditServiceServer},
+    tls::ReloadingTls,
 };
 
 /// How the server stops.
@@ -42,6 +43,7 @@ pub enum ServeError {
 pub(crate) async fn serve(
     service: AuditGrpc,
     listener: TcpListener,
+    tls: Option<Arc<ReloadingTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     settings: ShutdownSettings,
 ) -> Result<(), ServeError> {
@@ -85,16 +87,25 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "audit-gateway listening");
     }
-    let serve = Server::builder()
+    let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(audit)
+        .add_service(audit);
+    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls
+    {
+        Some(tls) => Box::pin(
+            router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), signal),
+        ),
         // The builder's tcp_nodelay covers only listeners it binds itself; without
         // TCP_NODELAY small answers wait ~40 ms on delayed ACKs.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        )),
+    };
     tokio::pin!(serve);
     tokio::select! {
         res = &mut serve => return res.map_err(ServeError::Transport),

@@ -71,6 +71,18 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_PASSTHROUGH_REVALIDATE", default_value_t = Dur(D.passthrough_revalidate))]
     passthrough_revalidate: Dur,
 
+    /// TLS certificate chain of the gRPC port (PEM); re-read when it changes.
+    #[arg(long, env = "AUDIT_GATEWAY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "AUDIT_GATEWAY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mTLS.
+    #[arg(long, env = "AUDIT_GATEWAY_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+
     /// Callers allowed in: `name:token` lines (`#` comments); callers send
     /// `authorization: Bearer TOKEN`. Read again when it changes.
     #[arg(long, env = "AUDIT_GATEWAY_CALLER_TOKENS_FILE")]
@@ -220,6 +232,9 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             allow_unauthenticated: a.allow_unauthenticated,
             allow_insecure_upstream: a.allow_insecure_upstream,
             passthrough_revalidate: a.passthrough_revalidate.0,
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            tls_client_ca: a.tls_client_ca,
             upstream: UpstreamConfig {
                 timeout: a.upstream_timeout.0,
                 connect_timeout: a.upstream_connect_timeout.0,

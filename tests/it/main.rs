@@ -9,3 +9,4 @@ mod interop;
 mod redis;
 mod server;
 mod stream;
+mod tls;

@@ -1,0 +1,159 @@
+//! TLS and mTLS on the gRPC port, with certificates made for the test by rcgen: only
+//! clients that trust the server (and, with mTLS, that the server trusts) get in, and
+//! rotated certificate files take effect without a restart.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use audit_gateway::pb::{self, audit_service_client::AuditServiceClient};
+use confluence_sim::SimulatorConfig;
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::common::{spawn_simulator, test_config};
+
+/// A CA and what it signs, as PEM.
+struct Pki {
+    ca: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().expect("key");
+        let ca = params.self_signed(&key).expect("CA").pem();
+        Self {
+            ca,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate and key for `names`, for a server or a client.
+    fn issue(&self, names: &[&str], client: bool) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("audit-gateway-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
+    let path = dir.join(file);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// A client of `port` over TLS trusting `ca`, presenting `identity` if given.
+async fn client(
+    port: u16,
+    ca: &str,
+    identity: Option<&(String, String)>,
+) -> Result<AuditServiceClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://localhost:{port}"))
+        .expect("uri")
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(AuditServiceClient::new(channel))
+}
+
+/// Whether a `GetSince` over `c` succeeds.
+async fn reads(c: Result<AuditServiceClient<Channel>, tonic::transport::Error>) -> bool {
+    match c {
+        Ok(mut c) => c
+            .get_since(pb::GetSinceRequest {
+                limit: Some(3),
+                ..Default::default()
+            })
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn tls_and_mtls_let_in_only_the_right_clients_and_certificates_rotate() {
+    let dir = temp_dir("tls");
+    let pki = Pki::new("gateway test CA");
+    let (cert, key) = pki.issue(&["localhost"], false);
+    let client_id = pki.issue(&["siem"], true);
+    let rogue = Pki::new("somebody else's CA");
+    let rogue_id = rogue.issue(&["intruder"], true);
+
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 20,
+        ..Default::default()
+    })
+    .await;
+    let mut config = test_config(&sim.base_url());
+    config.tls_cert = Some(write(&dir, "cert.pem", &cert));
+    config.tls_key = Some(write(&dir, "key.pem", &key));
+    config.tls_client_ca = Some(write(&dir, "clients.pem", &pki.ca));
+    let gateway = audit_gateway::Gateway::bind(config).await.expect("starts");
+    let port = gateway.local_addr().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+
+    // mTLS: a client the CA signed reads; one without a certificate, with another CA's,
+    // or one that does not trust the server, does not.
+    assert!(reads(client(port, &pki.ca, Some(&client_id)).await).await);
+    assert!(!reads(client(port, &pki.ca, None).await).await);
+    assert!(!reads(client(port, &pki.ca, Some(&rogue_id)).await).await);
+    assert!(!reads(client(port, &rogue.ca, Some(&client_id)).await).await);
+    // Plaintext gets nowhere.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect()
+        .await
+        .map(AuditServiceClient::new);
+    assert!(!reads(plain).await);
+
+    // cert-manager rotates the server certificate to one from a new CA: new connections
+    // get it without a restart.
+    let next = Pki::new("the next CA");
+    let (cert2, key2) = next.issue(&["localhost"], false);
+    write(&dir, "key.pem", &key2);
+    write(&dir, "cert.pem", &cert2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reads(client(port, &next.ca, Some(&client_id)).await).await {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!reads(client(port, &pki.ca, Some(&client_id)).await).await);
+
+    let _ = stop.send(());
+    server.await.expect("joins").expect("stops cleanly");
+    let _ = std::fs::remove_dir_all(&dir);
+}
