@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tonic::{
     Request,
     metadata::MetadataValue,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 use super::parse::Dur;
@@ -27,7 +27,20 @@ pub(crate) struct CallArgs {
     )]
     pub(crate) gateway: String,
 
-    /// `authorization` metadata to send (for gateways run with --auth-passthrough).
+    /// CA that signed an `https://` gateway's certificate (PEM).
+    #[arg(long, env = "AUDIT_GATEWAY_TLS_CA")]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for a gateway that requires one (mTLS), with --tls-key.
+    #[arg(long, env = "AUDIT_GATEWAY_CLIENT_CERT", requires = "client_key")]
+    pub(crate) client_cert: Option<std::path::PathBuf>,
+
+    /// Key of --client-cert (PEM).
+    #[arg(long, env = "AUDIT_GATEWAY_CLIENT_KEY", requires = "client_cert")]
+    pub(crate) client_key: Option<std::path::PathBuf>,
+
+    /// `authorization` metadata to send: `Bearer <token>` for a gateway with caller
+    /// tokens, or a Confluence credential for one run with --auth-passthrough.
     #[arg(long, env = "AUDIT_GATEWAY_AUTHORIZATION", hide_env_values = true)]
     pub(crate) authorization: Option<SecretString>,
 
@@ -93,9 +106,31 @@ fn parse_units(s: &str) -> Result<TimeUnit, String> {
     })
 }
 
-async fn connect(gateway: &str) -> Result<AuditServiceClient<Channel>, String> {
-    let channel = Endpoint::from_shared(gateway.to_owned())
-        .map_err(|e| format!("--gateway: {e}"))?
+async fn connect(call: &CallArgs) -> Result<AuditServiceClient<Channel>, String> {
+    let gateway = &call.gateway;
+    let mut endpoint =
+        Endpoint::from_shared(gateway.to_owned()).map_err(|e| format!("--gateway: {e}"))?;
+    if gateway.starts_with("https://") {
+        let read = |p: &std::path::Path, flag: &str| {
+            std::fs::read(p).map_err(|e| format!("{flag}: cannot read {}: {e}", p.display()))
+        };
+        let ca = call
+            .tls_ca
+            .as_deref()
+            .ok_or("--tls-ca: needed for an https:// gateway")?;
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "--tls-ca")?));
+        if let (Some(cert), Some(key)) = (&call.client_cert, &call.client_key) {
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "--client-cert")?,
+                read(key, "--client-key")?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("--tls-ca: {e}"))?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| format!("cannot connect to the gateway at {gateway}: {e}"))?;
@@ -121,7 +156,7 @@ pub(crate) async fn stream(
     out: &mut impl Write,
 ) -> Result<(u64, String), String> {
     let call = &args.call;
-    let mut client = connect(&call.gateway).await?;
+    let mut client = connect(call).await?;
     let mut request = Request::new(pb::StreamSinceRequest {
         number: call.number,
         units: call.units.map_or(0, |u| pb::TimeUnit::from(u) as i32),
@@ -162,7 +197,7 @@ pub(crate) async fn stream(
 /// as one line (`CODE: message`).
 pub(crate) async fn get(args: &GetArgs) -> Result<String, String> {
     let call = &args.call;
-    let mut client = connect(&call.gateway).await?;
+    let mut client = connect(call).await?;
     let mut request = Request::new(pb::GetSinceRequest {
         number: call.number,
         units: call.units.map_or(0, |u| pb::TimeUnit::from(u) as i32),

@@ -87,6 +87,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
 
     let call = CallArgs {
         gateway: format!("http://{addr}"),
+        tls_ca: None,
+        client_cert: None,
+        client_key: None,
         authorization: None,
         number: Some(1),
         units: Some(TimeUnit::Days),

@@ -137,6 +137,38 @@ async fn tls_and_mtls_let_in_only_the_right_clients_and_certificates_rotate() {
         .map(AuditServiceClient::new);
     assert!(!reads(plain).await);
 
+    // The `get` command speaks TLS and mTLS too.
+    let ca_file = write(&dir, "ca.pem", &pki.ca);
+    let id_cert = write(&dir, "client.pem", &client_id.0);
+    let id_key = write(&dir, "client-key.pem", &client_id.1);
+    let gateway_url = format!("https://localhost:{port}");
+    let cli = move |with_identity: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_audit-gateway"));
+        cmd.args(["get", "--gateway", &gateway_url, "--limit", "2", "--tls-ca"])
+            .arg(&ca_file)
+            .env_remove("AUDIT_GATEWAY_ADDR")
+            .stdin(std::process::Stdio::null());
+        if with_identity {
+            cmd.arg("--client-cert")
+                .arg(&id_cert)
+                .arg("--client-key")
+                .arg(&id_key);
+        }
+        cmd.output()
+    };
+    let ok =
+        tokio::task::spawn_blocking(move || cli(true).and_then(|a| cli(false).map(|b| (a, b))))
+            .await
+            .expect("joins")
+            .expect("the binary runs");
+    assert!(
+        ok.0.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.0.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.0.stdout).contains("\"results\""));
+    assert!(!ok.1.status.success(), "no client certificate, yet read");
+
     // cert-manager rotates the server certificate to one from a new CA: new connections
     // get it without a restart.
     let next = Pki::new("the next CA");
