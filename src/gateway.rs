@@ -14,7 +14,7 @@ use crate::{
     config::{ConfigError, GatewayConfig},
     grpc::AuditGrpc,
     metrics,
-    server::{self, ServeError, ShutdownSettings},
+    server::{self, ServeError, ServerSettings},
     upstream::ConfluenceClient,
 };
 
@@ -23,7 +23,7 @@ pub struct Gateway {
     service: AuditGrpc,
     listener: TcpListener,
     metrics: Option<TcpListener>,
-    shutdown: ShutdownSettings,
+    shutdown: ServerSettings,
 }
 
 impl Gateway {
@@ -53,7 +53,14 @@ impl Gateway {
             PageCache::new(checked.cache, shared),
             checked.fingerprints,
         );
-        let service = AuditGrpc::new(pages, checked.credentials, config.stream_prefetch, tokens);
+        let service = AuditGrpc::new(
+            pages,
+            checked.credentials,
+            config.stream_prefetch,
+            tokens,
+            config.max_streams,
+            config.stream_idle_timeout,
+        );
 
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             ConfigError::caused_by("--listen", format!("cannot bind {}", config.listen), e)
@@ -68,9 +75,10 @@ impl Gateway {
             service,
             listener,
             metrics,
-            shutdown: ShutdownSettings {
+            shutdown: ServerSettings {
                 drain_delay: config.drain_delay,
                 timeout: config.shutdown_timeout,
+                max_connection_streams: config.max_connection_streams,
             },
         })
     }

@@ -1,9 +1,14 @@
 //! `confluence.audit.v1.AuditService`: each call validated, resolved to a credential and
 //! a deadline, answered by the application layer (`src/app/`).
 
-use std::{pin::Pin, sync::Arc, time::Instant};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio::sync::Semaphore;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{metadata, status::fail, validate};
@@ -23,23 +28,33 @@ pub(crate) struct AuditGrpc {
     credentials: CredentialMode,
     stream_prefetch: usize,
     tokens: Arc<TokenKey>,
+    /// One permit per open `StreamSince` call (`--max-streams`).
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+    stream_idle_timeout: Duration,
 }
 
 impl AuditGrpc {
     /// A service answering from `pages` with credentials chosen by `credentials`;
     /// streams fetch up to `stream_prefetch` pages ahead and sign resume tokens with
-    /// `tokens`.
+    /// `tokens`; at most `max_streams` streams are open at once, and one left unread for
+    /// `stream_idle_timeout` ends.
     pub(crate) fn new(
         pages: PageService,
         credentials: CredentialMode,
         stream_prefetch: usize,
         tokens: TokenKey,
+        max_streams: usize,
+        stream_idle_timeout: Duration,
     ) -> Self {
         Self {
             pages,
             credentials,
             stream_prefetch,
             tokens: Arc::new(tokens),
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
+            stream_idle_timeout,
         }
     }
 
@@ -58,6 +73,7 @@ impl AuditGrpc {
             credential: self.credential(md)?,
             refresh: metadata::wants_fresh(md),
             deadline: metadata::deadline(md, received),
+            idle_timeout: self.stream_idle_timeout,
         })
     }
 
@@ -111,13 +127,27 @@ impl AuditService for AuditGrpc {
         let req = self
             .open_stream(&request)
             .map_err(|e| fail("StreamSince", &e))?;
-        let rx = stream::start(
+        // Refused at once, never queued: a waiting stream would hold its connection and
+        // its caller's deadline for a slot that may not free up for minutes.
+        let slot = self.streams.clone().try_acquire_owned().map_err(|_| {
+            fail(
+                "StreamSince",
+                &GatewayError::TooManyStreams {
+                    limit: self.max_streams,
+                },
+            )
+        })?;
+        // The slot goes with the producer, which is what a stream costs (its fetches and
+        // pages): it returns when the window is done, the caller cancels or leaves the
+        // stream idle (src/app/stream.rs), and the slot is free again.
+        let messages = stream::start(
             self.pages.clone(),
             req,
             self.stream_prefetch,
             self.tokens.clone(),
-        );
-        let messages = ReceiverStream::new(rx).map(|item| {
+            slot,
+        )
+        .map(|item| {
             item.map(EncodedMessage)
                 .map_err(|e| fail("StreamSince", &e))
         });
