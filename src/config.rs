@@ -64,6 +64,15 @@ pub struct GatewayConfig {
     /// Pages a `StreamSince` call fetches ahead once its first page is full
     /// (`--stream-prefetch`, 1..=64).
     pub stream_prefetch: usize,
+    /// A stream whose caller takes nothing for this long ends (`--stream-idle-timeout`,
+    /// larger than 0).
+    pub stream_idle_timeout: Duration,
+    /// Most `StreamSince` calls open at once, gateway-wide (`--max-streams`, at least 1);
+    /// one more is refused with RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// Most concurrent HTTP/2 streams (calls of any kind) one connection may open
+    /// (`--max-connection-streams`, at least 1).
+    pub max_connection_streams: u32,
     /// Where to serve Prometheus metrics (`--metrics-listen`); `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
     /// How long NOT_SERVING is reported before new connections are refused
@@ -107,6 +116,10 @@ pub struct UpstreamConfig {
     pub max_backoff: Duration,
     /// Largest page body accepted, in bytes (`--upstream-max-body`).
     pub max_body: u64,
+    /// Most requests in flight to Confluence at once, gateway-wide
+    /// (`--upstream-concurrency`, at least 1); more wait their turn, first come first
+    /// served, within their deadline.
+    pub concurrency: usize,
 }
 
 /// The page cache tiers.
@@ -149,6 +162,9 @@ impl GatewayConfig {
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             max_body: 64 << 20,
+            // Atlassian rate-limits per site; a handful of requests at once keeps a burst
+            // of streams (each prefetching --stream-prefetch pages) from hitting 429s.
+            concurrency: 8,
         },
         cache: CacheConfig {
             ttl: Duration::from_secs(60),
@@ -163,6 +179,14 @@ impl GatewayConfig {
         },
         // A 40-page window at 100 ms per page streams 7x faster than paging with 16.
         stream_prefetch: 16,
+        // A reader that has not taken a page for a minute has most likely stalled; its
+        // prefetched pages and its slot are worth more to other streams.
+        stream_idle_timeout: Duration::from_secs(60),
+        // Each stream holds up to --stream-prefetch + 1 pages and as many fetches: 256 of
+        // them is the most one process should carry at the default prefetch.
+        max_streams: 256,
+        // hyper's own default, which tonic otherwise replaces with no limit at all.
+        max_connection_streams: 200,
         metrics_listen: None,
         drain_delay: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(30),
@@ -275,6 +299,27 @@ impl GatewayConfig {
                 ),
             ));
         }
+        if u.concurrency == 0 {
+            return Err(ConfigError::new(
+                "--upstream-concurrency",
+                "must be at least 1",
+            ));
+        }
+        if self.stream_idle_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "--stream-idle-timeout",
+                "must be larger than 0",
+            ));
+        }
+        if self.max_streams == 0 {
+            return Err(ConfigError::new("--max-streams", "must be at least 1"));
+        }
+        if self.max_connection_streams == 0 {
+            return Err(ConfigError::new(
+                "--max-connection-streams",
+                "must be at least 1",
+            ));
+        }
         let c = &self.cache;
         if c.ttl > MAX_CACHE_TTL {
             return Err(ConfigError::new(
@@ -339,6 +384,7 @@ impl GatewayConfig {
                     max_retry_after: u.max_backoff,
                     ..RetryPolicy::default()
                 },
+                concurrency: u.concurrency,
             },
             credentials: self.auth.credentials()?,
             callers,
@@ -608,6 +654,18 @@ mod tests {
         let mut c = base();
         c.upstream.max_body = 0;
         assert_eq!(flag_of(&c), "--upstream-max-body");
+        let mut c = base();
+        c.upstream.concurrency = 0;
+        assert_eq!(flag_of(&c), "--upstream-concurrency");
+        let mut c = base();
+        c.stream_idle_timeout = Duration::ZERO;
+        assert_eq!(flag_of(&c), "--stream-idle-timeout");
+        let mut c = base();
+        c.max_streams = 0;
+        assert_eq!(flag_of(&c), "--max-streams");
+        let mut c = base();
+        c.max_connection_streams = 0;
+        assert_eq!(flag_of(&c), "--max-connection-streams");
     }
 
     #[test]

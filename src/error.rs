@@ -98,6 +98,17 @@ pub enum GatewayError {
         /// The configured cap, in bytes.
         limit: usize,
     },
+    /// The gateway already serves its most `StreamSince` calls (`--max-streams`); the call
+    /// is refused at once rather than queued, so a caller can go elsewhere or retry.
+    TooManyStreams {
+        /// The configured cap.
+        limit: usize,
+    },
+    /// A stream's caller took nothing for `--stream-idle-timeout`; the stream ended.
+    StreamIdle {
+        /// The configured idle time-out.
+        after: Duration,
+    },
     /// A defect in the gateway itself.
     Internal(String),
 }
@@ -121,6 +132,8 @@ impl GatewayError {
             Self::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Self::MalformedBody(_) => "UPSTREAM_MALFORMED_BODY",
             Self::BodyTooLarge { .. } => "UPSTREAM_BODY_TOO_LARGE",
+            Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
+            Self::StreamIdle { .. } => "STREAM_IDLE",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -156,6 +169,16 @@ impl fmt::Display for GatewayError {
             Self::BodyTooLarge { limit } => {
                 write!(f, "Confluence's answer exceeded the {limit}-byte body cap")
             }
+            Self::TooManyStreams { limit } => {
+                write!(
+                    f,
+                    "the gateway already serves its {limit} streams; retry later"
+                )
+            }
+            Self::StreamIdle { after } => write!(
+                f,
+                "the stream was not read for {after:?} and ended; resume from the last token"
+            ),
         }
     }
 }

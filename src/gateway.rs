@@ -14,7 +14,7 @@ use crate::{
     config::{ConfigError, CredentialMode, GatewayConfig},
     grpc::AuditGrpc,
     metrics,
-    server::{self, ServeError, ShutdownSettings},
+    server::{self, ServeError, ServerSettings},
     tls::ReloadingTls,
     upstream::ConfluenceClient,
 };
@@ -24,7 +24,7 @@ pub struct Gateway {
     service: AuditGrpc,
     listener: TcpListener,
     metrics: Option<TcpListener>,
-    shutdown: ShutdownSettings,
+    shutdown: ServerSettings,
     /// Re-read `--caller-tokens-file` and the TLS files when they change.
     watching: Vec<tokio::task::JoinHandle<()>>,
     tls: Option<Arc<ReloadingTls>>,
@@ -69,6 +69,8 @@ impl Gateway {
             config.stream_prefetch,
             tokens,
             checked.callers,
+            config.max_streams,
+            config.stream_idle_timeout,
         );
 
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
@@ -86,9 +88,10 @@ impl Gateway {
             metrics,
             watching,
             tls,
-            shutdown: ShutdownSettings {
+            shutdown: ServerSettings {
                 drain_delay: config.drain_delay,
                 timeout: config.shutdown_timeout,
+                max_connection_streams: config.max_connection_streams,
             },
         })
     }

@@ -18,13 +18,15 @@ use crate::{
     tls::ReloadingTls,
 };
 
-/// How the server stops.
+/// How the server limits connections and stops.
 #[derive(Clone, Debug)]
-pub(crate) struct ShutdownSettings {
+pub(crate) struct ServerSettings {
     /// NOT_SERVING is reported this long before new connections are refused.
     pub(crate) drain_delay: Duration,
     /// Longest wait for in-flight calls.
     pub(crate) timeout: Duration,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of each connection.
+    pub(crate) max_connection_streams: u32,
 }
 
 /// The gRPC server failed while serving.
@@ -45,7 +47,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ReloadingTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    settings: ShutdownSettings,
+    settings: ServerSettings,
 ) -> Result<(), ServeError> {
     let reporter = HealthReporter::new();
     set_health(&reporter, ServingStatus::Serving).await;
@@ -90,6 +92,9 @@ pub(crate) async fn serve(
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // tonic leaves it unset (hyper's 200 replaced by no limit): one connection could
+        // then open calls without end.
+        .max_concurrent_streams(settings.max_connection_streams)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -6,7 +6,10 @@
 //! whatever the window's size. When the caller goes away the channel closes, the
 //! producer returns and starts nothing more (requests already sent to Confluence finish
 //! within the upstream limits and fill the cache, see `src/cache/memory.rs`). Should the
-//! producer panic, the stream ends with INTERNAL rather than looking complete.
+//! producer panic, the stream ends with INTERNAL rather than looking complete. A caller
+//! that keeps the stream open but reads nothing for `--stream-idle-timeout` ends it too:
+//! the producer returns (its prefetches dropped, its `--max-streams` slot given back) and
+//! the caller, should it read again, gets what was queued and then `STREAM_IDLE`.
 //!
 //! Every decision about records is `audit::anchor`'s: which pages cover the stream's
 //! boundary, what they deliver, where the next page starts. This module only chooses
@@ -14,10 +17,20 @@
 //! fetched again past the cache when one does not, and a search by date when the
 //! boundary is far from where it was.
 
-use std::{collections::VecDeque, sync::Arc, time::Instant};
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tokio_stream::Stream;
 
 use crate::{
     app::{PageRequest, PageService},
@@ -60,6 +73,8 @@ pub(crate) struct StreamRequest {
     pub refresh: bool,
     /// When the caller stops waiting.
     pub deadline: Option<Instant>,
+    /// The stream ends when its caller takes nothing for this long.
+    pub idle_timeout: Duration,
 }
 
 /// What the stream yields: encoded `StreamSinceResponse`s, then at most one error.
@@ -77,22 +92,62 @@ impl PageSource for PageService {
     }
 }
 
-/// Starts the producer; the receiver yields the messages, then at most one error.
+/// The messages of a stream, then at most one error.
+pub(crate) struct Messages {
+    rx: mpsc::Receiver<Item>,
+    /// The error of a stream its caller left idle: the channel's one slot was full, so
+    /// it comes this way, after what the channel still holds.
+    idle: Option<oneshot::Receiver<GatewayError>>,
+}
+
+impl Messages {
+    /// The next item, if any.
+    #[cfg(test)]
+    pub(crate) async fn recv(&mut self) -> Option<Item> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for Messages {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if let Some(item) = ready!(self.rx.poll_recv(cx)) {
+            return Poll::Ready(Some(item));
+        }
+        let Some(idle) = self.idle.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let ended = ready!(Pin::new(idle).poll(cx));
+        self.idle = None;
+        Poll::Ready(ended.ok().map(Err))
+    }
+}
+
+/// Starts the producer; the stream yields the messages, then at most one error. `held`
+/// (e.g. the stream's `--max-streams` slot) is dropped when the producer returns: when
+/// the window is done, the caller went away or left the stream idle.
 pub(crate) fn start<P: PageSource>(
     pages: P,
     req: StreamRequest,
     prefetch: usize,
     tokens: Arc<TokenKey>,
-) -> mpsc::Receiver<Item> {
+    held: impl Send + 'static,
+) -> Messages {
     METRICS.streams_started.inc();
     let (tx, rx) = mpsc::channel(1);
+    let (idle_tx, idle_rx) = oneshot::channel();
     let producer = Producer {
         pages,
         req,
         prefetch: prefetch.max(1),
         tokens,
     };
-    let producing = tokio::spawn(producer.produce(tx.clone()));
+    let produce = producer.produce(tx.clone(), idle_tx);
+    let producing = tokio::spawn(async move {
+        let _held = held;
+        produce.await
+    });
     // A panic would only close the channel, and the caller would take the messages so far
     // for the whole window: end the stream with an error instead.
     tokio::spawn(async move {
@@ -104,7 +159,10 @@ pub(crate) fn start<P: PageSource>(
             let _ = tx.send(Err(GatewayError::Internal(failed))).await;
         }
     });
-    rx
+    Messages {
+        rx,
+        idle: Some(idle_rx),
+    }
 }
 
 struct Producer<P> {
@@ -167,8 +225,9 @@ enum Next {
 
 impl<P: PageSource> Producer<P> {
     /// Runs the stream within its deadline; an error that ends it is its last item.
-    async fn produce(self, tx: mpsc::Sender<Item>) {
+    async fn produce(self, tx: mpsc::Sender<Item>, idle: oneshot::Sender<GatewayError>) {
         let deadline = self.req.deadline;
+        let idle_timeout = self.req.idle_timeout;
         let run = self.run(&tx);
         let result = within_deadline(
             deadline,
@@ -177,8 +236,22 @@ impl<P: PageSource> Producer<P> {
         )
         .await;
         // Logged where it becomes the caller's status (src/grpc/status.rs).
-        if let Err(e) = result {
-            let _ = tx.send(Err(e)).await;
+        match result {
+            Ok(()) => {}
+            // The channel is full and nobody takes from it: waiting to send would keep
+            // this task, and its slot, for as long as the caller keeps the stream open.
+            Err(e @ GatewayError::StreamIdle { .. }) => {
+                let _ = idle.send(e);
+            }
+            // Likewise for a failure the caller does not come to read: it is told that
+            // failure, not STREAM_IDLE, should it read again.
+            Err(e) => match tokio::time::timeout(idle_timeout, tx.reserve()).await {
+                Ok(Ok(slot)) => slot.send(Err(e)),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    let _ = idle.send(e);
+                }
+            },
         }
     }
 
@@ -313,12 +386,12 @@ impl<P: PageSource> Producer<P> {
                         }
                         let token = resume::encode(&self.tokens, &self.req.window, &cursor);
                         METRICS.stream_records.add(records.len() as u64);
-                        if tx
-                            .send(Ok(wire::stream_message(&records, &token)))
-                            .await
-                            .is_err()
-                        {
-                            return Ok(());
+                        let message = wire::stream_message(&records, &token);
+                        let idle = self.req.idle_timeout;
+                        match tokio::time::timeout(idle, tx.send(Ok(message))).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return Ok(()),
+                            Err(_) => return Err(GatewayError::StreamIdle { after: idle }),
                         }
                     }
                     if remaining == Some(0) {
@@ -565,13 +638,12 @@ mod tests {
             credential: None,
             refresh: false,
             deadline: None,
+            idle_timeout: Duration::from_secs(3600),
         }
     }
 
     /// The records streamed (summary, date), the last token, and how the stream ended.
-    async fn drain(
-        mut rx: mpsc::Receiver<Item>,
-    ) -> (Vec<(String, i64)>, String, Option<GatewayError>) {
+    async fn drain(mut rx: Messages) -> (Vec<(String, i64)>, String, Option<GatewayError>) {
         let (mut records, mut token) = (Vec::new(), String::new());
         while let Some(item) = rx.recv().await {
             let message = match item {
@@ -596,13 +668,19 @@ mod tests {
     #[tokio::test]
     async fn a_stream_cut_at_max_records_resumes_from_its_token_to_the_end() {
         let log = log(11);
-        let rx = start(log.clone(), request(3, Some(5), Cursor::BEGIN), 2, key());
+        let rx = start(
+            log.clone(),
+            request(3, Some(5), Cursor::BEGIN),
+            2,
+            key(),
+            (),
+        );
         let (first, token, end) = drain(rx).await;
         assert!(end.is_none(), "{end:?}");
         assert_eq!(names(&first), ["#10", "#9", "#8", "#7", "#6"]);
 
         let cursor = resume::decode(&key(), &window(), &token).expect("a token");
-        let (rest, _, end) = drain(start(log, request(3, None, cursor), 2, key())).await;
+        let (rest, _, end) = drain(start(log, request(3, None, cursor), 2, key(), ())).await;
         assert!(end.is_none(), "{end:?}");
         let expected: Vec<String> = (0..6).rev().map(|i| format!("#{i}")).collect();
         assert_eq!(names(&rest), expected);
@@ -616,7 +694,7 @@ mod tests {
             cloned: Arc::default(),
         };
         let (delivered, _, end) =
-            drain(start(source, request(3, None, Cursor::BEGIN), 2, key())).await;
+            drain(start(source, request(3, None, Cursor::BEGIN), 2, key(), ())).await;
         assert!(delivered.len() < 30, "{delivered:?}");
         assert!(
             matches!(end, Some(GatewayError::Internal(_))),
@@ -802,7 +880,7 @@ mod tests {
         let mut cursor = Cursor::BEGIN;
         for _ in 0..200 {
             let req = request(page_size, max_records, cursor.clone());
-            let (records, token, end) = drain(start(source.clone(), req, 3, key())).await;
+            let (records, token, end) = drain(start(source.clone(), req, 3, key(), ())).await;
             let got = records.len();
             delivered.extend(records);
             if !token.is_empty() {

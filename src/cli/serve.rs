@@ -122,6 +122,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_MAX_BODY", default_value_t = Size(D.upstream.max_body))]
     upstream_max_body: Size,
 
+    /// Most requests in flight to Confluence at once, gateway-wide; more wait their turn
+    /// (first come, first served) within their deadline.
+    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_CONCURRENCY", default_value_t = D.upstream.concurrency)]
+    upstream_concurrency: usize,
+
     /// How long a fetched page is served from cache (at most 7 days); 0 disables caching.
     #[arg(long, env = "AUDIT_GATEWAY_CACHE_TTL", default_value_t = Dur(D.cache.ttl))]
     cache_ttl: Dur,
@@ -165,6 +170,20 @@ pub(crate) struct ServeArgs {
     /// full (1..=64).
     #[arg(long, env = "AUDIT_GATEWAY_STREAM_PREFETCH", default_value_t = D.stream_prefetch)]
     stream_prefetch: usize,
+
+    /// A StreamSince call whose caller reads nothing for this long ends (DEADLINE_EXCEEDED,
+    /// reason STREAM_IDLE), giving back its slot and prefetched pages.
+    #[arg(long, env = "AUDIT_GATEWAY_STREAM_IDLE_TIMEOUT", default_value_t = Dur(D.stream_idle_timeout))]
+    stream_idle_timeout: Dur,
+
+    /// Most StreamSince calls open at once, gateway-wide; one more is refused at once
+    /// with RESOURCE_EXHAUSTED (at least 1).
+    #[arg(long, env = "AUDIT_GATEWAY_MAX_STREAMS", default_value_t = D.max_streams)]
+    max_streams: usize,
+
+    /// Most concurrent HTTP/2 streams (calls of any kind) one connection may open.
+    #[arg(long, env = "AUDIT_GATEWAY_MAX_CONNECTION_STREAMS", default_value_t = D.max_connection_streams)]
+    max_connection_streams: u32,
 
     /// Serve Prometheus metrics on this address (`GET /metrics`); unset: none.
     #[arg(long, env = "AUDIT_GATEWAY_METRICS_LISTEN")]
@@ -242,6 +261,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
                 backoff: a.upstream_backoff.0,
                 max_backoff: a.upstream_max_backoff.0,
                 max_body: a.upstream_max_body.0,
+                concurrency: a.upstream_concurrency,
             },
             cache: CacheConfig {
                 ttl: a.cache_ttl.0,
@@ -257,6 +277,9 @@ impl TryFrom<ServeArgs> for GatewayConfig {
                 redis_key_prefix: a.redis_key_prefix.into(),
             },
             stream_prefetch: a.stream_prefetch,
+            stream_idle_timeout: a.stream_idle_timeout.0,
+            max_streams: a.max_streams,
+            max_connection_streams: a.max_connection_streams,
             metrics_listen: a.metrics_listen,
             drain_delay: a.drain_delay.0,
             shutdown_timeout: a.shutdown_timeout.0,
@@ -353,6 +376,14 @@ mod tests {
             "250ms",
             "--cache-max-bytes",
             "4MiB",
+            "--max-streams",
+            "3",
+            "--upstream-concurrency",
+            "5",
+            "--stream-idle-timeout",
+            "300ms",
+            "--max-connection-streams",
+            "7",
             "--confluence-bearer-token",
             "tok",
         ])
@@ -360,6 +391,9 @@ mod tests {
         assert_eq!(c.upstream.retries, 2);
         assert_eq!(c.cache.ttl, std::time::Duration::from_millis(250));
         assert_eq!(c.cache.max_bytes, 4 << 20);
+        assert_eq!((c.max_streams, c.max_connection_streams), (3, 7));
+        assert_eq!(c.upstream.concurrency, 5);
+        assert_eq!(c.stream_idle_timeout, std::time::Duration::from_millis(300));
         assert!(matches!(&c.auth, UpstreamAuth::Bearer(t) if t.expose_secret() == "tok"));
     }
 

@@ -1,9 +1,14 @@
 //! `confluence.audit.v1.AuditService`: each call validated, resolved to a credential and
 //! a deadline, answered by the application layer (`src/app/`).
 
-use std::{pin::Pin, sync::Arc, time::Instant};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio::sync::Semaphore;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{metadata, status::fail, validate};
@@ -26,18 +31,26 @@ pub(crate) struct AuditGrpc {
     stream_prefetch: usize,
     tokens: Arc<TokenKey>,
     callers: Option<Arc<CallerTokens>>,
+    /// One permit per open `StreamSince` call (`--max-streams`).
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+    stream_idle_timeout: Duration,
 }
 
 impl AuditGrpc {
     /// A service answering from `pages` with credentials chosen by `credentials`;
     /// streams fetch up to `stream_prefetch` pages ahead and sign resume tokens with
-    /// `tokens`; with `callers`, only callers with a token of theirs get in.
+    /// `tokens`; with `callers`, only callers with a token of theirs get in; at most
+    /// `max_streams` streams are open at once, and one left unread for
+    /// `stream_idle_timeout` ends.
     pub(crate) fn new(
         pages: PageService,
         credentials: CredentialMode,
         stream_prefetch: usize,
         tokens: TokenKey,
         callers: Option<Arc<CallerTokens>>,
+        max_streams: usize,
+        stream_idle_timeout: Duration,
     ) -> Self {
         Self {
             pages,
@@ -45,6 +58,9 @@ impl AuditGrpc {
             stream_prefetch,
             tokens: Arc::new(tokens),
             callers,
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
+            stream_idle_timeout,
         }
     }
 
@@ -79,6 +95,7 @@ impl AuditGrpc {
             credential: self.credential(md)?,
             refresh: metadata::wants_fresh(md),
             deadline: metadata::deadline(md, received),
+            idle_timeout: self.stream_idle_timeout,
         })
     }
 
@@ -138,13 +155,28 @@ impl AuditService for AuditGrpc {
         let req = self
             .open_stream(&request)
             .map_err(|e| fail("StreamSince", caller.as_deref(), &e))?;
-        let rx = stream::start(
+        // Refused at once, never queued: a waiting stream would hold its connection and
+        // its caller's deadline for a slot that may not free up for minutes.
+        let slot = self.streams.clone().try_acquire_owned().map_err(|_| {
+            fail(
+                "StreamSince",
+                caller.as_deref(),
+                &GatewayError::TooManyStreams {
+                    limit: self.max_streams,
+                },
+            )
+        })?;
+        // The slot goes with the producer, which is what a stream costs (its fetches and
+        // pages): it returns when the window is done, the caller cancels or leaves the
+        // stream idle (src/app/stream.rs), and the slot is free again.
+        let messages = stream::start(
             self.pages.clone(),
             req,
             self.stream_prefetch,
             self.tokens.clone(),
-        );
-        let messages = ReceiverStream::new(rx).map(move |item| {
+            slot,
+        )
+        .map(move |item| {
             item.map(EncodedMessage)
                 .map_err(|e| fail("StreamSince", caller.as_deref(), &e))
         });

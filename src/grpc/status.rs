@@ -45,6 +45,9 @@ fn code(err: &GatewayError) -> Code {
         },
         GatewayError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         GatewayError::MalformedBody(_) | GatewayError::BodyTooLarge { .. } => Code::Internal,
+        GatewayError::TooManyStreams { .. } => Code::ResourceExhausted,
+        // The gateway's own time limit on the caller, as a deadline is the caller's.
+        GatewayError::StreamIdle { .. } => Code::DeadlineExceeded,
         GatewayError::Internal(_) => Code::Internal,
     }
 }
@@ -77,6 +80,14 @@ fn to_status(err: &GatewayError) -> Status {
         }
         GatewayError::BodyTooLarge { limit } => {
             metadata.insert("max_body_bytes".to_owned(), limit.to_string());
+        }
+        GatewayError::TooManyStreams { limit } => {
+            metadata.insert("max_streams".to_owned(), limit.to_string());
+            // Streams last long; a pause, not an immediate retry, gives one time to end.
+            details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+        }
+        GatewayError::StreamIdle { after } => {
+            metadata.insert("idle_timeout_ms".to_owned(), after.as_millis().to_string());
         }
         _ => {}
     }
@@ -114,6 +125,23 @@ mod tests {
         assert_eq!(
             info.metadata.get("http_status").map(String::as_str),
             Some("429")
+        );
+    }
+
+    #[test]
+    fn refused_streams_are_resource_exhausted_with_retry_info() {
+        let s = to_status(&GatewayError::TooManyStreams { limit: 8 });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let d = s.get_error_details();
+        assert_eq!(
+            d.retry_info().and_then(|r| r.retry_delay),
+            Some(DEFAULT_RETRY_DELAY)
+        );
+        let info = d.error_info().expect("error info");
+        assert_eq!(info.reason, "TOO_MANY_STREAMS");
+        assert_eq!(
+            info.metadata.get("max_streams").map(String::as_str),
+            Some("8")
         );
     }
 

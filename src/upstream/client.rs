@@ -1,10 +1,14 @@
 //! The Confluence REST client: one `GET {base}/rest/api/audit/since` with retries.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use backon::Retryable;
 use bytes::{Bytes, BytesMut};
 use reqwest::{StatusCode, header};
+use tokio::sync::Semaphore;
 use url::Url;
 
 use super::retry::{RetryPolicy, Spent, classify, parse_retry_after};
@@ -33,6 +37,8 @@ pub(crate) struct UpstreamSettings {
     pub max_body_bytes: usize,
     /// Retries and backoff.
     pub retry: RetryPolicy,
+    /// Most requests in flight to Confluence at once, gateway-wide.
+    pub concurrency: usize,
 }
 
 /// A client of one Confluence site's audit endpoint.
@@ -41,6 +47,10 @@ pub(crate) struct ConfluenceClient {
     http: reqwest::Client,
     endpoint: Url,
     settings: UpstreamSettings,
+    /// One permit per request in flight (`--upstream-concurrency`), shared by clones.
+    /// tokio's semaphore is fair: attempts waiting for a permit get it first come, first
+    /// served.
+    in_flight: Arc<Semaphore>,
 }
 
 impl ConfluenceClient {
@@ -57,6 +67,7 @@ impl ConfluenceClient {
         Ok(Self {
             http,
             endpoint,
+            in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             settings,
         })
     }
@@ -119,6 +130,15 @@ impl ConfluenceClient {
         F: Fn(Bytes) -> Fut,
         Fut: Future<Output = Result<T, GatewayError>>,
     {
+        // Taken per attempt, never across a backoff sleep; the wait for it is under the
+        // caller's deadline like the rest of the call (`within_deadline` in `fetch_page`).
+        // Held until the body is read, released before the conversion: it bounds
+        // Confluence's load, not the gateway's CPU.
+        let permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| GatewayError::Internal("the upstream limiter was closed".into()))?;
         let mut timeout = self.settings.attempt_timeout;
         let mut cut_by_deadline = false;
         if let Some(d) = deadline {
@@ -147,7 +167,9 @@ impl ConfluenceClient {
         }
         let started = Instant::now();
         METRICS.upstream_attempts.inc();
-        let result = match self.exchange(request, failed).await {
+        let exchanged = self.exchange(request, failed).await;
+        drop(permit);
+        let result = match exchanged {
             Ok(body) => convert(body).await,
             Err(e) => Err(e),
         };

@@ -6,6 +6,7 @@ mod common;
 mod errors;
 mod get_since;
 mod interop;
+mod overload;
 mod redis;
 mod server;
 mod stream;

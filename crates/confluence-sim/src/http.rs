@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use super::data;
 use super::fault::atlassian_error;
 use super::query::AuditQuery;
-use super::state::{Admission, Shared, now_ms};
+use super::state::{Admission, InFlight, Shared, now_ms};
 use super::{Fault, LimitEcho, RecordedRequest};
 
 const JSON: &str = "application/json;charset=UTF-8";
@@ -60,6 +60,8 @@ pub(crate) async fn handle<B>(
     let recorded = RecordedRequest::from_request(&request);
     let is_audit = request.uri().path() == shared.audit_path;
     let admission = shared.admit(recorded.clone(), is_audit);
+    // Admitted audit requests are counted in flight from here until this answer is done.
+    let _in_flight = is_audit.then(|| InFlight(shared.clone()));
     let extra_delay = match admission.fault {
         Some(Fault::Reset) => return Err(Abort::Reset),
         Some(Fault::Delay(delay)) => delay,

@@ -256,6 +256,12 @@ impl SimulatorHandle {
         self.inner.shared.lock().audit_requests
     }
 
+    /// The most audit requests that were in flight at once (admitted, their answer not
+    /// yet done) since the simulator started: what a client's concurrency cap allowed.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.shared.lock().max_in_flight
+    }
+
     /// Every request received so far, any path, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.inner.shared.lock().requests.clone()

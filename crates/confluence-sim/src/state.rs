@@ -37,6 +37,10 @@ pub(crate) struct State {
     pub(crate) cut_rate: f64,
     pub(crate) requests: Vec<RecordedRequest>,
     pub(crate) audit_requests: usize,
+    /// Audit requests admitted and not yet answered (or dropped), and the most there
+    /// have been at once: what a client's concurrency limit is checked against.
+    pub(crate) in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Decides random faults and cuts; seeded so a run with a rate is reproducible.
     rng: fastrand::Rng,
 }
@@ -77,6 +81,8 @@ impl Shared {
                 cut_rate: config.cut_rate,
                 requests: Vec::new(),
                 audit_requests: 0,
+                in_flight: 0,
+                max_in_flight: 0,
                 rng: fastrand::Rng::with_seed(config.seed),
             }),
         }
@@ -99,6 +105,8 @@ impl Shared {
         let (mut fault, mut cut, mut order) = (None, false, None);
         if is_audit {
             state.audit_requests += 1;
+            state.in_flight += 1;
+            state.max_in_flight = state.max_in_flight.max(state.in_flight);
             let inserts = u64::from(state.inserts_per_request);
             state.log.insert(inserts, now_ms());
             let deletes = u64::from(state.deletes_per_request);
@@ -121,6 +129,17 @@ impl Shared {
             order,
             limit_echo: state.limit_echo,
         }
+    }
+}
+
+/// Counts an admitted audit request out of `in_flight` when its answer is done, whether
+/// it was answered, reset, cut or dropped by the client.
+pub(crate) struct InFlight(pub(crate) std::sync::Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
     }
 }
 

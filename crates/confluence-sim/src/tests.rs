@@ -830,3 +830,29 @@ async fn cut_rate_is_seeded() {
     let cut = runs[0].iter().filter(|&&cut| cut).count();
     assert!((5..=25).contains(&cut), "{cut} of 30 cut");
 }
+
+#[tokio::test]
+async fn max_in_flight_counts_concurrent_audit_requests() {
+    let sim = start(with_records(3)).await;
+    assert_eq!(sim.max_in_flight(), 0);
+    sim.set_latency(Duration::from_millis(200));
+    let (a, b, c) = tokio::join!(get(&sim, AUDIT), get(&sim, AUDIT), get(&sim, AUDIT));
+    assert_eq!((a.status, b.status, c.status), (200, 200, 200));
+    assert_eq!(sim.max_in_flight(), 3);
+    // Answered requests, reset ones included, leave the count: one at a time stays at 3.
+    sim.push_faults([Fault::Reset]);
+    let mut reset = Client::connect(&sim).await;
+    assert!(reset.get(AUDIT, &[]).await.is_none());
+    for _ in 0..4 {
+        assert_eq!(get(&sim, AUDIT).await.status, 200);
+    }
+    assert_eq!(sim.max_in_flight(), 3);
+    // Other paths are not audit requests.
+    let _ = tokio::join!(
+        get(&sim, "/x"),
+        get(&sim, "/x"),
+        get(&sim, "/x"),
+        get(&sim, "/x")
+    );
+    assert_eq!(sim.max_in_flight(), 3);
+}
