@@ -61,6 +61,9 @@ pub struct Metrics {
     /// Upstream requests refused without being sent: the credential's cool-down would
     /// outlast the caller's deadline or `--upstream-max-backoff`.
     pub upstream_cooldown_refusals: Counter,
+    /// Failures returned without the retry they could have had: the retry budget
+    /// (`src/upstream/budget.rs`) was spent.
+    pub upstream_retry_budget_exhausted: Counter,
     /// Redis lookups answered with a page.
     pub redis_hits: Counter,
     /// Redis lookups that found nothing usable.
@@ -89,6 +92,7 @@ pub static METRICS: Metrics = Metrics {
     upstream_malformed_bodies: Counter::new(),
     upstream_cooldowns: Counter::new(),
     upstream_cooldown_refusals: Counter::new(),
+    upstream_retry_budget_exhausted: Counter::new(),
     redis_hits: Counter::new(),
     redis_misses: Counter::new(),
     redis_errors: Counter::new(),
@@ -118,7 +122,7 @@ impl Metrics {
 
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             (
                 "page_requests",
                 "Pages asked of the page cache.",
@@ -143,6 +147,11 @@ impl Metrics {
                 "upstream_cooldown_refusals",
                 "Upstream requests refused during a cool-down too long to wait.",
                 &self.upstream_cooldown_refusals,
+            ),
+            (
+                "upstream_retry_budget_exhausted",
+                "Failures not retried because the retry budget was spent.",
+                &self.upstream_retry_budget_exhausted,
             ),
             (
                 "redis_hits",

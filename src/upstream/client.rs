@@ -11,6 +11,7 @@ use reqwest::{StatusCode, header};
 use url::Url;
 
 use super::{
+    budget::RetryBudget,
     cooldown::Cooldowns,
     ratelimit,
     retry::{RetryPolicy, Spent, classify},
@@ -50,6 +51,8 @@ pub(crate) struct ConfluenceClient {
     settings: UpstreamSettings,
     /// Shared by every clone: one budget per credential for the whole gateway.
     cooldowns: Arc<Cooldowns>,
+    /// Shared by every clone: retries are a share of the whole gateway's requests.
+    retries: Arc<RetryBudget>,
 }
 
 impl ConfluenceClient {
@@ -68,6 +71,7 @@ impl ConfluenceClient {
             endpoint,
             settings,
             cooldowns: Arc::default(),
+            retries: Arc::default(),
         })
     }
 
@@ -87,7 +91,8 @@ impl ConfluenceClient {
     /// is transient (a body `convert` rejects with [`GatewayError::MalformedBody`]
     /// included), never past `deadline`. `on_retry` hears of each failed attempt that
     /// will be retried, and of each cool-down waited out, with the wait before the next
-    /// attempt.
+    /// attempt. Each retry is drawn from the gateway's retry budget
+    /// (`src/upstream/budget.rs`); when it is spent, the failure is returned as it is.
     ///
     /// `budget` is the credential's keyed fingerprint: every attempt first waits out the
     /// cool-down a `Retry-After` started for it (`src/upstream/cooldown.rs`), or, when
@@ -113,6 +118,7 @@ impl ConfluenceClient {
         let url = self.page_url(query);
         let policy = &self.settings.retry;
         let mut spent = Spent::default();
+        self.retries.request();
         let (url, convert, on_retry) = (&url, &convert, &on_retry);
         let call = (|| async move {
             self.cool_down(budget, deadline, on_retry).await?;
@@ -127,7 +133,17 @@ impl ConfluenceClient {
         .retry(policy.backoff())
         .sleep(tokio::time::sleep)
         .when(GatewayError::is_transient)
-        .adjust(|err, ceiling| policy.adjust(err, ceiling, &mut spent, deadline))
+        .adjust(|err, ceiling| {
+            let wait = policy.adjust(err, ceiling, &mut spent, deadline)?;
+            // In an outage every request fails: retrying each would multiply the load on
+            // a Confluence already down (`src/upstream/budget.rs`).
+            if !self.retries.try_retry() {
+                METRICS.upstream_retry_budget_exhausted.inc();
+                tracing::warn!(reason = err.reason(), "retry budget spent: not retrying");
+                return None;
+            }
+            Some(wait)
+        })
         .notify(|err, wait| {
             tracing::warn!(reason = err.reason(), error = %err, ?wait, "retrying Confluence call");
             on_retry(err, wait);

@@ -451,6 +451,51 @@ async fn retries_stop_at_the_configured_count() {
     assert_eq!(sim.request_count(), 1);
 }
 
+#[tokio::test]
+async fn in_an_outage_retries_stay_within_the_retry_budget() {
+    // Every request fails with a transient fault (503, 429 with Retry-After: 0, reset).
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 20,
+            fault_rate: 1.0,
+            ..Default::default()
+        },
+        |c| {
+            c.upstream.retries = 4;
+            c.cache.ttl = Duration::ZERO;
+        },
+    )
+    .await;
+    const CALLS: usize = 80;
+    let exhausted = METRICS.upstream_retry_budget_exhausted.get();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = gw.client.clone();
+            tokio::spawn(async move {
+                for _ in 0..CALLS / 8 {
+                    client
+                        .get_since(page_request())
+                        .await
+                        .expect_err("Confluence is down");
+                }
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.expect("no panic");
+    }
+    // Without a budget: 80 * (1 + 4) = 400 requests. With it (src/upstream/budget.rs):
+    // the floor of 10 a second over its 10 s window, plus half the requests.
+    let most = CALLS + 100 + CALLS / 2;
+    assert!(CALLS < sim.request_count(), "some were retried");
+    assert!(
+        sim.request_count() <= most,
+        "{} requests",
+        sim.request_count()
+    );
+    assert!(METRICS.upstream_retry_budget_exhausted.get() > exhausted);
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Retry-After is a floor; a longer one than --upstream-max-backoff is not retried.
 // ---------------------------------------------------------------------------------------
