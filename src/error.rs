@@ -83,7 +83,8 @@ pub enum GatewayError {
         http_status: Option<u16>,
         /// What went wrong, with Confluence's own `message` when it gave one.
         message: String,
-        /// The wait Confluence asked for (`Retry-After`, clamped).
+        /// The wait Confluence asked for (`Retry-After`, at most a day), or the time left of
+        /// a cool-down that refused the call (`src/upstream/cooldown.rs`).
         retry_after: Option<Duration>,
         /// The transport error beneath, when there was no answer.
         source: Option<Source>,

@@ -57,6 +57,15 @@ pub struct Metrics {
     upstream_failures: [Counter; UpstreamFailure::ALL.len()],
     /// Upstream attempts answered 200 with a body that was cut or could not be used.
     pub upstream_malformed_bodies: Counter,
+    /// Cool-downs started or lengthened: a credential's requests held back until the
+    /// time Confluence named (`src/upstream/cooldown.rs`).
+    pub upstream_cooldowns: Counter,
+    /// Upstream requests refused without being sent: the credential's cool-down would
+    /// outlast the caller's deadline or `--upstream-max-backoff`.
+    pub upstream_cooldown_refusals: Counter,
+    /// Failures returned without the retry they could have had: the retry budget
+    /// (`src/upstream/budget.rs`) was spent.
+    pub upstream_retry_budget_exhausted: Counter,
     /// Redis lookups answered with a page.
     pub redis_hits: Counter,
     /// Redis lookups that found nothing usable.
@@ -86,6 +95,9 @@ pub static METRICS: Metrics = Metrics {
     upstream_attempts: Counter::new(),
     upstream_failures: [const { Counter::new() }; UpstreamFailure::ALL.len()],
     upstream_malformed_bodies: Counter::new(),
+    upstream_cooldowns: Counter::new(),
+    upstream_cooldown_refusals: Counter::new(),
+    upstream_retry_budget_exhausted: Counter::new(),
     redis_hits: Counter::new(),
     redis_misses: Counter::new(),
     redis_errors: Counter::new(),
@@ -122,7 +134,7 @@ impl Metrics {
 
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             (
                 "page_requests",
                 "Pages asked of the page cache.",
@@ -137,6 +149,21 @@ impl Metrics {
                 "upstream_attempts",
                 "HTTP attempts sent to Confluence.",
                 &self.upstream_attempts,
+            ),
+            (
+                "upstream_cooldowns",
+                "Cool-downs started or lengthened for a credential after a Retry-After.",
+                &self.upstream_cooldowns,
+            ),
+            (
+                "upstream_cooldown_refusals",
+                "Upstream requests refused during a cool-down too long to wait.",
+                &self.upstream_cooldown_refusals,
+            ),
+            (
+                "upstream_retry_budget_exhausted",
+                "Failures not retried because the retry budget was spent.",
+                &self.upstream_retry_budget_exhausted,
             ),
             (
                 "redis_hits",

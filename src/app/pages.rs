@@ -112,6 +112,8 @@ impl PageService {
         let fingerprint = key.credential.clone();
         let (client, converting) = (self.client.clone(), self.converting.clone());
         let (query, credential) = (req.query, req.credential);
+        // The cool-down of a rate-limited credential is kept under the same fingerprint.
+        let budget = key.credential.clone();
         // The cache runs this in a task of its own when the load is shared (then with no
         // deadline: no one caller's deadline may end it), or in this call when nothing is.
         let load = move |deadline: Option<Instant>, progress: LoadProgress| async move {
@@ -120,6 +122,7 @@ impl PageService {
                 .fetch_page(
                     &query,
                     credential.as_ref(),
+                    &budget,
                     deadline,
                     |err, wait| progress.retrying(err, wait),
                     |body| convert(converting.clone(), body),

@@ -2,7 +2,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use backon::Retryable;
@@ -11,7 +11,12 @@ use reqwest::{StatusCode, header};
 use tokio::sync::Semaphore;
 use url::Url;
 
-use super::retry::{RetryPolicy, Spent, classify, parse_retry_after};
+use super::{
+    budget::RetryBudget,
+    cooldown::Cooldowns,
+    ratelimit,
+    retry::{RetryPolicy, Spent, classify},
+};
 use crate::{
     audit::PageQuery,
     credential::Credential,
@@ -51,6 +56,10 @@ pub(crate) struct ConfluenceClient {
     /// tokio's semaphore is fair: attempts waiting for a permit get it first come, first
     /// served.
     in_flight: Arc<Semaphore>,
+    /// Shared by every clone: one budget per credential for the whole gateway.
+    cooldowns: Arc<Cooldowns>,
+    /// Shared by every clone: retries are a share of the whole gateway's requests.
+    retries: Arc<RetryBudget>,
 }
 
 impl ConfluenceClient {
@@ -69,6 +78,8 @@ impl ConfluenceClient {
             endpoint,
             in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             settings,
+            cooldowns: Arc::default(),
+            retries: Arc::default(),
         })
     }
 
@@ -87,7 +98,14 @@ impl ConfluenceClient {
     /// Fetches one page and turns its 200 body into a `T` with `convert`, retrying what
     /// is transient (a body `convert` rejects with [`GatewayError::MalformedBody`]
     /// included), never past `deadline`. `on_retry` hears of each failed attempt that
-    /// will be retried, with the wait before the next one.
+    /// will be retried, and of each cool-down waited out, with the wait before the next
+    /// attempt. Each retry is drawn from the gateway's retry budget
+    /// (`src/upstream/budget.rs`); when it is spent, the failure is returned as it is.
+    ///
+    /// `budget` is the credential's keyed fingerprint: every attempt first waits out the
+    /// cool-down a `Retry-After` started for it (`src/upstream/cooldown.rs`), or, when
+    /// that would outlast `deadline` or `--upstream-max-backoff`, fails at once with
+    /// RESOURCE_EXHAUSTED and the time left, without a request.
     ///
     /// The conversion runs inside each attempt so that a broken body is one more attempt
     /// outcome, retried under its own bound (`src/upstream/retry.rs`), rather than a
@@ -96,6 +114,7 @@ impl ConfluenceClient {
         &self,
         query: &PageQuery,
         credential: Option<&Credential>,
+        budget: &str,
         deadline: Option<Instant>,
         on_retry: impl Fn(&GatewayError, Duration),
         convert: F,
@@ -107,22 +126,94 @@ impl ConfluenceClient {
         let url = self.page_url(query);
         let policy = &self.settings.retry;
         let mut spent = Spent::default();
-        let call = (|| self.attempt(&url, credential, deadline, &convert))
-            .retry(policy.backoff())
-            .sleep(tokio::time::sleep)
-            .when(GatewayError::is_transient)
-            .adjust(|err, ceiling| policy.adjust(err, ceiling, &mut spent, deadline))
-            .notify(|err, wait| {
-                tracing::warn!(reason = err.reason(), error = %err, ?wait, "retrying Confluence call");
-                on_retry(err, wait);
-            });
+        self.retries.request();
+        let (url, convert, on_retry) = (&url, &convert, &on_retry);
+        let call = (|| async move {
+            self.cool_down(budget, deadline, on_retry).await?;
+            let result = self
+                .attempt(url, credential, budget, deadline, convert)
+                .await;
+            if let Err(e) = &result {
+                self.start_cool_down(budget, e);
+            }
+            result
+        })
+        .retry(policy.backoff())
+        .sleep(tokio::time::sleep)
+        .when(GatewayError::is_transient)
+        .adjust(|err, ceiling| {
+            let wait = policy.adjust(err, ceiling, &mut spent, deadline)?;
+            // In an outage every request fails: retrying each would multiply the load on
+            // a Confluence already down (`src/upstream/budget.rs`).
+            if !self.retries.try_retry() {
+                METRICS.upstream_retry_budget_exhausted.inc();
+                tracing::warn!(reason = err.reason(), "retry budget spent: not retrying");
+                return None;
+            }
+            Some(wait)
+        })
+        .notify(|err, wait| {
+            tracing::warn!(reason = err.reason(), error = %err, ?wait, "retrying Confluence call");
+            on_retry(err, wait);
+        });
         within_deadline(deadline, DEADLINE_PASSED, call).await
+    }
+
+    /// Waits until `budget`'s cool-down is over, or fails at once with the time left when
+    /// it would end past `deadline` or past the longest wait the policy sleeps (sleeping
+    /// until DEADLINE_EXCEEDED would hide the one useful answer: when to come back).
+    async fn cool_down(
+        &self,
+        budget: &str,
+        deadline: Option<Instant>,
+        on_retry: &impl Fn(&GatewayError, Duration),
+    ) -> Result<(), GatewayError> {
+        // Again after each wait: a request that ended meanwhile may have lengthened it.
+        while let Some(until) = self.cooldowns.until(budget) {
+            let wait = until.saturating_duration_since(Instant::now());
+            let refusal = GatewayError::Upstream {
+                failure: UpstreamFailure::RateLimited,
+                http_status: None,
+                message: format!(
+                    "Confluence asked this credential to slow down: no request is sent \
+                     with it for another {:.1}s",
+                    wait.as_secs_f64()
+                ),
+                retry_after: Some(wait),
+                source: None,
+            };
+            if wait > self.settings.retry.max_retry_after || deadline.is_some_and(|d| until >= d) {
+                METRICS.upstream_cooldown_refusals.inc();
+                return Err(refusal);
+            }
+            // Callers waiting on a shared load leave now if this is past their deadline
+            // (`src/cache/memory.rs`).
+            on_retry(&refusal, wait);
+            tracing::debug!(?wait, "waiting out the credential's cool-down");
+            tokio::time::sleep_until(until.into()).await;
+        }
+        Ok(())
+    }
+
+    /// A 429, or a 503 with `Retry-After`, holds back every request of the credential,
+    /// not only this one's retries: Confluence limits the credential.
+    fn start_cool_down(&self, budget: &str, err: &GatewayError) {
+        if let GatewayError::Upstream {
+            http_status: Some(429 | 503),
+            retry_after: Some(wait),
+            ..
+        } = err
+            && !wait.is_zero()
+        {
+            self.cooldowns.start(budget, Instant::now() + *wait);
+        }
     }
 
     async fn attempt<T, F, Fut>(
         &self,
         url: &Url,
         credential: Option<&Credential>,
+        budget: &str,
         deadline: Option<Instant>,
         convert: &F,
     ) -> Result<T, GatewayError>
@@ -167,7 +258,7 @@ impl ConfluenceClient {
         }
         let started = Instant::now();
         METRICS.upstream_attempts.inc();
-        let exchanged = self.exchange(request, failed).await;
+        let exchanged = self.exchange(request, budget, failed).await;
         drop(permit);
         let result = match exchanged {
             Ok(body) => convert(body).await,
@@ -183,10 +274,16 @@ impl ConfluenceClient {
     async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
+        budget: &str,
         failed: impl Fn(reqwest::Error) -> GatewayError,
     ) -> Result<Bytes, GatewayError> {
         let response = request.send().await.map_err(&failed)?;
         if response.status() == StatusCode::OK {
+            // Near the limit, every request of the credential waits a moment, so the
+            // gateway slows down before Confluence refuses it.
+            if let Some(wait) = ratelimit::slow_down(response.headers(), SystemTime::now()) {
+                self.cooldowns.start(budget, Instant::now() + wait);
+            }
             return read_capped(response, self.settings.max_body_bytes, failed).await;
         }
         Err(self.status_error(response).await)
@@ -194,11 +291,7 @@ impl ConfluenceClient {
 
     async fn status_error(&self, response: reqwest::Response) -> GatewayError {
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, self.settings.retry.max_retry_after));
+        let retry_after = ratelimit::retry_after(response.headers());
         // A body that cannot be read only costs us Confluence's message.
         let timeout = self.settings.attempt_timeout;
         let body = read_capped(response, MAX_ERROR_BODY, |e| transport_error(e, timeout))

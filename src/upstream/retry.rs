@@ -1,11 +1,18 @@
 //! When and how long to wait before calling Confluence again: exponential backoff with
-//! full jitter, `Retry-After` as a floor (clamped), and never past the caller's deadline.
+//! full jitter, `Retry-After` as a floor, and never past the caller's deadline. A
+//! `Retry-After` longer than the gateway will sleep ends the call at once, carrying the
+//! wait Confluence asked for (bounded to [`RETRY_AFTER_BOUND`]) rather than a clamped one.
 
 use std::time::{Duration, Instant};
 
 use backon::ExponentialBuilder;
 
 use crate::error::{GatewayError, UpstreamFailure};
+
+/// The longest wait taken from a `Retry-After` at all: values as large as 2^63-1 seconds
+/// have been seen, and a caller told to come back in 292 billion years is told nothing
+/// useful. A day still says "not soon" honestly.
+pub(crate) const RETRY_AFTER_BOUND: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Retry settings.
 #[derive(Clone, Debug)]
@@ -22,7 +29,7 @@ pub(crate) struct RetryPolicy {
     pub base_delay: Duration,
     /// Largest backoff ceiling.
     pub max_delay: Duration,
-    /// Largest `Retry-After` honoured; larger values are clamped to it.
+    /// Longest `Retry-After` the gateway sleeps through; a longer one is not retried.
     pub max_retry_after: Duration,
 }
 
@@ -53,8 +60,13 @@ impl RetryPolicy {
 
     /// The delay before the next attempt after `err`, given backon's `ceiling` (`None`
     /// when out of retries), or `None` to give up: not transient, a plain 500 or a broken
-    /// body retried enough already (counted in `spent`), or a wait that would end past
-    /// `deadline`. Full jitter, with `Retry-After` (clamped) as the floor.
+    /// body retried enough already (counted in `spent`), a `Retry-After` longer than
+    /// `max_retry_after`, or a wait that would end past `deadline`. Full jitter, with
+    /// `Retry-After` as the floor.
+    ///
+    /// Giving up on a long `Retry-After` rather than sleeping a clamped wait: retrying
+    /// before the time Confluence named only earns another 429, and the caller, told the
+    /// real wait in `RetryInfo` (`src/grpc/status.rs`), can decide for itself.
     pub(crate) fn adjust(
         &self,
         err: &GatewayError,
@@ -86,9 +98,12 @@ impl RetryPolicy {
             GatewayError::Upstream {
                 retry_after: Some(wait),
                 ..
-            } => (*wait).min(self.max_retry_after),
+            } => *wait,
             _ => Duration::ZERO,
         };
+        if floor > self.max_retry_after {
+            return None;
+        }
         let delay = ceiling.mul_f64(fastrand::f64()).max(floor);
         match deadline {
             // Waiting past the deadline only turns a precise error into a time-out.
@@ -106,10 +121,10 @@ pub(crate) struct Spent {
     after_bad_body: u32,
 }
 
-/// Parses `Retry-After` (delay-seconds; an HTTP date is not used by Confluence), clamped
-/// to `max`: values as large as 2^63-1 have been seen.
-pub(crate) fn parse_retry_after(value: &str, max: Duration) -> Option<Duration> {
-    let v = value.trim();
+/// Parses `Retry-After` (delay-seconds; an HTTP date is not used by Confluence), bounded
+/// to [`RETRY_AFTER_BOUND`].
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let (v, max) = (value.trim(), RETRY_AFTER_BOUND);
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs).min(max));
     }
@@ -149,20 +164,34 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_clamped_and_tolerant() {
-        let max = Duration::from_secs(30);
-        assert_eq!(parse_retry_after("2", max), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after("9223372036854775807", max), Some(max));
-        assert_eq!(parse_retry_after("1e300", max), Some(max));
+    fn retry_after_is_bounded_to_a_day_and_tolerant() {
+        let day = RETRY_AFTER_BOUND;
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        // Longer than --upstream-max-backoff is kept as Confluence said it.
+        assert_eq!(parse_retry_after("3600"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_retry_after("9223372036854775807"), Some(day));
+        assert_eq!(parse_retry_after("18446744073709551616"), Some(day));
+        assert_eq!(parse_retry_after("1e300"), Some(day));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        for garbage in ["-1", "", "NaN", "inf", "-0.5", "2 s"] {
+            assert_eq!(parse_retry_after(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn a_retry_after_longer_than_the_max_backoff_is_not_retried() {
+        let p = RetryPolicy::default();
+        let c = Some(Duration::from_millis(1));
+        let at_max = upstream(429, Some(p.max_retry_after));
         assert_eq!(
-            parse_retry_after("0.5", max),
-            Some(Duration::from_millis(500))
+            p.adjust(&at_max, c, &mut Spent::default(), None),
+            Some(p.max_retry_after)
         );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", max),
-            None
-        );
-        assert_eq!(parse_retry_after("-1", max), None);
+        for status in [429, 503] {
+            let longer = upstream(status, Some(p.max_retry_after + Duration::from_millis(1)));
+            assert_eq!(p.adjust(&longer, c, &mut Spent::default(), None), None);
+        }
     }
 
     #[test]
@@ -239,13 +268,16 @@ mod tests {
                 .expect("retry");
             assert!(d <= c, "{d:?} above ceiling {c:?}");
         }
-        let huge = upstream(429, Some(Duration::from_secs(3600)));
+        let floored = upstream(429, Some(Duration::from_secs(2)));
         let c = Some(Duration::from_millis(1));
         assert_eq!(
-            p.adjust(&huge, c, &mut Spent::default(), None),
-            Some(p.max_retry_after)
+            p.adjust(&floored, c, &mut Spent::default(), None),
+            Some(Duration::from_secs(2))
         );
         let soon = Instant::now() + Duration::from_secs(1);
-        assert_eq!(p.adjust(&huge, c, &mut Spent::default(), Some(soon)), None);
+        assert_eq!(
+            p.adjust(&floored, c, &mut Spent::default(), Some(soon)),
+            None
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Failures end to end: every row of the error table through the real gRPC
-//! client, retries and their limits, `Retry-After` as a clamped floor, caller deadlines,
+//! client, retries and their limits, `Retry-After` as a floor and a credential's cool-down,
+//! caller deadlines,
 //! broken 200 bodies (cut, not JSON, the wrong shape), and no credential in any status.
 
 use std::{
@@ -207,7 +208,7 @@ async fn rate_limits_carry_retry_info_from_retry_after() {
 }
 
 #[tokio::test]
-async fn an_absurd_retry_after_is_clamped_in_retry_info() {
+async fn an_absurd_retry_after_is_bounded_to_a_day_in_retry_info() {
     let (sim, mut gw) = setup(vec![fault("429:retry-after=9223372036854775807")], |c| {
         no_retries(c);
         c.upstream.max_backoff = Duration::from_secs(1);
@@ -215,7 +216,8 @@ async fn an_absurd_retry_after_is_clamped_in_retry_info() {
     .await;
     let status = fail(&mut gw).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert_eq!(retry_delay(&status), Some(Duration::from_secs(1)));
+    // Not --upstream-max-backoff: the caller is told the wait was long.
+    assert_eq!(retry_delay(&status), Some(Duration::from_secs(24 * 3600)));
     assert_eq!(sim.request_count(), 1);
 }
 
@@ -449,8 +451,53 @@ async fn retries_stop_at_the_configured_count() {
     assert_eq!(sim.request_count(), 1);
 }
 
+#[tokio::test]
+async fn in_an_outage_retries_stay_within_the_retry_budget() {
+    // Every request fails with a transient fault (503, 429 with Retry-After: 0, reset).
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 20,
+            fault_rate: 1.0,
+            ..Default::default()
+        },
+        |c| {
+            c.upstream.retries = 4;
+            c.cache.ttl = Duration::ZERO;
+        },
+    )
+    .await;
+    const CALLS: usize = 80;
+    let exhausted = METRICS.upstream_retry_budget_exhausted.get();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = gw.client.clone();
+            tokio::spawn(async move {
+                for _ in 0..CALLS / 8 {
+                    client
+                        .get_since(page_request())
+                        .await
+                        .expect_err("Confluence is down");
+                }
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.expect("no panic");
+    }
+    // Without a budget: 80 * (1 + 4) = 400 requests. With it (src/upstream/budget.rs):
+    // the floor of 10 a second over its 10 s window, plus half the requests.
+    let most = CALLS + 100 + CALLS / 2;
+    assert!(CALLS < sim.request_count(), "some were retried");
+    assert!(
+        sim.request_count() <= most,
+        "{} requests",
+        sim.request_count()
+    );
+    assert!(METRICS.upstream_retry_budget_exhausted.get() > exhausted);
+}
+
 // ---------------------------------------------------------------------------------------
-// 3. Retry-After is a floor, clamped.
+// 3. Retry-After is a floor; a longer one than --upstream-max-backoff is not retried.
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -470,19 +517,31 @@ async fn retry_after_is_a_floor_on_429_and_503() {
 }
 
 #[tokio::test]
-async fn a_huge_retry_after_is_clamped_to_the_max_backoff() {
-    let (sim, mut gw) = setup(vec![fault("429:retry-after=9223372036854775807")], |c| {
-        c.upstream.max_backoff = Duration::from_secs(1)
-    })
-    .await;
-    let started = Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(10), gw.client.get_since(page_request()))
-        .await
-        .expect("the call ends: Retry-After is clamped");
-    let elapsed = started.elapsed();
-    result.expect("OK after the clamped wait");
-    assert_eq!(sim.request_count(), 2);
-    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+async fn a_retry_after_longer_than_the_max_backoff_fails_at_once_with_the_wait_asked_for() {
+    for (retry_after, told) in [
+        ("3600", Duration::from_secs(3600)),
+        ("9223372036854775807", Duration::from_secs(24 * 3600)),
+    ] {
+        let (sim, mut gw) = setup(
+            vec![fault(&format!("429:retry-after={retry_after}"))],
+            |c| c.upstream.max_backoff = Duration::from_secs(1),
+        )
+        .await;
+        // A deadline far beyond the max backoff: nothing but the max backoff stops a retry.
+        let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_secs(120)).await;
+        assert_status(
+            &status,
+            Code::ResourceExhausted,
+            "UPSTREAM_RATE_LIMITED",
+            Some(429),
+        );
+        assert_eq!(retry_delay(&status), Some(told), "{retry_after}");
+        assert_eq!(sim.request_count(), 1, "{retry_after}: not retried");
+        assert!(
+            elapsed < Duration::from_secs(1),
+            "{retry_after}: {elapsed:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -547,6 +606,157 @@ async fn a_retry_after_past_the_deadline_is_returned_at_once() {
     assert_eq!(sim.request_count(), 1);
     // Neither the 30 s wait nor the 5 s deadline.
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 4b. A Retry-After holds back every request of the credential (src/upstream/cooldown.rs).
+// ---------------------------------------------------------------------------------------
+
+/// A one-record page at `start`: a page of its own in the cache.
+fn page_at(start: i32, timeout: Duration) -> Request<pb::GetSinceRequest> {
+    let mut request = Request::new(pb::GetSinceRequest {
+        start: Some(start),
+        limit: Some(1),
+        ..Default::default()
+    });
+    request.set_timeout(timeout);
+    request
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_back_every_request_of_the_credential_until_retry_after() {
+    let (sim, mut gw) = setup(vec![fault("429:retry-after=2")], |c| {
+        no_retries(c);
+        c.upstream.max_backoff = Duration::from_secs(5);
+    })
+    .await;
+    let status = fail(&mut gw).await;
+    assert_eq!(retry_delay(&status), Some(Duration::from_secs(2)));
+    let limited_at = sim.requests()[0].received;
+
+    // Ten pages no cache holds, each its own load, all during the cool-down.
+    let started = Instant::now();
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let mut client = gw.client.clone();
+            tokio::spawn(async move {
+                let page = client.get_since(page_at(i, Duration::from_secs(10))).await;
+                (page, Instant::now())
+            })
+        })
+        .collect();
+    // One whose deadline ends before the cool-down is refused at once, not timed out.
+    let mut client = gw.client.clone();
+    let status = client
+        .get_since(page_at(10, Duration::from_millis(500)))
+        .await
+        .expect_err("refused during the cool-down");
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "UPSTREAM_RATE_LIMITED",
+        None,
+    );
+    let left = retry_delay(&status).expect("a delay");
+    assert!(
+        left > Duration::ZERO && left <= Duration::from_secs(2),
+        "{left:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(400));
+
+    for call in calls {
+        let (page, ended) = call.await.expect("no panic");
+        let page = page.expect("served after the cool-down").into_inner();
+        assert_eq!(page.results.len(), 1);
+        assert!(ended < started + Duration::from_secs(10));
+    }
+    let requests = sim.requests();
+    // The first 429, the ten pages, and the refused page's load (the load belongs to no
+    // caller and fills the cache once the cool-down is over).
+    assert_eq!(requests.len(), 12);
+    for r in &requests[1..] {
+        let after = r.received.duration_since(limited_at);
+        assert!(
+            after >= Duration::from_secs(2),
+            "a request {after:?} after the 429"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cool_down_longer_than_the_max_backoff_refuses_calls_without_a_request() {
+    let (sim, mut gw) = setup(vec![fault("503:retry-after=3600")], |c| {
+        c.upstream.max_backoff = Duration::from_secs(1)
+    })
+    .await;
+    let status = fail(&mut gw).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(retry_delay(&status), Some(Duration::from_secs(3600)));
+    let refusals = METRICS.upstream_cooldown_refusals.get();
+    let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_secs(120)).await;
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "UPSTREAM_RATE_LIMITED",
+        None,
+    );
+    let left = retry_delay(&status).expect("a delay");
+    assert!(
+        left > Duration::from_secs(3590) && left <= Duration::from_secs(3600),
+        "{left:?}"
+    );
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    assert_eq!(sim.request_count(), 1, "no request during the cool-down");
+    assert!(METRICS.upstream_cooldown_refusals.get() > refusals);
+}
+
+#[tokio::test]
+async fn a_call_whose_deadline_ends_within_the_cool_down_is_refused_not_timed_out() {
+    // No cache: the load runs in the call, under its deadline.
+    let (sim, mut gw) = setup(vec![fault("429:retry-after=2")], |c| {
+        no_retries(c);
+        c.cache.ttl = Duration::ZERO;
+        c.upstream.max_backoff = Duration::from_secs(5);
+    })
+    .await;
+    fail(&mut gw).await;
+    let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_millis(500)).await;
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "UPSTREAM_RATE_LIMITED",
+        None,
+    );
+    let left = retry_delay(&status).expect("a delay");
+    assert!(
+        left > Duration::from_secs(1) && left <= Duration::from_secs(2),
+        "{left:?}"
+    );
+    assert!(elapsed < Duration::from_millis(400), "{elapsed:?}");
+    assert_eq!(sim.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_success_near_the_rate_limit_slows_the_next_requests_down() {
+    let (sim, mut gw) = setup(vec![fault("near-limit=1s")], |c| {
+        c.upstream.max_backoff = Duration::from_secs(5);
+    })
+    .await;
+    let cooldowns = METRICS.upstream_cooldowns.get();
+    succeed(&mut gw).await;
+    assert!(METRICS.upstream_cooldowns.get() > cooldowns);
+    let page = gw
+        .client
+        .get_since(page_at(3, Duration::from_secs(10)))
+        .await
+        .expect("served after the pause");
+    assert_eq!(page.into_inner().results.len(), 1);
+    let requests = sim.requests();
+    assert_eq!(requests.len(), 2);
+    let gap = requests[1].received.duration_since(requests[0].received);
+    // Until X-RateLimit-Reset, a second after the warning (to the millisecond it is sent in).
+    assert!(gap >= Duration::from_millis(900), "{gap:?}");
+    assert!(gap < Duration::from_secs(5), "{gap:?}");
 }
 
 // ---------------------------------------------------------------------------------------

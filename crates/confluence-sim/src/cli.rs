@@ -67,7 +67,7 @@ pub struct SimulateArgs {
     pub fault_rate: f64,
 
     /// Scripted faults served in order to the first requests: 503, 429:retry-after=2,
-    /// 403, 500:json, reset, malformed, wrong-shape, cut, delay=250ms. Repeatable.
+    /// 403, 500:json, reset, malformed, wrong-shape, cut, delay=250ms, near-limit=1s. Repeatable.
     #[arg(long = "fault")]
     pub faults: Vec<Fault>,
 

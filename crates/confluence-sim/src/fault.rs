@@ -1,5 +1,6 @@
 //! Faults the simulator can inject instead of a normal answer, and their textual form
-//! (`"503"`, `"429:retry-after=2"`, `"reset"`, `"cut"`, `"delay=250ms"`, …) for command lines
+//! (`"503"`, `"429:retry-after=2"`, `"reset"`, `"cut"`, `"delay=250ms"`, `"near-limit=1s"`, …)
+//! for command lines
 //! and tests.
 
 use std::str::FromStr;
@@ -30,6 +31,10 @@ pub enum Fault {
     /// Answer normally, but if the answer is a 200, cut its body: the full body's
     /// `Content-Length`, half the body, then the connection closed.
     Cut,
+    /// Answer normally, with Atlassian's warning that the credential nears its rate limit:
+    /// `X-RateLimit-NearLimit: true`, `X-RateLimit-Remaining: 1`, and `X-RateLimit-Reset`
+    /// this long from now.
+    NearLimit(Duration),
 }
 
 impl Fault {
@@ -92,7 +97,8 @@ fn default_message(code: u16) -> &'static str {
 ///   `text/plain` body like real Confluence;
 /// - options after the code, separated by `:`: `json` (force the JSON body), `empty` (force
 ///   the empty body), `retry-after=<value>` (sent verbatim), e.g. `"429:retry-after=2"`;
-/// - `"reset"`, `"malformed"`, `"wrong-shape"`, `"cut"`, `"delay=250ms"`, `"delay=2s"`.
+/// - `"reset"`, `"malformed"`, `"wrong-shape"`, `"cut"`, `"delay=250ms"`, `"delay=2s"`;
+/// - `"near-limit=1s"`: a normal answer near the rate limit, reset in 1 s.
 impl FromStr for Fault {
     type Err = String;
 
@@ -110,6 +116,11 @@ impl FromStr for Fault {
                 format!(
                     "invalid fault {s:?}: expected a delay like \"delay=250ms\" or \"delay=2s\""
                 )
+            });
+        }
+        if let Some(reset) = s.strip_prefix("near-limit=") {
+            return parse_delay(reset).map(Fault::NearLimit).ok_or_else(|| {
+                format!("invalid fault {s:?}: expected a reset like \"near-limit=1s\"")
             });
         }
         parse_status(s)

@@ -72,7 +72,11 @@ pub(crate) async fn handle<B>(
         tokio::time::sleep(delay).await;
     }
     let cut = admission.cut;
-    let response = match admission.fault.clone() {
+    let near_limit = match admission.fault {
+        Some(Fault::NearLimit(reset)) => Some(reset),
+        _ => None,
+    };
+    let mut response = match admission.fault.clone() {
         Some(Fault::Status {
             code,
             retry_after,
@@ -89,6 +93,20 @@ pub(crate) async fn handle<B>(
         _ if request.method() != Method::GET => error_response(405, "Method not allowed"),
         _ => answer(shared, &recorded, admission).await,
     };
+    if let Some(reset) = near_limit {
+        let reset_ms = i64::try_from(reset.as_millis()).unwrap_or(i64::MAX);
+        let reset = iso8601(now_ms().saturating_add(reset_ms));
+        for (name, value) in [
+            ("x-ratelimit-nearlimit", "true".to_owned()),
+            ("x-ratelimit-limit", "100".to_owned()),
+            ("x-ratelimit-remaining", "1".to_owned()),
+            ("x-ratelimit-reset", reset),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
     if cut && response.status() == StatusCode::OK {
         return Err(Abort::Cut(cut_short(response).await));
     }
@@ -265,6 +283,7 @@ impl RecordedRequest {
                 .iter()
                 .map(|(name, value)| (name.as_str().to_owned(), text(value)))
                 .collect(),
+            received: std::time::Instant::now(),
         }
     }
 }

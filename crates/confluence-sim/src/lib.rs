@@ -149,6 +149,8 @@ pub struct RecordedRequest {
     pub authorization: Option<String>,
     /// All headers in received order (names lower-case; values lossily decoded as UTF-8).
     pub headers: Vec<(String, String)>,
+    /// When the request was received, so tests can check when a client called.
+    pub received: std::time::Instant,
 }
 
 /// Starts simulators.

@@ -366,6 +366,23 @@ async fn scripted_faults_are_served_in_order_then_normal_answers() {
 }
 
 #[tokio::test]
+async fn a_near_limit_answer_is_a_normal_page_with_the_warning_headers() {
+    let sim = start(with_records(10)).await;
+    sim.push_faults(["near-limit=2s".parse().unwrap()]);
+    let warned = get(&sim, AUDIT).await;
+    assert_eq!(warned.status, 200);
+    assert_eq!(warned.json()["results"].as_array().map(Vec::len), Some(10));
+    assert_eq!(warned.header("x-ratelimit-nearlimit"), Some("true"));
+    assert_eq!(warned.header("x-ratelimit-remaining"), Some("1"));
+    let reset = warned.header("x-ratelimit-reset").unwrap().to_owned();
+    assert!(reset.ends_with('Z'), "{reset}");
+    // The next answer carries no warning.
+    let plain = get(&sim, AUDIT).await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("x-ratelimit-nearlimit"), None);
+}
+
+#[tokio::test]
 async fn random_faults_follow_the_rate() {
     let sim = start(SimulatorConfig {
         fault_rate: 1.0,
@@ -571,6 +588,10 @@ fn faults_parse_from_text() {
         Fault::Delay(Duration::from_millis(250))
     );
     assert_eq!(parsed("delay=2s"), Fault::Delay(Duration::from_secs(2)));
+    assert_eq!(
+        parsed("near-limit=1500ms"),
+        Fault::NearLimit(Duration::from_millis(1500))
+    );
     for bad in [
         "",
         "200",
@@ -580,6 +601,8 @@ fn faults_parse_from_text() {
         "429:retry-after=",
         "delay=5m",
         "delay=-1s",
+        "near-limit=",
+        "near-limit=soon",
     ] {
         let error = bad.parse::<Fault>().unwrap_err();
         assert!(error.contains(&format!("{bad:?}")), "{error}");
