@@ -8,11 +8,7 @@
 //!
 //! Run: `cargo bench --bench stream` (release build).
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 mod support;
 
@@ -102,45 +98,6 @@ async fn prefetch_speedup() {
     }
 }
 
-/// Starts the gateway binary with default settings in front of `url`; returns the child
-/// and its gRPC address (read from its log).
-fn spawn_gateway(url: &str, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-gateway"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--confluence-url", url])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("gateway binary");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("gateway log line").expect("utf-8 log");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 async fn peak_rss() {
     println!("StreamSince to a slow consumer (10 ms per message), gateway as its own process:");
     let settings: [(&str, &[&str]); 2] = [
@@ -157,11 +114,11 @@ async fn peak_rss() {
             ..Default::default()
         })
         .await;
-        let (mut child, addr) = spawn_gateway(&sim.base_url(), extra);
+        let (mut child, addr) = support::spawn_gateway_binary(&sim.base_url(), extra);
         let mut c = support::grpc(&addr).await;
         let t = Instant::now();
         let (got, messages) = stream(&mut c, Duration::from_millis(10)).await;
-        let hwm = vm_hwm_kib(child.id());
+        let hwm = support::vm_hwm_kib(child.id());
         println!(
             "  {label}: {got} records in {messages} messages, {:.1?}: gateway peak RSS {:.1} MiB",
             t.elapsed(),

@@ -3,7 +3,12 @@
 // Each bench uses its own part of this module.
 #![allow(dead_code)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use audit_gateway::{Gateway, GatewayConfig};
 use confluence_sim::{Simulator, SimulatorConfig, SimulatorHandle};
@@ -48,4 +53,43 @@ pub async fn grpc(addr: impl std::fmt::Display) -> Grpc<Channel> {
 pub fn pct(v: &mut [Duration], p: usize) -> Duration {
     v.sort();
     v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+/// Starts the gateway binary (the caller's bench target must depend on it) with default settings in front of `url`; returns the child
+/// and its gRPC address (read from its log).
+pub fn spawn_gateway_binary(url: &str, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-gateway"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--confluence-url", url])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("gateway binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("gateway log line").expect("utf-8 log");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }
