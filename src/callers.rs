@@ -6,13 +6,9 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
 use ring::digest;
-
-/// How often the file is looked at for changes.
-const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 /// One caller: its name and a digest of its token (comparisons never touch the token).
 #[derive(Clone)]
@@ -98,17 +94,7 @@ impl CallerTokens {
     /// Looks at the file for changes until the returned task is aborted (it holds only a
     /// weak reference: it ends by itself once the gateway is gone).
     pub(crate) fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RELOAD_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(this) = weak.upgrade() else { return };
-                // File reads block: off the async workers.
-                let _ = tokio::task::spawn_blocking(move || this.reload()).await;
-            }
-        })
+        crate::reload::every_second(self, Self::reload)
     }
 }
 

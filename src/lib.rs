@@ -23,6 +23,7 @@ mod grpc;
 mod health;
 pub mod metrics;
 pub mod pb;
+mod reload;
 mod server;
 pub mod telemetry;
 mod tls;

@@ -19,8 +19,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 
-/// How often the files are looked at for changes.
-const RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// Longest a client may take over its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,16 +81,7 @@ impl ReloadingTls {
 
     /// Looks at the files for changes while the gateway holds this configuration.
     pub(crate) fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RELOAD_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(this) = weak.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || this.reload()).await;
-            }
-        })
+        crate::reload::every_second(self, Self::reload)
     }
 }
 

@@ -8,7 +8,7 @@ use confluence_sim::SimulatorConfig;
 use tonic::{Code, Status, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::common::{TestGateway, sim_and_gateway};
+use crate::common::sim_and_gateway;
 
 fn window(page_size: i32) -> pb::StreamSinceRequest {
     pb::StreamSinceRequest {
@@ -34,19 +34,6 @@ fn assert_refused(status: &Status) {
         Some("TOO_MANY_STREAMS")
     );
     assert!(d.retry_info().is_some(), "{status:?}");
-}
-
-/// A client with small HTTP/2 windows, so a stream it stops reading stays open on the
-/// gateway (as in tests/it/stream.rs).
-async fn small_window_client(gw: &TestGateway) -> AuditServiceClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", gw.addr))
-        .expect("uri")
-        .initial_stream_window_size(Some(65_535))
-        .initial_connection_window_size(Some(65_535))
-        .connect()
-        .await
-        .expect("connect");
-    AuditServiceClient::new(channel)
 }
 
 /// Opens a stream, retrying refusals for up to 5 s: a slot is given back when the
@@ -134,7 +121,7 @@ async fn a_slot_is_held_for_the_stream_s_life_and_freed_when_it_ends_or_is_cance
         |c| c.max_streams = 1,
     )
     .await;
-    let mut client = small_window_client(&gw).await;
+    let mut client = gw.small_window_client().await;
     // A long stream, read once and then left unread: it stays open and holds the slot.
     let mut long = client
         .stream_since(window(200))
@@ -261,7 +248,7 @@ async fn a_stream_left_unread_ends_and_gives_back_its_slot() {
         },
     )
     .await;
-    let mut client = small_window_client(&gw).await;
+    let mut client = gw.small_window_client().await;
     let idle_window = pb::StreamSinceRequest {
         number: Some(3),
         ..window(200)
@@ -322,7 +309,7 @@ async fn one_connection_opens_at_most_its_stream_limit_at_once() {
         |c| c.max_connection_streams = 2,
     )
     .await;
-    let mut client = small_window_client(&gw).await;
+    let mut client = gw.small_window_client().await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = client
@@ -337,7 +324,7 @@ async fn one_connection_opens_at_most_its_stream_limit_at_once() {
     // long as both stay open), while another connection is served at once.
     let mut third_client = client.clone();
     let third = tokio::spawn(async move { third_client.stream_since(window(200)).await });
-    let mut other = small_window_client(&gw).await;
+    let mut other = gw.small_window_client().await;
     other
         .stream_since(window(200))
         .await

@@ -340,19 +340,6 @@ async fn many_consumers_of_one_window_cost_one_upstream_call_per_page() {
     );
 }
 
-/// A client with small HTTP/2 windows, so unread messages are not absorbed by its
-/// receive buffers (2 MiB by default) and the gateway must hold back.
-async fn small_window_client(gw: &TestGateway) -> AuditServiceClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", gw.addr))
-        .expect("uri")
-        .initial_stream_window_size(Some(65_535))
-        .initial_connection_window_size(Some(65_535))
-        .connect()
-        .await
-        .expect("connect");
-    AuditServiceClient::new(channel)
-}
-
 #[tokio::test]
 async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
     let prefetch = 4;
@@ -360,7 +347,7 @@ async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
         c.stream_prefetch = prefetch
     })
     .await;
-    let mut client = small_window_client(&gw).await;
+    let mut client = gw.small_window_client().await;
     let mut s = client
         .stream_since(window(200))
         .await
@@ -401,7 +388,7 @@ async fn a_cancelled_stream_stops_fetching() {
         |_| {},
     )
     .await;
-    let mut client = small_window_client(&gw).await;
+    let mut client = gw.small_window_client().await;
     let mut s = client
         .stream_since(window(200))
         .await

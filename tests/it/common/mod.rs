@@ -30,6 +30,19 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
+    /// A client with small HTTP/2 windows, so unread messages are not absorbed by its
+    /// receive buffers (2 MiB by default) and the gateway must hold back.
+    pub async fn small_window_client(&self) -> AuditServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .initial_stream_window_size(Some(65_535))
+            .initial_connection_window_size(Some(65_535))
+            .connect()
+            .await
+            .expect("connect");
+        AuditServiceClient::new(channel)
+    }
+
     /// A new channel to the gateway.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
