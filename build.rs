@@ -1,6 +1,6 @@
 //! Generates the protobuf messages and the gRPC client with `tonic-prost-build`, from a
 //! descriptor set compiled by `protox` (so no system `protoc` is needed), and the gRPC
-//! server by hand-built service description so both methods answer with messages
+//! server by hand-built service description so every method answers with messages
 //! assembled from pre-encoded cached pages instead of decoding and re-encoding them.
 
 use std::{env, fs, path::PathBuf};
@@ -42,6 +42,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_name("StreamSince")
                 .comment("Streams every record of a time window, messages already encoded.")
                 .input_type("super::StreamSinceRequest")
+                .output_type("crate::pb::EncodedMessage")
+                .codec_path("tonic_prost::ProstCodec")
+                .server_streaming()
+                .build(),
+        )
+        .method(
+            tonic_build::manual::Method::builder()
+                .name("follow")
+                .route_name("Follow")
+                .comment("Follows the log from a starting point, messages already encoded.")
+                .input_type("super::FollowRequest")
                 .output_type("crate::pb::EncodedMessage")
                 .codec_path("tonic_prost::ProstCodec")
                 .server_streaming()

@@ -44,6 +44,16 @@ impl AuditService for Bare {
     ) -> Result<Response<Self::StreamSinceStream>, Status> {
         Err(Status::unimplemented("reference server"))
     }
+
+    type FollowStream =
+        Pin<Box<dyn Stream<Item = Result<EncodedMessage, Status>> + Send + 'static>>;
+
+    async fn follow(
+        &self,
+        _: Request<pb::FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        Err(Status::unimplemented("reference server"))
+    }
 }
 
 /// The page left encoded on the client side too, so the loop measures the servers.

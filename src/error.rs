@@ -110,6 +110,9 @@ pub enum GatewayError {
         /// The configured idle time-out.
         after: Duration,
     },
+    /// The gateway is shutting down: a long call ended after its last complete message,
+    /// so the caller resumes elsewhere from its last token or checkpoint.
+    ShuttingDown,
     /// A defect in the gateway itself.
     Internal(String),
 }
@@ -135,6 +138,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => "UPSTREAM_BODY_TOO_LARGE",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::StreamIdle { .. } => "STREAM_IDLE",
+            Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -179,6 +183,10 @@ impl fmt::Display for GatewayError {
             Self::StreamIdle { after } => write!(
                 f,
                 "the stream was not read for {after:?} and ended; resume from the last token"
+            ),
+            Self::ShuttingDown => f.write_str(
+                "this gateway replica is shutting down; call again with the last token or \
+                 checkpoint (another replica continues)",
             ),
         }
     }

@@ -86,6 +86,17 @@ pub struct Metrics {
     /// Stream pages whose last millisecond held more records than a page (exactly-once
     /// then depends on Confluence listing them in a stable order).
     pub stream_tie_overflows: Counter,
+    /// Follow calls started.
+    pub follows_started: Counter,
+    /// Records delivered by Follow.
+    pub follow_records: Counter,
+    /// Follow heartbeats (messages without records).
+    pub follow_heartbeats: Counter,
+    /// Records found visible upstream more than `lag` after their creation, too late to
+    /// be delivered in order: followers should raise `lag`.
+    pub follow_late_records: Counter,
+    /// Milliseconds holding more records than a page, paged by offset by a follower.
+    pub follow_tie_overflows: Counter,
 }
 
 /// The process's metrics.
@@ -106,6 +117,11 @@ pub static METRICS: Metrics = Metrics {
     streams_started: Counter::new(),
     stream_records: Counter::new(),
     stream_tie_overflows: Counter::new(),
+    follows_started: Counter::new(),
+    follow_records: Counter::new(),
+    follow_heartbeats: Counter::new(),
+    follow_late_records: Counter::new(),
+    follow_tie_overflows: Counter::new(),
     caller_calls: Mutex::new(BTreeMap::new()),
 };
 
@@ -134,7 +150,7 @@ impl Metrics {
 
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &Counter); 14] = [
+        let counters: [(&str, &str, &Counter); 19] = [
             (
                 "page_requests",
                 "Pages asked of the page cache.",
@@ -204,6 +220,31 @@ impl Metrics {
                 "stream_tie_overflows",
                 "Stream pages whose last millisecond held more records than a page.",
                 &self.stream_tie_overflows,
+            ),
+            (
+                "follows_started",
+                "Follow calls started.",
+                &self.follows_started,
+            ),
+            (
+                "follow_records",
+                "Records delivered by Follow.",
+                &self.follow_records,
+            ),
+            (
+                "follow_heartbeats",
+                "Follow messages without records.",
+                &self.follow_heartbeats,
+            ),
+            (
+                "follow_late_records",
+                "Records visible upstream later than the follower's lag: raise lag.",
+                &self.follow_late_records,
+            ),
+            (
+                "follow_tie_overflows",
+                "Milliseconds holding more records than a page, read by offset.",
+                &self.follow_tie_overflows,
             ),
         ];
         let mut out = String::new();

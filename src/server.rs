@@ -65,6 +65,7 @@ pub(crate) async fn serve(
         .build_v1alpha()
         .map_err(ServeError::Reflection)?;
 
+    let followers = service.stopper();
     let audit = AuditServiceServer::from_arc(Arc::new(service))
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
@@ -82,6 +83,8 @@ pub(crate) async fn serve(
         // Health watches last as long as their clients want: end them, or every stop
         // would wait the whole shutdown timeout.
         let _ = end_watches.send(true);
+        // Followers never end by themselves: end each after its last complete message.
+        followers.send_replace(true);
         tracing::info!("refusing new connections; waiting for in-flight calls");
         let _ = stopped_tx.send(());
     };

@@ -3,6 +3,7 @@
 //! (`src/grpc/`) calls it, and it calls the cache, the upstream client and the
 //! protobuf conversion.
 
+pub(crate) mod follow;
 pub(crate) mod pages;
 pub(crate) mod stream;
 

@@ -35,7 +35,7 @@ use tokio_stream::Stream;
 use crate::{
     app::{PageRequest, PageService},
     audit::{
-        PageQuery,
+        PageQuery, Span,
         anchor::{self, Anchored, Cursor, Position, Window},
         resume::{self, TokenKey},
     },
@@ -135,33 +135,75 @@ pub(crate) fn start<P: PageSource>(
     held: impl Send + 'static,
 ) -> Messages {
     METRICS.streams_started.inc();
-    let (tx, rx) = mpsc::channel(1);
-    let (idle_tx, idle_rx) = oneshot::channel();
     let producer = Producer {
         pages,
         req,
         prefetch: prefetch.max(1),
         tokens,
     };
-    let produce = producer.produce(tx.clone(), idle_tx);
+    supervise("StreamSince", held, |tx, idle| producer.produce(tx, idle))
+}
+
+/// Runs a producer as a task of its own, holding `held` until it returns, and gives its
+/// messages. The producer sends its messages to the channel (one slot: a slow caller
+/// holds it back) and an error its caller was too idle to take to the oneshot.
+pub(crate) fn supervise<F>(
+    what: &'static str,
+    held: impl Send + 'static,
+    produce: impl FnOnce(mpsc::Sender<Item>, oneshot::Sender<GatewayError>) -> F,
+) -> Messages
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(1);
+    let (idle_tx, idle_rx) = oneshot::channel();
+    let produce = produce(tx.clone(), idle_tx);
     let producing = tokio::spawn(async move {
         let _held = held;
         produce.await
     });
     // A panic would only close the channel, and the caller would take the messages so far
-    // for the whole window: end the stream with an error instead.
+    // for the whole answer: end it with an error instead.
     tokio::spawn(async move {
         if let Err(e) = producing.await
             && e.is_panic()
         {
-            tracing::error!(error = %e, "StreamSince producer panicked");
-            let failed = "the stream failed; resume from the last token".to_owned();
+            tracing::error!(error = %e, call = what, "producer panicked");
+            let failed = "the call failed; resume from the last token".to_owned();
             let _ = tx.send(Err(GatewayError::Internal(failed))).await;
         }
     });
     Messages {
         rx,
         idle: Some(idle_rx),
+    }
+}
+
+/// Ends a producer with `result`: an error goes to the caller after what the channel
+/// holds, or by the idle path when the caller takes nothing for `idle_timeout`.
+pub(crate) async fn finish(
+    result: Result<(), GatewayError>,
+    tx: &mpsc::Sender<Item>,
+    idle: oneshot::Sender<GatewayError>,
+    idle_timeout: Duration,
+) {
+    // Logged where it becomes the caller's status (src/grpc/status.rs).
+    match result {
+        Ok(()) => {}
+        // The channel is full and nobody takes from it: waiting to send would keep
+        // this task, and its slot, for as long as the caller keeps the stream open.
+        Err(e @ GatewayError::StreamIdle { .. }) => {
+            let _ = idle.send(e);
+        }
+        // Likewise for a failure the caller does not come to read: it is told that
+        // failure, not STREAM_IDLE, should it read again.
+        Err(e) => match tokio::time::timeout(idle_timeout, tx.reserve()).await {
+            Ok(Ok(slot)) => slot.send(Err(e)),
+            Ok(Err(_)) => {}
+            Err(_) => {
+                let _ = idle.send(e);
+            }
+        },
     }
 }
 
@@ -235,24 +277,7 @@ impl<P: PageSource> Producer<P> {
             run,
         )
         .await;
-        // Logged where it becomes the caller's status (src/grpc/status.rs).
-        match result {
-            Ok(()) => {}
-            // The channel is full and nobody takes from it: waiting to send would keep
-            // this task, and its slot, for as long as the caller keeps the stream open.
-            Err(e @ GatewayError::StreamIdle { .. }) => {
-                let _ = idle.send(e);
-            }
-            // Likewise for a failure the caller does not come to read: it is told that
-            // failure, not STREAM_IDLE, should it read again.
-            Err(e) => match tokio::time::timeout(idle_timeout, tx.reserve()).await {
-                Ok(Ok(slot)) => slot.send(Err(e)),
-                Ok(Err(_)) => {}
-                Err(_) => {
-                    let _ = idle.send(e);
-                }
-            },
-        }
+        finish(result, &tx, idle, idle_timeout).await;
     }
 
     /// The `limit` every page asks for: the page size plus the overlap, at most 1000.
@@ -265,8 +290,10 @@ impl<P: PageSource> Producer<P> {
         let w = &self.req.window;
         let limit = self.asked() as i32;
         let query = i32::try_from(start).map(|start| PageQuery {
-            number: w.number,
-            units: w.units,
+            span: Span::Since {
+                number: w.number,
+                units: w.units,
+            },
             search_string: w.search_string.clone(),
             start,
             limit,
@@ -497,7 +524,8 @@ fn let_go(mut ahead: VecDeque<Fetch>) {
     ahead.iter_mut().for_each(|f| f.let_go = true);
 }
 
-fn decode(page: &Bytes) -> Result<PageView, GatewayError> {
+/// An encoded page split into its records.
+pub(crate) fn decode(page: &Bytes) -> Result<PageView, GatewayError> {
     PageView::parse(page)
         .map_err(|e| GatewayError::Internal(format!("a cached page does not decode: {e}")))
 }

@@ -2,8 +2,10 @@
 //! walks a live log exactly once. Nothing here knows gRPC or HTTP.
 
 pub(crate) mod anchor;
+pub(crate) mod checkpoint;
+pub(crate) mod follow;
 pub(crate) mod query;
 pub(crate) mod record;
 pub(crate) mod resume;
 
-pub(crate) use query::{PageQuery, TimeUnit};
+pub(crate) use query::{PageQuery, Span, TimeUnit};

@@ -84,14 +84,41 @@ impl fmt::Display for TimeUnit {
     }
 }
 
+/// Which records a page query reaches over: the two endpoints of Confluence's audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Span {
+    /// `GET /rest/api/audit/since`: the last `number` `units` before Confluence's now.
+    Since {
+        /// How many `units` back the window reaches.
+        number: i64,
+        /// The unit of `number`.
+        units: TimeUnit,
+    },
+    /// `GET /rest/api/audit`: records created from `from` to `to`, epoch milliseconds,
+    /// both inclusive. A range that ended in the past lists the same records at the same
+    /// offsets on every request (ties aside), unlike a window relative to now.
+    Range {
+        /// `startDate`, epoch ms.
+        from: i64,
+        /// `endDate`, epoch ms.
+        to: i64,
+    },
+}
+
+impl Span {
+    /// Confluence's default window: the last 3 months.
+    pub(crate) const DEFAULT: Span = Span::Since {
+        number: PageQuery::DEFAULT_NUMBER,
+        units: PageQuery::DEFAULT_UNITS,
+    };
+}
+
 /// One page of the audit log, every parameter explicit (defaults already applied), so
 /// equal queries are equal values: the page cache keys on it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PageQuery {
-    /// How many `units` back the window reaches.
-    pub number: i64,
-    /// The unit of `number`.
-    pub units: TimeUnit,
+    /// The endpoint and the time it covers.
+    pub span: Span,
     /// Confluence's `searchString`; `None` when absent or empty.
     pub search_string: Option<String>,
     /// Offset of the first record, newest first.
@@ -112,12 +139,19 @@ impl PageQuery {
     /// The longest `searchString` the gateway accepts, in characters.
     pub(crate) const MAX_SEARCH_CHARS: usize = 1000;
 
-    /// The query parameters sent to Confluence, in a fixed order.
+    /// The query parameters sent to Confluence, in a fixed order. Range ends go as epoch
+    /// milliseconds, as Atlassian's own connectors send them (the API only says
+    /// "timestamp"): this is the one place that conversion is made.
     pub(crate) fn to_params(&self) -> Vec<(&'static str, String)> {
-        let mut params = vec![
-            ("number", self.number.to_string()),
-            ("units", self.units.as_str().to_owned()),
-        ];
+        let mut params = match self.span {
+            Span::Since { number, units } => vec![
+                ("number", number.to_string()),
+                ("units", units.as_str().to_owned()),
+            ],
+            Span::Range { from, to } => {
+                vec![("startDate", from.to_string()), ("endDate", to.to_string())]
+            }
+        };
         if let Some(s) = &self.search_string {
             params.push(("searchString", s.clone()));
         }
@@ -130,8 +164,7 @@ impl PageQuery {
 impl Default for PageQuery {
     fn default() -> Self {
         Self {
-            number: Self::DEFAULT_NUMBER,
-            units: Self::DEFAULT_UNITS,
+            span: Span::DEFAULT,
             search_string: None,
             start: 0,
             limit: Self::DEFAULT_LIMIT,
@@ -162,6 +195,29 @@ mod tests {
                 ("units", "MONTHS".to_owned()),
                 ("start", "0".to_owned()),
                 ("limit", "1000".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn ranges_go_as_epoch_milliseconds() {
+        let q = PageQuery {
+            span: Span::Range {
+                from: 1_700_000_000_000,
+                to: 1_700_000_009_999,
+            },
+            search_string: Some("x".into()),
+            start: 5,
+            limit: 10,
+        };
+        assert_eq!(
+            q.to_params(),
+            vec![
+                ("startDate", "1700000000000".to_owned()),
+                ("endDate", "1700000009999".to_owned()),
+                ("searchString", "x".to_owned()),
+                ("start", "5".to_owned()),
+                ("limit", "10".to_owned())
             ]
         );
     }

@@ -45,19 +45,22 @@ pub(crate) enum TokenError {
     UnknownVersion(u8),
     /// A token of a stream over other filters.
     OtherWindow,
+    /// A checkpoint of a follower of another `search_string`.
+    OtherFilter,
 }
 
 impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Corrupt => f.write_str(
-                "is not a resume token of this gateway (corrupted, edited, or signed with \
-                 another --credential-salt)",
+                "is not a token this gateway issued for this call (corrupted, edited, of \
+                 another kind, or signed with another --credential-salt)",
             ),
             Self::UnknownVersion(v) => write!(f, "has version {v}, which this gateway cannot read"),
             Self::OtherWindow => {
                 f.write_str("belongs to a stream with other filters (number, units, search_string)")
             }
+            Self::OtherFilter => f.write_str("belongs to a follower of another search_string"),
         }
     }
 }
@@ -78,23 +81,13 @@ pub(crate) fn encode(key: &TokenKey, window: &Window, cursor: &Cursor) -> String
     for d in seen {
         b.extend_from_slice(&d.to_be_bytes());
     }
-    let tag = hmac::sign(&key.0, &b);
-    b.extend_from_slice(&tag.as_ref()[..MAC]);
-    URL_SAFE_NO_PAD.encode(b)
+    seal(key, b)
 }
 
 /// Decodes a token for `window` into the cursor to continue from.
 pub(crate) fn decode(key: &TokenKey, window: &Window, token: &str) -> Result<Cursor, TokenError> {
-    let b = URL_SAFE_NO_PAD
-        .decode(token.trim())
-        .map_err(|_| TokenError::Corrupt)?;
-    if b.len() < HEAD + MAC {
-        return Err(TokenError::Corrupt);
-    }
-    let (body, tag) = b.split_at(b.len() - MAC);
-    // Checked before anything in the token is believed, version included.
-    let expected = hmac::sign(&key.0, body);
-    if !constant_time_eq(&expected.as_ref()[..MAC], tag) {
+    let body = open(key, token)?;
+    if body.len() < HEAD {
         return Err(TokenError::Corrupt);
     }
     if body[0] != VERSION {
@@ -131,6 +124,30 @@ pub(crate) fn decode(key: &TokenKey, window: &Window, token: &str) -> Result<Cur
         boundary: Some(Boundary { date, seen }),
         overflow,
     })
+}
+
+/// `body` with its MAC appended, as URL-safe base64: a token of this gateway's.
+pub(crate) fn seal(key: &TokenKey, mut body: Vec<u8>) -> String {
+    let tag = hmac::sign(&key.0, &body);
+    body.extend_from_slice(&tag.as_ref()[..MAC]);
+    URL_SAFE_NO_PAD.encode(body)
+}
+
+/// The body of a token `seal` made with `key`; anything else is
+/// [`TokenError::Corrupt`]. The MAC is checked before anything in the body is believed.
+pub(crate) fn open(key: &TokenKey, token: &str) -> Result<Vec<u8>, TokenError> {
+    let mut b = URL_SAFE_NO_PAD
+        .decode(token.trim())
+        .map_err(|_| TokenError::Corrupt)?;
+    if b.len() <= MAC {
+        return Err(TokenError::Corrupt);
+    }
+    let tag = b.split_off(b.len() - MAC);
+    let expected = hmac::sign(&key.0, &b);
+    if !constant_time_eq(&expected.as_ref()[..MAC], &tag) {
+        return Err(TokenError::Corrupt);
+    }
+    Ok(b)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -328,15 +328,17 @@ mod tests {
     use tokio::sync::{Semaphore, oneshot};
 
     use super::*;
-    use crate::audit::{PageQuery, TimeUnit};
+    use crate::audit::{PageQuery, Span, TimeUnit};
 
     fn key() -> PageKey {
         PageKey {
             base_url: "https://c.example.com".into(),
             credential: "anonymous".into(),
             query: PageQuery {
-                number: 1,
-                units: TimeUnit::Days,
+                span: Span::Since {
+                    number: 1,
+                    units: TimeUnit::Days,
+                },
                 search_string: None,
                 start: 0,
                 limit: 10,

@@ -15,7 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ring::{digest, hmac};
 
 use super::{PageKey, SharedTier};
-use crate::{credential::to_hex, metrics::METRICS};
+use crate::{audit::Span, credential::to_hex, metrics::METRICS};
 
 /// Value layout version; a change makes old values misses, never misreads.
 const MAGIC: &[u8; 4] = b"AGP2";
@@ -95,8 +95,7 @@ impl RedisTier {
         for part in [
             key.base_url.as_bytes(),
             key.credential.as_bytes(),
-            &q.number.to_be_bytes(),
-            q.units.as_str().as_bytes(),
+            &span_bytes(q.span),
             &q.start.to_be_bytes(),
             &q.limit.to_be_bytes(),
         ] {
@@ -302,6 +301,24 @@ fn redact(message: &str, url: &str) -> String {
         Some(pw) if !pw.is_empty() => message.replace(&pw, "<redacted>"),
         _ => message.to_owned(),
     }
+}
+
+/// A page query's span as key bytes: the endpoint, then its parameters.
+fn span_bytes(span: Span) -> Vec<u8> {
+    let mut b = Vec::with_capacity(17);
+    match span {
+        Span::Since { number, units } => {
+            b.push(0);
+            b.extend_from_slice(&number.to_be_bytes());
+            b.extend_from_slice(units.as_str().as_bytes());
+        }
+        Span::Range { from, to } => {
+            b.push(1);
+            b.extend_from_slice(&from.to_be_bytes());
+            b.extend_from_slice(&to.to_be_bytes());
+        }
+    }
+    b
 }
 
 #[cfg(test)]

@@ -4,16 +4,20 @@
 use std::{
     pin::Pin,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{metadata, status::fail, validate};
 use crate::{
-    app::{PageRequest, PageService, stream},
+    app::{
+        PageRequest, PageService,
+        follow::{self, LateChecks},
+        stream,
+    },
     audit::resume::TokenKey,
     callers::CallerTokens,
     config::CredentialMode,
@@ -35,6 +39,10 @@ pub(crate) struct AuditGrpc {
     streams: Arc<Semaphore>,
     max_streams: usize,
     stream_idle_timeout: Duration,
+    /// One late-record check per range for every follower.
+    late: Arc<LateChecks>,
+    /// Set when the gateway shuts down: followers end with UNAVAILABLE.
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl AuditGrpc {
@@ -61,7 +69,15 @@ impl AuditGrpc {
             streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
             stream_idle_timeout,
+            late: Arc::default(),
+            stopping: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// Ends every follower after its last complete message (UNAVAILABLE, so it resumes
+    /// on another replica): called when the gateway shuts down.
+    pub(crate) fn stopper(&self) -> Arc<watch::Sender<bool>> {
+        self.stopping.clone()
     }
 
     /// The caller's name, checked before any other work: `None` when the gateway does not
@@ -107,6 +123,40 @@ impl AuditGrpc {
             CredentialMode::Configured(c) => Ok(c.clone()),
             CredentialMode::Passthrough => metadata::caller_credential(md).map(Some),
         }
+    }
+
+    fn open_follow(
+        &self,
+        request: &Request<pb::FollowRequest>,
+    ) -> Result<follow::FollowRequest, GatewayError> {
+        let received = Instant::now();
+        let received_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let md = request.metadata();
+        let p = validate::follow_params(request.get_ref(), &self.tokens, received_ms)?;
+        Ok(follow::FollowRequest {
+            search_string: p.search_string,
+            checkpoint: p.checkpoint,
+            poll: p.poll,
+            lag: p.lag,
+            max_records: p.max_records,
+            credential: self.credential(md)?,
+            deadline: metadata::deadline(md, received),
+            idle_timeout: self.stream_idle_timeout,
+        })
+    }
+
+    /// A slot for a long call, or RESOURCE_EXHAUSTED at once: never queued, as a waiting
+    /// call would hold its connection and its caller's deadline for a slot that may not
+    /// free up for minutes.
+    fn slot(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
+        self.streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::TooManyStreams {
+                limit: self.max_streams,
+            })
     }
 
     async fn get_page(
@@ -155,17 +205,9 @@ impl AuditService for AuditGrpc {
         let req = self
             .open_stream(&request)
             .map_err(|e| fail("StreamSince", caller.as_deref(), &e))?;
-        // Refused at once, never queued: a waiting stream would hold its connection and
-        // its caller's deadline for a slot that may not free up for minutes.
-        let slot = self.streams.clone().try_acquire_owned().map_err(|_| {
-            fail(
-                "StreamSince",
-                caller.as_deref(),
-                &GatewayError::TooManyStreams {
-                    limit: self.max_streams,
-                },
-            )
-        })?;
+        let slot = self
+            .slot()
+            .map_err(|e| fail("StreamSince", caller.as_deref(), &e))?;
         // The slot goes with the producer, which is what a stream costs (its fetches and
         // pages): it returns when the window is done, the caller cancels or leaves the
         // stream idle (src/app/stream.rs), and the slot is free again.
@@ -179,6 +221,36 @@ impl AuditService for AuditGrpc {
         .map(move |item| {
             item.map(EncodedMessage)
                 .map_err(|e| fail("StreamSince", caller.as_deref(), &e))
+        });
+        Ok(Response::new(Box::pin(messages)))
+    }
+
+    type FollowStream =
+        Pin<Box<dyn Stream<Item = Result<EncodedMessage, Status>> + Send + 'static>>;
+
+    async fn follow(
+        &self,
+        request: Request<pb::FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let caller = self
+            .authenticate(request.metadata())
+            .map_err(|e| fail("Follow", None, &e))?;
+        let req = self
+            .open_follow(&request)
+            .map_err(|e| fail("Follow", caller.as_deref(), &e))?;
+        // Followers and streams share `--max-streams`: both hold pages and fetches.
+        let slot = self
+            .slot()
+            .map_err(|e| fail("Follow", caller.as_deref(), &e))?;
+        let shared = follow::Shared {
+            tokens: self.tokens.clone(),
+            late: self.late.clone(),
+            stopping: self.stopping.subscribe(),
+            prefetch: self.stream_prefetch,
+        };
+        let messages = follow::start(self.pages.clone(), req, shared, slot).map(move |item| {
+            item.map(EncodedMessage)
+                .map_err(|e| fail("Follow", caller.as_deref(), &e))
         });
         Ok(Response::new(Box::pin(messages)))
     }

@@ -1,7 +1,7 @@
 //! The one place gateway errors become gRPC statuses (the error table in README.md),
 //! with `ErrorInfo`, `RetryInfo` and `BadRequest` details, and are logged.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -48,6 +48,8 @@ fn code(err: &GatewayError) -> Code {
         GatewayError::TooManyStreams { .. } => Code::ResourceExhausted,
         // The gateway's own time limit on the caller, as a deadline is the caller's.
         GatewayError::StreamIdle { .. } => Code::DeadlineExceeded,
+        // The code clients and meshes retry.
+        GatewayError::ShuttingDown => Code::Unavailable,
         GatewayError::Internal(_) => Code::Internal,
     }
 }
@@ -88,6 +90,9 @@ fn to_status(err: &GatewayError) -> Status {
         }
         GatewayError::StreamIdle { after } => {
             metadata.insert("idle_timeout_ms".to_owned(), after.as_millis().to_string());
+        }
+        GatewayError::ShuttingDown => {
+            details.set_retry_info(Some(Duration::ZERO));
         }
         _ => {}
     }

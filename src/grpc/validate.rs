@@ -1,10 +1,14 @@
 //! Request messages into domain queries; anything invalid is named by its field and
 //! never reaches Confluence.
 
+use std::time::Duration;
+
 use crate::{
     audit::{
-        PageQuery, TimeUnit,
+        PageQuery, Span, TimeUnit,
         anchor::{Cursor, Window},
+        checkpoint,
+        follow::Checkpoint,
         resume::{self, TokenKey},
     },
     error::GatewayError,
@@ -88,8 +92,10 @@ pub(crate) fn page_query(req: &pb::GetSinceRequest) -> Result<PageQuery, Gateway
         ));
     }
     Ok(PageQuery {
-        number: number(req.number)?,
-        units: units(req.units)?,
+        span: Span::Since {
+            number: number(req.number)?,
+            units: units(req.units)?,
+        },
         search_string: search_string(req.search_string.as_deref())?,
         start,
         limit,
@@ -139,6 +145,112 @@ pub(crate) fn search_string(s: Option<&str>) -> Result<Option<String>, GatewayEr
         ));
     }
     Ok(Some(s.to_owned()))
+}
+
+/// A `FollowRequest`, checked.
+#[derive(Debug)]
+pub(crate) struct FollowParams {
+    /// Confluence's `searchString`.
+    pub(crate) search_string: Option<String>,
+    /// Where to begin.
+    pub(crate) checkpoint: Checkpoint,
+    /// How often the head is read.
+    pub(crate) poll: Duration,
+    /// How late a record may become visible upstream.
+    pub(crate) lag: Duration,
+    /// End after this many records.
+    pub(crate) max_records: Option<u64>,
+}
+
+/// Shortest `poll_interval`: Confluence's rate limits are per credential, shared by all.
+const MIN_POLL: Duration = Duration::from_secs(1);
+/// Longest `poll_interval` and `lag` accepted.
+const MAX_POLL: Duration = Duration::from_secs(3600);
+const MAX_LAG: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_POLL: Duration = Duration::from_secs(10);
+const DEFAULT_LAG: Duration = Duration::from_secs(10);
+
+/// Validates a `FollowRequest` received at `received_ms` (epoch ms: "from now").
+pub(crate) fn follow_params(
+    req: &pb::FollowRequest,
+    tokens: &TokenKey,
+    received_ms: i64,
+) -> Result<FollowParams, GatewayError> {
+    let search_string = search_string(req.search_string.as_deref())?;
+    let checkpoint = match &req.from {
+        Some(pb::follow_request::From::Checkpoint(t)) => {
+            checkpoint::decode(tokens, search_string.as_deref(), t)
+                .map_err(|e| GatewayError::invalid("checkpoint", e.to_string()))?
+        }
+        Some(pb::follow_request::From::Since(ts)) => Checkpoint::at(since_ms(ts)?),
+        None => Checkpoint::at(received_ms),
+    };
+    let poll = duration("poll_interval", req.poll_interval.as_ref(), DEFAULT_POLL)?;
+    if !(MIN_POLL..=MAX_POLL).contains(&poll) {
+        return Err(GatewayError::invalid(
+            "poll_interval",
+            format!("must be between {MIN_POLL:?} and {MAX_POLL:?}, got {poll:?}"),
+        ));
+    }
+    let lag = duration("lag", req.lag.as_ref(), DEFAULT_LAG)?;
+    if lag > MAX_LAG {
+        return Err(GatewayError::invalid(
+            "lag",
+            format!("must be at most {MAX_LAG:?}, got {lag:?}"),
+        ));
+    }
+    let max_records = match req.max_records {
+        Some(n) if n < 1 => {
+            return Err(GatewayError::invalid(
+                "max_records",
+                format!("must be >= 1 when set, got {n}"),
+            ));
+        }
+        n => n.map(|n| n as u64),
+    };
+    Ok(FollowParams {
+        search_string,
+        checkpoint,
+        poll,
+        lag,
+        max_records,
+    })
+}
+
+/// A `Timestamp` as epoch milliseconds, rounded up: a record dated the millisecond the
+/// instant falls inside was created before it.
+fn since_ms(ts: &prost_types::Timestamp) -> Result<i64, GatewayError> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(GatewayError::invalid(
+            "since",
+            format!("nanos must be between 0 and 999999999, got {}", ts.nanos),
+        ));
+    }
+    ts.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from((ts.nanos + 999_999) / 1_000_000)))
+        .ok_or_else(|| GatewayError::invalid("since", "is out of range"))
+}
+
+/// A non-negative `Duration`, or `default` when absent.
+fn duration(
+    field: &'static str,
+    d: Option<&prost_types::Duration>,
+    default: Duration,
+) -> Result<Duration, GatewayError> {
+    let Some(d) = d else {
+        return Ok(default);
+    };
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(GatewayError::invalid(
+            field,
+            format!(
+                "must be a non-negative duration, got {}s {}ns",
+                d.seconds, d.nanos
+            ),
+        ));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
 #[cfg(test)]
@@ -284,8 +396,15 @@ mod tests {
         };
         let q = page_query(&req).expect("valid");
         assert_eq!(
-            (q.number, q.units, q.start, q.limit),
-            (0, TimeUnit::Centuries, i32::MAX, 0)
+            (q.span, q.start, q.limit),
+            (
+                Span::Since {
+                    number: 0,
+                    units: TimeUnit::Centuries
+                },
+                i32::MAX,
+                0
+            )
         );
     }
 }

@@ -1,4 +1,5 @@
-//! The Confluence REST client: one `GET {base}/rest/api/audit/since` with retries.
+//! The Confluence REST client: one page of `GET {base}/rest/api/audit/since` (a window
+//! relative to now) or `GET {base}/rest/api/audit` (a date range), with retries.
 
 use std::{
     sync::Arc,
@@ -18,7 +19,7 @@ use super::{
     retry::{RetryPolicy, Spent, classify},
 };
 use crate::{
-    audit::PageQuery,
+    audit::{PageQuery, Span},
     credential::Credential,
     error::{GatewayError, UpstreamFailure, within_deadline},
     metrics::METRICS,
@@ -50,7 +51,10 @@ pub(crate) struct UpstreamSettings {
 #[derive(Clone, Debug)]
 pub(crate) struct ConfluenceClient {
     http: reqwest::Client,
-    endpoint: Url,
+    /// `{base}/rest/api/audit/since`.
+    since: Url,
+    /// `{base}/rest/api/audit`.
+    range: Url,
     settings: UpstreamSettings,
     /// One permit per request in flight (`--upstream-concurrency`), shared by clones.
     /// tokio's semaphore is fair: attempts waiting for a permit get it first come, first
@@ -65,7 +69,8 @@ pub(crate) struct ConfluenceClient {
 impl ConfluenceClient {
     /// Builds the client; fails on a base URL that cannot carry the endpoint path.
     pub(crate) fn new(settings: UpstreamSettings) -> Result<Self, String> {
-        let endpoint = audit_endpoint(&settings.base_url)?;
+        let range = audit_endpoint(&settings.base_url, &[])?;
+        let since = audit_endpoint(&settings.base_url, &["since"])?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("audit-gateway/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
@@ -75,7 +80,8 @@ impl ConfluenceClient {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             http,
-            endpoint,
+            since,
+            range,
             in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             settings,
             cooldowns: Arc::default(),
@@ -90,7 +96,10 @@ impl ConfluenceClient {
 
     /// The full URL of a page query, every value percent-encoded.
     pub(crate) fn page_url(&self, query: &PageQuery) -> Url {
-        let mut url = self.endpoint.clone();
+        let mut url = match query.span {
+            Span::Since { .. } => self.since.clone(),
+            Span::Range { .. } => self.range.clone(),
+        };
         url.set_query(Some(&encode_params(&query.to_params())));
         url
     }
@@ -308,8 +317,8 @@ impl ConfluenceClient {
     }
 }
 
-/// `{base}/rest/api/audit/since`, keeping any path the base has (e.g. `/wiki`).
-fn audit_endpoint(base: &Url) -> Result<Url, String> {
+/// `{base}/rest/api/audit` followed by `tail`, keeping any path the base has (e.g. `/wiki`).
+fn audit_endpoint(base: &Url, tail: &[&str]) -> Result<Url, String> {
     if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
         return Err(format!("{base} is not an http(s) base URL"));
     }
@@ -319,7 +328,8 @@ fn audit_endpoint(base: &Url) -> Result<Url, String> {
     url.path_segments_mut()
         .map_err(|_| format!("{base} cannot take a path"))?
         .pop_if_empty()
-        .extend(["rest", "api", "audit", "since"]);
+        .extend(["rest", "api", "audit"])
+        .extend(tail);
     Ok(url)
 }
 
@@ -462,9 +472,12 @@ mod tests {
             ),
         ] {
             let base = Url::parse(base).expect("valid");
-            assert_eq!(audit_endpoint(&base).expect("endpoint").as_str(), want);
+            let since = audit_endpoint(&base, &["since"]).expect("endpoint");
+            assert_eq!(since.as_str(), want);
+            let range = audit_endpoint(&base, &[]).expect("endpoint");
+            assert_eq!(range.as_str(), want.trim_end_matches("/since"));
         }
-        assert!(audit_endpoint(&Url::parse("mailto:a@b").expect("valid")).is_err());
+        assert!(audit_endpoint(&Url::parse("mailto:a@b").expect("valid"), &[]).is_err());
     }
 
     #[test]

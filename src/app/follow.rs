@@ -1,0 +1,449 @@
+//! `Follow`: every record from a starting point on, oldest first, then each new one as
+//! it settles, with a checkpoint in every message.
+//!
+//! A producer task reads date ranges through the page cache (`src/app/pages.rs`) and
+//! hands messages to a channel of one slot, as `StreamSince` does (`src/app/stream.rs`):
+//! a slow follower holds only its own producer back, and one left unread for
+//! `--stream-idle-timeout` ends with its last checkpoint. Which ranges to read and what
+//! each delivers is `audit::follow`'s business.
+//!
+//! Followers share their upstream requests without sharing state: each tick reads the
+//! range that settled since the last one, `[next, settled]`, whose ends lie on a grid of
+//! the poll interval, so every follower at the head of the log (on every replica) asks
+//! for the same range at the same moment, and the cache's single flight (and the Redis
+//! tier across replicas) makes that one request to Confluence. The first follower to
+//! reach a tick also reads the previous tick's range again, fresh, to notice records
+//! that became visible later than `lag` (counted and logged: they cannot be delivered
+//! in order).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+
+use super::stream::{self, Item, Messages, PageSource};
+use crate::{
+    app::PageRequest,
+    audit::{
+        PageQuery, Span, checkpoint,
+        follow::{self, Checkpoint, Plan, Slice},
+        resume::TokenKey,
+    },
+    credential::Credential,
+    error::{GatewayError, within_deadline},
+    metrics::METRICS,
+    pb::wire::{self, PageView},
+};
+
+/// Records per message at most.
+const MAX_MESSAGE_RECORDS: usize = 1000;
+/// Bytes of records per message at most (under gRPC's common 4 MiB receive limit).
+const MAX_MESSAGE_BYTES: usize = 2 << 20;
+/// Offsets paged through one overflowing millisecond at most (a broken server would
+/// otherwise be paged forever).
+const MAX_OVERFLOW_PAGES: usize = 1000;
+/// Late checks remembered (each is one range of one filter).
+const MAX_LATE_CHECKS: usize = 4096;
+
+/// One validated `Follow` call.
+#[derive(Clone, Debug)]
+pub(crate) struct FollowRequest {
+    /// Confluence's `searchString`.
+    pub search_string: Option<String>,
+    /// Where to begin.
+    pub checkpoint: Checkpoint,
+    /// How often the head is read.
+    pub poll: Duration,
+    /// How late a record may become visible upstream.
+    pub lag: Duration,
+    /// End after exactly this many records.
+    pub max_records: Option<u64>,
+    /// Whom to fetch as.
+    pub credential: Option<Credential>,
+    /// When the caller stops waiting (followers usually set none).
+    pub deadline: Option<Instant>,
+    /// The call ends when its caller takes nothing for this long.
+    pub idle_timeout: Duration,
+}
+
+/// Ranges already checked again for late records, shared by every follower of a
+/// gateway so that one check serves them all.
+#[derive(Debug, Default)]
+pub(crate) struct LateChecks(Mutex<HashSet<(Option<String>, i64, i64)>>);
+
+impl LateChecks {
+    /// Whether the caller is the first to check `slice` of `filter`.
+    fn claim(&self, filter: &Option<String>, slice: Slice) -> bool {
+        let mut done = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if done.len() >= MAX_LATE_CHECKS {
+            // Old ticks are never checked again; forgetting them costs at most a repeat.
+            done.clear();
+        }
+        done.insert((filter.clone(), slice.from, slice.to))
+    }
+}
+
+/// What a follower shares with the gateway.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    /// Signs checkpoints.
+    pub tokens: Arc<TokenKey>,
+    /// One late check per range.
+    pub late: Arc<LateChecks>,
+    /// Turns true when the gateway shuts down: followers end after their last complete
+    /// message, with UNAVAILABLE.
+    pub stopping: watch::Receiver<bool>,
+    /// Ranges fetched ahead while backfilling.
+    pub prefetch: usize,
+}
+
+/// Starts a follower; `held` (its `--max-streams` slot) goes when it returns.
+pub(crate) fn start<P: PageSource>(
+    pages: P,
+    req: FollowRequest,
+    shared: Shared,
+    held: impl Send + 'static,
+) -> Messages {
+    METRICS.follows_started.inc();
+    let follower = Follower {
+        pages,
+        remaining: req.max_records,
+        req,
+        shared,
+        largest: 0,
+    };
+    stream::supervise("Follow", held, |tx, idle| follower.produce(tx, idle))
+}
+
+struct Follower<P> {
+    pages: P,
+    req: FollowRequest,
+    shared: Shared,
+    /// The most records a page has held: without a `limit` in Confluence's answer, a
+    /// page shorter than this holds its whole range.
+    largest: usize,
+    /// Records still to deliver under `max_records`.
+    remaining: Option<u64>,
+}
+
+/// A range's newest page being fetched; dropping it aborts the fetch.
+struct Fetch(JoinHandle<Result<PageView, GatewayError>>);
+
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a read ended.
+enum Read {
+    /// The range was read; whether any message went out, and the range with its count
+    /// when one page held all of it (for the late check).
+    Done {
+        sent: bool,
+        whole: Option<(Slice, usize)>,
+    },
+    /// `max_records` reached, or the caller went away: the call is over.
+    Over,
+}
+
+impl<P: PageSource> Follower<P> {
+    async fn produce(mut self, tx: mpsc::Sender<Item>, idle: oneshot::Sender<GatewayError>) {
+        let (deadline, idle_timeout) = (self.req.deadline, self.req.idle_timeout);
+        let result = within_deadline(
+            deadline,
+            "the call's deadline passed; follow again from the last checkpoint",
+            self.run(&tx),
+        )
+        .await;
+        stream::finish(result, &tx, idle, idle_timeout).await;
+    }
+
+    async fn run(&mut self, tx: &mpsc::Sender<Item>) -> Result<(), GatewayError> {
+        if self.req.max_records == Some(0) {
+            return Ok(());
+        }
+        let mut cp = self.req.checkpoint.clone();
+        let (lag, poll) = (millis(self.req.lag), millis(self.req.poll).max(1));
+        let mut stopping = self.shared.stopping.clone();
+        // The range the last tick read whole at the head, to check again for late records.
+        let mut last_head: Option<(Slice, usize)> = None;
+        loop {
+            self.stop_if_stopping()?;
+            let edge = follow::settled(now_ms(), lag, poll);
+            let mut sent = false;
+            if edge >= cp.next {
+                match self.read(Slice::new(cp.next, edge), &mut cp, tx).await? {
+                    Read::Over => return Ok(()),
+                    Read::Done { sent: s, whole } => {
+                        sent = s;
+                        if let Some((checked, n)) = last_head.take() {
+                            self.check_late(checked, n).await;
+                        }
+                        last_head = whole;
+                    }
+                }
+            }
+            if !sent {
+                // A heartbeat: progress to commit, and a sign of life.
+                METRICS.follow_heartbeats.inc();
+                let token =
+                    checkpoint::encode(&self.shared.tokens, self.req.search_string.as_deref(), &cp);
+                if !self.send(tx, wire::stream_message(&[], &token)).await? {
+                    return Ok(());
+                }
+            }
+            let wait = follow::next_tick(now_ms(), lag, poll).saturating_sub(now_ms());
+            let wake = tokio::time::Instant::now() + Duration::from_millis(wait.max(0) as u64);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = tx.closed() => return Ok(()),
+                // An error means the gateway dropped the signal: nothing to stop for.
+                Ok(_) = stopping.wait_for(|s| *s) => return Err(GatewayError::ShuttingDown),
+            }
+        }
+    }
+
+    fn stop_if_stopping(&self) -> Result<(), GatewayError> {
+        if *self.shared.stopping.borrow() {
+            return Err(GatewayError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Reads `range` oldest first and delivers what `cp` has not had, moving `cp` on.
+    async fn read(
+        &mut self,
+        range: Slice,
+        cp: &mut Checkpoint,
+        tx: &mpsc::Sender<Item>,
+    ) -> Result<Read, GatewayError> {
+        let mut stack = vec![range];
+        let mut ahead: HashMap<Slice, Fetch> = HashMap::new();
+        let mut sent = false;
+        let mut whole = None;
+        while let Some(slice) = stack.pop() {
+            self.stop_if_stopping()?;
+            // Ranges known to fit a page are fetched ahead, up to the prefetch window;
+            // ranges of unknown size are not (they may be cut again).
+            ahead.retain(|s, _| stack.contains(s));
+            for s in stack.iter().rev().take(self.shared.prefetch) {
+                if s.fits && !ahead.contains_key(s) {
+                    ahead.insert(*s, self.fetch(*s, 0, false));
+                }
+            }
+            let fetch = ahead
+                .remove(&slice)
+                .unwrap_or_else(|| self.fetch(slice, 0, false));
+            let page = join(fetch).await?;
+            let complete = self.complete(&page);
+            let records = match follow::plan(slice, &page.records, complete) {
+                Plan::Whole => page.records,
+                Plan::Split(pieces) => {
+                    stack.extend(pieces.into_iter().rev());
+                    continue;
+                }
+                Plan::Overflow => self.overflow(slice, page).await?,
+            };
+            if slice == range && complete {
+                whole = Some((slice, records.len()));
+            }
+            match self.deliver(slice, &records, cp, tx).await? {
+                None => return Ok(Read::Over),
+                Some(s) => sent |= s,
+            }
+        }
+        Ok(Read::Done { sent, whole })
+    }
+
+    /// Whether a page holds its whole range: fewer records than the `limit` Confluence
+    /// says it applied; without one, fewer than a page has held.
+    fn complete(&mut self, page: &PageView) -> bool {
+        let n = page.records.len();
+        let whole = if page.limit > 0 {
+            n < page.limit.min(PageQuery::MAX_LIMIT) as usize
+        } else {
+            n < self.largest
+        };
+        self.largest = self.largest.max(n);
+        n == 0 || whole
+    }
+
+    /// Every record of one millisecond holding more than a page, paged by offset.
+    async fn overflow(
+        &mut self,
+        slice: Slice,
+        first: PageView,
+    ) -> Result<Vec<Bytes>, GatewayError> {
+        METRICS.follow_tie_overflows.inc();
+        tracing::warn!(
+            at = slice.from,
+            "a millisecond holds more records than a page: if Confluence reorders them \
+             between requests, some of them can be missed or repeated"
+        );
+        let mut records = first.records;
+        for _ in 0..MAX_OVERFLOW_PAGES {
+            let start = i32::try_from(records.len()).unwrap_or(i32::MAX);
+            let page = join(self.fetch(slice, start, false)).await?;
+            let complete = self.complete(&page);
+            records.extend(page.records);
+            if complete {
+                return Ok(records);
+            }
+        }
+        Err(GatewayError::Internal(format!(
+            "Confluence keeps listing records at one millisecond past {MAX_OVERFLOW_PAGES} pages"
+        )))
+    }
+
+    /// Sends the records of a whole slice (newest first) that `cp` has not had, in
+    /// messages; `None` when the call is over.
+    async fn deliver(
+        &mut self,
+        slice: Slice,
+        records: &[Bytes],
+        cp: &mut Checkpoint,
+        tx: &mpsc::Sender<Item>,
+    ) -> Result<Option<bool>, GatewayError> {
+        let fresh = follow::undelivered(cp, records);
+        let mut sent = false;
+        let mut rest = &fresh[..];
+        while !rest.is_empty() {
+            let mut take = 0;
+            let mut bytes = 0;
+            while take < rest.len() && take < MAX_MESSAGE_RECORDS {
+                let len = records[rest[take]].len();
+                if take > 0 && bytes + len > MAX_MESSAGE_BYTES {
+                    break;
+                }
+                bytes += len;
+                take += 1;
+            }
+            if let Some(left) = self.remaining() {
+                take = take.min(left);
+            }
+            let part: Vec<&Bytes> = rest[..take].iter().map(|&i| &records[i]).collect();
+            rest = &rest[take..];
+            *cp = if rest.is_empty() {
+                follow::past(cp, slice.to)
+            } else {
+                follow::advance(cp, &part)
+            };
+            let token =
+                checkpoint::encode(&self.shared.tokens, self.req.search_string.as_deref(), cp);
+            let owned: Vec<Bytes> = part.into_iter().cloned().collect();
+            METRICS.follow_records.add(owned.len() as u64);
+            if !self.send(tx, wire::stream_message(&owned, &token)).await? {
+                return Ok(None);
+            }
+            sent = true;
+            if self.count(owned.len()) {
+                return Ok(None);
+            }
+            self.stop_if_stopping()?;
+        }
+        if fresh.is_empty() {
+            *cp = follow::past(cp, slice.to);
+        }
+        Ok(Some(sent))
+    }
+
+    /// Reads `slice`'s range again past the cache and counts records that were not there
+    /// when it was first read: they became visible more than `lag` after creation.
+    async fn check_late(&self, slice: Slice, seen: usize) {
+        if !self.shared.late.claim(&self.req.search_string, slice) {
+            return;
+        }
+        let Ok(page) = join(self.fetch(slice, 0, true)).await else {
+            return;
+        };
+        let n = page.records.len();
+        let whole = page.limit > 0 && n < page.limit as usize;
+        if whole && n > seen {
+            let late = (n - seen) as u64;
+            METRICS.follow_late_records.add(late);
+            tracing::warn!(
+                late,
+                from = slice.from,
+                to = slice.to,
+                lag = ?self.req.lag,
+                "records became visible upstream later than the followers' lag and cannot \
+                 be delivered in order: raise lag"
+            );
+        }
+    }
+
+    /// Records still to deliver, if `max_records` was given.
+    fn remaining(&self) -> Option<usize> {
+        self.remaining
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// Counts `n` records delivered; true when `max_records` is reached.
+    fn count(&mut self, n: usize) -> bool {
+        match self.remaining.as_mut() {
+            Some(left) => {
+                *left = left.saturating_sub(n as u64);
+                *left == 0
+            }
+            None => false,
+        }
+    }
+
+    /// Sends a message; false when the caller went away, STREAM_IDLE when it took
+    /// nothing for the idle time-out.
+    async fn send(&self, tx: &mpsc::Sender<Item>, message: Bytes) -> Result<bool, GatewayError> {
+        let idle = self.req.idle_timeout;
+        match tokio::time::timeout(idle, tx.send(Ok(message))).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(_)) => Ok(false),
+            Err(_) => Err(GatewayError::StreamIdle { after: idle }),
+        }
+    }
+
+    fn fetch(&self, slice: Slice, start: i32, refresh: bool) -> Fetch {
+        let pages = self.pages.clone();
+        let req = PageRequest {
+            query: PageQuery {
+                span: Span::Range {
+                    from: slice.from,
+                    to: slice.to,
+                },
+                search_string: self.req.search_string.clone(),
+                start,
+                limit: PageQuery::MAX_LIMIT,
+            },
+            credential: self.req.credential.clone(),
+            refresh,
+            deadline: self.req.deadline,
+        };
+        Fetch(tokio::spawn(async move {
+            stream::decode(&pages.page(req).await?)
+        }))
+    }
+}
+
+/// The page a fetch brings.
+async fn join(mut fetch: Fetch) -> Result<PageView, GatewayError> {
+    (&mut fetch.0)
+        .await
+        .map_err(|e| GatewayError::Internal(format!("page fetch task failed: {e}")))?
+}
+
+/// Now, epoch ms.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
