@@ -1221,3 +1221,39 @@ fn hidden_records_leave_the_listing_at_every_offset() {
         }
     }
 }
+
+#[test]
+fn live_flags_parse() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: cli::SimulateArgs,
+    }
+    let parse = |args: &[&str]| {
+        let cli = <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("sim").chain(args.iter().copied()),
+        )
+        .map_err(|e| e.to_string())?;
+        cli.args.to_config()
+    };
+    let config = parse(&[
+        "--live-rate",
+        "250.5",
+        "--live-burst",
+        "3",
+        "--late-share",
+        "0.2",
+        "--late-by",
+        "50ms",
+    ])
+    .unwrap();
+    assert_eq!(config.live, live(250.5, 3));
+    assert_eq!(config.late_share, 0.2);
+    assert_eq!(config.late_by, Duration::from_millis(50));
+    let plain = parse(&[]).unwrap();
+    assert_eq!((plain.live, plain.late_share), (None, 0.0));
+    assert!(parse(&["--late-by", "soon"]).is_err());
+    assert!(parse(&["--late-share", "0.5"]).is_err(), "needs --late-by");
+    assert!(parse(&["--late-share", "2", "--late-by", "1s"]).is_err());
+    assert!(parse(&["--live-rate", "-1"]).is_err());
+}
