@@ -811,8 +811,10 @@ pub fn render_page(spec: &PageSpec) -> serde_json::Result<Vec<u8>> {
 }
 
 /// The sequence number of a served record (the `#<seq>` that ends its `summary`), so tests can
-/// check that each record is delivered exactly once. A duplicate (see
-/// [`super::SimulatorConfig::duplicate_every`]) carries the number of the record it copies.
+/// check that each record is delivered exactly once, live and late ones included. A duplicate
+/// (see [`super::SimulatorConfig::duplicate_every`]) carries the number of the record it
+/// copies, so count duplicates as a multiset (as [`super::SimulatorHandle::expected_records`]
+/// does).
 pub fn record_seq(record: &Value) -> Option<u64> {
     record
         .get("summary")?

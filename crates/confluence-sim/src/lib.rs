@@ -1,6 +1,13 @@
-//! A synthetic Confluence audit API (`GET {base}/rest/api/audit/since`) for demos, tests and
-//! benchmarks: a deterministic, arbitrarily large, optionally growing log, served over HTTP/1.1
-//! with scripted or random faults, latency and authorization.
+//! A synthetic Confluence audit API for demos, tests and benchmarks: a deterministic,
+//! arbitrarily large, optionally growing log, served over HTTP/1.1 with scripted or random
+//! faults, latency and authorization, at both of Confluence's audit endpoints:
+//!
+//! - `GET {base}/rest/api/audit/since?number=&units=`: a window back from now;
+//! - `GET {base}/rest/api/audit?startDate=&endDate=` (`getAuditRecords`): creation dates from
+//!   `startDate` to `endDate`, epoch milliseconds, both inclusive, either open.
+//!
+//! Both take `searchString`, `start` and `limit`, list newest first, and share every behaviour
+//! below; [`RecordedRequest::endpoint`] tells which one a request hit.
 //!
 //! It refuses `limit` over 1000, as Confluence documents ([`SimulatorConfig::strict_limit`]),
 //! and can misbehave as Confluence is allowed to, each behaviour off by default: records
@@ -20,6 +27,14 @@
 //! let url = format!("{}/rest/api/audit/since?limit=100", sim.base_url());
 //! # let _ = url; Ok(()) }
 //! ```
+//!
+//! The log can also grow by itself, records dated as they are created, in bursts sharing a
+//! millisecond ([`SimulatorConfig::live`]), and a share of the added records can be listed
+//! only some time after their `creationDate`, which they keep, as an eventually consistent
+//! index does ([`SimulatorConfig::late_share`]). Both are seeded and created lazily when the
+//! log is read, with no background task. For tests comparing what a client received with what
+//! exists, [`SimulatorHandle::expected_records`] is the oracle (not yet visible records
+//! included) and [`SimulatorHandle::stop_live`] stops the growth so a client can catch up.
 //!
 //! Records are generated from (seed, sequence number) on demand, never stored: see
 //! [`render_page`] for the same bodies without a server, [`record_seq`] to identify a record.
