@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use clap::Args;
 
-use crate::{Fault, LimitEcho, Simulator, SimulatorConfig};
+use crate::{Fault, LimitEcho, Live, Simulator, SimulatorConfig};
 
 /// Where to serve a simulated Confluence, and what it holds.
 #[derive(Clone, Debug, Args)]
@@ -71,6 +71,23 @@ pub struct SimulateArgs {
     #[arg(long = "fault")]
     pub faults: Vec<Fault>,
 
+    /// Create records in real time, this many a second on average, dated when created.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub live_rate: Option<f64>,
+
+    /// Live records come in bursts of up to this many sharing a millisecond.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub live_burst: u32,
+
+    /// Fraction of the records added after start (live or inserted) listed only some time
+    /// after their creation date, which they keep (0..1; needs --late-by).
+    #[arg(long, default_value_t = 0.0)]
+    pub late_share: f64,
+
+    /// Longest delay before a late record becomes visible, e.g. 50ms or 2s.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub late_by: Option<Duration>,
+
     /// Require exactly this `Authorization` header (401 otherwise).
     #[arg(long, hide_env_values = true)]
     pub require_authorization: Option<String>,
@@ -82,10 +99,19 @@ impl SimulateArgs {
         for (flag, rate) in [
             ("--fault-rate", self.fault_rate),
             ("--cut-rate", self.cut_rate),
+            ("--late-share", self.late_share),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{flag}: must be between 0 and 1, got {rate}"));
             }
+        }
+        if let Some(rate) = self.live_rate
+            && !(rate.is_finite() && rate >= 0.0)
+        {
+            return Err(format!("--live-rate: must be a number >= 0, got {rate}"));
+        }
+        if self.late_share > 0.0 && self.late_by.is_none_or(|by| by.is_zero()) {
+            return Err("--late-share: needs --late-by above 0".to_owned());
         }
         Ok(SimulatorConfig {
             records: self.records,
@@ -102,6 +128,12 @@ impl SimulateArgs {
             fault_rate: self.fault_rate,
             required_authorization: self.require_authorization.clone(),
             faults: self.faults.clone(),
+            live: self.live_rate.map(|per_second| Live {
+                per_second,
+                burst: self.live_burst,
+            }),
+            late_share: self.late_share,
+            late_by: self.late_by.unwrap_or_default(),
             ..SimulatorConfig::default()
         })
     }
@@ -120,4 +152,10 @@ impl SimulateArgs {
         sim.shutdown();
         Ok(())
     }
+}
+
+/// Parses `--late-by`: `"250ms"` or `"2s"`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::fault::parse_delay(text.trim())
+        .ok_or_else(|| format!("invalid duration {text:?}: expected e.g. \"50ms\" or \"2s\""))
 }

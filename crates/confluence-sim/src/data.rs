@@ -1,6 +1,7 @@
 //! The synthetic audit log. Only creation dates are stored; every record is generated on
 //! demand from (seed, sequence number), so a log of millions of records costs a few bytes.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -89,6 +90,12 @@ impl Log {
         }
     }
 
+    /// The sequence number record `seq` carries in its content (see [`record_seq`]): its own,
+    /// or for a duplicate that of the record it copies.
+    pub(crate) fn content_seq(&self, seq: u64) -> u64 {
+        self.copy_of(seq).unwrap_or(seq)
+    }
+
     /// The record `seq` is a byte-identical copy of, if it is a duplicate. Only odd sequence
     /// numbers are, so an original is never a copy itself.
     fn copy_of(&self, seq: u64) -> Option<u64> {
@@ -159,17 +166,17 @@ impl Log {
 
     /// Record `seq`, generated afresh (a duplicate from the record it copies).
     pub(crate) fn record(&self, seq: u64) -> Record {
-        let content = self.copy_of(seq).unwrap_or(seq);
-        Record::generate(self.seed, content, self.date(seq))
+        Record::generate(self.seed, self.content_seq(seq), self.date(seq))
     }
 
-    /// One page, newest first: the records of `first..end()` that contain `search_lower`
-    /// (already lower-cased; `None` for no filter), skipping `start` and taking `limit`,
-    /// listed as [`Log::newest_first`] lists them for `order`. Without a search the offset is
-    /// found directly; with one it is a linear scan.
+    /// One page, newest first: the records of `range` not in `hidden` that contain
+    /// `search_lower` (already lower-cased; `None` for no filter), skipping `start` and taking
+    /// `limit`, listed as [`Log::newest_first`] lists them for `order`. Without a search the
+    /// offset is found directly; with one it is a linear scan.
     pub(crate) fn page(
         &self,
-        first: u64,
+        range: Range<u64>,
+        hidden: &[u64],
         search_lower: Option<&str>,
         start: usize,
         limit: usize,
@@ -177,12 +184,12 @@ impl Log {
     ) -> Vec<Record> {
         match search_lower {
             None => self
-                .newest_first(first, start as u64, order)
+                .newest_first(range, hidden, start as u64, order)
                 .take(limit)
                 .map(|seq| self.record(seq))
                 .collect(),
             Some(needle) => self
-                .newest_first(first, 0, order)
+                .newest_first(range, hidden, 0, order)
                 .map(|seq| self.record(seq))
                 .filter(|record| record.contains(needle))
                 .skip(start)
@@ -191,26 +198,63 @@ impl Log {
         }
     }
 
-    /// The sequence numbers of `first..end()` (deleted ones left out) newest first, from
-    /// offset `skip` on. Records sharing a millisecond come in sequence order when `order` is
-    /// `None`; else in an order drawn afresh from `order` for each group, as Confluence lists
-    /// ties differently on every request.
-    pub(crate) fn newest_first(
-        &self,
-        first: u64,
+    /// The sequence numbers of `range` (deleted ones and those in `hidden`, ascending, left
+    /// out) newest first, from offset `skip` on. `range` must not split a group of records
+    /// sharing a millisecond. Records sharing a millisecond come in sequence order when
+    /// `order` is `None`; else in an order drawn afresh from `order` for each group, as
+    /// Confluence lists ties differently on every request.
+    pub(crate) fn newest_first<'a>(
+        &'a self,
+        range: Range<u64>,
+        hidden: &'a [u64],
         skip: u64,
         order: Option<u64>,
-    ) -> NewestFirst<'_> {
-        let first = first.max(self.oldest);
+    ) -> NewestFirst<'a> {
+        let first = range.start.max(self.oldest);
+        let upper = range.end.min(self.end).max(first);
+        // Only the hidden records inside the listing shift its offsets.
+        let hidden = &hidden[hidden.partition_point(|&seq| seq < first)..];
+        let hidden = &hidden[..hidden.partition_point(|&seq| seq < upper)];
+        let Some(&oldest_hidden) = hidden.first() else {
+            return self.raw_newest_first(first, upper, hidden, skip, order);
+        };
+        // Hidden records are recent, so they are listed within the first few offsets: past
+        // the group holding the oldest of them, offsets are raw offsets less all of them.
+        let region_start = match order {
+            None => oldest_hidden,
+            Some(_) => self.group_start(oldest_hidden, first),
+        };
+        let visible_in_region = (upper - region_start).saturating_sub(hidden.len() as u64);
+        if skip >= visible_in_region {
+            let raw_skip = skip.saturating_add(hidden.len() as u64);
+            return self.raw_newest_first(first, upper, hidden, raw_skip, order);
+        }
+        // Inside that short region: list from the start and step over `skip` visible ones.
+        let mut listing = self.raw_newest_first(first, upper, hidden, 0, order);
+        for _ in 0..skip {
+            listing.next();
+        }
+        listing
+    }
+
+    /// [`Log::newest_first`] from raw offset `skip`, counting hidden records too.
+    fn raw_newest_first<'a>(
+        &'a self,
+        first: u64,
+        upper: u64,
+        hidden: &'a [u64],
+        skip: u64,
+        order: Option<u64>,
+    ) -> NewestFirst<'a> {
         let mut listing = NewestFirst {
             log: self,
             first,
             below: first,
             order,
             group: Vec::new(),
+            hidden,
         };
-        let Some(at) = self
-            .end
+        let Some(at) = upper
             .checked_sub(1)
             .and_then(|newest| newest.checked_sub(skip))
             .filter(|&at| at >= first)
@@ -223,7 +267,7 @@ impl Log {
         }
         // The group holding offset `skip`, entered part way: the members listed before it
         // belong to earlier offsets.
-        let newest = self.group_end(at);
+        let newest = self.group_end(at, upper - 1);
         let oldest = self.group_start(at, first);
         listing.fill(oldest, newest);
         let listed_before = usize::try_from(newest - at).unwrap_or(usize::MAX);
@@ -260,10 +304,10 @@ impl Log {
         inside
     }
 
-    /// The newest sequence number dated as `seq` (`seq < end()`).
-    fn group_end(&self, seq: u64) -> u64 {
+    /// The newest sequence number, not above `ceiling` (`seq <= ceiling < end()`), dated as
+    /// `seq`.
+    fn group_end(&self, seq: u64, ceiling: u64) -> u64 {
         let date = self.date(seq);
-        let ceiling = self.end - 1;
         let (mut inside, mut step) = (seq, 1u64);
         let mut outside = loop {
             if inside >= ceiling {
@@ -303,6 +347,8 @@ pub(crate) struct NewestFirst<'a> {
     order: Option<u64>,
     /// What is left of the current tie group, last listed first (so `pop` lists it).
     group: Vec<u64>,
+    /// Sequence numbers not listed (not visible yet), ascending.
+    hidden: &'a [u64],
 }
 
 impl NewestFirst<'_> {
@@ -320,6 +366,18 @@ impl Iterator for NewestFirst<'_> {
     type Item = u64;
 
     fn next(&mut self) -> Option<u64> {
+        loop {
+            let seq = self.next_raw()?;
+            if self.hidden.binary_search(&seq).is_err() {
+                return Some(seq);
+            }
+        }
+    }
+}
+
+impl NewestFirst<'_> {
+    /// The next sequence number, hidden or not.
+    fn next_raw(&mut self) -> Option<u64> {
         if let Some(seq) = self.group.pop() {
             return Some(seq);
         }
@@ -642,7 +700,7 @@ fn one_in(r: &mut fastrand::Rng, n: u32) -> bool {
 }
 
 /// SplitMix64 finaliser: turns (seed, seq) into well-spread, independent generator seeds.
-fn mix(x: u64) -> u64 {
+pub(crate) fn mix(x: u64) -> u64 {
     let x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -731,7 +789,14 @@ impl Default for PageSpec {
 /// Fails only if serde_json fails to serialise, which these types do not.
 pub fn render_page(spec: &PageSpec) -> serde_json::Result<Vec<u8>> {
     let log = Log::new(spec.seed, spec.total, spec.newest_date_ms);
-    let records = log.page(0, None, spec.start as usize, spec.limit as usize, None);
+    let records = log.page(
+        0..log.end(),
+        &[],
+        None,
+        spec.start as usize,
+        spec.limit as usize,
+        None,
+    );
     let context = url::Url::parse(&spec.base_url)
         .map(|url| url.path().trim_end_matches('/').to_owned())
         .unwrap_or_default();
@@ -746,8 +811,10 @@ pub fn render_page(spec: &PageSpec) -> serde_json::Result<Vec<u8>> {
 }
 
 /// The sequence number of a served record (the `#<seq>` that ends its `summary`), so tests can
-/// check that each record is delivered exactly once. A duplicate (see
-/// [`super::SimulatorConfig::duplicate_every`]) carries the number of the record it copies.
+/// check that each record is delivered exactly once, live and late ones included. A duplicate
+/// (see [`super::SimulatorConfig::duplicate_every`]) carries the number of the record it
+/// copies, so count duplicates as a multiset (as [`super::SimulatorHandle::expected_records`]
+/// does).
 pub fn record_seq(record: &Value) -> Option<u64> {
     record
         .get("summary")?

@@ -167,7 +167,8 @@ fn parse_status(s: &str) -> Result<Fault, String> {
     })
 }
 
-fn parse_delay(text: &str) -> Option<Duration> {
+/// `"250ms"` or `"2s"`.
+pub(crate) fn parse_delay(text: &str) -> Option<Duration> {
     let (number, scale_ms) = match text.strip_suffix("ms") {
         Some(ms) => (ms, 1),
         None => (text.strip_suffix('s')?, 1000),

@@ -10,13 +10,15 @@ use http_body_util::{BodyExt, Full};
 
 use super::data;
 use super::fault::atlassian_error;
-use super::query::AuditQuery;
+use super::query::{AuditQuery, Span};
 use super::state::{Admission, InFlight, Shared, now_ms};
-use super::{Fault, LimitEcho, RecordedRequest};
+use super::{AuditEndpoint, Fault, LimitEcho, RecordedRequest};
 
 const JSON: &str = "application/json;charset=UTF-8";
-/// The endpoint, after the base path.
+/// The relative-window endpoint, after the base path.
 pub(crate) const AUDIT_SINCE: &str = "/rest/api/audit/since";
+/// The absolute-range endpoint (`getAuditRecords`), after the base path.
+pub(crate) const AUDIT_RANGE: &str = "/rest/api/audit";
 
 /// Confluence's documented largest `limit`; `strict_limit` refuses more.
 const LARGEST_LIMIT: u32 = 1000;
@@ -57,9 +59,10 @@ pub(crate) async fn handle<B>(
     shared: Arc<Shared>,
     request: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Abort> {
-    let recorded = RecordedRequest::from_request(&request);
-    let is_audit = request.uri().path() == shared.audit_path;
-    let admission = shared.admit(recorded.clone(), is_audit);
+    let mut recorded = RecordedRequest::from_request(&request);
+    recorded.endpoint = shared.endpoint(&recorded.path);
+    let is_audit = recorded.endpoint.is_some();
+    let admission = shared.admit(recorded.clone());
     // Admitted audit requests are counted in flight from here until this answer is done.
     let _in_flight = is_audit.then(|| InFlight(shared.clone()));
     let extra_delay = match admission.fault {
@@ -89,7 +92,7 @@ pub(crate) async fn handle<B>(
             r#"{"results":[{"author":{"type":"user","displayName":"Ada"#,
         ),
         Some(Fault::WrongShape) => body_response(StatusCode::OK, JSON, r#"{"results":5}"#),
-        _ if request.uri().path() != shared.audit_path => error_response(404, "Not found"),
+        _ if !is_audit => error_response(404, "Not found"),
         _ if request.method() != Method::GET => error_response(405, "Method not allowed"),
         _ => answer(shared, &recorded, admission).await,
     };
@@ -132,7 +135,7 @@ async fn cut_short(response: Response<Full<Bytes>>) -> Bytes {
     raw.into()
 }
 
-/// The normal answer of the audit endpoint.
+/// The normal answer of either audit endpoint.
 async fn answer(
     shared: Arc<Shared>,
     request: &RecordedRequest,
@@ -143,7 +146,8 @@ async fn answer(
     {
         return error_response(401, "Client must be authenticated to access this resource.");
     }
-    let query = match AuditQuery::parse(&request.query) {
+    let range = request.endpoint == Some(AuditEndpoint::Range);
+    let query = match AuditQuery::parse(&request.query, range) {
         Ok(query) => query,
         Err(message) => return error_response(400, &message),
     };
@@ -154,9 +158,10 @@ async fn answer(
         );
         return error_response(400, &message);
     }
+    let endpoint = if range { AUDIT_RANGE } else { AUDIT_SINCE };
     let self_url = match &request.raw_query {
-        Some(raw) => format!("{}{AUDIT_SINCE}?{raw}", shared.base_url),
-        None => format!("{}{AUDIT_SINCE}", shared.base_url),
+        Some(raw) => format!("{}{endpoint}?{raw}", shared.base_url),
+        None => format!("{}{endpoint}", shared.base_url),
     };
     // A search over a big window scans it: keep that off the async worker threads.
     let rendered =
@@ -178,11 +183,24 @@ fn render(
     let limit = shared
         .max_limit
         .map_or(query.limit, |cap| query.limit.min(cap));
-    let first = query
-        .cutoff_ms(now_ms())
-        .map_or(log.end(), |cutoff| log.first_since(cutoff));
+    let listed = match query.span {
+        Span::Since { number, unit_nanos } => {
+            let first = AuditQuery::cutoff_ms(number, unit_nanos, now_ms())
+                .map_or(log.end(), |cutoff| log.first_since(cutoff));
+            first..log.end()
+        }
+        // Both ends inclusive: up to the first record dated after `end_ms`.
+        Span::Range { start_ms, end_ms } => {
+            let first = start_ms.map_or(0, |start| log.first_since(start));
+            let upper = end_ms
+                .and_then(|end| end.checked_add(1))
+                .map_or(log.end(), |after| log.first_since(after));
+            first..upper
+        }
+    };
     let records = log.page(
-        first,
+        listed,
+        &admission.hidden,
         query.search_lower.as_deref(),
         query.start as usize,
         limit as usize,
@@ -268,6 +286,7 @@ impl RecordedRequest {
         let raw_query = request.uri().query().map(str::to_owned);
         RecordedRequest {
             path: request.uri().path().to_owned(),
+            endpoint: None,
             query: raw_query
                 .as_deref()
                 .map(|raw| {

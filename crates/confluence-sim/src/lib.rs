@@ -1,6 +1,13 @@
-//! A synthetic Confluence audit API (`GET {base}/rest/api/audit/since`) for demos, tests and
-//! benchmarks: a deterministic, arbitrarily large, optionally growing log, served over HTTP/1.1
-//! with scripted or random faults, latency and authorization.
+//! A synthetic Confluence audit API for demos, tests and benchmarks: a deterministic,
+//! arbitrarily large, optionally growing log, served over HTTP/1.1 with scripted or random
+//! faults, latency and authorization, at both of Confluence's audit endpoints:
+//!
+//! - `GET {base}/rest/api/audit/since?number=&units=`: a window back from now;
+//! - `GET {base}/rest/api/audit?startDate=&endDate=` (`getAuditRecords`): creation dates from
+//!   `startDate` to `endDate`, epoch milliseconds, both inclusive, either open.
+//!
+//! Both take `searchString`, `start` and `limit`, list newest first, and share every behaviour
+//! below; [`RecordedRequest::endpoint`] tells which one a request hit.
 //!
 //! It refuses `limit` over 1000, as Confluence documents ([`SimulatorConfig::strict_limit`]),
 //! and can misbehave as Confluence is allowed to, each behaviour off by default: records
@@ -21,6 +28,14 @@
 //! # let _ = url; Ok(()) }
 //! ```
 //!
+//! The log can also grow by itself, records dated as they are created, in bursts sharing a
+//! millisecond ([`SimulatorConfig::live`]), and a share of the added records can be listed
+//! only some time after their `creationDate`, which they keep, as an eventually consistent
+//! index does ([`SimulatorConfig::late_share`]). Both are seeded and created lazily when the
+//! log is read, with no background task. For tests comparing what a client received with what
+//! exists, [`SimulatorHandle::expected_records`] is the oracle (not yet visible records
+//! included) and [`SimulatorHandle::stop_live`] stops the growth so a client can catch up.
+//!
 //! Records are generated from (seed, sequence number) on demand, never stored: see
 //! [`render_page`] for the same bodies without a server, [`record_seq`] to identify a record.
 
@@ -28,6 +43,7 @@ pub mod cli;
 mod data;
 mod fault;
 mod http;
+mod live;
 mod query;
 mod state;
 #[cfg(test)]
@@ -99,6 +115,33 @@ pub struct SimulatorConfig {
     /// Faults served one per audit request, in order, before any normal answer (default none;
     /// see [`SimulatorHandle::push_faults`]).
     pub faults: Vec<Fault>,
+    /// Records created in real time, dated when they are created (default none; see
+    /// [`Live`] and [`SimulatorHandle::stop_live`]).
+    pub live: Option<Live>,
+    /// Fraction (0..=1) of the records added after start (live, inserted per request or by
+    /// [`SimulatorHandle::insert_records`]) that either endpoint lists only some time after
+    /// their `creationDate`, which they keep (default 0). Seeded by `seed` and each record's
+    /// sequence number.
+    pub late_share: f64,
+    /// How long after its `creationDate` a late record becomes visible at most: a delay in
+    /// (0, late_by], in whole milliseconds (default 0: no record is late).
+    pub late_by: Duration,
+}
+
+/// Records created in real time, as on a busy site: bursts of 1..=`burst` records sharing a
+/// millisecond (sizes uniform), the bursts a Poisson process at `per_second` records a second
+/// on average, each in a millisecond of its own, all drawn from [`SimulatorConfig::seed`].
+/// They are created when the simulator next looks at its log (a request, or a handle method
+/// that reads it), each dated at its scheduled millisecond, so no background task runs.
+/// As each burst takes a millisecond of its own, the rate tops out at about 1000 bursts a
+/// second. With [`SimulatorConfig::duplicate_every`] a duplicate shares the date of the record
+/// it copies, which can make a group one larger than `burst`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Live {
+    /// Average records created per second; 0 (or not finite) creates none.
+    pub per_second: f64,
+    /// Largest burst of records sharing one millisecond (0 counts as 1).
+    pub burst: u32,
 }
 
 impl Default for SimulatorConfig {
@@ -119,6 +162,9 @@ impl Default for SimulatorConfig {
             fault_rate: 0.0,
             required_authorization: None,
             faults: Vec::new(),
+            live: None,
+            late_share: 0.0,
+            late_by: Duration::ZERO,
         }
     }
 }
@@ -136,11 +182,22 @@ pub enum LimitEcho {
     Omitted,
 }
 
+/// Which audit endpoint a request hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditEndpoint {
+    /// `GET {base}/rest/api/audit/since`: `number` `units` back from now.
+    Since,
+    /// `GET {base}/rest/api/audit`: `startDate..=endDate` in epoch milliseconds.
+    Range,
+}
+
 /// One request as the simulator received it, for tests to inspect.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
     /// Path without the query, e.g. `"/wiki/rest/api/audit/since"`.
     pub path: String,
+    /// The audit endpoint the path is, `None` for any other path.
+    pub endpoint: Option<AuditEndpoint>,
     /// The query exactly as received, still percent-encoded.
     pub raw_query: Option<String>,
     /// Decoded query pairs, in order.
@@ -221,10 +278,14 @@ impl SimulatorHandle {
         self.inner.shared.lock().inserts_per_request = n;
     }
 
-    /// Adds `n` records at the head now, dated now (never before the current newest).
+    /// Adds `n` records at the head now, dated now (never before the current newest), after
+    /// the live records due; a share of them late as [`SimulatorConfig::late_share`] says.
     pub fn insert_records(&self, n: usize) {
         let n = u64::try_from(n).unwrap_or(u64::MAX);
-        self.inner.shared.lock().log.insert(n, now_ms());
+        let now = now_ms();
+        let mut state = self.inner.shared.lock();
+        state.catch_up(now);
+        state.add(n, now);
     }
 
     /// Changes how many of the oldest records are deleted before each audit request.
@@ -248,18 +309,89 @@ impl SimulatorHandle {
         self.inner.shared.lock().cut_rate = rate;
     }
 
-    /// Records in the log now.
+    /// Records in the log now, live ones due included, visible or not.
     pub fn record_count(&self) -> usize {
-        usize::try_from(self.inner.shared.lock().log.count()).unwrap_or(usize::MAX)
+        let mut state = self.inner.shared.lock();
+        state.catch_up(now_ms());
+        usize::try_from(state.log.count()).unwrap_or(usize::MAX)
     }
 
-    /// Requests to the audit endpoint received so far, faulted ones included.
+    /// Requests to either audit endpoint received so far, faulted ones included.
     pub fn request_count(&self) -> usize {
         self.inner.shared.lock().audit_requests
     }
 
-    /// The most audit requests that were in flight at once (admitted, their answer not
-    /// yet done) since the simulator started: what a client's concurrency cap allowed.
+    /// Requests to `endpoint` received so far, faulted ones included.
+    pub fn request_count_of(&self, endpoint: AuditEndpoint) -> usize {
+        let state = self.inner.shared.lock();
+        let hit = |request: &&RecordedRequest| request.endpoint == Some(endpoint);
+        state.requests.iter().filter(hit).count()
+    }
+
+    /// The oracle: every record dated in `from_ms..=to_ms` (epoch ms) that exists now, not
+    /// yet visible ones included, and, once live creation is stopped
+    /// ([`SimulatorHandle::stop_live_at`]), the live records still to be created up to the
+    /// stop. Each as (`creationDate`, [`record_seq`] of its JSON), oldest first, so what a
+    /// client received can be compared with it as a multiset: a duplicate appears as often
+    /// as it was created. Records deleted by retention are left out; records to be created
+    /// assume no other record is inserted before them (other inserts would renumber them).
+    pub fn expected_records(&self, from_ms: i64, to_ms: i64) -> Vec<(i64, u64)> {
+        let (mut log, live) = {
+            let mut state = self.inner.shared.lock();
+            state.catch_up(now_ms());
+            // Only a stopped schedule has an end to run to.
+            let live = state.live.clone().filter(|live| live.stop_ms().is_some());
+            (state.log.clone(), live)
+        };
+        if let Some(mut live) = live {
+            for (at_ms, n) in live.due(i64::MAX) {
+                log.insert(n, at_ms);
+            }
+        }
+        let first = log.first_since(from_ms);
+        let upper = to_ms
+            .checked_add(1)
+            .map_or(log.end(), |after| log.first_since(after));
+        (first..upper.max(first))
+            .map(|seq| (log.date(seq), log.content_seq(seq)))
+            .collect()
+    }
+
+    /// The records created but not visible yet, as (`creationDate`, [`record_seq`], visible
+    /// from epoch ms), in creation order: what [`SimulatorConfig::late_share`] holds back now.
+    pub fn invisible_records(&self) -> Vec<(i64, u64, i64)> {
+        let mut state = self.inner.shared.lock();
+        state.catch_up(now_ms());
+        let state = &*state;
+        let describe = |&(seq, visible_ms): &(u64, i64)| {
+            (state.log.date(seq), state.log.content_seq(seq), visible_ms)
+        };
+        state.late.iter().map(describe).collect()
+    }
+
+    /// Stops live creation now: the records due are created, no later one will be. Returns
+    /// the stop time (epoch ms), after which no live record is dated. Does nothing but
+    /// return the time without [`SimulatorConfig::live`].
+    pub fn stop_live(&self) -> i64 {
+        let now = now_ms();
+        self.stop_live_at(now);
+        now
+    }
+
+    /// Stops live creation after `at_ms` (epoch ms, may be in the future): records scheduled
+    /// up to it are still created when due, none after it (records already created stay).
+    /// An earlier stop stays.
+    pub fn stop_live_at(&self, at_ms: i64) {
+        let mut state = self.inner.shared.lock();
+        if let Some(live) = state.live.as_mut() {
+            live.stop_at(at_ms);
+        }
+        state.catch_up(now_ms());
+    }
+
+    /// The most audit requests (either endpoint) that were in flight at once (admitted, their
+    /// answer not yet done) since the simulator started: what a client's concurrency cap
+    /// allowed.
     pub fn max_in_flight(&self) -> usize {
         self.inner.shared.lock().max_in_flight
     }

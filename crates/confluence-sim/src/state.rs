@@ -5,13 +5,16 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::data::{Log, listing_order};
-use super::http::AUDIT_SINCE;
-use super::{Fault, LimitEcho, RecordedRequest, SimulatorConfig};
+use super::http::{AUDIT_RANGE, AUDIT_SINCE};
+use super::live::{Lateness, LiveClock};
+use super::{AuditEndpoint, Fault, LimitEcho, RecordedRequest, SimulatorConfig};
 
 /// Settings fixed at start, and the mutable state behind one lock.
 pub(crate) struct Shared {
     /// `{base_path}/rest/api/audit/since`.
-    pub(crate) audit_path: String,
+    pub(crate) since_path: String,
+    /// `{base_path}/rest/api/audit`.
+    pub(crate) range_path: String,
     /// `http://{addr}{base_path}`.
     pub(crate) base_url: String,
     /// `base_path`, reported as `_links.context`.
@@ -27,7 +30,14 @@ pub(crate) struct Shared {
 
 /// Everything a handle may change while the simulator runs.
 pub(crate) struct State {
+    /// Every record created so far, visible or not: read it after [`State::catch_up`].
     pub(crate) log: Log,
+    /// Creates live records; `None` when the log does not grow by itself.
+    pub(crate) live: Option<LiveClock>,
+    /// Which added records are late; `None` when none is.
+    lateness: Option<Lateness>,
+    /// Records not visible yet as (sequence number, visible from epoch ms), in sequence order.
+    pub(crate) late: Vec<(u64, i64)>,
     pub(crate) faults: VecDeque<Fault>,
     pub(crate) fault_rate: f64,
     pub(crate) latency: Duration,
@@ -53,6 +63,8 @@ pub(crate) struct Admission {
     pub(crate) latency: Duration,
     /// Snapshot of the log, cheap to clone, so the page renders without the lock.
     pub(crate) log: Log,
+    /// Records of `log` not visible to this request, ascending.
+    pub(crate) hidden: Vec<u64>,
     /// How this request lists ties (see `Log::newest_first`).
     pub(crate) order: Option<u64>,
     pub(crate) limit_echo: LimitEcho,
@@ -61,8 +73,11 @@ pub(crate) struct Admission {
 impl Shared {
     pub(crate) fn new(config: SimulatorConfig, base_url: String) -> Shared {
         let context = config.base_path.trim_end_matches('/').to_owned();
+        let start_ms = now_ms();
+        let late_by_ms = u64::try_from(config.late_by.as_millis()).unwrap_or(u64::MAX);
         Shared {
-            audit_path: format!("{context}{AUDIT_SINCE}"),
+            since_path: format!("{context}{AUDIT_SINCE}"),
+            range_path: format!("{context}{AUDIT_RANGE}"),
             base_url,
             context,
             max_limit: config.max_limit,
@@ -70,8 +85,14 @@ impl Shared {
             required_authorization: config.required_authorization,
             tie_order_seed: (config.ties > 1).then_some(config.seed),
             state: Mutex::new(State {
-                log: Log::new(config.seed, config.records, now_ms())
+                log: Log::new(config.seed, config.records, start_ms)
                     .shaped(config.ties, config.duplicate_every),
+                live: config
+                    .live
+                    .as_ref()
+                    .and_then(|live| LiveClock::new(live, config.seed, start_ms)),
+                lateness: Lateness::new(config.seed, config.late_share, late_by_ms),
+                late: Vec::new(),
                 faults: config.faults.into(),
                 fault_rate: config.fault_rate,
                 latency: config.latency,
@@ -94,12 +115,26 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a request and decides its fate. For the audit endpoint it counts the request,
-    /// grows the log by `inserts_per_request` and shrinks it by `deletes_per_request` (faulted
-    /// or not: a live log changes whatever one client sees), takes the next scripted fault,
-    /// else a random one at `fault_rate`, else a cut at `cut_rate`, and draws the request's
-    /// order of ties. Other paths get no faults and no changes.
-    pub(crate) fn admit(&self, request: RecordedRequest, is_audit: bool) -> Admission {
+    /// The audit endpoint `path` is, if any.
+    pub(crate) fn endpoint(&self, path: &str) -> Option<AuditEndpoint> {
+        if path == self.since_path {
+            Some(AuditEndpoint::Since)
+        } else if path == self.range_path {
+            Some(AuditEndpoint::Range)
+        } else {
+            None
+        }
+    }
+
+    /// Records a request and decides its fate. For either audit endpoint it counts the
+    /// request, creates the live records due, grows the log by `inserts_per_request` and
+    /// shrinks it by `deletes_per_request` (faulted or not: a live log changes whatever one
+    /// client sees), takes the next scripted fault, else a random one at `fault_rate`, else a
+    /// cut at `cut_rate`, and draws the request's order of ties. Other paths get no faults
+    /// and no changes.
+    pub(crate) fn admit(&self, request: RecordedRequest) -> Admission {
+        let is_audit = request.endpoint.is_some();
+        let now = now_ms();
         let mut state = self.lock();
         state.requests.push(request);
         let (mut fault, mut cut, mut order) = (None, false, None);
@@ -107,8 +142,9 @@ impl Shared {
             state.audit_requests += 1;
             state.in_flight += 1;
             state.max_in_flight = state.max_in_flight.max(state.in_flight);
+            state.catch_up(now);
             let inserts = u64::from(state.inserts_per_request);
-            state.log.insert(inserts, now_ms());
+            state.add(inserts, now);
             let deletes = u64::from(state.deletes_per_request);
             state.log.delete_oldest(deletes);
             fault = state.next_fault();
@@ -126,6 +162,7 @@ impl Shared {
             cut,
             latency: state.latency,
             log: state.log.clone(),
+            hidden: state.late.iter().map(|&(seq, _)| seq).collect(),
             order,
             limit_echo: state.limit_echo,
         }
@@ -144,6 +181,31 @@ impl Drop for InFlight {
 }
 
 impl State {
+    /// Creates the live records due by `now_ms` and makes visible the late ones due by then:
+    /// called before anything reads the log.
+    pub(crate) fn catch_up(&mut self, now_ms: i64) {
+        let due = self.live.as_mut().map(|live| live.due(now_ms));
+        for (at_ms, n) in due.into_iter().flatten() {
+            self.add(n, at_ms);
+        }
+        self.late.retain(|&(_, visible_ms)| visible_ms > now_ms);
+    }
+
+    /// Adds `n` records at the head dated `at_ms` (see [`Log::insert`]), a share of them late.
+    pub(crate) fn add(&mut self, n: u64, at_ms: i64) {
+        let first = self.log.end();
+        self.log.insert(n, at_ms);
+        let Some(lateness) = self.lateness else {
+            return;
+        };
+        for seq in first..self.log.end() {
+            if let Some(delay) = lateness.delay_ms(seq) {
+                let visible_ms = self.log.date(seq).saturating_add(delay);
+                self.late.push((seq, visible_ms));
+            }
+        }
+    }
+
     fn next_fault(&mut self) -> Option<Fault> {
         if let Some(fault) = self.faults.pop_front() {
             return Some(fault);

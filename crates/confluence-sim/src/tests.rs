@@ -260,7 +260,7 @@ async fn invalid_parameters_are_400_with_atlassian_body() {
         assert!(body["message"].is_string());
         assert_eq!(body["data"]["valid"], false);
     }
-    let not_found = get(&sim, "/wiki/rest/api/audit").await;
+    let not_found = get(&sim, "/wiki/rest/api/audits").await;
     assert_eq!(not_found.status, 404);
     assert_eq!(not_found.json()["statusCode"], 404);
     assert_eq!(sim.request_count(), 7, "404s are not audit requests");
@@ -698,19 +698,19 @@ fn a_listing_entered_at_any_offset_continues_the_same_order() {
     log.insert(40, 1_700_000_001_000);
     log.delete_oldest(13);
     for order in [None, Some(data::listing_order(7, 1))] {
-        let whole: Vec<u64> = log.newest_first(0, 0, order).collect();
+        let whole: Vec<u64> = log.newest_first(0..log.end(), &[], 0, order).collect();
         let mut sorted = whole.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, (13..540).collect::<Vec<u64>>());
         let ordered: Vec<i64> = whole.iter().map(|&seq| log.date(seq)).collect();
         assert!(ordered.windows(2).all(|pair| pair[0] >= pair[1]));
         for skip in 0..=whole.len() as u64 + 2 {
-            let from: Vec<u64> = log.newest_first(0, skip, order).collect();
+            let from: Vec<u64> = log.newest_first(0..log.end(), &[], skip, order).collect();
             assert_eq!(from, whole[whole.len().min(skip as usize)..], "skip {skip}");
         }
         // A window that starts inside the log starts at a group's oldest member.
         let first = log.first_since(log.date(300));
-        let windowed: Vec<u64> = log.newest_first(first, 0, order).collect();
+        let windowed: Vec<u64> = log.newest_first(first..log.end(), &[], 0, order).collect();
         assert!(windowed.iter().all(|&seq| seq >= first));
         assert_eq!(windowed.len() as u64, 540 - first);
     }
@@ -878,4 +878,382 @@ async fn max_in_flight_counts_concurrent_audit_requests() {
         get(&sim, "/x")
     );
     assert_eq!(sim.max_in_flight(), 3);
+}
+
+const RANGE: &str = "/wiki/rest/api/audit";
+
+/// The 200 page of the absolute-range endpoint for `query`.
+async fn range_page(sim: &SimulatorHandle, query: &str) -> Value {
+    let reply = get(sim, &format!("{RANGE}?{query}")).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{query}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.body.len(), reply.content_length(), "a whole body");
+    let body = reply.json();
+    assert_eq!(body["size"], body["results"].as_array().unwrap().len());
+    body
+}
+
+/// (creationDate, record_seq) of each record of a page, as listed.
+fn dated(body: &Value) -> Vec<(i64, u64)> {
+    dates(body).into_iter().zip(seqs(body)).collect()
+}
+
+/// Sorted, so two listings compare as multisets.
+fn sorted(mut records: Vec<(i64, u64)>) -> Vec<(i64, u64)> {
+    records.sort_unstable();
+    records
+}
+
+fn live(per_second: f64, burst: u32) -> Option<Live> {
+    Some(Live { per_second, burst })
+}
+
+#[tokio::test]
+async fn range_bounds_are_inclusive_epoch_milliseconds() {
+    let sim = start(with_records(100)).await;
+    let all = dated(&page(&sim, "").await);
+    let date_of = |seq: u64| all.iter().find(|&&(_, s)| s == seq).unwrap().0;
+    let (d40, d50) = (date_of(40), date_of(50));
+    let both = range_page(&sim, &format!("startDate={d40}&endDate={d50}")).await;
+    assert_eq!(seqs(&both), newest_first(50, 11));
+    assert_eq!(dates(&both)[0], d50);
+    let inside = range_page(&sim, &format!("startDate={}&endDate={}", d40 + 1, d50 - 1)).await;
+    assert_eq!(seqs(&inside), newest_first(49, 9));
+    let one = range_page(&sim, &format!("startDate={d40}&endDate={d40}")).await;
+    assert_eq!(seqs(&one), [40]);
+    // Either end may be open.
+    let newer = range_page(&sim, &format!("startDate={}", date_of(95))).await;
+    assert_eq!(seqs(&newer), newest_first(99, 5));
+    let older = range_page(&sim, &format!("endDate={}", date_of(4))).await;
+    assert_eq!(seqs(&older), newest_first(4, 5));
+    assert_eq!(seqs(&range_page(&sim, "").await), newest_first(99, 100));
+    assert_eq!(
+        seqs(&range_page(&sim, "startDate=&endDate=").await).len(),
+        100
+    );
+    let reversed = range_page(&sim, &format!("startDate={d50}&endDate={d40}")).await;
+    assert!(seqs(&reversed).is_empty());
+    // Paging and search work as on /since; `_links.self` is this endpoint.
+    let paged = range_page(
+        &sim,
+        &format!("startDate={d40}&endDate={d50}&start=3&limit=4"),
+    )
+    .await;
+    assert_eq!(seqs(&paged), newest_first(47, 4));
+    assert_eq!(
+        (paged["start"].as_u64(), paged["limit"].as_u64()),
+        (Some(3), Some(4))
+    );
+    let self_link = paged["_links"]["self"].as_str().unwrap();
+    assert!(self_link.starts_with(&format!("{}/rest/api/audit?", sim.base_url())));
+    let needle = "(record 45)";
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("searchString", needle)
+        .finish();
+    let found = range_page(&sim, &format!("startDate={d40}&endDate={d50}&{query}")).await;
+    assert_eq!(seqs(&found), [45]);
+    let too_many = get(&sim, &format!("{RANGE}?limit=1001")).await;
+    assert_eq!(too_many.status, 400);
+    // Requests are told apart by endpoint and all counted.
+    assert_eq!(sim.request_count_of(AuditEndpoint::Since), 1);
+    assert_eq!(sim.request_count_of(AuditEndpoint::Range), 11);
+    assert_eq!(sim.request_count(), 12);
+    let last = sim.requests().pop().unwrap();
+    assert_eq!(
+        (last.path.as_str(), last.endpoint),
+        (RANGE, Some(AuditEndpoint::Range))
+    );
+    assert_eq!(get(&sim, "/wiki/rest/api/audit/other").await.status, 404);
+    assert_eq!(sim.requests().pop().unwrap().endpoint, None);
+}
+
+#[tokio::test]
+async fn bad_range_dates_are_400_with_atlassian_body() {
+    let sim = start(with_records(10)).await;
+    for query in [
+        "startDate=abc",
+        "endDate=-5",
+        "startDate=1.5",
+        "startDate=2024-01-01",
+        "endDate=99999999999999999999",
+        "startDate=%201",
+    ] {
+        let reply = get(&sim, &format!("{RANGE}?{query}")).await;
+        assert_eq!(reply.status, 400, "{query}");
+        let body = reply.json();
+        assert_eq!(body["statusCode"], 400);
+        assert!(
+            body["message"].as_str().unwrap().contains("Date"),
+            "{query}"
+        );
+    }
+    // /since ignores the range's parameters, as any unknown one.
+    assert_eq!(
+        get(&sim, &format!("{AUDIT}?startDate=abc")).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_range_endpoint_shares_faults_authorization_and_in_flight_count() {
+    let sim = start(SimulatorConfig {
+        required_authorization: Some("Bearer t".to_owned()),
+        max_limit: Some(5),
+        ..with_records(20)
+    })
+    .await;
+    assert_eq!(get(&sim, RANGE).await.status, 401);
+    sim.push_faults([Fault::status_json(503)]);
+    let mut client = Client::connect(&sim).await;
+    let auth = [("authorization", "Bearer t")];
+    assert_eq!(client.get(RANGE, &auth).await.unwrap().status, 503);
+    let capped = client
+        .get(&format!("{RANGE}?limit=50"), &auth)
+        .await
+        .unwrap();
+    assert_eq!(capped.json()["limit"], 5);
+    assert_eq!(seqs(&capped.json()), newest_first(19, 5));
+    sim.set_latency(Duration::from_millis(150));
+    let (mut a, mut b) = (Client::connect(&sim).await, Client::connect(&sim).await);
+    let (x, y) = tokio::join!(a.get(AUDIT, &auth), b.get(RANGE, &auth));
+    assert_eq!((x.unwrap().status, y.unwrap().status), (200, 200));
+    assert_eq!(sim.max_in_flight(), 2, "both endpoints count");
+}
+
+#[tokio::test]
+async fn paging_a_pinned_past_range_is_stable_while_live_records_arrive() {
+    let sim = start(SimulatorConfig {
+        live: live(2000.0, 3),
+        ..with_records(300)
+    })
+    .await;
+    let end = dates(&page(&sim, "limit=1").await)[0];
+    let count_before = sim.record_count();
+    let mut paged = Vec::new();
+    for start in (0..).step_by(40) {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let body = range_page(&sim, &format!("endDate={end}&start={start}&limit=40")).await;
+        let page = dated(&body);
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+    }
+    assert!(sim.record_count() > count_before, "live records arrived");
+    let whole = dated(&range_page(&sim, &format!("endDate={end}")).await);
+    assert_eq!(paged, whole);
+    assert_eq!(paged.len(), 300);
+    assert_eq!(sorted(paged), sim.expected_records(i64::MIN, end));
+}
+
+#[tokio::test]
+async fn live_records_appear_over_time_in_bursts_sharing_a_millisecond() {
+    let started = state::now_ms();
+    let sim = start(SimulatorConfig {
+        live: live(2000.0, 4),
+        ..with_records(0)
+    })
+    .await;
+    let mut listed = Vec::new();
+    for _ in 0..200 {
+        listed = dated(&range_page(&sim, "").await);
+        if listed.len() >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(listed.len() >= 300, "{} live records", listed.len());
+    assert!(listed.iter().all(|&(date, _)| date > started));
+    assert!(
+        listed.windows(2).all(|pair| pair[0].0 >= pair[1].0),
+        "newest first"
+    );
+    let mut per_ms = std::collections::BTreeMap::<i64, u32>::new();
+    for &(date, _) in &listed {
+        *per_ms.entry(date).or_default() += 1;
+    }
+    assert!(per_ms.values().all(|&n| n <= 4), "bursts of at most 4");
+    assert!(
+        per_ms.values().any(|&n| n > 1),
+        "some records share a millisecond"
+    );
+    let unique: HashSet<u64> = listed.iter().map(|&(_, seq)| seq).collect();
+    assert_eq!(unique.len(), listed.len());
+    // /since lists them too, and more keep coming.
+    assert!(seqs(&page(&sim, "").await).len() >= listed.len());
+    let stopped = sim.stop_live();
+    let count = sim.record_count();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(sim.record_count(), count, "nothing created after the stop");
+    let all = dated(&range_page(&sim, "").await);
+    assert!(all.iter().all(|&(date, _)| date <= stopped));
+    assert_eq!(sorted(all), sim.expected_records(i64::MIN, i64::MAX));
+}
+
+#[tokio::test]
+async fn a_late_record_is_listed_only_from_its_visibility_time_with_its_own_date() {
+    let sim = start(SimulatorConfig {
+        live: live(1000.0, 2),
+        late_share: 0.5,
+        late_by: Duration::from_millis(60),
+        ..with_records(0)
+    })
+    .await;
+    let mut checked = None;
+    for _ in 0..300 {
+        let Some(&(date, seq, visible_ms)) = sim.invisible_records().last() else {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        };
+        assert!(visible_ms > date && visible_ms <= date + 60);
+        assert!(sim.expected_records(date, date).contains(&(date, seq)));
+        let query = format!("startDate={date}&endDate={date}");
+        let body = range_page(&sim, &query).await;
+        // Only an answer that came back before the visibility time proves anything.
+        if state::now_ms() < visible_ms {
+            assert!(
+                !seqs(&body).contains(&seq),
+                "{seq} listed before {visible_ms}"
+            );
+            assert!(!seqs(&page(&sim, "").await).contains(&seq) || state::now_ms() >= visible_ms);
+            checked = Some((date, seq, visible_ms));
+            break;
+        }
+    }
+    let (date, seq, visible_ms) = checked.expect("a late record seen while invisible");
+    while state::now_ms() < visible_ms {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let body = range_page(&sim, &format!("startDate={date}&endDate={date}")).await;
+    assert!(
+        dated(&body).contains(&(date, seq)),
+        "listed with its creation date"
+    );
+    assert!(dated(&page(&sim, "").await).contains(&(date, seq)));
+}
+
+#[tokio::test]
+async fn the_oracle_matches_a_full_scan_once_everything_is_visible() {
+    let sim = start(SimulatorConfig {
+        live: live(2000.0, 3),
+        late_share: 0.3,
+        late_by: Duration::from_millis(30),
+        duplicate_every: 3,
+        inserts_per_request: 2,
+        ..with_records(200)
+    })
+    .await;
+    for _ in 0..10 {
+        range_page(&sim, "limit=5").await;
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    sim.set_inserts_per_request(0);
+    sim.stop_live();
+    // Taken while some records are still invisible: the oracle counts them already.
+    let promised = sim.expected_records(i64::MIN, i64::MAX);
+    for _ in 0..100 {
+        if sim.invisible_records().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(sim.invisible_records().is_empty());
+    let scan = dated(&range_page(&sim, "limit=1000").await);
+    assert!(
+        scan.len() > 300 && scan.len() < 1000,
+        "{} records",
+        scan.len()
+    );
+    let oracle = sim.expected_records(i64::MIN, i64::MAX);
+    assert_eq!(oracle, promised);
+    assert_eq!(sorted(scan.clone()), oracle);
+    let distinct: HashSet<u64> = oracle.iter().map(|&(_, seq)| seq).collect();
+    assert!(
+        distinct.len() < oracle.len(),
+        "duplicates counted as often as created"
+    );
+    // A sub-range of the oracle is what the range endpoint lists for it.
+    let (from, to) = (oracle[100].0, oracle[250].0);
+    let part = dated(&range_page(&sim, &format!("startDate={from}&endDate={to}")).await);
+    assert_eq!(sorted(part), sim.expected_records(from, to));
+}
+
+#[tokio::test]
+async fn the_oracle_includes_live_records_still_to_come_before_a_stop() {
+    let sim = start(SimulatorConfig {
+        live: live(2000.0, 2),
+        ..with_records(5)
+    })
+    .await;
+    let stop = state::now_ms() + 40;
+    sim.stop_live_at(stop);
+    let promised = sim.expected_records(i64::MIN, i64::MAX);
+    while state::now_ms() <= stop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let listed = dated(&range_page(&sim, "").await);
+    assert!(listed.len() > 5 + 20, "{}", listed.len());
+    assert_eq!(sorted(listed), promised);
+}
+
+#[test]
+fn hidden_records_leave_the_listing_at_every_offset() {
+    let mut log = data::Log::new(3, 200, 1_700_000_000_000).shaped(4, 5);
+    for at in 1..=30 {
+        log.insert(at % 3 + 1, 1_700_000_000_000 + at as i64);
+    }
+    let end = log.end();
+    let hidden: Vec<u64> = (150..end)
+        .filter(|seq| seq % 7 == 0 || *seq == 199)
+        .collect();
+    for order in [None, Some(data::listing_order(3, 9))] {
+        let whole: Vec<u64> = log
+            .newest_first(0..end, &[], 0, order)
+            .filter(|seq| !hidden.contains(seq))
+            .collect();
+        for skip in 0..=whole.len() as u64 + 2 {
+            let from: Vec<u64> = log.newest_first(0..end, &hidden, skip, order).collect();
+            assert_eq!(from, whole[whole.len().min(skip as usize)..], "skip {skip}");
+        }
+    }
+}
+
+#[test]
+fn live_flags_parse() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: cli::SimulateArgs,
+    }
+    let parse = |args: &[&str]| {
+        let cli = <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("sim").chain(args.iter().copied()),
+        )
+        .map_err(|e| e.to_string())?;
+        cli.args.to_config()
+    };
+    let config = parse(&[
+        "--live-rate",
+        "250.5",
+        "--live-burst",
+        "3",
+        "--late-share",
+        "0.2",
+        "--late-by",
+        "50ms",
+    ])
+    .unwrap();
+    assert_eq!(config.live, live(250.5, 3));
+    assert_eq!(config.late_share, 0.2);
+    assert_eq!(config.late_by, Duration::from_millis(50));
+    let plain = parse(&[]).unwrap();
+    assert_eq!((plain.live, plain.late_share), (None, 0.0));
+    assert!(parse(&["--late-by", "soon"]).is_err());
+    assert!(parse(&["--late-share", "0.5"]).is_err(), "needs --late-by");
+    assert!(parse(&["--late-share", "2", "--late-by", "1s"]).is_err());
+    assert!(parse(&["--live-rate", "-1"]).is_err());
 }
