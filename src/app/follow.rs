@@ -180,7 +180,11 @@ impl<P: PageSource> Follower<P> {
             let edge = follow::settled(now_ms(), lag, poll);
             let mut sent = false;
             if edge >= cp.next {
-                match self.read(Slice::new(cp.next, edge), &mut cp, tx).await? {
+                // From the grid line at or before `next`, so that a follower that started
+                // between two lines asks for the same range as the others; what lies
+                // before `next` is filtered out by the checkpoint.
+                let from = cp.next.div_euclid(poll) * poll;
+                match self.read(Slice::new(from, edge), &mut cp, tx).await? {
                     Read::Over => return Ok(()),
                     Read::Done { sent: s, whole } => {
                         sent = s;

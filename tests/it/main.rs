@@ -4,6 +4,7 @@ mod cache;
 mod callers;
 mod common;
 mod errors;
+mod follow;
 mod get_since;
 mod interop;
 mod overload;

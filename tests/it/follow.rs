@@ -1,0 +1,516 @@
+//! `Follow` end to end: every record from a starting point on, exactly once, in
+//! `creationDate` order, across random cuts, resumes, a gateway restart, live bursts
+//! sharing a millisecond, ties listed in a new order by every request, byte-identical
+//! duplicates and records that become visible late (within `lag`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use audit_gateway::pb::{self, audit_service_client::AuditServiceClient};
+use confluence_sim::{AuditEndpoint, Live, SimulatorConfig};
+use secrecy::SecretString;
+use tonic::{Code, Streaming, transport::Channel};
+use tonic_types::StatusExt;
+
+use crate::common::{sim_and_gateway, spawn_gateway, test_config};
+
+const SALT: &str = "follow-tests-salt-0123456789";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+fn seq(r: &pb::AuditRecord) -> u64 {
+    r.summary
+        .rsplit_once('#')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sequence number in {:?}", r.summary))
+}
+
+fn dur(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn since(ms: i64) -> Option<pb::follow_request::From> {
+    Some(pb::follow_request::From::Since(prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }))
+}
+
+fn from_checkpoint(c: &str) -> Option<pb::follow_request::From> {
+    Some(pb::follow_request::From::Checkpoint(c.to_owned()))
+}
+
+/// A follow request polling every second with `lag`.
+fn request(from: Option<pb::follow_request::From>, lag: Duration) -> pb::FollowRequest {
+    pb::FollowRequest {
+        from,
+        poll_interval: Some(dur(Duration::from_secs(1))),
+        lag: Some(dur(lag)),
+        ..Default::default()
+    }
+}
+
+async fn follow(
+    client: &mut AuditServiceClient<Channel>,
+    req: pb::FollowRequest,
+) -> Streaming<pb::FollowResponse> {
+    client
+        .follow(req)
+        .await
+        .expect("follow starts")
+        .into_inner()
+}
+
+/// The next message, within a bound (a follower never ends by itself).
+async fn next(s: &mut Streaming<pb::FollowResponse>) -> Result<pb::FollowResponse, tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(20), s.message())
+        .await
+        .expect("a message (or heartbeat) within 20 s")
+        .map(|m| m.expect("followers do not end by themselves"))
+}
+
+/// What a consumer keeps: records in arrival order as (date, seq), and its checkpoint.
+#[derive(Default)]
+struct Consumer {
+    got: Vec<(i64, u64)>,
+    checkpoint: Option<String>,
+}
+
+impl Consumer {
+    fn take(&mut self, m: pb::FollowResponse) -> bool {
+        assert!(
+            !m.checkpoint.is_empty(),
+            "every message carries a checkpoint"
+        );
+        let empty = m.records.is_empty();
+        self.got
+            .extend(m.records.iter().map(|r| (r.creation_date, seq(r))));
+        self.checkpoint = Some(m.checkpoint);
+        empty
+    }
+
+    fn assert_exactly(&self, mut want: Vec<(i64, u64)>) {
+        assert!(
+            self.got.windows(2).all(|w| w[0].0 <= w[1].0),
+            "records out of creationDate order"
+        );
+        let mut got = self.got.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "delivered {} records, expected {}; missing e.g. {missing:?}",
+            got.len(),
+            want.len()
+        );
+        assert_eq!(got, want, "not exactly the records created since the start");
+    }
+}
+
+/// A live log: bursts sharing a millisecond, listed in a new order by every request,
+/// byte-identical duplicates, and a third of new records visible only up to 300 ms late.
+fn live_log(seed: u64) -> SimulatorConfig {
+    SimulatorConfig {
+        records: 3000,
+        seed,
+        ties: 4,
+        duplicate_every: 9,
+        live: Some(Live {
+            per_second: 150.0,
+            burst: 6,
+        }),
+        late_share: 0.3,
+        late_by: Duration::from_millis(300),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_resumed_at_random_while_the_log_grows_every_record_arrives_once_in_order() {
+    let (sim, gw) = sim_and_gateway(live_log(7), |c| {
+        c.cache.credential_salt = Some(SecretString::from(SALT));
+    })
+    .await;
+    let lag = Duration::from_millis(700);
+    // A starting point among the initial records, so the run backfills, then tails.
+    let start = 0;
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut consumer = Consumer::default();
+    let mut client = gw.client.clone();
+    let stop_at = now_ms() + 3_500;
+    sim.stop_live_at(stop_at);
+    let settled_by = stop_at + lag.as_millis() as i64 + 2_500;
+    let mut cuts = 0;
+    'follow: loop {
+        let from = match &consumer.checkpoint {
+            None => since(start),
+            Some(c) => from_checkpoint(c),
+        };
+        let mut s = follow(&mut client, request(from, lag)).await;
+        // Read a random number of messages, then cut the call.
+        for _ in 0..rng.usize(1..4) {
+            let m = next(&mut s).await.expect("no error");
+            let heartbeat = consumer.take(m);
+            if heartbeat && now_ms() > settled_by {
+                break 'follow;
+            }
+        }
+        cuts += 1;
+        drop(s);
+    }
+    assert!(cuts > 3, "the follower was cut and resumed ({cuts} times)");
+    let want = sim.expected_records(start, stop_at);
+    assert!(
+        want.len() > 3000 / 2,
+        "a backfill and live records ({})",
+        want.len()
+    );
+    consumer.assert_exactly(want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_now_delivers_only_what_is_created_after_the_call_and_heartbeats() {
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            live: Some(Live {
+                per_second: 50.0,
+                burst: 3,
+            }),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let before = now_ms();
+    let mut client = gw.client.clone();
+    let mut s = follow(&mut client, request(None, Duration::from_millis(200))).await;
+    let after = now_ms();
+    let stop_at = now_ms() + 1_500;
+    sim.stop_live_at(stop_at);
+    let mut consumer = Consumer::default();
+    let mut heartbeats_after_stop = 0;
+    while heartbeats_after_stop < 2 {
+        if consumer.take(next(&mut s).await.expect("no error")) && now_ms() > stop_at + 1_300 {
+            heartbeats_after_stop += 1;
+        }
+    }
+    assert!(
+        consumer.got.iter().all(|(d, _)| *d >= before),
+        "a record created before the call was delivered"
+    );
+    let mut want = sim.expected_records(after, stop_at);
+    // Records created between `before` and `after` may or may not count as "from now".
+    let early: Vec<_> = consumer
+        .got
+        .iter()
+        .filter(|(d, _)| *d < after)
+        .copied()
+        .collect();
+    want.extend(early);
+    assert!(!want.is_empty(), "live records were created");
+    consumer.assert_exactly(want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_log_gets_a_heartbeat_with_a_fresh_checkpoint_every_poll() {
+    let (_sim, gw) = sim_and_gateway(SimulatorConfig::default(), |_| {}).await;
+    let mut client = gw.client.clone();
+    let mut s = follow(&mut client, request(None, Duration::ZERO)).await;
+    let started = std::time::Instant::now();
+    let mut checkpoints = Vec::new();
+    while checkpoints.len() < 3 {
+        let m = next(&mut s).await.expect("no error");
+        assert!(m.records.is_empty(), "nothing is created after the call");
+        checkpoints.push(m.checkpoint);
+    }
+    // Three heartbeats in at most ~2 poll intervals (the first comes at once).
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_ne!(
+        checkpoints[1], checkpoints[2],
+        "each heartbeat's checkpoint moves on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_records_ends_with_ok_after_exactly_that_many() {
+    let (_sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 5000,
+            ties: 5,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut client = gw.client.clone();
+    let mut req = request(since(0), Duration::ZERO);
+    req.max_records = Some(2345);
+    let mut s = follow(&mut client, req).await;
+    let mut consumer = Consumer::default();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(20), s.message())
+        .await
+        .expect("ends within 20 s")
+        .expect("no error")
+    {
+        consumer.take(m);
+    }
+    assert_eq!(consumer.got.len(), 2345);
+    assert!(consumer.got.windows(2).all(|w| w[0].0 <= w[1].0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_without_an_upstream_request() {
+    let (sim, gw) = sim_and_gateway(SimulatorConfig::default(), |_| {}).await;
+    let mut client = gw.client.clone();
+    // A checkpoint of a follower of another filter.
+    let mut s = follow(&mut client, request(None, Duration::ZERO)).await;
+    let other = next(&mut s).await.expect("heartbeat").checkpoint;
+    drop(s);
+    let resume_token = {
+        let mut st = client
+            .stream_since(pb::StreamSinceRequest {
+                max_records: Some(1),
+                ..Default::default()
+            })
+            .await
+            .expect("stream")
+            .into_inner();
+        st.message().await.expect("ok").expect("one").resume_token
+    };
+    let before = sim.request_count();
+    let cases: Vec<(pb::FollowRequest, &str)> = vec![
+        (
+            request(from_checkpoint("garbage"), Duration::ZERO),
+            "checkpoint",
+        ),
+        (
+            request(from_checkpoint(&resume_token), Duration::ZERO),
+            "checkpoint",
+        ),
+        (
+            pb::FollowRequest {
+                search_string: Some("x".into()),
+                ..request(from_checkpoint(&other), Duration::ZERO)
+            },
+            "checkpoint",
+        ),
+        (
+            pb::FollowRequest {
+                max_records: Some(0),
+                ..request(None, Duration::ZERO)
+            },
+            "max_records",
+        ),
+        (
+            pb::FollowRequest {
+                poll_interval: Some(dur(Duration::from_millis(500))),
+                ..request(None, Duration::ZERO)
+            },
+            "poll_interval",
+        ),
+        (
+            pb::FollowRequest {
+                lag: Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                }),
+                ..request(None, Duration::ZERO)
+            },
+            "lag",
+        ),
+    ];
+    for (req, field) in cases {
+        let status = client.follow(req).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let violations = status
+            .get_details_bad_request()
+            .expect("BadRequest details")
+            .field_violations;
+        assert_eq!(violations[0].field, field, "{status:?}");
+    }
+    assert_eq!(sim.request_count(), before, "Confluence was not called");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_followers_cost_about_as_many_upstream_requests_as_one() {
+    async fn requests_per_tick(followers: usize) -> f64 {
+        let (sim, gw) = sim_and_gateway(
+            SimulatorConfig {
+                records: 10,
+                live: Some(Live {
+                    per_second: 40.0,
+                    burst: 2,
+                }),
+                ..Default::default()
+            },
+            |_| {},
+        )
+        .await;
+        let mut streams = Vec::new();
+        for _ in 0..followers {
+            let mut client = gw.client.clone();
+            streams.push(follow(&mut client, request(None, Duration::from_millis(100))).await);
+        }
+        // Wait for everyone's first heartbeat, then count what 3 ticks cost.
+        for s in &mut streams {
+            next(s).await.expect("first message");
+        }
+        let before = sim.request_count_of(AuditEndpoint::Range);
+        let mut got = vec![0usize; followers];
+        let ticks = 3;
+        for _ in 0..ticks {
+            for (i, s) in streams.iter_mut().enumerate() {
+                got[i] += next(s).await.expect("message").records.len();
+            }
+        }
+        let cost = sim.request_count_of(AuditEndpoint::Range) - before;
+        assert!(
+            got.iter().all(|&n| n == got[0]),
+            "every follower got the same: {got:?}"
+        );
+        cost as f64 / ticks as f64
+    }
+    let one = requests_per_tick(1).await;
+    let twenty = requests_per_tick(20).await;
+    assert!(one >= 1.0, "one follower reads each tick ({one})");
+    assert!(
+        twenty <= one * 1.5 + 0.5,
+        "20 followers: {twenty} upstream requests per tick, one follower: {one}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_followers_with_unavailable_and_another_gateway_resumes_exactly() {
+    let sim_config = live_log(23);
+    let (sim, mut first) = sim_and_gateway(sim_config, |c| {
+        c.cache.credential_salt = Some(SecretString::from(SALT));
+        c.drain_delay = Duration::ZERO;
+    })
+    .await;
+    let lag = Duration::from_millis(500);
+    let start = now_ms() - 20_000;
+    let mut consumer = Consumer::default();
+    let mut client = first.client.clone();
+    let mut s = follow(&mut client, request(since(start), lag)).await;
+    for _ in 0..3 {
+        consumer.take(next(&mut s).await.expect("no error"));
+    }
+    let stopping = first.begin_shutdown();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("the follower ends before the shutdown time-out")
+        {
+            Ok(Some(m)) => {
+                consumer.take(m);
+            }
+            Ok(None) => panic!("a follower must not end with OK at shutdown"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    stopping.await.expect("joined").expect("clean stop");
+
+    // Another gateway with the same salt continues from the checkpoint.
+    let mut config = test_config(&sim.base_url());
+    config.cache.credential_salt = Some(SecretString::from(SALT));
+    let second = spawn_gateway(config).await;
+    let stop_at = now_ms() + 1_500;
+    sim.stop_live_at(stop_at);
+    let mut client = second.client.clone();
+    let checkpoint = consumer.checkpoint.clone().expect("a checkpoint");
+    let mut s = follow(&mut client, request(from_checkpoint(&checkpoint), lag)).await;
+    let settled_by = stop_at + lag.as_millis() as i64 + 2_500;
+    loop {
+        if consumer.take(next(&mut s).await.expect("no error")) && now_ms() > settled_by {
+            break;
+        }
+    }
+    consumer.assert_exactly(sim.expected_records(start, stop_at));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_of_200000_records_arrives_whole_in_order() {
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 200_000,
+            ties: 3,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut client = gw.client.clone();
+    let mut req = request(since(0), Duration::ZERO);
+    req.max_records = Some(200_000);
+    let mut s = follow(&mut client, req).await;
+    let mut consumer = Consumer::default();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(60), s.message())
+        .await
+        .expect("progress within 60 s")
+        .expect("no error")
+    {
+        consumer.take(m);
+    }
+    consumer.assert_exactly(sim.expected_records(i64::MIN, i64::MAX));
+    let requests = sim.request_count_of(AuditEndpoint::Range);
+    assert!(
+        requests < 200_000 / 1000 * 4,
+        "{requests} upstream requests for 200 pages of records"
+    );
+}
+
+/// Records that turn visible later than `lag` are noticed, never delivered out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_later_than_lag_are_counted_not_delivered_out_of_order() {
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 0,
+            live: Some(Live {
+                per_second: 100.0,
+                burst: 1,
+            }),
+            late_share: 0.5,
+            late_by: Duration::from_millis(1_500),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let late_before = audit_gateway::metrics::METRICS.follow_late_records.get();
+    let mut client = gw.client.clone();
+    let mut s = follow(&mut client, request(None, Duration::ZERO)).await;
+    let stop_at = now_ms() + 2_000;
+    sim.stop_live_at(stop_at);
+    let mut consumer = Consumer::default();
+    while now_ms() < stop_at + 4_000 {
+        consumer.take(next(&mut s).await.expect("no error"));
+    }
+    assert!(
+        consumer.got.windows(2).all(|w| w[0].0 <= w[1].0),
+        "out of order"
+    );
+    let mut got = consumer.got.clone();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(
+        got.len(),
+        consumer.got.len(),
+        "a record was delivered twice"
+    );
+    let noticed = audit_gateway::metrics::METRICS.follow_late_records.get() - late_before;
+    assert!(noticed > 0, "late records were counted");
+}
