@@ -16,9 +16,9 @@ use crate::{
     pb::{self, audit_service_client::AuditServiceClient, convert::ToJson},
 };
 
-/// How the `get` and `stream` commands reach a gateway, and the window they ask for.
+/// How the client commands reach a gateway.
 #[derive(Clone, Debug, Args)]
-pub(crate) struct CallArgs {
+pub(crate) struct ConnectArgs {
     /// The gateway's address (http://host:port).
     #[arg(
         long,
@@ -43,6 +43,13 @@ pub(crate) struct CallArgs {
     /// tokens, or a Confluence credential for one run with --auth-passthrough.
     #[arg(long, env = "AUDIT_GATEWAY_AUTHORIZATION", hide_env_values = true)]
     pub(crate) authorization: Option<SecretString>,
+}
+
+/// How the `get` and `stream` commands reach a gateway, and the window they ask for.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct CallArgs {
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
 
     /// How many `units` back.
     #[arg(long)]
@@ -106,7 +113,8 @@ fn parse_units(s: &str) -> Result<TimeUnit, String> {
     })
 }
 
-async fn connect(call: &CallArgs) -> Result<AuditServiceClient<Channel>, String> {
+/// A client of the gateway `call` names.
+pub(crate) async fn connect(call: &ConnectArgs) -> Result<AuditServiceClient<Channel>, String> {
     let gateway = &call.gateway;
     let mut endpoint =
         Endpoint::from_shared(gateway.to_owned()).map_err(|e| format!("--gateway: {e}"))?;
@@ -137,7 +145,8 @@ async fn connect(call: &CallArgs) -> Result<AuditServiceClient<Channel>, String>
     Ok(AuditServiceClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
-fn authorize<T>(
+/// Adds `authorization` metadata, if any, to `request`.
+pub(crate) fn authorize<T>(
     request: &mut Request<T>,
     authorization: Option<&SecretString>,
 ) -> Result<(), String> {
@@ -156,7 +165,7 @@ pub(crate) async fn stream(
     out: &mut impl Write,
 ) -> Result<(u64, String), String> {
     let call = &args.call;
-    let mut client = connect(call).await?;
+    let mut client = connect(&call.connect).await?;
     let mut request = Request::new(pb::StreamSinceRequest {
         number: call.number,
         units: call.units.map_or(0, |u| pb::TimeUnit::from(u) as i32),
@@ -165,7 +174,7 @@ pub(crate) async fn stream(
         max_records: args.max_records,
         resume_token: args.resume_token.clone(),
     });
-    authorize(&mut request, call.authorization.as_ref())?;
+    authorize(&mut request, call.connect.authorization.as_ref())?;
     let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     let mut messages = client
         .stream_since(request)
@@ -197,7 +206,7 @@ pub(crate) async fn stream(
 /// as one line (`CODE: message`).
 pub(crate) async fn get(args: &GetArgs) -> Result<String, String> {
     let call = &args.call;
-    let mut client = connect(call).await?;
+    let mut client = connect(&call.connect).await?;
     let mut request = Request::new(pb::GetSinceRequest {
         number: call.number,
         units: call.units.map_or(0, |u| pb::TimeUnit::from(u) as i32),
@@ -211,7 +220,7 @@ pub(crate) async fn get(args: &GetArgs) -> Result<String, String> {
             .metadata_mut()
             .insert("cache-control", MetadataValue::from_static("no-cache"));
     }
-    authorize(&mut request, call.authorization.as_ref())?;
+    authorize(&mut request, call.connect.authorization.as_ref())?;
     let page = client
         .get_since(request)
         .await

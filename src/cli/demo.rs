@@ -11,7 +11,7 @@ use confluence_sim::{Simulator, SimulatorConfig};
 use tokio::net::TcpListener;
 
 use super::{
-    call::{self, CallArgs, GetArgs, StreamArgs},
+    call::{self, CallArgs, ConnectArgs, GetArgs, StreamArgs},
     parse::Dur,
 };
 use crate::{
@@ -86,11 +86,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
     println!("gateway: confluence.audit.v1.AuditService on {addr}");
 
     let call = CallArgs {
-        gateway: format!("http://{addr}"),
-        tls_ca: None,
-        client_cert: None,
-        client_key: None,
-        authorization: None,
+        connect: ConnectArgs {
+            gateway: format!("http://{addr}"),
+            tls_ca: None,
+            client_cert: None,
+            client_key: None,
+            authorization: None,
+        },
         number: Some(1),
         units: Some(TimeUnit::Days),
         search: None,

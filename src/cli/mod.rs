@@ -1,10 +1,11 @@
-//! The command line: `serve`, the `get` and `stream` client commands and, with the
+//! The command line: `serve`, the `get`, `stream` and `follow` client commands and, with the
 //! `simulator` feature, `simulate` and `demo`. Clap structs are named `*Args` and live
 //! here; the library's configuration is `GatewayConfig` (`src/config.rs`).
 
 mod call;
 #[cfg(feature = "simulator")]
 mod demo;
+mod follow;
 mod parse;
 mod serve;
 
@@ -28,6 +29,9 @@ enum Command {
     Get(call::GetArgs),
     /// Call `StreamSince` on a gateway and print each record as one JSON line.
     Stream(call::StreamArgs),
+    /// Follow a gateway's `Follow` call: append records to a file as they arrive and keep a
+    /// checkpoint beside them, continuing from it when restarted (an exactly-once shipper).
+    Follow(Box<follow::FollowArgs>),
     /// Serve a synthetic Confluence audit API (for demos, tests and benchmarks).
     #[cfg(feature = "simulator")]
     Simulate(confluence_sim::cli::SimulateArgs),
@@ -65,6 +69,7 @@ impl Cli {
                 eprintln!("{count} records; resume token: {token}");
                 Ok(())
             }
+            Command::Follow(args) => follow::run(*args).await,
             #[cfg(feature = "simulator")]
             Command::Simulate(args) => args.serve(shutdown_signal()).await,
             #[cfg(feature = "simulator")]
