@@ -3,15 +3,32 @@
 //! request made with that credential waits until the time it named. Keyed by the
 //! credential's keyed fingerprint, the one the page cache files pages under
 //! (`src/app/pages.rs`; `"anonymous"` without a credential), so the map never holds a
-//! secret. In process only: replicas do not share their cool-downs.
+//! secret. Each replica keeps its own map; with a [`SharedCooldowns`] store (Redis,
+//! `src/cache/redis.rs`, wired in `src/gateway.rs`) replicas also tell each other of the
+//! cool-downs they start and take in the others' before each attempt.
 
 use std::{
     collections::HashMap,
     sync::{Mutex, PoisonError},
-    time::Instant,
+    time::{Duration, Instant, SystemTime},
 };
 
+use async_trait::async_trait;
+
 use crate::metrics::METRICS;
+
+/// Cool-downs shared between replicas. It must never fail or slow a call noticeably: a
+/// store in trouble answers `None` (within a short time-out) and drops writes, and a
+/// value it cannot vouch for (forged, unparsable) is `None`, never obeyed.
+#[async_trait]
+pub(crate) trait SharedCooldowns: Send + Sync + 'static {
+    /// When the cool-down of `fingerprint` at the Confluence `base_url` ends, if one is
+    /// running.
+    async fn get(&self, base_url: &str, fingerprint: &str) -> Option<SystemTime>;
+    /// Records a cool-down of `fingerprint` at `base_url` until `until`, `wait` from now
+    /// (the value expires with it).
+    async fn put(&self, base_url: &str, fingerprint: &str, until: SystemTime, wait: Duration);
+}
 
 /// Entries are swept of expired cool-downs when the map grows past this (with
 /// `--auth-passthrough` every caller's credential may get one).
