@@ -17,7 +17,10 @@ use crate::{
     error::{GatewayError, within_deadline},
     metrics::METRICS,
     pb::convert::encode_page,
-    upstream::{ConfluenceClient, client::PageBody},
+    upstream::{
+        ConfluenceClient,
+        client::{FetchEvents, PageBody},
+    },
 };
 
 /// Bodies at least this large are converted on the blocking pool.
@@ -119,8 +122,7 @@ impl PageService {
                     credential.as_ref(),
                     &budget,
                     deadline,
-                    |err, wait| progress.retrying(err, wait),
-                    || progress.sending(),
+                    &progress,
                     |body| convert_with(body, encode),
                 )
                 .await
@@ -141,6 +143,17 @@ impl PageService {
             accepted.insert(fingerprint, Instant::now());
         }
         Ok(page)
+    }
+}
+
+/// A shared load's callers hear of its attempts through its progress.
+impl FetchEvents for LoadProgress {
+    fn retrying(&self, error: &GatewayError, wait: Duration) {
+        LoadProgress::retrying(self, error, wait);
+    }
+
+    fn sending(&self) {
+        LoadProgress::sending(self);
     }
 }
 
@@ -227,9 +240,9 @@ mod tests {
                         encode(b)
                     })
                 };
-                let none = |_: &GatewayError, _: Duration| {};
+                let events = LoadProgress::default();
                 client
-                    .fetch_page(&query, None, "anonymous", None, none, || {}, slow)
+                    .fetch_page(&query, None, "anonymous", None, &events, slow)
                     .await
             }
         });
@@ -257,8 +270,7 @@ mod tests {
                 None,
                 "anonymous",
                 None,
-                |_, _| {},
-                || {},
+                &LoadProgress::default(),
                 |body| convert_with(body, encode),
             )
             .await

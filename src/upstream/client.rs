@@ -49,6 +49,15 @@ pub(crate) struct UpstreamSettings {
     pub max_bodies: usize,
 }
 
+/// What the caller of [`ConfluenceClient::fetch_page`] hears of its attempts.
+pub(crate) trait FetchEvents {
+    /// An attempt failed with `error`, or a cool-down holds the next one back; the next
+    /// begins after `wait`.
+    fn retrying(&self, error: &GatewayError, wait: Duration);
+    /// A request is about to be sent to Confluence.
+    fn sending(&self);
+}
+
 /// A 200 body and the body permit it was read under. They go together: whoever holds
 /// the body holds the permit, so a conversion that outlives its caller (on the blocking
 /// pool, `src/app/pages.rs`) still counts against `--upstream-max-body` × permits.
@@ -135,7 +144,7 @@ impl ConfluenceClient {
 
     /// Fetches one page and turns its 200 body into a `T` with `convert`, retrying what
     /// is transient (a body `convert` rejects with [`GatewayError::MalformedBody`]
-    /// included), never past `deadline`. `on_retry` hears of each failed attempt that
+    /// included), never past `deadline`. `events` hears of each failed attempt that
     /// will be retried, and of each cool-down waited out, with the wait before the next
     /// attempt. Each retry is drawn from the gateway's retry budget
     /// (`src/upstream/budget.rs`); when it is spent, the failure is returned as it is.
@@ -143,8 +152,8 @@ impl ConfluenceClient {
     /// `budget` is the credential's keyed fingerprint: every attempt first waits out the
     /// cool-down a `Retry-After` started for it (`src/upstream/cooldown.rs`), or, when
     /// that would outlast `deadline` or `--upstream-max-backoff`, fails at once with
-    /// RESOURCE_EXHAUSTED and the time left, without a request. `on_send` hears of each
-    /// request just before it is sent.
+    /// RESOURCE_EXHAUSTED and the time left, without a request. `events` hears of each
+    /// request just before it is sent, too.
     ///
     /// `convert` gets the body with its body permit (`PageBody`), taken after the 200's
     /// headers and before the body is read: the bodies held at once, conversions
@@ -159,8 +168,7 @@ impl ConfluenceClient {
         credential: Option<&Credential>,
         budget: &str,
         deadline: Option<Instant>,
-        on_retry: impl Fn(&GatewayError, Duration),
-        on_send: impl Fn(),
+        events: &impl FetchEvents,
         convert: F,
     ) -> Result<T, GatewayError>
     where
@@ -171,12 +179,12 @@ impl ConfluenceClient {
         let policy = &self.settings.retry;
         let mut spent = Spent::default();
         self.retries.request();
-        let (url, convert, on_retry, on_send) = (&url, &convert, &on_retry, &on_send);
+        let (url, convert) = (&url, &convert);
         let call = (|| async move {
             self.adopt_shared_cool_down(budget).await;
-            self.cool_down(budget, deadline, on_retry).await?;
+            self.cool_down(budget, deadline, events).await?;
             let result = self
-                .attempt(url, credential, budget, deadline, on_send, convert)
+                .attempt(url, credential, budget, deadline, events, convert)
                 .await;
             if let Err(e) = &result {
                 self.start_cool_down(budget, e);
@@ -199,7 +207,7 @@ impl ConfluenceClient {
         })
         .notify(|err, wait| {
             tracing::warn!(reason = err.reason(), error = %err, ?wait, "retrying Confluence call");
-            on_retry(err, wait);
+            events.retrying(err, wait);
         });
         within_deadline(deadline, DEADLINE_PASSED, call).await
     }
@@ -211,7 +219,7 @@ impl ConfluenceClient {
         &self,
         budget: &str,
         deadline: Option<Instant>,
-        on_retry: &impl Fn(&GatewayError, Duration),
+        events: &impl FetchEvents,
     ) -> Result<(), GatewayError> {
         // Again after each wait: a request that ended meanwhile may have lengthened it.
         while let Some(until) = self.cooldowns.until(budget) {
@@ -233,7 +241,7 @@ impl ConfluenceClient {
             }
             // Callers waiting on a shared load leave now if this is past their deadline
             // (`src/cache/memory.rs`).
-            on_retry(&refusal, wait);
+            events.retrying(&refusal, wait);
             tracing::debug!(?wait, "waiting out the credential's cool-down");
             tokio::time::sleep_until(until.into()).await;
         }
@@ -292,7 +300,7 @@ impl ConfluenceClient {
         credential: Option<&Credential>,
         budget: &str,
         deadline: Option<Instant>,
-        on_send: &impl Fn(),
+        events: &impl FetchEvents,
         convert: &F,
     ) -> Result<T, GatewayError>
     where
@@ -336,7 +344,7 @@ impl ConfluenceClient {
         }
         let started = Instant::now();
         METRICS.upstream_attempts.inc();
-        on_send();
+        events.sending();
         let exchanged = self.exchange(request, budget, failed).await;
         drop(permit);
         let result = match exchanged {

@@ -267,7 +267,11 @@ async fn concurrent_identical_no_cache_calls_share_fresh_refreshes() {
             .expect("task did not panic")
             .expect("call succeeds")
             .into_inner();
-        assert_eq!(head_seq(&page), 102, "a refresh answered with an older page");
+        assert_eq!(
+            head_seq(&page),
+            102,
+            "a refresh answered with an older page"
+        );
     }
     // The first refresh, and at most one more (everyone who asked after the first was
     // sent shares it, sent once the first is back), besides the first plain call.

@@ -454,8 +454,14 @@ async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_
     );
     let refused_at = received_at(&sim, 0)[0];
     // B asks for another page within the cool-down: it waits, then asks Confluence.
-    b.client.get_since(page(10)).await.expect("b after the cool-down");
-    first.await.expect("no panic").expect("a after the cool-down");
+    b.client
+        .get_since(page(10))
+        .await
+        .expect("b after the cool-down");
+    first
+        .await
+        .expect("no panic")
+        .expect("a after the cool-down");
     let asked = received_at(&sim, 10);
     assert_eq!(asked.len(), 1);
     let after = asked[0].duration_since(refused_at);
@@ -463,7 +469,11 @@ async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_
         after >= Duration::from_millis(1900),
         "replica b asked Confluence {after:?} after the 429 that asked for 2 s"
     );
-    assert_eq!(sim.request_count(), 3, "the 429, then one request per replica");
+    assert_eq!(
+        sim.request_count(),
+        3,
+        "the 429, then one request per replica"
+    );
 
     // A value without the salt's MAC, under the same key, asking for a minute: ignored.
     let key = redis
@@ -486,7 +496,10 @@ async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_
         let mut c = replica(&sim.base_url(), &redis).await;
         let t = Instant::now();
         let before = sim.request_count();
-        c.client.get_since(page(start)).await.expect("not held back");
+        c.client
+            .get_since(page(start))
+            .await
+            .expect("not held back");
         assert_eq!(sim.request_count(), before + 1);
         assert!(
             t.elapsed() < Duration::from_secs(1),
