@@ -276,7 +276,7 @@ impl ConfluenceClient {
         };
         if let Ok(left) = until.duration_since(SystemTime::now()) {
             let left = left.min(self.settings.retry.max_retry_after);
-            self.cooldowns.start(budget, Instant::now() + left);
+            self.cooldowns.adopt(budget, Instant::now() + left);
         }
     }
 

@@ -44,9 +44,21 @@ impl Cooldowns {
     /// Holds every request of `fingerprint` back until `until`; a cool-down already
     /// running longer is kept (a later, shorter answer does not shorten it).
     pub(crate) fn start(&self, fingerprint: &str, until: Instant) {
+        if self.hold(fingerprint, until) {
+            METRICS.upstream_cooldowns.inc();
+        }
+    }
+
+    /// As [`Cooldowns::start`], for a cool-down another replica started (it counted it).
+    pub(crate) fn adopt(&self, fingerprint: &str, until: Instant) {
+        self.hold(fingerprint, until);
+    }
+
+    /// Holds `fingerprint` back until `until` at least; false for a time already past.
+    fn hold(&self, fingerprint: &str, until: Instant) -> bool {
         let now = Instant::now();
         if until <= now {
-            return;
+            return false;
         }
         let mut map = self.until.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= SWEEP_AT {
@@ -59,7 +71,7 @@ impl Cooldowns {
                 map.insert(fingerprint.into(), until);
             }
         }
-        METRICS.upstream_cooldowns.inc();
+        true
     }
 
     /// When the cool-down of `fingerprint` ends, if one is running.
