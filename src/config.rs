@@ -141,6 +141,12 @@ pub struct CacheConfig {
     pub redis_key_prefix: Cow<'static, str>,
 }
 
+/// The 200 bodies held at once, from reading to converted: two per core, so one can be
+/// read while another converts. Bodies then take at most this × `--upstream-max-body`.
+pub(crate) fn body_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+}
+
 impl GatewayConfig {
     /// The defaults, the only place they are written: the command line shows these.
     pub const DEFAULT: Self = Self {
@@ -161,7 +167,13 @@ impl GatewayConfig {
             retries: 4,
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
-            max_body: 64 << 20,
+            // Measured: a 1000-record page (the most Confluence returns) is 699,208 bytes
+            // from the simulator (`confluence_sim::render_page`, records of 350..1,170
+            // bytes), and Atlassian's sample (tests/fixtures/atlassian-audit-since-sample.json)
+            // holds 2 records in 2,337 bytes, ~1.0-1.2 MB per 1000. 8 MiB is 7x the larger,
+            // room for records with long changedValues, and with the body permits
+            // (`body_permits`) bounds the bodies held at once.
+            max_body: 8 << 20,
             // Atlassian rate-limits per site; a handful of requests at once keeps a burst
             // of streams (each prefetching --stream-prefetch pages) from hitting 429s.
             concurrency: 8,
@@ -385,6 +397,7 @@ impl GatewayConfig {
                     ..RetryPolicy::default()
                 },
                 concurrency: u.concurrency,
+                max_bodies: body_permits(),
             },
             credentials: self.auth.credentials()?,
             callers,

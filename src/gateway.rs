@@ -38,12 +38,18 @@ impl Gateway {
         // means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let checked = config.check()?;
-        let client = ConfluenceClient::new(checked.upstream)
+        let mut client = ConfluenceClient::new(checked.upstream)
             .map_err(|e| ConfigError::new("--confluence-url", e))?;
         let shared: Option<Arc<dyn SharedTier>> = match checked.redis {
-            Some(settings) => Some(Arc::new(
-                RedisTier::new(settings).map_err(|e| ConfigError::new("--redis-url", e))?,
-            )),
+            Some(settings) => {
+                let tier = Arc::new(
+                    RedisTier::new(settings).map_err(|e| ConfigError::new("--redis-url", e))?,
+                );
+                // Confluence limits a credential across replicas: they share its
+                // cool-downs through the same Redis (`src/upstream/cooldown.rs`).
+                client = client.with_shared_cooldowns(tier.clone());
+                Some(tier)
+            }
             None => None,
         };
         if config.cache.credential_salt.is_none() {

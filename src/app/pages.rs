@@ -9,7 +9,6 @@ use std::{
 
 use bytes::Bytes;
 use serde::de::IgnoredAny;
-use tokio::sync::Semaphore;
 
 use crate::{
     audit::PageQuery,
@@ -18,7 +17,10 @@ use crate::{
     error::{GatewayError, within_deadline},
     metrics::METRICS,
     pb::convert::encode_page,
-    upstream::ConfluenceClient,
+    upstream::{
+        ConfluenceClient,
+        client::{FetchEvents, PageBody},
+    },
 };
 
 /// Bodies at least this large are converted on the blocking pool.
@@ -46,7 +48,6 @@ pub(crate) struct PageService {
     cache: PageCache,
     base_url: Arc<str>,
     fingerprints: Arc<FingerprintKey>,
-    converting: Arc<Semaphore>,
     /// With `--auth-passthrough`: how long Confluence's acceptance of a caller's
     /// credential lets cached pages be served to it, and when it last accepted each
     /// (by fingerprint). A revoked token stops reading within that time.
@@ -68,9 +69,6 @@ impl PageService {
             client: Arc::new(client),
             cache,
             fingerprints: Arc::new(fingerprints),
-            converting: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            )),
             revalidate: None,
         }
     }
@@ -110,7 +108,7 @@ impl PageService {
             };
         let refresh = req.refresh || revalidating;
         let fingerprint = key.credential.clone();
-        let (client, converting) = (self.client.clone(), self.converting.clone());
+        let client = self.client.clone();
         let (query, credential) = (req.query, req.credential);
         // The cool-down of a rate-limited credential is kept under the same fingerprint.
         let budget = key.credential.clone();
@@ -124,8 +122,8 @@ impl PageService {
                     credential.as_ref(),
                     &budget,
                     deadline,
-                    |err, wait| progress.retrying(err, wait),
-                    |body| convert(converting.clone(), body),
+                    &progress,
+                    |body| convert_with(body, encode),
                 )
                 .await
         };
@@ -148,20 +146,31 @@ impl PageService {
     }
 }
 
-/// A 200 body as an encoded `GetSinceResponse`; a body that is not one is
-/// [`GatewayError::MalformedBody`], which the upstream client retries.
-async fn convert(converting: Arc<Semaphore>, body: Bytes) -> Result<Bytes, GatewayError> {
-    if body.len() < BLOCKING_BODY_BYTES {
-        return encode(&body);
+/// A shared load's callers hear of its attempts through its progress.
+impl FetchEvents for LoadProgress {
+    fn retrying(&self, error: &GatewayError, wait: Duration) {
+        LoadProgress::retrying(self, error, wait);
+    }
+
+    fn sending(&self) {
+        LoadProgress::sending(self);
+    }
+}
+
+/// A 200 body turned by `work` (for pages, `encode`: an encoded `GetSinceResponse`, or
+/// [`GatewayError::MalformedBody`], which the upstream client retries).
+async fn convert_with<W>(body: PageBody, work: W) -> Result<Bytes, GatewayError>
+where
+    W: FnOnce(&[u8]) -> Result<Bytes, GatewayError> + Send + 'static,
+{
+    if body.bytes().len() < BLOCKING_BODY_BYTES {
+        return work(body.bytes());
     }
     // A full page takes milliseconds of CPU: off the async workers, so cache hits and
-    // other calls are not held up behind it; one per core at a time, so memory does not
-    // grow with the number of pages in flight.
-    let _permit = converting
-        .acquire_owned()
-        .await
-        .map_err(|_| GatewayError::Internal("page conversion is shut down".into()))?;
-    tokio::task::spawn_blocking(move || encode(&body))
+    // other calls are not held up behind it. The closure owns the body and its permit
+    // (`src/upstream/client.rs`): if every caller goes away, the conversion goes on and
+    // the permit is given back only when it ends, so the bound on bodies held stays true.
+    tokio::task::spawn_blocking(move || work(body.bytes()))
         .await
         .map_err(|e| GatewayError::Internal(format!("page conversion failed: {e}")))?
 }
@@ -177,5 +186,95 @@ fn encode(body: &[u8]) -> Result<Bytes, GatewayError> {
             },
         )),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use confluence_sim::{Simulator, SimulatorConfig};
+    use url::Url;
+
+    use super::*;
+    use crate::upstream::{RetryPolicy, UpstreamSettings};
+
+    /// A client of `base_url` holding at most one body at a time.
+    fn one_body_client(base_url: &str) -> Arc<ConfluenceClient> {
+        // As `Gateway::bind` does (src/gateway.rs); Err: installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let settings = UpstreamSettings {
+            base_url: Url::parse(base_url).expect("url"),
+            attempt_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_body_bytes: 8 << 20,
+            retry: RetryPolicy::default(),
+            concurrency: 4,
+            max_bodies: 1,
+        };
+        Arc::new(ConfluenceClient::new(settings).expect("client"))
+    }
+
+    // Two workers: the test's own awaits go on while a conversion blocks one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conversion_its_caller_left_keeps_its_body_permit_until_it_ends() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let sim = Simulator::start(SimulatorConfig::default(), listener)
+            .await
+            .expect("simulator");
+        let client = one_body_client(&sim.base_url());
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        let caller = tokio::spawn({
+            let client = client.clone();
+            async move {
+                let query = PageQuery::default();
+                let slow = |body| {
+                    let (entered_tx, gate) = (entered_tx.clone(), gate.clone());
+                    convert_with(body, move |b: &[u8]| {
+                        let _ = entered_tx.send(b.len());
+                        let _ = gate.lock().expect("gate").recv();
+                        encode(b)
+                    })
+                };
+                let events = LoadProgress::default();
+                client
+                    .fetch_page(&query, None, "anonymous", None, &events, slow)
+                    .await
+            }
+        });
+        let len = entered.recv().await.expect("the conversion began");
+        assert!(
+            len >= BLOCKING_BODY_BYTES,
+            "a {len}-byte body is converted inline"
+        );
+        caller.abort();
+        assert!(caller.await.expect_err("aborted").is_cancelled());
+        // The caller is gone, its conversion is not: the body and its permit are held.
+        assert_eq!(client.bodies_free(), 0, "the permit went with the caller");
+        release.send(()).expect("the conversion waits");
+        // Then given back when the conversion ends (bounded: a permit never given back
+        // fails here).
+        let mut waited = 0;
+        while client.bodies_free() == 0 && waited < 500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert_eq!(client.bodies_free(), 1, "the permit came back");
+        let page = client
+            .fetch_page(
+                &PageQuery::default(),
+                None,
+                "anonymous",
+                None,
+                &LoadProgress::default(),
+                |body| convert_with(body, encode),
+            )
+            .await
+            .expect("the next page has the permit");
+        assert!(!page.is_empty());
     }
 }

@@ -60,12 +60,45 @@ enum Progress {
 /// the precise error rather than a time-out (as `src/upstream/retry.rs` does for a
 /// caller's own retries).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct LoadProgress(Option<Arc<watch::Sender<Progress>>>);
+pub(crate) struct LoadProgress {
+    tx: Option<Arc<watch::Sender<Progress>>>,
+    flight: Option<Arc<FlightId>>,
+}
+
+/// Which flight a load runs for, so it can mark its entry sent.
+struct FlightId {
+    flights: Arc<Mutex<Flights>>,
+    key: PageKey,
+    id: u64,
+}
+
+impl std::fmt::Debug for FlightId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlightId")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
 
 impl LoadProgress {
+    /// A request is about to be sent upstream: from now on, a refresh asked for later
+    /// cannot take this load's answer as fresh, so it no longer joins it.
+    pub(crate) fn sending(&self) {
+        if let Some(f) = &self.flight {
+            // Under the map's lock: a refresh that joined did so before this, hence
+            // before the request left.
+            let mut flights = lock(&f.flights);
+            if let Some(entry) = flights.by_key.get_mut(&f.key)
+                && entry.id == f.id
+            {
+                entry.sent = true;
+            }
+        }
+    }
+
     /// The last attempt failed with `error`; the next begins after `wait`.
     pub(crate) fn retrying(&self, error: &GatewayError, wait: Duration) {
-        if let Some(tx) = &self.0 {
+        if let Some(tx) = &self.tx {
             tx.send_replace(Progress::Retrying {
                 error: error.clone(),
                 next: Instant::now() + wait,
@@ -74,11 +107,13 @@ impl LoadProgress {
     }
 }
 
-/// A load in flight: its number (so that only it removes its own entry) and where its
-/// progress shows.
+/// A load in flight: its number (so that only it removes its own entry), where its
+/// progress shows, whether it is a refresh, and whether it has sent a request upstream.
 struct Flight {
     id: u64,
     progress: watch::Receiver<Progress>,
+    refresh: bool,
+    sent: bool,
 }
 
 /// The loads in flight, one per key at most (the latest, when a refresh started one
@@ -153,9 +188,12 @@ impl PageCache {
     /// `deadline` at most. Concurrent misses of one key share a single load, which gets
     /// no deadline (`None`) and may outlive every caller waiting on it.
     ///
-    /// With `refresh`, cached copies are skipped: a new load starts now, never joining
-    /// one that began earlier (a stream relies on a refreshed page being taken after the
-    /// call), and its page replaces the cached ones only if it succeeds. With a zero TTL
+    /// With `refresh`, cached copies are skipped and the page is one Confluence produced
+    /// after the call (a stream relies on that): the call joins another refresh of the
+    /// key only while that one has sent no request yet, else starts a load of its own,
+    /// which waits for that refresh to end before it loads (one refresh of a key at
+    /// Confluence at a time: identical refreshes make about one request per round trip).
+    /// A refreshed page replaces the cached ones only if it succeeds. With a zero TTL
     /// nothing is cached or shared: `load` runs in the caller, under its `deadline`.
     pub(crate) async fn get_or_load<F, Fut>(
         &self,
@@ -190,8 +228,14 @@ impl PageCache {
         Fut: Future<Output = Result<Bytes, GatewayError>> + Send + 'static,
     {
         let mut flights = lock(&self.flights);
-        if !refresh && let Some(flight) = flights.by_key.get(&key) {
-            return flight.progress.clone();
+        let mut after = None;
+        match flights.by_key.get(&key) {
+            Some(flight) if !refresh || (flight.refresh && !flight.sent) => {
+                return flight.progress.clone();
+            }
+            Some(flight) if flight.refresh => after = Some(flight.progress.clone()),
+            // A plain load may answer from a tier: a refresh never waits for one.
+            _ => {}
         }
         let id = flights.next_id;
         flights.next_id += 1;
@@ -203,9 +247,16 @@ impl PageCache {
             Flight {
                 id,
                 progress: rx.clone(),
+                refresh,
+                sent: false,
             },
         );
         drop(flights);
+        let flight = Arc::new(FlightId {
+            flights: self.flights.clone(),
+            key: key.clone(),
+            id,
+        });
         let landing = Landing {
             flights: self.flights.clone(),
             key,
@@ -217,7 +268,14 @@ impl PageCache {
             // Declared after `tx`, so dropped before it even when the load panics: no
             // caller joins a flight whose answer can no longer come.
             let landing = landing;
-            let progress = LoadProgress(Some(tx.clone()));
+            if let Some(earlier) = after {
+                // Whatever its outcome: this load asks Confluence again either way.
+                let _ = wait(earlier, None).await;
+            }
+            let progress = LoadProgress {
+                tx: Some(tx.clone()),
+                flight: Some(flight),
+            };
             let result = this.run(&landing.key, refresh, load, progress).await;
             // The entry goes before the answer: a failure is not handed to callers who
             // come after it, and a page is in the in-process tier already (`run`), where
@@ -325,7 +383,7 @@ async fn wait(
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use tokio::sync::{Semaphore, oneshot};
+    use tokio::sync::{Semaphore, mpsc, oneshot};
 
     use super::*;
     use crate::audit::{PageQuery, Span, TimeUnit};
@@ -466,6 +524,68 @@ mod tests {
             .await
             .expect("hit");
         assert_eq!(cached, "new");
+        assert_eq!(cache.flights_in_progress(), 0);
+    }
+
+    /// A refresh load that counts its runs, marks its request sent once `send` opens
+    /// (and says so on `sent`), then answers `page` once `answer` opens.
+    fn refresh_load(
+        runs: &Arc<AtomicUsize>,
+        (send, sent): &(Arc<Semaphore>, mpsc::UnboundedSender<()>),
+        answer: &Arc<Semaphore>,
+        page: &'static str,
+    ) -> impl FnOnce(Option<Instant>, LoadProgress) -> BoxLoad + Send + 'static {
+        let (runs, send, sent, answer) = (runs.clone(), send.clone(), sent.clone(), answer.clone());
+        move |_, progress| {
+            Box::pin(async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                send.acquire().await.expect("send").forget();
+                progress.sending();
+                let _ = sent.send(());
+                answer.acquire().await.expect("answer").forget();
+                Ok(Bytes::from_static(page.as_bytes()))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn refreshes_share_a_refresh_not_yet_sent_and_queue_behind_one_that_was() {
+        let cache = cache(TTL);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (sent_tx, mut sent) = mpsc::unbounded_channel();
+        let send = (Arc::new(Semaphore::new(0)), sent_tx);
+        let answer = Arc::new(Semaphore::new(0));
+        let refresh = |page| {
+            let (cache, load) = (cache.clone(), refresh_load(&runs, &send, &answer, page));
+            tokio::spawn(async move { cache.get_or_load(key(), true, None, load).await })
+        };
+        let first = refresh("first");
+        while runs.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Not sent yet: a second refresh shares it, its answer is still fresh for both.
+        let second = refresh("second");
+        // The test runtime has one thread: yielding lets the spawned call join.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        send.0.add_permits(1);
+        sent.recv().await.expect("the first load sent its request");
+        // Sent: a third refresh must not take its answer, and does not load before it ends.
+        let third = refresh("third");
+        let fourth = refresh("fourth");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "one load so far");
+        answer.add_permits(1);
+        assert_eq!(first.await.expect("no panic").expect("page"), "first");
+        assert_eq!(second.await.expect("no panic").expect("page"), "first");
+        send.0.add_permits(1);
+        answer.add_permits(1);
+        assert_eq!(third.await.expect("no panic").expect("page"), "third");
+        assert_eq!(fourth.await.expect("no panic").expect("page"), "third");
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
         assert_eq!(cache.flights_in_progress(), 0);
     }
 

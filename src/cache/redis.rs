@@ -3,6 +3,10 @@
 //! It can never fail a call: every operation has a short time-out, a failing Redis is
 //! skipped for a while (one log line when it goes, one when it is back), and a value
 //! that is not ours (foreign, truncated, corrupted) is a miss.
+//!
+//! It also shares the upstream cool-downs between replicas ([`SharedCooldowns`],
+//! `src/upstream/cooldown.rs`): under `{prefix}:v1:cooldown:{digest}`, a value of the
+//! page layout with an empty page, its expiry the time the cool-down ends.
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,7 +19,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ring::{digest, hmac};
 
 use super::{PageKey, SharedTier};
-use crate::{audit::Span, credential::to_hex, metrics::METRICS};
+use crate::{
+    audit::Span, credential::to_hex, metrics::METRICS, upstream::cooldown::SharedCooldowns,
+};
 
 /// Value layout version; a change makes old values misses, never misreads.
 const MAGIC: &[u8; 4] = b"AGP2";
@@ -111,6 +117,19 @@ impl RedisTier {
         }
         let hex = to_hex(&ctx.finish().as_ref()[..20]);
         format!("{prefix}:v1:page:{hex}")
+    }
+
+    /// The Redis key of a credential's cool-down at a Confluence site: prefix, layout
+    /// version, and a digest of both (the fingerprint is keyed already; the digest keeps
+    /// the key's shape that of page keys).
+    pub(crate) fn cooldown_key_for(prefix: &str, base_url: &str, fingerprint: &str) -> String {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        for part in [base_url.as_bytes(), fingerprint.as_bytes()] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        let hex = to_hex(&ctx.finish().as_ref()[..20]);
+        format!("{prefix}:v1:cooldown:{hex}")
     }
 
     fn now_ms(&self) -> u64 {
@@ -229,6 +248,41 @@ impl SharedTier for RedisTier {
         if !replace {
             cmd.arg("NX");
         }
+        let _: Option<()> = self.run("SET", cmd).await;
+    }
+}
+
+#[async_trait]
+impl SharedCooldowns for RedisTier {
+    async fn get(&self, base_url: &str, fingerprint: &str) -> Option<SystemTime> {
+        if !self.usable() {
+            return None;
+        }
+        let redis_key = Self::cooldown_key_for(&self.settings.key_prefix, base_url, fingerprint);
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&redis_key);
+        let value: Option<Vec<u8>> = self.run("GET", cmd).await?;
+        // Only a value this gateway's salt signed for this key is obeyed.
+        let (rest, left) = unwrap_value(&self.settings.value_key, &redis_key, &value?, unix_ms())?;
+        rest.is_empty().then(|| SystemTime::now() + left)
+    }
+
+    async fn put(&self, base_url: &str, fingerprint: &str, until: SystemTime, wait: Duration) {
+        let until_ms = until
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if !self.usable() || wait.as_millis() == 0 {
+            return;
+        }
+        let redis_key = Self::cooldown_key_for(&self.settings.key_prefix, base_url, fingerprint);
+        let value = wrap_value(&self.settings.value_key, &redis_key, b"", until_ms);
+        // Last writer wins: a replica that saw a shorter wait later may shorten it, which
+        // costs at most one more early request, answered with a new cool-down.
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&redis_key)
+            .arg(value)
+            .arg("PX")
+            .arg(wait.as_millis() as u64);
         let _: Option<()> = self.run("SET", cmd).await;
     }
 }

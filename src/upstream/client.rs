@@ -9,12 +9,12 @@ use std::{
 use backon::Retryable;
 use bytes::{Bytes, BytesMut};
 use reqwest::{StatusCode, header};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 use super::{
     budget::RetryBudget,
-    cooldown::Cooldowns,
+    cooldown::{Cooldowns, SharedCooldowns},
     ratelimit,
     retry::{RetryPolicy, Spent, classify},
 };
@@ -45,6 +45,34 @@ pub(crate) struct UpstreamSettings {
     pub retry: RetryPolicy,
     /// Most requests in flight to Confluence at once, gateway-wide.
     pub concurrency: usize,
+    /// Most 200 bodies held at once, gateway-wide, from the first byte read until their
+    /// conversion ends: with `max_body_bytes`, the bound on the memory bodies take.
+    pub max_bodies: usize,
+}
+
+/// What the caller of [`ConfluenceClient::fetch_page`] hears of its attempts.
+pub(crate) trait FetchEvents {
+    /// An attempt failed with `error`, or a cool-down holds the next one back; the next
+    /// begins after `wait`.
+    fn retrying(&self, error: &GatewayError, wait: Duration);
+    /// A request is about to be sent to Confluence.
+    fn sending(&self);
+}
+
+/// A 200 body and the body permit it was read under. They go together: whoever holds
+/// the body holds the permit, so a conversion that outlives its caller (on the blocking
+/// pool, `src/app/pages.rs`) still counts against `--upstream-max-body` × permits.
+#[derive(Debug)]
+pub(crate) struct PageBody {
+    bytes: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PageBody {
+    /// The body's bytes.
+    pub(crate) fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
 }
 
 /// A client of one Confluence site's audit endpoint.
@@ -60,6 +88,10 @@ pub(crate) struct ConfluenceClient {
     /// tokio's semaphore is fair: attempts waiting for a permit get it first come, first
     /// served.
     in_flight: Arc<Semaphore>,
+    /// One permit per 200 body held (`UpstreamSettings::max_bodies`), shared by clones.
+    bodies: Arc<Semaphore>,
+    /// Cool-downs other replicas started, when they share them (Redis).
+    shared_cooldowns: Option<Shared>,
     /// Shared by every clone: one budget per credential for the whole gateway.
     cooldowns: Arc<Cooldowns>,
     /// Shared by every clone: retries are a share of the whole gateway's requests.
@@ -83,10 +115,25 @@ impl ConfluenceClient {
             since,
             range,
             in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            bodies: Arc::new(Semaphore::new(settings.max_bodies.max(1))),
+            shared_cooldowns: None,
             settings,
             cooldowns: Arc::default(),
             retries: Arc::default(),
         })
+    }
+
+    /// Consults `shared` before each attempt and tells it of each cool-down this client
+    /// starts, so that replicas hold a rate-limited credential back together.
+    pub(crate) fn with_shared_cooldowns(mut self, shared: Arc<dyn SharedCooldowns>) -> Self {
+        self.shared_cooldowns = Some(Shared(shared));
+        self
+    }
+
+    /// Body permits free now (for tests of the memory bound).
+    #[cfg(test)]
+    pub(crate) fn bodies_free(&self) -> usize {
+        self.bodies.available_permits()
     }
 
     /// The configured base URL, as cache keys name it.
@@ -106,7 +153,7 @@ impl ConfluenceClient {
 
     /// Fetches one page and turns its 200 body into a `T` with `convert`, retrying what
     /// is transient (a body `convert` rejects with [`GatewayError::MalformedBody`]
-    /// included), never past `deadline`. `on_retry` hears of each failed attempt that
+    /// included), never past `deadline`. `events` hears of each failed attempt that
     /// will be retried, and of each cool-down waited out, with the wait before the next
     /// attempt. Each retry is drawn from the gateway's retry budget
     /// (`src/upstream/budget.rs`); when it is spent, the failure is returned as it is.
@@ -114,7 +161,12 @@ impl ConfluenceClient {
     /// `budget` is the credential's keyed fingerprint: every attempt first waits out the
     /// cool-down a `Retry-After` started for it (`src/upstream/cooldown.rs`), or, when
     /// that would outlast `deadline` or `--upstream-max-backoff`, fails at once with
-    /// RESOURCE_EXHAUSTED and the time left, without a request.
+    /// RESOURCE_EXHAUSTED and the time left, without a request. `events` hears of each
+    /// request just before it is sent, too.
+    ///
+    /// `convert` gets the body with its body permit (`PageBody`), taken after the 200's
+    /// headers and before the body is read: the bodies held at once, conversions
+    /// included, are at most `max_bodies`.
     ///
     /// The conversion runs inside each attempt so that a broken body is one more attempt
     /// outcome, retried under its own bound (`src/upstream/retry.rs`), rather than a
@@ -125,22 +177,23 @@ impl ConfluenceClient {
         credential: Option<&Credential>,
         budget: &str,
         deadline: Option<Instant>,
-        on_retry: impl Fn(&GatewayError, Duration),
+        events: &impl FetchEvents,
         convert: F,
     ) -> Result<T, GatewayError>
     where
-        F: Fn(Bytes) -> Fut,
+        F: Fn(PageBody) -> Fut,
         Fut: Future<Output = Result<T, GatewayError>>,
     {
         let url = self.page_url(query);
         let policy = &self.settings.retry;
         let mut spent = Spent::default();
         self.retries.request();
-        let (url, convert, on_retry) = (&url, &convert, &on_retry);
+        let (url, convert) = (&url, &convert);
         let call = (|| async move {
-            self.cool_down(budget, deadline, on_retry).await?;
+            self.adopt_shared_cool_down(budget).await;
+            self.cool_down(budget, deadline, events).await?;
             let result = self
-                .attempt(url, credential, budget, deadline, convert)
+                .attempt(url, credential, budget, deadline, events, convert)
                 .await;
             if let Err(e) = &result {
                 self.start_cool_down(budget, e);
@@ -163,7 +216,7 @@ impl ConfluenceClient {
         })
         .notify(|err, wait| {
             tracing::warn!(reason = err.reason(), error = %err, ?wait, "retrying Confluence call");
-            on_retry(err, wait);
+            events.retrying(err, wait);
         });
         within_deadline(deadline, DEADLINE_PASSED, call).await
     }
@@ -175,7 +228,7 @@ impl ConfluenceClient {
         &self,
         budget: &str,
         deadline: Option<Instant>,
-        on_retry: &impl Fn(&GatewayError, Duration),
+        events: &impl FetchEvents,
     ) -> Result<(), GatewayError> {
         // Again after each wait: a request that ended meanwhile may have lengthened it.
         while let Some(until) = self.cooldowns.until(budget) {
@@ -197,7 +250,7 @@ impl ConfluenceClient {
             }
             // Callers waiting on a shared load leave now if this is past their deadline
             // (`src/cache/memory.rs`).
-            on_retry(&refusal, wait);
+            events.retrying(&refusal, wait);
             tracing::debug!(?wait, "waiting out the credential's cool-down");
             tokio::time::sleep_until(until.into()).await;
         }
@@ -215,6 +268,38 @@ impl ConfluenceClient {
             && !wait.is_zero()
         {
             self.cooldowns.start(budget, Instant::now() + *wait);
+            self.share_cool_down(budget, *wait);
+        }
+    }
+
+    /// Takes in the cool-down another replica started for `budget`, if the shared store
+    /// holds one: one round trip, whose failure only leaves this replica's own view.
+    /// What is obeyed is capped at the longest `Retry-After` the policy waits for, so
+    /// a wrong clock or a bad value elsewhere cannot stop this replica for long.
+    async fn adopt_shared_cool_down(&self, budget: &str) {
+        let Some(Shared(shared)) = &self.shared_cooldowns else {
+            return;
+        };
+        let Some(until) = shared.get(self.base_url(), budget).await else {
+            return;
+        };
+        if let Ok(left) = until.duration_since(SystemTime::now()) {
+            let left = left.min(self.settings.retry.max_retry_after);
+            self.cooldowns.adopt(budget, Instant::now() + left);
+        }
+    }
+
+    /// Tells the other replicas of a cool-down of `wait` this one started, off the
+    /// caller's path.
+    fn share_cool_down(&self, budget: &str, wait: Duration) {
+        if let Some(Shared(shared)) = &self.shared_cooldowns {
+            let (shared, base, budget) = (
+                shared.clone(),
+                self.base_url().to_owned(),
+                budget.to_owned(),
+            );
+            let until = SystemTime::now() + wait;
+            tokio::spawn(async move { shared.put(&base, &budget, until, wait).await });
         }
     }
 
@@ -224,16 +309,17 @@ impl ConfluenceClient {
         credential: Option<&Credential>,
         budget: &str,
         deadline: Option<Instant>,
+        events: &impl FetchEvents,
         convert: &F,
     ) -> Result<T, GatewayError>
     where
-        F: Fn(Bytes) -> Fut,
+        F: Fn(PageBody) -> Fut,
         Fut: Future<Output = Result<T, GatewayError>>,
     {
         // Taken per attempt, never across a backoff sleep; the wait for it is under the
         // caller's deadline like the rest of the call (`within_deadline` in `fetch_page`).
         // Held until the body is read, released before the conversion: it bounds
-        // Confluence's load, not the gateway's CPU.
+        // Confluence's load; the body permit (`exchange`) bounds the gateway's memory.
         let permit = self
             .in_flight
             .acquire()
@@ -267,6 +353,7 @@ impl ConfluenceClient {
         }
         let started = Instant::now();
         METRICS.upstream_attempts.inc();
+        events.sending();
         let exchanged = self.exchange(request, budget, failed).await;
         drop(permit);
         let result = match exchanged {
@@ -285,15 +372,29 @@ impl ConfluenceClient {
         request: reqwest::RequestBuilder,
         budget: &str,
         failed: impl Fn(reqwest::Error) -> GatewayError,
-    ) -> Result<Bytes, GatewayError> {
+    ) -> Result<PageBody, GatewayError> {
         let response = request.send().await.map_err(&failed)?;
         if response.status() == StatusCode::OK {
             // Near the limit, every request of the credential waits a moment, so the
             // gateway slows down before Confluence refuses it.
             if let Some(wait) = ratelimit::slow_down(response.headers(), SystemTime::now()) {
                 self.cooldowns.start(budget, Instant::now() + wait);
+                self.share_cool_down(budget, wait);
             }
-            return read_capped(response, self.settings.max_body_bytes, failed).await;
+            // No byte of the body is buffered before a body permit is held. It is waited
+            // for with the in-flight permit held, never the other way round (a body's
+            // holder never waits for an in-flight permit): no cycle.
+            let permit = self
+                .bodies
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| GatewayError::Internal("the body limiter was closed".into()))?;
+            let bytes = read_capped(response, self.settings.max_body_bytes, failed).await?;
+            return Ok(PageBody {
+                bytes,
+                _permit: permit,
+            });
         }
         Err(self.status_error(response).await)
     }
@@ -314,6 +415,16 @@ impl ConfluenceClient {
             retry_after,
             source: None,
         }
+    }
+}
+
+/// The shared cool-downs, with a `Debug` that only says they are there.
+#[derive(Clone)]
+struct Shared(Arc<dyn SharedCooldowns>);
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedCooldowns")
     }
 }
 

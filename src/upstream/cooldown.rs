@@ -3,15 +3,32 @@
 //! request made with that credential waits until the time it named. Keyed by the
 //! credential's keyed fingerprint, the one the page cache files pages under
 //! (`src/app/pages.rs`; `"anonymous"` without a credential), so the map never holds a
-//! secret. In process only: replicas do not share their cool-downs.
+//! secret. Each replica keeps its own map; with a [`SharedCooldowns`] store (Redis,
+//! `src/cache/redis.rs`, wired in `src/gateway.rs`) replicas also tell each other of the
+//! cool-downs they start and take in the others' before each attempt.
 
 use std::{
     collections::HashMap,
     sync::{Mutex, PoisonError},
-    time::Instant,
+    time::{Duration, Instant, SystemTime},
 };
 
+use async_trait::async_trait;
+
 use crate::metrics::METRICS;
+
+/// Cool-downs shared between replicas. It must never fail or slow a call noticeably: a
+/// store in trouble answers `None` (within a short time-out) and drops writes, and a
+/// value it cannot vouch for (forged, unparsable) is `None`, never obeyed.
+#[async_trait]
+pub(crate) trait SharedCooldowns: Send + Sync + 'static {
+    /// When the cool-down of `fingerprint` at the Confluence `base_url` ends, if one is
+    /// running.
+    async fn get(&self, base_url: &str, fingerprint: &str) -> Option<SystemTime>;
+    /// Records a cool-down of `fingerprint` at `base_url` until `until`, `wait` from now
+    /// (the value expires with it).
+    async fn put(&self, base_url: &str, fingerprint: &str, until: SystemTime, wait: Duration);
+}
 
 /// Entries are swept of expired cool-downs when the map grows past this (with
 /// `--auth-passthrough` every caller's credential may get one).
@@ -27,9 +44,21 @@ impl Cooldowns {
     /// Holds every request of `fingerprint` back until `until`; a cool-down already
     /// running longer is kept (a later, shorter answer does not shorten it).
     pub(crate) fn start(&self, fingerprint: &str, until: Instant) {
+        if self.hold(fingerprint, until) {
+            METRICS.upstream_cooldowns.inc();
+        }
+    }
+
+    /// As [`Cooldowns::start`], for a cool-down another replica started (it counted it).
+    pub(crate) fn adopt(&self, fingerprint: &str, until: Instant) {
+        self.hold(fingerprint, until);
+    }
+
+    /// Holds `fingerprint` back until `until` at least; false for a time already past.
+    fn hold(&self, fingerprint: &str, until: Instant) -> bool {
         let now = Instant::now();
         if until <= now {
-            return;
+            return false;
         }
         let mut map = self.until.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= SWEEP_AT {
@@ -42,7 +71,7 @@ impl Cooldowns {
                 map.insert(fingerprint.into(), until);
             }
         }
-        METRICS.upstream_cooldowns.inc();
+        true
     }
 
     /// When the cool-down of `fingerprint` ends, if one is running.

@@ -235,6 +235,54 @@ async fn no_cache_refetches_and_refreshes_the_entry() {
 }
 
 #[tokio::test]
+async fn concurrent_identical_no_cache_calls_share_fresh_refreshes() {
+    // Latency longer than it takes to start every call: all of them ask while the first
+    // refresh is in flight.
+    let (sim, mut gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 100,
+            latency: Duration::from_millis(1500),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    gw.client.get_since(small()).await.expect("cached");
+    // Arrived before any of the calls below: every answer must hold them.
+    sim.insert_records(3);
+    let channel = gw.channel().await;
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let mut client = AuditServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                client
+                    .get_since(with_md(small(), &[("cache-control", "no-cache")]))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        let page = call
+            .await
+            .expect("task did not panic")
+            .expect("call succeeds")
+            .into_inner();
+        assert_eq!(
+            head_seq(&page),
+            102,
+            "a refresh answered with an older page"
+        );
+    }
+    // The first refresh, and at most one more (everyone who asked after the first was
+    // sent shares it, sent once the first is back), besides the first plain call.
+    let refreshes = sim.request_count() - 1;
+    assert!(
+        (1..=2).contains(&refreshes),
+        "50 identical no-cache calls made {refreshes} upstream requests"
+    );
+}
+
+#[tokio::test]
 async fn no_cache_on_a_cold_entry_is_one_upstream_call() {
     let (sim, mut gw) = sim_and_gateway(sim_config(20), |_| {}).await;
     gw.client

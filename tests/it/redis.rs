@@ -1,6 +1,7 @@
 //! The shared Redis tier against a real `redis-server` the test starts: replicas share
 //! pages, a dead Redis fails no call, a restarted one is used again, values that are not
-//! ours are misses, and no key reveals a credential.
+//! ours are misses, no key reveals a credential, and a cool-down one replica started
+//! holds the others back (a forged one is ignored).
 
 use std::{
     net::TcpListener as StdListener,
@@ -9,7 +10,7 @@ use std::{
 };
 
 use audit_gateway::{Gateway, UpstreamAuth, metrics::METRICS, pb};
-use confluence_sim::SimulatorConfig;
+use confluence_sim::{Fault, SimulatorConfig};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -421,4 +422,89 @@ async fn no_cache_refreshes_the_shared_tier_too() {
     let got = c.client.get_since(page(0)).await.expect("c").into_inner();
     assert_eq!(got, new, "Redis kept the stale page");
     assert_eq!(sim.request_count(), 2, "replica c made no upstream call");
+}
+
+/// The simulator's requests for pages starting at `start`, in order.
+fn received_at(sim: &confluence_sim::SimulatorHandle, start: i32) -> Vec<Instant> {
+    let start = start.to_string();
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.query.iter().any(|(k, v)| k == "start" && *v == start))
+        .map(|r| r.received)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_is_ignored() {
+    let redis = RedisServer::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &redis).await;
+    let mut b = replica(&sim.base_url(), &redis).await;
+    sim.push_faults([Fault::Status {
+        code: 429,
+        retry_after: Some("2".into()),
+        body: None,
+    }]);
+    // A is refused, cools down for 2 s (within its --upstream-max-backoff) and retries.
+    let first = tokio::spawn(async move { a.client.get_since(page(0)).await });
+    let is_cool_down = |k: &String| k.starts_with("audit-gateway:v1:cooldown:");
+    assert!(
+        until(async || redis.keys().await.iter().any(is_cool_down)).await,
+        "the cool-down was not shared"
+    );
+    let refused_at = received_at(&sim, 0)[0];
+    // B asks for another page within the cool-down: it waits, then asks Confluence.
+    b.client
+        .get_since(page(10))
+        .await
+        .expect("b after the cool-down");
+    first
+        .await
+        .expect("no panic")
+        .expect("a after the cool-down");
+    let asked = received_at(&sim, 10);
+    assert_eq!(asked.len(), 1);
+    let after = asked[0].duration_since(refused_at);
+    assert!(
+        after >= Duration::from_millis(1900),
+        "replica b asked Confluence {after:?} after the 429 that asked for 2 s"
+    );
+    assert_eq!(
+        sim.request_count(),
+        3,
+        "the 429, then one request per replica"
+    );
+
+    // A value without the salt's MAC, under the same key, asking for a minute: ignored.
+    let key = redis
+        .keys()
+        .await
+        .into_iter()
+        .find(is_cool_down)
+        .unwrap_or_else(|| "audit-gateway:v1:cooldown:unknown".into());
+    let forged = format!("AGP2{}", "9".repeat(24));
+    // Each a page no replica holds, so each call asks Confluence (after the cool-down
+    // check).
+    for (junk, start) in [(forged.as_str(), 20), ("garbage", 30)] {
+        assert_eq!(
+            redis
+                .command(&["SET", &key, junk, "PX", "60000"])
+                .await
+                .as_deref(),
+            Some("+OK")
+        );
+        let mut c = replica(&sim.base_url(), &redis).await;
+        let t = Instant::now();
+        let before = sim.request_count();
+        c.client
+            .get_since(page(start))
+            .await
+            .expect("not held back");
+        assert_eq!(sim.request_count(), before + 1);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{junk:?} held the call back for {:?}",
+            t.elapsed()
+        );
+    }
 }
