@@ -102,6 +102,11 @@ pub(crate) struct Shared {
     pub stopping: watch::Receiver<bool>,
     /// Ranges fetched ahead while backfilling.
     pub prefetch: usize,
+    /// This replica's place in each tick, a fraction in [0, 0.5) drawn at start: replicas
+    /// read a tick's range one after the other rather than all at once, so the later ones
+    /// find it in the Redis tier. Every follower of a replica shares it, so they still
+    /// read at the same moment, through one load.
+    pub tick_spread: f64,
 }
 
 /// Starts a follower; `held` (its `--max-streams` slot) goes when it returns.
@@ -204,7 +209,9 @@ impl<P: PageSource> Follower<P> {
                     return Ok(());
                 }
             }
-            let wait = follow::next_tick(now_ms(), lag, poll).saturating_sub(now_ms());
+            // Spread by at most 2 s, well under any poll interval (at least 1 s … 2 s).
+            let spread = (self.shared.tick_spread * poll.min(4_000) as f64) as i64;
+            let wait = follow::next_tick(now_ms(), lag, poll).saturating_sub(now_ms()) + spread;
             let wake = tokio::time::Instant::now() + Duration::from_millis(wait.max(0) as u64);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}

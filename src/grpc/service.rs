@@ -43,6 +43,8 @@ pub(crate) struct AuditGrpc {
     late: Arc<LateChecks>,
     /// Set when the gateway shuts down: followers end with UNAVAILABLE.
     stopping: Arc<watch::Sender<bool>>,
+    /// This replica's place in each follow tick (`src/app/follow.rs`).
+    tick_spread: f64,
 }
 
 impl AuditGrpc {
@@ -71,6 +73,7 @@ impl AuditGrpc {
             stream_idle_timeout,
             late: Arc::default(),
             stopping: Arc::new(watch::Sender::new(false)),
+            tick_spread: fastrand::f64() / 2.0,
         }
     }
 
@@ -247,6 +250,7 @@ impl AuditService for AuditGrpc {
             late: self.late.clone(),
             stopping: self.stopping.subscribe(),
             prefetch: self.stream_prefetch,
+            tick_spread: self.tick_spread,
         };
         let messages = follow::start(self.pages.clone(), req, shared, slot).map(move |item| {
             item.map(EncodedMessage)

@@ -519,3 +519,64 @@ async fn records_later_than_lag_are_counted_not_delivered_out_of_order() {
     let noticed = audit_gateway::metrics::METRICS.follow_late_records.get() - late_before;
     assert!(noticed > 0, "late records were counted");
 }
+
+/// The `follow` command, killed at random moments and started again each time, ends
+/// with an output file holding every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follow_command_resumes_from_its_checkpoint_file_after_being_killed() {
+    let (sim, gw) = sim_and_gateway(live_log(31), |_| {}).await;
+    let dir = std::env::temp_dir().join(format!("follow-cmd-{}-{}", std::process::id(), now_ms()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (checkpoint, output) = (dir.join("checkpoint.json"), dir.join("audit.ndjson"));
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_audit-gateway"))
+            .args(["follow", "--gateway", &format!("http://{}", gw.addr)])
+            .args(["--since", "10m", "--poll-interval", "1s", "--lag", "500ms"])
+            .arg("--checkpoint-file")
+            .arg(&checkpoint)
+            .arg("--output")
+            .arg(&output)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the binary starts")
+    };
+    let mut rng = fastrand::Rng::with_seed(5);
+    let t0 = now_ms() - 600_000;
+    let mut child = run();
+    let t1 = now_ms() - 600_000;
+    let stop_at = now_ms() + 4_000;
+    sim.stop_live_at(stop_at);
+    let settled_by = stop_at + 500 + 3_000;
+    let mut kills = 0;
+    while now_ms() < settled_by {
+        tokio::time::sleep(Duration::from_millis(rng.u64(200..1200))).await;
+        child.kill().expect("killed");
+        child.wait().expect("reaped");
+        kills += 1;
+        child = run();
+    }
+    // Let the last one catch up with the stop, then end it too.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    child.kill().expect("killed");
+    child.wait().expect("reaped");
+
+    let text = std::fs::read_to_string(&output).expect("output");
+    let got: Vec<(i64, u64)> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("whole JSON lines");
+            let date = v["creationDate"].as_i64().expect("creationDate");
+            (date, confluence_sim::record_seq(&v).expect("seq"))
+        })
+        .collect();
+    assert!(kills >= 5, "killed {kills} times");
+    assert!(got.iter().all(|(d, _)| *d >= t0), "a record before --since");
+    let mut want = sim.expected_records(t1, stop_at);
+    want.extend(got.iter().filter(|(d, _)| *d < t1).copied());
+    let consumer = Consumer {
+        got,
+        checkpoint: None,
+    };
+    consumer.assert_exactly(want);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1046,7 +1046,8 @@ async fn paging_a_pinned_past_range_is_stable_while_live_records_arrive() {
     assert!(sim.record_count() > count_before, "live records arrived");
     let whole = dated(&range_page(&sim, &format!("endDate={end}")).await);
     assert_eq!(paged, whole);
-    assert_eq!(paged.len(), 300);
+    // Live records created before `end` was read are in the range too.
+    assert!(paged.len() >= 300, "{}", paged.len());
     assert_eq!(sorted(paged), sim.expected_records(i64::MIN, end));
 }
 
