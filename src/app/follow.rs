@@ -242,11 +242,11 @@ impl<P: PageSource> Follower<P> {
         let mut whole = None;
         while let Some(slice) = stack.pop() {
             self.stop_if_stopping()?;
-            // Ranges known to fit a page are fetched ahead, up to the prefetch window;
-            // ranges of unknown size are not (they may be cut again).
+            // The next ranges are fetched ahead, up to the prefetch window: cut to fill
+            // most of a page each, most of them are read once.
             ahead.retain(|s, _| stack.contains(s));
             for s in stack.iter().rev().take(self.shared.prefetch) {
-                if s.fits && !ahead.contains_key(s) {
+                if !ahead.contains_key(s) {
                     ahead.insert(*s, self.fetch(*s, 0, false));
                 }
             }

@@ -12,8 +12,10 @@
 //! A range is read with one request for its newest page. A page shorter than the limit
 //! Confluence says it applied holds the whole range: its records are delivered, oldest
 //! first. A full page does not, but it tells where to cut: every record newer than its
-//! oldest date `D` is in it, so `(D, to]` fits one page, and `[from, D]` is cut in two by
-//! time and read first. Ranges never overlap, so no record is read twice at two offsets
+//! oldest date `D` is in it, so `(D, to]` fits one page, and `[from, D]` is cut by time
+//! into pieces sized from the page's density of records to fill most of a page each
+//! (at least two, at most [`MAX_PIECES`]), read oldest first; a piece that turns out full
+//! is cut again the same way. Ranges never overlap, so no record is read twice at two offsets
 //! and no order among records sharing a millisecond matters; only a single millisecond
 //! holding more records than a page is paged by offset (and counted: if Confluence
 //! reorders it between requests, its records can be missed or repeated).
@@ -54,19 +56,12 @@ pub(crate) struct Slice {
     pub from: i64,
     /// Last millisecond.
     pub to: i64,
-    /// Known to fit one page (it held fewer records than a page when read as part of a
-    /// larger range): worth fetching ahead.
-    pub fits: bool,
 }
 
 impl Slice {
-    /// The range `[from, to]`, its size unknown.
+    /// The range `[from, to]`.
     pub(crate) fn new(from: i64, to: i64) -> Self {
-        Self {
-            from,
-            to,
-            fits: false,
-        }
+        Self { from, to }
     }
 }
 
@@ -80,6 +75,10 @@ pub(crate) enum Plan {
     /// One millisecond with more records than a page: page through it by offset.
     Overflow,
 }
+
+/// Most pieces one cut makes: a density read off one page can be far off (audit logs come
+/// in bursts), so a cut never commits to many requests at once.
+pub(crate) const MAX_PIECES: i64 = 64;
 
 /// What to do with `slice` given its newest page, `page` (newest first), which holds all
 /// of the slice when `whole`.
@@ -96,21 +95,35 @@ pub(crate) fn plan<R: Anchored>(slice: Slice, page: &[R], whole: bool) -> Plan {
     // Dates outside the slice would be a broken server; keep the cut inside it so the
     // pieces still cover the slice exactly.
     let d = oldest.clamp(slice.from, slice.to);
-    let mut pieces = Vec::with_capacity(3);
+    let mut pieces = Vec::new();
     if d == slice.from {
         // The whole page sits at the slice's first millisecond or just after it.
         pieces.push(Slice::new(d, d));
     } else {
-        let mid = slice.from + (d - slice.from) / 2;
-        pieces.push(Slice::new(slice.from, mid));
-        pieces.push(Slice::new(mid + 1, d));
+        // The page's records span `[d, to]`; as many per millisecond in `[from, d]` would
+        // fill `count` pages of 70 % (room for a denser stretch than the sample).
+        let span = (slice.to - d + 1) as f64;
+        let per_ms = page.len() as f64 / span;
+        let expected = per_ms * (d - slice.from + 1) as f64;
+        let count = ((expected / (0.7 * page.len() as f64)).ceil() as i64)
+            .clamp(2, MAX_PIECES)
+            .min(d - slice.from + 1);
+        let width = (d - slice.from + 1) as f64 / count as f64;
+        let mut from = slice.from;
+        for i in 1..=count {
+            let to = if i == count {
+                d
+            } else {
+                slice.from + (width * i as f64) as i64 - 1
+            };
+            if to >= from {
+                pieces.push(Slice::new(from, to));
+                from = to + 1;
+            }
+        }
     }
     if d < slice.to {
-        pieces.push(Slice {
-            from: d + 1,
-            to: slice.to,
-            fits: true,
-        });
+        pieces.push(Slice::new(d + 1, slice.to));
     }
     Plan::Split(pieces)
 }
@@ -292,21 +305,47 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// A cut tiles its slice: pieces in order, adjacent, covering it exactly.
+        #[test]
+        fn cuts_tile_the_slice(
+            from in -1000i64..1000,
+            len in 1i64..100_000,
+            dates in prop::collection::vec(0i64..100_000, 1..50),
+        ) {
+            let slice = Slice::new(from, from + len);
+            let mut page: Vec<R> = dates.into_iter().map(|d| R(from + d % (len + 1), 0)).collect();
+            page.sort_by_key(|r| std::cmp::Reverse(r.0));
+            let Plan::Split(pieces) = plan(slice, &page, false) else {
+                return Err(TestCaseError::fail("a full page of a wide slice is cut"));
+            };
+            prop_assert!(pieces.len() as i64 <= MAX_PIECES + 1);
+            prop_assert_eq!(pieces[0].from, slice.from);
+            prop_assert_eq!(pieces[pieces.len() - 1].to, slice.to);
+            for w in pieces.windows(2) {
+                prop_assert!(w[0].from <= w[0].to);
+                prop_assert_eq!(w[0].to + 1, w[1].from);
+            }
+        }
+    }
+
     #[test]
-    fn a_full_page_cuts_its_slice_at_its_oldest_date() {
+    fn a_full_page_cuts_its_slice_at_its_oldest_date_by_its_density() {
         let page = [R(50, 1), R(40, 1), R(30, 1)];
+        // 3 records over [30, 60]: [0, 30] should hold about 3, so two pieces.
         assert_eq!(
             plan(Slice::new(0, 60), &page, false),
             Plan::Split(vec![
-                Slice::new(0, 15),
-                Slice::new(16, 30),
-                Slice {
-                    from: 31,
-                    to: 60,
-                    fits: true
-                }
+                Slice::new(0, 14),
+                Slice::new(15, 30),
+                Slice::new(31, 60)
             ])
         );
+        // The same page atop a slice 100 times as long: as many pieces as allowed.
+        let Plan::Split(pieces) = plan(Slice::new(-3000, 60), &page, false) else {
+            panic!("cut");
+        };
+        assert_eq!(pieces.len() as i64, MAX_PIECES + 1);
         assert_eq!(plan(Slice::new(30, 30), &page[2..], false), Plan::Overflow);
         assert_eq!(plan(Slice::new(0, 60), &page, true), Plan::Whole);
         assert_eq!(plan::<R>(Slice::new(0, 60), &[], false), Plan::Whole);
