@@ -80,6 +80,20 @@ pub struct GatewayConfig {
     pub drain_delay: Duration,
     /// Longest wait for in-flight calls at shutdown (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
+    /// A connection older than this is sent GOAWAY, so clients reconnect and a mesh or
+    /// load balancer spreads long-lived HTTP/2 connections again (`--max-connection-age`);
+    /// `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls on an aged connection may go on before it is closed
+    /// (`--max-connection-age-grace`); `None`: until they end.
+    pub max_connection_age_grace: Option<Duration>,
+    /// HTTP/2 PING interval on idle connections (`--http2-keepalive-interval`).
+    pub http2_keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed
+    /// (`--http2-keepalive-timeout`).
+    pub http2_keepalive_timeout: Duration,
+    /// Largest request message accepted, in bytes (`--max-request-bytes`).
+    pub max_request_bytes: usize,
 }
 
 /// Whose credential the gateway sends to Confluence.
@@ -202,6 +216,13 @@ impl GatewayConfig {
         metrics_listen: None,
         drain_delay: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(30),
+        max_connection_age: None,
+        max_connection_age_grace: None,
+        http2_keepalive_interval: Duration::from_secs(30),
+        http2_keepalive_timeout: Duration::from_secs(10),
+        // Requests are small: a 1000-character search string, a checkpoint of at most
+        // ~11 KiB. A megabyte leaves room and refuses anything abusive before decoding.
+        max_request_bytes: 1 << 20,
     };
 
     /// A configuration in front of `confluence_url`, everything else default.
@@ -325,6 +346,24 @@ impl GatewayConfig {
         }
         if self.max_streams == 0 {
             return Err(ConfigError::new("--max-streams", "must be at least 1"));
+        }
+        if self.max_connection_age.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::new(
+                "--max-connection-age",
+                "must be larger than 0 (leave it unset for no limit)",
+            ));
+        }
+        if self.http2_keepalive_interval.is_zero() || self.http2_keepalive_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "--http2-keepalive-interval",
+                "the keepalive interval and timeout must be larger than 0",
+            ));
+        }
+        if self.max_request_bytes < 16 << 10 {
+            return Err(ConfigError::new(
+                "--max-request-bytes",
+                "must be at least 16KiB (a follow checkpoint takes up to ~11 KiB)",
+            ));
         }
         if self.max_connection_streams == 0 {
             return Err(ConfigError::new(

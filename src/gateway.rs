@@ -98,6 +98,11 @@ impl Gateway {
                 drain_delay: config.drain_delay,
                 timeout: config.shutdown_timeout,
                 max_connection_streams: config.max_connection_streams,
+                max_connection_age: config.max_connection_age,
+                max_connection_age_grace: config.max_connection_age_grace,
+                keepalive_interval: config.http2_keepalive_interval,
+                keepalive_timeout: config.http2_keepalive_timeout,
+                max_request_bytes: config.max_request_bytes,
             },
         })
     }

@@ -27,6 +27,16 @@ pub(crate) struct ServerSettings {
     pub(crate) timeout: Duration,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of each connection.
     pub(crate) max_connection_streams: u32,
+    /// GOAWAY to connections older than this.
+    pub(crate) max_connection_age: Option<Duration>,
+    /// Calls on an aged connection are cut this long after its GOAWAY.
+    pub(crate) max_connection_age_grace: Option<Duration>,
+    /// HTTP/2 PING interval.
+    pub(crate) keepalive_interval: Duration,
+    /// How long a PING may go unanswered.
+    pub(crate) keepalive_timeout: Duration,
+    /// Largest request message.
+    pub(crate) max_request_bytes: usize,
 }
 
 /// The gRPC server failed while serving.
@@ -67,6 +77,7 @@ pub(crate) async fn serve(
 
     let followers = service.stopper();
     let audit = AuditServiceServer::from_arc(Arc::new(service))
+        .max_decoding_message_size(settings.max_request_bytes)
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
@@ -92,9 +103,19 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "audit-gateway listening");
     }
-    let router = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(settings.keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.keepalive_timeout));
+    if let Some(age) = settings.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some(grace) = settings.max_connection_age_grace {
+        builder = builder.max_connection_age_grace(grace);
+    }
+    let router = builder
+        // gRPC-Web (HTTP/1.1 or HTTP/2) for browser dashboards, beside native gRPC.
+        .accept_http1(true)
+        .layer(tonic_web::GrpcWebLayer::new())
         // tonic leaves it unset (hyper's 200 replaced by no limit): one connection could
         // then open calls without end.
         .max_concurrent_streams(settings.max_connection_streams)

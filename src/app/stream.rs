@@ -27,7 +27,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use tokio_stream::Stream;
@@ -75,6 +75,10 @@ pub(crate) struct StreamRequest {
     pub deadline: Option<Instant>,
     /// The stream ends when its caller takes nothing for this long.
     pub idle_timeout: Duration,
+    /// Turns true when the gateway shuts down: the stream ends after its last complete
+    /// message with UNAVAILABLE, so a proxy in front never sees the connection cut
+    /// under it and the caller resumes elsewhere.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// What the stream yields: encoded `StreamSinceResponse`s, then at most one error.
@@ -324,6 +328,7 @@ impl<P: PageSource> Producer<P> {
     }
 
     async fn run(self, tx: &mpsc::Sender<Item>) -> Result<(), GatewayError> {
+        let mut stopping = self.req.stopping.clone();
         let mut cursor = self.req.cursor.clone();
         let mut remaining = self.req.max_records;
         if remaining == Some(0) {
@@ -365,6 +370,8 @@ impl<P: PageSource> Producer<P> {
                     GatewayError::Internal(format!("page fetch task failed: {e}"))
                 })??,
                 _ = tx.closed() => return Ok(()),
+                // An error means the gateway dropped the signal: nothing to stop for.
+                Ok(_) = stopping.wait_for(|s| *s) => return Err(GatewayError::ShuttingDown),
             };
             let (at, n) = (fetch.start, page.records.len() as i64);
             // Shorter than a page already seen: this page reaches the log's end.
@@ -403,24 +410,40 @@ impl<P: PageSource> Producer<P> {
                         );
                     }
                     let moved = d.cursor != cursor;
-                    cursor = d.cursor;
                     if !d.records.is_empty() {
                         idle = 0;
-                        let records: Vec<Bytes> =
-                            d.records.iter().map(|&i| page.records[i].clone()).collect();
-                        if let Some(left) = remaining.as_mut() {
-                            *left -= records.len() as u64;
-                        }
-                        let token = resume::encode(&self.tokens, &self.req.window, &cursor);
-                        METRICS.stream_records.add(records.len() as u64);
-                        let message = wire::stream_message(&records, &token);
-                        let idle = self.req.idle_timeout;
-                        match tokio::time::timeout(idle, tx.send(Ok(message))).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => return Ok(()),
-                            Err(_) => return Err(GatewayError::StreamIdle { after: idle }),
+                        // A message holds `page_size` records at most: pages ask for a few
+                        // more (the overlap), and the first page has nothing to overlap,
+                        // so a page's records may take two messages. The first one's token
+                        // is the cursor after its records, as a cut by `max_records` would
+                        // leave it.
+                        let per_message = usize::try_from(self.req.page_size).unwrap_or(1).max(1);
+                        let mut sent = 0;
+                        for chunk in d.records.chunks(per_message) {
+                            sent += chunk.len();
+                            let at_chunk_end = if sent == d.records.len() {
+                                d.cursor.clone()
+                            } else {
+                                anchor::deliver(&cursor, at, &page.records, sent, cut).cursor
+                            };
+                            let records: Vec<Bytes> =
+                                chunk.iter().map(|&i| page.records[i].clone()).collect();
+                            if let Some(left) = remaining.as_mut() {
+                                *left -= records.len() as u64;
+                            }
+                            let token =
+                                resume::encode(&self.tokens, &self.req.window, &at_chunk_end);
+                            METRICS.stream_records.add(records.len() as u64);
+                            let message = wire::stream_message(&records, &token);
+                            let idle = self.req.idle_timeout;
+                            match tokio::time::timeout(idle, tx.send(Ok(message))).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(_)) => return Ok(()),
+                                Err(_) => return Err(GatewayError::StreamIdle { after: idle }),
+                            }
                         }
                     }
+                    cursor = d.cursor;
                     if remaining == Some(0) {
                         let_go(ahead);
                         return Ok(());
@@ -667,6 +690,7 @@ mod tests {
             refresh: false,
             deadline: None,
             idle_timeout: Duration::from_secs(3600),
+            stopping: watch::channel(false).1,
         }
     }
 

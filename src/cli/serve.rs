@@ -197,6 +197,28 @@ pub(crate) struct ServeArgs {
     /// Longest wait for in-flight calls to finish after a shutdown signal.
     #[arg(long, env = "AUDIT_GATEWAY_SHUTDOWN_TIMEOUT", default_value_t = Dur(D.shutdown_timeout))]
     shutdown_timeout: Dur,
+
+    /// Send GOAWAY on connections older than this, so clients reconnect and a mesh or
+    /// load balancer spreads them over the replicas again; unset: never.
+    #[arg(long, env = "AUDIT_GATEWAY_MAX_CONNECTION_AGE")]
+    max_connection_age: Option<Dur>,
+
+    /// Close an aged connection this long after its GOAWAY even if calls are still open;
+    /// unset: let them end (streams and followers resume elsewhere when they do).
+    #[arg(long, env = "AUDIT_GATEWAY_MAX_CONNECTION_AGE_GRACE")]
+    max_connection_age_grace: Option<Dur>,
+
+    /// HTTP/2 PING interval on connections.
+    #[arg(long, env = "AUDIT_GATEWAY_HTTP2_KEEPALIVE_INTERVAL", default_value_t = Dur(D.http2_keepalive_interval))]
+    http2_keepalive_interval: Dur,
+
+    /// Close a connection whose PING goes unanswered this long.
+    #[arg(long, env = "AUDIT_GATEWAY_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = Dur(D.http2_keepalive_timeout))]
+    http2_keepalive_timeout: Dur,
+
+    /// Largest request message accepted.
+    #[arg(long, env = "AUDIT_GATEWAY_MAX_REQUEST_BYTES", default_value_t = Size(D.max_request_bytes as u64))]
+    max_request_bytes: Size,
 }
 
 /// A secret given inline or in a file (its trailing newline trimmed), by `flag`.
@@ -283,6 +305,11 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             metrics_listen: a.metrics_listen,
             drain_delay: a.drain_delay.0,
             shutdown_timeout: a.shutdown_timeout.0,
+            max_connection_age: a.max_connection_age.map(|d| d.0),
+            max_connection_age_grace: a.max_connection_age_grace.map(|d| d.0),
+            http2_keepalive_interval: a.http2_keepalive_interval.0,
+            http2_keepalive_timeout: a.http2_keepalive_timeout.0,
+            max_request_bytes: usize::try_from(a.max_request_bytes.0).unwrap_or(usize::MAX),
         })
     }
 }

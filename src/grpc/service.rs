@@ -115,6 +115,7 @@ impl AuditGrpc {
             refresh: metadata::wants_fresh(md),
             deadline: metadata::deadline(md, received),
             idle_timeout: self.stream_idle_timeout,
+            stopping: self.stopping.subscribe(),
         })
     }
 

@@ -7,6 +7,7 @@ mod errors;
 mod follow;
 mod get_since;
 mod interop;
+mod mesh;
 mod overload;
 mod redis;
 mod server;
