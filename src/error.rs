@@ -29,18 +29,6 @@ pub enum UpstreamFailure {
 }
 
 impl UpstreamFailure {
-    /// Every class, in a fixed order (metrics keep one counter per class).
-    pub(crate) const ALL: [Self; 8] = [
-        Self::BadRequest,
-        Self::Unauthenticated,
-        Self::PermissionDenied,
-        Self::NotFound,
-        Self::RateLimited,
-        Self::Unavailable,
-        Self::Timeout,
-        Self::Other,
-    ];
-
     /// The stable reason code, as `ErrorInfo` and metrics labels carry it.
     pub(crate) fn reason(self) -> &'static str {
         match self {
@@ -53,11 +41,6 @@ impl UpstreamFailure {
             Self::Timeout => "UPSTREAM_TIMEOUT",
             Self::Other => "UPSTREAM_ERROR",
         }
-    }
-
-    /// This class's position in [`UpstreamFailure::ALL`].
-    pub(crate) fn index(self) -> usize {
-        self as usize
     }
 }
 
@@ -253,12 +236,5 @@ mod tests {
         );
         // The caller's message stays the gateway's own.
         assert_eq!(err.to_string(), "the connection to Confluence failed");
-    }
-
-    #[test]
-    fn reasons_follow_the_order_of_all() {
-        for (i, f) in UpstreamFailure::ALL.iter().enumerate() {
-            assert_eq!(f.index(), i, "{f:?}");
-        }
     }
 }

@@ -1,62 +1,106 @@
-//! Process-wide counters, served in Prometheus' text format on `--metrics-listen`.
-//! Labels are fixed sets (reasons, tiers): never a credential, a URL or a query.
+//! Process-wide metrics, served in Prometheus' text format on `--metrics-listen`, kept
+//! with the Prometheus project's client (`prometheus-client`). Labels are fixed sets
+//! (methods, status codes, reasons, tiers) and caller names from `--caller-tokens-file`:
+//! never a credential, a token, a URL or a search string.
 
-use std::{
-    collections::BTreeMap,
-    convert::Infallible,
-    fmt::Write as _,
-    future::Future,
-    sync::Mutex,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::{convert::Infallible, future::Future, sync::LazyLock, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter as PromCounter,
+        family::Family,
+        gauge::Gauge as PromGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
 use tokio::net::TcpListener;
 
 use crate::error::{GatewayError, UpstreamFailure};
 
 /// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub type Counter = PromCounter;
+/// A value that goes up and down.
+pub type Gauge = PromGauge;
 
-impl Counter {
-    /// A counter at zero.
-    pub const fn new() -> Self {
-        Self(AtomicU64::new(0))
-    }
+/// `reason` of a failed upstream attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
 
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
+/// `caller`: a name from `--caller-tokens-file`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallerLabel {
+    caller: String,
+}
 
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
+/// A gRPC method and the status code it ended with.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    grpc_method: &'static str,
+    grpc_code: &'static str,
+}
 
-    /// The current count.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+/// A gRPC method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    grpc_method: &'static str,
+}
+
+/// How an upstream attempt ended: its HTTP status, or `error` without one.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+/// A cache tier and what a lookup found.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    tier: &'static str,
+    result: &'static str,
+}
+
+/// A page cache tier.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Tier {
+    /// The in-process tier.
+    Memory,
+    /// The shared Redis tier.
+    Redis,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds from 1 ms to about 2 minutes: a cache hit to a slow upstream page.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
 }
 
 /// Every metric the gateway keeps.
-#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
     /// Pages asked of the page service (GetSince calls and stream pages).
     pub page_requests: Counter,
     /// Pages fetched from Confluence (missed by every cache tier).
     pub page_loads: Counter,
     /// HTTP attempts sent to Confluence, retries included.
     pub upstream_attempts: Counter,
-    /// Failed upstream attempts, by class (indexed by `UpstreamFailure::index`).
-    upstream_failures: [Counter; UpstreamFailure::ALL.len()],
-    /// Upstream attempts answered 200 with a body that was cut or could not be used.
-    pub upstream_malformed_bodies: Counter,
+    /// Failed upstream attempts, by reason.
+    upstream_failures: Family<ReasonLabel, Counter>,
+    /// Upstream attempts by how they ended.
+    upstream_requests: Family<StatusLabel, Counter>,
+    /// Duration of upstream attempts, body included.
+    upstream_seconds: Histogram,
+    /// Upstream requests in flight.
+    pub upstream_in_flight: Gauge,
+    /// Retries of failed upstream attempts.
+    pub upstream_retries: Counter,
     /// Cool-downs started or lengthened: a credential's requests held back until the
     /// time Confluence named (`src/upstream/cooldown.rs`).
     pub upstream_cooldowns: Counter,
@@ -66,23 +110,28 @@ pub struct Metrics {
     /// Failures returned without the retry they could have had: the retry budget
     /// (`src/upstream/budget.rs`) was spent.
     pub upstream_retry_budget_exhausted: Counter,
-    /// Redis lookups answered with a page.
-    pub redis_hits: Counter,
-    /// Redis lookups that found nothing usable.
-    pub redis_misses: Counter,
+    /// Cache lookups by tier and result.
+    cache_lookups: Family<LookupLabels, Counter>,
+    /// Bytes of encoded pages held by the in-process tier.
+    pub cache_bytes: Gauge,
+    /// Pages the in-process tier dropped to stay within `--cache-max-bytes`.
+    pub cache_evictions: Counter,
     /// Redis operations that failed or timed out.
     pub redis_errors: Counter,
     /// Redis operations skipped while the tier was paused after an error.
     pub redis_skipped: Counter,
     /// Times the Redis tier was found down (one per outage).
     pub redis_outages: Counter,
+    /// gRPC calls by method and the status code they ended with.
+    grpc_handled: Family<GrpcLabels, Counter>,
+    /// Duration of gRPC calls, from the call to its status.
+    grpc_seconds: Histograms<MethodLabel>,
+    /// gRPC streaming calls open (StreamSince streams, Follow followers).
+    grpc_open_streams: Family<MethodLabel, Gauge>,
     /// StreamSince calls started.
     pub streams_started: Counter,
     /// Records delivered by StreamSince.
     pub stream_records: Counter,
-    /// Authenticated calls, by caller name (names are `[A-Za-z0-9._-]`, from
-    /// `--caller-tokens-file`; never a token).
-    caller_calls: Mutex<BTreeMap<String, u64>>,
     /// Stream pages whose last millisecond held more records than a page (exactly-once
     /// then depends on Confluence listing them in a stable order).
     pub stream_tie_overflows: Counter,
@@ -97,186 +146,275 @@ pub struct Metrics {
     pub follow_late_records: Counter,
     /// Milliseconds holding more records than a page, paged by offset by a follower.
     pub follow_tie_overflows: Counter,
+    /// Authenticated calls, by caller name.
+    caller_calls: Family<CallerLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
 }
 
 /// The process's metrics.
-pub static METRICS: Metrics = Metrics {
-    page_requests: Counter::new(),
-    page_loads: Counter::new(),
-    upstream_attempts: Counter::new(),
-    upstream_failures: [const { Counter::new() }; UpstreamFailure::ALL.len()],
-    upstream_malformed_bodies: Counter::new(),
-    upstream_cooldowns: Counter::new(),
-    upstream_cooldown_refusals: Counter::new(),
-    upstream_retry_budget_exhausted: Counter::new(),
-    redis_hits: Counter::new(),
-    redis_misses: Counter::new(),
-    redis_errors: Counter::new(),
-    redis_skipped: Counter::new(),
-    redis_outages: Counter::new(),
-    streams_started: Counter::new(),
-    stream_records: Counter::new(),
-    stream_tie_overflows: Counter::new(),
-    follows_started: Counter::new(),
-    follow_records: Counter::new(),
-    follow_heartbeats: Counter::new(),
-    follow_late_records: Counter::new(),
-    follow_tie_overflows: Counter::new(),
-    caller_calls: Mutex::new(BTreeMap::new()),
-};
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
-    /// Counts a failed upstream attempt under its class, a broken 200 body included (it
-    /// is retried like the others); other errors (a deadline, an oversized body, a
-    /// defect) are not counted here.
-    pub(crate) fn upstream_failed(&self, err: &GatewayError) {
-        match err {
-            GatewayError::Upstream { failure, .. } => self.upstream_failures[failure.index()].inc(),
-            GatewayError::MalformedBody(_) => self.upstream_malformed_bodies.inc(),
-            _ => {}
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("audit_gateway");
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let page_requests = counter("page_requests", "Pages asked of the page cache.");
+        let page_loads = counter(
+            "page_loads",
+            "Pages fetched from Confluence, missed by every cache tier.",
+        );
+        let upstream_attempts = counter("upstream_attempts", "HTTP attempts sent to Confluence.");
+        let upstream_retries = counter("upstream_retries", "Failed Confluence attempts retried.");
+        let upstream_cooldowns = counter(
+            "upstream_cooldowns",
+            "Cool-downs started or lengthened for a credential after a Retry-After.",
+        );
+        let upstream_cooldown_refusals = counter(
+            "upstream_cooldown_refusals",
+            "Upstream requests refused during a cool-down too long to wait.",
+        );
+        let upstream_retry_budget_exhausted = counter(
+            "upstream_retry_budget_exhausted",
+            "Failures not retried because the retry budget was spent.",
+        );
+        let cache_evictions = counter(
+            "cache_evictions",
+            "Pages the in-process cache dropped to stay within its size.",
+        );
+        let redis_errors = counter("redis_errors", "Redis operations that failed or timed out.");
+        let redis_skipped = counter(
+            "redis_skipped",
+            "Redis operations skipped while paused after an error.",
+        );
+        let redis_outages = counter("redis_outages", "Times the Redis tier was found down.");
+        let streams_started = counter("streams_started", "StreamSince calls started.");
+        let stream_records = counter("stream_records", "Records delivered by StreamSince.");
+        let stream_tie_overflows = counter(
+            "stream_tie_overflows",
+            "Stream pages whose last millisecond held more records than a page.",
+        );
+        let follows_started = counter("follows_started", "Follow calls started.");
+        let follow_records = counter("follow_records", "Records delivered by Follow.");
+        let follow_heartbeats = counter("follow_heartbeats", "Follow messages without records.");
+        let follow_late_records = counter(
+            "follow_late_records",
+            "Records visible upstream later than the follower's lag: raise lag.",
+        );
+        let follow_tie_overflows = counter(
+            "follow_tie_overflows",
+            "Milliseconds holding more records than a page, read by offset.",
+        );
+        let upstream_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "upstream_failures",
+            "Failed Confluence attempts, by reason.",
+            upstream_failures.clone(),
+        );
+        let upstream_requests = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Confluence attempts by HTTP status (error: none came).",
+            upstream_requests.clone(),
+        );
+        let upstream_seconds = latency_histogram();
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Duration of Confluence attempts, body included.",
+            upstream_seconds.clone(),
+        );
+        let upstream_in_flight = Gauge::default();
+        registry.register(
+            "upstream_in_flight",
+            "Requests in flight to Confluence.",
+            upstream_in_flight.clone(),
+        );
+        let cache_lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Page cache lookups by tier (memory, redis) and result (hit, miss).",
+            cache_lookups.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes of encoded pages held by the in-process cache.",
+            cache_bytes.clone(),
+        );
+        let grpc_handled = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "grpc_server_handled",
+            "gRPC calls by method and status code.",
+            grpc_handled.clone(),
+        );
+        let grpc_seconds: Histograms<MethodLabel> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Duration of gRPC calls, from the call to its status.",
+            grpc_seconds.clone(),
+        );
+        let grpc_open_streams = Family::<MethodLabel, Gauge>::default();
+        registry.register(
+            "grpc_server_open_streams",
+            "Streaming calls open: StreamSince streams and Follow followers.",
+            grpc_open_streams.clone(),
+        );
+        let caller_calls = Family::<CallerLabel, Counter>::default();
+        registry.register(
+            "caller_calls",
+            "Calls by authenticated callers, by caller name.",
+            caller_calls.clone(),
+        );
+        Self {
+            registry,
+            page_requests,
+            page_loads,
+            upstream_attempts,
+            upstream_failures,
+            upstream_requests,
+            upstream_seconds,
+            upstream_in_flight,
+            upstream_retries,
+            upstream_cooldowns,
+            upstream_cooldown_refusals,
+            upstream_retry_budget_exhausted,
+            cache_lookups,
+            cache_bytes,
+            cache_evictions,
+            redis_errors,
+            redis_skipped,
+            redis_outages,
+            grpc_handled,
+            grpc_seconds,
+            grpc_open_streams,
+            streams_started,
+            stream_records,
+            stream_tie_overflows,
+            follows_started,
+            follow_records,
+            follow_heartbeats,
+            follow_late_records,
+            follow_tie_overflows,
+            caller_calls,
         }
     }
 
-    /// Counts a call by an authenticated caller.
-    pub(crate) fn caller_call(&self, name: &str) {
-        let mut calls = self.caller_calls.lock().unwrap_or_else(|p| p.into_inner());
-        *calls.entry(name.to_owned()).or_default() += 1;
+    /// Counts a failed upstream attempt under its reason, a broken 200 body included (it
+    /// is retried like the others); other errors (a deadline, an oversized body, a
+    /// defect) are not counted here.
+    pub(crate) fn upstream_failed(&self, err: &GatewayError) {
+        if matches!(
+            err,
+            GatewayError::Upstream { .. } | GatewayError::MalformedBody(_)
+        ) {
+            self.upstream_failures
+                .get_or_create(&ReasonLabel {
+                    reason: err.reason(),
+                })
+                .inc();
+        }
     }
 
     /// Failed upstream attempts of one class so far.
     pub fn upstream_failures(&self, failure: UpstreamFailure) -> u64 {
-        self.upstream_failures[failure.index()].get()
+        self.upstream_failures
+            .get(&ReasonLabel {
+                reason: failure.reason(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Upstream attempts that ended with a 200 whose body could not be used.
+    pub fn upstream_malformed_bodies(&self) -> u64 {
+        let reason = GatewayError::MalformedBody(String::new()).reason();
+        self.upstream_failures
+            .get(&ReasonLabel { reason })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Counts an upstream attempt that ended with `status` (`None`: no HTTP answer) after
+    /// `took`.
+    pub(crate) fn upstream_request(&self, status: Option<u16>, took: Duration) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        self.upstream_requests
+            .get_or_create(&StatusLabel { status })
+            .inc();
+        self.upstream_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts a page cache lookup in `tier`.
+    pub(crate) fn cache_lookup(&self, tier: Tier, hit: bool) {
+        let tier = match tier {
+            Tier::Memory => "memory",
+            Tier::Redis => "redis",
+        };
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_lookups
+            .get_or_create(&LookupLabels { tier, result })
+            .inc();
+    }
+
+    /// Page cache lookups in `tier` that found (`hit`) or missed a page, so far.
+    pub fn cache_lookups(&self, tier: &'static str, result: &'static str) -> u64 {
+        self.cache_lookups
+            .get(&LookupLabels { tier, result })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Counts a call by an authenticated caller.
+    pub(crate) fn caller_call(&self, name: &str) {
+        self.caller_calls
+            .get_or_create(&CallerLabel {
+                caller: name.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a gRPC call of `method` that ended with `code` after `took`.
+    pub(crate) fn grpc_call(&self, method: &'static str, code: &'static str, took: Duration) {
+        self.grpc_handled
+            .get_or_create(&GrpcLabels {
+                grpc_method: method,
+                grpc_code: code,
+            })
+            .inc();
+        self.grpc_seconds
+            .get_or_create(&MethodLabel {
+                grpc_method: method,
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// gRPC calls of `method` that ended with `code`, so far.
+    pub fn grpc_calls(&self, method: &'static str, code: &'static str) -> u64 {
+        self.grpc_handled
+            .get(&GrpcLabels {
+                grpc_method: method,
+                grpc_code: code,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// The gauge of open streaming calls of `method`.
+    pub(crate) fn open_streams(&self, method: &'static str) -> Gauge {
+        self.grpc_open_streams.get_or_create_owned(&MethodLabel {
+            grpc_method: method,
+        })
     }
 
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &Counter); 19] = [
-            (
-                "page_requests",
-                "Pages asked of the page cache.",
-                &self.page_requests,
-            ),
-            (
-                "page_loads",
-                "Pages fetched from Confluence, missed by every cache tier.",
-                &self.page_loads,
-            ),
-            (
-                "upstream_attempts",
-                "HTTP attempts sent to Confluence.",
-                &self.upstream_attempts,
-            ),
-            (
-                "upstream_cooldowns",
-                "Cool-downs started or lengthened for a credential after a Retry-After.",
-                &self.upstream_cooldowns,
-            ),
-            (
-                "upstream_cooldown_refusals",
-                "Upstream requests refused during a cool-down too long to wait.",
-                &self.upstream_cooldown_refusals,
-            ),
-            (
-                "upstream_retry_budget_exhausted",
-                "Failures not retried because the retry budget was spent.",
-                &self.upstream_retry_budget_exhausted,
-            ),
-            (
-                "redis_hits",
-                "Redis lookups answered with a page.",
-                &self.redis_hits,
-            ),
-            (
-                "redis_misses",
-                "Redis lookups without a usable page.",
-                &self.redis_misses,
-            ),
-            (
-                "redis_errors",
-                "Redis operations that failed or timed out.",
-                &self.redis_errors,
-            ),
-            (
-                "redis_skipped",
-                "Redis operations skipped while paused after an error.",
-                &self.redis_skipped,
-            ),
-            (
-                "redis_outages",
-                "Times the Redis tier was found down.",
-                &self.redis_outages,
-            ),
-            (
-                "streams_started",
-                "StreamSince calls started.",
-                &self.streams_started,
-            ),
-            (
-                "stream_records",
-                "Records delivered by StreamSince.",
-                &self.stream_records,
-            ),
-            (
-                "stream_tie_overflows",
-                "Stream pages whose last millisecond held more records than a page.",
-                &self.stream_tie_overflows,
-            ),
-            (
-                "follows_started",
-                "Follow calls started.",
-                &self.follows_started,
-            ),
-            (
-                "follow_records",
-                "Records delivered by Follow.",
-                &self.follow_records,
-            ),
-            (
-                "follow_heartbeats",
-                "Follow messages without records.",
-                &self.follow_heartbeats,
-            ),
-            (
-                "follow_late_records",
-                "Records visible upstream later than the follower's lag: raise lag.",
-                &self.follow_late_records,
-            ),
-            (
-                "follow_tie_overflows",
-                "Milliseconds holding more records than a page, read by offset.",
-                &self.follow_tie_overflows,
-            ),
-        ];
         let mut out = String::new();
-        for (name, help, c) in counters {
-            let name = format!("audit_gateway_{name}_total");
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.get()
-            );
-        }
-        let name = "audit_gateway_upstream_failures_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Failed Confluence attempts, by reason.\n# TYPE {name} counter"
-        );
-        for failure in UpstreamFailure::ALL {
-            let (reason, n) = (failure.reason(), self.upstream_failures(failure));
-            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
-        }
-        let reason = GatewayError::MalformedBody(String::new()).reason();
-        let n = self.upstream_malformed_bodies.get();
-        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
-        let name = "audit_gateway_caller_calls_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Calls by authenticated callers, by caller name.\n# TYPE {name} counter"
-        );
-        let calls = self.caller_calls.lock().unwrap_or_else(|p| p.into_inner());
-        for (caller, n) in calls.iter() {
-            let _ = writeln!(out, "{name}{{caller=\"{caller}\"}} {n}");
-        }
+        // Writing to a String does not fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }
@@ -298,7 +436,10 @@ pub(crate) async fn serve(listener: TcpListener, shutdown: impl Future<Output = 
         let svc = service_fn(|req: Request<Incoming>| async move {
             let response = if req.uri().path() == "/metrics" {
                 Response::builder()
-                    .header("content-type", "text/plain; version=0.0.4")
+                    .header(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
                     .body(Full::new(Bytes::from(METRICS.render())))
             } else {
                 Response::builder()
@@ -319,8 +460,16 @@ pub(crate) async fn serve(listener: TcpListener, shutdown: impl Future<Output = 
 mod tests {
     use super::*;
 
+    fn value(text: &str, series: &str) -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
     #[test]
-    fn renders_counters_and_fixed_reason_labels() {
+    fn renders_counters_histograms_and_fixed_labels() {
         let limited = GatewayError::Upstream {
             failure: UpstreamFailure::RateLimited,
             http_status: Some(429),
@@ -335,33 +484,49 @@ mod tests {
             METRICS.upstream_failures(UpstreamFailure::RateLimited),
             before + 1
         );
-        let bodies = METRICS.upstream_malformed_bodies.get();
+        let bodies = METRICS.upstream_malformed_bodies();
         METRICS.upstream_failed(&GatewayError::MalformedBody("cut".into()));
-        assert_eq!(METRICS.upstream_malformed_bodies.get(), bodies + 1);
+        assert_eq!(METRICS.upstream_malformed_bodies(), bodies + 1);
+        METRICS.grpc_call("GetSince", "OK", Duration::from_millis(3));
+        METRICS.upstream_request(Some(429), Duration::from_millis(40));
+        METRICS.cache_lookup(Tier::Memory, true);
         let text = METRICS.render();
         assert!(
-            text.contains("# TYPE audit_gateway_redis_errors_total counter"),
+            text.contains("# TYPE audit_gateway_redis_errors counter"),
             "{text}"
         );
-        let line = text
-            .lines()
-            .find(|l| {
-                l.starts_with(
-                    "audit_gateway_upstream_failures_total{reason=\"UPSTREAM_RATE_LIMITED\"}",
-                )
-            })
-            .expect("rate-limit line");
         assert!(
-            text.contains(
-                "audit_gateway_upstream_failures_total{reason=\"UPSTREAM_MALFORMED_BODY\"}"
-            ),
+            value(
+                &text,
+                "audit_gateway_upstream_failures_total{reason=\"UPSTREAM_RATE_LIMITED\"}"
+            ) >= 1
+        );
+        assert!(
+            value(
+                &text,
+                "audit_gateway_grpc_server_handled_total{grpc_method=\"GetSince\",grpc_code=\"OK\"}"
+            ) >= 1
+        );
+        assert!(
+            value(
+                &text,
+                "audit_gateway_upstream_requests_total{status=\"429\"}"
+            ) >= 1
+        );
+        assert!(
+            value(
+                &text,
+                "audit_gateway_cache_lookups_total{tier=\"memory\",result=\"hit\"}"
+            ) >= 1
+        );
+        // A 3 ms call lands in the 4 ms bucket of its method's histogram.
+        assert!(
+            value(
+                &text,
+                "audit_gateway_grpc_server_handling_seconds_bucket{le=\"0.004\",grpc_method=\"GetSince\"}"
+            ) >= 1,
             "{text}"
         );
-        let n: u64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("a count");
-        assert!(n >= 1, "{line}");
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with EOF");
     }
 }

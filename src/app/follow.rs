@@ -350,7 +350,7 @@ impl<P: PageSource> Follower<P> {
             let token =
                 checkpoint::encode(&self.shared.tokens, self.req.search_string.as_deref(), cp);
             let owned: Vec<Bytes> = part.into_iter().cloned().collect();
-            METRICS.follow_records.add(owned.len() as u64);
+            METRICS.follow_records.inc_by(owned.len() as u64);
             if !self.send(tx, wire::stream_message(&owned, &token)).await? {
                 return Ok(None);
             }
@@ -379,7 +379,7 @@ impl<P: PageSource> Follower<P> {
         let whole = page.limit > 0 && n < page.limit as usize;
         if whole && n > seen {
             let late = (n - seen) as u64;
-            METRICS.follow_late_records.add(late);
+            METRICS.follow_late_records.inc_by(late);
             tracing::warn!(
                 late,
                 from = slice.from,

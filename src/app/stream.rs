@@ -433,7 +433,7 @@ impl<P: PageSource> Producer<P> {
                             }
                             let token =
                                 resume::encode(&self.tokens, &self.req.window, &at_chunk_end);
-                            METRICS.stream_records.add(records.len() as u64);
+                            METRICS.stream_records.inc_by(records.len() as u64);
                             let message = wire::stream_message(&records, &token);
                             let idle = self.req.idle_timeout;
                             match tokio::time::timeout(idle, tx.send(Ok(message))).await {

@@ -10,11 +10,14 @@ use std::{
 };
 
 use bytes::Bytes;
-use moka::{Expiry, future::Cache};
+use moka::{Expiry, future::Cache, notification::RemovalCause};
 use tokio::sync::watch;
 
 use super::{CacheSettings, PageKey, SharedTier};
-use crate::error::GatewayError;
+use crate::{
+    error::GatewayError,
+    metrics::{METRICS, Tier},
+};
 
 /// A cached page and how long it stays fresh from when it was stored.
 #[derive(Clone, Debug)]
@@ -175,6 +178,11 @@ impl PageCache {
                 u32::try_from(k.weight() + v.page.len()).unwrap_or(u32::MAX)
             })
             .expire_after(PerPageTtl)
+            .eviction_listener(|_, _, cause| {
+                if cause == RemovalCause::Size {
+                    METRICS.cache_evictions.inc();
+                }
+            })
             .build();
         Self {
             memory,
@@ -209,8 +217,12 @@ impl PageCache {
         if self.settings.ttl.is_zero() {
             return load(deadline, LoadProgress::default()).await;
         }
-        if !refresh && let Some(hit) = self.memory.get(&key).await {
-            return Ok(hit.page);
+        if !refresh {
+            let hit = self.memory.get(&key).await;
+            METRICS.cache_lookup(Tier::Memory, hit.is_some());
+            if let Some(hit) = hit {
+                return Ok(hit.page);
+            }
         }
         let progress = self.join_or_start(key, refresh, load);
         wait(progress, deadline).await
@@ -308,6 +320,7 @@ impl PageCache {
                 ttl,
             };
             self.memory.insert(key.clone(), cached).await;
+            METRICS.cache_bytes.set(self.held_bytes());
             return Ok(page);
         }
         // A load that ended between the caller's miss and this flight's start has put
@@ -335,6 +348,12 @@ impl PageCache {
             ttl,
         };
         self.memory.entry(key.clone()).or_insert(cached).await;
+        METRICS.cache_bytes.set(self.held_bytes());
+    }
+
+    /// Bytes the in-process tier holds (its weigher's sum; moka settles it lazily).
+    fn held_bytes(&self) -> i64 {
+        i64::try_from(self.memory.weighted_size()).unwrap_or(i64::MAX)
     }
 
     /// Writes a page to the shared tier off the caller's path: a slow shared tier must

@@ -20,7 +20,10 @@ use ring::{digest, hmac};
 
 use super::{PageKey, SharedTier};
 use crate::{
-    audit::Span, credential::to_hex, metrics::METRICS, upstream::cooldown::SharedCooldowns,
+    audit::Span,
+    credential::to_hex,
+    metrics::{METRICS, Tier},
+    upstream::cooldown::SharedCooldowns,
 };
 
 /// Value layout version; a change makes old values misses, never misreads.
@@ -219,11 +222,11 @@ impl SharedTier for RedisTier {
         let key = &self.settings.value_key;
         match value.and_then(|v| unwrap_value(key, &redis_key, &v, unix_ms())) {
             Some(hit) => {
-                METRICS.redis_hits.inc();
+                METRICS.cache_lookup(Tier::Redis, true);
                 Some(hit)
             }
             None => {
-                METRICS.redis_misses.inc();
+                METRICS.cache_lookup(Tier::Redis, false);
                 None
             }
         }

@@ -3,6 +3,7 @@
 //! request and status types; it calls the application layer (`src/app/`).
 
 mod metadata;
+mod observe;
 mod service;
 mod status;
 mod validate;

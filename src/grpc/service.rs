@@ -11,7 +11,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::{metadata, status::fail, validate};
+use super::{
+    metadata,
+    observe::{self, Observed},
+    status::fail,
+    validate,
+};
 use crate::{
     app::{
         PageRequest, PageService,
@@ -181,28 +186,23 @@ impl AuditGrpc {
     }
 }
 
-#[tonic::async_trait]
-impl AuditService for AuditGrpc {
-    async fn get_since(
+impl AuditGrpc {
+    async fn answer_page(
         &self,
         request: Request<pb::GetSinceRequest>,
-    ) -> Result<Response<EncodedMessage>, Status> {
+    ) -> Result<EncodedMessage, Status> {
         let caller = self
             .authenticate(request.metadata())
             .map_err(|e| fail("GetSince", None, &e))?;
         self.get_page(request)
             .await
-            .map(Response::new)
             .map_err(|e| fail("GetSince", caller.as_deref(), &e))
     }
 
-    type StreamSinceStream =
-        Pin<Box<dyn Stream<Item = Result<EncodedMessage, Status>> + Send + 'static>>;
-
-    async fn stream_since(
+    fn start_stream(
         &self,
         request: Request<pb::StreamSinceRequest>,
-    ) -> Result<Response<Self::StreamSinceStream>, Status> {
+    ) -> Result<impl Stream<Item = Result<EncodedMessage, Status>> + Unpin + use<>, Status> {
         let caller = self
             .authenticate(request.metadata())
             .map_err(|e| fail("StreamSince", None, &e))?;
@@ -221,21 +221,17 @@ impl AuditService for AuditGrpc {
             self.stream_prefetch,
             self.tokens.clone(),
             slot,
-        )
-        .map(move |item| {
+        );
+        Ok(messages.map(move |item| {
             item.map(EncodedMessage)
                 .map_err(|e| fail("StreamSince", caller.as_deref(), &e))
-        });
-        Ok(Response::new(Box::pin(messages)))
+        }))
     }
 
-    type FollowStream =
-        Pin<Box<dyn Stream<Item = Result<EncodedMessage, Status>> + Send + 'static>>;
-
-    async fn follow(
+    fn start_follow(
         &self,
         request: Request<pb::FollowRequest>,
-    ) -> Result<Response<Self::FollowStream>, Status> {
+    ) -> Result<impl Stream<Item = Result<EncodedMessage, Status>> + Unpin + use<>, Status> {
         let caller = self
             .authenticate(request.metadata())
             .map_err(|e| fail("Follow", None, &e))?;
@@ -253,10 +249,55 @@ impl AuditService for AuditGrpc {
             prefetch: self.stream_prefetch,
             tick_spread: self.tick_spread,
         };
-        let messages = follow::start(self.pages.clone(), req, shared, slot).map(move |item| {
+        let messages = follow::start(self.pages.clone(), req, shared, slot);
+        Ok(messages.map(move |item| {
             item.map(EncodedMessage)
                 .map_err(|e| fail("Follow", caller.as_deref(), &e))
-        });
-        Ok(Response::new(Box::pin(messages)))
+        }))
+    }
+}
+
+/// A streaming call's answer, boxed as tonic wants it.
+type Answer = Pin<Box<dyn Stream<Item = Result<EncodedMessage, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AuditService for AuditGrpc {
+    async fn get_since(
+        &self,
+        request: Request<pb::GetSinceRequest>,
+    ) -> Result<Response<EncodedMessage>, Status> {
+        let started = Instant::now();
+        let answer = self.answer_page(request).await;
+        observe::record("GetSince", started, answer).map(Response::new)
+    }
+
+    type StreamSinceStream = Answer;
+
+    async fn stream_since(
+        &self,
+        request: Request<pb::StreamSinceRequest>,
+    ) -> Result<Response<Answer>, Status> {
+        let started = Instant::now();
+        match self.start_stream(request) {
+            Ok(s) => Ok(Response::new(Box::pin(Observed::new(
+                s,
+                "StreamSince",
+                started,
+            )))),
+            Err(status) => observe::record("StreamSince", started, Err(status)),
+        }
+    }
+
+    type FollowStream = Answer;
+
+    async fn follow(
+        &self,
+        request: Request<pb::FollowRequest>,
+    ) -> Result<Response<Answer>, Status> {
+        let started = Instant::now();
+        match self.start_follow(request) {
+            Ok(s) => Ok(Response::new(Box::pin(Observed::new(s, "Follow", started)))),
+            Err(status) => observe::record("Follow", started, Err(status)),
+        }
     }
 }

@@ -216,6 +216,7 @@ impl ConfluenceClient {
         })
         .notify(|err, wait| {
             tracing::warn!(reason = err.reason(), error = %err, ?wait, "retrying Confluence call");
+            METRICS.upstream_retries.inc();
             events.retrying(err, wait);
         });
         within_deadline(deadline, DEADLINE_PASSED, call).await
@@ -354,7 +355,15 @@ impl ConfluenceClient {
         let started = Instant::now();
         METRICS.upstream_attempts.inc();
         events.sending();
+        let in_flight = InFlight::start();
         let exchanged = self.exchange(request, budget, failed).await;
+        drop(in_flight);
+        let status = match &exchanged {
+            Ok(_) => Some(200),
+            Err(GatewayError::Upstream { http_status, .. }) => *http_status,
+            Err(_) => None,
+        };
+        METRICS.upstream_request(status, started.elapsed());
         drop(permit);
         let result = match exchanged {
             Ok(body) => convert(body).await,
@@ -425,6 +434,22 @@ struct Shared(Arc<dyn SharedCooldowns>);
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SharedCooldowns")
+    }
+}
+
+/// Counts a request in flight to Confluence until dropped (a cancelled attempt too).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        METRICS.upstream_in_flight.inc();
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.upstream_in_flight.dec();
     }
 }
 

@@ -794,7 +794,7 @@ async fn cut_bodies_are_internal_after_their_retries_and_not_cached() {
     let sample = atlassian_sample().len();
     let upstream = ScriptedUpstream::start(vec![Answer::Cut(100); BAD_BODY_REQUESTS]).await;
     let mut gw = spawn_gateway(test_config(&upstream.base_url())).await;
-    let before = METRICS.upstream_malformed_bodies.get();
+    let before = METRICS.upstream_malformed_bodies();
     let status = gw
         .client
         .get_since(pb::GetSinceRequest::default())
@@ -809,7 +809,7 @@ async fn cut_bodies_are_internal_after_their_retries_and_not_cached() {
         "1 + 2 retries, no more"
     );
     // Metrics are process-wide (other tests add to them): only growth is checked.
-    assert!(METRICS.upstream_malformed_bodies.get() >= before + BAD_BODY_REQUESTS as u64);
+    assert!(METRICS.upstream_malformed_bodies() >= before + BAD_BODY_REQUESTS as u64);
     // Not cached: the next call asks again (and gets the good page).
     sample_page(&mut gw).await;
     assert_eq!(upstream.requests(), BAD_BODY_REQUESTS + 1);

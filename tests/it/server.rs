@@ -577,31 +577,72 @@ async fn serve_exits_cleanly_on_sigterm() {
     assert!(status.success(), "exit after SIGTERM: {status}");
 }
 
+/// The value of the first sample of `series` in an exposition, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_text_format() {
     let mut config = test_config(&format!("http://{}/wiki", closed_port().await));
     config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.upstream.retries = 0;
     let gateway = Gateway::bind(config).await.expect("valid settings");
     let addr = gateway.metrics_addr().expect("metrics are served");
     assert_ne!(addr.port(), 0, "the bound port, not the requested one");
+    let grpc = gateway.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(gateway.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape")
-        .bytes()
-        .await
-        .expect("body");
-    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    let scrape = || async {
+        let response = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("scrape");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with("application/openmetrics-text"),
+        );
+        String::from_utf8(response.bytes().await.expect("body").to_vec()).expect("utf-8")
+    };
+    let unavailable = "audit_gateway_grpc_server_handled_total{grpc_method=\"GetSince\",grpc_code=\"UNAVAILABLE\"}";
+    let before = sample(&scrape().await, unavailable);
+    // One call, which fails: Confluence's port is closed.
+    let mut client =
+        pb::audit_service_client::AuditServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .expect("connect");
+    let status = client.get_since(small()).await.expect_err("no Confluence");
+    assert_eq!(status.code(), Code::Unavailable);
+    let text = scrape().await;
     assert!(
-        text.contains("# TYPE audit_gateway_page_requests_total counter"),
+        text.contains("# TYPE audit_gateway_page_requests counter"),
         "{text}"
     );
+    assert_eq!(sample(&text, unavailable), before + 1.0, "{text}");
     assert!(
-        text.contains("audit_gateway_upstream_failures_total{reason=\"UPSTREAM_RATE_LIMITED\"}")
+        sample(
+            &text,
+            "audit_gateway_upstream_failures_total{reason=\"UPSTREAM_UNAVAILABLE\"}"
+        ) >= 1.0
     );
+    assert!(
+        sample(
+            &text,
+            "audit_gateway_upstream_requests_total{status=\"error\"}"
+        ) >= 1.0
+    );
+    assert!(
+        text.contains("audit_gateway_grpc_server_handling_seconds_bucket{le="),
+        "a latency histogram: {text}"
+    );
+    assert!(!text.contains("Bearer"), "no credential in metrics");
     let other = reqwest::get(format!("http://{addr}/other"))
         .await
         .expect("404");
