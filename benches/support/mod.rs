@@ -62,6 +62,8 @@ pub fn spawn_gateway_binary(url: &str, extra: &[&str]) -> (Child, String) {
         .args(["serve", "--listen", "127.0.0.1:0", "--confluence-url", url])
         .args(extra)
         .env("RUST_LOG", "info")
+        // Its address is read from the text log line.
+        .env("AUDIT_GATEWAY_LOG_FORMAT", "text")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -11,7 +11,7 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
-use crate::{GatewayConfig, error::Chain, gateway::Gateway, shutdown_signal};
+use crate::{GatewayConfig, error::Chain, gateway::Gateway, shutdown_signal, telemetry::LogFormat};
 
 /// audit-gateway: the Confluence audit log over gRPC.
 #[derive(Debug, Parser)]
@@ -19,6 +19,10 @@ use crate::{GatewayConfig, error::Chain, gateway::Gateway, shutdown_signal};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// Log lines as JSON objects or as text (default: text on a terminal, else JSON).
+    #[arg(long, global = true, env = "AUDIT_GATEWAY_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +45,11 @@ enum Command {
 }
 
 impl Cli {
+    /// How to write log lines.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or_else(LogFormat::for_stderr)
+    }
+
     /// Runs the command; the error is one line for the terminal.
     pub async fn run(self) -> Result<(), String> {
         match self.command {

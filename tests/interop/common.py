@@ -55,7 +55,7 @@ def generate_stubs(out):
 
 def start_gateway(binary, args):
     """Starts `serve --listen 127.0.0.1:0 ARGS`; returns (process, "host:port", log lines)."""
-    env = dict(os.environ, NO_COLOR="1", RUST_LOG="info")
+    env = dict(os.environ, NO_COLOR="1", RUST_LOG="info", AUDIT_GATEWAY_LOG_FORMAT="text")
     proc = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0", *args],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

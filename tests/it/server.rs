@@ -540,10 +540,14 @@ fn serving_binary() -> (KillOnDrop, String) {
 #[tokio::test]
 async fn serve_logs_the_bound_address_and_serves_there() {
     let (_child, line) = serving_binary();
-    let addr: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+    // stderr is a pipe here, so the log is JSON, one object per line, by default.
+    let event: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+    assert_eq!(event["level"], "INFO", "{line}");
+    assert_eq!(event["message"], "audit-gateway listening", "{line}");
+    let addr: SocketAddr = event["addr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no addr in {line:?}"))
         .parse()
         .unwrap_or_else(|e| panic!("{line:?}: {e}"));
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
