@@ -102,24 +102,35 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), String> {
     let mut left = args.max_records;
     let mut progress = Progress::new();
     let mut backoff = Duration::from_secs(1);
+    // SIGTERM or Ctrl-C stops it while it waits (for a message, or to reconnect), never
+    // between writing records and their checkpoint (no await lies there): the output and
+    // the checkpoint file then agree.
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
     loop {
         if left.is_some_and(|n| n <= 0) {
             return Ok(());
         }
-        match follow_once(
+        let once = follow_once(
             &args,
             &mut out,
             &mut checkpoint,
             since,
             &mut left,
             &mut progress,
-        )
-        .await
-        {
+        );
+        let outcome = tokio::select! {
+            outcome = once => outcome,
+            () = &mut stop => return Ok(()),
+        };
+        match outcome {
             Ok(()) => return Ok(()),
             Err(Failure::Retry(why)) => {
                 eprintln!("{why}; following again in {backoff:?}");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut stop => return Ok(()),
+                }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(Failure::Fatal(why)) => return Err(why),

@@ -555,10 +555,21 @@ async fn the_follow_command_resumes_from_its_checkpoint_file_after_being_killed(
         kills += 1;
         child = run();
     }
-    // Let the last one catch up with the stop, then end it too.
+    // Let the last one catch up with the stop, then stop it as an operator would: SIGTERM
+    // ends it between two messages (a kill now would leave a cut line, which only the
+    // next start cuts back).
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    child.kill().expect("killed");
-    child.wait().expect("reaped");
+    let pid = child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = child.wait().expect("reaped");
+    assert!(
+        status.success(),
+        "SIGTERM ends the follow command cleanly: {status}"
+    );
 
     let text = std::fs::read_to_string(&output).expect("output");
     let got: Vec<(i64, u64)> = text
