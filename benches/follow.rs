@@ -38,6 +38,7 @@ const LIVE: Live = Live {
     burst: 5,
 };
 
+/// Runs the three measurements in turn, on one runtime.
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -58,6 +59,7 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// `d` as a protobuf duration.
 fn dur(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs() as i64,
@@ -75,6 +77,7 @@ fn request(from: Option<pb::follow_request::From>) -> pb::FollowRequest {
     }
 }
 
+/// A typed client of the gateway at `addr` that takes messages up to 64 MiB.
 async fn client(addr: &str) -> AuditServiceClient<Channel> {
     AuditServiceClient::connect(format!("http://{addr}"))
         .await
@@ -104,6 +107,7 @@ async fn live_setup() -> (SimulatorHandle, String, tokio::sync::oneshot::Sender<
 /// What one follower received: each message's arrival and record count.
 type Received = Arc<Mutex<Vec<(Instant, usize)>>>;
 
+/// A copy of what a follower received so far (its task keeps appending).
 fn messages(r: &Received) -> Vec<(Instant, usize)> {
     r.lock().expect("not poisoned").clone()
 }
@@ -163,6 +167,7 @@ async fn upstream_per_tick(followers: usize) -> (f64, Vec<usize>) {
     ((after - before) as f64 / f64::from(TICKS), records)
 }
 
+/// Part 1: upstream requests per tick with 1 and with 100 followers, and their ratio.
 async fn shared_ticks() {
     println!(
         "[cargo bench --bench follow] 1. Follow: upstream range requests per poll interval, followers of one filter on one gateway (poll {POLL:?}, lag {LAG:?}, live log {} records/s in bursts of up to {}, {TICKS} ticks)",
@@ -191,6 +196,7 @@ async fn shared_ticks() {
     );
 }
 
+/// Part 2: receipt time − `creationDate` of each record one follower of a live log gets.
 async fn delivery_delay() {
     let run = Duration::from_secs(12);
     println!(
@@ -285,6 +291,8 @@ async fn backfill(addr: &str, max: usize) -> (usize, usize) {
     (records, messages)
 }
 
+/// Part 3: the gateway binary's peak RSS, duration, rate and upstream requests of
+/// backfills of growing logs.
 async fn backfill_rss() {
     println!(
         "[cargo bench --bench follow] 3. Follow: backfill from since=0 with max_records = the log's size, read as fast as possible; gateway as its own process (default settings), simulator in the bench process"
