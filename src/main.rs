@@ -18,8 +18,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    telemetry::init(cli.log_format());
-    match runtime.block_on(cli.run()) {
+    // The OTLP exporter's client is built on this runtime.
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        match telemetry::init(cli.log_format(), cli.otlp_endpoint()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let outcome = runtime.block_on(cli.run());
+    // Spans still queued are exported before the process ends.
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

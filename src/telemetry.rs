@@ -1,9 +1,25 @@
-//! Logging on stderr, filtered by `RUST_LOG` (default `info`): one JSON object per line
-//! (for log collectors) or human-readable lines (for a terminal).
+//! Logging and tracing. Logs go to stderr, filtered by `RUST_LOG` (default `info`): one
+//! JSON object per line (for log collectors) or human-readable lines (for a terminal).
+//! With an OTLP endpoint, spans (a call, a page load, an upstream attempt) are exported
+//! over OTLP/gRPC through the opentelemetry crates, on the tonic the gateway already
+//! uses, and W3C `traceparent` context is read from callers and passed on to Confluence
+//! (`src/grpc/service.rs`, `src/upstream/client.rs`).
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::{
+    global,
+    propagation::{Extractor, Injector},
+    trace::TracerProvider as _,
+};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::TraceContextPropagator,
+    runtime,
+    trace::{SdkTracerProvider, span_processor_with_async_runtime::BatchSpanProcessor},
+};
+use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,25 +41,110 @@ impl LogFormat {
     }
 }
 
-/// Installs the global subscriber; a second call is a no-op.
-pub fn init(format: LogFormat) {
+/// What was installed; [`Telemetry::shutdown`] flushes the spans not yet exported.
+#[must_use = "call shutdown() at exit, or spans still queued are lost"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is queued and stops the exporter. Call it outside the runtime's
+    /// worker threads (the exporter runs on them).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: tracing export did not shut down cleanly: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber (a second call installs nothing) and, with
+/// `otlp_endpoint`, the OTLP span exporter; must run inside a tokio runtime.
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // A closed log pipe must not stop the gateway: the subscriber would report the
-        // failed write with eprintln!, which panics when stderr itself is gone.
-        .log_internal_errors(false);
-    // Err only when a subscriber is already set (e.g. by a test harness).
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-        // Colour codes only for a terminal: piped logs stay parseable.
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
+    let (otel, provider) = match otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+            // Exports run as tokio tasks, where the tonic client they use can do I/O.
+            let batches = BatchSpanProcessor::builder(exporter, runtime::Tokio).build();
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(batches)
+                .with_resource(
+                    Resource::builder()
+                        .with_service_name("audit-gateway")
+                        .build(),
+                )
+                .build();
+            global::set_text_map_propagator(TraceContextPropagator::new());
+            let tracer = provider.tracer("audit-gateway");
+            (
+                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+                Some(provider),
+            )
+        }
+        None => (None, None),
     };
+    // A closed log pipe must not stop the gateway: the subscriber would report the
+    // failed write with eprintln!, which panics when stderr itself is gone.
+    let (json, text) = match format {
+        LogFormat::Json => (
+            Some(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr)
+                    .log_internal_errors(false),
+            ),
+            None,
+        ),
+        LogFormat::Text => (
+            None,
+            Some(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colour codes only for a terminal: piped logs stay parseable.
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .log_internal_errors(false),
+            ),
+        ),
+    };
+    // Err only when a subscriber is already set (e.g. by a test harness).
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(text)
+        .with(otel)
+        .try_init();
+    Ok(Telemetry { provider })
+}
+
+/// The trace context a caller sent (`traceparent`, `tracestate`), read by `carrier`.
+pub(crate) fn remote_context(carrier: &dyn Extractor) -> opentelemetry::Context {
+    global::get_text_map_propagator(|p| p.extract(carrier))
+}
+
+/// Writes the current span's trace context into `headers` (for Confluence).
+pub(crate) fn inject_current(headers: &mut http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
 }

@@ -27,6 +27,7 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
+use tracing::Instrument;
 
 use super::stream::{self, Item, Messages, PageSource};
 use crate::{
@@ -435,9 +436,9 @@ impl<P: PageSource> Follower<P> {
             refresh,
             deadline: self.req.deadline,
         };
-        Fetch(tokio::spawn(async move {
-            stream::decode(&pages.page(req).await?)
-        }))
+        Fetch(tokio::spawn(
+            async move { stream::decode(&pages.page(req).await?) }.in_current_span(),
+        ))
     }
 }
 

@@ -9,9 +9,10 @@ use std::{
 
 use bytes::Bytes;
 use serde::de::IgnoredAny;
+use tracing::Instrument;
 
 use crate::{
-    audit::PageQuery,
+    audit::{PageQuery, Span},
     cache::{LoadProgress, PageCache, PageKey},
     credential::{Credential, FingerprintKey},
     error::{GatewayError, within_deadline},
@@ -114,18 +115,29 @@ impl PageService {
         let budget = key.credential.clone();
         // The cache runs this in a task of its own when the load is shared (then with no
         // deadline: no one caller's deadline may end it), or in this call when nothing is.
-        let load = move |deadline: Option<Instant>, progress: LoadProgress| async move {
-            METRICS.page_loads.inc();
-            client
-                .fetch_page(
-                    &query,
-                    credential.as_ref(),
-                    &budget,
-                    deadline,
-                    &progress,
-                    |body| convert_with(body, encode),
-                )
-                .await
+        // A load shared by several callers is traced under the first one's call. No
+        // search string in the span: it may hold what a caller looks for.
+        let span = tracing::info_span!(
+            "page load",
+            start = query.start,
+            limit = query.limit,
+            range = matches!(query.span, Span::Range { .. })
+        );
+        let load = move |deadline: Option<Instant>, progress: LoadProgress| {
+            async move {
+                METRICS.page_loads.inc();
+                client
+                    .fetch_page(
+                        &query,
+                        credential.as_ref(),
+                        &budget,
+                        deadline,
+                        &progress,
+                        |body| convert_with(body, encode),
+                    )
+                    .await
+            }
+            .instrument(span)
         };
         // A caller leaves at its own deadline, whoever else waits on the load.
         let page = within_deadline(

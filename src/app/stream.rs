@@ -31,6 +31,7 @@ use tokio::{
     task::JoinHandle,
 };
 use tokio_stream::Stream;
+use tracing::Instrument;
 
 use crate::{
     app::{PageRequest, PageService},
@@ -162,10 +163,14 @@ where
     let (tx, rx) = mpsc::channel(1);
     let (idle_tx, idle_rx) = oneshot::channel();
     let produce = produce(tx.clone(), idle_tx);
-    let producing = tokio::spawn(async move {
-        let _held = held;
-        produce.await
-    });
+    // In the call's span (src/grpc/observe.rs), as are the fetches it spawns.
+    let producing = tokio::spawn(
+        async move {
+            let _held = held;
+            produce.await
+        }
+        .in_current_span(),
+    );
     // A panic would only close the channel, and the caller would take the messages so far
     // for the whole answer: end it with an error instead.
     tokio::spawn(async move {
@@ -305,20 +310,25 @@ impl<P: PageSource> Producer<P> {
         let credential = self.req.credential.clone();
         let refresh = self.req.refresh || fresh;
         let deadline = self.req.deadline;
-        let task = tokio::spawn(async move {
-            let query = query.map_err(|_| {
-                GatewayError::Internal(format!("offset {start} is beyond what Confluence pages"))
-            })?;
-            let page = pages
-                .page(PageRequest {
-                    query,
-                    credential,
-                    refresh,
-                    deadline,
-                })
-                .await?;
-            decode(&page)
-        });
+        let task = tokio::spawn(
+            async move {
+                let query = query.map_err(|_| {
+                    GatewayError::Internal(format!(
+                        "offset {start} is beyond what Confluence pages"
+                    ))
+                })?;
+                let page = pages
+                    .page(PageRequest {
+                        query,
+                        credential,
+                        refresh,
+                        deadline,
+                    })
+                    .await?;
+                decode(&page)
+            }
+            .in_current_span(),
+        );
         Fetch {
             start,
             fresh,

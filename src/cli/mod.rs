@@ -23,6 +23,11 @@ pub struct Cli {
     /// Log lines as JSON objects or as text (default: text on a terminal, else JSON).
     #[arg(long, global = true, env = "AUDIT_GATEWAY_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+
+    /// Export spans over OTLP/gRPC to this collector (e.g. http://otel-collector:4317);
+    /// unset: no tracing export.
+    #[arg(long, global = true, env = "AUDIT_GATEWAY_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,6 +53,11 @@ impl Cli {
     /// How to write log lines.
     pub fn log_format(&self) -> LogFormat {
         self.log_format.unwrap_or_else(LogFormat::for_stderr)
+    }
+
+    /// Where to export spans, if anywhere.
+    pub fn otlp_endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint.as_deref()
     }
 
     /// Runs the command; the error is one line for the terminal.

@@ -7,10 +7,50 @@ use std::{
     time::Instant,
 };
 
+use opentelemetry::propagation::Extractor;
 use tokio_stream::Stream;
-use tonic::{Code, Status};
+use tonic::{Code, Status, metadata::MetadataMap};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::metrics::{Gauge, METRICS};
+use crate::{
+    metrics::{Gauge, METRICS},
+    telemetry,
+};
+
+/// The span of a call of `method`, a child of the trace the caller's `traceparent`
+/// metadata names (when tracing is exported).
+pub(crate) fn call_span(method: &'static str, md: &MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc call",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = "confluence.audit.v1.AuditService",
+        rpc.method = method,
+    );
+    // Only fails when the span is not exported, where there is nothing to continue.
+    let _ = span.set_parent(telemetry::remote_context(&Metadata(md)));
+    span
+}
+
+/// Reads trace context from request metadata.
+struct Metadata<'a>(&'a MetadataMap);
+
+impl Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
 
 /// The canonical name of a status code, as gRPC's own metrics label it.
 pub(crate) fn code_name(code: Code) -> &'static str {

@@ -10,6 +10,7 @@ use std::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{
     metadata,
@@ -267,7 +268,8 @@ impl AuditService for AuditGrpc {
         request: Request<pb::GetSinceRequest>,
     ) -> Result<Response<EncodedMessage>, Status> {
         let started = Instant::now();
-        let answer = self.answer_page(request).await;
+        let span = observe::call_span("GetSince", request.metadata());
+        let answer = self.answer_page(request).instrument(span).await;
         observe::record("GetSince", started, answer).map(Response::new)
     }
 
@@ -278,6 +280,9 @@ impl AuditService for AuditGrpc {
         request: Request<pb::StreamSinceRequest>,
     ) -> Result<Response<Answer>, Status> {
         let started = Instant::now();
+        // The producer and its fetches are spawned under this span (src/app/stream.rs).
+        let span = observe::call_span("StreamSince", request.metadata());
+        let _in_span = span.enter();
         match self.start_stream(request) {
             Ok(s) => Ok(Response::new(Box::pin(Observed::new(
                 s,
@@ -295,6 +300,8 @@ impl AuditService for AuditGrpc {
         request: Request<pb::FollowRequest>,
     ) -> Result<Response<Answer>, Status> {
         let started = Instant::now();
+        let span = observe::call_span("Follow", request.metadata());
+        let _in_span = span.enter();
         match self.start_follow(request) {
             Ok(s) => Ok(Response::new(Box::pin(Observed::new(s, "Follow", started)))),
             Err(status) => observe::record("Follow", started, Err(status)),

@@ -10,6 +10,7 @@ use backon::Retryable;
 use bytes::{Bytes, BytesMut};
 use reqwest::{StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 use url::Url;
 
 use super::{
@@ -23,6 +24,7 @@ use crate::{
     credential::Credential,
     error::{GatewayError, UpstreamFailure, within_deadline},
     metrics::METRICS,
+    telemetry,
 };
 
 /// Largest error body read for its `message`.
@@ -192,8 +194,16 @@ impl ConfluenceClient {
         let call = (|| async move {
             self.adopt_shared_cool_down(budget).await;
             self.cool_down(budget, deadline, events).await?;
+            // One span per attempt; its trace context goes to Confluence (`attempt`).
+            let span = tracing::info_span!(
+                "confluence attempt",
+                otel.kind = "client",
+                http.request.method = "GET",
+                http.response.status_code = tracing::field::Empty,
+            );
             let result = self
                 .attempt(url, credential, budget, deadline, events, convert)
+                .instrument(span)
                 .await;
             if let Err(e) = &result {
                 self.start_cool_down(budget, e);
@@ -346,6 +356,10 @@ impl ConfluenceClient {
             .get(url.clone())
             .header(header::ACCEPT, "application/json")
             .timeout(timeout);
+        // The caller's trace continues at Confluence (W3C `traceparent`), when exported.
+        let mut trace = header::HeaderMap::new();
+        telemetry::inject_current(&mut trace);
+        request = request.headers(trace);
         if let Some(c) = credential {
             let mut value = header::HeaderValue::from_str(c.expose())
                 .map_err(|_| GatewayError::Internal("credential is not a header value".into()))?;
@@ -364,6 +378,9 @@ impl ConfluenceClient {
             Err(_) => None,
         };
         METRICS.upstream_request(status, started.elapsed());
+        if let Some(s) = status {
+            tracing::Span::current().record("http.response.status_code", s);
+        }
         drop(permit);
         let result = match exchanged {
             Ok(body) => convert(body).await,

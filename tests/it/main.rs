@@ -8,6 +8,7 @@ mod follow;
 mod get_since;
 mod interop;
 mod mesh;
+mod otel;
 mod overload;
 mod redis;
 mod server;

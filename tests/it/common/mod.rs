@@ -156,6 +156,7 @@ pub struct StubUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
+    traceparents: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl StubUpstream {
@@ -164,13 +165,20 @@ impl StubUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("bound");
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
+        let traceparents = Arc::new(Mutex::new(Vec::new()));
+        let (log, traces) = (seen.clone(), traceparents.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let answer = answer.clone();
-                let log = log.clone();
+                let (log, traces) = (log.clone(), traces.clone());
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     log.lock().expect("lock").push(req.uri().to_string());
+                    let traceparent = req
+                        .headers()
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    traces.lock().expect("lock").push(traceparent);
                     let answer = answer.clone();
                     async move {
                         let mut resp = Response::builder().status(answer.status);
@@ -183,7 +191,11 @@ impl StubUpstream {
                 tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
             }
         });
-        Self { addr, seen }
+        Self {
+            addr,
+            seen,
+            traceparents,
+        }
     }
 
     /// The base URL, Cloud-style.
@@ -194,6 +206,11 @@ impl StubUpstream {
     /// Every request target received (path and query), in order.
     pub fn seen(&self) -> Vec<String> {
         self.seen.lock().expect("lock").clone()
+    }
+
+    /// The `traceparent` header of every request received, in order.
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        self.traceparents.lock().expect("lock").clone()
     }
 }
 
