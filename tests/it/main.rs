@@ -9,6 +9,7 @@ mod get_since;
 mod interop;
 mod mesh;
 mod overload;
+mod proxy;
 mod redis;
 mod server;
 mod stream;
