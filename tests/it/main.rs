@@ -10,6 +10,7 @@ mod interop;
 mod mesh;
 mod otel;
 mod overload;
+mod proxy;
 mod redis;
 mod server;
 mod stream;
