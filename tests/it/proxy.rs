@@ -195,6 +195,8 @@ impl Replica {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            // The test reads the address and the shutdown steps from text log lines.
+            .env("AUDIT_GATEWAY_LOG_FORMAT", "text")
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--confluence-url", confluence])
             .args(["--redis-url", &redis.url(), "--credential-salt", SALT])
