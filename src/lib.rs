@@ -29,7 +29,7 @@ pub mod telemetry;
 mod tls;
 mod upstream;
 
-pub use cli::Cli;
+pub use cli::{Cli, CommandError};
 pub use config::{CacheConfig, ConfigError, GatewayConfig, UpstreamAuth, UpstreamConfig};
 pub use error::{GatewayError, UpstreamFailure};
 pub use gateway::{Gateway, shutdown_signal};

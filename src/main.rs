@@ -34,9 +34,10 @@ fn main() -> ExitCode {
     telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // A failed call exits with its gRPC status code (README.md, "Using it").
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.code)
         }
     }
 }

@@ -1,6 +1,11 @@
 //! The `get` and `stream` commands: calls through a gateway, printed as Confluence's JSON.
 
-use std::{io::Write, time::Duration};
+use std::{
+    fs::File,
+    io::{self, Write},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
@@ -10,10 +15,13 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use super::parse::Dur;
+use super::{
+    output::{CommandError, Format, Progress, RecordWriter, page_json},
+    parse::Dur,
+};
 use crate::{
     audit::TimeUnit,
-    pb::{self, audit_service_client::AuditServiceClient, convert::ToJson},
+    pb::{self, audit_service_client::AuditServiceClient},
 };
 
 /// How the client commands reach a gateway.
@@ -85,6 +93,14 @@ pub(crate) struct GetArgs {
     /// Deadline of the call.
     #[arg(long, default_value_t = Dur(Duration::from_secs(30)))]
     pub(crate) timeout: Dur,
+
+    /// The whole page as Confluence's JSON (json), or its records as NDJSON, CSV or a table.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub(crate) format: Format,
+
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    pub(crate) output: Option<PathBuf>,
 }
 
 /// `stream` settings.
@@ -104,6 +120,14 @@ pub(crate) struct StreamArgs {
     /// Continue after the message that carried this token (printed to stderr at the end).
     #[arg(long, default_value = "")]
     pub(crate) resume_token: String,
+
+    /// How records are written.
+    #[arg(long, value_enum, default_value_t = Format::Ndjson)]
+    pub(crate) format: Format,
+
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    pub(crate) output: Option<PathBuf>,
 }
 
 fn parse_units(s: &str) -> Result<TimeUnit, String> {
@@ -158,12 +182,27 @@ pub(crate) fn authorize<T>(
     Ok(())
 }
 
-/// Streams a window, writing one JSON record per line to `out`; returns the number of
-/// records and the last resume token.
-pub(crate) async fn stream(
+/// Standard output, or `path` created anew.
+pub(crate) fn open_output(path: Option<&Path>) -> Result<Box<dyn Write>, CommandError> {
+    Ok(match path {
+        Some(p) => Box::new(io::BufWriter::new(File::create(p).map_err(|e| {
+            CommandError::output(format!("--output {}: {e}", p.display()))
+        })?)),
+        None => Box::new(io::BufWriter::new(io::stdout().lock())),
+    })
+}
+
+/// Streams a window as `args` say to `--output`; returns the number of records and the
+/// last resume token. A failed call says where to resume from.
+pub(crate) async fn stream(args: &StreamArgs) -> Result<(u64, String), CommandError> {
+    stream_to(args, open_output(args.output.as_deref())?).await
+}
+
+/// [`stream`], writing to `out`.
+pub(crate) async fn stream_to(
     args: &StreamArgs,
-    out: &mut impl Write,
-) -> Result<(u64, String), String> {
+    out: impl Write,
+) -> Result<(u64, String), CommandError> {
     let call = &args.call;
     let mut client = connect(&call.connect).await?;
     let mut request = Request::new(pb::StreamSinceRequest {
@@ -175,36 +214,53 @@ pub(crate) async fn stream(
         resume_token: args.resume_token.clone(),
     });
     authorize(&mut request, call.connect.authorization.as_ref())?;
-    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     let mut messages = client
         .stream_since(request)
         .await
-        .map_err(status)?
+        .map_err(|s| CommandError::status(&s, ""))?
         .into_inner();
+    let mut out = RecordWriter::new(out, args.format, false);
+    let mut progress = Progress::new();
     let (mut count, mut token) = (0, String::new());
-    loop {
-        let message = match messages.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Ok((count, token)),
+    let ended = loop {
+        match messages.message().await {
+            Ok(Some(message)) => {
+                out.write(&message.records).map_err(CommandError::output)?;
+                count += message.records.len() as u64;
+                progress.update(&message.records, false);
+                token = message.resume_token;
+            }
+            Ok(None) => break Ok(()),
             // Say where to resume from, then the failure.
             Err(s) => {
-                return Err(format!(
-                    "{} (resume with --resume-token '{token}')",
-                    status(s)
+                break Err(CommandError::status(
+                    &s,
+                    format_args!(" (resume with --resume-token '{token}')"),
                 ));
             }
-        };
-        for record in &message.records {
-            writeln!(out, "{}", record.to_json()).map_err(|e| format!("output: {e}"))?;
-            count += 1;
         }
-        token = message.resume_token;
-    }
+    };
+    progress.finish();
+    out.flush().map_err(CommandError::output)?;
+    ended.map(|()| (count, token))
 }
 
-/// Calls `GetSince` as `args` say and returns the page as pretty JSON, or the status
-/// as one line (`CODE: message`).
-pub(crate) async fn get(args: &GetArgs) -> Result<String, String> {
+/// Calls `GetSince` as `args` say and writes the page (or its records) in `--format`.
+pub(crate) async fn get(args: &GetArgs) -> Result<(), CommandError> {
+    let page = get_page(args).await?;
+    let mut out = RecordWriter::new(open_output(args.output.as_deref())?, args.format, false);
+    if args.format == Format::Json {
+        let json = serde_json::to_string_pretty(&page_json(&page))
+            .map_err(|e| CommandError::other(e.to_string()))?;
+        writeln!(out.get_mut(), "{json}").map_err(CommandError::output)?;
+    } else {
+        out.write(&page.results).map_err(CommandError::output)?;
+    }
+    out.flush().map_err(CommandError::output)
+}
+
+/// The page `args` ask for.
+pub(crate) async fn get_page(args: &GetArgs) -> Result<pb::GetSinceResponse, CommandError> {
     let call = &args.call;
     let mut client = connect(&call.connect).await?;
     let mut request = Request::new(pb::GetSinceRequest {
@@ -221,10 +277,9 @@ pub(crate) async fn get(args: &GetArgs) -> Result<String, String> {
             .insert("cache-control", MetadataValue::from_static("no-cache"));
     }
     authorize(&mut request, call.connect.authorization.as_ref())?;
-    let page = client
+    Ok(client
         .get_since(request)
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    serde_json::to_string_pretty(&page.to_json()).map_err(|e| e.to_string())
+        .map_err(|s| CommandError::status(&s, ""))?
+        .into_inner())
 }

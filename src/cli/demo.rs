@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use super::{
     call::{self, CallArgs, ConnectArgs, GetArgs, StreamArgs},
+    output::{Format, page_json},
     parse::Dur,
 };
 use crate::{
@@ -103,13 +104,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
         limit: Some(2),
         no_cache: false,
         timeout: Dur(Duration::from_secs(10)),
+        format: Format::Json,
+        output: None,
     };
     let cold = Instant::now();
-    let page = call::get(&get).await?;
+    let page = call::get_page(&get).await.map_err(|e| e.to_string())?;
     let cold = cold.elapsed();
     let warm = Instant::now();
-    call::get(&get).await?;
+    call::get_page(&get).await.map_err(|e| e.to_string())?;
     let warm = warm.elapsed();
+    let page = serde_json::to_string_pretty(&page_json(&page)).map_err(|e| e.to_string())?;
     println!("GetSince(number=1, units=DAYS, limit=2) answered:\n{page}");
     println!(
         "first call {cold:.1?} (upstream fetch), second {warm:.1?} (page cache); upstream requests so far: {}",
@@ -121,8 +125,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
         page_size: Some(500),
         max_records: None,
         resume_token: String::new(),
+        format: Format::Ndjson,
+        output: None,
     };
-    let (count, _) = call::stream(&stream_args, &mut std::io::sink()).await?;
+    let (count, _) = call::stream_to(&stream_args, std::io::sink())
+        .await
+        .map_err(|e| e.to_string())?;
     println!(
         "StreamSince(number=1, units=DAYS, page_size=500) delivered {count} records in {:.1?}",
         streamed.elapsed()

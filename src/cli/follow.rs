@@ -7,20 +7,21 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, IsTerminal, Write},
+    io::{self, Write},
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Request};
 
 use super::{
     call::{ConnectArgs, authorize, connect},
+    output::{CommandError, Format, Progress, RecordWriter},
     parse::Dur,
 };
-use crate::pb::{self, convert::ToJson};
+use crate::pb;
 
 /// `follow` settings.
 #[derive(Clone, Debug, Args)]
@@ -41,7 +42,7 @@ pub(crate) struct FollowArgs {
     #[arg(long)]
     pub(crate) output: Option<PathBuf>,
 
-    /// One record per line (ndjson), or each record pretty-printed (json).
+    /// How records are written (csv and table write their header once per file).
     #[arg(long, value_enum, default_value_t = Format::Ndjson)]
     pub(crate) format: Format,
 
@@ -62,15 +63,6 @@ pub(crate) struct FollowArgs {
     pub(crate) max_records: Option<i64>,
 }
 
-/// How records are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Format {
-    /// One JSON record per line.
-    Ndjson,
-    /// Each record pretty-printed, one after the other.
-    Json,
-}
-
 /// What the checkpoint file holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
@@ -84,12 +76,13 @@ struct Saved {
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Follows until `max_records` or a failure that retrying cannot cure.
-pub(crate) async fn run(args: FollowArgs) -> Result<(), String> {
+pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
     let saved = match &args.checkpoint_file {
         Some(path) => read_saved(path)?,
         None => None,
     };
-    let mut out = Output::open(args.output.as_deref(), saved.as_ref())?;
+    let (sink, continuing) = open_output(args.output.as_deref(), saved.as_ref())?;
+    let mut out = RecordWriter::new(sink, args.format, continuing);
     let mut checkpoint = saved.map(|s| s.checkpoint);
     let since = match args.since {
         Some(d) => Some(
@@ -133,7 +126,10 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), String> {
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            Err(Failure::Fatal(why)) => return Err(why),
+            Err(Failure::Fatal(why)) => {
+                progress.finish();
+                return Err(why);
+            }
         }
     }
 }
@@ -141,12 +137,12 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), String> {
 enum Failure {
     /// Worth another call from the checkpoint (the gateway restarting, a rate limit).
     Retry(String),
-    Fatal(String),
+    Fatal(CommandError),
 }
 
 async fn follow_once(
     args: &FollowArgs,
-    out: &mut Output,
+    out: &mut RecordWriter<Sink>,
     checkpoint: &mut Option<String>,
     since: Option<SystemTime>,
     left: &mut Option<i64>,
@@ -167,45 +163,46 @@ async fn follow_once(
         max_records: *left,
         lag: Some(duration(args.lag.0)),
     });
-    authorize(&mut request, args.connect.authorization.as_ref()).map_err(Failure::Fatal)?;
+    authorize(&mut request, args.connect.authorization.as_ref())
+        .map_err(|e| Failure::Fatal(CommandError::other(e)))?;
     let mut messages = client.follow(request).await.map_err(classify)?.into_inner();
     loop {
         let Some(message) = messages.message().await.map_err(classify)? else {
             return Ok(());
         };
-        out.write(&message.records, args.format)
-            .map_err(|e| Failure::Fatal(format!("output: {e}")))?;
-        let output_bytes = out
-            .flush()
-            .map_err(|e| Failure::Fatal(format!("output: {e}")))?;
+        let fail = |e: io::Error| Failure::Fatal(CommandError::output(e));
+        out.write(&message.records).map_err(fail)?;
+        let output_bytes = sync(out).map_err(fail)?;
         if let Some(path) = &args.checkpoint_file {
             let saved = Saved {
                 checkpoint: message.checkpoint.clone(),
                 output_bytes,
             };
             write_saved(path, &saved).map_err(|e| {
-                Failure::Fatal(format!("--checkpoint-file {}: {e}", path.display()))
+                Failure::Fatal(CommandError::output(format!(
+                    "--checkpoint-file {}: {e}",
+                    path.display()
+                )))
             })?;
         }
         *checkpoint = Some(message.checkpoint);
         if let Some(n) = left.as_mut() {
             *n -= message.records.len() as i64;
         }
-        progress.update(&message.records);
+        progress.update(&message.records, true);
     }
 }
 
-/// Errors a new call may cure are retried; the rest end the command.
+/// Errors a new call may cure are retried; the rest end the command with their code.
 fn classify(s: tonic::Status) -> Failure {
-    let why = format!("{:?}: {}", s.code(), s.message());
     match s.code() {
         Code::Unavailable
         | Code::ResourceExhausted
         | Code::DeadlineExceeded
         | Code::Aborted
         | Code::Unknown
-        | Code::Internal => Failure::Retry(why),
-        _ => Failure::Fatal(why),
+        | Code::Internal => Failure::Retry(format!("{:?}: {}", s.code(), s.message())),
+        _ => Failure::Fatal(CommandError::status(&s, "")),
     }
 }
 
@@ -247,101 +244,66 @@ fn write_saved(path: &Path, saved: &Saved) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Where records go.
-enum Output {
+/// Where records go: a file appended to, or standard output.
+enum Sink {
     File(io::BufWriter<File>),
     Stdout(io::Stdout),
 }
 
-impl Output {
-    /// Opens `path` for appending, first cut back to the length the checkpoint recorded
-    /// (what was written after it is written again).
-    fn open(path: Option<&Path>, saved: Option<&Saved>) -> Result<Self, String> {
-        let Some(path) = path else {
-            return Ok(Self::Stdout(io::stdout()));
-        };
-        let err = |e: io::Error| format!("--output {}: {e}", path.display());
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(err)?;
-        let len = file.metadata().map_err(err)?.len();
-        match saved.and_then(|s| s.output_bytes) {
-            Some(at) if at < len => file.set_len(at).map_err(err)?,
-            Some(at) if at > len => {
-                return Err(format!(
-                    "--output {}: shorter ({len} bytes) than when the checkpoint was taken \
-                     ({at} bytes); is it the same file?",
-                    path.display()
-                ));
-            }
-            _ => {}
-        }
-        Ok(Self::File(io::BufWriter::new(file)))
-    }
-
-    fn write(&mut self, records: &[pb::AuditRecord], format: Format) -> io::Result<()> {
-        let w: &mut dyn Write = match self {
-            Self::File(f) => f,
-            Self::Stdout(s) => s,
-        };
-        for r in records {
-            let json = r.to_json();
-            match format {
-                Format::Ndjson => serde_json::to_writer(&mut *w, &json)?,
-                Format::Json => serde_json::to_writer_pretty(&mut *w, &json)?,
-            }
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    }
-
-    /// Flushes to stable storage; the file's length after it.
-    fn flush(&mut self) -> io::Result<Option<u64>> {
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Self::File(f) => {
-                f.flush()?;
-                f.get_ref().sync_data()?;
-                Ok(Some(f.get_ref().metadata()?.len()))
-            }
-            Self::Stdout(s) => s.flush().map(|_| None),
+            Self::File(f) => f.write(buf),
+            Self::Stdout(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::File(f) => f.flush(),
+            Self::Stdout(s) => s.flush(),
         }
     }
 }
 
-/// Records, rate and lag behind now, on stderr when it is a terminal.
-struct Progress {
-    on: bool,
-    started: Instant,
-    records: u64,
+/// Opens `path` for appending, first cut back to the length the checkpoint recorded
+/// (what was written after it is written again); whether it already holds output.
+fn open_output(path: Option<&Path>, saved: Option<&Saved>) -> Result<(Sink, bool), String> {
+    let Some(path) = path else {
+        return Ok((Sink::Stdout(io::stdout()), false));
+    };
+    let err = |e: io::Error| format!("--output {}: {e}", path.display());
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    let mut len = file.metadata().map_err(err)?.len();
+    match saved.and_then(|s| s.output_bytes) {
+        Some(at) if at < len => {
+            file.set_len(at).map_err(err)?;
+            len = at;
+        }
+        Some(at) if at > len => {
+            return Err(format!(
+                "--output {}: shorter ({len} bytes) than when the checkpoint was taken \
+                 ({at} bytes); is it the same file?",
+                path.display()
+            ));
+        }
+        _ => {}
+    }
+    Ok((Sink::File(io::BufWriter::new(file)), len > 0))
 }
 
-impl Progress {
-    fn new() -> Self {
-        Self {
-            on: io::stderr().is_terminal(),
-            started: Instant::now(),
-            records: 0,
+/// Flushes to stable storage; the file's length after it.
+fn sync(out: &mut RecordWriter<Sink>) -> io::Result<Option<u64>> {
+    out.flush()?;
+    match out.get_ref() {
+        Sink::File(f) => {
+            f.get_ref().sync_data()?;
+            Ok(Some(f.get_ref().metadata()?.len()))
         }
-    }
-
-    fn update(&mut self, records: &[pb::AuditRecord]) {
-        self.records += records.len() as u64;
-        if !self.on {
-            return;
-        }
-        let rate = self.records as f64 / self.started.elapsed().as_secs_f64().max(0.001);
-        let behind = records.last().map(|r| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            Duration::from_millis(now.saturating_sub(r.creation_date).max(0) as u64)
-        });
-        let behind = behind.map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
-        eprint!(
-            "\r{} records, {rate:.0}/s, last record {behind} behind now   ",
-            self.records
-        );
+        Sink::Stdout(_) => Ok(None),
     }
 }

@@ -6,11 +6,13 @@ mod call;
 #[cfg(feature = "simulator")]
 mod demo;
 mod follow;
+mod output;
 mod parse;
 mod serve;
 
 use clap::{Parser, Subcommand};
 
+pub use self::output::CommandError;
 use crate::{GatewayConfig, error::Chain, gateway::Gateway, shutdown_signal, telemetry::LogFormat};
 
 /// audit-gateway: the Confluence audit log over gRPC.
@@ -60,8 +62,8 @@ impl Cli {
         self.otlp_endpoint.as_deref()
     }
 
-    /// Runs the command; the error is one line for the terminal.
-    pub async fn run(self) -> Result<(), String> {
+    /// Runs the command; the error is one line for the terminal, and an exit code.
+    pub async fn run(self) -> Result<(), CommandError> {
         match self.command {
             Command::Serve(args) => {
                 // Handlers first: a SIGTERM during start-up is then a graceful stop too.
@@ -73,26 +75,19 @@ impl Cli {
                 gateway
                     .run_until_stopped(signal)
                     .await
-                    .map_err(|e| Chain(&e).to_string())
+                    .map_err(|e| CommandError::other(Chain(&e).to_string()))
             }
-            Command::Get(args) => {
-                let json = call::get(&args).await?;
-                println!("{json}");
-                Ok(())
-            }
+            Command::Get(args) => call::get(&args).await,
             Command::Stream(args) => {
-                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                let result = call::stream(&args, &mut out).await;
-                std::io::Write::flush(&mut out).map_err(|e| format!("output: {e}"))?;
-                let (count, token) = result?;
+                let (count, token) = call::stream(&args).await?;
                 eprintln!("{count} records; resume token: {token}");
                 Ok(())
             }
             Command::Follow(args) => follow::run(*args).await,
             #[cfg(feature = "simulator")]
-            Command::Simulate(args) => args.serve(shutdown_signal()).await,
+            Command::Simulate(args) => Ok(args.serve(shutdown_signal()).await?),
             #[cfg(feature = "simulator")]
-            Command::Demo(args) => demo::run(args).await,
+            Command::Demo(args) => Ok(demo::run(args).await?),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod cache;
 mod callers;
+mod cli;
 mod common;
 mod errors;
 mod follow;
