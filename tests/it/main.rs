@@ -10,6 +10,7 @@ mod interop;
 mod mesh;
 mod overload;
 mod redis;
+mod redis_cluster;
 mod server;
 mod stream;
 mod tls;
