@@ -53,7 +53,20 @@ impl Cluster {
     async fn start() -> Self {
         // Client ports and, explicitly, cluster bus ports: the default (port + 10000)
         // may be taken or past 65535 for an ephemeral port.
-        let ports = free_ports(6);
+        Self::start_on(free_ports(6)).await
+    }
+
+    /// Seed URLs for `--redis-url` of a cluster on `ports` (as `start_on` takes them):
+    /// two of the three nodes, so the client must learn the third from the cluster.
+    fn seeds_for(ports: &[u16]) -> String {
+        format!(
+            "redis://127.0.0.1:{}, redis://127.0.0.1:{}",
+            ports[0], ports[1]
+        )
+    }
+
+    /// A cluster whose nodes listen on `ports[..3]`, with cluster buses on `ports[3..]`.
+    async fn start_on(ports: Vec<u16>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "audit-gateway-cluster-{}-{}",
             std::process::id(),
@@ -134,13 +147,10 @@ impl Cluster {
         cluster
     }
 
-    /// Seed URLs for `--redis-url`: two of the three nodes, so the client must learn the
-    /// third from the cluster.
+    /// Seed URLs for `--redis-url` (`seeds_for`).
     fn seeds(&self) -> String {
-        format!(
-            "redis://127.0.0.1:{}, redis://127.0.0.1:{}",
-            self.nodes[0].port, self.nodes[1].port
-        )
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        Self::seeds_for(&ports)
     }
 
     /// `cluster_state` from node `i`'s `CLUSTER INFO`.
@@ -252,9 +262,14 @@ const TOKEN: &str = "SECRET-PAT-4711";
 
 /// A gateway sharing `cluster` (through its seeds), calling `confluence`.
 async fn replica(confluence: &str, cluster: &Cluster) -> TestGateway {
+    replica_of(confluence, cluster.seeds()).await
+}
+
+/// A gateway sharing the cluster at `seeds`, calling `confluence`.
+async fn replica_of(confluence: &str, seeds: String) -> TestGateway {
     let mut config = test_config(confluence);
     config.auth = UpstreamAuth::Bearer(TOKEN.into());
-    config.cache.redis_url = Some(cluster.seeds().into());
+    config.cache.redis_url = Some(seeds.into());
     config.cache.redis_cluster = true;
     config.cache.credential_salt = Some(SALT.into());
     config.cache.redis_pause = Duration::from_millis(200);
@@ -484,6 +499,43 @@ async fn a_cool_down_one_replica_started_holds_the_others_back_through_the_clust
         sim.request_count(),
         warm + 3,
         "the 429, then one request per replica"
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_down_at_start_is_used_once_it_is_up() {
+    let ports = free_ports(6);
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    // The gateways start (the connection is lazy) and serve with no cluster to reach.
+    let mut a = replica_of(&sim.base_url(), Cluster::seeds_for(&ports)).await;
+    let mut b = replica_of(&sim.base_url(), Cluster::seeds_for(&ports)).await;
+    for start in 0..3 {
+        a.client
+            .get_since(page(start))
+            .await
+            .expect("without Redis");
+    }
+    assert_eq!(sim.request_count(), 3);
+    let cluster = Cluster::start_on(ports).await;
+    // Once the pause after the failures is over, a's misses are stored and b is served
+    // from them.
+    let mut start = 100;
+    let shared = until_for(Duration::from_secs(20), async || {
+        start += 10;
+        let before = sim.request_count();
+        let keys = cluster.keys().await.len();
+        a.client.get_since(page(start)).await.expect("a");
+        let stored = until_for(Duration::from_millis(500), async || {
+            cluster.keys().await.len() > keys
+        });
+        stored.await;
+        b.client.get_since(page(start)).await.expect("b");
+        sim.request_count() == before + 1
+    })
+    .await;
+    assert!(
+        shared,
+        "replicas never shared a page once the cluster was up"
     );
 }
 
