@@ -147,6 +147,9 @@ pub struct CacheConfig {
     pub credential_salt: Option<SecretString>,
     /// A Redis shared by all replicas (`--redis-url`); `None`: in-process only.
     pub redis_url: Option<SecretString>,
+    /// Whether `redis_url` names seed nodes of a Redis Cluster, comma-separated
+    /// (`--redis-cluster`).
+    pub redis_cluster: bool,
     /// Time-out of each Redis operation (`--redis-timeout`).
     pub redis_timeout: Duration,
     /// How long Redis is skipped after an error (`--redis-pause`).
@@ -199,6 +202,7 @@ impl GatewayConfig {
             max_bytes: 16 << 20,
             credential_salt: None,
             redis_url: None,
+            redis_cluster: false,
             redis_timeout: Duration::from_millis(50),
             redis_pause: Duration::from_secs(5),
             redis_key_prefix: Cow::Borrowed("audit-gateway"),
@@ -400,6 +404,12 @@ impl GatewayConfig {
                 .map_err(|e| ConfigError::new("--credential-salt", e.to_string()))?,
         };
         let redis = match &c.redis_url {
+            None if c.redis_cluster => {
+                return Err(ConfigError::new(
+                    "--redis-cluster",
+                    "needs --redis-url with the cluster's seed nodes",
+                ));
+            }
             None => None,
             Some(_) if c.credential_salt.is_none() => {
                 return Err(ConfigError::new(
@@ -413,6 +423,7 @@ impl GatewayConfig {
             }
             Some(url) => Some(RedisSettings {
                 url: url.expose_secret().to_owned(),
+                cluster: c.redis_cluster,
                 key_prefix: c.redis_key_prefix.to_string(),
                 timeout: c.redis_timeout,
                 pause: c.redis_pause,
@@ -703,6 +714,9 @@ mod tests {
         c.cache.credential_salt = Some("sixteen chars ok".into());
         c.cache.redis_timeout = Duration::ZERO;
         assert_eq!(flag_of(&c), "--redis-timeout");
+        let mut c = base();
+        c.cache.redis_cluster = true;
+        assert_eq!(flag_of(&c), "--redis-cluster");
         let mut c = base();
         c.upstream.max_body = 0;
         assert_eq!(flag_of(&c), "--upstream-max-body");

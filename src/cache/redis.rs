@@ -7,6 +7,12 @@
 //! It also shares the upstream cool-downs between replicas ([`SharedCooldowns`],
 //! `src/upstream/cooldown.rs`): under `{prefix}:v1:cooldown:{digest}`, a value of the
 //! page layout with an empty page, its expiry the time the cool-down ends.
+//!
+//! With `--redis-cluster` the same code runs against a Redis Cluster ([`Connection`]):
+//! every operation here touches exactly one key (GET or SET), so it always hashes to one
+//! slot and the cluster client routes it to that slot's master; multi-key commands
+//! (MGET, transactions, Lua over several keys) would fail with CROSSSLOT there, so
+//! keep each operation to one key.
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,7 +21,12 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    ErrorKind, RedisError, RedisResult,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    cluster::{ClusterClientBuilder, ClusterConfig},
+    cluster_async::ClusterConnection,
+};
 use ring::{digest, hmac};
 
 use super::{PageKey, SharedTier};
@@ -36,8 +47,11 @@ const MAC: usize = 16;
 /// Redis tier settings. `Debug` leaves the URL out: it may hold a password.
 #[derive(Clone)]
 pub(crate) struct RedisSettings {
-    /// `redis://` or `rediss://` URL, auth and database included.
+    /// `redis://` or `rediss://` URL, auth and database included; with `cluster`, one or
+    /// more such URLs of seed nodes, comma-separated.
     pub url: String,
+    /// Whether `url` names the seed nodes of a Redis Cluster (`--redis-cluster`).
+    pub cluster: bool,
     /// Prefix of every key.
     pub key_prefix: String,
     /// Time-out of one operation (and of connecting).
@@ -53,6 +67,7 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &"<redacted>")
+            .field("cluster", &self.cluster)
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .field("pause", &self.pause)
@@ -60,9 +75,78 @@ impl std::fmt::Debug for RedisSettings {
     }
 }
 
+/// The connection the tier's commands go through: one server, or a cluster. Both
+/// reconnect by themselves and clone cheaply (handles to multiplexed connections), so
+/// the rest of the tier is the same code for both modes.
+#[derive(Clone)]
+enum Connection {
+    /// One Redis server (or a proxy in front of several).
+    Single(ConnectionManager),
+    /// A Redis Cluster: the client keeps the slot map, routes each command to its key's
+    /// master, follows MOVED and ASK, and reconnects to nodes (or the seeds) it lost.
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    /// A lazy connection for `settings`: nothing is dialled until the first command.
+    fn open(settings: &RedisSettings) -> RedisResult<Self> {
+        if !settings.cluster {
+            let client = redis::Client::open(settings.url.as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.timeout))
+                .set_response_timeout(Some(settings.timeout))
+                .set_number_of_retries(1);
+            let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+            return Ok(Self::Single(conn));
+        }
+        let seeds: Vec<&str> = seeds(&settings.url).collect();
+        // One retry, like the single-server manager: a redirect or a reconnect still fits
+        // in the time-out, and the tier's own pause covers longer trouble.
+        let client = ClusterClientBuilder::new(seeds).retries(1).build()?;
+        let config = ClusterConfig::new()
+            .set_connection_timeout(settings.timeout)
+            .set_response_timeout(settings.timeout);
+        Ok(Self::Cluster(
+            client.get_pending_async_connection_with_config(config),
+        ))
+    }
+
+    /// Runs `cmd`, whose keys (one, see the module comment) decide the node in a cluster.
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> RedisResult<T> {
+        match self {
+            Self::Single(c) => cmd.query_async(c).await,
+            Self::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
+/// The seed URLs in a `--redis-url` value of `--redis-cluster`: comma-separated, blanks
+/// around them ignored.
+fn seeds(url: &str) -> impl Iterator<Item = &str> {
+    url.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Whether `e` says Redis (or the cluster's part holding the key) is unreachable or
+/// unusable, rather than refusing one operation on one key.
+fn is_outage(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        // A cluster without a master for the slot (CLUSTERDOWN), mid-failover
+        // (TRYAGAIN, MASTERDOWN), redirects the client gave up on, or no connection to
+        // the slot's node: the tier is in trouble, not the key.
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+        )
+}
+
 /// The Redis tier.
 pub(crate) struct RedisTier {
-    conn: ConnectionManager,
+    conn: Connection,
     settings: RedisSettings,
     /// Process-relative millis until which the tier is skipped (0: in use).
     paused_until: AtomicU64,
@@ -78,14 +162,8 @@ impl RedisTier {
     /// A tier for `settings`; it connects lazily, so a Redis that is down at start
     /// only means misses until it is up.
     pub(crate) fn new(settings: RedisSettings) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| redact(&e.to_string(), &settings.url))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| redact(&e.to_string(), &settings.url))?;
+        let conn =
+            Connection::open(&settings).map_err(|e| redact(&e.to_string(), &settings.url))?;
         Ok(Self {
             conn,
             settings,
@@ -179,18 +257,13 @@ impl RedisTier {
     async fn run<T: redis::FromRedisValue>(&self, what: &str, cmd: redis::Cmd) -> Option<T> {
         let mut conn = self.conn.clone();
         let started = self.now_ms();
-        let call = cmd.query_async::<T>(&mut conn);
+        let call = conn.query::<T>(&cmd);
         match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(v)) => {
                 self.succeeded(started);
                 Some(v)
             }
-            Ok(Err(e))
-                if !(e.is_io_error()
-                    || e.is_connection_refusal()
-                    || e.is_connection_dropped()
-                    || e.is_timeout()) =>
-            {
+            Ok(Err(e)) if !is_outage(&e) => {
                 // Redis answered, with an error about this key (a foreign value of
                 // another type, say): a miss, not an outage.
                 self.succeeded(started);
@@ -349,15 +422,20 @@ fn mac(key: &hmac::Key, redis_key: &str, expires_unix_ms: u64, page: &[u8]) -> h
     ctx.sign()
 }
 
-/// An error message with the URL's password (if any) blanked.
+/// An error message with the passwords (if any) of the URL, or of each comma-separated
+/// seed URL of a cluster, blanked.
 fn redact(message: &str, url: &str) -> String {
-    match url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.password().map(str::to_owned))
-    {
-        Some(pw) if !pw.is_empty() => message.replace(&pw, "<redacted>"),
-        _ => message.to_owned(),
+    let mut message = message.to_owned();
+    for seed in seeds(url) {
+        if let Some(pw) = url::Url::parse(seed)
+            .ok()
+            .and_then(|u| u.password().map(str::to_owned))
+            .filter(|pw| !pw.is_empty())
+        {
+            message = message.replace(&pw, "<redacted>");
+        }
     }
+    message
 }
 
 /// A page query's span as key bytes: the endpoint, then its parameters.
@@ -455,5 +533,10 @@ mod tests {
             "redis://:hunter2@h:6379",
         );
         assert!(!m.contains("hunter2"), "{m}");
+        let m = redact(
+            "auth failed for redis://:hunter2@a and redis://:swordfish@b",
+            "redis://:hunter2@a:6379, redis://:swordfish@b:6379",
+        );
+        assert!(!m.contains("hunter2") && !m.contains("swordfish"), "{m}");
     }
 }

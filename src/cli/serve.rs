@@ -150,9 +150,15 @@ pub(crate) struct ServeArgs {
     credential_salt_file: Option<PathBuf>,
 
     /// Redis shared by all replicas, below the in-process cache (redis:// or rediss://,
-    /// auth and database in the URL). Unset: in-process cache only.
+    /// auth and database in the URL). Unset: in-process cache only. With --redis-cluster,
+    /// one or more seed nodes of the cluster, comma-separated.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<SecretString>,
+
+    /// --redis-url names seed nodes of a Redis Cluster (comma-separated); the gateway
+    /// learns the other nodes from them and follows the cluster's redirects.
+    #[arg(long, env = "AUDIT_GATEWAY_REDIS_CLUSTER")]
+    redis_cluster: bool,
 
     /// Time-out of each Redis operation; a slower Redis is skipped.
     #[arg(long, env = "AUDIT_GATEWAY_REDIS_TIMEOUT", default_value_t = Dur(D.cache.redis_timeout))]
@@ -294,6 +300,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
                     "--credential-salt-file",
                 )?,
                 redis_url: a.redis_url,
+                redis_cluster: a.redis_cluster,
                 redis_timeout: a.redis_timeout.0,
                 redis_pause: a.redis_pause.0,
                 redis_key_prefix: a.redis_key_prefix.into(),

@@ -13,6 +13,7 @@ mod otel;
 mod overload;
 mod proxy;
 mod redis;
+mod redis_cluster;
 mod server;
 mod stream;
 mod tls;

@@ -1,0 +1,554 @@
+//! The shared tier on a Redis Cluster (`--redis-cluster`), against a real three-master
+//! cluster the test creates: replicas share pages whose keys land on every master, a
+//! master killed mid-traffic fails no call, and a cool-down one replica started holds the
+//! others back through the cluster too.
+
+use std::{
+    net::TcpListener as StdListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use audit_gateway::{Gateway, UpstreamAuth, metrics::METRICS, pb};
+use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+
+use crate::common::{TestGateway, spawn_gateway, spawn_simulator, test_config};
+
+/// One node of the test's cluster.
+struct Node {
+    /// Its client port (its cluster bus port is another free port).
+    port: u16,
+    /// The `redis-server` process; `None` once killed.
+    child: Option<Child>,
+}
+
+/// Three `redis-server` masters on free loopback ports joined into one cluster by
+/// `redis-cli --cluster create`; every node killed and the temp dir removed on drop.
+struct Cluster {
+    /// Holds each node's `nodes-P.conf` (and nothing else: persistence is off).
+    dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+/// A free loopback port for each of `n` listeners, all held at once so none repeats.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<StdListener> = (0..n)
+        .map(|_| StdListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        // Client ports and, explicitly, cluster bus ports: the default (port + 10000)
+        // may be taken or past 65535 for an ephemeral port.
+        Self::start_on(free_ports(6)).await
+    }
+
+    /// Seed URLs for `--redis-url` of a cluster on `ports` (as `start_on` takes them):
+    /// two of the three nodes, so the client must learn the third from the cluster.
+    fn seeds_for(ports: &[u16]) -> String {
+        format!(
+            "redis://127.0.0.1:{}, redis://127.0.0.1:{}",
+            ports[0], ports[1]
+        )
+    }
+
+    /// A cluster whose nodes listen on `ports[..3]`, with cluster buses on `ports[3..]`.
+    async fn start_on(ports: Vec<u16>) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "audit-gateway-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut cluster = Self {
+            dir,
+            nodes: Vec::new(),
+        };
+        for (&port, &bus) in ports[..3].iter().zip(&ports[3..]) {
+            let conf = cluster.dir.join(format!("nodes-{port}.conf"));
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-port", &bus.to_string()])
+                .arg("--cluster-config-file")
+                .arg(&conf)
+                // Failure detection within a second, so the test sees the cluster
+                // declare the killed master failed (and go down) without a long wait.
+                .args(["--cluster-node-timeout", "1000"])
+                .arg("--dir")
+                .arg(&cluster.dir)
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run redis-server ({e}): install it (Debian: apt-get install \
+                         redis-server); .ci/run does"
+                    )
+                });
+            cluster.nodes.push(Node {
+                port,
+                child: Some(child),
+            });
+        }
+        for i in 0..3 {
+            let port = cluster.nodes[i].port;
+            assert!(
+                until_for(Duration::from_secs(5), async || {
+                    command(port, &["PING"]).await == Some(Reply::Text("PONG".into()))
+                })
+                .await,
+                "redis-server did not answer PING on port {port}"
+            );
+        }
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        // Nothing else runs on this runtime yet: blocking on redis-cli here is harmless.
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-cli ({e}): it comes with Debian's redis-server")
+            });
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for i in 0..3 {
+            assert!(
+                until_for(Duration::from_secs(10), async || {
+                    cluster.state(i).await.as_deref() == Some("ok")
+                })
+                .await,
+                "node {i} never said cluster_state:ok"
+            );
+        }
+        cluster
+    }
+
+    /// Seed URLs for `--redis-url` (`seeds_for`).
+    fn seeds(&self) -> String {
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        Self::seeds_for(&ports)
+    }
+
+    /// `cluster_state` from node `i`'s `CLUSTER INFO`.
+    async fn state(&self, i: usize) -> Option<String> {
+        let Some(Reply::Text(info)) = command(self.nodes[i].port, &["CLUSTER", "INFO"]).await
+        else {
+            return None;
+        };
+        info.lines()
+            .find_map(|l| l.strip_prefix("cluster_state:"))
+            .map(|s| s.trim().to_owned())
+    }
+
+    /// The keys node `i` holds (KEYS: fine for a test's few keys); empty if it is down.
+    async fn keys_on(&self, i: usize) -> Vec<String> {
+        match command(self.nodes[i].port, &["KEYS", "*"]).await {
+            Some(Reply::Array(keys)) => keys,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The keys of every live node.
+    async fn keys(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for i in 0..self.nodes.len() {
+            all.extend(self.keys_on(i).await);
+        }
+        all
+    }
+
+    /// SIGKILL node `i`: no goodbye to the cluster or the clients.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The parts of RESP replies these tests read.
+#[derive(Debug, PartialEq)]
+enum Reply {
+    /// A simple or bulk string.
+    Text(String),
+    /// An array of bulk strings.
+    Array(Vec<String>),
+    /// Anything else: an integer, nil, an error.
+    Other(String),
+}
+
+/// One command over RESP to the node on `port`; `None` if it cannot be reached.
+async fn command(port: u16, args: &[&str]) -> Option<Reply> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut r = BufReader::new(s);
+    async fn bulk(r: &mut BufReader<TcpStream>, header: &str) -> Option<String> {
+        let len: usize = header[1..].trim().parse().ok()?;
+        let mut buf = vec![0; len + 2];
+        r.read_exact(&mut buf).await.ok()?;
+        buf.truncate(len);
+        String::from_utf8(buf).ok()
+    }
+    let mut line = String::new();
+    r.read_line(&mut line).await.ok()?;
+    match line.as_bytes().first()? {
+        b'+' => Some(Reply::Text(line[1..].trim_end().to_owned())),
+        b'$' if !line.starts_with("$-1") => Some(Reply::Text(bulk(&mut r, &line).await?)),
+        b'*' => {
+            let n: usize = line[1..].trim().parse().ok()?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                let mut header = String::new();
+                r.read_line(&mut header).await.ok()?;
+                items.push(bulk(&mut r, &header).await?);
+            }
+            Some(Reply::Array(items))
+        }
+        _ => Some(Reply::Other(line.trim_end().to_owned())),
+    }
+}
+
+/// Polls until `f` holds, for at most `limit`.
+async fn until_for(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+const SALT: &str = "shared-by-all-replicas";
+const TOKEN: &str = "SECRET-PAT-4711";
+
+/// A gateway sharing `cluster` (through its seeds), calling `confluence`.
+async fn replica(confluence: &str, cluster: &Cluster) -> TestGateway {
+    replica_of(confluence, cluster.seeds()).await
+}
+
+/// A gateway sharing the cluster at `seeds`, calling `confluence`.
+async fn replica_of(confluence: &str, seeds: String) -> TestGateway {
+    let mut config = test_config(confluence);
+    config.auth = UpstreamAuth::Bearer(TOKEN.into());
+    config.cache.redis_url = Some(seeds.into());
+    config.cache.redis_cluster = true;
+    config.cache.credential_salt = Some(SALT.into());
+    config.cache.redis_pause = Duration::from_millis(200);
+    // Roomier than the 50 ms default: the first operation also learns the slot map, and
+    // these tests share two cores with other builds; a hit missed for time would fail
+    // them.
+    config.cache.redis_timeout = Duration::from_millis(250);
+    spawn_gateway(config).await
+}
+
+fn page(start: i32) -> pb::GetSinceRequest {
+    pb::GetSinceRequest {
+        start: Some(start),
+        limit: Some(10),
+        ..Default::default()
+    }
+}
+
+/// Fetches fresh pages (from `start` on) through `gw` until one lands in the cluster:
+/// its connection then knows the slot map. Returns the next unused start.
+async fn warm_up(gw: &mut TestGateway, cluster: &Cluster, mut start: i32) -> i32 {
+    let before = cluster.keys().await.len();
+    let landed = until_for(Duration::from_secs(10), async || {
+        gw.client
+            .get_since(page(start))
+            .await
+            .expect("warm-up call");
+        start += 10;
+        let stored = until_for(Duration::from_millis(500), async || {
+            cluster.keys().await.len() > before
+        });
+        stored.await
+    })
+    .await;
+    assert!(landed, "no page ever reached the cluster");
+    start
+}
+
+#[tokio::test]
+async fn replicas_share_pages_across_all_three_masters() {
+    let cluster = Cluster::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &cluster).await;
+    let mut b = replica(&sim.base_url(), &cluster).await;
+    warm_up(&mut a, &cluster, 100_000).await;
+    warm_up(&mut b, &cluster, 200_000).await;
+    // A fetches pages until every master holds some (keys spread by hash slot; a few
+    // dozen distinct queries reach all three), each stored before the next.
+    let mut fetched = Vec::new();
+    let spread = until_for(Duration::from_secs(30), async || {
+        let start = fetched.len() as i32 * 10;
+        let before = cluster.keys().await.len();
+        let got = a
+            .client
+            .get_since(page(start))
+            .await
+            .expect("a")
+            .into_inner();
+        fetched.push((start, got));
+        assert!(
+            until_for(Duration::from_secs(2), async || cluster.keys().await.len()
+                > before)
+            .await,
+            "page {start} was not stored"
+        );
+        let mut on_each = Vec::new();
+        for i in 0..3 {
+            on_each.push(cluster.keys_on(i).await.len());
+        }
+        on_each.iter().all(|&n| n > 0)
+    })
+    .await;
+    assert!(spread, "pages never reached all three masters");
+    let upstream = sim.request_count();
+    for (start, got) in &fetched {
+        let served = b
+            .client
+            .get_since(page(*start))
+            .await
+            .expect("b")
+            .into_inner();
+        assert_eq!(&served, got, "page {start}");
+    }
+    assert_eq!(
+        sim.request_count(),
+        upstream,
+        "replica b fetched {} of {} pages from Confluence",
+        sim.request_count() - upstream,
+        fetched.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_traffic_fails_no_call() {
+    let mut cluster = Cluster::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &cluster).await;
+    let mut b = replica(&sim.base_url(), &cluster).await;
+    warm_up(&mut a, &cluster, 100_000).await;
+    warm_up(&mut b, &cluster, 200_000).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Traffic: A asks for a page nobody has (a Redis GET, an upstream fetch, a SET), B
+    // for the one A fetched before (a Redis GET that hits while the key's master is
+    // up), without pause, until told to stop.
+    let traffic = tokio::spawn({
+        let (done, stop) = (done.clone(), stop.clone());
+        async move {
+            let mut slowest = Duration::ZERO;
+            let mut i = 1;
+            while !stop.load(Ordering::Relaxed) {
+                for (name, gw, start) in [("a", &mut a, i * 10), ("b", &mut b, (i - 1) * 10)] {
+                    let t = Instant::now();
+                    if let Err(status) = gw.client.get_since(page(start)).await {
+                        return Err(format!("call {i} through {name} failed: {status}"));
+                    }
+                    slowest = slowest.max(t.elapsed());
+                }
+                i += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(slowest)
+        }
+    });
+    let calls_reach = async |n: usize| {
+        until_for(Duration::from_secs(30), async || {
+            done.load(Ordering::Relaxed) >= n || traffic.is_finished()
+        })
+        .await
+    };
+    assert!(calls_reach(10).await, "traffic never got going");
+    let errors = METRICS.redis_errors.get();
+    let before_kill = done.load(Ordering::Relaxed);
+    let upstream_before_kill = sim.request_count();
+    // A seed, and a master holding keys: the warm-up and the traffic spread pages over
+    // all three masters (replicas_share_pages_across_all_three_masters shows they do).
+    cluster.kill(0);
+    // The survivors first keep the dead master's slots (calls for them fail at Redis),
+    // then mark it failed and, with no replica to promote, declare the cluster down
+    // (every key refused with CLUSTERDOWN). Calls go on through both phases.
+    let down = until_for(Duration::from_secs(20), async || {
+        cluster.state(1).await.as_deref() == Some("fail") || traffic.is_finished()
+    })
+    .await;
+    assert!(down, "the survivors never noticed the dead master");
+    let at_down = done.load(Ordering::Relaxed);
+    assert!(calls_reach(at_down + 20).await, "traffic stalled");
+    stop.store(true, Ordering::Relaxed);
+    let slowest = traffic
+        .await
+        .expect("no panic")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let after_kill = done.load(Ordering::Relaxed) - before_kill;
+    eprintln!(
+        "before the kill: {before_kill} call pairs, {upstream_before_kill} upstream requests; \
+         after: {after_kill} call pairs ({} after cluster_state:fail), {} upstream requests, \
+         {} Redis errors counted; slowest call {slowest:?}",
+        done.load(Ordering::Relaxed) - at_down,
+        sim.request_count() - upstream_before_kill,
+        METRICS.redis_errors.get() - errors
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a call took {slowest:?}: the tier must cut Redis off, not wait on it"
+    );
+    // The outage was seen (metrics are process-wide: only growth is checked).
+    assert!(
+        METRICS.redis_errors.get() > errors,
+        "no Redis error counted"
+    );
+}
+
+/// The simulator's requests for pages starting at `start`, in order.
+fn received_at(sim: &SimulatorHandle, start: i32) -> Vec<Instant> {
+    let start = start.to_string();
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.query.iter().any(|(k, v)| k == "start" && *v == start))
+        .map(|r| r.received)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cool_down_one_replica_started_holds_the_others_back_through_the_cluster() {
+    let cluster = Cluster::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut a = replica(&sim.base_url(), &cluster).await;
+    let mut b = replica(&sim.base_url(), &cluster).await;
+    warm_up(&mut a, &cluster, 100_000).await;
+    warm_up(&mut b, &cluster, 200_000).await;
+    let warm = sim.request_count();
+    sim.push_faults([Fault::Status {
+        code: 429,
+        retry_after: Some("2".into()),
+        body: None,
+    }]);
+    // A is refused, cools down for 2 s (within its --upstream-max-backoff) and retries.
+    let first = tokio::spawn(async move { a.client.get_since(page(0)).await });
+    let is_cool_down = |k: &String| k.starts_with("audit-gateway:v1:cooldown:");
+    assert!(
+        until_for(Duration::from_secs(2), async || cluster
+            .keys()
+            .await
+            .iter()
+            .any(is_cool_down))
+        .await,
+        "the cool-down was not shared"
+    );
+    let refused_at = received_at(&sim, 0)[0];
+    // B asks for another page within the cool-down: it waits, then asks Confluence.
+    b.client
+        .get_since(page(10))
+        .await
+        .expect("b after the cool-down");
+    first
+        .await
+        .expect("no panic")
+        .expect("a after the cool-down");
+    let asked = received_at(&sim, 10);
+    assert_eq!(asked.len(), 1);
+    let after = asked[0].duration_since(refused_at);
+    assert!(
+        after >= Duration::from_millis(1900),
+        "replica b asked Confluence {after:?} after the 429 that asked for 2 s"
+    );
+    assert_eq!(
+        sim.request_count(),
+        warm + 3,
+        "the 429, then one request per replica"
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_down_at_start_is_used_once_it_is_up() {
+    let ports = free_ports(6);
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    // The gateways start (the connection is lazy) and serve with no cluster to reach.
+    let mut a = replica_of(&sim.base_url(), Cluster::seeds_for(&ports)).await;
+    let mut b = replica_of(&sim.base_url(), Cluster::seeds_for(&ports)).await;
+    for start in 0..3 {
+        a.client
+            .get_since(page(start))
+            .await
+            .expect("without Redis");
+    }
+    assert_eq!(sim.request_count(), 3);
+    let cluster = Cluster::start_on(ports).await;
+    // Once the pause after the failures is over, a's misses are stored and b is served
+    // from them.
+    let mut start = 100;
+    let shared = until_for(Duration::from_secs(20), async || {
+        start += 10;
+        let before = sim.request_count();
+        let keys = cluster.keys().await.len();
+        a.client.get_since(page(start)).await.expect("a");
+        let stored = until_for(Duration::from_millis(500), async || {
+            cluster.keys().await.len() > keys
+        });
+        stored.await;
+        b.client.get_since(page(start)).await.expect("b");
+        sim.request_count() == before + 1
+    })
+    .await;
+    assert!(
+        shared,
+        "replicas never shared a page once the cluster was up"
+    );
+}
+
+#[tokio::test]
+async fn cluster_mode_rejects_a_bad_seed() {
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let mut config = test_config(&sim.base_url());
+    config.cache.credential_salt = Some(SALT.into());
+    config.cache.redis_cluster = true;
+    config.cache.redis_url = Some("redis://127.0.0.1:1, not a url".into());
+    let err = match Gateway::bind(config).await {
+        Ok(_) => panic!("a seed list with a bad URL was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(err.flag, "--redis-url", "{err}");
+}
