@@ -9,7 +9,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write},
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use clap::Args;
@@ -66,8 +66,11 @@ pub(crate) struct FollowArgs {
 /// What the checkpoint file holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
-    /// The gateway's checkpoint.
-    checkpoint: String,
+    /// The gateway's checkpoint; `None` before the first message.
+    checkpoint: Option<String>,
+    /// Where the first run started, epoch ms (`--since`, or its start time): a restart
+    /// before the first message starts there again, not from a new "now".
+    since_ms: Option<i64>,
     /// The output's length when the checkpoint was taken.
     output_bytes: Option<u64>,
 }
@@ -83,15 +86,36 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
     };
     let (sink, continuing) = open_output(args.output.as_deref(), saved.as_ref())?;
     let mut out = RecordWriter::new(sink, args.format, continuing);
-    let mut checkpoint = saved.map(|s| s.checkpoint);
-    let since = match args.since {
-        Some(d) => Some(
+    let since = match (&saved, args.since) {
+        (
+            Some(Saved {
+                since_ms: Some(ms), ..
+            }),
+            _,
+        ) => Some(from_ms(*ms)),
+        (_, Some(d)) => Some(
             SystemTime::now()
                 .checked_sub(d.0)
                 .ok_or("--since: too far back")?,
         ),
-        None => None,
+        // From now, as this first run defines it.
+        (_, None) if args.checkpoint_file.is_some() => Some(SystemTime::now()),
+        (_, None) => None,
     };
+    let mut checkpoint = saved.and_then(|s| s.checkpoint);
+    if let (Some(path), None) = (&args.checkpoint_file, &checkpoint) {
+        // Before any output: where this run starts and how long the output is, so a kill
+        // before the first checkpoint restarts at the same point and cuts back what it
+        // wrote.
+        let first = Saved {
+            checkpoint: None,
+            since_ms: since.map(to_ms),
+            output_bytes: sync(&mut out).map_err(CommandError::output)?,
+        };
+        write_saved(path, &first).map_err(|e| {
+            CommandError::output(format!("--checkpoint-file {}: {e}", path.display()))
+        })?;
+    }
     let mut left = args.max_records;
     let mut progress = Progress::new();
     let mut backoff = Duration::from_secs(1);
@@ -175,7 +199,8 @@ async fn follow_once(
         let output_bytes = sync(out).map_err(fail)?;
         if let Some(path) = &args.checkpoint_file {
             let saved = Saved {
-                checkpoint: message.checkpoint.clone(),
+                checkpoint: Some(message.checkpoint.clone()),
+                since_ms: since.map(to_ms),
                 output_bytes,
             };
             write_saved(path, &saved).map_err(|e| {
@@ -305,5 +330,21 @@ fn sync(out: &mut RecordWriter<Sink>) -> io::Result<Option<u64>> {
             Ok(Some(f.get_ref().metadata()?.len()))
         }
         Sink::Stdout(_) => Ok(None),
+    }
+}
+
+fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
     }
 }

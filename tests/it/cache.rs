@@ -535,7 +535,13 @@ async fn a_load_goes_on_when_the_caller_who_started_it_times_out() {
     let mut hasty = Request::new(small());
     hasty.set_timeout(Duration::from_millis(100));
     let status = client.get_since(hasty).await.expect_err("too hasty");
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The gateway's DEADLINE_EXCEEDED, or on a loaded host the client's own time-out
+    // first (tonic reports it as CANCELLED): either way the caller left. What matters
+    // here is the load that goes on (tests/it/errors.rs checks the gateway's status).
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
     // Whether this call joins the load still in flight or finds the page it stored,
     // Confluence is asked once.
     let page = client.get_since(small()).await.expect("page").into_inner();

@@ -549,7 +549,14 @@ async fn the_follow_command_resumes_from_its_checkpoint_file_after_being_killed(
     let settled_by = stop_at + 500 + 3_000;
     let mut kills = 0;
     while now_ms() < settled_by {
-        tokio::time::sleep(Duration::from_millis(rng.u64(200..1200))).await;
+        // The first kill comes early, most likely before the first checkpoint: the
+        // restart must begin where the first run did and cut back what it wrote.
+        let wait = if kills == 0 {
+            rng.u64(5..60)
+        } else {
+            rng.u64(200..1200)
+        };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().expect("killed");
         child.wait().expect("reaped");
         kills += 1;
