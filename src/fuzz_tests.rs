@@ -130,3 +130,153 @@ proptest! {
         }
     }
 }
+
+/// The libFuzzer targets' checks (fuzz/src/checks.rs), compiled here on stable; they
+/// reach the gateway through `gw`, as they do in the fuzz crate.
+use crate::fuzz as gw;
+
+/// The checks each fuzz target runs (fuzz/src/checks.rs), shared with the fuzz crate.
+#[allow(unreachable_pub)]
+#[path = "../fuzz/src/checks.rs"]
+mod checks;
+
+/// A target's check: panics on an input that breaks what the target asserts.
+type Check = fn(&[u8]);
+
+/// Each fuzz target, by its name in fuzz/Cargo.toml (its corpus is `fuzz/corpus/<name>`),
+/// with its check.
+const TARGETS: [(&str, Check); 5] = [
+    ("page", checks::page),
+    ("resume_token", checks::resume_token),
+    ("checkpoint", checks::checkpoint),
+    ("wire", checks::wire),
+    ("redis_value", checks::redis_value),
+];
+
+fn corpus_dir(target: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
+}
+
+/// Every committed corpus file (seeds, inputs libFuzzer kept, past crashes) through its
+/// target's checks, so CI replays the fuzzers' findings without nightly.
+#[test]
+fn fuzz_corpora_pass_their_targets_checks() {
+    for (target, check) in TARGETS {
+        let dir = corpus_dir(target);
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e} (the corpus is committed)", dir.display()));
+        let mut files = 0;
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            let data = std::fs::read(&path).expect("a corpus file");
+            let outcome = std::panic::catch_unwind(|| check(&data));
+            assert!(
+                outcome.is_ok(),
+                "{} fails the {target} checks",
+                path.display()
+            );
+            files += 1;
+        }
+        assert!(files > 0, "{} is empty", dir.display());
+    }
+}
+
+/// Writes the seed inputs of each target into `fuzz/corpus/<target>/`: the repository's
+/// fixture, simulator pages, tokens and values the gateway writes, and a few pages with
+/// keys of unexpected types. Run by hand (`scripts/fuzz seed`), then `cargo fuzz cmin`.
+#[test]
+#[ignore = "writes into fuzz/corpus; run by hand to regenerate the seeds"]
+fn write_fuzz_seeds() {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    use confluence_sim::{PageSpec, render_page};
+
+    let write = |target: &str, name: &str, data: &[u8]| {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).expect("corpus directory");
+        std::fs::write(dir.join(format!("seed-{name}")), data).expect("write a seed");
+    };
+
+    let mut pages = vec![sample_page()];
+    for (seed, total, start, limit) in [(42, 5, 0, 3), (7, 2, 0, 5), (1, 0, 0, 10), (3, 9, 4, 2)] {
+        let spec = PageSpec {
+            seed,
+            total,
+            start,
+            limit,
+            ..PageSpec::default()
+        };
+        pages.push(render_page(&spec).expect("a simulator page"));
+    }
+    pages.extend(
+        [
+            r#"{"results":[]}"#,
+            r#"{"results":[{}],"start":"0","limit":1e3,"size":-1,"_links":"x","more":[1,2.5,null,18446744073709551615]}"#,
+            r#"{"results":[{"author":{"type":"user","operations":null,"isGuest":"no","x":{}},"creationDate":-5,"changedValues":[1,{"name":2,"hiddenNewValue":"h"}],"associatedObjects":{},"superAdmin":true,"sysAdmin":null,"affectedObject":[],"summary":"\u00e9\ud83d\ude00"}]}"#,
+            r#"{"results":[{"creationDate":9223372036854775807},{"creationDate":1.5},{"creationDate":"1"}],"_links":{"base":"b","context":{"k":[]}}}"#,
+        ]
+        .map(|p| p.as_bytes().to_vec()),
+    );
+    for (i, page) in pages.iter().enumerate() {
+        write("page", &i.to_string(), page);
+        let encoded = gw::encode_page(page).expect("every seed page converts");
+        write("wire", &i.to_string(), &encoded);
+        let mut value = 0u64.to_be_bytes().to_vec();
+        value.extend(gw::wrap_value(
+            checks::SECRET,
+            checks::REDIS_KEY,
+            &encoded,
+            1_800_000_000_000,
+        ));
+        write("redis_value", &i.to_string(), &value);
+        if let Some((records, _)) = gw::split_page(&encoded)
+            && let Some(r) = records.first()
+        {
+            write("wire", &format!("record-{i}"), r);
+            write(
+                "wire",
+                &format!("message-{i}"),
+                &gw::stream_message(&records, "t"),
+            );
+        }
+    }
+
+    // Tokens as callers send them (mode 0 and 2) and their bodies, to be signed (1, 3).
+    let body = |token: &str| {
+        let mut b = URL_SAFE_NO_PAD.decode(token).expect("base64");
+        b.truncate(b.len() - 16);
+        b
+    };
+    let cursors = [
+        (0, false, i64::MAX, vec![]),
+        (17, false, 1_700_000_000_000, vec![1, 2, 2]),
+        (i64::from(i32::MAX), true, -5, vec![u64::MAX]),
+    ];
+    for (i, (mode, search)) in [(0u8, None), (2, Some("x"))].into_iter().enumerate() {
+        for (j, c) in cursors.iter().enumerate() {
+            let token = gw::encode_token(checks::SECRET, search, c);
+            write(
+                "resume_token",
+                &format!("{i}-{j}"),
+                &[&[mode], token.as_bytes()].concat(),
+            );
+            write(
+                "resume_token",
+                &format!("{i}-{j}-body"),
+                &[&[mode | 1], &body(&token)[..]].concat(),
+            );
+            let cp = gw::encode_checkpoint(checks::SECRET, search, c.2, &c.3);
+            write(
+                "checkpoint",
+                &format!("{i}-{j}"),
+                &[&[mode], cp.as_bytes()].concat(),
+            );
+            write(
+                "checkpoint",
+                &format!("{i}-{j}-body"),
+                &[&[mode | 1], &body(&cp)[..]].concat(),
+            );
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! libFuzzer target: `audit_gateway_fuzz::checks::resume_token` (fuzz/src/checks.rs says what it asserts).
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| audit_gateway_fuzz::checks::resume_token(data));
