@@ -2,6 +2,7 @@
 
 mod cache;
 mod callers;
+mod clients;
 mod common;
 mod errors;
 mod follow;
