@@ -6,6 +6,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$(realpath -m "${1:-$here/auditclient}")"
+# Go keeps its build cache under $HOME; give it one where there is no home (some CI).
+[ -n "${GOCACHE:-}${XDG_CACHE_HOME:-}${HOME:-}" ] || export GOCACHE="${TMPDIR:-/tmp}/go-build-cache"
 gopath="$(mktemp -d)"
 trap 'rm -rf "$gopath"' EXIT
 mkdir -p "$gopath/src/example.com/audit-gateway/examples"
