@@ -3,6 +3,7 @@
 mod cache;
 mod callers;
 mod cli;
+mod clients;
 mod common;
 mod errors;
 mod follow;
