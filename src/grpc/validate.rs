@@ -49,15 +49,7 @@ pub(crate) fn stream_params(
             ),
         ));
     }
-    let max_records = match req.max_records {
-        Some(n) if n < 1 => {
-            return Err(GatewayError::invalid(
-                "max_records",
-                format!("must be >= 1 when set, got {n}"),
-            ));
-        }
-        n => n.map(|n| n as u64),
-    };
+    let max_records = max_records(req.max_records)?;
     let cursor = if req.resume_token.is_empty() {
         Cursor::BEGIN
     } else {
@@ -100,6 +92,17 @@ pub(crate) fn page_query(req: &pb::GetSinceRequest) -> Result<PageQuery, Gateway
         start,
         limit,
     })
+}
+
+/// `max_records`: absent means no limit; when set, at least 1.
+fn max_records(n: Option<i64>) -> Result<Option<u64>, GatewayError> {
+    match n {
+        Some(n) if n < 1 => Err(GatewayError::invalid(
+            "max_records",
+            format!("must be >= 1 when set, got {n}"),
+        )),
+        n => Ok(n.map(|n| n as u64)),
+    }
 }
 
 /// `number`: absent means 3; negative is invalid.
@@ -199,15 +202,7 @@ pub(crate) fn follow_params(
             format!("must be at most {MAX_LAG:?}, got {lag:?}"),
         ));
     }
-    let max_records = match req.max_records {
-        Some(n) if n < 1 => {
-            return Err(GatewayError::invalid(
-                "max_records",
-                format!("must be >= 1 when set, got {n}"),
-            ));
-        }
-        n => n.map(|n| n as u64),
-    };
+    let max_records = max_records(req.max_records)?;
     Ok(FollowParams {
         search_string,
         checkpoint,

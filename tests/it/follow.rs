@@ -3,7 +3,7 @@
 //! sharing a millisecond, ties listed in a new order by every request, byte-identical
 //! duplicates and records that become visible late (within `lag`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use audit_gateway::pb::{self, audit_service_client::AuditServiceClient};
 use confluence_sim::{AuditEndpoint, Live, SimulatorConfig};
@@ -11,16 +11,9 @@ use secrecy::SecretString;
 use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::common::{sim_and_gateway, spawn_gateway, test_config};
+use crate::common::{now_ms, sim_and_gateway, spawn_gateway, test_config};
 
 const SALT: &str = "follow-tests-salt-0123456789";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as i64
-}
 
 fn seq(r: &pb::AuditRecord) -> u64 {
     r.summary

@@ -30,20 +30,13 @@ use tonic_health::pb::{
 };
 use tonic_types::StatusExt;
 
-use crate::common::spawn_simulator;
+use crate::common::{now_ms, plain, spawn_simulator};
 
 /// The salt both replicas share, so each accepts the other's resume tokens and checkpoints.
 const SALT: &str = "proxy-tests-salt-shared-by-replicas";
 
 /// How long a replica reports NOT_SERVING before it refuses connections and ends streams.
 const DRAIN_DELAY: &str = "300ms";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as i64
-}
 
 /// A loopback port nothing listens on now (the process we give it to binds it next).
 fn free_port() -> u16 {
@@ -151,24 +144,6 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Strips ANSI escape sequences, should the log be coloured anyway.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// An `audit-gateway serve` process on a port of its own, its stderr kept line by line (the

@@ -19,7 +19,9 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::common::{closed_port, sim_and_gateway, spawn_gateway, spawn_simulator, test_config};
+use crate::common::{
+    closed_port, plain, sim_and_gateway, spawn_gateway, spawn_simulator, test_config,
+};
 
 const AUDIT: &str = "confluence.audit.v1.AuditService";
 const HEALTH: &str = "grpc.health.v1.Health";
@@ -467,24 +469,6 @@ fn serve_reports_a_listen_address_in_use() {
         &addr,
     ]);
     assert!(stderr.contains("--listen"), "{stderr}");
-}
-
-/// Strips ANSI escape sequences, should the log be coloured anyway.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The child's stderr lines, read on a thread.

@@ -224,3 +224,29 @@ pub async fn closed_port() -> SocketAddr {
 pub fn atlassian_sample() -> &'static [u8] {
     include_bytes!("../../fixtures/atlassian-audit-since-sample.json")
 }
+
+/// Strips ANSI escape sequences from a log line, should the log be coloured anyway.
+pub fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Now, epoch ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
