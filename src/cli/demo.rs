@@ -56,6 +56,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
                     .to_owned(),
             ),
             latency: Duration::from_millis(20),
+            // A live log, so a follower shows new records arriving.
+            live: Some(confluence_sim::Live {
+                per_second: 2.0,
+                burst: 3,
+            }),
             ..SimulatorConfig::default()
         },
         sim_listener,
@@ -137,7 +142,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
     );
     println!(
         "query it yourself:\n  cargo run -- get --gateway http://{addr} --number 1 --units DAYS --limit 3\n  \
-         cargo run -- stream --gateway http://{addr} --number 1 --units DAYS --max-records 5\n  \
+         cargo run -- stream --gateway http://{addr} --number 1 --units DAYS --max-records 5 --format table\n  \
+         cargo run -- follow --gateway http://{addr} --since 10m --poll-interval 1s --checkpoint-file audit.checkpoint --output audit.ndjson\n  \
          grpcurl -plaintext -d '{{\"number\":1,\"units\":\"TIME_UNIT_DAYS\",\"limit\":3}}' {addr} confluence.audit.v1.AuditService/GetSince"
     );
     if !args.once {
