@@ -122,6 +122,10 @@ async fn replica(confluence: &str, redis: &RedisServer) -> TestGateway {
     config.cache.redis_url = Some(redis.url().into());
     config.cache.credential_salt = Some(SALT.into());
     config.cache.redis_pause = Duration::from_millis(200);
+    // Roomier than the 50 ms default: on a loaded host a first operation that times out
+    // pauses the tier, and a write it skips (a page, a cool-down) fails a test that waits
+    // for it. The outage tests set their own.
+    config.cache.redis_timeout = Duration::from_millis(250);
     spawn_gateway(config).await
 }
 
