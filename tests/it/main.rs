@@ -3,6 +3,7 @@
 mod cache;
 mod callers;
 mod common;
+mod compression;
 mod errors;
 mod follow;
 mod get_since;
