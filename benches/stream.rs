@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use audit_gateway::pb;
 use confluence_sim::SimulatorConfig;
-use http::uri::PathAndQuery;
-use tonic::{client::Grpc, transport::Channel};
+use support::stream::stream;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -26,42 +24,6 @@ fn main() {
         prefetch_speedup().await;
         peak_rss().await;
     });
-}
-
-/// `StreamSinceResponse` with its records left encoded: the bench counts records rather
-/// than decode them, so the machine's two cores go to the gateway being measured (a real
-/// consumer decodes on its own machine).
-#[derive(Clone, PartialEq, prost::Message)]
-struct Counted {
-    #[prost(bytes = "bytes", repeated, tag = "1")]
-    records: Vec<bytes::Bytes>,
-    #[prost(string, tag = "2")]
-    resume_token: String,
-}
-
-/// Streams the whole window; returns (records, messages).
-async fn stream(client: &mut Grpc<Channel>, pause: Duration) -> (usize, usize) {
-    let req = pb::StreamSinceRequest {
-        page_size: Some(1000),
-        ..Default::default()
-    };
-    client.ready().await.expect("ready");
-    let path = PathAndQuery::from_static("/confluence.audit.v1.AuditService/StreamSince");
-    let codec = tonic_prost::ProstCodec::<pb::StreamSinceRequest, Counted>::default();
-    let mut s = client
-        .server_streaming(tonic::Request::new(req), path, codec)
-        .await
-        .expect("stream")
-        .into_inner();
-    let (mut records, mut messages) = (0, 0);
-    while let Some(m) = s.message().await.expect("stream ok") {
-        records += m.records.len();
-        messages += 1;
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-    }
-    (records, messages)
 }
 
 async fn prefetch_speedup() {

@@ -94,6 +94,68 @@ pub struct GatewayConfig {
     pub http2_keepalive_timeout: Duration,
     /// Largest request message accepted, in bytes (`--max-request-bytes`).
     pub max_request_bytes: usize,
+    /// Which encodings responses may be compressed with when the caller accepts them
+    /// (`--compress-responses`); `None`: always identity.
+    pub compress_responses: ResponseCompression,
+}
+
+/// Which encodings the server compresses responses with, for a caller whose
+/// `grpc-accept-encoding` lists them (`--compress-responses`). Requests are accepted
+/// compressed whatever this says. Off by default: on loopback or a LAN, compressing a
+/// cached page on every hit costs far more CPU than the bytes it saves (BENCHMARKS.md, P7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResponseCompression {
+    /// Identity responses, even to callers that accept gzip or zstd (gRPC allows it).
+    #[default]
+    None,
+    /// gzip to callers that accept it.
+    Gzip,
+    /// zstd to callers that accept it.
+    Zstd,
+    /// gzip or zstd, whichever the caller accepts.
+    Both,
+}
+
+impl ResponseCompression {
+    /// The flag's spellings, in the order help lists them.
+    const NAMES: [(&'static str, Self); 4] = [
+        ("none", Self::None),
+        ("gzip", Self::Gzip),
+        ("zstd", Self::Zstd),
+        ("both", Self::Both),
+    ];
+
+    /// Whether gzip responses are sent to callers that accept them.
+    pub fn gzip(self) -> bool {
+        matches!(self, Self::Gzip | Self::Both)
+    }
+
+    /// Whether zstd responses are sent to callers that accept them.
+    pub fn zstd(self) -> bool {
+        matches!(self, Self::Zstd | Self::Both)
+    }
+}
+
+impl std::fmt::Display for ResponseCompression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = Self::NAMES
+            .iter()
+            .find(|(_, v)| v == self)
+            .map_or("none", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+impl std::str::FromStr for ResponseCompression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|(_, v)| *v)
+            .ok_or_else(|| format!("`{s}`: expected none, gzip, zstd or both"))
+    }
 }
 
 /// Whose credential the gateway sends to Confluence.
@@ -227,6 +289,7 @@ impl GatewayConfig {
         // Requests are small: a 1000-character search string, a checkpoint of at most
         // ~11 KiB. A megabyte leaves room and refuses anything abusive before decoding.
         max_request_bytes: 1 << 20,
+        compress_responses: ResponseCompression::None,
     };
 
     /// A configuration in front of `confluence_url`, everything else default.

@@ -103,6 +103,7 @@ impl Gateway {
                 keepalive_interval: config.http2_keepalive_interval,
                 keepalive_timeout: config.http2_keepalive_timeout,
                 max_request_bytes: config.max_request_bytes,
+                compress_responses: config.compress_responses,
             },
         })
     }

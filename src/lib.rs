@@ -30,7 +30,9 @@ mod tls;
 mod upstream;
 
 pub use cli::{Cli, CommandError};
-pub use config::{CacheConfig, ConfigError, GatewayConfig, UpstreamAuth, UpstreamConfig};
+pub use config::{
+    CacheConfig, ConfigError, GatewayConfig, ResponseCompression, UpstreamAuth, UpstreamConfig,
+};
 pub use error::{GatewayError, UpstreamFailure};
 pub use gateway::{Gateway, shutdown_signal};
 pub use server::ServeError;

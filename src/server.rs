@@ -12,6 +12,7 @@ use tonic::{
 use tonic_health::{ServingStatus, pb::health_server::HealthServer, server::HealthReporter};
 
 use crate::{
+    config::ResponseCompression,
     grpc::AuditGrpc,
     health::DrainingHealth,
     pb::{self, audit_service_server::AuditServiceServer},
@@ -37,6 +38,8 @@ pub(crate) struct ServerSettings {
     pub(crate) keepalive_timeout: Duration,
     /// Largest request message.
     pub(crate) max_request_bytes: usize,
+    /// Encodings responses are compressed with for callers that accept them.
+    pub(crate) compress_responses: ResponseCompression,
 }
 
 /// The gRPC server failed while serving.
@@ -76,12 +79,18 @@ pub(crate) async fn serve(
         .map_err(ServeError::Reflection)?;
 
     let followers = service.stopper();
-    let audit = AuditServiceServer::from_arc(Arc::new(service))
+    let mut audit = AuditServiceServer::from_arc(Arc::new(service))
         .max_decoding_message_size(settings.max_request_bytes)
         .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Zstd);
+        .accept_compressed(CompressionEncoding::Zstd);
+    // tonic compresses each response anew, cached page or not: a caller that merely
+    // advertises gzip (grpcio's default) would otherwise cost a compression per hit.
+    if settings.compress_responses.gzip() {
+        audit = audit.send_compressed(CompressionEncoding::Gzip);
+    }
+    if settings.compress_responses.zstd() {
+        audit = audit.send_compressed(CompressionEncoding::Zstd);
+    }
 
     let draining = reporter.clone();
     let drain_delay = settings.drain_delay;

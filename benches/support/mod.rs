@@ -3,6 +3,10 @@
 // Each bench uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod follow;
+pub mod hit;
+pub mod stream;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,

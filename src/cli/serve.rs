@@ -7,7 +7,9 @@ use clap::Args;
 use secrecy::SecretString;
 
 use super::parse::{Dur, Size};
-use crate::config::{CacheConfig, ConfigError, GatewayConfig, UpstreamAuth, UpstreamConfig};
+use crate::config::{
+    CacheConfig, ConfigError, GatewayConfig, ResponseCompression, UpstreamAuth, UpstreamConfig,
+};
 
 const D: GatewayConfig = GatewayConfig::DEFAULT;
 
@@ -225,6 +227,11 @@ pub(crate) struct ServeArgs {
     /// Largest request message accepted.
     #[arg(long, env = "AUDIT_GATEWAY_MAX_REQUEST_BYTES", default_value_t = Size(D.max_request_bytes as u64))]
     max_request_bytes: Size,
+
+    /// Compress responses for callers that accept it: none, gzip, zstd or both. Off by
+    /// default: inside a mesh the CPU costs more than the bytes saved (BENCHMARKS.md).
+    #[arg(long, env = "AUDIT_GATEWAY_COMPRESS_RESPONSES", default_value_t = D.compress_responses)]
+    compress_responses: ResponseCompression,
 }
 
 /// A secret given inline or in a file (its trailing newline trimmed), by `flag`.
@@ -317,6 +324,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             http2_keepalive_interval: a.http2_keepalive_interval.0,
             http2_keepalive_timeout: a.http2_keepalive_timeout.0,
             max_request_bytes: usize::try_from(a.max_request_bytes.0).unwrap_or(usize::MAX),
+            compress_responses: a.compress_responses,
         })
     }
 }

@@ -5,6 +5,7 @@ mod callers;
 mod cli;
 mod clients;
 mod common;
+mod compression;
 mod errors;
 mod follow;
 mod get_since;
