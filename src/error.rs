@@ -93,6 +93,8 @@ pub enum GatewayError {
         /// The configured idle time-out.
         after: Duration,
     },
+    /// A load nobody waited for any more was dropped before its request was sent.
+    Abandoned,
     /// The gateway is shutting down: a long call ended after its last complete message,
     /// so the caller resumes elsewhere from its last token or checkpoint.
     ShuttingDown,
@@ -122,6 +124,7 @@ impl GatewayError {
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::StreamIdle { .. } => "STREAM_IDLE",
             Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::Abandoned => "ABANDONED",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -167,6 +170,7 @@ impl fmt::Display for GatewayError {
                 f,
                 "the stream was not read for {after:?} and ended; resume from the last token"
             ),
+            Self::Abandoned => f.write_str("no caller waited for this page any more"),
             Self::ShuttingDown => f.write_str(
                 "this gateway replica is shutting down; call again with the last token or \
                  checkpoint (another replica continues)",

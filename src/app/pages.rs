@@ -164,8 +164,8 @@ impl FetchEvents for LoadProgress {
         LoadProgress::retrying(self, error, wait);
     }
 
-    fn sending(&self) {
-        LoadProgress::sending(self);
+    fn sending(&self) -> bool {
+        LoadProgress::sending(self)
     }
 }
 

@@ -223,21 +223,20 @@ struct Producer<P> {
     tokens: Arc<TokenKey>,
 }
 
-/// A page being fetched; dropping it aborts the fetch unless it was let go.
+/// A page being fetched; dropping it stops waiting for it. The load itself goes on while
+/// another caller waits for it or once its request is sent, and is dropped otherwise
+/// (`LoadProgress::sending` in src/cache/memory.rs): look-ahead past a window's end
+/// costs Confluence nothing that has not left already.
 struct Fetch {
     start: i64,
     /// Fetched past the cache, after everything the stream knows was seen.
     fresh: bool,
     task: JoinHandle<Result<PageView, GatewayError>>,
-    /// Finish even when dropped: other streams may be waiting on this very load.
-    let_go: bool,
 }
 
 impl Drop for Fetch {
     fn drop(&mut self) {
-        if !self.let_go {
-            self.task.abort();
-        }
+        self.task.abort();
     }
 }
 
@@ -329,12 +328,7 @@ impl<P: PageSource> Producer<P> {
             }
             .in_current_span(),
         );
-        Fetch {
-            start,
-            fresh,
-            task,
-            let_go: false,
-        }
+        Fetch { start, fresh, task }
     }
 
     async fn run(self, tx: &mpsc::Sender<Item>) -> Result<(), GatewayError> {
@@ -455,12 +449,10 @@ impl<P: PageSource> Producer<P> {
                     }
                     cursor = d.cursor;
                     if remaining == Some(0) {
-                        let_go(ahead);
                         return Ok(());
                     }
                     if reaches_end {
                         // Everything after the boundary up to the log's end was delivered.
-                        let_go(ahead);
                         return Ok(());
                     }
                     if !moved && fetch.fresh {
@@ -485,7 +477,6 @@ impl<P: PageSource> Producer<P> {
                     // Nothing right after a record newer than the boundary (the hint, or one
                     // a search found): arrivals only push records further on, so nothing
                     // at or past the boundary is left. The window is done.
-                    let_go(ahead);
                     return Ok(());
                 }
                 Position::Empty | Position::After if !fetch.fresh => {
@@ -505,7 +496,6 @@ impl<P: PageSource> Producer<P> {
                 }
                 Position::Before if reaches_end => {
                     // All newer, up to the log's end: nothing at or past the boundary is left.
-                    let_go(ahead);
                     return Ok(());
                 }
                 Position::Before => {
@@ -549,12 +539,6 @@ impl<P: PageSource> Producer<P> {
             .pop_front()
             .unwrap_or_else(|| self.fetch(start, false))
     }
-}
-
-/// A normal end: look-ahead loads past the end finish for whoever shares them (aborting
-/// would make each waiting stream start them again).
-fn let_go(mut ahead: VecDeque<Fetch>) {
-    ahead.iter_mut().for_each(|f| f.let_go = true);
 }
 
 /// An encoded page split into its records.

@@ -85,18 +85,31 @@ impl std::fmt::Debug for FlightId {
 
 impl LoadProgress {
     /// A request is about to be sent upstream: from now on, a refresh asked for later
-    /// cannot take this load's answer as fresh, so it no longer joins it.
-    pub(crate) fn sending(&self) {
-        if let Some(f) = &self.flight {
-            // Under the map's lock: a refresh that joined did so before this, hence
-            // before the request left.
-            let mut flights = lock(&f.flights);
-            if let Some(entry) = flights.by_key.get_mut(&f.key)
-                && entry.id == f.id
-            {
-                entry.sent = true;
+    /// cannot take this load's answer as fresh, so it no longer joins it. False when no
+    /// caller waits for this load any more (a stream that reached its window's end
+    /// dropped its look-ahead, say): then it is taken off the map and sends nothing, and
+    /// a caller who comes later starts a load of its own.
+    pub(crate) fn sending(&self) -> bool {
+        let (Some(f), Some(tx)) = (&self.flight, &self.tx) else {
+            return true;
+        };
+        // Under the map's lock: a caller that joined did so before this, hence holds a
+        // receiver now, and one that comes after sees the entry as it is left here.
+        let mut flights = lock(&f.flights);
+        let ours = flights.by_key.get(&f.key).is_some_and(|e| e.id == f.id);
+        // The map's own entry holds one receiver; every waiting caller holds another.
+        if tx.receiver_count() <= usize::from(ours) {
+            if ours {
+                flights.by_key.remove(&f.key);
             }
+            return false;
         }
+        if let Some(entry) = flights.by_key.get_mut(&f.key)
+            && entry.id == f.id
+        {
+            entry.sent = true;
+        }
+        true
     }
 
     /// The last attempt failed with `error`; the next begins after `wait`.

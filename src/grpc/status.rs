@@ -50,6 +50,8 @@ fn code(err: &GatewayError) -> Code {
         GatewayError::StreamIdle { .. } => Code::DeadlineExceeded,
         // The code clients and meshes retry.
         GatewayError::ShuttingDown => Code::Unavailable,
+        // Only a load nobody waits for ends so; should one reach a caller, it was cut.
+        GatewayError::Abandoned => Code::Cancelled,
         GatewayError::Internal(_) => Code::Internal,
     }
 }

@@ -57,8 +57,9 @@ pub(crate) trait FetchEvents {
     /// An attempt failed with `error`, or a cool-down holds the next one back; the next
     /// begins after `wait`.
     fn retrying(&self, error: &GatewayError, wait: Duration);
-    /// A request is about to be sent to Confluence.
-    fn sending(&self);
+    /// A request is about to be sent to Confluence; false: nobody wants its answer any
+    /// more, so it is not sent.
+    fn sending(&self) -> bool;
 }
 
 /// A 200 body and the body permit it was read under. They go together: whoever holds
@@ -368,7 +369,9 @@ impl ConfluenceClient {
         }
         let started = Instant::now();
         METRICS.upstream_attempts.inc();
-        events.sending();
+        if !events.sending() {
+            return Err(GatewayError::Abandoned);
+        }
         let in_flight = InFlight::start();
         let exchanged = self.exchange(request, budget, failed).await;
         drop(in_flight);

@@ -637,3 +637,52 @@ async fn a_token_older_than_the_window_ends_promptly_without_walking_it() {
     let asked = sim.request_count() - before;
     assert!(asked <= 30, "{asked} requests");
 }
+
+/// Look-ahead past a window's end is dropped once the stream ends: loads still waiting
+/// for an upstream slot send nothing, since nobody waits for them any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn look_ahead_past_the_end_sends_nothing_once_the_stream_is_done() {
+    let (sim, gw) = setup(
+        5_050,
+        SimulatorConfig {
+            latency: Duration::from_millis(30),
+            ..Default::default()
+        },
+        |c| {
+            // One request at a time, so look-ahead queues for its slot.
+            c.upstream.concurrency = 1;
+            c.stream_prefetch = 8;
+        },
+    )
+    .await;
+    let mut client = gw.client.clone();
+    let messages = stream_all(&mut client, window(1000)).await;
+    assert_eq!(seqs(&messages), whole(5_050));
+    // Queued behind whatever look-ahead is left (the slot is first come, first served):
+    // when it is answered, every earlier load has been sent or dropped.
+    let mut sentinel = client.clone();
+    sentinel
+        .get_since(pb::GetSinceRequest {
+            start: Some(1),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .expect("sentinel");
+    let starts: Vec<i64> = sim
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            r.query
+                .iter()
+                .find(|(k, _)| k == "start")
+                .and_then(|(_, v)| v.parse().ok())
+        })
+        .collect();
+    let past_end = starts.iter().filter(|&&s| s >= 5_050).count();
+    // The page after the short one may have been in flight already; the rest queued.
+    assert!(
+        past_end <= 2,
+        "{past_end} requests past the window's end (starts {starts:?})"
+    );
+}
