@@ -20,14 +20,17 @@
 use std::{
     collections::VecDeque,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{Notify, mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use tokio_stream::Stream;
@@ -145,6 +148,7 @@ pub(crate) fn start<P: PageSource>(
         req,
         prefetch: prefetch.max(1),
         tokens,
+        landed: Arc::default(),
     };
     supervise("StreamSince", held, |tx, idle| producer.produce(tx, idle))
 }
@@ -221,6 +225,8 @@ struct Producer<P> {
     req: StreamRequest,
     prefetch: usize,
     tokens: Arc<TokenKey>,
+    /// Told whenever a fetch lands (see `prune`).
+    landed: Arc<Notify>,
 }
 
 /// A page being fetched; dropping it stops waiting for it. The load itself goes on while
@@ -232,6 +238,35 @@ struct Fetch {
     /// Fetched past the cache, after everything the stream knows was seen.
     fresh: bool,
     task: JoinHandle<Result<PageView, GatewayError>>,
+    /// How many records the page held, once it landed (-1 before).
+    records: Arc<AtomicI64>,
+}
+
+impl Fetch {
+    /// The page's record count, once it landed.
+    fn landed(&self) -> Option<i64> {
+        Some(self.records.load(Ordering::Acquire)).filter(|n| *n >= 0)
+    }
+}
+
+/// Drops the fetches queued after one that landed shorter than `largest`: that page
+/// reaches the log's end, so the stream ends there or, should it not cover, clears the
+/// pipeline; the pages after it are wasted requests either way. Whether fetches may be
+/// added after it.
+fn prune(ahead: &mut VecDeque<Fetch>, largest: i64) -> bool {
+    if largest == 0 {
+        return true;
+    }
+    match ahead
+        .iter()
+        .position(|f| f.landed().is_some_and(|n| n < largest))
+    {
+        Some(short) => {
+            ahead.truncate(short + 1);
+            false
+        }
+        None => true,
+    }
 }
 
 impl Drop for Fetch {
@@ -309,6 +344,8 @@ impl<P: PageSource> Producer<P> {
         let credential = self.req.credential.clone();
         let refresh = self.req.refresh || fresh;
         let deadline = self.req.deadline;
+        let records = Arc::new(AtomicI64::new(-1));
+        let (count, landed) = (records.clone(), self.landed.clone());
         let task = tokio::spawn(
             async move {
                 let query = query.map_err(|_| {
@@ -324,11 +361,19 @@ impl<P: PageSource> Producer<P> {
                         deadline,
                     })
                     .await?;
-                decode(&page)
+                let view = decode(&page)?;
+                count.store(view.records.len() as i64, Ordering::Release);
+                landed.notify_one();
+                Ok(view)
             }
             .in_current_span(),
         );
-        Fetch { start, fresh, task }
+        Fetch {
+            start,
+            fresh,
+            task,
+            records,
+        }
     }
 
     async fn run(self, tx: &mpsc::Sender<Item>) -> Result<(), GatewayError> {
@@ -367,15 +412,24 @@ impl<P: PageSource> Producer<P> {
             let stride = (page_limit - OVERLAP.min(page_limit - 1)).max(1);
             let mut fetch = match std::mem::replace(&mut next, Next::Pipeline) {
                 Next::Serial(f) => f,
-                Next::Pipeline => self.next_in_pipeline(&mut ahead, cursor.start, stride, window),
+                Next::Pipeline => {
+                    self.next_in_pipeline(&mut ahead, cursor.start, stride, window, largest)
+                }
             };
-            let page = tokio::select! {
-                joined = &mut fetch.task => joined.map_err(|e| {
-                    GatewayError::Internal(format!("page fetch task failed: {e}"))
-                })??,
-                _ = tx.closed() => return Ok(()),
-                // An error means the gateway dropped the signal: nothing to stop for.
-                Ok(_) = stopping.wait_for(|s| *s) => return Err(GatewayError::ShuttingDown),
+            let page = loop {
+                tokio::select! {
+                    joined = &mut fetch.task => break joined.map_err(|e| {
+                        GatewayError::Internal(format!("page fetch task failed: {e}"))
+                    })??,
+                    _ = tx.closed() => return Ok(()),
+                    // An error means the gateway dropped the signal: nothing to stop for.
+                    Ok(_) = stopping.wait_for(|s| *s) => return Err(GatewayError::ShuttingDown),
+                    // A look-ahead page landed while this one is awaited: if it is short,
+                    // nothing behind it is needed.
+                    () = self.landed.notified() => {
+                        prune(&mut ahead, largest);
+                    }
+                }
             };
             let (at, n) = (fetch.start, page.records.len() as i64);
             // Shorter than a page already seen: this page reaches the log's end.
@@ -440,7 +494,20 @@ impl<P: PageSource> Producer<P> {
                             METRICS.stream_records.inc_by(records.len() as u64);
                             let message = wire::stream_message(&records, &token);
                             let idle = self.req.idle_timeout;
-                            match tokio::time::timeout(idle, tx.send(Ok(message))).await {
+                            // While the reader holds the stream back, a look-ahead page
+                            // that lands short ends the look-ahead behind it at once:
+                            // other streams of the window wait for nothing past its end.
+                            let send = tokio::time::timeout(idle, tx.send(Ok(message)));
+                            tokio::pin!(send);
+                            let sent = loop {
+                                tokio::select! {
+                                    sent = &mut send => break sent,
+                                    () = self.landed.notified() => {
+                                        prune(&mut ahead, largest);
+                                    }
+                                }
+                            };
+                            match sent {
                                 Ok(Ok(())) => {}
                                 Ok(Err(_)) => return Ok(()),
                                 Err(_) => return Err(GatewayError::StreamIdle { after: idle }),
@@ -522,16 +589,18 @@ impl<P: PageSource> Producer<P> {
     }
 
     /// The next page of the pipeline: the oldest prediction, or one at `start`; keeps
-    /// `window` pages in flight, `stride` apart.
+    /// `window` pages in flight, `stride` apart, none past a page known to be short.
     fn next_in_pipeline(
         &self,
         ahead: &mut VecDeque<Fetch>,
         start: i64,
         stride: i64,
         window: usize,
+        largest: i64,
     ) -> Fetch {
+        let extend = prune(ahead, largest);
         let mut next = ahead.back().map_or(start, |f| f.start + stride);
-        while ahead.len() < window {
+        while extend && ahead.len() < window {
             ahead.push_back(self.fetch(next, false));
             next += stride;
         }
