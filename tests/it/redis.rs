@@ -10,7 +10,7 @@ use std::{
 };
 
 use audit_gateway::{Gateway, UpstreamAuth, metrics::METRICS, pb};
-use confluence_sim::{Fault, SimulatorConfig};
+use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -129,7 +129,8 @@ async fn replica(confluence: &str, redis: &RedisServer) -> TestGateway {
     spawn_gateway(config).await
 }
 
-fn page(start: i32) -> pb::GetSinceRequest {
+/// A page of 10 records from `start`.
+pub(crate) fn page(start: i32) -> pb::GetSinceRequest {
     pb::GetSinceRequest {
         start: Some(start),
         limit: Some(10),
@@ -137,9 +138,15 @@ fn page(start: i32) -> pb::GetSinceRequest {
     }
 }
 
-/// Polls until `f` holds, a bounded number of times.
-async fn until(mut f: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..100 {
+/// Polls until `f` holds, for at most 2 s.
+async fn until(f: impl AsyncFnMut() -> bool) -> bool {
+    until_for(Duration::from_secs(2), f).await
+}
+
+/// Polls until `f` holds, for at most `limit`.
+pub(crate) async fn until_for(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
         if f().await {
             return true;
         }
@@ -429,7 +436,7 @@ async fn no_cache_refreshes_the_shared_tier_too() {
 }
 
 /// The simulator's requests for pages starting at `start`, in order.
-fn received_at(sim: &confluence_sim::SimulatorHandle, start: i32) -> Vec<Instant> {
+pub(crate) fn received_at(sim: &confluence_sim::SimulatorHandle, start: i32) -> Vec<Instant> {
     let start = start.to_string();
     sim.requests()
         .into_iter()
@@ -438,12 +445,16 @@ fn received_at(sim: &confluence_sim::SimulatorHandle, start: i32) -> Vec<Instant
         .collect()
 }
 
-#[tokio::test]
-async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_is_ignored() {
-    let redis = RedisServer::start().await;
-    let sim = spawn_simulator(SimulatorConfig::default()).await;
-    let mut a = replica(&sim.base_url(), &redis).await;
-    let mut b = replica(&sim.base_url(), &redis).await;
+/// After a 429 with `Retry-After: 2` at replica `a`, a request of replica `b` waits until
+/// the cool-down ends: it travels through the shared tier, whose keys `keys` lists. Both
+/// calls then succeed, with one upstream request each (`warm`: requests made before).
+pub(crate) async fn a_cool_down_holds_the_other_replica_back(
+    sim: &SimulatorHandle,
+    mut a: TestGateway,
+    b: &mut TestGateway,
+    mut keys: impl AsyncFnMut() -> Vec<String>,
+    warm: usize,
+) {
     sim.push_faults([Fault::Status {
         code: 429,
         retry_after: Some("2".into()),
@@ -453,10 +464,10 @@ async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_
     let first = tokio::spawn(async move { a.client.get_since(page(0)).await });
     let is_cool_down = |k: &String| k.starts_with("audit-gateway:v1:cooldown:");
     assert!(
-        until(async || redis.keys().await.iter().any(is_cool_down)).await,
+        until(async || keys().await.iter().any(is_cool_down)).await,
         "the cool-down was not shared"
     );
-    let refused_at = received_at(&sim, 0)[0];
+    let refused_at = received_at(sim, 0)[0];
     // B asks for another page within the cool-down: it waits, then asks Confluence.
     b.client
         .get_since(page(10))
@@ -466,7 +477,7 @@ async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_
         .await
         .expect("no panic")
         .expect("a after the cool-down");
-    let asked = received_at(&sim, 10);
+    let asked = received_at(sim, 10);
     assert_eq!(asked.len(), 1);
     let after = asked[0].duration_since(refused_at);
     assert!(
@@ -475,9 +486,19 @@ async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_
     );
     assert_eq!(
         sim.request_count(),
-        3,
+        warm + 3,
         "the 429, then one request per replica"
     );
+}
+
+#[tokio::test]
+async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_is_ignored() {
+    let redis = RedisServer::start().await;
+    let sim = spawn_simulator(SimulatorConfig::default()).await;
+    let a = replica(&sim.base_url(), &redis).await;
+    let mut b = replica(&sim.base_url(), &redis).await;
+    a_cool_down_holds_the_other_replica_back(&sim, a, &mut b, async || redis.keys().await, 0).await;
+    let is_cool_down = |k: &String| k.starts_with("audit-gateway:v1:cooldown:");
 
     // A value without the salt's MAC, under the same key, asking for a minute: ignored.
     let key = redis

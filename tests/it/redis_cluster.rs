@@ -14,14 +14,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{Gateway, UpstreamAuth, metrics::METRICS, pb};
-use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
+use audit_gateway::{Gateway, UpstreamAuth, metrics::METRICS};
+use confluence_sim::SimulatorConfig;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
 };
 
-use crate::common::{TestGateway, spawn_gateway, spawn_simulator, test_config};
+use crate::{
+    common::{TestGateway, spawn_gateway, spawn_simulator, test_config},
+    redis::{a_cool_down_holds_the_other_replica_back, page, until_for},
+};
 
 /// One node of the test's cluster.
 struct Node {
@@ -245,18 +248,6 @@ async fn command(port: u16, args: &[&str]) -> Option<Reply> {
     }
 }
 
-/// Polls until `f` holds, for at most `limit`.
-async fn until_for(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 const SALT: &str = "shared-by-all-replicas";
 const TOKEN: &str = "SECRET-PAT-4711";
 
@@ -278,14 +269,6 @@ async fn replica_of(confluence: &str, seeds: String) -> TestGateway {
     // them.
     config.cache.redis_timeout = Duration::from_millis(250);
     spawn_gateway(config).await
-}
-
-fn page(start: i32) -> pb::GetSinceRequest {
-    pb::GetSinceRequest {
-        start: Some(start),
-        limit: Some(10),
-        ..Default::default()
-    }
 }
 
 /// Fetches fresh pages (from `start` on) through `gw` until one lands in the cluster:
@@ -442,16 +425,6 @@ async fn a_master_killed_mid_traffic_fails_no_call() {
     );
 }
 
-/// The simulator's requests for pages starting at `start`, in order.
-fn received_at(sim: &SimulatorHandle, start: i32) -> Vec<Instant> {
-    let start = start.to_string();
-    sim.requests()
-        .into_iter()
-        .filter(|r| r.query.iter().any(|(k, v)| k == "start" && *v == start))
-        .map(|r| r.received)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_cool_down_one_replica_started_holds_the_others_back_through_the_cluster() {
     let cluster = Cluster::start().await;
@@ -461,45 +434,8 @@ async fn a_cool_down_one_replica_started_holds_the_others_back_through_the_clust
     warm_up(&mut a, &cluster, 100_000).await;
     warm_up(&mut b, &cluster, 200_000).await;
     let warm = sim.request_count();
-    sim.push_faults([Fault::Status {
-        code: 429,
-        retry_after: Some("2".into()),
-        body: None,
-    }]);
-    // A is refused, cools down for 2 s (within its --upstream-max-backoff) and retries.
-    let first = tokio::spawn(async move { a.client.get_since(page(0)).await });
-    let is_cool_down = |k: &String| k.starts_with("audit-gateway:v1:cooldown:");
-    assert!(
-        until_for(Duration::from_secs(2), async || cluster
-            .keys()
-            .await
-            .iter()
-            .any(is_cool_down))
-        .await,
-        "the cool-down was not shared"
-    );
-    let refused_at = received_at(&sim, 0)[0];
-    // B asks for another page within the cool-down: it waits, then asks Confluence.
-    b.client
-        .get_since(page(10))
-        .await
-        .expect("b after the cool-down");
-    first
-        .await
-        .expect("no panic")
-        .expect("a after the cool-down");
-    let asked = received_at(&sim, 10);
-    assert_eq!(asked.len(), 1);
-    let after = asked[0].duration_since(refused_at);
-    assert!(
-        after >= Duration::from_millis(1900),
-        "replica b asked Confluence {after:?} after the 429 that asked for 2 s"
-    );
-    assert_eq!(
-        sim.request_count(),
-        warm + 3,
-        "the 429, then one request per replica"
-    );
+    a_cool_down_holds_the_other_replica_back(&sim, a, &mut b, async || cluster.keys().await, warm)
+        .await;
 }
 
 #[tokio::test]
