@@ -16,12 +16,12 @@ use tonic::{
 };
 
 use super::{
-    output::{CommandError, Format, Progress, RecordWriter, page_json},
+    output::{CommandError, Format, Progress, RecordWriter},
     parse::Dur,
 };
 use crate::{
     audit::TimeUnit,
-    pb::{self, audit_service_client::AuditServiceClient},
+    pb::{self, audit_service_client::AuditServiceClient, convert::ToJson},
 };
 
 /// How the client commands reach a gateway.
@@ -250,7 +250,7 @@ pub(crate) async fn get(args: &GetArgs) -> Result<(), CommandError> {
     let page = get_page(args).await?;
     let mut out = RecordWriter::new(open_output(args.output.as_deref())?, args.format, false);
     if args.format == Format::Json {
-        let json = serde_json::to_string_pretty(&page_json(&page))
+        let json = serde_json::to_string_pretty(&page.to_json())
             .map_err(|e| CommandError::other(e.to_string()))?;
         writeln!(out.get_mut(), "{json}").map_err(CommandError::output)?;
     } else {

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use super::{
     call::{self, CallArgs, ConnectArgs, GetArgs, StreamArgs},
-    output::{Format, page_json},
+    output::Format,
     parse::Dur,
 };
 use crate::{
@@ -20,6 +20,7 @@ use crate::{
     config::{GatewayConfig, UpstreamAuth},
     credential::Credential,
     gateway::{Gateway, shutdown_signal},
+    pb::convert::ToJson,
 };
 
 const DEMO_EMAIL: &str = "demo@example.com";
@@ -118,7 +119,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
     let warm = Instant::now();
     call::get_page(&get).await.map_err(|e| e.to_string())?;
     let warm = warm.elapsed();
-    let page = serde_json::to_string_pretty(&page_json(&page)).map_err(|e| e.to_string())?;
+    let page = serde_json::to_string_pretty(&page.to_json()).map_err(|e| e.to_string())?;
     println!("GetSince(number=1, units=DAYS, limit=2) answered:\n{page}");
     println!(
         "first call {cold:.1?} (upstream fetch), second {warm:.1?} (page cache); upstream requests so far: {}",

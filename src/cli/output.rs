@@ -8,8 +8,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::Value;
-
 use crate::pb::{self, convert::ToJson};
 
 /// How records are written.
@@ -196,11 +194,6 @@ impl fmt::Display for Iso {
     }
 }
 
-/// A page's JSON with its records, for `get --format json`.
-pub(crate) fn page_json(page: &pb::GetSinceResponse) -> Value {
-    page.to_json()
-}
-
 /// Records, messages, rate (and, when following, how far behind now), on one line of
 /// stderr redrawn at most a few times a second; silent when stderr is not a terminal.
 pub(crate) struct Progress {
@@ -314,6 +307,8 @@ impl fmt::Display for CommandError {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn record(summary: &str) -> pb::AuditRecord {

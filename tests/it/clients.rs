@@ -5,16 +5,14 @@
 use std::{
     ffi::OsString,
     fs,
-    io::Read,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use confluence_sim::SimulatorConfig;
 
-use crate::common::sim_and_gateway;
+use crate::common::{Finished, finish_within, sim_and_gateway};
 
 /// What every example prints on success, against the default simulator (5000 records,
 /// 5 s apart, the newest dated at start): a page of 100 from the last hour, 60 streamed
@@ -156,7 +154,7 @@ struct Outcome {
 
 /// Runs `command` to its end, killing it after `timeout`.
 fn run(command: &mut Command, timeout: Duration) -> Outcome {
-    let mut child = match command
+    let child = match command
         .current_dir(root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -172,29 +170,11 @@ fn run(command: &mut Command, timeout: Duration) -> Outcome {
             };
         }
     };
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().expect("piped")));
-    let stderr = read_all(Box::new(child.stderr.take().expect("piped")));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait on the child") {
-            break Some(status);
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = stdout.join().expect("stdout reader");
-    let stderr = stderr.join().expect("stderr reader");
+    let Finished {
+        status,
+        stdout,
+        stderr,
+    } = finish_within(child, timeout);
     let text = format!(
         "--- status: {} ---\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}",
         status.map_or(format!("killed after {timeout:?}"), |s| s.to_string())

@@ -2,12 +2,12 @@
 //! gateway binary in front of a Python stand-in for Confluence (tests/interop/*.py).
 
 use std::{
-    io::Read,
     path::Path,
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use crate::common::{Finished, finish_within};
 
 /// Longest a Python program may run (stub generation, gateway start, calls, shutdown).
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -53,7 +53,7 @@ fn run_python(script: &str, passes: usize) {
         );
     }
 
-    let mut child = Command::new(&python)
+    let child = Command::new(&python)
         .arg(root.join("tests/interop").join(script))
         .arg(env!("CARGO_BIN_EXE_audit-gateway"))
         .current_dir(root)
@@ -64,34 +64,13 @@ fn run_python(script: &str, passes: usize) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 starts");
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().expect("piped")));
-    let stderr = read_all(Box::new(child.stderr.take().expect("piped")));
-
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait on python3") {
-            break Some(status);
-        }
-        if started.elapsed() > TIMEOUT {
-            // The script's own watchdog stops its gateway first; this is the backstop.
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    let output = format!(
-        "--- stdout ---\n{}--- stderr ---\n{}",
-        stdout.join().expect("stdout reader"),
-        stderr.join().expect("stderr reader")
-    );
+    // The script's own watchdog stops its gateway first; the time limit is the backstop.
+    let Finished {
+        status,
+        stdout,
+        stderr,
+    } = finish_within(child, TIMEOUT);
+    let output = format!("--- stdout ---\n{stdout}--- stderr ---\n{stderr}");
     match status {
         None => panic!("{script} did not finish within {TIMEOUT:?}\n{output}"),
         Some(s) => assert!(s.success(), "{script} failed ({s})\n{output}"),

@@ -250,3 +250,45 @@ pub fn now_ms() -> i64 {
         .expect("after 1970")
         .as_millis() as i64
 }
+
+/// How a child process ended, with everything it wrote.
+pub struct Finished {
+    /// Its exit status; `None` when it was killed at the time limit.
+    pub status: Option<std::process::ExitStatus>,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Waits for `child` (stdout and stderr piped) to end, reading both pipes meanwhile so it
+/// never blocks on a full one; kills it after `timeout`.
+pub fn finish_within(mut child: std::process::Child, timeout: Duration) -> Finished {
+    use std::io::Read;
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("stdout piped")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("stderr piped")));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait on the child") {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Finished {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
