@@ -98,6 +98,9 @@ pub enum GatewayError {
     /// The gateway is shutting down: a long call ended after its last complete message,
     /// so the caller resumes elsewhere from its last token or checkpoint.
     ShuttingDown,
+    /// Confluence breaks a rule the gateway relies on and retrying cannot help (it ignores
+    /// the date range asked): the call ends rather than flood it with requests.
+    UpstreamContract(String),
     /// A defect in the gateway itself.
     Internal(String),
 }
@@ -125,6 +128,7 @@ impl GatewayError {
             Self::StreamIdle { .. } => "STREAM_IDLE",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Abandoned => "ABANDONED",
+            Self::UpstreamContract(_) => "UPSTREAM_BREAKS_CONTRACT",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -155,6 +159,7 @@ impl fmt::Display for GatewayError {
             Self::MissingCredential(m)
             | Self::DeadlineExceeded(m)
             | Self::MalformedBody(m)
+            | Self::UpstreamContract(m)
             | Self::Internal(m) => f.write_str(m),
             Self::Upstream { message, .. } => f.write_str(message),
             Self::BodyTooLarge { limit } => {

@@ -146,6 +146,11 @@ pub struct Metrics {
     pub follow_late_records: Counter,
     /// Milliseconds holding more records than a page, paged by offset by a follower.
     pub follow_tie_overflows: Counter,
+    /// Records a range listing returned outside the range asked (bounds rounded upstream),
+    /// left to the range that holds them.
+    pub follow_out_of_range_records: Counter,
+    /// Reads at a page's end to learn whether the page held its whole range.
+    pub follow_confirm_reads: Counter,
     /// Authenticated calls, by caller name.
     caller_calls: Family<CallerLabel, Counter>,
 }
@@ -212,6 +217,14 @@ impl Metrics {
         let follow_tie_overflows = counter(
             "follow_tie_overflows",
             "Milliseconds holding more records than a page, read by offset.",
+        );
+        let follow_out_of_range_records = counter(
+            "follow_out_of_range_records",
+            "Records Confluence listed outside the date range asked (coarse bounds), not delivered from it.",
+        );
+        let follow_confirm_reads = counter(
+            "follow_confirm_reads",
+            "Reads at a page's end confirming that a page held its whole date range.",
         );
         let upstream_failures = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -303,6 +316,8 @@ impl Metrics {
             follow_heartbeats,
             follow_late_records,
             follow_tie_overflows,
+            follow_out_of_range_records,
+            follow_confirm_reads,
             caller_calls,
         }
     }

@@ -34,7 +34,7 @@ use crate::{
     app::PageRequest,
     audit::{
         PageQuery, Span, checkpoint,
-        follow::{self, Checkpoint, Plan, Slice},
+        follow::{self, Checkpoint, Length, Listing, OutOfBounds, Plan, Slice},
         resume::TokenKey,
     },
     credential::Credential,
@@ -52,6 +52,17 @@ const MAX_MESSAGE_BYTES: usize = 2 << 20;
 const MAX_OVERFLOW_PAGES: usize = 1000;
 /// Late checks remembered (each is one range of one filter).
 const MAX_LATE_CHECKS: usize = 4096;
+/// The limit every range page asks for.
+const ASKED: usize = PageQuery::MAX_LIMIT as usize;
+
+/// The follower's now, epoch ms: Confluence's clock as the gateway sees it, since ranges
+/// settle by the dates Confluence gives its records.
+pub(crate) type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The gateway's own clock, for a gateway that has no view of Confluence's yet.
+pub(crate) fn system_clock() -> Clock {
+    Arc::new(now_ms)
+}
 
 /// One validated `Follow` call.
 #[derive(Clone, Debug)]
@@ -108,6 +119,11 @@ pub(crate) struct Shared {
     /// find it in the Redis tier. Every follower of a replica shares it, so they still
     /// read at the same moment, through one load.
     pub tick_spread: f64,
+    /// What the range listing's answers proved about Confluence's cap and bounds, learned
+    /// by every follower of the gateway (`audit::follow::Listing`).
+    pub listing: Arc<Mutex<Listing>>,
+    /// Now, by Confluence's clock.
+    pub clock: Clock,
 }
 
 /// Starts a follower; `held` (its `--max-streams` slot) goes when it returns.
@@ -123,7 +139,6 @@ pub(crate) fn start<P: PageSource>(
         remaining: req.max_records,
         req,
         shared,
-        largest: 0,
     };
     stream::supervise("Follow", held, |tx, idle| follower.produce(tx, idle))
 }
@@ -132,9 +147,6 @@ struct Follower<P> {
     pages: P,
     req: FollowRequest,
     shared: Shared,
-    /// The most records a page has held: without a `limit` in Confluence's answer, a
-    /// page shorter than this holds its whole range.
-    largest: usize,
     /// Records still to deliver under `max_records`.
     remaining: Option<u64>,
 }
@@ -183,7 +195,7 @@ impl<P: PageSource> Follower<P> {
         let mut last_head: Option<(Slice, usize)> = None;
         loop {
             self.stop_if_stopping()?;
-            let edge = follow::settled(now_ms(), lag, poll);
+            let edge = follow::settled(self.now(), lag, poll);
             let mut sent = false;
             if edge >= cp.next {
                 // From the grid line at or before `next`, so that a follower that started
@@ -212,7 +224,8 @@ impl<P: PageSource> Follower<P> {
             }
             // Spread by at most 2 s, well under any poll interval (at least 1 s … 2 s).
             let spread = (self.shared.tick_spread * poll.min(4_000) as f64) as i64;
-            let wait = follow::next_tick(now_ms(), lag, poll).saturating_sub(now_ms()) + spread;
+            let now = self.now();
+            let wait = follow::next_tick(now, lag, poll).saturating_sub(now) + spread;
             let wake = tokio::time::Instant::now() + Duration::from_millis(wait.max(0) as u64);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
@@ -221,6 +234,10 @@ impl<P: PageSource> Follower<P> {
                 Ok(_) = stopping.wait_for(|s| *s) => return Err(GatewayError::ShuttingDown),
             }
         }
+    }
+
+    fn now(&self) -> i64 {
+        (self.shared.clock)()
     }
 
     fn stop_if_stopping(&self) -> Result<(), GatewayError> {
@@ -255,18 +272,22 @@ impl<P: PageSource> Follower<P> {
                 .remove(&slice)
                 .unwrap_or_else(|| self.fetch(slice, 0, false));
             let page = join(fetch).await?;
-            let complete = self.complete(&page);
-            let records = match follow::plan(slice, &page.records, complete) {
-                Plan::Whole => page.records,
+            let complete = self.whole(slice, &page).await?;
+            let grain = self.listing().grain;
+            let records = match follow::plan(slice, &page.records, complete, grain) {
+                Plan::Whole => {
+                    if slice == range {
+                        let inside = page.records.len() - follow::outside(slice, &page.records);
+                        whole = Some((slice, inside));
+                    }
+                    page.records
+                }
                 Plan::Split(pieces) => {
                     stack.extend(pieces.into_iter().rev());
                     continue;
                 }
                 Plan::Overflow => self.overflow(slice, page).await?,
             };
-            if slice == range && complete {
-                whole = Some((slice, records.len()));
-            }
             match self.deliver(slice, &records, cp, tx).await? {
                 None => return Ok(Read::Over),
                 Some(s) => sent |= s,
@@ -275,38 +296,72 @@ impl<P: PageSource> Follower<P> {
         Ok(Read::Done { sent, whole })
     }
 
-    /// Whether a page holds its whole range: fewer records than the `limit` Confluence
-    /// says it applied; without one, fewer than a page has held.
-    fn complete(&mut self, page: &PageView) -> bool {
+    /// Whether `page`, the newest of `slice`, holds the whole slice: judged from the page
+    /// lengths Confluence returned (never from the `limit` it echoes), and when they cannot
+    /// tell, from a read at the page's end.
+    async fn whole(&self, slice: Slice, page: &PageView) -> Result<bool, GatewayError> {
         let n = page.records.len();
-        let whole = if page.limit > 0 {
-            n < page.limit.min(PageQuery::MAX_LIMIT) as usize
-        } else {
-            n < self.largest
-        };
-        self.largest = self.largest.max(n);
-        n == 0 || whole
+        match self.judge(slice, page)? {
+            Length::Whole => Ok(true),
+            Length::Cut => Ok(false),
+            Length::Unsure => {
+                METRICS.follow_confirm_reads.inc();
+                let start = i32::try_from(n).unwrap_or(i32::MAX);
+                let next = join(self.fetch(slice, start, false)).await?;
+                self.judge(slice, &next)?;
+                let beyond = !next.records.is_empty();
+                if beyond {
+                    self.listing().cut(n);
+                }
+                Ok(!beyond)
+            }
+        }
     }
 
-    /// Every record of one millisecond holding more than a page, paged by offset.
+    /// What a page's length proves, learning from it; FAILED_PRECONDITION for a page
+    /// that shows Confluence ignores the range.
+    fn judge(&self, slice: Slice, page: &PageView) -> Result<Length, GatewayError> {
+        follow::check_bounds(slice, &page.records).map_err(ignored_range)?;
+        let n = page.records.len();
+        let echo = usize::try_from(page.limit).unwrap_or(0);
+        let mut listing = self.listing();
+        let judged = listing.judge(n, ASKED, echo);
+        listing.served(n);
+        listing.bounds(slice, &page.records);
+        Ok(judged)
+    }
+
+    fn listing(&self) -> std::sync::MutexGuard<'_, Listing> {
+        self.shared
+            .listing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every record of a slice that cutting cannot narrow, paged by offset: one
+    /// millisecond holding more than a page, or a slice whose first page is all records
+    /// after it (bounds rounded upstream).
     async fn overflow(
         &mut self,
         slice: Slice,
         first: PageView,
     ) -> Result<Vec<Bytes>, GatewayError> {
-        METRICS.follow_tie_overflows.inc();
-        tracing::warn!(
-            at = slice.from,
-            "a millisecond holds more records than a page: if Confluence reorders them \
-             between requests, some of them can be missed or repeated"
-        );
+        if slice.from == slice.to {
+            METRICS.follow_tie_overflows.inc();
+            tracing::warn!(
+                at = slice.from,
+                "a millisecond holds more records than a page: if Confluence reorders them \
+                 between requests, some of them can be missed or repeated"
+            );
+        }
         let mut records = first.records;
         for _ in 0..MAX_OVERFLOW_PAGES {
             let start = i32::try_from(records.len()).unwrap_or(i32::MAX);
             let page = join(self.fetch(slice, start, false)).await?;
-            let complete = self.complete(&page);
+            // Unsure is no end: the next offset is the confirming read.
+            let length = self.judge(slice, &page)?;
             records.extend(page.records);
-            if complete {
+            if length == Length::Whole {
                 return Ok(records);
             }
         }
@@ -324,7 +379,11 @@ impl<P: PageSource> Follower<P> {
         cp: &mut Checkpoint,
         tx: &mpsc::Sender<Item>,
     ) -> Result<Option<bool>, GatewayError> {
-        let fresh = follow::undelivered(cp, records);
+        let outside = follow::outside(slice, records);
+        if outside > 0 {
+            METRICS.follow_out_of_range_records.inc_by(outside as u64);
+        }
+        let fresh = follow::undelivered(cp, slice, records);
         let mut sent = false;
         let mut rest = &fresh[..];
         while !rest.is_empty() {
@@ -376,9 +435,12 @@ impl<P: PageSource> Follower<P> {
         let Ok(page) = join(self.fetch(slice, 0, true)).await else {
             return;
         };
-        let n = page.records.len();
-        let whole = page.limit > 0 && n < page.limit as usize;
-        if whole && n > seen {
+        // Only a page that proves itself whole is counted; a count is not worth a request.
+        if !matches!(self.judge(slice, &page), Ok(Length::Whole)) {
+            return;
+        }
+        let n = page.records.len() - follow::outside(slice, &page.records);
+        if n > seen {
             let late = (n - seen) as u64;
             METRICS.follow_late_records.inc_by(late);
             tracing::warn!(
@@ -442,6 +504,19 @@ impl<P: PageSource> Follower<P> {
     }
 }
 
+/// The error that ends a follower whose Confluence ignores the range asked.
+fn ignored_range(e: OutOfBounds) -> GatewayError {
+    GatewayError::UpstreamContract(format!(
+        "Confluence ignores the date range of /rest/api/audit: asked for startDate {} to \
+         endDate {} (epoch ms), it listed a record dated {}; following needs a server that \
+         keeps to the range (to within {} ms)",
+        e.slice.from,
+        e.slice.to,
+        e.date,
+        follow::BOUND_SLACK_MS
+    ))
+}
+
 /// The page a fetch brings.
 async fn join(mut fetch: Fetch) -> Result<PageView, GatewayError> {
     (&mut fetch.0)
@@ -458,4 +533,245 @@ fn now_ms() -> i64 {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::{
+        app::model::{Bounds, Echo, Misbehaviour, Model, ModelSource, check_delivery},
+        pb,
+    };
+
+    /// The model's now when a test starts, epoch ms.
+    const BASE: i64 = 1_800_000_000_000;
+    const POLL: Duration = Duration::from_secs(1);
+    const LAG: Duration = Duration::from_secs(2);
+
+    fn key() -> Arc<TokenKey> {
+        Arc::new(TokenKey::new(b"test"))
+    }
+
+    /// `BASE` plus the time passed on tokio's (paused) clock since `started`.
+    fn clock(started: tokio::time::Instant) -> Clock {
+        Arc::new(move || BASE + millis(started.elapsed()))
+    }
+
+    /// How a follow through the model ended.
+    struct Followed {
+        delivered: Vec<(String, i64)>,
+        checkpoint: Checkpoint,
+        end: Option<GatewayError>,
+    }
+
+    /// Follows the model from `since` as a shipper would, until its checkpoint passes
+    /// `until`: on an error or at `max_records`, a new call resumes from the last
+    /// checkpoint. Every call shares one gateway's `lengths`, as followers of one
+    /// gateway do.
+    async fn follow_through(
+        source: ModelSource,
+        clock: Clock,
+        since: i64,
+        until: i64,
+        max_records: Option<u64>,
+    ) -> Result<Followed, String> {
+        let key = key();
+        let listing = Arc::new(Mutex::new(Listing::default()));
+        let mut cp = Checkpoint::at(since);
+        let mut delivered = Vec::new();
+        for _ in 0..500 {
+            let req = FollowRequest {
+                search_string: None,
+                checkpoint: cp.clone(),
+                poll: POLL,
+                lag: LAG,
+                max_records,
+                credential: None,
+                deadline: None,
+                idle_timeout: Duration::from_secs(3600),
+            };
+            let shared = Shared {
+                tokens: key.clone(),
+                late: Arc::default(),
+                stopping: watch::channel(false).1,
+                prefetch: 3,
+                tick_spread: 0.0,
+                listing: listing.clone(),
+                clock: clock.clone(),
+            };
+            let mut rx = start(source.clone(), req, shared, ());
+            let end = loop {
+                match rx.recv().await {
+                    None => break None,
+                    Some(Err(e)) => break Some(e),
+                    Some(Ok(message)) => {
+                        let message = pb::FollowResponse::decode(message)
+                            .map_err(|e| format!("a follow message: {e}"))?;
+                        delivered.extend(
+                            message
+                                .records
+                                .into_iter()
+                                .map(|r| (r.summary, r.creation_date)),
+                        );
+                        cp = checkpoint::decode(&key, None, &message.checkpoint)
+                            .map_err(|e| e.to_string())?;
+                        if cp.next > until {
+                            return Ok(Followed {
+                                delivered,
+                                checkpoint: cp,
+                                end: None,
+                            });
+                        }
+                    }
+                }
+            };
+            match end {
+                Some(GatewayError::Internal(m)) => return Err(format!("INTERNAL: {m}")),
+                Some(e @ GatewayError::UpstreamContract(_)) => {
+                    return Ok(Followed {
+                        delivered,
+                        checkpoint: cp,
+                        end: Some(e),
+                    });
+                }
+                // A fault after the gateway's retries, or `max_records`: resume.
+                _ => continue,
+            }
+        }
+        Err("the follower did not get there within 500 calls".into())
+    }
+
+    fn misbehaviour() -> impl Strategy<Value = Misbehaviour> {
+        (
+            (1usize..=6, 0.0..0.3f64, 0usize..=2, 0usize..=1),
+            (
+                prop::option::of(10usize..=40),
+                prop::option::of(5usize..=40),
+                prop::sample::select(vec![Echo::Honest, Echo::Asked, Echo::Missing, Echo::Mixed]),
+            ),
+            (
+                0.0..0.1f64,
+                prop::sample::select(vec![
+                    Bounds::Exact,
+                    Bounds::Exact,
+                    Bounds::Seconds,
+                    Bounds::Seconds,
+                    Bounds::Ignored,
+                ]),
+                0.0..0.5f64,
+            ),
+        )
+            .prop_map(
+                |(
+                    (ties, identical, inserts, deletes),
+                    (cap, cap_rises_every, echo),
+                    (faults, bounds, late),
+                )| Misbehaviour {
+                    // The guarantee's assumption (audit/follow.rs): a grain cell of the bounds
+                    // (a millisecond, or a second where they are rounded) fits in a page:
+                    // the log's records come at least 400 ms apart, arrivals at most
+                    // `inserts` per 250 ms, late ones from the next second too.
+                    cap: match bounds {
+                        Bounds::Seconds => cap.map(|c| c.max(3 * ties + 8 * inserts + 4)),
+                        _ => cap,
+                    },
+                    ties,
+                    identical,
+                    inserts,
+                    deletes,
+                    cap_rises_every,
+                    echo,
+                    faults,
+                    bounds,
+                    late,
+                    // Late, but within the follower's lag.
+                    late_by: millis(LAG) / 2,
+                    ..Misbehaviour::polite()
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(300)
+        ))]
+
+        /// Whatever the schedule: a follower backfilling from `since` and then tailing the
+        /// log delivers every record from `since` up to its last checkpoint that is still in
+        /// the log, never one more often than it existed, oldest first across every cut and
+        /// resume; a server that ignores the range ends the call with FAILED_PRECONDITION
+        /// after a bounded number of requests, having delivered nothing twice.
+        #[test]
+        fn a_follower_delivers_every_record_once_oldest_first(
+            how in misbehaviour(),
+            records in 0usize..150,
+            back in 0i64..70_000,
+            max_records in prop::option::of(1u64..60),
+            seed in any::<u64>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            let ignored = how.bounds == Bounds::Ignored;
+            let (model, followed) = runtime.block_on(async {
+                let clock = clock(tokio::time::Instant::now());
+                let model = Model::new(records, BASE - 60_000, (400, 800), how, seed)
+                    .with_clock(clock.clone())
+                    .with_latency(3);
+                let model = Arc::new(Mutex::new(model));
+                let source = ModelSource(model.clone());
+                let followed =
+                    follow_through(source, clock, BASE - back, BASE + 6_000, max_records).await;
+                (model, followed)
+            });
+            let followed = followed.map_err(TestCaseError::fail)?;
+            let model = model.lock().expect("model");
+            if let Some(end) = &followed.end {
+                prop_assert!(ignored, "ended with {end:?}");
+            }
+            prop_assert!(model.requests < 3000, "{} requests", model.requests);
+            let (since, next) = (BASE - back, followed.checkpoint.next);
+            check_delivery(&model, &followed.delivered, false, |d| since <= d && d < next)?;
+        }
+    }
+
+    #[test]
+    fn a_range_listing_capped_below_its_echoed_limit_loses_nothing() {
+        // The case that lost 2,591 of 2,920 records: a cap of 100 echoing the 1000 asked.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let clock = clock(tokio::time::Instant::now());
+            let how = Misbehaviour {
+                cap: Some(100),
+                echo: Echo::Asked,
+                ..Misbehaviour::polite()
+            };
+            let model =
+                Model::new(2_920, BASE - 2_400_000, (1, 1_600), how, 7).with_clock(clock.clone());
+            let model = Arc::new(Mutex::new(model));
+            let followed = follow_through(
+                ModelSource(model.clone()),
+                clock,
+                BASE - 2_400_000,
+                BASE,
+                None,
+            )
+            .await
+            .expect("followed");
+            assert_eq!(followed.delivered.len(), 2_920);
+            let model = model.lock().expect("model");
+            check_delivery(&model, &followed.delivered, false, |_| true).expect("exactly once");
+        });
+    }
 }

@@ -4,6 +4,8 @@
 //! protobuf conversion.
 
 pub(crate) mod follow;
+#[cfg(test)]
+pub(crate) mod model;
 pub(crate) mod pages;
 pub(crate) mod stream;
 

@@ -635,12 +635,9 @@ impl Anchored for Bytes {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        collections::HashMap,
-        sync::{
-            Arc, Mutex,
-            atomic::{AtomicUsize, Ordering},
-        },
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
     };
 
     use proptest::prelude::*;
@@ -648,27 +645,10 @@ mod tests {
 
     use super::*;
     use crate::{
+        app::model::{Echo, Misbehaviour, Model, ModelSource, check_delivery, encode, record},
         audit::{TimeUnit, anchor::Cursor},
-        error::UpstreamFailure,
         pb,
     };
-
-    fn record(date: i64, content: &str) -> pb::AuditRecord {
-        pb::AuditRecord {
-            creation_date: date,
-            summary: content.to_owned(),
-            ..Default::default()
-        }
-    }
-
-    fn encode(records: &[pb::AuditRecord], limit: i32) -> Bytes {
-        let page = pb::GetSinceResponse {
-            results: records.to_vec(),
-            limit,
-            ..Default::default()
-        };
-        Bytes::from(page.encode_to_vec())
-    }
 
     /// The offset and limit a page request asks for.
     fn span(req: &PageRequest) -> (usize, usize) {
@@ -817,173 +797,6 @@ mod tests {
         );
     }
 
-    /// How a model Confluence misbehaves (each within what its documentation allows).
-    #[derive(Clone, Debug)]
-    struct Misbehaviour {
-        /// Largest tie group (records sharing a millisecond), listed in a fresh random
-        /// order on every request.
-        ties: usize,
-        /// Of a tie group's records, the share that copy another member byte for byte.
-        identical: f64,
-        /// New records at the head before each request (up to).
-        inserts: usize,
-        /// Oldest milliseconds deleted before each request (up to).
-        deletes: usize,
-        /// Server-side cap on `limit`, with the requested limit echoed (or none).
-        cap: Option<usize>,
-        /// Share of pages answered from an older snapshot when the cache may serve them.
-        stale: f64,
-        /// Share of requests that fail (a cut body, a 503, a 429) after the gateway's
-        /// retries: the stream ends and the caller resumes from its last token.
-        faults: f64,
-    }
-
-    /// A model Confluence: a log newest first, changed before every request.
-    struct Model {
-        log: Vec<pb::AuditRecord>,
-        /// Every record that ever was, by content (identical records count twice).
-        ever: HashMap<String, usize>,
-        /// Earlier states of the log, for stale answers.
-        history: VecDeque<Vec<pb::AuditRecord>>,
-        next_id: usize,
-        rng: fastrand::Rng,
-        how: Misbehaviour,
-        requests: usize,
-        /// How many records the first page served held.
-        first_page: Option<usize>,
-        /// The newest `creationDate` the log ever held.
-        newest: i64,
-    }
-
-    impl Model {
-        fn new(records: usize, how: Misbehaviour, seed: u64) -> Self {
-            let mut model = Model {
-                log: Vec::new(),
-                ever: HashMap::new(),
-                history: VecDeque::new(),
-                next_id: 0,
-                rng: fastrand::Rng::with_seed(seed),
-                how,
-                requests: 0,
-                first_page: None,
-                newest: 0,
-            };
-            model.insert(records, 1_000_000);
-            model
-        }
-
-        /// Adds `n` records at the head, from `date` on, in tie groups.
-        fn insert(&mut self, n: usize, mut date: i64) {
-            let mut batch = Vec::with_capacity(n);
-            while batch.len() < n {
-                let group = self.rng.usize(1..=self.how.ties).min(n - batch.len());
-                let mut members: Vec<pb::AuditRecord> = Vec::new();
-                for _ in 0..group {
-                    let content = match members.last() {
-                        Some(m) if self.rng.f64() < self.how.identical => m.summary.clone(),
-                        _ => {
-                            self.next_id += 1;
-                            format!("e{}", self.next_id)
-                        }
-                    };
-                    *self.ever.entry(content.clone()).or_default() += 1;
-                    members.push(record(date, &content));
-                }
-                batch.extend(members);
-                self.newest = self.newest.max(date);
-                date += 1 + self.rng.i64(0..3);
-            }
-            batch.reverse();
-            batch.append(&mut self.log);
-            self.log = batch;
-        }
-
-        /// One request: the log changes, ties reorder, and a page is cut out of it.
-        fn answer(
-            &mut self,
-            start: usize,
-            limit: usize,
-            refresh: bool,
-        ) -> Result<Bytes, GatewayError> {
-            self.requests += 1;
-            assert!(
-                limit <= 1000,
-                "asked for more than Confluence's largest limit: {limit}"
-            );
-            self.history.push_back(self.log.clone());
-            if self.history.len() > 4 {
-                self.history.pop_front();
-            }
-            let inserts = self.rng.usize(0..=self.how.inserts);
-            // Arrivals are newer than anything the log ever held, even once emptied.
-            self.insert(inserts, self.newest + 1);
-            // Retention and the relative window's moving lower bound remove records by
-            // date: a millisecond leaves whole.
-            for _ in 0..self.rng.usize(0..=self.how.deletes) {
-                let Some(oldest) = self.log.last().map(|r| r.creation_date) else {
-                    break;
-                };
-                self.log.retain(|r| r.creation_date != oldest);
-            }
-            self.reorder_ties();
-            if self.rng.f64() < self.how.faults {
-                let failure = [UpstreamFailure::Unavailable, UpstreamFailure::RateLimited]
-                    [self.rng.usize(0..2)];
-                return Err(match self.rng.bool() {
-                    true => GatewayError::MalformedBody("the body was cut off".into()),
-                    false => GatewayError::Upstream {
-                        failure,
-                        http_status: None,
-                        message: "model fault".into(),
-                        retry_after: None,
-                        source: None,
-                    },
-                });
-            }
-            let snapshot = match self.history.front() {
-                Some(old) if !refresh && self.rng.f64() < self.how.stale => old.clone(),
-                _ => self.log.clone(),
-            };
-            let served = self.how.cap.map_or(limit, |cap| cap.min(limit));
-            let records: Vec<_> = snapshot.iter().skip(start).take(served).cloned().collect();
-            self.first_page.get_or_insert(records.len());
-            // The echo is the requested limit, or nothing: never proof of a cap.
-            let echo = if self.rng.bool() { limit as i32 } else { 0 };
-            Ok(encode(&records, echo))
-        }
-
-        fn reorder_ties(&mut self) {
-            let mut i = 0;
-            while i < self.log.len() {
-                let date = self.log[i].creation_date;
-                let end = i + self.log[i..]
-                    .iter()
-                    .take_while(|r| r.creation_date == date)
-                    .count();
-                self.rng.shuffle(&mut self.log[i..end]);
-                i = end;
-            }
-        }
-    }
-
-    #[derive(Clone)]
-    struct ModelSource(Arc<Mutex<Model>>);
-
-    impl PageSource for ModelSource {
-        fn page(
-            &self,
-            req: PageRequest,
-        ) -> impl Future<Output = Result<Bytes, GatewayError>> + Send {
-            let (start, limit) = span(&req);
-            let answer = self
-                .0
-                .lock()
-                .expect("model")
-                .answer(start, limit, req.refresh);
-            std::future::ready(answer)
-        }
-    }
-
     /// Streams the whole window as a client would: on an error or at `max_records`, a new
     /// call resumes from the last token. Returns what was delivered, in order.
     async fn stream_through(
@@ -1013,19 +826,20 @@ mod tests {
 
     fn misbehaviour() -> impl Strategy<Value = (Misbehaviour, i32)> {
         (
-            2usize..=12,
-            0.0..0.3f64,
-            0usize..=6,
-            0usize..=4,
-            prop::option::of(3usize..=20),
-            0.0..0.5f64,
-            0.0..0.2f64,
-            1i32..=12,
+            (2usize..=12, 0.0..0.3f64, 0usize..=6, 0usize..=4),
+            (
+                prop::option::of(3usize..=20),
+                prop::option::of(5usize..=40),
+                prop::sample::select(vec![Echo::Honest, Echo::Asked, Echo::Missing, Echo::Mixed]),
+            ),
+            (0.0..0.5f64, 0.0..0.2f64, 1i32..=12),
         )
             .prop_map(
-                |(ties, identical, inserts, deletes, cap, stale, faults, page_size)| {
-                    // Tie groups fit in a page with the record before them (the guarantee's
-                    // assumption, see audit/anchor.rs), whatever the cap.
+                |(
+                    (ties, identical, inserts, deletes),
+                    (cap, cap_rises_every, echo),
+                    (stale, faults, page_size),
+                )| {
                     // The guarantee's assumptions (see audit/anchor.rs): the log grows slower
                     // than it is paged (a log that gains a page between two requests can never
                     // be read to its end by offset), and a tie group fits in a page together
@@ -1038,8 +852,11 @@ mod tests {
                         inserts,
                         deletes,
                         cap,
+                        cap_rises_every,
+                        echo,
                         stale,
                         faults,
+                        ..Misbehaviour::polite()
                     };
                     (how, page_size)
                 },
@@ -1061,7 +878,7 @@ mod tests {
             max_records in prop::option::of(1u64..40),
             seed in any::<u64>(),
         ) {
-            let model = Arc::new(Mutex::new(Model::new(records, how, seed)));
+            let model = Arc::new(Mutex::new(Model::new(records, 1_000_000, (1, 3), how, seed)));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
@@ -1071,32 +888,13 @@ mod tests {
                 .block_on(stream_through(source, page_size, max_records))
                 .map_err(TestCaseError::fail)?;
             let model = model.lock().expect("model");
-
-            for pair in delivered.windows(2) {
-                prop_assert!(pair[0].1 >= pair[1].1, "order broken at {pair:?}");
-            }
-            let mut counts: HashMap<&str, usize> = HashMap::new();
-            for (content, _) in &delivered {
-                *counts.entry(content.as_str()).or_default() += 1;
-            }
-            for (content, n) in &counts {
-                let ever = model.ever.get(*content).copied().unwrap_or(0);
-                prop_assert!(*n <= ever, "{content} delivered {n} times, existed {ever} times");
-            }
-            // The window: what the first message began with, and everything older.
-            let top = delivered.first().map_or(i64::MIN, |r| r.1);
-            let mut alive: HashMap<&str, usize> = HashMap::new();
-            for r in model.log.iter().filter(|r| r.creation_date <= top) {
-                *alive.entry(r.summary.as_str()).or_default() += 1;
-            }
             if delivered.is_empty() {
                 // Only right if the window was empty when the stream began.
                 prop_assert_eq!(model.first_page, Some(0));
             }
-            for (content, n) in &alive {
-                let got = counts.get(content).copied().unwrap_or(0);
-                prop_assert!(got >= *n, "{content}: {n} in the log, {got} delivered");
-            }
+            // The window: what the first message began with, and everything older.
+            let top = delivered.first().map_or(i64::MIN, |r| r.1);
+            check_delivery(&model, &delivered, true, |d| d <= top)?;
         }
     }
 }

@@ -9,9 +9,12 @@
 //! range lists the same records on every request, so its pages can be cached and shared
 //! by every follower and replica.
 //!
-//! A range is read with one request for its newest page. A page shorter than the limit
-//! Confluence says it applied holds the whole range: its records are delivered, oldest
-//! first. A full page does not, but it tells where to cut: every record newer than its
+//! A range is read with one request for its newest page. Whether that page holds the whole
+//! range is never read off the `limit` Confluence echoes (it may echo the limit asked
+//! while capping below it, or echo nothing): [`Listing`] decides from what cannot
+//! lie, and when it cannot tell, one more request at the page's end confirms. A whole
+//! range's records are delivered, oldest first. A full page does not hold its range,
+//! but it tells where to cut: every record newer than its
 //! oldest date `D` is in it, so `(D, to]` fits one page, and `[from, D]` is cut by time
 //! into pieces sized from the page's density of records to fill most of a page each
 //! (at least two, at most [`MAX_PIECES`]), read oldest first; a piece that turns out full
@@ -19,6 +22,18 @@
 //! and no order among records sharing a millisecond matters; only a single millisecond
 //! holding more records than a page is paged by offset (and counted: if Confluence
 //! reorders it between requests, its records can be missed or repeated).
+//!
+//! # Bounds Confluence may not keep exactly
+//!
+//! A server may apply `startDate`/`endDate` at a coarser grain than the millisecond (a
+//! second), so a page can hold records outside the range asked. They are never
+//! delivered from it (the neighbouring range delivers them), and they still count in
+//! the page's length, which is what says whether the page was cut. A page whose oldest
+//! record is older than the range reached past its start, so it holds all of it; a page
+//! whose records all lie after the range is paged by offset. A record further than
+//! [`BOUND_SLACK_MS`] outside the range means the server ignores the bounds: no cut could
+//! ever narrow its pages, so the follower stops with [`OutOfBounds`] rather than cutting
+//! the range down to single milliseconds.
 //!
 //! # The checkpoint
 //!
@@ -76,68 +91,193 @@ pub(crate) enum Plan {
     Overflow,
 }
 
+/// How far outside the range asked a record may lie before the server is taken to
+/// ignore the range: one second, the coarsest grain a server is allowed to round the
+/// bounds to.
+pub(crate) const BOUND_SLACK_MS: i64 = 1000;
+
+/// A record dated further outside a range than [`BOUND_SLACK_MS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OutOfBounds {
+    /// The range asked.
+    pub slice: Slice,
+    /// The offending record's date.
+    pub date: i64,
+}
+
+/// Checks that `page` (an answer for `slice`) keeps to the range, within the slack.
+pub(crate) fn check_bounds<R: Anchored>(slice: Slice, page: &[R]) -> Result<(), OutOfBounds> {
+    let low = slice.from.saturating_sub(BOUND_SLACK_MS);
+    let high = slice.to.saturating_add(BOUND_SLACK_MS);
+    match page
+        .iter()
+        .map(Anchored::date)
+        .find(|d| !(low..=high).contains(d))
+    {
+        Some(date) => Err(OutOfBounds { slice, date }),
+        None => Ok(()),
+    }
+}
+
+/// How many of `page`'s records lie outside `slice` (a server rounding the bounds).
+pub(crate) fn outside<R: Anchored>(slice: Slice, page: &[R]) -> usize {
+    page.iter()
+        .filter(|r| !(slice.from..=slice.to).contains(&r.date()))
+        .count()
+}
+
+/// What a page's length says about whether it holds its whole range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Length {
+    /// It holds every record of its range.
+    Whole,
+    /// It was cut: more records of its range lie past it.
+    Cut,
+    /// It cannot tell: a read at the page's end must confirm.
+    Unsure,
+}
+
+/// What a source's answers to range listings proved: its cap on `limit`, from the page
+/// lengths it returned for one asked limit, and the grain of its bounds.
+///
+/// Confluence may cap `limit` below the one asked ("fixed system limits") and echo the
+/// asked one, or nothing. A cap is taken never to fall below a page length it served:
+/// then a page shorter than the longest page seen was not cut, and once a page of `n` was
+/// found cut (records past it), every page of `n` or more may be cut and every shorter one
+/// is whole. Nothing else is believed; a page that neither proves is confirmed by reading
+/// at its end, which costs one request per range until the cap shows itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Listing {
+    /// The longest page returned.
+    pub longest: usize,
+    /// The length of the shortest page found cut.
+    pub cap: Option<usize>,
+    /// The grain of the range's bounds, ms: 1 until a record outside a range asked shows
+    /// that the server rounds them, [`BOUND_SLACK_MS`] from then on.
+    pub grain: i64,
+}
+
+impl Default for Listing {
+    fn default() -> Self {
+        Self {
+            longest: 0,
+            cap: None,
+            grain: 1,
+        }
+    }
+}
+
+impl Listing {
+    /// Learns from an answer for `slice`: records outside it mean the bounds are rounded.
+    pub(crate) fn bounds<R: Anchored>(&mut self, slice: Slice, page: &[R]) {
+        if outside(slice, page) > 0 {
+            self.grain = BOUND_SLACK_MS;
+        }
+    }
+
+    /// Judges a page of `n` records asked with `asked`, whose answer echoed `echo` (0 for
+    /// none); an echo is trusted only where it costs requests, never records.
+    pub(crate) fn judge(&self, n: usize, asked: usize, echo: usize) -> Length {
+        if n == 0 {
+            return Length::Whole;
+        }
+        if n >= asked || (echo > 0 && echo < asked && n >= echo) {
+            return Length::Cut;
+        }
+        match self.cap {
+            Some(cap) if n >= cap => Length::Cut,
+            Some(_) => Length::Whole,
+            None if n < self.longest => Length::Whole,
+            None => Length::Unsure,
+        }
+    }
+
+    /// Learns that a page of `n` records was returned.
+    pub(crate) fn served(&mut self, n: usize) {
+        self.longest = self.longest.max(n);
+    }
+
+    /// Learns that a page of `n` records was cut (records lay past it).
+    pub(crate) fn cut(&mut self, n: usize) {
+        if n > 0 {
+            self.cap = Some(self.cap.map_or(n, |c| c.min(n)));
+        }
+    }
+}
+
 /// Most pieces one cut makes: a density read off one page can be far off (audit logs come
 /// in bursts), so a cut never commits to many requests at once.
 pub(crate) const MAX_PIECES: i64 = 64;
 
 /// What to do with `slice` given its newest page, `page` (newest first), which holds all
-/// of the slice when `whole`.
-pub(crate) fn plan<R: Anchored>(slice: Slice, page: &[R], whole: bool) -> Plan {
+/// of the slice when `whole`, from a server that applies the range's bounds to `grain`
+/// ms (1, or 1000 for one that rounds them to the second): cuts fall on the grain, since
+/// a piece cut inside a grain cell comes back widened to the whole cell.
+pub(crate) fn plan<R: Anchored>(slice: Slice, page: &[R], whole: bool, grain: i64) -> Plan {
     let Some(oldest) = page.last().map(Anchored::date) else {
         return Plan::Whole;
     };
-    if whole {
+    // A page reaching past the slice's start (a server rounding the bounds) lists every
+    // record of the slice before that oldest one.
+    if whole || oldest < slice.from {
         return Plan::Whole;
     }
-    if slice.from >= slice.to {
+    let g = grain.max(1);
+    let cell = |t: i64| t.div_euclid(g).saturating_mul(g);
+    // One cell cannot be cut; a full page of records after the slice cannot be cut past
+    // either (they come back in every piece whose end rounds the same way): both are
+    // paged by offset.
+    if cell(slice.from) == cell(slice.to) || oldest > slice.to {
         return Plan::Overflow;
     }
-    // Dates outside the slice would be a broken server; keep the cut inside it so the
-    // pieces still cover the slice exactly.
-    let d = oldest.clamp(slice.from, slice.to);
+    // Every record after `oldest`'s cell is in the page, so what follows that cell fits a
+    // page; what precedes it (the cell included) is cut by the page's density.
+    let d = oldest;
+    let older_end = cell(d).saturating_add(g - 1).min(slice.to);
     let mut pieces = Vec::new();
-    if d == slice.from {
-        // The whole page sits at the slice's first millisecond or just after it.
-        pieces.push(Slice::new(d, d));
-    } else {
-        // The page's records span `[d, to]`; as many per millisecond in `[from, d]` would
-        // fill `count` pages of 70 % (room for a denser stretch than the sample).
-        let span = (slice.to - d + 1) as f64;
-        let per_ms = page.len() as f64 / span;
-        let expected = per_ms * (d - slice.from + 1) as f64;
-        let count = ((expected / (0.7 * page.len() as f64)).ceil() as i64)
-            .clamp(2, MAX_PIECES)
-            .min(d - slice.from + 1);
-        let width = (d - slice.from + 1) as f64 / count as f64;
-        let mut from = slice.from;
-        for i in 1..=count {
-            let to = if i == count {
-                d
-            } else {
-                slice.from + (width * i as f64) as i64 - 1
-            };
-            if to >= from {
-                pieces.push(Slice::new(from, to));
-                from = to + 1;
-            }
+    // The page's records span `[d, to]`; as many per millisecond in `[from, older_end]`
+    // would fill `count` pages of 70 % (room for a denser stretch than the sample).
+    let span = (slice.to - d + 1) as f64;
+    let per_ms = page.len() as f64 / span;
+    let expected = per_ms * (older_end - slice.from + 1) as f64;
+    let cells = (cell(older_end) - cell(slice.from)) / g + 1;
+    let count = ((expected / (0.7 * page.len() as f64)).ceil() as i64)
+        .clamp(2, MAX_PIECES)
+        .min(cells);
+    let width = cells as f64 / count as f64;
+    let mut from = slice.from;
+    for i in 1..=count {
+        let to = if i == count {
+            older_end
+        } else {
+            cell(slice.from) + ((width * i as f64) as i64) * g - 1
+        };
+        if to >= from {
+            pieces.push(Slice::new(from, to));
+            from = to + 1;
         }
     }
-    if d < slice.to {
-        pieces.push(Slice::new(d + 1, slice.to));
+    if older_end < slice.to {
+        pieces.push(Slice::new(older_end + 1, slice.to));
     }
     Plan::Split(pieces)
 }
 
 /// The records of a whole slice's page (newest first) not delivered yet, as indexes
-/// into `page`, oldest first.
-pub(crate) fn undelivered<R: Anchored>(checkpoint: &Checkpoint, page: &[R]) -> Vec<usize> {
+/// into `page`, oldest first. Records outside the slice are left to the slices that hold
+/// them.
+pub(crate) fn undelivered<R: Anchored>(
+    checkpoint: &Checkpoint,
+    slice: Slice,
+    page: &[R],
+) -> Vec<usize> {
     let mut seen = checkpoint.seen.clone();
     let mut out: Vec<usize> = (0..page.len())
         .rev()
         .filter(|&i| {
             let r = &page[i];
             let date = r.date();
-            if date < checkpoint.next {
+            if date < checkpoint.next || !(slice.from..=slice.to).contains(&date) {
                 return false;
             }
             if date == checkpoint.next
@@ -236,7 +376,7 @@ mod tests {
             while let Some(s) = stack.pop() {
                 request += 1;
                 let page = listing(log, s, limit, request, 0);
-                let page = match plan(s, &page, page.len() < limit) {
+                let page = match plan(s, &page, page.len() < limit, 1) {
                     Plan::Whole => page,
                     Plan::Split(pieces) => {
                         stack.extend(pieces.into_iter().rev());
@@ -255,7 +395,7 @@ mod tests {
                         }
                     }
                 };
-                let fresh = undelivered(&cp, &page);
+                let fresh = undelivered(&cp, s, &page);
                 if fresh.len() > cut {
                     let part: Vec<&R> = fresh[..cut].iter().map(|&i| &page[i]).collect();
                     out.extend(part.iter().copied().copied());
@@ -316,7 +456,7 @@ mod tests {
             let slice = Slice::new(from, from + len);
             let mut page: Vec<R> = dates.into_iter().map(|d| R(from + d % (len + 1), 0)).collect();
             page.sort_by_key(|r| std::cmp::Reverse(r.0));
-            let Plan::Split(pieces) = plan(slice, &page, false) else {
+            let Plan::Split(pieces) = plan(slice, &page, false, 1) else {
                 return Err(TestCaseError::fail("a full page of a wide slice is cut"));
             };
             prop_assert!(pieces.len() as i64 <= MAX_PIECES + 1);
@@ -334,7 +474,7 @@ mod tests {
         let page = [R(50, 1), R(40, 1), R(30, 1)];
         // 3 records over [30, 60]: [0, 30] should hold about 3, so two pieces.
         assert_eq!(
-            plan(Slice::new(0, 60), &page, false),
+            plan(Slice::new(0, 60), &page, false, 1),
             Plan::Split(vec![
                 Slice::new(0, 14),
                 Slice::new(15, 30),
@@ -342,13 +482,16 @@ mod tests {
             ])
         );
         // The same page atop a slice 100 times as long: as many pieces as allowed.
-        let Plan::Split(pieces) = plan(Slice::new(-3000, 60), &page, false) else {
+        let Plan::Split(pieces) = plan(Slice::new(-3000, 60), &page, false, 1) else {
             panic!("cut");
         };
         assert_eq!(pieces.len() as i64, MAX_PIECES + 1);
-        assert_eq!(plan(Slice::new(30, 30), &page[2..], false), Plan::Overflow);
-        assert_eq!(plan(Slice::new(0, 60), &page, true), Plan::Whole);
-        assert_eq!(plan::<R>(Slice::new(0, 60), &[], false), Plan::Whole);
+        assert_eq!(
+            plan(Slice::new(30, 30), &page[2..], false, 1),
+            Plan::Overflow
+        );
+        assert_eq!(plan(Slice::new(0, 60), &page, true, 1), Plan::Whole);
+        assert_eq!(plan::<R>(Slice::new(0, 60), &[], false, 1), Plan::Whole);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::{
         follow::{self, LateChecks},
         stream,
     },
-    audit::resume::TokenKey,
+    audit::{follow::Listing, resume::TokenKey},
     callers::CallerTokens,
     config::CredentialMode,
     credential::Credential,
@@ -51,6 +51,10 @@ pub(crate) struct AuditGrpc {
     stopping: Arc<watch::Sender<bool>>,
     /// This replica's place in each follow tick (`src/app/follow.rs`).
     tick_spread: f64,
+    /// What followers learned of the range listing's cap and bounds.
+    listing: Arc<std::sync::Mutex<Listing>>,
+    /// Now by Confluence's clock, for followers.
+    clock: follow::Clock,
 }
 
 impl AuditGrpc {
@@ -80,6 +84,8 @@ impl AuditGrpc {
             late: Arc::default(),
             stopping: Arc::new(watch::Sender::new(false)),
             tick_spread: fastrand::f64() / 2.0,
+            listing: Arc::default(),
+            clock: follow::system_clock(),
         }
     }
 
@@ -249,6 +255,8 @@ impl AuditGrpc {
             stopping: self.stopping.subscribe(),
             prefetch: self.stream_prefetch,
             tick_spread: self.tick_spread,
+            listing: self.listing.clone(),
+            clock: self.clock.clone(),
         };
         let messages = follow::start(self.pages.clone(), req, shared, slot);
         Ok(messages.map(move |item| {

@@ -52,6 +52,8 @@ fn code(err: &GatewayError) -> Code {
         GatewayError::ShuttingDown => Code::Unavailable,
         // Only a load nobody waits for ends so; should one reach a caller, it was cut.
         GatewayError::Abandoned => Code::Cancelled,
+        // The system is not in a state the call can work in; no retry changes that.
+        GatewayError::UpstreamContract(_) => Code::FailedPrecondition,
         GatewayError::Internal(_) => Code::Internal,
     }
 }
