@@ -54,7 +54,7 @@ pub(crate) fn stream_params(
         Cursor::BEGIN
     } else {
         resume::decode(tokens, &window, &req.resume_token)
-            .map_err(|e| GatewayError::invalid("resume_token", e.to_string()))?
+            .map_err(|e| GatewayError::invalid_token("resume_token", &e))?
     };
     Ok(StreamParams {
         window,
@@ -183,7 +183,7 @@ pub(crate) fn follow_params(
     let checkpoint = match &req.from {
         Some(pb::follow_request::From::Checkpoint(t)) => {
             checkpoint::decode(tokens, search_string.as_deref(), t)
-                .map_err(|e| GatewayError::invalid("checkpoint", e.to_string()))?
+                .map_err(|e| GatewayError::invalid_token("checkpoint", &e))?
         }
         Some(pb::follow_request::From::Since(ts)) => Checkpoint::at(since_ms(ts)?),
         None => Checkpoint::at(received_ms),
