@@ -839,3 +839,111 @@ async fn the_follow_command_gives_up_on_a_repeating_internal_error() {
         finished.stderr
     );
 }
+
+/// `since` spans google.protobuf.Timestamp's years, 0001 to 9999, and is followed from
+/// either end without a date overflowing; beyond them, and for durations out of their
+/// bounds (negative, overflowing), INVALID_ARGUMENT names the field before any upstream
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_inputs_are_bounded_and_far_off_instants_are_followed() {
+    let (sim, gw) = sim_and_gateway(SimulatorConfig::default(), |_| {}).await;
+    let mut client = gw.client.clone();
+    let at = |seconds, nanos| {
+        Some(pb::follow_request::From::Since(prost_types::Timestamp {
+            seconds,
+            nanos,
+        }))
+    };
+    let pd = |seconds, nanos| Some(prost_types::Duration { seconds, nanos });
+    let (first, last) = (-62_135_596_800, 253_402_300_799);
+    let now = request(None, Duration::ZERO);
+    let cases = [
+        (
+            pb::FollowRequest {
+                from: at(first - 1, 999_999_999),
+                ..now.clone()
+            },
+            "since",
+        ),
+        (
+            pb::FollowRequest {
+                from: at(last + 1, 0),
+                ..now.clone()
+            },
+            "since",
+        ),
+        (
+            pb::FollowRequest {
+                from: at(i64::MIN, 0),
+                ..now.clone()
+            },
+            "since",
+        ),
+        (
+            pb::FollowRequest {
+                poll_interval: pd(i64::MAX, 999_999_999),
+                ..now.clone()
+            },
+            "poll_interval",
+        ),
+        (
+            pb::FollowRequest {
+                poll_interval: pd(3600, 1),
+                ..now.clone()
+            },
+            "poll_interval",
+        ),
+        (
+            pb::FollowRequest {
+                poll_interval: pd(2, -1),
+                ..now.clone()
+            },
+            "poll_interval",
+        ),
+        (
+            pb::FollowRequest {
+                lag: pd(i64::MIN, 0),
+                ..now.clone()
+            },
+            "lag",
+        ),
+        (
+            pb::FollowRequest {
+                lag: pd(24 * 3600, 1),
+                ..now.clone()
+            },
+            "lag",
+        ),
+    ];
+    let before = sim.request_count();
+    for (req, field) in cases {
+        let status = client.follow(req.clone()).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{req:?}: {status:?}");
+        let violations = status
+            .get_details_bad_request()
+            .expect("BadRequest details")
+            .field_violations;
+        assert_eq!(violations[0].field, field, "{req:?}: {status:?}");
+    }
+    assert_eq!(sim.request_count(), before, "Confluence was not called");
+
+    // From the first instant of year 1: the whole log, oldest first.
+    let mut req = request(at(first, 0), Duration::ZERO);
+    req.max_records = Some(3);
+    let mut s = follow(&mut client, req).await;
+    let mut consumer = Consumer::default();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(20), s.message())
+        .await
+        .expect("ends within 20 s")
+        .expect("no error")
+    {
+        consumer.take(m);
+    }
+    assert_eq!(consumer.got.len(), 3);
+    // From the last instant of year 9999: nothing yet, a heartbeat, then more.
+    let mut s = follow(&mut client, request(at(last, 999_999_999), Duration::ZERO)).await;
+    for _ in 0..2 {
+        let m = next(&mut s).await.expect("a heartbeat");
+        assert!(m.records.is_empty(), "nothing is that new");
+    }
+}
