@@ -44,7 +44,9 @@ USER 65532:65532
 EXPOSE 50051 9090
 # Reachable from other hosts, so the gateway starts only with caller tokens
 # (AUDIT_GATEWAY_CALLER_TOKENS_FILE), mTLS, passthrough, or
-# AUDIT_GATEWAY_ALLOW_UNAUTHENTICATED=true where a mesh authenticates callers.
+# AUDIT_GATEWAY_ALLOW_UNAUTHENTICATED=true where a mesh authenticates callers; and with
+# a credential salt (AUDIT_GATEWAY_CREDENTIAL_SALT_FILE), so resume tokens and follow
+# checkpoints survive a restart, or AUDIT_GATEWAY_ALLOW_EPHEMERAL_TOKENS=true.
 ENV AUDIT_GATEWAY_LISTEN=0.0.0.0:50051
 # Extra arguments (`docker run IMAGE --metrics-listen ...`) are flags of `serve`.
 ENTRYPOINT ["/usr/local/bin/audit-gateway", "serve"]

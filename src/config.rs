@@ -46,6 +46,9 @@ pub struct GatewayConfig {
     /// Serve a non-loopback address without caller authentication
     /// (`--allow-unauthenticated`: a mesh whose sidecars authenticate callers).
     pub allow_unauthenticated: bool,
+    /// Serve a non-loopback address without `--credential-salt`, so resume tokens and
+    /// follow checkpoints die with the process (`--allow-ephemeral-tokens`).
+    pub allow_ephemeral_tokens: bool,
     /// Accept a plain-HTTP Confluence URL that is not loopback (`--allow-insecure-upstream`).
     pub allow_insecure_upstream: bool,
     /// With passthrough, how long Confluence's acceptance of a caller's credential lets
@@ -234,6 +237,7 @@ impl GatewayConfig {
         auth: UpstreamAuth::Anonymous,
         caller_tokens_file: None,
         allow_unauthenticated: false,
+        allow_ephemeral_tokens: false,
         allow_insecure_upstream: false,
         passthrough_revalidate: Duration::from_secs(60),
         tls_cert: None,
@@ -461,6 +465,23 @@ impl GatewayConfig {
                 ),
             ));
         }
+        // Like caller authentication above: a gateway others reach serves shippers that
+        // outlive it, and a random key per process voids their checkpoints at a restart.
+        if c.credential_salt.is_none()
+            && !self.listen.ip().is_loopback()
+            && !self.allow_ephemeral_tokens
+        {
+            return Err(ConfigError::new(
+                "--credential-salt",
+                format!(
+                    "required on {}, an address other hosts reach: without it the gateway \
+                     signs resume tokens and follow checkpoints with a random key, and every \
+                     one of them is refused after a restart; set --credential-salt (or \
+                     --credential-salt-file), or --allow-ephemeral-tokens to accept that",
+                    self.listen
+                ),
+            ));
+        }
         let fingerprints = match &c.credential_salt {
             Some(salt) => FingerprintKey::from_secret(salt.expose_secret().as_bytes()),
             None => FingerprintKey::random()
@@ -666,9 +687,14 @@ mod tests {
         // 0.0.0.0 by default: serving the whole audit log to anyone needs saying so.
         let url = "https://x.atlassian.net/wiki";
         assert_eq!(flag_of(&GatewayConfig::new(url)), "--listen");
+        let salted = || {
+            let mut c = GatewayConfig::new(url);
+            c.cache.credential_salt = Some("sixteen chars ok".into());
+            c
+        };
         let open = GatewayConfig {
             allow_unauthenticated: true,
-            ..GatewayConfig::new(url)
+            ..salted()
         };
         assert!(open.check().is_ok());
         let loopback = GatewayConfig {
@@ -678,9 +704,47 @@ mod tests {
         assert!(loopback.check().is_ok());
         let passthrough = GatewayConfig {
             auth: UpstreamAuth::Passthrough,
-            ..GatewayConfig::new(url)
+            ..salted()
         };
         assert!(passthrough.check().is_ok());
+    }
+
+    #[test]
+    fn a_reachable_gateway_needs_a_salt_or_a_word_on_ephemeral_tokens() {
+        let url = "https://x.atlassian.net/wiki";
+        // Callers are authenticated, but every checkpoint would die with the process.
+        let unsalted = GatewayConfig {
+            auth: UpstreamAuth::Passthrough,
+            ..GatewayConfig::new(url)
+        };
+        let e = unsalted.check().expect_err("refused");
+        assert_eq!(e.flag, "--credential-salt", "{e}");
+        assert!(e.to_string().contains("--allow-ephemeral-tokens"), "{e}");
+        let ephemeral = GatewayConfig {
+            allow_ephemeral_tokens: true,
+            ..unsalted.clone()
+        };
+        assert!(ephemeral.check().is_ok());
+        let mut salted = unsalted.clone();
+        salted.cache.credential_salt = Some("sixteen chars ok".into());
+        assert!(salted.check().is_ok());
+        for loopback in [[127, 0, 0, 1], [127, 9, 9, 9]] {
+            let local = GatewayConfig {
+                listen: SocketAddr::from((loopback, 0)),
+                ..unsalted.clone()
+            };
+            assert!(local.check().is_ok(), "{loopback:?}");
+        }
+        let v6 = GatewayConfig {
+            listen: "[::]:0".parse().expect("address"),
+            ..unsalted.clone()
+        };
+        assert_eq!(flag_of(&v6), "--credential-salt");
+        let v6_loopback = GatewayConfig {
+            listen: "[::1]:0".parse().expect("address"),
+            ..unsalted
+        };
+        assert!(v6_loopback.check().is_ok());
     }
 
     #[test]
@@ -715,10 +779,14 @@ mod tests {
         std::fs::write(&good, "siem:zq-token\n").expect("write");
         let bad = dir.join("bad");
         std::fs::write(&bad, "no colon\n").expect("write");
-        let with = |path: &std::path::Path, auth: UpstreamAuth| GatewayConfig {
-            caller_tokens_file: Some(path.to_owned()),
-            auth,
-            ..GatewayConfig::new("https://x.atlassian.net/wiki")
+        let with = |path: &std::path::Path, auth: UpstreamAuth| {
+            let mut c = GatewayConfig {
+                caller_tokens_file: Some(path.to_owned()),
+                auth,
+                ..GatewayConfig::new("https://x.atlassian.net/wiki")
+            };
+            c.cache.credential_salt = Some("sixteen chars ok".into());
+            c
         };
         // Tokens on 0.0.0.0 are enough; a bad file, a missing one or passthrough is not.
         assert!(with(&good, UpstreamAuth::Anonymous).check().is_ok());

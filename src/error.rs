@@ -53,6 +53,9 @@ pub enum GatewayError {
         field: &'static str,
         /// What is wrong with it.
         description: String,
+        /// A stable word for why, when the field is a token or checkpoint
+        /// (`TokenError::code` in `src/audit/resume.rs`), sent as `ErrorInfo` metadata.
+        cause: Option<&'static str>,
     },
     /// The caller sent no usable credential (with `--auth-passthrough`).
     MissingCredential(String),
@@ -111,6 +114,19 @@ impl GatewayError {
         Self::InvalidArgument {
             field,
             description: description.into(),
+            cause: None,
+        }
+    }
+
+    /// A resume token or checkpoint in `field` that was refused, saying why.
+    pub(crate) fn invalid_token(
+        field: &'static str,
+        why: &crate::audit::resume::TokenError,
+    ) -> Self {
+        Self::InvalidArgument {
+            field,
+            description: why.to_string(),
+            cause: Some(why.code()),
         }
     }
 
@@ -152,7 +168,9 @@ impl GatewayError {
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidArgument { field, description } => write!(f, "{field}: {description}"),
+            Self::InvalidArgument {
+                field, description, ..
+            } => write!(f, "{field}: {description}"),
             Self::UnknownCaller => f.write_str(
                 "this gateway needs 'authorization: Bearer <token>' metadata with a caller token",
             ),

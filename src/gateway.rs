@@ -53,7 +53,12 @@ impl Gateway {
             None => None,
         };
         if config.cache.credential_salt.is_none() {
-            tracing::info!("no --credential-salt: resume tokens are valid only for this process");
+            // Allowed on loopback or with --allow-ephemeral-tokens (`GatewayConfig::check`),
+            // but a shipper following this gateway must know it cannot outlive it.
+            tracing::warn!(
+                "no --credential-salt: resume tokens and follow checkpoints are signed with a \
+                 random key and die with this process (a restarted gateway refuses them)"
+            );
         }
         // Tokens are signed with a key derived from the salt, so replicas sharing the salt
         // resume each other's streams and nobody else can forge a position.

@@ -39,8 +39,13 @@ impl std::fmt::Debug for TokenKey {
 /// Why a token was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum TokenError {
-    /// Not a token this gateway wrote (bad encoding, length or MAC).
+    /// Not a token of this kind at all (bad encoding, length or layout): damaged, cut
+    /// short, or another kind of token.
     Corrupt,
+    /// Laid out as this gateway writes such tokens, but its MAC does not match this
+    /// gateway's key: signed with another `--credential-salt` (a gateway restarted
+    /// without one, or with another one), or edited.
+    OtherKey,
     /// A token version this gateway does not read.
     UnknownVersion(u8),
     /// A token of a stream over other filters.
@@ -53,14 +58,32 @@ impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Corrupt => f.write_str(
-                "is not a token this gateway issued for this call (corrupted, edited, of \
-                 another kind, or signed with another --credential-salt)",
+                "is damaged: not a token this gateway issues for this call (cut short, \
+                 corrupted, or of another kind)",
+            ),
+            Self::OtherKey => f.write_str(
+                "was signed with another key: issued by a gateway with another \
+                 --credential-salt (or one restarted without --credential-salt), or edited",
             ),
             Self::UnknownVersion(v) => write!(f, "has version {v}, which this gateway cannot read"),
             Self::OtherWindow => {
                 f.write_str("belongs to a stream with other filters (number, units, search_string)")
             }
             Self::OtherFilter => f.write_str("belongs to a follower of another search_string"),
+        }
+    }
+}
+
+impl TokenError {
+    /// A stable word for the cause, sent in the status's `ErrorInfo` metadata (`cause`)
+    /// so clients such as `audit-gateway follow` (`src/cli/follow.rs`) tell causes apart
+    /// without reading the message.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Self::Corrupt => "DAMAGED",
+            Self::OtherKey => "OTHER_KEY",
+            Self::UnknownVersion(_) => "UNKNOWN_VERSION",
+            Self::OtherWindow | Self::OtherFilter => "OTHER_FILTER",
         }
     }
 }
@@ -86,7 +109,7 @@ pub(crate) fn encode(key: &TokenKey, window: &Window, cursor: &Cursor) -> String
 
 /// Decodes a token for `window` into the cursor to continue from.
 pub(crate) fn decode(key: &TokenKey, window: &Window, token: &str) -> Result<Cursor, TokenError> {
-    let body = open(key, token)?;
+    let body = open(key, token, laid_out)?;
     if body.len() < HEAD {
         return Err(TokenError::Corrupt);
     }
@@ -126,6 +149,14 @@ pub(crate) fn decode(key: &TokenKey, window: &Window, token: &str) -> Result<Cur
     })
 }
 
+/// Whether an unverified body is laid out as `encode` writes it: only to tell a token
+/// signed with another key from a damaged one, never to believe what it says.
+fn laid_out(body: &[u8]) -> bool {
+    body.len() >= HEAD
+        && body[0] == VERSION
+        && body.len() == HEAD + usize::from(u16::from_be_bytes([body[26], body[27]])) * DIGEST
+}
+
 /// `body` with its MAC appended, as URL-safe base64: a token of this gateway's.
 pub(crate) fn seal(key: &TokenKey, mut body: Vec<u8>) -> String {
     let tag = hmac::sign(&key.0, &body);
@@ -133,9 +164,15 @@ pub(crate) fn seal(key: &TokenKey, mut body: Vec<u8>) -> String {
     URL_SAFE_NO_PAD.encode(body)
 }
 
-/// The body of a token `seal` made with `key`; anything else is
-/// [`TokenError::Corrupt`]. The MAC is checked before anything in the body is believed.
-pub(crate) fn open(key: &TokenKey, token: &str) -> Result<Vec<u8>, TokenError> {
+/// The body of a token `seal` made with `key`. The MAC is checked before anything in the
+/// body is believed; a MAC that does not match is [`TokenError::OtherKey`] when the body
+/// is `laid_out` as the caller's kind of token is (a token of another gateway's), else,
+/// like anything else, [`TokenError::Corrupt`].
+pub(crate) fn open(
+    key: &TokenKey,
+    token: &str,
+    laid_out: fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, TokenError> {
     let mut b = URL_SAFE_NO_PAD
         .decode(token.trim())
         .map_err(|_| TokenError::Corrupt)?;
@@ -145,7 +182,11 @@ pub(crate) fn open(key: &TokenKey, token: &str) -> Result<Vec<u8>, TokenError> {
     let tag = b.split_off(b.len() - MAC);
     let expected = hmac::sign(&key.0, &b);
     if !constant_time_eq(&expected.as_ref()[..MAC], &tag) {
-        return Err(TokenError::Corrupt);
+        return Err(if laid_out(&b) {
+            TokenError::OtherKey
+        } else {
+            TokenError::Corrupt
+        });
     }
     Ok(b)
 }
@@ -214,17 +255,23 @@ mod tests {
         );
         assert_eq!(
             decode(&TokenKey::new(b"other"), &window(Some("x")), &t),
-            Err(TokenError::Corrupt)
+            Err(TokenError::OtherKey)
         );
-        // Flipping any bit anywhere, MAC included, is caught.
+        // Flipping any bit anywhere, MAC included, is caught: as damage where it breaks
+        // the layout, else as a signature that does not match.
         let bytes = URL_SAFE_NO_PAD.decode(&t).expect("b64");
         for i in 0..bytes.len() {
             let mut edited = bytes.clone();
             edited[i] ^= 1;
             let edited = URL_SAFE_NO_PAD.encode(&edited);
+            let want = if i == 0 || i == 26 || i == 27 {
+                TokenError::Corrupt
+            } else {
+                TokenError::OtherKey
+            };
             assert_eq!(
                 decode(&key, &window(Some("x")), &edited),
-                Err(TokenError::Corrupt),
+                Err(want),
                 "bit flipped in byte {i}"
             );
         }

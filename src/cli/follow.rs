@@ -15,6 +15,7 @@ use std::{
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Request};
+use tonic_types::StatusExt;
 
 use super::{
     call::{ConnectArgs, authorize, connect},
@@ -29,10 +30,11 @@ pub(crate) struct FollowArgs {
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
 
-    /// Start with records created this long ago (ignored when --checkpoint-file holds a
-    /// checkpoint); without it, from now.
+    /// Start with records created this long ago (`10m`) or since this time (RFC 3339,
+    /// `2025-01-02T03:04:05Z`); ignored when --checkpoint-file holds a checkpoint;
+    /// without it, from now.
     #[arg(long)]
-    pub(crate) since: Option<Dur>,
+    pub(crate) since: Option<Since>,
 
     /// Where the checkpoint is kept; continue from it when it exists.
     #[arg(long)]
@@ -63,6 +65,43 @@ pub(crate) struct FollowArgs {
     pub(crate) max_records: Option<i64>,
 }
 
+/// Where a first run starts: a duration back from now, or a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Since {
+    /// This long before the command starts.
+    Ago(Duration),
+    /// This instant.
+    At(SystemTime),
+}
+
+impl std::str::FromStr for Since {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(d) = s.parse::<Dur>() {
+            return Ok(Self::Ago(d.0));
+        }
+        s.trim()
+            .parse::<prost_types::Timestamp>()
+            .ok()
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .map(Self::At)
+            .ok_or_else(|| {
+                format!("'{s}' is neither a duration (10m, 2h) nor a time (2025-01-02T03:04:05Z)")
+            })
+    }
+}
+
+impl Since {
+    /// The instant, for a command started at `now`.
+    fn instant(self, now: SystemTime) -> Option<SystemTime> {
+        match self {
+            Self::Ago(d) => now.checked_sub(d),
+            Self::At(t) => Some(t),
+        }
+    }
+}
+
 /// What the checkpoint file holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
@@ -77,6 +116,10 @@ struct Saved {
 
 /// Longest pause between reconnections.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Calls in a row that end with a status no retry is known to cure (INTERNAL, UNKNOWN:
+/// a cut connection may look like one, a defect or a broken upstream too) before the
+/// command gives up; any message received starts the count again.
+const MAX_DOUBTFUL_CALLS: u32 = 3;
 
 /// Follows until `max_records` or a failure that retrying cannot cure.
 pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
@@ -93,9 +136,9 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
             }),
             _,
         ) => Some(from_ms(*ms)),
-        (_, Some(d)) => Some(
-            SystemTime::now()
-                .checked_sub(d.0)
+        (_, Some(since)) => Some(
+            since
+                .instant(SystemTime::now())
                 .ok_or("--since: too far back")?,
         ),
         // From now, as this first run defines it.
@@ -119,6 +162,7 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
     let mut left = args.max_records;
     let mut progress = Progress::new();
     let mut backoff = Duration::from_secs(1);
+    let mut doubtful = 0;
     // SIGTERM or Ctrl-C stops it while it waits (for a message, or to reconnect), never
     // between writing records and their checkpoint (no await lies there): the output and
     // the checkpoint file then agree.
@@ -128,6 +172,7 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
         if left.is_some_and(|n| n <= 0) {
             return Ok(());
         }
+        let before = checkpoint.clone();
         let once = follow_once(
             &args,
             &mut out,
@@ -140,27 +185,52 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
             outcome = once => outcome,
             () = &mut stop => return Ok(()),
         };
-        match outcome {
-            Ok(()) => return Ok(()),
-            Err(Failure::Retry(why)) => {
-                eprintln!("{why}; following again in {backoff:?}");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = &mut stop => return Ok(()),
+        if checkpoint != before {
+            // The call delivered: whatever ends it now is a new failure, not the last one
+            // repeating.
+            backoff = Duration::from_secs(1);
+            doubtful = 0;
+        }
+        let why = match outcome {
+            Ok(()) if left.is_some_and(|n| n <= 0) => return Ok(()),
+            // A follower never ends by itself before `max_records`: something between
+            // closed the stream, and the checkpoint continues it.
+            Ok(()) => "the gateway ended the follow early".to_owned(),
+            Err(Failure::Retry(why)) => why,
+            Err(Failure::Doubtful(status)) => {
+                doubtful += 1;
+                if doubtful >= MAX_DOUBTFUL_CALLS {
+                    progress.finish();
+                    return Err(CommandError::status(
+                        &status,
+                        format_args!(" ({doubtful} calls in a row; not retried further)"),
+                    ));
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                format!("{:?}: {}", status.code(), status.message())
             }
             Err(Failure::Fatal(why)) => {
                 progress.finish();
                 return Err(why);
             }
+        };
+        eprintln!("{why}; following again in {backoff:?}");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut stop => return Ok(()),
         }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
+/// Why a call ended early.
 enum Failure {
-    /// Worth another call from the checkpoint (the gateway restarting, a rate limit).
+    /// Worth another call from the checkpoint, however often (the gateway restarting, a
+    /// rate limit).
     Retry(String),
+    /// Worth a few more calls (`MAX_DOUBTFUL_CALLS`): a cut stream, or a fault that
+    /// repeats.
+    Doubtful(tonic::Status),
+    /// Ends the command.
     Fatal(CommandError),
 }
 
@@ -189,6 +259,8 @@ async fn follow_once(
     });
     authorize(&mut request, args.connect.authorization.as_ref())
         .map_err(|e| Failure::Fatal(CommandError::other(e)))?;
+    let sent_checkpoint = checkpoint.is_some();
+    let classify = |s| classify(s, args, sent_checkpoint);
     let mut messages = client.follow(request).await.map_err(classify)?.into_inner();
     loop {
         let Some(message) = messages.message().await.map_err(classify)? else {
@@ -219,16 +291,74 @@ async fn follow_once(
 }
 
 /// Errors a new call may cure are retried; the rest end the command with their code.
-fn classify(s: tonic::Status) -> Failure {
+fn classify(s: tonic::Status, args: &FollowArgs, sent_checkpoint: bool) -> Failure {
     match s.code() {
-        Code::Unavailable
-        | Code::ResourceExhausted
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::Unknown
-        | Code::Internal => Failure::Retry(format!("{:?}: {}", s.code(), s.message())),
+        Code::InvalidArgument if sent_checkpoint && names_checkpoint(&s) => {
+            Failure::Fatal(CommandError {
+                message: refused_checkpoint(&s, args),
+                code: u8::try_from(i32::from(Code::InvalidArgument)).unwrap_or(1),
+            })
+        }
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted => {
+            Failure::Retry(format!("{:?}: {}", s.code(), s.message()))
+        }
+        Code::Unknown | Code::Internal => Failure::Doubtful(s),
         _ => Failure::Fatal(CommandError::status(&s, "")),
     }
+}
+
+/// Whether an INVALID_ARGUMENT names the `checkpoint` field (its `BadRequest`,
+/// `src/grpc/status.rs`).
+fn names_checkpoint(s: &tonic::Status) -> bool {
+    s.get_error_details()
+        .bad_request()
+        .is_some_and(|b| b.field_violations.iter().any(|v| v.field == "checkpoint"))
+}
+
+/// One line: why the gateway refused the checkpoint, from the cause its `ErrorInfo`
+/// carries (`TokenError::code`, `src/audit/resume.rs`), and the way on.
+fn refused_checkpoint(s: &tonic::Status, args: &FollowArgs) -> String {
+    let cause = s
+        .get_error_details()
+        .error_info()
+        .and_then(|i| i.metadata.get("cause").cloned());
+    let why = match cause.as_deref() {
+        Some("OTHER_KEY") => "it was signed with another credential salt: the gateway was \
+                              restarted without --credential-salt or with another one (or the \
+                              checkpoint was edited)"
+            .to_owned(),
+        Some("DAMAGED") => "the checkpoint is damaged (cut short or corrupted)".to_owned(),
+        Some("OTHER_FILTER") => format!(
+            "it is the checkpoint of a follow with another --search (this one has {})",
+            match &args.search {
+                Some(s) => format!("--search {s:?}"),
+                None => "no --search".to_owned(),
+            }
+        ),
+        Some("UNKNOWN_VERSION") => {
+            "it was written by a gateway version this one cannot read".to_owned()
+        }
+        _ => s.message().to_owned(),
+    };
+    let whose = match &args.checkpoint_file {
+        Some(path) => format!("the checkpoint in {}", path.display()),
+        None => "this run's checkpoint".to_owned(),
+    };
+    let way_on = match &args.checkpoint_file {
+        Some(path) => format!(
+            "move {} away and run again with --since TIME",
+            path.display()
+        ),
+        None => "run again with --since TIME".to_owned(),
+    };
+    let last = match &args.output {
+        Some(path) => format!("the last record in {}", path.display()),
+        None => "the last record written".to_owned(),
+    };
+    format!(
+        "the gateway refused {whose}: {why}; to go on, {way_on} (e.g. the time of {last}; \
+         records of that millisecond come again)"
+    )
 }
 
 fn duration(d: Duration) -> prost_types::Duration {
@@ -346,5 +476,27 @@ fn from_ms(ms: i64) -> SystemTime {
         UNIX_EPOCH + d
     } else {
         UNIX_EPOCH - d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_a_duration_back_or_a_time() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ago: Since = "10m".parse().expect("a duration");
+        assert_eq!(ago, Since::Ago(Duration::from_secs(600)));
+        assert_eq!(ago.instant(now), Some(now - Duration::from_secs(600)));
+        let at: Since = "2025-01-02T03:04:05.678Z".parse().expect("a time");
+        let want = UNIX_EPOCH + Duration::from_millis(1_735_787_045_678);
+        assert_eq!(at, Since::At(want));
+        assert_eq!(at.instant(now), Some(want));
+        let offset: Since = "2025-01-02T04:04:05.678+01:00".parse().expect("a time");
+        assert_eq!(offset, Since::At(want));
+        for bad in ["yesterday", "2025-13-01T00:00:00Z", "10 parsecs"] {
+            assert!(bad.parse::<Since>().is_err(), "{bad}");
+        }
     }
 }

@@ -95,6 +95,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
 
+    /// Serve a non-loopback address without --credential-salt: resume tokens and follow
+    /// checkpoints are then refused once this process restarts.
+    #[arg(long, env = "AUDIT_GATEWAY_ALLOW_EPHEMERAL_TOKENS")]
+    allow_ephemeral_tokens: bool,
+
     /// Accept a plain-HTTP Confluence URL that is not loopback.
     #[arg(long, env = "AUDIT_GATEWAY_ALLOW_INSECURE_UPSTREAM")]
     allow_insecure_upstream: bool,
@@ -137,8 +142,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_CACHE_MAX_BYTES", default_value_t = Size(D.cache.max_bytes))]
     cache_max_bytes: Size,
 
-    /// Secret (16 characters or more) keying credential fingerprints, cache keys and
-    /// resume tokens; replicas must share it. Unset: a random key per process.
+    /// Secret (16 characters or more) keying credential fingerprints, cache keys, resume
+    /// tokens and follow checkpoints; replicas must share it. Unset: a random key per
+    /// process (required on a non-loopback --listen unless --allow-ephemeral-tokens).
     #[arg(
         long,
         env = "AUDIT_GATEWAY_CREDENTIAL_SALT",
@@ -284,6 +290,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             auth,
             caller_tokens_file: a.caller_tokens_file,
             allow_unauthenticated: a.allow_unauthenticated,
+            allow_ephemeral_tokens: a.allow_ephemeral_tokens,
             allow_insecure_upstream: a.allow_insecure_upstream,
             passthrough_revalidate: a.passthrough_revalidate.0,
             tls_cert: a.tls_cert,
@@ -437,6 +444,13 @@ mod tests {
         assert_eq!(c.upstream.concurrency, 5);
         assert_eq!(c.stream_idle_timeout, std::time::Duration::from_millis(300));
         assert!(matches!(&c.auth, UpstreamAuth::Bearer(t) if t.expose_secret() == "tok"));
+    }
+
+    #[test]
+    fn ephemeral_tokens_are_a_flag() {
+        assert!(!parse(&[]).expect("parses").allow_ephemeral_tokens);
+        let c = parse(&["--allow-ephemeral-tokens"]).expect("parses");
+        assert!(c.allow_ephemeral_tokens);
     }
 
     #[test]

@@ -63,8 +63,15 @@ fn to_status(err: &GatewayError) -> Status {
     let mut details = ErrorDetails::new();
     let mut metadata = HashMap::new();
     match err {
-        GatewayError::InvalidArgument { field, description } => {
+        GatewayError::InvalidArgument {
+            field,
+            description,
+            cause,
+        } => {
             details.add_bad_request_violation(*field, description.clone());
+            if let Some(cause) = cause {
+                metadata.insert("cause".to_owned(), (*cause).to_owned());
+            }
         }
         GatewayError::Upstream {
             http_status,
@@ -164,5 +171,28 @@ mod tests {
             (v.field.as_str(), v.description.as_str()),
             ("limit", "too big")
         );
+    }
+
+    #[test]
+    fn refused_tokens_say_why_in_error_info() {
+        use crate::audit::resume::TokenError;
+        for (why, cause) in [
+            (TokenError::OtherKey, "OTHER_KEY"),
+            (TokenError::Corrupt, "DAMAGED"),
+            (TokenError::OtherFilter, "OTHER_FILTER"),
+        ] {
+            let s = to_status(&GatewayError::invalid_token("checkpoint", &why));
+            assert_eq!(s.code(), Code::InvalidArgument);
+            let d = s.get_error_details();
+            let v = &d.bad_request().expect("bad request").field_violations[0];
+            assert_eq!(v.field, "checkpoint");
+            let info = d.error_info().expect("error info");
+            assert_eq!(info.reason, "INVALID_REQUEST");
+            assert_eq!(info.metadata.get("cause").map(String::as_str), Some(cause));
+        }
+        let plain = to_status(&GatewayError::invalid("limit", "too big"));
+        let details = plain.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert!(!info.metadata.contains_key("cause"), "{info:?}");
     }
 }

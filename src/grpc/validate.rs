@@ -54,7 +54,7 @@ pub(crate) fn stream_params(
         Cursor::BEGIN
     } else {
         resume::decode(tokens, &window, &req.resume_token)
-            .map_err(|e| GatewayError::invalid("resume_token", e.to_string()))?
+            .map_err(|e| GatewayError::invalid_token("resume_token", &e))?
     };
     Ok(StreamParams {
         window,
@@ -167,9 +167,16 @@ pub(crate) struct FollowParams {
 
 /// Shortest `poll_interval`: Confluence's rate limits are per credential, shared by all.
 const MIN_POLL: Duration = Duration::from_secs(1);
-/// Longest `poll_interval` and `lag` accepted.
+/// Longest `poll_interval` accepted.
 const MAX_POLL: Duration = Duration::from_secs(3600);
+/// Longest `lag` accepted.
 const MAX_LAG: Duration = Duration::from_secs(24 * 3600);
+/// Earliest `since`: 0001-01-01T00:00:00Z, the start of `google.protobuf.Timestamp`'s
+/// documented range. Bounding it keeps every date a follower computes from it (grid
+/// lines, range widths in `src/audit/follow.rs`) far from overflowing an i64 of ms.
+const MIN_SINCE_SECONDS: i64 = -62_135_596_800;
+/// Latest `since`: 9999-12-31T23:59:59.999999999Z, the end of that range.
+const MAX_SINCE_SECONDS: i64 = 253_402_300_799;
 const DEFAULT_POLL: Duration = Duration::from_secs(10);
 const DEFAULT_LAG: Duration = Duration::from_secs(10);
 
@@ -182,10 +189,22 @@ pub(crate) fn follow_params(
     let search_string = search_string(req.search_string.as_deref())?;
     let checkpoint = match &req.from {
         Some(pb::follow_request::From::Checkpoint(t)) => {
-            checkpoint::decode(tokens, search_string.as_deref(), t)
-                .map_err(|e| GatewayError::invalid("checkpoint", e.to_string()))?
+            let cp = checkpoint::decode(tokens, search_string.as_deref(), t)
+                .map_err(|e| GatewayError::invalid_token("checkpoint", &e))?;
+            // Signed, so written by a gateway; but one that took a `since` before it was
+            // bounded could have written any date.
+            if !since_range_ms().contains(&cp.next) {
+                return Err(GatewayError::invalid(
+                    "checkpoint",
+                    "stands outside the years 0001 to 9999; follow again with since",
+                ));
+            }
+            cp
         }
-        Some(pb::follow_request::From::Since(ts)) => Checkpoint::at(since_ms(ts)?),
+        // Confluence's audit API takes no date before 1970 (`startDate` is digits only,
+        // as confluence-sim's `parse_epoch_ms` models it), and its log holds none: an
+        // earlier instant starts at the epoch rather than failing upstream on every tick.
+        Some(pb::follow_request::From::Since(ts)) => Checkpoint::at(since_ms(ts)?.max(0)),
         None => Checkpoint::at(received_ms),
     };
     let poll = duration("poll_interval", req.poll_interval.as_ref(), DEFAULT_POLL)?;
@@ -212,6 +231,12 @@ pub(crate) fn follow_params(
     })
 }
 
+/// The epoch milliseconds a `since` may become, and a checkpoint may stand at (one past
+/// the latest `since`, rounded up).
+fn since_range_ms() -> std::ops::RangeInclusive<i64> {
+    MIN_SINCE_SECONDS * 1000..=(MAX_SINCE_SECONDS + 1) * 1000
+}
+
 /// A `Timestamp` as epoch milliseconds, rounded up: a record dated the millisecond the
 /// instant falls inside was created before it.
 fn since_ms(ts: &prost_types::Timestamp) -> Result<i64, GatewayError> {
@@ -221,13 +246,23 @@ fn since_ms(ts: &prost_types::Timestamp) -> Result<i64, GatewayError> {
             format!("nanos must be between 0 and 999999999, got {}", ts.nanos),
         ));
     }
-    ts.seconds
-        .checked_mul(1000)
-        .and_then(|ms| ms.checked_add(i64::from((ts.nanos + 999_999) / 1_000_000)))
-        .ok_or_else(|| GatewayError::invalid("since", "is out of range"))
+    if !(MIN_SINCE_SECONDS..=MAX_SINCE_SECONDS).contains(&ts.seconds) {
+        return Err(GatewayError::invalid(
+            "since",
+            format!(
+                "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999999Z \
+                 (seconds {MIN_SINCE_SECONDS} to {MAX_SINCE_SECONDS}), got seconds {}",
+                ts.seconds
+            ),
+        ));
+    }
+    // Within those years neither step can overflow.
+    Ok(ts.seconds * 1000 + i64::from((ts.nanos + 999_999) / 1_000_000))
 }
 
-/// A non-negative `Duration`, or `default` when absent.
+/// A non-negative `Duration`, or `default` when absent. Seconds and nanos must both be
+/// non-negative (protobuf requires their signs to agree) and nanos below a second, so
+/// the conversion cannot overflow; callers bound the result.
 fn duration(
     field: &'static str,
     d: Option<&prost_types::Duration>,
@@ -401,5 +436,112 @@ mod tests {
                 0
             )
         );
+    }
+
+    fn follow_field(req: &pb::FollowRequest) -> Result<FollowParams, &'static str> {
+        follow_params(req, &TokenKey::new(b"k"), 1_700_000_000_000).map_err(|e| match e {
+            GatewayError::InvalidArgument { field, .. } => field,
+            other => panic!("expected an invalid argument, got {other:?}"),
+        })
+    }
+
+    fn ts(seconds: i64, nanos: i32) -> Option<pb::follow_request::From> {
+        Some(pb::follow_request::From::Since(prost_types::Timestamp {
+            seconds,
+            nanos,
+        }))
+    }
+
+    fn pd(seconds: i64, nanos: i32) -> Option<prost_types::Duration> {
+        Some(prost_types::Duration { seconds, nanos })
+    }
+
+    #[test]
+    fn follow_since_spans_the_years_a_timestamp_may_name() {
+        let at = |from| {
+            follow_field(&pb::FollowRequest {
+                from,
+                ..Default::default()
+            })
+        };
+        // Before 1970: from the epoch, the earliest date Confluence takes.
+        let first = at(ts(MIN_SINCE_SECONDS, 0)).expect("0001-01-01T00:00:00Z");
+        assert_eq!(first.checkpoint.next, 0);
+        let last = at(ts(MAX_SINCE_SECONDS, 999_999_999)).expect("9999-12-31T23:59:59.999999999Z");
+        assert_eq!(last.checkpoint.next, 253_402_300_800_000);
+        assert!(since_range_ms().contains(&last.checkpoint.next));
+        // Rounded up to the millisecond.
+        assert_eq!(at(ts(1, 1)).expect("valid").checkpoint.next, 1001);
+        assert_eq!(at(ts(-1, 0)).expect("before 1970").checkpoint.next, 0);
+        assert_eq!(at(ts(0, 0)).expect("the epoch").checkpoint.next, 0);
+        for (seconds, nanos) in [
+            (MIN_SINCE_SECONDS - 1, 999_999_999),
+            (MAX_SINCE_SECONDS + 1, 0),
+            (i64::MIN, 0),
+            (i64::MAX, 999_999_999),
+            (0, -1),
+            (0, 1_000_000_000),
+        ] {
+            assert_eq!(
+                at(ts(seconds, nanos)).err(),
+                Some("since"),
+                "{seconds}s {nanos}ns"
+            );
+        }
+    }
+
+    #[test]
+    fn follow_durations_are_bounded_and_never_negative() {
+        let with = |poll_interval, lag| {
+            follow_field(&pb::FollowRequest {
+                poll_interval,
+                lag,
+                ..Default::default()
+            })
+        };
+        let d = with(None, None).expect("defaults");
+        assert_eq!((d.poll, d.lag), (DEFAULT_POLL, DEFAULT_LAG));
+        let edges = with(pd(3600, 0), pd(24 * 3600, 0)).expect("the largest");
+        assert_eq!((edges.poll, edges.lag), (MAX_POLL, MAX_LAG));
+        let small = with(pd(1, 0), pd(0, 0)).expect("the smallest");
+        assert_eq!((small.poll, small.lag), (MIN_POLL, Duration::ZERO));
+        for (poll, lag, field) in [
+            (pd(0, 999_999_999), None, "poll_interval"),
+            (pd(3600, 1), None, "poll_interval"),
+            (pd(-1, 0), None, "poll_interval"),
+            (pd(5, -1), None, "poll_interval"),
+            (pd(i64::MAX, 999_999_999), None, "poll_interval"),
+            (pd(i64::MIN, -999_999_999), None, "poll_interval"),
+            (pd(5, 1_000_000_000), None, "poll_interval"),
+            (None, pd(24 * 3600, 1), "lag"),
+            (None, pd(-1, 0), "lag"),
+            (None, pd(0, -1), "lag"),
+            (None, pd(i64::MAX, 0), "lag"),
+            (None, pd(i64::MIN, 0), "lag"),
+        ] {
+            assert_eq!(with(poll, lag).err(), Some(field), "{poll:?} {lag:?}");
+        }
+    }
+
+    #[test]
+    fn follow_checkpoints_outside_the_years_are_refused() {
+        let key = TokenKey::new(b"k");
+        let from = |next| {
+            let token = checkpoint::encode(&key, None, &Checkpoint::at(next));
+            follow_field(&pb::FollowRequest {
+                from: Some(pb::follow_request::From::Checkpoint(token)),
+                ..Default::default()
+            })
+        };
+        assert!(from(*since_range_ms().start()).is_ok());
+        assert!(from(*since_range_ms().end()).is_ok());
+        for next in [
+            i64::MIN,
+            since_range_ms().start() - 1,
+            since_range_ms().end() + 1,
+            i64::MAX,
+        ] {
+            assert_eq!(from(next).err(), Some("checkpoint"), "{next}");
+        }
     }
 }

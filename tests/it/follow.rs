@@ -11,7 +11,10 @@ use secrecy::SecretString;
 use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::common::{now_ms, sim_and_gateway, spawn_gateway, test_config};
+use crate::common::{
+    Canned, Finished, StubUpstream, finish_within, now_ms, sim_and_gateway, spawn_gateway,
+    spawn_simulator, test_config,
+};
 
 const SALT: &str = "follow-tests-salt-0123456789";
 
@@ -590,4 +593,357 @@ async fn the_follow_command_resumes_from_its_checkpoint_file_after_being_killed(
     };
     consumer.assert_exactly(want);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `audit-gateway follow` against `gateway` with `args`, run to its end (at most 60 s).
+async fn follow_command(gateway: std::net::SocketAddr, args: &[&str]) -> Finished {
+    let child = follow_child(gateway, args);
+    tokio::task::spawn_blocking(move || finish_within(child, Duration::from_secs(60)))
+        .await
+        .expect("joined")
+}
+
+/// `audit-gateway follow` against `gateway` with `args`, started (stdout, stderr piped).
+fn follow_child(gateway: std::net::SocketAddr, args: &[&str]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_audit-gateway"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AUDIT_GATEWAY_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.args(["follow", "--gateway", &format!("http://{gateway}")])
+        .args(["--poll-interval", "1s", "--lag", "0s"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// The (date, seq) of each whole line of an ndjson output.
+fn shipped(output: &std::path::Path) -> Vec<(i64, u64)> {
+    std::fs::read_to_string(output)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            let date = v["creationDate"].as_i64().expect("creationDate");
+            (date, confluence_sim::record_seq(&v).expect("seq"))
+        })
+        .collect()
+}
+
+/// Waits until `done` holds, polling; fails after `limit` with `what`.
+async fn until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The one line the command ends with, checked to be the whole error.
+fn error_line(f: &Finished) -> &str {
+    let line = f.stderr.lines().last().unwrap_or_default();
+    assert!(line.starts_with("error: "), "{}", f.stderr);
+    line
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}-{}", std::process::id(), now_ms()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// The shipper outlives a gateway restart with the same salt (UNAVAILABLE, then the
+/// checkpoint on the new process), and stops with one line naming the cause when the
+/// gateway comes back without a salt: its checkpoint is signed with another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follow_command_resumes_across_a_restart_and_names_a_changed_salt() {
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 40,
+        live: Some(Live {
+            per_second: 20.0,
+            burst: 2,
+        }),
+        ..Default::default()
+    })
+    .await;
+    let config = |listen, salt: Option<&str>| {
+        let mut c = test_config(&sim.base_url());
+        c.listen = listen;
+        c.cache.credential_salt = salt.map(SecretString::from);
+        c
+    };
+    let first = spawn_gateway(config(([127, 0, 0, 1], 0).into(), Some(SALT))).await;
+    let addr = first.addr;
+    let dir = temp_dir("follow-restart");
+    let (checkpoint, output) = (dir.join("checkpoint.json"), dir.join("audit.ndjson"));
+    let (cp, out) = (
+        checkpoint.to_str().expect("utf-8"),
+        output.to_str().expect("utf-8"),
+    );
+    let since = "2000-01-01T00:00:00Z";
+    let child = follow_child(
+        addr,
+        &["--since", since, "--checkpoint-file", cp, "--output", out],
+    );
+    until(
+        Duration::from_secs(20),
+        "the backfill and live records",
+        || shipped(&output).len() > 50,
+    )
+    .await;
+    first.shutdown().await.expect("a clean stop");
+
+    // The same salt on the same address: the shipper goes on from its checkpoint.
+    let second = spawn_gateway(config(addr, Some(SALT))).await;
+    let had = shipped(&output).len();
+    until(
+        Duration::from_secs(20),
+        "records through the second gateway",
+        || shipped(&output).len() > had + 5,
+    )
+    .await;
+    let stop_at = now_ms();
+    sim.stop_live_at(stop_at);
+    let want = sim.expected_records(946_684_800_000, stop_at);
+    until(
+        Duration::from_secs(20),
+        "every record up to the stop",
+        || shipped(&output).len() >= want.len(),
+    )
+    .await;
+    second.shutdown().await.expect("a clean stop");
+
+    // Restarted without --credential-salt: the checkpoint is refused, and said why.
+    let _third = spawn_gateway(config(addr, None)).await;
+    let finished =
+        tokio::task::spawn_blocking(move || finish_within(child, Duration::from_secs(30)))
+            .await
+            .expect("joined");
+    assert_eq!(
+        finished.status.and_then(|s| s.code()),
+        Some(3),
+        "INVALID_ARGUMENT's code: {}",
+        finished.stderr
+    );
+    let line = error_line(&finished);
+    for part in [
+        "another credential salt",
+        "--credential-salt",
+        cp,
+        "--since TIME",
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line:?}");
+    }
+    let consumer = Consumer {
+        got: shipped(&output),
+        checkpoint: None,
+    };
+    consumer.assert_exactly(want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A checkpoint of another `--search`, or a damaged one, ends the command with one line
+/// saying which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follow_command_says_why_its_checkpoint_is_refused() {
+    let (_sim, gw) = sim_and_gateway(SimulatorConfig::default(), |c| {
+        c.cache.credential_salt = Some(SecretString::from(SALT));
+    })
+    .await;
+    let dir = temp_dir("follow-refused");
+    let checkpoint = dir.join("checkpoint.json");
+    let cp = checkpoint.to_str().expect("utf-8");
+    let out = dir.join("audit.ndjson");
+    let out = out.to_str().expect("utf-8");
+    let first = follow_command(
+        gw.addr,
+        &[
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--max-records",
+            "3",
+            "--checkpoint-file",
+            cp,
+            "--output",
+            out,
+        ],
+    )
+    .await;
+    assert_eq!(
+        first.status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        first.stderr
+    );
+
+    let other_search = follow_command(gw.addr, &["--checkpoint-file", cp, "--search", "x"]).await;
+    assert_eq!(
+        other_search.status.and_then(|s| s.code()),
+        Some(3),
+        "{}",
+        other_search.stderr
+    );
+    let line = error_line(&other_search);
+    assert!(line.contains("another --search"), "{line}");
+    assert!(line.contains("--since TIME"), "{line}");
+
+    // The file is JSON still, but the checkpoint in it is cut short.
+    let mut saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&checkpoint).expect("the file")).expect("JSON");
+    let token = saved["checkpoint"]
+        .as_str()
+        .expect("a checkpoint")
+        .to_owned();
+    saved["checkpoint"] = token[..token.len() / 2].into();
+    std::fs::write(&checkpoint, saved.to_string()).expect("written");
+    let damaged = follow_command(gw.addr, &["--checkpoint-file", cp]).await;
+    assert_eq!(
+        damaged.status.and_then(|s| s.code()),
+        Some(3),
+        "{}",
+        damaged.stderr
+    );
+    let line = error_line(&damaged);
+    assert!(line.contains("damaged"), "{line}");
+    assert!(!line.contains("credential salt"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// INTERNAL is not retried forever: a few calls in a row, then the command ends with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follow_command_gives_up_on_a_repeating_internal_error() {
+    // Every page Confluence sends is not JSON: INTERNAL after the gateway's retries.
+    let upstream = StubUpstream::start(Canned::json("not json")).await;
+    let gw = spawn_gateway(test_config(&upstream.base_url())).await;
+    let finished = follow_command(gw.addr, &["--since", "1h"]).await;
+    assert_eq!(
+        finished.status.and_then(|s| s.code()),
+        Some(13),
+        "INTERNAL's code, not a loop: {}",
+        finished.stderr
+    );
+    let line = error_line(&finished);
+    assert!(line.contains("Internal"), "{line}");
+    assert!(line.contains("not retried further"), "{line}");
+    assert_eq!(
+        finished.stderr.matches("following again").count(),
+        2,
+        "{}",
+        finished.stderr
+    );
+}
+
+/// `since` spans google.protobuf.Timestamp's years, 0001 to 9999, and is followed from
+/// either end without a date overflowing; beyond them, and for durations out of their
+/// bounds (negative, overflowing), INVALID_ARGUMENT names the field before any upstream
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_inputs_are_bounded_and_far_off_instants_are_followed() {
+    let (sim, gw) = sim_and_gateway(SimulatorConfig::default(), |_| {}).await;
+    let mut client = gw.client.clone();
+    let at = |seconds, nanos| {
+        Some(pb::follow_request::From::Since(prost_types::Timestamp {
+            seconds,
+            nanos,
+        }))
+    };
+    let pd = |seconds, nanos| Some(prost_types::Duration { seconds, nanos });
+    let (first, last) = (-62_135_596_800, 253_402_300_799);
+    let now = request(None, Duration::ZERO);
+    let cases = [
+        (
+            pb::FollowRequest {
+                from: at(first - 1, 999_999_999),
+                ..now.clone()
+            },
+            "since",
+        ),
+        (
+            pb::FollowRequest {
+                from: at(last + 1, 0),
+                ..now.clone()
+            },
+            "since",
+        ),
+        (
+            pb::FollowRequest {
+                from: at(i64::MIN, 0),
+                ..now.clone()
+            },
+            "since",
+        ),
+        (
+            pb::FollowRequest {
+                poll_interval: pd(i64::MAX, 999_999_999),
+                ..now.clone()
+            },
+            "poll_interval",
+        ),
+        (
+            pb::FollowRequest {
+                poll_interval: pd(3600, 1),
+                ..now.clone()
+            },
+            "poll_interval",
+        ),
+        (
+            pb::FollowRequest {
+                poll_interval: pd(2, -1),
+                ..now.clone()
+            },
+            "poll_interval",
+        ),
+        (
+            pb::FollowRequest {
+                lag: pd(i64::MIN, 0),
+                ..now.clone()
+            },
+            "lag",
+        ),
+        (
+            pb::FollowRequest {
+                lag: pd(24 * 3600, 1),
+                ..now.clone()
+            },
+            "lag",
+        ),
+    ];
+    let before = sim.request_count();
+    for (req, field) in cases {
+        let status = client.follow(req.clone()).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{req:?}: {status:?}");
+        let violations = status
+            .get_details_bad_request()
+            .expect("BadRequest details")
+            .field_violations;
+        assert_eq!(violations[0].field, field, "{req:?}: {status:?}");
+    }
+    assert_eq!(sim.request_count(), before, "Confluence was not called");
+
+    // From the first instant of year 1: the whole log, oldest first.
+    let mut req = request(at(first, 0), Duration::ZERO);
+    req.max_records = Some(3);
+    let mut s = follow(&mut client, req).await;
+    let mut consumer = Consumer::default();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(20), s.message())
+        .await
+        .expect("ends within 20 s")
+        .expect("no error")
+    {
+        consumer.take(m);
+    }
+    assert_eq!(consumer.got.len(), 3);
+    // From the last instant of year 9999: nothing yet, a heartbeat, then more.
+    let mut s = follow(&mut client, request(at(last, 999_999_999), Duration::ZERO)).await;
+    for _ in 0..2 {
+        let m = next(&mut s).await.expect("a heartbeat");
+        assert!(m.records.is_empty(), "nothing is that new");
+    }
 }

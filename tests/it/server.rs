@@ -498,27 +498,82 @@ impl Drop for KillOnDrop {
 
 /// `audit-gateway serve` on port 0, once it has logged its "listening" line (returned).
 fn serving_binary() -> (KillOnDrop, String) {
+    let (child, mut lines) = serving_binary_with(&["--listen", "127.0.0.1:0"]);
+    let listening = lines.pop().expect("the 'listening' line");
+    (child, listening)
+}
+
+/// `audit-gateway serve` with `args` in front of a closed port, once it has logged its
+/// "listening" line: every line it logged, that one last.
+fn serving_binary_with(args: &[&str]) -> (KillOnDrop, Vec<String>) {
     let mut child = KillOnDrop(
-        gateway_command(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--confluence-url",
-            "http://127.0.0.1:9/wiki",
-        ])
-        .spawn()
-        .expect("binary runs"),
+        gateway_command(&[&["--confluence-url", "http://127.0.0.1:9/wiki"], args].concat())
+            .spawn()
+            .expect("binary runs"),
     );
     let lines = stderr_lines(&mut child.0);
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = lines
             .recv_timeout(left)
-            .expect("a 'listening' line within 10 s");
-        if line.contains("listening") {
-            return (child, line);
+            .unwrap_or_else(|e| panic!("a 'listening' line within 10 s ({e}): {seen:?}"));
+        let listening = line.contains("listening");
+        seen.push(line);
+        if listening {
+            return (child, seen);
         }
     }
+}
+
+#[test]
+fn serve_on_a_reachable_address_needs_a_salt_or_says_tokens_are_ephemeral() {
+    // Callers are accounted for; a random key per process is not, by default.
+    let stderr = failing_serve(&[
+        "--confluence-url",
+        "http://127.0.0.1:9/wiki",
+        "--listen",
+        "0.0.0.0:0",
+        "--allow-unauthenticated",
+    ]);
+    assert!(
+        stderr.contains("--credential-salt") && stderr.contains("--allow-ephemeral-tokens"),
+        "{stderr}"
+    );
+    // Said explicitly: it serves, and warns that tokens and checkpoints die with it.
+    let (_child, lines) = serving_binary_with(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--allow-unauthenticated",
+        "--allow-ephemeral-tokens",
+    ]);
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("no --credential-salt"))
+        .unwrap_or_else(|| panic!("no warning about the salt in {lines:?}"));
+    let event: serde_json::Value =
+        serde_json::from_str(warning).unwrap_or_else(|e| panic!("not JSON: {warning:?}: {e}"));
+    assert_eq!(event["level"], "WARN", "{warning}");
+    assert!(warning.contains("checkpoints"), "{warning}");
+}
+
+#[test]
+fn serve_on_loopback_without_a_salt_warns_that_checkpoints_die_with_it() {
+    let (_child, lines) = serving_binary_with(&["--listen", "127.0.0.1:0"]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"WARN\"") && l.contains("follow checkpoints")),
+        "{lines:?}"
+    );
+    let salt = "a salt of sixteen or more";
+    let (_child, lines) =
+        serving_binary_with(&["--listen", "127.0.0.1:0", "--credential-salt", salt]);
+    assert!(
+        !lines.iter().any(|l| l.contains("no --credential-salt")),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test]
