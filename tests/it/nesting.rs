@@ -26,7 +26,7 @@ fn config() -> SimulatorConfig {
 /// Levels of objects and arrays in `value`, and the string innermost.
 fn depth_and_bottom(value: &Value) -> (usize, Option<&str>) {
     let inner = match value {
-        Value::Object(map) => map.values().last(),
+        Value::Object(map) => map.values().next_back(),
         Value::Array(items) => items.last(),
         _ => return (0, value.as_str()),
     };

@@ -1263,7 +1263,7 @@ fn live_flags_parse() {
 /// item of each).
 fn depth_and_bottom(value: &Value) -> (usize, Option<&str>) {
     let inner = match value {
-        Value::Object(map) => map.values().last(),
+        Value::Object(map) => map.values().next_back(),
         Value::Array(items) => items.last(),
         _ => return (0, value.as_str()),
     };
