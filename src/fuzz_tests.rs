@@ -218,6 +218,16 @@ fn write_fuzz_seeds() {
         ]
         .map(|p| p.as_bytes().to_vec()),
     );
+    // Values nested past protobuf's recursion limit, sent partly as JSON text.
+    let deep = (0..60).fold(serde_json::json!("bottom"), |v, i| match i % 2 {
+        0 => serde_json::json!([v, 1.5]),
+        _ => serde_json::json!({ "a/~b": v }),
+    });
+    pages.push(
+        serde_json::to_vec(&serde_json::json!({"results": [{"k": deep,
+            "author": {"operations": deep}}], "_links": {"d": deep}}))
+        .expect("serialises"),
+    );
     for (i, page) in pages.iter().enumerate() {
         write("page", &i.to_string(), page);
         let encoded = gw::encode_page(page).expect("every seed page converts");

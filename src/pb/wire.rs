@@ -153,6 +153,7 @@ mod tests {
             )]
             .into(),
             unknown_fields: None,
+            json_text_paths: vec!["/x".to_owned()],
         };
         let bytes = Bytes::from(page.encode_to_vec());
         let view = PageView::parse(&bytes).expect("parses");

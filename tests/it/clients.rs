@@ -1,6 +1,7 @@
 //! The client examples of examples/ (Python, Node.js, Go) against a gateway in front of
-//! the simulator: each must exit 0 with its three summary lines. A missing toolchain
-//! fails the test (scripts/test installs them all).
+//! the simulator: each must exit 0 with its three summary lines, and against records
+//! nested 60 JSON levels deep (`SimulatorConfig::nested_depth`) with a fourth saying what
+//! it restored. A missing toolchain fails the test (scripts/test installs them all).
 
 use std::{
     ffi::OsString,
@@ -20,6 +21,22 @@ use crate::common::{Finished, finish_within, sim_and_gateway};
 const EXPECTED: &str = "GetSince: 100 records\n\
                         StreamSince: 60 records, resumed: 60 more, no repeats\n\
                         Follow: 20 records, oldest first\n";
+
+/// JSON levels of the simulator's `nested` value in the nesting runs: 150 levels of
+/// message nesting as plain `google.protobuf.Value`s, more than Python's protobuf (upb),
+/// like prost, decodes.
+const NESTED_DEPTH: usize = 60;
+
+/// What every example prints when each record holds a value [`NESTED_DEPTH`] levels deep:
+/// the summary of [`EXPECTED`] with, after GetSince, the deepest unknown field of the
+/// newest record (5000 records: number 4999) as restored from JSON text.
+fn expected_nested() -> String {
+    let (get, rest) = EXPECTED.split_once('\n').expect("lines");
+    format!(
+        "{get}\nJSON text restored in 100 records; the first's deepest unknown field: \
+         nested, {NESTED_DEPTH} levels, innermost \"bottom #4999\"\n{rest}"
+    )
+}
 
 /// Longest an example may run (its calls take about a second).
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,11 +64,13 @@ async fn python_example_gets_streams_resumes_and_follows() {
          installs them into target/interop-venv\n{}",
         deps.text
     );
-    let mut command = Command::new(&python);
-    command
-        .arg(root().join("examples/python/client.py"))
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    expect_summary("python", command).await;
+    for nested in [None, Some(NESTED_DEPTH)] {
+        let mut command = Command::new(&python);
+        command
+            .arg(root().join("examples/python/client.py"))
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        expect_summary("python", command, nested).await;
+    }
 }
 
 #[tokio::test]
@@ -62,9 +81,11 @@ async fn node_example_gets_streams_resumes_and_follows() {
             .is_dir(),
         "examples/node has no node_modules: run `scripts/test` once (npm ci there)"
     );
-    let mut command = Command::new("node");
-    command.arg(root().join("examples/node/client.js"));
-    expect_summary("node", command).await;
+    for nested in [None, Some(NESTED_DEPTH)] {
+        let mut command = Command::new("node");
+        command.arg(root().join("examples/node/client.js"));
+        expect_summary("node", command, nested).await;
+    }
 }
 
 #[tokio::test]
@@ -87,7 +108,9 @@ async fn go_example_gets_streams_resumes_and_follows() {
          packages)\n{}",
         build.text
     );
-    expect_summary("go", Command::new(binary)).await;
+    for nested in [None, Some(NESTED_DEPTH)] {
+        expect_summary("go", Command::new(&binary), nested).await;
+    }
 }
 
 /// The committed Go stubs (examples/go/auditv1) are what examples/go/generate.sh makes
@@ -117,22 +140,31 @@ fn go_example_stubs_match_the_proto() {
     }
 }
 
-/// Starts a simulator and a gateway, runs `command` with the gateway's address in
-/// `AUDIT_GATEWAY_ADDR`, and expects exit 0 and exactly [`EXPECTED`] on stdout.
-async fn expect_summary(language: &str, mut command: Command) {
-    let (_sim, gw) = sim_and_gateway(SimulatorConfig::default(), |_| {}).await;
+/// Starts a simulator (its records `nested_depth` deep, when set) and a gateway, runs
+/// `command` with the gateway's address in `AUDIT_GATEWAY_ADDR`, and expects exit 0 and
+/// exactly [`EXPECTED`] (or [`expected_nested`]) on stdout.
+async fn expect_summary(language: &str, mut command: Command, nested_depth: Option<usize>) {
+    let config = SimulatorConfig {
+        nested_depth,
+        ..SimulatorConfig::default()
+    };
+    let expected = match nested_depth {
+        None => EXPECTED.to_owned(),
+        Some(_) => expected_nested(),
+    };
+    let (_sim, gw) = sim_and_gateway(config, |_| {}).await;
     command.env("AUDIT_GATEWAY_ADDR", gw.addr.to_string());
     let outcome = tokio::task::spawn_blocking(move || run(&mut command, RUN_TIMEOUT))
         .await
         .expect("client thread");
     assert!(
         outcome.success,
-        "the {language} example failed\n{}",
+        "the {language} example failed (nested_depth {nested_depth:?})\n{}",
         outcome.text
     );
     assert_eq!(
-        outcome.stdout, EXPECTED,
-        "the {language} example's summary\n{}",
+        outcome.stdout, expected,
+        "the {language} example's summary (nested_depth {nested_depth:?})\n{}",
         outcome.text
     );
 }

@@ -11,6 +11,7 @@ mod follow;
 mod get_since;
 mod interop;
 mod mesh;
+mod nesting;
 mod otel;
 mod overload;
 mod proxy;

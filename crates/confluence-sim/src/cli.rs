@@ -91,6 +91,11 @@ pub struct SimulateArgs {
     /// Require exactly this `Authorization` header (401 otherwise).
     #[arg(long, hide_env_values = true)]
     pub require_authorization: Option<String>,
+
+    /// Give every record an unknown key `nested` holding a value N JSON levels deep (and
+    /// every other record's `author.operations` the same).
+    #[arg(long, value_name = "N")]
+    pub nested_depth: Option<usize>,
 }
 
 impl SimulateArgs {
@@ -134,6 +139,7 @@ impl SimulateArgs {
             }),
             late_share: self.late_share,
             late_by: self.late_by.unwrap_or_default(),
+            nested_depth: self.nested_depth,
             ..SimulatorConfig::default()
         })
     }

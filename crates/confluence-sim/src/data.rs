@@ -29,6 +29,8 @@ pub(crate) struct Log {
     /// Inserted batches as (first sequence number, creation date), both ascending. Shared so a
     /// request can render from a snapshot without holding the simulator's lock.
     batches: Arc<Vec<(u64, i64)>>,
+    /// Depth of the value every record carries under `nested` (none: no such key).
+    nested_depth: Option<usize>,
     /// The oldest sequence number not deleted.
     oldest: u64,
     /// The next sequence number to insert.
@@ -51,6 +53,7 @@ impl Log {
             ties: 0,
             duplicate_every: 0,
             batches: Arc::default(),
+            nested_depth: None,
             oldest: 0,
             end: initial,
         }
@@ -62,6 +65,15 @@ impl Log {
         Log {
             ties,
             duplicate_every,
+            ..self
+        }
+    }
+
+    /// The same log with every record carrying a value `depth` levels deep (see
+    /// `SimulatorConfig::nested_depth`).
+    pub(crate) fn nested(self, depth: Option<usize>) -> Log {
+        Log {
+            nested_depth: depth,
             ..self
         }
     }
@@ -166,7 +178,16 @@ impl Log {
 
     /// Record `seq`, generated afresh (a duplicate from the record it copies).
     pub(crate) fn record(&self, seq: u64) -> Record {
-        Record::generate(self.seed, self.content_seq(seq), self.date(seq))
+        let content = self.content_seq(seq);
+        let mut record = Record::generate(self.seed, content, self.date(seq));
+        if let Some(depth) = self.nested_depth {
+            let deep = nested_value(depth, content);
+            if content % 2 == 1 {
+                record.author.operations = deep.clone();
+            }
+            record.nested = Some(deep);
+        }
+        record
     }
 
     /// One page, newest first: the records of `range` not in `hidden` that contain
@@ -417,6 +438,8 @@ pub(crate) struct Record {
     risk_level: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ext: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nested: Option<Value>,
 }
 
 /// `Option<Value>` fields below are three-state: absent (`None`), `null`, or a string.
@@ -547,6 +570,7 @@ impl Record {
             associated_objects: (0..r.usize(0..=3)).map(|_| Object::generate(r)).collect(),
             risk_level: one_in(r, 4).then(|| pick(r, &["low", "medium", "high"])),
             ext: one_in(r, 5).then(|| json!({ "nested": [1, "x", null] })),
+            nested: None,
         }
     }
 
@@ -582,8 +606,8 @@ impl Record {
             out.extend([object.name, object.object_type]);
         }
         out.extend(self.risk_level);
-        if let Some(ext) = &self.ext {
-            value_strings(ext, out);
+        for value in self.ext.iter().chain(&self.nested) {
+            value_strings(value, out);
         }
     }
 }
@@ -650,6 +674,20 @@ fn operations(r: &mut fastrand::Rng) -> Value {
             { "operation": "administer", "targetType": "application" },
         ]),
     }
+}
+
+/// A value `depth` JSON levels deep: `{"down": [{"down": [… "bottom #<seq>" …]}]}`, an
+/// object outermost, then arrays and objects in turn.
+pub(crate) fn nested_value(depth: usize, seq: u64) -> Value {
+    (0..depth)
+        .rev()
+        .fold(json!(format!("bottom #{seq}")), |inner, level| {
+            if level % 2 == 0 {
+                json!({ "down": inner })
+            } else {
+                json!([inner])
+            }
+        })
 }
 
 /// An identifier that is absent, `null`, or `hex_len` hex digits.

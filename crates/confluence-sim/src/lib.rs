@@ -126,6 +126,10 @@ pub struct SimulatorConfig {
     /// How long after its `creationDate` a late record becomes visible at most: a delay in
     /// (0, late_by], in whole milliseconds (default 0: no record is late).
     pub late_by: Duration,
+    /// Every record carries an unknown key `nested` holding a value this many JSON levels
+    /// deep (objects and arrays in turn, a string `"bottom #<seq>"` innermost), and every
+    /// record of odd sequence number the same as `author.operations` (default none).
+    pub nested_depth: Option<usize>,
 }
 
 /// Records created in real time, as on a busy site: bursts of 1..=`burst` records sharing a
@@ -165,6 +169,7 @@ impl Default for SimulatorConfig {
             live: None,
             late_share: 0.0,
             late_by: Duration::ZERO,
+            nested_depth: None,
         }
     }
 }

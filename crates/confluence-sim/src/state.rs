@@ -86,7 +86,8 @@ impl Shared {
             tie_order_seed: (config.ties > 1).then_some(config.seed),
             state: Mutex::new(State {
                 log: Log::new(config.seed, config.records, start_ms)
-                    .shaped(config.ties, config.duplicate_every),
+                    .shaped(config.ties, config.duplicate_every)
+                    .nested(config.nested_depth),
                 live: config
                     .live
                     .as_ref()

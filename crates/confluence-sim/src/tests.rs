@@ -1258,3 +1258,56 @@ fn live_flags_parse() {
     assert!(parse(&["--late-share", "2", "--late-by", "1s"]).is_err());
     assert!(parse(&["--live-rate", "-1"]).is_err());
 }
+
+/// Levels of objects and arrays in `value`, and the string innermost (following the last
+/// item of each).
+fn depth_and_bottom(value: &Value) -> (usize, Option<&str>) {
+    let inner = match value {
+        Value::Object(map) => map.values().next_back(),
+        Value::Array(items) => items.last(),
+        _ => return (0, value.as_str()),
+    };
+    let (depth, bottom) = inner.map_or((0, None), depth_and_bottom);
+    (depth + 1, bottom)
+}
+
+#[tokio::test]
+async fn nested_depth_serves_values_that_deep_under_nested_and_operations() {
+    let parse = |args: &[&str]| {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: cli::SimulateArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("sim").chain(args.iter().copied()),
+        )
+        .unwrap();
+        cli.args.to_config().unwrap()
+    };
+    assert_eq!(parse(&[]).nested_depth, None);
+    let config = parse(&["--records", "4", "--nested-depth", "60"]);
+    assert_eq!(config.nested_depth, Some(60));
+
+    let sim = start(config).await;
+    let body = page(&sim, "limit=4").await;
+    for record in body["results"].as_array().unwrap() {
+        let seq = record_seq(record).unwrap();
+        let bottom = format!("bottom #{seq}");
+        assert_eq!(
+            depth_and_bottom(&record["nested"]),
+            (60, Some(bottom.as_str()))
+        );
+        assert!(
+            record["nested"]["down"].is_array(),
+            "objects and arrays in turn"
+        );
+        let operations = &record["author"]["operations"];
+        if seq % 2 == 1 {
+            assert_eq!(operations, &record["nested"]);
+        } else {
+            assert!(depth_and_bottom(operations).0 < 3, "the usual operations");
+        }
+    }
+    sim.shutdown();
+}

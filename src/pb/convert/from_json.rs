@@ -1,5 +1,8 @@
 //! Confluence's parsed JSON page (`audit::record`) into protobuf messages, losing nothing:
-//! a value the typed field cannot hold goes into `unknown_fields` under its JSON key.
+//! a value the typed field cannot hold goes into `unknown_fields` under its JSON key, and
+//! a value nested too deep for protobuf's decoders goes as its JSON text (`Deep`).
+
+use std::fmt::Write as _;
 
 use prost_types::{ListValue, Struct, Timestamp, Value as PbValue, value::Kind};
 use serde_json::Value;
@@ -9,58 +12,103 @@ use crate::{
     pb::{self, convert::ToJson},
 };
 
+/// The deepest message nesting any response may reach, counting the outermost message as
+/// level 1: prost, upb (Python), C++ and Java refuse a message whose nesting passes their
+/// default recursion limit of 100 (prost and upb allow 100 levels below the outermost; we
+/// keep one level to spare rather than rely on how each runtime counts).
+const MAX_DEPTH: usize = 100;
+
+// Message levels, counted from the outermost message down (proto/confluence/audit/v1/
+// audit.proto). GetSinceResponse, StreamSinceResponse and FollowResponse each hold their
+// records in field 1 (`pb/wire.rs` moves records between them as they are), so a record
+// lies at the same level in all three, and its limits hold wherever it is sent.
+/// `GetSinceResponse` (`StreamSinceResponse`, `FollowResponse`).
+const PAGE: usize = 1;
+/// `AuditRecord`, an item of `results` (`records`).
+const RECORD: usize = PAGE + 1;
+/// `AuditAuthor`, `AffectedObject`, `ChangedValue`: messages of a record's fields.
+const MEMBER: usize = RECORD + 1;
+/// From a message to a `Value` in one of its fields.
+const FIELD_VALUE: usize = 1;
+/// From a message to a `Value` in its `map<string, Value>`: the map entry, the Value.
+const MAP_VALUE: usize = 2;
+/// From a message (or `Value`) to a `Value` in its `Struct` field: the Struct, its map
+/// entry, the Value.
+const STRUCT_VALUE: usize = 3;
+/// From a `Value` to a `Value` in its `ListValue`: the ListValue, the Value.
+const LIST_VALUE: usize = 2;
+
 /// Converts a parsed page into the `GetSinceResponse` message.
 pub(crate) fn page_to_proto(page: record::Page<'_>) -> pb::GetSinceResponse {
     let h = page.header;
-    let mut unknown = Extra::new(h.unknown);
-    let links = match h.links {
-        Some(Loose::Typed(ValueOf(Value::Object(map)))) => map
-            .into_iter()
-            .map(|(k, v)| (k, json_to_value(v)))
-            .collect(),
-        other => {
-            unknown.keep("_links", other.map(|l| l.into_value(|v| v.0)));
-            Default::default()
+    let mut deep = Deep::within(MAX_DEPTH);
+    let results = page.results.into_iter().map(record_to_proto).collect();
+    let mut page = {
+        let mut unknown = Extra::new(h.unknown, PAGE, Ptr::Root, &mut deep);
+        let links = match h.links {
+            Some(Loose::Typed(ValueOf(Value::Object(map)))) => map
+                .into_iter()
+                .map(|(k, v)| {
+                    let at = Ptr::Key(&Ptr::Key(&Ptr::Root, "_links"), &k);
+                    let v = unknown.deep.value(v, PAGE + MAP_VALUE, at);
+                    (k, v)
+                })
+                .collect(),
+            other => {
+                unknown.keep("_links", other.map(|l| l.into_value(|v| v.0)));
+                Default::default()
+            }
+        };
+        pb::GetSinceResponse {
+            results,
+            start: unknown.take("start", h.start).unwrap_or_default(),
+            limit: unknown.take("limit", h.limit).unwrap_or_default(),
+            size: unknown.take("size", h.size).unwrap_or_default(),
+            links,
+            unknown_fields: unknown.finish(),
+            json_text_paths: Vec::new(),
         }
     };
-    pb::GetSinceResponse {
-        results: page.results.into_iter().map(record_to_proto).collect(),
-        start: unknown.take("start", h.start).unwrap_or_default(),
-        limit: unknown.take("limit", h.limit).unwrap_or_default(),
-        size: unknown.take("size", h.size).unwrap_or_default(),
-        links,
-        unknown_fields: unknown.finish(),
-    }
+    page.json_text_paths = deep.paths;
+    page
 }
 
-/// Converts one audit record.
+/// Converts one audit record; the JSON Pointers of values it carries as text are its own.
 fn record_to_proto(r: record::Record<'_>) -> pb::AuditRecord {
-    let mut x = Extra::new(r.unknown);
-    let creation_date = x.take("creationDate", r.creation_date);
-    pb::AuditRecord {
-        author: x.take_with("author", r.author, author_to_proto),
-        remote_address: x.string("remoteAddress", r.remote_address),
-        creation_date: creation_date.unwrap_or_default(),
-        creation_time: creation_date.map(millis_to_timestamp),
-        summary: x.string("summary", r.summary),
-        description: x.string("description", r.description),
-        category: x.string("category", r.category),
-        sys_admin: x.take("sysAdmin", r.sys_admin).unwrap_or_default(),
-        super_admin: x.take("superAdmin", r.super_admin),
-        affected_object: x.take_with("affectedObject", r.affected_object, object_to_proto),
-        changed_values: x.list("changedValues", r.changed_values, changed_to_proto),
-        associated_objects: x.list("associatedObjects", r.associated_objects, object_to_proto),
-        unknown_fields: x.finish(),
-    }
+    let mut deep = Deep::within(MAX_DEPTH);
+    let mut record = {
+        let mut x = Extra::new(r.unknown, RECORD, Ptr::Root, &mut deep);
+        let creation_date = x.take("creationDate", r.creation_date);
+        pb::AuditRecord {
+            author: x.take_with("author", r.author, author_to_proto),
+            remote_address: x.string("remoteAddress", r.remote_address),
+            creation_date: creation_date.unwrap_or_default(),
+            creation_time: creation_date.map(millis_to_timestamp),
+            summary: x.string("summary", r.summary),
+            description: x.string("description", r.description),
+            category: x.string("category", r.category),
+            sys_admin: x.take("sysAdmin", r.sys_admin).unwrap_or_default(),
+            super_admin: x.take("superAdmin", r.super_admin),
+            affected_object: x.take_with("affectedObject", r.affected_object, object_to_proto),
+            changed_values: x.list("changedValues", r.changed_values, changed_to_proto),
+            associated_objects: x.list("associatedObjects", r.associated_objects, object_to_proto),
+            unknown_fields: x.finish(),
+            json_text_paths: Vec::new(),
+        }
+    };
+    record.json_text_paths = deep.paths;
+    record
 }
 
-fn author_to_proto(a: record::Author<'_>) -> pb::AuditAuthor {
-    let mut x = Extra::new(a.unknown);
+fn author_to_proto(a: record::Author<'_>, at: Ptr<'_>, deep: &mut Deep) -> pb::AuditAuthor {
+    let mut x = Extra::new(a.unknown, MEMBER, at, deep);
     pb::AuditAuthor {
         r#type: x.string("type", a.kind),
         display_name: x.string("displayName", a.display_name),
         // `operations` is dynamic by nature: any JSON, `null` included, is its typed form.
-        operations: a.operations.map(|o| json_to_value(o.into_value(|v| v.0))),
+        operations: a
+            .operations
+            .map(|o| x.field_value("operations", o.into_value(|v| v.0))),
         username: x.opt_string("username", a.username),
         user_key: x.opt_string("userKey", a.user_key),
         account_id: x.opt_string("accountId", a.account_id),
@@ -73,8 +121,12 @@ fn author_to_proto(a: record::Author<'_>) -> pb::AuditAuthor {
     }
 }
 
-fn object_to_proto(o: record::AffectedObject<'_>) -> pb::AffectedObject {
-    let mut x = Extra::new(o.unknown);
+fn object_to_proto(
+    o: record::AffectedObject<'_>,
+    at: Ptr<'_>,
+    deep: &mut Deep,
+) -> pb::AffectedObject {
+    let mut x = Extra::new(o.unknown, MEMBER, at, deep);
     pb::AffectedObject {
         name: x.string("name", o.name),
         object_type: x.string("objectType", o.object_type),
@@ -82,8 +134,8 @@ fn object_to_proto(o: record::AffectedObject<'_>) -> pb::AffectedObject {
     }
 }
 
-fn changed_to_proto(c: record::ChangedValue<'_>) -> pb::ChangedValue {
-    let mut x = Extra::new(c.unknown);
+fn changed_to_proto(c: record::ChangedValue<'_>, at: Ptr<'_>, deep: &mut Deep) -> pb::ChangedValue {
+    let mut x = Extra::new(c.unknown, MEMBER, at, deep);
     pb::ChangedValue {
         name: x.string("name", c.name),
         old_value: x.string("oldValue", c.old_value),
@@ -104,38 +156,151 @@ impl<T> Loose<T> {
     }
 }
 
-/// Collects the JSON the typed fields of one object could not hold.
-struct Extra(Option<Struct>);
+/// A JSON Pointer (RFC 6901) built on the call stack, written out only for the rare value
+/// carried as text.
+#[derive(Clone, Copy)]
+enum Ptr<'a> {
+    /// The record's (or the page's) JSON itself.
+    Root,
+    /// A key of the object at the parent.
+    Key(&'a Ptr<'a>, &'a str),
+    /// An item of the array at the parent.
+    Index(&'a Ptr<'a>, usize),
+}
 
-impl Extra {
-    fn new(unknown: Unknown<'_>) -> Self {
-        if unknown.is_empty() {
-            return Self(None);
+impl Ptr<'_> {
+    fn write(&self, out: &mut String) {
+        match self {
+            Ptr::Root => {}
+            Ptr::Key(parent, key) => {
+                parent.write(out);
+                out.push('/');
+                // RFC 6901: `~` is `~0` and `/` is `~1` within a key.
+                out.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            Ptr::Index(parent, i) => {
+                parent.write(out);
+                let _ = write!(out, "/{i}");
+            }
         }
-        let fields = unknown
-            .into_iter()
-            .map(|(Str(k), v)| (k.into_owned(), json_to_value(v)))
-            .collect();
-        Self(Some(Struct { fields }))
+    }
+}
+
+/// Converts JSON into `google.protobuf.Value`s, each at a known message level: an object
+/// or array whose items would lie deeper than the limit goes as a string of its JSON text,
+/// its pointer listed in `paths` (the message's `json_text_paths`).
+struct Deep {
+    /// The deepest message level allowed.
+    limit: usize,
+    /// Pointers of the values carried as text.
+    paths: Vec<String>,
+}
+
+impl Deep {
+    fn within(limit: usize) -> Self {
+        Self {
+            limit,
+            paths: Vec::new(),
+        }
+    }
+
+    /// `v` as the `Value` at message level `level`, found at `at`.
+    fn value(&mut self, v: Value, level: usize, at: Ptr<'_>) -> PbValue {
+        let items = match &v {
+            Value::Array(_) => level + LIST_VALUE,
+            Value::Object(_) => level + STRUCT_VALUE,
+            _ => level,
+        };
+        if items > self.limit {
+            let mut path = String::new();
+            at.write(&mut path);
+            self.paths.push(path);
+            return PbValue {
+                kind: Some(Kind::StringValue(v.to_string())),
+            };
+        }
+        let kind = match v {
+            Value::Null => Kind::NullValue(0),
+            Value::Bool(b) => Kind::BoolValue(b),
+            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+            Value::String(s) => Kind::StringValue(s),
+            Value::Array(a) => Kind::ListValue(ListValue {
+                values: a
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| self.value(v, items, Ptr::Index(&at, i)))
+                    .collect(),
+            }),
+            Value::Object(o) => Kind::StructValue(Struct {
+                fields: o
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = self.value(v, items, Ptr::Key(&at, &k));
+                        (k, v)
+                    })
+                    .collect(),
+            }),
+        };
+        PbValue { kind: Some(kind) }
+    }
+}
+
+/// Collects the JSON the typed fields of one message (at message level `level`, found at
+/// `at`) could not hold, and converts its dynamic values.
+struct Extra<'a, 'p> {
+    fields: Option<Struct>,
+    level: usize,
+    at: Ptr<'p>,
+    deep: &'a mut Deep,
+}
+
+impl<'a, 'p> Extra<'a, 'p> {
+    fn new(unknown: Unknown<'_>, level: usize, at: Ptr<'p>, deep: &'a mut Deep) -> Self {
+        let mut extra = Self {
+            fields: None,
+            level,
+            at,
+            deep,
+        };
+        for (Str(k), v) in unknown {
+            extra.keep(&k, Some(v));
+        }
+        extra
     }
 
     fn keep(&mut self, key: &str, value: Option<Value>) {
         if let Some(v) = value {
-            self.0
+            let v = self
+                .deep
+                .value(v, self.level + STRUCT_VALUE, Ptr::Key(&self.at, key));
+            self.fields
                 .get_or_insert_with(Struct::default)
                 .fields
-                .insert(key.to_owned(), json_to_value(v));
+                .insert(key.to_owned(), v);
         }
+    }
+
+    /// `v` as the `google.protobuf.Value` field `key` of this message.
+    fn field_value(&mut self, key: &str, v: Value) -> PbValue {
+        self.deep
+            .value(v, self.level + FIELD_VALUE, Ptr::Key(&self.at, key))
     }
 
     /// The typed value, or `None` with the raw JSON kept.
     fn take<T>(&mut self, key: &str, field: Field<T>) -> Option<T> {
-        self.take_with(key, field, |t| t)
+        self.take_with(key, field, |t, _, _| t)
     }
 
-    fn take_with<T, U>(&mut self, key: &str, field: Field<T>, f: impl FnOnce(T) -> U) -> Option<U> {
+    /// The typed value converted by `f` (given where it lies), or `None` with the raw JSON
+    /// kept.
+    fn take_with<T, U>(
+        &mut self,
+        key: &str,
+        field: Field<T>,
+        f: impl FnOnce(T, Ptr<'_>, &mut Deep) -> U,
+    ) -> Option<U> {
         match field? {
-            Loose::Typed(t) => Some(f(t)),
+            Loose::Typed(t) => Some(f(t, Ptr::Key(&self.at, key), self.deep)),
             Loose::Raw(v) => {
                 self.keep(key, Some(v));
                 None
@@ -144,7 +309,7 @@ impl Extra {
     }
 
     fn opt_string(&mut self, key: &str, field: Field<Str<'_>>) -> Option<String> {
-        self.take_with(key, field, |Str(s)| s.into_owned())
+        self.take(key, field).map(|Str(s)| s.into_owned())
     }
 
     fn string(&mut self, key: &str, field: Field<Str<'_>>) -> String {
@@ -157,30 +322,39 @@ impl Extra {
         &mut self,
         key: &str,
         field: Field<Vec<Loose<T>>>,
-        f: impl Fn(T) -> U,
+        f: impl Fn(T, Ptr<'_>, &mut Deep) -> U,
     ) -> Vec<U> {
         let Some(items) = self.take(key, field) else {
             return Vec::new();
         };
+        let list = Ptr::Key(&self.at, key);
         if items.iter().all(|i| matches!(i, Loose::Typed(_))) {
             return items
                 .into_iter()
-                .filter_map(|i| match i {
-                    Loose::Typed(t) => Some(f(t)),
+                .enumerate()
+                .filter_map(|(n, i)| match i {
+                    Loose::Typed(t) => Some(f(t, Ptr::Index(&list, n), self.deep)),
                     Loose::Raw(_) => None,
                 })
                 .collect();
         }
+        // The typed items go back to JSON whole (nothing as text), to be placed, with the
+        // others, at the array's own level in `unknown_fields`.
         let raw = items
             .into_iter()
-            .map(|i| i.into_value(|t| f(t).to_json()))
+            .enumerate()
+            .map(|(n, i)| {
+                i.into_value(|t| {
+                    f(t, Ptr::Index(&list, n), &mut Deep::within(usize::MAX)).to_json()
+                })
+            })
             .collect();
         self.keep(key, Some(Value::Array(raw)));
         Vec::new()
     }
 
     fn finish(self) -> Option<Struct> {
-        self.0
+        self.fields
     }
 }
 
@@ -192,21 +366,11 @@ fn millis_to_timestamp(ms: i64) -> Timestamp {
     }
 }
 
-/// JSON into `google.protobuf.Value`. Numbers become doubles, as the type requires.
+/// JSON into a `google.protobuf.Value`, with no limit on its depth. Numbers become
+/// doubles, as the type requires.
+#[cfg(test)]
 pub(crate) fn json_to_value(v: Value) -> PbValue {
-    let kind = match v {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-        Value::String(s) => Kind::StringValue(s),
-        Value::Array(a) => Kind::ListValue(ListValue {
-            values: a.into_iter().map(json_to_value).collect(),
-        }),
-        Value::Object(o) => Kind::StructValue(Struct {
-            fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
-        }),
-    };
-    PbValue { kind: Some(kind) }
+    Deep::within(usize::MAX).value(v, 0, Ptr::Root)
 }
 
 #[cfg(test)]
@@ -218,10 +382,15 @@ mod tests {
     use prost::Message;
     use serde_json::{Map, Value, json};
 
-    use super::page_to_proto;
+    use prost_types::{Struct, Value as PbValue, value::Kind};
+
+    use super::{MAX_DEPTH, Ptr, page_to_proto};
     use crate::{
         audit::record::Page,
-        pb::{self, convert::ToJson},
+        pb::{
+            self,
+            convert::{ToJson, to_json},
+        },
     };
 
     /// Any JSON whose numbers survive `google.protobuf.Value` (doubles): integers within
@@ -271,8 +440,33 @@ mod tests {
         prop_oneof![Just(None), Just(Some(Value::Null)), v.prop_map(Some)]
     }
 
+    /// JSON nested 8 to 90 levels deep: a chain of objects and arrays, some with a sibling
+    /// before the chain goes on, under keys a JSON Pointer must escape.
+    fn deep_json() -> impl Strategy<Value = Value> {
+        let key = prop::sample::select(vec!["a", "", "~", "/", "~1/x~0"]);
+        let level = (any::<bool>(), key, 0..2usize);
+        (prop::collection::vec(level, 8..=90), any_json()).prop_map(|(levels, bottom)| {
+            levels
+                .into_iter()
+                .fold(bottom, |inner, (object, key, siblings)| {
+                    if object {
+                        let mut m: Map<String, Value> =
+                            (0..siblings).map(|s| (format!("s{s}"), s.into())).collect();
+                        m.insert(key.to_owned(), inner);
+                        Value::Object(m)
+                    } else {
+                        let mut items: Vec<Value> = (0..siblings).map(Value::from).collect();
+                        items.push(inner);
+                        Value::Array(items)
+                    }
+                })
+        })
+    }
+
+    /// Unknown keys: any JSON, now and then nested deep.
     fn unknown_keys() -> impl Strategy<Value = Map<String, Value>> {
-        prop::collection::btree_map("x[A-Za-z0-9_]{0,8}", any_json(), 0..3)
+        let value = prop_oneof![6 => any_json(), 1 => deep_json()];
+        prop::collection::btree_map("x[A-Za-z0-9_~/]{0,8}", value, 0..3)
             .prop_map(|m| m.into_iter().collect())
     }
 
@@ -331,6 +525,7 @@ mod tests {
             Just(None),
             Just(Some(Value::Null)),
             any_json().prop_map(Some),
+            deep_json().prop_map(Some),
             Just(Some(json!([{"operation": "read", "targetType": "space"}]))),
         ];
         object(
@@ -391,7 +586,7 @@ mod tests {
         let i32s = || int(i64::from(i32::MIN)..=i64::from(i32::MAX)).boxed();
         let links = prop::collection::btree_map(
             "[a-z]{1,8}",
-            prop_oneof![".{0,20}".prop_map(Value::String), any_json()],
+            prop_oneof![".{0,20}".prop_map(Value::String), any_json(), deep_json()],
             0..3,
         )
         .prop_map(|m| Value::Object(m.into_iter().collect()));
@@ -422,8 +617,163 @@ mod tests {
             let bytes = serde_json::to_vec(&body).expect("serialise");
             let parsed = Page::parse(&bytes).expect("every Confluence-shaped body parses");
             let wire = page_to_proto(parsed).encode_to_vec();
+            // prost refuses messages nested past its recursion limit (100), as upb does.
             let decoded = pb::GetSinceResponse::decode(&wire[..]).expect("decode");
+            prop_assert!(page_depth(&decoded) <= MAX_DEPTH, "nested {}", page_depth(&decoded));
             prop_assert_eq!(decoded.to_json(), body);
         }
+    }
+
+    /// Message levels of a `Value`, itself included.
+    fn value_depth(v: &PbValue) -> usize {
+        1 + match &v.kind {
+            Some(Kind::StructValue(s)) => struct_depth(s),
+            Some(Kind::ListValue(l)) => 1 + l.values.iter().map(value_depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Message levels of a `Struct`, itself and its map entries included.
+    fn struct_depth(s: &Struct) -> usize {
+        1 + s
+            .fields
+            .values()
+            .map(|v| 1 + value_depth(v))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn unknown_depth(s: &Option<Struct>) -> usize {
+        s.as_ref().map_or(0, struct_depth)
+    }
+
+    /// Message levels of a record, itself included.
+    fn record_depth(r: &pb::AuditRecord) -> usize {
+        let author = r.author.as_ref().map_or(0, |a| {
+            1 + a
+                .operations
+                .as_ref()
+                .map_or(0, value_depth)
+                .max(unknown_depth(&a.unknown_fields))
+        });
+        let objects = r
+            .affected_object
+            .iter()
+            .chain(&r.associated_objects)
+            .map(|o| 1 + unknown_depth(&o.unknown_fields));
+        let changed = r
+            .changed_values
+            .iter()
+            .map(|c| 1 + unknown_depth(&c.unknown_fields));
+        1 + objects
+            .chain(changed)
+            .chain([author, unknown_depth(&r.unknown_fields), 1])
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Message levels of a page, itself included: the outermost message is level 1.
+    fn page_depth(p: &pb::GetSinceResponse) -> usize {
+        let links = p.links.values().map(|v| 1 + value_depth(v));
+        1 + p
+            .results
+            .iter()
+            .map(record_depth)
+            .chain(links)
+            .chain([unknown_depth(&p.unknown_fields)])
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `inner` under `n` objects, each its only key `a`.
+    fn objects(n: usize, inner: Value) -> Value {
+        (0..n).fold(inner, |v, _| json!({ "a": v }))
+    }
+
+    /// A one-record page of `record`, converted and decoded as a client would.
+    fn convert(record: Value, links: Value) -> pb::GetSinceResponse {
+        // Every typed key present, as `to_json` prints them all.
+        let mut full = json!({"remoteAddress": "", "creationDate": 0, "summary": "",
+            "description": "", "category": "", "sysAdmin": false, "changedValues": [],
+            "associatedObjects": []});
+        for (k, v) in record.as_object().into_iter().flatten() {
+            full[k] = v.clone();
+        }
+        let body = json!({"results": [full], "_links": links, "start": 0, "limit": 0, "size": 0});
+        let bytes = serde_json::to_vec(&body).expect("serialise");
+        let wire = page_to_proto(Page::parse(&bytes).expect("parses")).encode_to_vec();
+        let page = pb::GetSinceResponse::decode(&wire[..]).expect("decodes");
+        assert_eq!(page.to_json(), body, "lossless");
+        page
+    }
+
+    #[test]
+    fn values_are_carried_as_text_only_below_the_deepest_level_that_fits() {
+        // A record's unknown value is at level 5 (page, record, Struct, entry, Value);
+        // each object costs 3 levels, an array 2: 31 objects then an array reach
+        // exactly level 100, the innermost item.
+        let fits = objects(31, json!([1]));
+        let page = convert(json!({ "k": fits }), json!({}));
+        assert_eq!(page_depth(&page), MAX_DEPTH);
+        assert!(page.results[0].json_text_paths.is_empty());
+
+        // One array more: the inner one (at level 100, its item would be at 102) goes as
+        // text, the rest stays structured.
+        let deeper = objects(31, json!([[1]]));
+        let page = convert(json!({ "k": deeper }), json!({}));
+        let record = &page.results[0];
+        let pointer = format!("/k{}/0", "/a".repeat(31));
+        assert_eq!(record.json_text_paths, vec![pointer.clone()]);
+        assert_eq!(page_depth(&page), MAX_DEPTH);
+        let carried = record.unknown_fields.as_ref().expect("unknown").fields["k"].clone();
+        let at = pointer.trim_start_matches("/k");
+        assert_eq!(
+            to_json::value_to_json(&carried).pointer(at),
+            Some(&json!("[1]"))
+        );
+    }
+
+    #[test]
+    fn deep_operations_lists_and_links_decode_and_print_back_whole() {
+        // Each 60 objects deep (180 levels as plain Values), with keys to escape.
+        let deep = (0..60).fold(
+            json!("bottom"),
+            |v, i| json!({ ["a/b", "c~d", "e"][i % 3]: v }),
+        );
+        let record = json!({
+            "author": {"type": "user", "displayName": "", "operations": deep, "x": [deep]},
+            "changedValues": [{"name": "n", "oldValue": "o", "newValue": "n", "x": deep}],
+            // One item of the wrong shape: the array is kept whole in unknown_fields.
+            "associatedObjects": [{"name": "n", "objectType": "t", "x": deep}, 5],
+            "k": deep,
+        });
+        let page = convert(record, json!({ "base": "b", "deep": deep }));
+        assert!(page_depth(&page) <= MAX_DEPTH);
+        let paths = &page.results[0].json_text_paths;
+        assert_eq!(paths.len(), 5, "{paths:?}");
+        // `operations` is a Value at level 4: objects at 4, 7, …, 97 fit, the 33rd (at
+        // level 100) would not. The first key is `e`, the 60th `a/b`.
+        let keys = |n: usize, skip: usize| -> String {
+            (0..n)
+                .map(|i| ["/e", "/c~0d", "/a~1b"][(i + skip) % 3])
+                .collect()
+        };
+        assert!(paths.contains(&format!("/author/operations{}", keys(32, 0))));
+        assert!(
+            paths
+                .iter()
+                .any(|p| p.starts_with("/associatedObjects/0/x/"))
+        );
+        assert_eq!(page.json_text_paths.len(), 1);
+        assert!(page.json_text_paths[0].starts_with("/_links/deep/e/c~0d/a~1b/"));
+    }
+
+    #[test]
+    fn pointers_escape_tilde_and_slash() {
+        let mut out = String::new();
+        let root = Ptr::Root;
+        let key = Ptr::Key(&root, "a~/b");
+        Ptr::Index(&key, 7).write(&mut out);
+        assert_eq!(out, "/a~0~1b/7");
     }
 }

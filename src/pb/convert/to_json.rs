@@ -1,6 +1,7 @@
 //! Protobuf messages back into Confluence's JSON, the inverse of `from_json`: typed
-//! fields under their JSON names, then `unknown_fields` over them. The `get` command
-//! prints pages with it, and tests check the round trip with it.
+//! fields under their JSON names, then `unknown_fields` over them, then the values carried
+//! as JSON text (`json_text_paths`) parsed back. The `get` command prints pages with it,
+//! and tests check the round trip with it.
 
 use prost_types::{Struct, Value as PbValue, value::Kind};
 use serde_json::{Map, Value};
@@ -49,19 +50,20 @@ impl ToJson for GetSinceResponse {
             .iter()
             .map(|(k, v)| (k.clone(), value_to_json(v)))
             .collect();
-        Obj::new()
+        let page = Obj::new()
             .list("results", &self.results)
             .put("start", self.start)
             .put("limit", self.limit)
             .put("size", self.size)
             .put("_links", links)
-            .finish(&self.unknown_fields)
+            .finish(&self.unknown_fields);
+        restore(page, &self.json_text_paths)
     }
 }
 
 impl ToJson for AuditRecord {
     fn to_json(&self) -> Value {
-        Obj::new()
+        let record = Obj::new()
             .opt("author", self.author.as_ref().map(ToJson::to_json))
             .put("remoteAddress", self.remote_address.as_str())
             .put("creationDate", self.creation_date)
@@ -76,7 +78,8 @@ impl ToJson for AuditRecord {
             )
             .list("changedValues", &self.changed_values)
             .list("associatedObjects", &self.associated_objects)
-            .finish(&self.unknown_fields)
+            .finish(&self.unknown_fields);
+        restore(record, &self.json_text_paths)
     }
 }
 
@@ -117,6 +120,21 @@ impl ToJson for ChangedValue {
             .opt("hiddenNewValue", self.hidden_new_value.as_deref())
             .finish(&self.unknown_fields)
     }
+}
+
+/// `json` with the value at each of `paths` (JSON Pointers to strings holding JSON text,
+/// as `from_json` writes them for values nested too deep) parsed back into place. A path
+/// that does not lead to such a string is passed over: the JSON is kept as it came.
+fn restore(mut json: Value, paths: &[String]) -> Value {
+    for path in paths {
+        if let Some(slot) = json.pointer_mut(path)
+            && let Value::String(text) = slot
+            && let Ok(value) = serde_json::from_str(text)
+        {
+            *slot = value;
+        }
+    }
+    json
 }
 
 /// `google.protobuf.Value` as JSON; whole doubles within ±2^53 print as integers, as
