@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use clap::Args;
 
-use crate::{Fault, LimitEcho, Live, Simulator, SimulatorConfig};
+use crate::{Fault, LimitEcho, Live, RangeBounds, Simulator, SimulatorConfig};
 
 /// Where to serve a simulated Confluence, and what it holds.
 #[derive(Clone, Debug, Args)]
@@ -30,6 +30,11 @@ pub struct SimulateArgs {
     /// `limit`, no `size`).
     #[arg(long, value_enum, default_value_t = LimitEcho::Capped)]
     pub limit_echo: LimitEcho,
+
+    /// How the `/audit` range listing applies `startDate`/`endDate`: to the millisecond,
+    /// widened to whole seconds, or not at all.
+    #[arg(long, value_enum, default_value_t = RangeBounds::Exact)]
+    pub range_bounds: RangeBounds,
 
     /// Serve `limit` over 1000 instead of answering 400 (Confluence documents 1000 as
     /// the largest).
@@ -123,6 +128,7 @@ impl SimulateArgs {
             seed: self.seed,
             max_limit: self.max_limit,
             limit_echo: self.limit_echo,
+            range_bounds: self.range_bounds,
             strict_limit: !self.allow_limit_over_1000,
             ties: self.ties,
             duplicate_every: self.duplicate_every,

@@ -12,7 +12,7 @@ use super::data;
 use super::fault::atlassian_error;
 use super::query::{AuditQuery, Span};
 use super::state::{Admission, InFlight, Shared, now_ms};
-use super::{AuditEndpoint, Fault, LimitEcho, RecordedRequest};
+use super::{AuditEndpoint, Fault, LimitEcho, RangeBounds, RecordedRequest};
 
 const JSON: &str = "application/json;charset=UTF-8";
 /// The relative-window endpoint, after the base path.
@@ -191,6 +191,15 @@ fn render(
         }
         // Both ends inclusive: up to the first record dated after `end_ms`.
         Span::Range { start_ms, end_ms } => {
+            let (start_ms, end_ms) = match shared.range_bounds {
+                RangeBounds::Exact => (start_ms, end_ms),
+                // Whole seconds: the start rounded down, the end up to its second's last ms.
+                RangeBounds::Seconds => (
+                    start_ms.map(|s| s.div_euclid(1000) * 1000),
+                    end_ms.map(|e| e.div_euclid(1000).saturating_mul(1000).saturating_add(999)),
+                ),
+                RangeBounds::Ignored => (None, None),
+            };
             let first = start_ms.map_or(0, |start| log.first_since(start));
             let upper = end_ms
                 .and_then(|end| end.checked_add(1))

@@ -77,6 +77,9 @@ pub struct SimulatorConfig {
     pub base_path: String,
     /// Server-side cap on `limit` (default none); answers report it as `limit_echo` says.
     pub max_limit: Option<u32>,
+    /// How `/audit` applies `startDate`/`endDate` (default [`RangeBounds::Exact`], as
+    /// documented).
+    pub range_bounds: RangeBounds,
     /// What a page's `limit` says (default [`LimitEcho::Capped`], the limit applied; see
     /// [`SimulatorHandle::set_limit_echo`]).
     pub limit_echo: LimitEcho,
@@ -155,6 +158,7 @@ impl Default for SimulatorConfig {
             seed: 42,
             base_path: "/wiki".to_owned(),
             max_limit: None,
+            range_bounds: RangeBounds::Exact,
             limit_echo: LimitEcho::Capped,
             strict_limit: true,
             ties: 0,
@@ -185,6 +189,19 @@ pub enum LimitEcho {
     Requested,
     /// Neither `limit` nor `size` in the body.
     Omitted,
+}
+
+/// How the `/audit` range listing applies its `startDate`/`endDate` bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RangeBounds {
+    /// To the millisecond, both ends inclusive (as documented).
+    #[default]
+    Exact,
+    /// To the second: the range widened to whole seconds, so records up to 999 ms outside
+    /// the range asked are listed.
+    Seconds,
+    /// Not at all: every record of the log, as a server that does not know the parameters.
+    Ignored,
 }
 
 /// Which audit endpoint a request hit.

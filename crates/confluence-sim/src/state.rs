@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::data::{Log, listing_order};
 use super::http::{AUDIT_RANGE, AUDIT_SINCE};
 use super::live::{Lateness, LiveClock};
-use super::{AuditEndpoint, Fault, LimitEcho, RecordedRequest, SimulatorConfig};
+use super::{AuditEndpoint, Fault, LimitEcho, RangeBounds, RecordedRequest, SimulatorConfig};
 
 /// Settings fixed at start, and the mutable state behind one lock.
 pub(crate) struct Shared {
@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     /// `base_path`, reported as `_links.context`.
     pub(crate) context: String,
     pub(crate) max_limit: Option<u32>,
+    /// How `/audit` applies `startDate`/`endDate`.
+    pub(crate) range_bounds: RangeBounds,
     /// Answer `limit` over 1000 with 400.
     pub(crate) strict_limit: bool,
     pub(crate) required_authorization: Option<String>,
@@ -81,6 +83,7 @@ impl Shared {
             base_url,
             context,
             max_limit: config.max_limit,
+            range_bounds: config.range_bounds,
             strict_limit: config.strict_limit,
             required_authorization: config.required_authorization,
             tie_order_seed: (config.ties > 1).then_some(config.seed),
