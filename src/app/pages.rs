@@ -19,7 +19,7 @@ use crate::{
     metrics::METRICS,
     pb::convert::encode_page,
     upstream::{
-        ConfluenceClient,
+        ConfluenceClient, RetryClass,
         client::{FetchEvents, PageBody},
     },
 };
@@ -40,6 +40,9 @@ pub(crate) struct PageRequest {
     pub refresh: bool,
     /// When the caller stops waiting.
     pub deadline: Option<Instant>,
+    /// A page of a long call (`StreamSince`, `Follow`): transient failures, a plain 500
+    /// included, are retried as `RetryClass::Persistent` (`src/upstream/retry.rs`).
+    pub persistent: bool,
 }
 
 /// Serves pages through the cache.
@@ -111,6 +114,12 @@ impl PageService {
         let fingerprint = key.credential.clone();
         let client = self.client.clone();
         let (query, credential) = (req.query, req.credential);
+        // A load shared by several callers retries as the caller that started it asked.
+        let class = if req.persistent {
+            RetryClass::Persistent
+        } else {
+            RetryClass::OneShot
+        };
         // The cool-down of a rate-limited credential is kept under the same fingerprint.
         let budget = key.credential.clone();
         // The cache runs this in a task of its own when the load is shared (then with no
@@ -132,6 +141,7 @@ impl PageService {
                         credential.as_ref(),
                         &budget,
                         deadline,
+                        class,
                         &progress,
                         |body| convert_with(body, encode),
                     )
@@ -254,7 +264,15 @@ mod tests {
                 };
                 let events = LoadProgress::default();
                 client
-                    .fetch_page(&query, None, "anonymous", None, &events, slow)
+                    .fetch_page(
+                        &query,
+                        None,
+                        "anonymous",
+                        None,
+                        RetryClass::OneShot,
+                        &events,
+                        slow,
+                    )
                     .await
             }
         });
@@ -282,6 +300,7 @@ mod tests {
                 None,
                 "anonymous",
                 None,
+                RetryClass::OneShot,
                 &LoadProgress::default(),
                 |body| convert_with(body, encode),
             )

@@ -7,4 +7,4 @@ pub(crate) mod ratelimit;
 pub(crate) mod retry;
 
 pub(crate) use client::{ConfluenceClient, UpstreamSettings};
-pub(crate) use retry::RetryPolicy;
+pub(crate) use retry::{RetryClass, RetryPolicy};
