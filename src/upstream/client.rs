@@ -15,6 +15,7 @@ use url::Url;
 
 use super::{
     budget::RetryBudget,
+    clock::ClockOffset,
     cooldown::{Cooldowns, SharedCooldowns},
     ratelimit,
     retry::{RetryClass, RetryPolicy, Spent, classify},
@@ -99,6 +100,8 @@ pub(crate) struct ConfluenceClient {
     cooldowns: Arc<Cooldowns>,
     /// Shared by every clone: retries are a share of the whole gateway's requests.
     retries: Arc<RetryBudget>,
+    /// Shared by every clone: Confluence's clock as its answers' `Date` headers show it.
+    clock: Arc<ClockOffset>,
 }
 
 impl ConfluenceClient {
@@ -123,6 +126,7 @@ impl ConfluenceClient {
             settings,
             cooldowns: Arc::default(),
             retries: Arc::default(),
+            clock: Arc::default(),
         })
     }
 
@@ -137,6 +141,12 @@ impl ConfluenceClient {
     #[cfg(test)]
     pub(crate) fn bodies_free(&self) -> usize {
         self.bodies.available_permits()
+    }
+
+    /// The offset of Confluence's clock from the gateway's, as this client's answers show
+    /// it (`src/upstream/clock.rs`).
+    pub(crate) fn clock(&self) -> Arc<ClockOffset> {
+        self.clock.clone()
     }
 
     /// The configured base URL, as cache keys name it.
@@ -408,7 +418,15 @@ impl ConfluenceClient {
         failed: impl Fn(reqwest::Error) -> GatewayError,
         cut_by_deadline: bool,
     ) -> Result<PageBody, GatewayError> {
+        let sent_at = SystemTime::now();
         let response = request.send().await.map_err(&failed)?;
+        if let Some(date) = response
+            .headers()
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+        {
+            self.clock.observe_header(date, sent_at, SystemTime::now());
+        }
         if response.status() == StatusCode::OK {
             // Near the limit, every request of the credential waits a moment, so the
             // gateway slows down before Confluence refuses it.
