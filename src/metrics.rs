@@ -476,19 +476,19 @@ pub(crate) async fn serve(
         let svc = service_fn(move |req: Request<Incoming>| {
             let clock = clock.clone();
             async move {
-            let response = if req.uri().path() == "/metrics" {
-                Response::builder()
-                    .header(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )
-                    .body(Full::new(Bytes::from(METRICS.render_with_clock(&clock))))
-            } else {
-                Response::builder()
-                    .status(404)
-                    .body(Full::new(Bytes::from_static(b"not found\n")))
-            };
-            Ok::<_, Infallible>(response.unwrap_or_default())
+                let response = if req.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(Full::new(Bytes::from(METRICS.render_with_clock(&clock))))
+                } else {
+                    Response::builder()
+                        .status(404)
+                        .body(Full::new(Bytes::from_static(b"not found\n")))
+                };
+                Ok::<_, Infallible>(response.unwrap_or_default())
             }
         });
         tokio::spawn(async move {
@@ -597,6 +597,9 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(text.matches("# EOF").count(), 1);
         // Another gateway in the process, nothing seen yet: its own 0.
-        assert_eq!(gauge(&METRICS.render_with_clock(&ClockOffset::default())), 0.0);
+        assert_eq!(
+            gauge(&METRICS.render_with_clock(&ClockOffset::default())),
+            0.0
+        );
     }
 }

@@ -20,7 +20,7 @@ use crate::{
     pb::convert::encode_page,
     upstream::{
         ConfluenceClient, RetryClass,
-        client::{FetchEvents, PageBody},
+        client::{FetchBounds, FetchEvents, PageBody},
     },
 };
 
@@ -140,8 +140,7 @@ impl PageService {
                         &query,
                         credential.as_ref(),
                         &budget,
-                        deadline,
-                        class,
+                        FetchBounds { deadline, class },
                         &progress,
                         |body| convert_with(body, encode),
                     )
@@ -221,6 +220,12 @@ mod tests {
     use super::*;
     use crate::upstream::{RetryPolicy, UpstreamSettings};
 
+    /// No deadline, a one-shot call's retries.
+    const ONE_SHOT: FetchBounds = FetchBounds {
+        deadline: None,
+        class: RetryClass::OneShot,
+    };
+
     /// A client of `base_url` holding at most one body at a time.
     fn one_body_client(base_url: &str) -> Arc<ConfluenceClient> {
         // As `Gateway::bind` does (src/gateway.rs); Err: installed already.
@@ -264,15 +269,7 @@ mod tests {
                 };
                 let events = LoadProgress::default();
                 client
-                    .fetch_page(
-                        &query,
-                        None,
-                        "anonymous",
-                        None,
-                        RetryClass::OneShot,
-                        &events,
-                        slow,
-                    )
+                    .fetch_page(&query, None, "anonymous", ONE_SHOT, &events, slow)
                     .await
             }
         });
@@ -299,8 +296,7 @@ mod tests {
                 &PageQuery::default(),
                 None,
                 "anonymous",
-                None,
-                RetryClass::OneShot,
+                ONE_SHOT,
                 &LoadProgress::default(),
                 |body| convert_with(body, encode),
             )

@@ -194,6 +194,9 @@ mod tests {
             d.error_info().map(|i| i.reason.as_str()),
             Some("UPSTREAM_MALFORMED_BODY")
         );
-        assert!(d.retry_info().is_none(), "a broken body is not worth a retry");
+        assert!(
+            d.retry_info().is_none(),
+            "a broken body is not worth a retry"
+        );
     }
 }

@@ -63,6 +63,15 @@ pub(crate) trait FetchEvents {
     fn sending(&self) -> bool;
 }
 
+/// How long and how hard [`ConfluenceClient::fetch_page`] tries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FetchBounds {
+    /// When the caller stops waiting (`None`: a shared load, bounded by its retries).
+    pub deadline: Option<Instant>,
+    /// Which retry bounds apply (`src/upstream/retry.rs`).
+    pub class: RetryClass,
+}
+
 /// A 200 body and the body permit it was read under. They go together: whoever holds
 /// the body holds the permit, so a conversion that outlives its caller (on the blocking
 /// pool, `src/app/pages.rs`) still counts against `--upstream-max-body` × permits.
@@ -166,8 +175,8 @@ impl ConfluenceClient {
 
     /// Fetches one page and turns its 200 body into a `T` with `convert`, retrying what
     /// is transient (a body cut short, and a body `convert` rejects with
-    /// [`GatewayError::MalformedBody`], included) as `class` allows, never past
-    /// `deadline`. `events` hears of each failed attempt that
+    /// [`GatewayError::MalformedBody`], included) as `bounds.class` allows, never past
+    /// `bounds.deadline`. `events` hears of each failed attempt that
     /// will be retried, and of each cool-down waited out, with the wait before the next
     /// attempt. Each retry is drawn from the gateway's retry budget
     /// (`src/upstream/budget.rs`); when it is spent, the failure is returned as it is.
@@ -190,8 +199,7 @@ impl ConfluenceClient {
         query: &PageQuery,
         credential: Option<&Credential>,
         budget: &str,
-        deadline: Option<Instant>,
-        class: RetryClass,
+        bounds: FetchBounds,
         events: &impl FetchEvents,
         convert: F,
     ) -> Result<T, GatewayError>
@@ -199,6 +207,7 @@ impl ConfluenceClient {
         F: Fn(PageBody) -> Fut,
         Fut: Future<Output = Result<T, GatewayError>>,
     {
+        let FetchBounds { deadline, class } = bounds;
         let url = self.page_url(query);
         let policy = &self.settings.retry;
         let mut spent = Spent::default();
@@ -385,7 +394,9 @@ impl ConfluenceClient {
             return Err(GatewayError::Abandoned);
         }
         let in_flight = InFlight::start();
-        let exchanged = self.exchange(request, budget, failed, cut_by_deadline).await;
+        let exchanged = self
+            .exchange(request, budget, failed, cut_by_deadline)
+            .await;
         drop(in_flight);
         let status = match &exchanged {
             Ok(_) => Some(200),

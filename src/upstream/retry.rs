@@ -112,9 +112,7 @@ impl RetryPolicy {
             GatewayError::Upstream {
                 http_status: Some(500),
                 ..
-            } if class == RetryClass::OneShot => {
-                Some((&mut spent.after_500, self.max_500_retries))
-            }
+            } if class == RetryClass::OneShot => Some((&mut spent.after_500, self.max_500_retries)),
             GatewayError::MalformedBody(_) => {
                 Some((&mut spent.after_bad_body, self.max_bad_body_retries))
             }
@@ -302,7 +300,8 @@ mod tests {
     #[test]
     fn backoff_is_capped_jittered_and_floored_by_retry_after() {
         let p = RetryPolicy::default();
-        let ceilings: Vec<Duration> = backon::BackoffBuilder::build(p.backoff(RetryClass::OneShot)).collect();
+        let ceilings: Vec<Duration> =
+            backon::BackoffBuilder::build(p.backoff(RetryClass::OneShot)).collect();
         assert_eq!(ceilings.len(), p.max_retries as usize);
         assert_eq!(ceilings[0], p.base_delay);
         // backon multiplies by an f32 factor: equal to within a microsecond.
@@ -343,7 +342,10 @@ mod tests {
         let mut spent = Spent::default();
         // Far past the broken body's own bound: a cut is not one.
         for i in 0..=p.max_bad_body_retries + 2 {
-            assert!(p.one_shot(&cut(), c, &mut spent, None).is_some(), "retry {i}");
+            assert!(
+                p.one_shot(&cut(), c, &mut spent, None).is_some(),
+                "retry {i}"
+            );
         }
         // Nor does it spend the broken body's bound.
         let bad = GatewayError::MalformedBody("not JSON".into());
@@ -369,12 +371,21 @@ mod tests {
         }
         // A one-shot call still gets its one retry after a 500.
         let mut spent = Spent::default();
-        assert!(p.one_shot(&upstream(500, None), c, &mut spent, None).is_some());
-        assert!(p.one_shot(&upstream(500, None), c, &mut spent, None).is_none());
+        assert!(
+            p.one_shot(&upstream(500, None), c, &mut spent, None)
+                .is_some()
+        );
+        assert!(
+            p.one_shot(&upstream(500, None), c, &mut spent, None)
+                .is_none()
+        );
         // More retries in all, still a finite number, and none with --upstream-retries 0.
         let ceilings = |class| backon::BackoffBuilder::build(p.backoff(class)).count();
         assert_eq!(ceilings(RetryClass::OneShot), p.max_retries as usize);
-        assert_eq!(ceilings(class), (p.max_retries * PERSISTENT_RETRY_FACTOR) as usize);
+        assert_eq!(
+            ceilings(class),
+            (p.max_retries * PERSISTENT_RETRY_FACTOR) as usize
+        );
         let none = RetryPolicy {
             max_retries: 0,
             ..RetryPolicy::default()
@@ -383,7 +394,13 @@ mod tests {
         // The deadline and the non-transient rules hold for them too.
         let passed = Some(Instant::now());
         assert_eq!(
-            p.adjust(&upstream(500, None), c, &mut Spent::default(), passed, class),
+            p.adjust(
+                &upstream(500, None),
+                c,
+                &mut Spent::default(),
+                passed,
+                class
+            ),
             None
         );
         assert_eq!(

@@ -802,7 +802,10 @@ async fn cut_bodies_are_unavailable_after_the_retries_and_not_cached() {
     let sample = atlassian_sample().len();
     let upstream = ScriptedUpstream::start(vec![Answer::Cut(100); CUT_BODY_REQUESTS]).await;
     let mut gw = spawn_gateway(test_config(&upstream.base_url())).await;
-    assert_eq!(test_config("http://x").upstream.retries as usize + 1, CUT_BODY_REQUESTS);
+    assert_eq!(
+        test_config("http://x").upstream.retries as usize + 1,
+        CUT_BODY_REQUESTS
+    );
     let before = METRICS.upstream_failures(UpstreamFailure::BodyCut);
     let status = gw
         .client
@@ -811,7 +814,10 @@ async fn cut_bodies_are_unavailable_after_the_retries_and_not_cached() {
         .expect_err("every body was cut");
     // A transport failure: the code clients retry, with a pause suggested.
     assert_status(&status, Code::Unavailable, "UPSTREAM_BODY_CUT", None);
-    assert!(status.get_error_details().retry_info().is_some(), "{status:?}");
+    assert!(
+        status.get_error_details().retry_info().is_some(),
+        "{status:?}"
+    );
     let says = format!("cut after 100 of {sample} bytes");
     assert!(status.message().contains(&says), "{:?}", status.message());
     assert_eq!(

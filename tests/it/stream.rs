@@ -201,7 +201,11 @@ async fn a_long_stream_rides_out_cut_bodies_in_one_call() {
     .await;
     // Pages of 100: about 50 pages, so about 9 cut bodies, each retried.
     let messages = stream_all(&mut gw.client, window(100)).await;
-    assert_eq!(seqs(&messages), whole(5000), "every record once, in one call");
+    assert_eq!(
+        seqs(&messages),
+        whole(5000),
+        "every record once, in one call"
+    );
     let pages = 5000 / 100;
     assert!(
         sim.request_count() > pages + 1,
@@ -216,9 +220,14 @@ async fn a_stream_retries_the_500s_and_cut_bodies_a_get_since_gives_up_on() {
     // retry after a 500), within a long call's (3 x --upstream-retries, all alike).
     let faults = || {
         let cut = Fault::Cut;
-        [Fault::status_json(500), cut.clone(), Fault::status_json(500), cut.clone()]
-            .into_iter()
-            .chain([Fault::status_json(500), cut])
+        [
+            Fault::status_json(500),
+            cut.clone(),
+            Fault::status_json(500),
+            cut.clone(),
+        ]
+        .into_iter()
+        .chain([Fault::status_json(500), cut])
     };
     let (sim, mut gw) = setup(300, SimulatorConfig::default(), |_| {}).await;
     sim.push_faults(faults());
@@ -234,7 +243,10 @@ async fn a_stream_retries_the_500s_and_cut_bodies_a_get_since_gives_up_on() {
         .expect_err("a one-shot call retries a plain 500 once");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(
-        status.get_error_details().error_info().map(|i| i.reason.clone()),
+        status
+            .get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone()),
         Some("UPSTREAM_UNAVAILABLE".to_owned()),
         "{status:?}"
     );

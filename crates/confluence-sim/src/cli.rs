@@ -95,7 +95,12 @@ pub struct SimulateArgs {
 
     /// The simulator's clock is this many milliseconds ahead of the host's (negative:
     /// behind): its `Date` headers and the dates of its records follow it.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
     pub clock_offset_ms: i64,
 }
 

@@ -179,9 +179,7 @@ async fn answer(
         tokio::task::spawn_blocking(move || render(&shared, &query, &admission, &self_url)).await;
     match rendered {
         Ok(Ok(body)) => body_response(StatusCode::OK, JSON, body),
-        Ok(Err(error)) => {
-            error_response(500, &format!("Could not render the page: {error}"), now)
-        }
+        Ok(Err(error)) => error_response(500, &format!("Could not render the page: {error}"), now),
         Err(error) => error_response(500, &format!("Rendering failed: {error}"), now),
     }
 }

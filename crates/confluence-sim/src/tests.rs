@@ -414,18 +414,28 @@ async fn random_faults_follow_the_rate_and_mix_every_transient_kind() {
     // Six kinds, equally likely: each of them in 120 draws (one is missing with a
     // probability of about 6 * (5/6)^120, 2e-9).
     let kinds: Vec<&str> = seen.keys().copied().collect();
-    assert_eq!(kinds, ["429", "500", "502", "503", "cut", "reset"], "{seen:?}");
+    assert_eq!(
+        kinds,
+        ["429", "500", "502", "503", "cut", "reset"],
+        "{seen:?}"
+    );
     sim.set_fault_rate(0.0);
     assert_eq!(get(&sim, AUDIT).await.status, 200);
 }
 
 #[test]
 fn http_dates_are_imf_fixdates() {
-    assert_eq!(http::http_date(784_111_777_000), "Sun, 06 Nov 1994 08:49:37 GMT");
+    assert_eq!(
+        http::http_date(784_111_777_000),
+        "Sun, 06 Nov 1994 08:49:37 GMT"
+    );
     // The fraction of a second is dropped, before 1970 too.
     assert_eq!(http::http_date(999), "Thu, 01 Jan 1970 00:00:00 GMT");
     assert_eq!(http::http_date(-1), "Wed, 31 Dec 1969 23:59:59 GMT");
-    assert_eq!(http::http_date(951_782_400_000), "Tue, 29 Feb 2000 00:00:00 GMT");
+    assert_eq!(
+        http::http_date(951_782_400_000),
+        "Tue, 29 Feb 2000 00:00:00 GMT"
+    );
 }
 
 /// Epoch seconds of an IMF-fixdate as the simulator writes it.
@@ -1369,7 +1379,13 @@ fn live_flags_parse() {
     assert!(parse(&["--late-share", "0.5"]).is_err(), "needs --late-by");
     assert!(parse(&["--late-share", "2", "--late-by", "1s"]).is_err());
     assert!(parse(&["--live-rate", "-1"]).is_err());
-    assert_eq!(parse(&["--clock-offset-ms", "-5000"]).unwrap().clock_offset, -5000);
-    assert_eq!(parse(&["--clock-offset-ms", "250"]).unwrap().clock_offset, 250);
+    assert_eq!(
+        parse(&["--clock-offset-ms", "-5000"]).unwrap().clock_offset,
+        -5000
+    );
+    assert_eq!(
+        parse(&["--clock-offset-ms", "250"]).unwrap().clock_offset,
+        250
+    );
     assert_eq!(plain.clock_offset, 0);
 }
