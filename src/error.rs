@@ -22,6 +22,10 @@ pub enum UpstreamFailure {
     RateLimited,
     /// 500/502/503, connection refused or reset.
     Unavailable,
+    /// A 200 whose body ended early: shorter than its `Content-Length`, the connection
+    /// reset mid-body, or the body stalled until the attempt timed out. A transport
+    /// failure like a reset, not a verdict on Confluence's data.
+    BodyCut,
     /// 504 or no answer in time.
     Timeout,
     /// Any other status.
@@ -38,6 +42,7 @@ impl UpstreamFailure {
             Self::NotFound => "UPSTREAM_NOT_FOUND",
             Self::RateLimited => "UPSTREAM_RATE_LIMITED",
             Self::Unavailable => "UPSTREAM_UNAVAILABLE",
+            Self::BodyCut => "UPSTREAM_BODY_CUT",
             Self::Timeout => "UPSTREAM_TIMEOUT",
             Self::Other => "UPSTREAM_ERROR",
         }
@@ -77,8 +82,9 @@ pub enum GatewayError {
     },
     /// The caller's deadline passed before the upstream answered.
     DeadlineExceeded(String),
-    /// Confluence answered 200 with a body that was cut short, is not JSON, or is not an
-    /// `AuditRecordArray`; retried a few times (`src/upstream/retry.rs`) before it ends a call.
+    /// Confluence answered 200 with a complete body that is not JSON or is not an
+    /// `AuditRecordArray`; retried a few times (`src/upstream/retry.rs`) before it ends a
+    /// call. A body cut short is [`UpstreamFailure::BodyCut`] instead.
     MalformedBody(String),
     /// Confluence's body exceeded the configured size cap.
     BodyTooLarge {
@@ -150,14 +156,15 @@ impl GatewayError {
     }
 
     /// Whether another attempt may succeed (connection trouble, 429, 5xx, time-outs, a
-    /// broken 200 body: a proxy or a dropped connection, not Confluence's data, is the
-    /// likely cause).
+    /// cut or broken 200 body: a proxy or a dropped connection, not Confluence's data, is
+    /// the likely cause).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             Self::Upstream {
                 failure: UpstreamFailure::RateLimited
                     | UpstreamFailure::Unavailable
+                    | UpstreamFailure::BodyCut
                     | UpstreamFailure::Timeout,
                 ..
             } | Self::MalformedBody(_)

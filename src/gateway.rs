@@ -16,7 +16,7 @@ use crate::{
     metrics,
     server::{self, ServeError, ServerSettings},
     tls::ReloadingTls,
-    upstream::ConfluenceClient,
+    upstream::{ConfluenceClient, clock::ClockOffset},
 };
 
 /// A gateway with its listeners bound, ready to serve.
@@ -24,6 +24,8 @@ pub struct Gateway {
     service: AuditGrpc,
     listener: TcpListener,
     metrics: Option<TcpListener>,
+    /// Confluence's clock as the upstream client sees it, for `/metrics`.
+    clock: Arc<ClockOffset>,
     shutdown: ServerSettings,
     /// Re-read `--caller-tokens-file` and the TLS files when they change.
     watching: Vec<tokio::task::JoinHandle<()>>,
@@ -63,6 +65,7 @@ impl Gateway {
         // Tokens are signed with a key derived from the salt, so replicas sharing the salt
         // resume each other's streams and nobody else can forge a position.
         let tokens = TokenKey::new(&checked.fingerprints.derive(b"audit-gateway resume token"));
+        let clock = client.clock();
         let mut pages = PageService::new(
             client,
             PageCache::new(checked.cache, shared),
@@ -97,6 +100,7 @@ impl Gateway {
             service,
             listener,
             metrics,
+            clock,
             watching,
             tls,
             shutdown: ServerSettings {
@@ -137,7 +141,7 @@ impl Gateway {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "metrics on /metrics");
             }
-            tokio::spawn(metrics::serve(listener, async move {
+            tokio::spawn(metrics::serve(listener, self.clock, async move {
                 let _ = metrics_stopped.await;
             }));
         }

@@ -3,14 +3,22 @@
 //! (methods, status codes, reasons, tiers) and caller names from `--caller-tokens-file`:
 //! never a credential, a token, a URL or a search string.
 
-use std::{convert::Infallible, future::Future, sync::LazyLock, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    sync::{Arc, LazyLock, atomic::AtomicU64},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{
+        EncodeLabelSet,
+        text::{encode, encode_eof, encode_registry},
+    },
     metrics::{
         counter::Counter as PromCounter,
         family::Family,
@@ -21,7 +29,10 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::error::{GatewayError, UpstreamFailure};
+use crate::{
+    error::{GatewayError, UpstreamFailure},
+    upstream::clock::ClockOffset,
+};
 
 /// A monotonically increasing count.
 pub type Counter = PromCounter;
@@ -322,8 +333,8 @@ impl Metrics {
         }
     }
 
-    /// Counts a failed upstream attempt under its reason, a broken 200 body included (it
-    /// is retried like the others); other errors (a deadline, an oversized body, a
+    /// Counts a failed upstream attempt under its reason, a cut or broken 200 body
+    /// included (it is retried like the others); other errors (a deadline, an oversized body, a
     /// defect) are not counted here.
     pub(crate) fn upstream_failed(&self, err: &GatewayError) {
         if matches!(
@@ -347,7 +358,8 @@ impl Metrics {
             .map_or(0, |c| c.get())
     }
 
-    /// Upstream attempts that ended with a 200 whose body could not be used.
+    /// Upstream attempts that ended with a complete 200 body that could not be used (a
+    /// body cut short counts under `UPSTREAM_BODY_CUT`, [`Metrics::upstream_failures`]).
     pub fn upstream_malformed_bodies(&self) -> u64 {
         let reason = GatewayError::MalformedBody(String::new()).reason();
         self.upstream_failures
@@ -432,10 +444,37 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+
+    /// The process's metrics and one gateway's own: the offset of Confluence's clock
+    /// from the gateway's as `clock` estimates it. That one is read per gateway at each
+    /// scrape, not kept in the process-wide registry: one process may run several
+    /// gateways (the integration tests do), each with its own Confluence.
+    pub(crate) fn render_with_clock(&self, clock: &ClockOffset) -> String {
+        let mut own = Registry::with_prefix("audit_gateway");
+        let offset = PromGauge::<f64, AtomicU64>::default();
+        offset.set(clock.offset_ms() as f64 / 1000.0);
+        own.register(
+            "confluence_clock_offset_seconds",
+            "Confluence's clock minus the gateway's, from the Date headers of its answers \
+             (0 until one was seen).",
+            offset,
+        );
+        let mut out = String::new();
+        // Writing to a String does not fail.
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &own);
+        let _ = encode_eof(&mut out);
+        out
+    }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
-pub(crate) async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves; `clock` is the
+/// gateway's estimate of Confluence's clock (`src/upstream/clock.rs`).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    clock: Arc<ClockOffset>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -448,20 +487,24 @@ pub(crate) async fn serve(listener: TcpListener, shutdown: impl Future<Output = 
             },
             _ = &mut shutdown => return,
         };
-        let svc = service_fn(|req: Request<Incoming>| async move {
-            let response = if req.uri().path() == "/metrics" {
-                Response::builder()
-                    .header(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )
-                    .body(Full::new(Bytes::from(METRICS.render())))
-            } else {
-                Response::builder()
-                    .status(404)
-                    .body(Full::new(Bytes::from_static(b"not found\n")))
-            };
-            Ok::<_, Infallible>(response.unwrap_or_default())
+        let clock = clock.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let clock = clock.clone();
+            async move {
+                let response = if req.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(Full::new(Bytes::from(METRICS.render_with_clock(&clock))))
+                } else {
+                    Response::builder()
+                        .status(404)
+                        .body(Full::new(Bytes::from_static(b"not found\n")))
+                };
+                Ok::<_, Infallible>(response.unwrap_or_default())
+            }
         });
         tokio::spawn(async move {
             let _ = http1::Builder::new()
@@ -543,5 +586,35 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with EOF");
+    }
+
+    #[test]
+    fn each_gateway_reports_its_own_clock_offset_once() {
+        let behind = ClockOffset::default();
+        let now = std::time::SystemTime::now();
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs() as i64;
+        // Dated 5 s behind, sent and answered at once.
+        behind.observe(secs - 5, now, now);
+        let series = "audit_gateway_confluence_clock_offset_seconds ";
+        let gauge = |text: &str| -> f64 {
+            let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(series)).collect();
+            assert_eq!(lines.len(), 1, "{text}");
+            lines[0][series.len()..].parse().expect("a number")
+        };
+        let text = METRICS.render_with_clock(&behind);
+        let offset = gauge(&text);
+        assert!((-5.5..=-4.0).contains(&offset), "{offset}");
+        assert!(text.contains("# TYPE audit_gateway_confluence_clock_offset_seconds gauge"));
+        assert!(text.contains("# TYPE audit_gateway_upstream_retries counter"));
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(text.matches("# EOF").count(), 1);
+        // Another gateway in the process, nothing seen yet: its own 0.
+        assert_eq!(
+            gauge(&METRICS.render_with_clock(&ClockOffset::default())),
+            0.0
+        );
     }
 }

@@ -497,6 +497,7 @@ impl<P: PageSource> Follower<P> {
             credential: self.req.credential.clone(),
             refresh,
             deadline: self.req.deadline,
+            persistent: true,
         };
         Fetch(tokio::spawn(
             async move { stream::decode(&pages.page(req).await?) }.in_current_span(),

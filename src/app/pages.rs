@@ -19,8 +19,8 @@ use crate::{
     metrics::METRICS,
     pb::convert::encode_page,
     upstream::{
-        ConfluenceClient,
-        client::{FetchEvents, PageBody},
+        ConfluenceClient, RetryClass,
+        client::{FetchBounds, FetchEvents, PageBody},
     },
 };
 
@@ -40,6 +40,9 @@ pub(crate) struct PageRequest {
     pub refresh: bool,
     /// When the caller stops waiting.
     pub deadline: Option<Instant>,
+    /// A page of a long call (`StreamSince`, `Follow`): transient failures, a plain 500
+    /// included, are retried as `RetryClass::Persistent` (`src/upstream/retry.rs`).
+    pub persistent: bool,
 }
 
 /// Serves pages through the cache.
@@ -111,6 +114,12 @@ impl PageService {
         let fingerprint = key.credential.clone();
         let client = self.client.clone();
         let (query, credential) = (req.query, req.credential);
+        // A load shared by several callers retries as the caller that started it asked.
+        let class = if req.persistent {
+            RetryClass::Persistent
+        } else {
+            RetryClass::OneShot
+        };
         // The cool-down of a rate-limited credential is kept under the same fingerprint.
         let budget = key.credential.clone();
         // The cache runs this in a task of its own when the load is shared (then with no
@@ -131,7 +140,7 @@ impl PageService {
                         &query,
                         credential.as_ref(),
                         &budget,
-                        deadline,
+                        FetchBounds { deadline, class },
                         &progress,
                         |body| convert_with(body, encode),
                     )
@@ -211,6 +220,12 @@ mod tests {
     use super::*;
     use crate::upstream::{RetryPolicy, UpstreamSettings};
 
+    /// No deadline, a one-shot call's retries.
+    const ONE_SHOT: FetchBounds = FetchBounds {
+        deadline: None,
+        class: RetryClass::OneShot,
+    };
+
     /// A client of `base_url` holding at most one body at a time.
     fn one_body_client(base_url: &str) -> Arc<ConfluenceClient> {
         // As `Gateway::bind` does (src/gateway.rs); Err: installed already.
@@ -254,7 +269,7 @@ mod tests {
                 };
                 let events = LoadProgress::default();
                 client
-                    .fetch_page(&query, None, "anonymous", None, &events, slow)
+                    .fetch_page(&query, None, "anonymous", ONE_SHOT, &events, slow)
                     .await
             }
         });
@@ -281,7 +296,7 @@ mod tests {
                 &PageQuery::default(),
                 None,
                 "anonymous",
-                None,
+                ONE_SHOT,
                 &LoadProgress::default(),
                 |body| convert_with(body, encode),
             )

@@ -359,6 +359,7 @@ impl<P: PageSource> Producer<P> {
                         credential,
                         refresh,
                         deadline,
+                        persistent: true,
                     })
                     .await?;
                 let view = decode(&page)?;

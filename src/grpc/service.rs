@@ -187,6 +187,7 @@ impl AuditGrpc {
             refresh: metadata::wants_fresh(md),
             deadline: metadata::deadline(md, received),
             query,
+            persistent: false,
         };
         let page = self.pages.page(req).await?;
         Ok(EncodedMessage(page))

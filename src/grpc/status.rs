@@ -39,7 +39,8 @@ fn code(err: &GatewayError) -> Code {
             UpstreamFailure::PermissionDenied => Code::PermissionDenied,
             UpstreamFailure::NotFound => Code::NotFound,
             UpstreamFailure::RateLimited => Code::ResourceExhausted,
-            UpstreamFailure::Unavailable => Code::Unavailable,
+            // A cut body is a transport failure: the caller resumes as after a reset.
+            UpstreamFailure::Unavailable | UpstreamFailure::BodyCut => Code::Unavailable,
             UpstreamFailure::Timeout => Code::DeadlineExceeded,
             UpstreamFailure::Other => Code::Unknown,
         },
@@ -84,7 +85,9 @@ fn to_status(err: &GatewayError) -> Status {
             }
             let retryable = matches!(
                 failure,
-                UpstreamFailure::RateLimited | UpstreamFailure::Unavailable
+                UpstreamFailure::RateLimited
+                    | UpstreamFailure::Unavailable
+                    | UpstreamFailure::BodyCut
             );
             if retryable {
                 // Without a Retry-After, suggest a pause rather than an immediate retry.
@@ -194,5 +197,38 @@ mod tests {
         let details = plain.get_error_details();
         let info = details.error_info().expect("error info");
         assert!(!info.metadata.contains_key("cause"), "{info:?}");
+    }
+
+    #[test]
+    fn cut_bodies_are_unavailable_and_broken_ones_internal() {
+        let cut = GatewayError::Upstream {
+            failure: UpstreamFailure::BodyCut,
+            http_status: None,
+            message: "Confluence's answer was cut after 100 of 5000 bytes".into(),
+            retry_after: None,
+            source: None,
+        };
+        let s = to_status(&cut);
+        assert_eq!(s.code(), Code::Unavailable);
+        let d = s.get_error_details();
+        assert_eq!(
+            d.error_info().map(|i| i.reason.as_str()),
+            Some("UPSTREAM_BODY_CUT")
+        );
+        assert_eq!(
+            d.retry_info().and_then(|r| r.retry_delay),
+            Some(DEFAULT_RETRY_DELAY)
+        );
+        let s = to_status(&GatewayError::MalformedBody("not JSON".into()));
+        assert_eq!(s.code(), Code::Internal);
+        let d = s.get_error_details();
+        assert_eq!(
+            d.error_info().map(|i| i.reason.as_str()),
+            Some("UPSTREAM_MALFORMED_BODY")
+        );
+        assert!(
+            d.retry_info().is_none(),
+            "a broken body is not worth a retry"
+        );
     }
 }

@@ -36,7 +36,9 @@ impl Default for RetryBudget {
     /// Finagle's 20 %: with a share of failures `p`, a page needs `p / (1 - p)` retries
     /// on average, so 20 % would fail pages of a Confluence that loses one answer in five
     /// (tests/interop/stream_interop.py streams through exactly that). Half still keeps
-    /// an outage to 1.5 times the load rather than `1 + --upstream-retries` times.
+    /// an outage to 1.5 times the load rather than `1 + --upstream-retries` times. The
+    /// extra retries of long calls (`RetryClass::Persistent`, `src/upstream/retry.rs`)
+    /// come from the same budget: at 20 % failures they average 0.25 per page, inside it.
     fn default() -> Self {
         Self::new(0.5, 10)
     }

@@ -15,9 +15,10 @@ use url::Url;
 
 use super::{
     budget::RetryBudget,
+    clock::ClockOffset,
     cooldown::{Cooldowns, SharedCooldowns},
     ratelimit,
-    retry::{RetryPolicy, Spent, classify},
+    retry::{RetryClass, RetryPolicy, Spent, classify},
 };
 use crate::{
     audit::{PageQuery, Span},
@@ -62,6 +63,15 @@ pub(crate) trait FetchEvents {
     fn sending(&self) -> bool;
 }
 
+/// How long and how hard [`ConfluenceClient::fetch_page`] tries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FetchBounds {
+    /// When the caller stops waiting (`None`: a shared load, bounded by its retries).
+    pub deadline: Option<Instant>,
+    /// Which retry bounds apply (`src/upstream/retry.rs`).
+    pub class: RetryClass,
+}
+
 /// A 200 body and the body permit it was read under. They go together: whoever holds
 /// the body holds the permit, so a conversion that outlives its caller (on the blocking
 /// pool, `src/app/pages.rs`) still counts against `--upstream-max-body` × permits.
@@ -99,6 +109,8 @@ pub(crate) struct ConfluenceClient {
     cooldowns: Arc<Cooldowns>,
     /// Shared by every clone: retries are a share of the whole gateway's requests.
     retries: Arc<RetryBudget>,
+    /// Shared by every clone: Confluence's clock as its answers' `Date` headers show it.
+    clock: Arc<ClockOffset>,
 }
 
 impl ConfluenceClient {
@@ -123,6 +135,7 @@ impl ConfluenceClient {
             settings,
             cooldowns: Arc::default(),
             retries: Arc::default(),
+            clock: Arc::default(),
         })
     }
 
@@ -137,6 +150,12 @@ impl ConfluenceClient {
     #[cfg(test)]
     pub(crate) fn bodies_free(&self) -> usize {
         self.bodies.available_permits()
+    }
+
+    /// The offset of Confluence's clock from the gateway's, as this client's answers show
+    /// it (`src/upstream/clock.rs`).
+    pub(crate) fn clock(&self) -> Arc<ClockOffset> {
+        self.clock.clone()
     }
 
     /// The configured base URL, as cache keys name it.
@@ -155,8 +174,9 @@ impl ConfluenceClient {
     }
 
     /// Fetches one page and turns its 200 body into a `T` with `convert`, retrying what
-    /// is transient (a body `convert` rejects with [`GatewayError::MalformedBody`]
-    /// included), never past `deadline`. `events` hears of each failed attempt that
+    /// is transient (a body cut short, and a body `convert` rejects with
+    /// [`GatewayError::MalformedBody`], included) as `bounds.class` allows, never past
+    /// `bounds.deadline`. `events` hears of each failed attempt that
     /// will be retried, and of each cool-down waited out, with the wait before the next
     /// attempt. Each retry is drawn from the gateway's retry budget
     /// (`src/upstream/budget.rs`); when it is spent, the failure is returned as it is.
@@ -179,7 +199,7 @@ impl ConfluenceClient {
         query: &PageQuery,
         credential: Option<&Credential>,
         budget: &str,
-        deadline: Option<Instant>,
+        bounds: FetchBounds,
         events: &impl FetchEvents,
         convert: F,
     ) -> Result<T, GatewayError>
@@ -187,6 +207,7 @@ impl ConfluenceClient {
         F: Fn(PageBody) -> Fut,
         Fut: Future<Output = Result<T, GatewayError>>,
     {
+        let FetchBounds { deadline, class } = bounds;
         let url = self.page_url(query);
         let policy = &self.settings.retry;
         let mut spent = Spent::default();
@@ -211,11 +232,11 @@ impl ConfluenceClient {
             }
             result
         })
-        .retry(policy.backoff())
+        .retry(policy.backoff(class))
         .sleep(tokio::time::sleep)
         .when(GatewayError::is_transient)
         .adjust(|err, ceiling| {
-            let wait = policy.adjust(err, ceiling, &mut spent, deadline)?;
+            let wait = policy.adjust(err, ceiling, &mut spent, deadline, class)?;
             // In an outage every request fails: retrying each would multiply the load on
             // a Confluence already down (`src/upstream/budget.rs`).
             if !self.retries.try_retry() {
@@ -373,7 +394,9 @@ impl ConfluenceClient {
             return Err(GatewayError::Abandoned);
         }
         let in_flight = InFlight::start();
-        let exchanged = self.exchange(request, budget, failed).await;
+        let exchanged = self
+            .exchange(request, budget, failed, cut_by_deadline)
+            .await;
         drop(in_flight);
         let status = match &exchanged {
             Ok(_) => Some(200),
@@ -396,13 +419,25 @@ impl ConfluenceClient {
         result
     }
 
+    /// Sends `request` and reads a 200's body. `cut_by_deadline`: the attempt's time-out
+    /// is the caller's deadline, so a body still unread when it strikes is the deadline
+    /// passing rather than a stalled body.
     async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
         budget: &str,
         failed: impl Fn(reqwest::Error) -> GatewayError,
+        cut_by_deadline: bool,
     ) -> Result<PageBody, GatewayError> {
+        let sent_at = SystemTime::now();
         let response = request.send().await.map_err(&failed)?;
+        if let Some(date) = response
+            .headers()
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+        {
+            self.clock.observe_header(date, sent_at, SystemTime::now());
+        }
         if response.status() == StatusCode::OK {
             // Near the limit, every request of the credential waits a moment, so the
             // gateway slows down before Confluence refuses it.
@@ -419,7 +454,22 @@ impl ConfluenceClient {
                 .acquire_owned()
                 .await
                 .map_err(|_| GatewayError::Internal("the body limiter was closed".into()))?;
-            let bytes = read_capped(response, self.settings.max_body_bytes, failed).await?;
+            let bytes = read_capped(response, self.settings.max_body_bytes)
+                .await
+                .map_err(|e| match e {
+                    ReadError::TooLarge { limit } => GatewayError::BodyTooLarge { limit },
+                    ReadError::Ended { cause, .. }
+                        if cause.as_ref().is_some_and(reqwest::Error::is_timeout)
+                            && cut_by_deadline =>
+                    {
+                        deadline_error()
+                    }
+                    ReadError::Ended {
+                        read,
+                        expected,
+                        cause,
+                    } => cut_body(read, expected, cause),
+                })?;
             return Ok(PageBody {
                 bytes,
                 _permit: permit,
@@ -432,8 +482,7 @@ impl ConfluenceClient {
         let status = response.status();
         let retry_after = ratelimit::retry_after(response.headers());
         // A body that cannot be read only costs us Confluence's message.
-        let timeout = self.settings.attempt_timeout;
-        let body = read_capped(response, MAX_ERROR_BODY, |e| transport_error(e, timeout))
+        let body = read_capped(response, MAX_ERROR_BODY)
             .await
             .unwrap_or_default();
         let failure = classify(status.as_u16());
@@ -502,44 +551,81 @@ pub(crate) fn encode_params(params: &[(&str, String)]) -> String {
         .join("&")
 }
 
-/// Reads a body up to `cap` bytes; more is an error, never a truncated page. A body cut
-/// off by the connection ending (short of its `Content-Length`, or chunked without its
-/// last chunk) is [`GatewayError::MalformedBody`] saying where, which is retried; a
-/// time-out while reading stays a time-out (`failed`).
-async fn read_capped(
-    mut response: reqwest::Response,
-    cap: usize,
-    failed: impl Fn(reqwest::Error) -> GatewayError,
-) -> Result<Bytes, GatewayError> {
+/// Why a body could not be read whole.
+#[derive(Debug)]
+enum ReadError {
+    /// It exceeds the cap (by its `Content-Length`, or by what arrived).
+    TooLarge { limit: usize },
+    /// It ended early after `read` bytes of `expected` (when the answer said): the
+    /// connection ended or was reset mid-body (chunked without its last chunk too), or
+    /// the attempt timed out while it stalled (`cause` says which).
+    Ended {
+        read: usize,
+        expected: Option<u64>,
+        cause: Option<reqwest::Error>,
+    },
+}
+
+/// Reads a body up to `cap` bytes; more is an error, never a truncated page, and so is
+/// less than its `Content-Length`.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, ReadError> {
     let expected = response.content_length();
     if expected.is_some_and(|n| n > cap as u64) {
-        return Err(GatewayError::BodyTooLarge { limit: cap });
+        return Err(ReadError::TooLarge { limit: cap });
     }
     let mut body = BytesMut::with_capacity(expected.map_or(8192, |n| n as usize));
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
-            Err(e) if e.is_timeout() => return Err(failed(e)),
             Err(e) => {
-                tracing::debug!(error = %e.without_url(), "Confluence's body was cut");
-                return Err(cut_body(body.len(), expected));
+                let e = e.without_url();
+                tracing::debug!(error = %e, "Confluence's body ended early");
+                return Err(ReadError::Ended {
+                    read: body.len(),
+                    expected,
+                    cause: Some(e),
+                });
             }
         };
         if body.len() + chunk.len() > cap {
-            return Err(GatewayError::BodyTooLarge { limit: cap });
+            return Err(ReadError::TooLarge { limit: cap });
         }
         body.extend_from_slice(&chunk);
+    }
+    // hyper already fails a body shorter than its Content-Length; this holds whatever
+    // the HTTP stack beneath does.
+    if expected.is_some_and(|n| (body.len() as u64) < n) {
+        return Err(ReadError::Ended {
+            read: body.len(),
+            expected,
+            cause: None,
+        });
     }
     Ok(body.freeze())
 }
 
-/// A body that ended early, after `read` bytes of `expected` (when the answer said).
-fn cut_body(read: usize, expected: Option<u64>) -> GatewayError {
-    GatewayError::MalformedBody(match expected {
-        Some(total) => format!("Confluence's answer was cut after {read} of {total} bytes"),
-        None => format!("Confluence's answer was cut after {read} bytes"),
-    })
+/// A 200 body that ended early, after `read` bytes of `expected` (when the answer said):
+/// a transport failure, retried like a reset ([`UpstreamFailure::BodyCut`]).
+fn cut_body(read: usize, expected: Option<u64>, cause: Option<reqwest::Error>) -> GatewayError {
+    let how = if cause.as_ref().is_some_and(reqwest::Error::is_timeout) {
+        "stalled"
+    } else {
+        "was cut"
+    };
+    let message = match expected {
+        Some(total) => format!("Confluence's answer {how} after {read} of {total} bytes"),
+        None => format!("Confluence's answer {how} after {read} bytes"),
+    };
+    GatewayError::Upstream {
+        failure: UpstreamFailure::BodyCut,
+        http_status: None,
+        message,
+        retry_after: None,
+        // Without the URL (`read_capped` dropped it): its query holds the caller's
+        // search string.
+        source: cause.map(|e| Arc::new(e) as crate::error::Source),
+    }
 }
 
 /// The status message for a non-200 answer, with Confluence's own `message` if any.

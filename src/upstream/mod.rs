@@ -2,9 +2,10 @@
 
 pub(crate) mod budget;
 pub(crate) mod client;
+pub(crate) mod clock;
 pub(crate) mod cooldown;
 pub(crate) mod ratelimit;
 pub(crate) mod retry;
 
 pub(crate) use client::{ConfluenceClient, UpstreamSettings};
-pub(crate) use retry::RetryPolicy;
+pub(crate) use retry::{RetryClass, RetryPolicy};

@@ -1,7 +1,8 @@
 //! Failures end to end: every row of the error table through the real gRPC
 //! client, retries and their limits, `Retry-After` as a floor and a credential's cool-down,
 //! caller deadlines,
-//! broken 200 bodies (cut, not JSON, the wrong shape), and no credential in any status.
+//! 200 bodies cut short (a transport failure) or broken (not JSON, the wrong shape), and no
+//! credential in any status.
 
 use std::{
     net::SocketAddr,
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{GatewayConfig, UpstreamAuth, metrics::METRICS, pb};
+use audit_gateway::{GatewayConfig, UpstreamAuth, UpstreamFailure, metrics::METRICS, pb};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
 use tokio::{
@@ -760,11 +761,18 @@ async fn a_success_near_the_rate_limit_slows_the_next_requests_down() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. Broken 200 bodies: retried under their own bound (2), then INTERNAL; never cached.
+// 5. 200 bodies cut short (shorter than their Content-Length, reset mid-body, stalled):
+//    retried like a reset, then UNAVAILABLE (UPSTREAM_BODY_CUT). Broken ones (complete, but
+//    not JSON or the wrong shape): retried under their own bound (2), then INTERNAL. Neither
+//    is ever cached.
 // ---------------------------------------------------------------------------------------
 
 /// Requests a persistently broken body gets: the first and its 2 retries.
 const BAD_BODY_REQUESTS: usize = 3;
+
+/// Requests a body cut every time gets from a `GetSince`: the first and the harness's
+/// `--upstream-retries` (the default, 4).
+const CUT_BODY_REQUESTS: usize = 5;
 
 /// The sample page as the gateway serves it (2 records).
 async fn sample_page(gw: &mut TestGateway) -> pb::GetSinceResponse {
@@ -790,29 +798,55 @@ async fn a_cut_body_then_a_good_one_succeeds() {
 }
 
 #[tokio::test]
-async fn cut_bodies_are_internal_after_their_retries_and_not_cached() {
+async fn cut_bodies_are_unavailable_after_the_retries_and_not_cached() {
     let sample = atlassian_sample().len();
-    let upstream = ScriptedUpstream::start(vec![Answer::Cut(100); BAD_BODY_REQUESTS]).await;
+    let upstream = ScriptedUpstream::start(vec![Answer::Cut(100); CUT_BODY_REQUESTS]).await;
     let mut gw = spawn_gateway(test_config(&upstream.base_url())).await;
-    let before = METRICS.upstream_malformed_bodies();
+    assert_eq!(
+        test_config("http://x").upstream.retries as usize + 1,
+        CUT_BODY_REQUESTS
+    );
+    let before = METRICS.upstream_failures(UpstreamFailure::BodyCut);
     let status = gw
         .client
         .get_since(pb::GetSinceRequest::default())
         .await
         .expect_err("every body was cut");
-    assert_status(&status, Code::Internal, "UPSTREAM_MALFORMED_BODY", None);
+    // A transport failure: the code clients retry, with a pause suggested.
+    assert_status(&status, Code::Unavailable, "UPSTREAM_BODY_CUT", None);
+    assert!(
+        status.get_error_details().retry_info().is_some(),
+        "{status:?}"
+    );
     let says = format!("cut after 100 of {sample} bytes");
     assert!(status.message().contains(&says), "{:?}", status.message());
     assert_eq!(
         upstream.requests(),
-        BAD_BODY_REQUESTS,
-        "1 + 2 retries, no more"
+        CUT_BODY_REQUESTS,
+        "retried like a reset, past the broken body's bound of 2, within --upstream-retries"
     );
     // Metrics are process-wide (other tests add to them): only growth is checked.
-    assert!(METRICS.upstream_malformed_bodies() >= before + BAD_BODY_REQUESTS as u64);
+    assert!(
+        METRICS.upstream_failures(UpstreamFailure::BodyCut) >= before + CUT_BODY_REQUESTS as u64
+    );
     // Not cached: the next call asks again (and gets the good page).
     sample_page(&mut gw).await;
-    assert_eq!(upstream.requests(), BAD_BODY_REQUESTS + 1);
+    assert_eq!(upstream.requests(), CUT_BODY_REQUESTS + 1);
+}
+
+#[tokio::test]
+async fn a_body_the_simulator_keeps_cutting_is_unavailable_and_a_wrong_shape_one_internal() {
+    // Confluence's full Content-Length, half the body, the connection closed.
+    let (sim, mut gw) = setup(vec![Fault::Cut; CUT_BODY_REQUESTS], |_| {}).await;
+    let status = fail(&mut gw).await;
+    assert_status(&status, Code::Unavailable, "UPSTREAM_BODY_CUT", None);
+    assert!(status.message().contains("was cut after"), "{status:?}");
+    assert_eq!(sim.request_count(), CUT_BODY_REQUESTS);
+    // A complete body of the wrong shape is Confluence's answer, not the transport's.
+    let (sim, mut gw) = setup(vec![Fault::WrongShape; BAD_BODY_REQUESTS], |_| {}).await;
+    let status = fail(&mut gw).await;
+    assert_status(&status, Code::Internal, "UPSTREAM_MALFORMED_BODY", None);
+    assert_eq!(sim.request_count(), BAD_BODY_REQUESTS);
 }
 
 #[tokio::test]
@@ -824,7 +858,8 @@ async fn a_chunked_body_cut_short_is_retried() {
 }
 
 #[tokio::test]
-async fn a_body_that_stalls_is_a_timeout_not_a_broken_body() {
+async fn a_body_that_stalls_is_cut_and_retried() {
+    let sample = atlassian_sample().len();
     let upstream = ScriptedUpstream::start(vec![Answer::Stall(100)]).await;
     let mut gw = spawn_gateway(config(&upstream.base_url(), |c| {
         no_retries(c);
@@ -836,8 +871,33 @@ async fn a_body_that_stalls_is_a_timeout_not_a_broken_body() {
         .get_since(pb::GetSinceRequest::default())
         .await
         .expect_err("the body never ends");
-    assert_status(&status, Code::DeadlineExceeded, "UPSTREAM_TIMEOUT", None);
+    // The headers came, the body stopped: a transport failure, as a reset mid-body is.
+    assert_status(&status, Code::Unavailable, "UPSTREAM_BODY_CUT", None);
+    let says = format!("stalled after 100 of {sample} bytes");
+    assert!(status.message().contains(&says), "{:?}", status.message());
     assert_eq!(upstream.requests(), 1);
+    // With a retry, the next attempt gets the whole page.
+    let upstream = ScriptedUpstream::start(vec![Answer::Stall(100)]).await;
+    let mut gw = spawn_gateway(config(&upstream.base_url(), |c| {
+        c.upstream.timeout = Duration::from_millis(300);
+    }))
+    .await;
+    sample_page(&mut gw).await;
+    assert_eq!(upstream.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_body_stalled_past_the_callers_deadline_is_the_deadline() {
+    let upstream = ScriptedUpstream::start(vec![Answer::Stall(100)]).await;
+    let mut gw = spawn_gateway(config(&upstream.base_url(), no_retries)).await;
+    let mut request = Request::new(pb::GetSinceRequest::default());
+    request.set_timeout(Duration::from_millis(300));
+    let status = gw
+        .client
+        .get_since(request)
+        .await
+        .expect_err("the body never ends");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 }
 
 #[tokio::test]

@@ -697,3 +697,53 @@ async fn metrics_are_served_in_prometheus_text_format() {
         .expect("server task did not panic")
         .expect("the gateway stops cleanly");
 }
+
+#[tokio::test]
+async fn the_gateway_reports_how_far_confluences_clock_is_off() {
+    // Confluence's clock 5 s behind the host's.
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 20,
+        clock_offset: -5000,
+        ..Default::default()
+    })
+    .await;
+    let mut config = test_config(&sim.base_url());
+    config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    // Every call reaches Confluence, so each answer's Date is seen.
+    config.cache.ttl = Duration::ZERO;
+    let gateway = Gateway::bind(config).await.expect("valid settings");
+    let addr = gateway.metrics_addr().expect("metrics are served");
+    let grpc = gateway.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let scrape = || async {
+        let response = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("scrape");
+        let text = String::from_utf8(response.bytes().await.expect("body").to_vec());
+        text.expect("utf-8")
+    };
+    let offset = "audit_gateway_confluence_clock_offset_seconds";
+    let text = scrape().await;
+    assert!(text.contains(&format!("# TYPE {offset} gauge")), "{text}");
+    assert_eq!(sample(&text, offset), 0.0, "nothing seen yet: 0");
+    let mut client =
+        pb::audit_service_client::AuditServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .expect("connect");
+    for _ in 0..5 {
+        client.get_since(small()).await.expect("a page");
+    }
+    assert_eq!(sim.request_count(), 5);
+    let seen = sample(&scrape().await, offset);
+    // Each Date says the second only; the estimate is within it (and the round trip).
+    assert!((-5.6..=-4.4).contains(&seen), "{seen} s, not about -5 s");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the gateway stops within 10 s")
+        .expect("server task did not panic")
+        .expect("the gateway stops cleanly");
+}

@@ -187,6 +187,106 @@ async fn random_upstream_faults_are_retried_without_repeats_or_gaps() {
 }
 
 #[tokio::test]
+async fn a_long_stream_rides_out_cut_bodies_in_one_call() {
+    // 15 % of 200 bodies cut short (full Content-Length, half the body, connection
+    // closed), at the gateway's default retry settings but for a quick backoff.
+    let (sim, mut gw) = setup(
+        5000,
+        SimulatorConfig {
+            cut_rate: 0.15,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    // Pages of 100: about 50 pages, so about 9 cut bodies, each retried.
+    let messages = stream_all(&mut gw.client, window(100)).await;
+    assert_eq!(
+        seqs(&messages),
+        whole(5000),
+        "every record once, in one call"
+    );
+    let pages = 5000 / 100;
+    assert!(
+        sim.request_count() > pages + 1,
+        "bodies were cut and fetched again ({} requests)",
+        sim.request_count()
+    );
+}
+
+#[tokio::test]
+async fn a_stream_retries_the_500s_and_cut_bodies_a_get_since_gives_up_on() {
+    // Three plain 500s and three cut bodies in a row: past a one-shot call's bounds (one
+    // retry after a 500), within a long call's (3 x --upstream-retries, all alike).
+    let faults = || {
+        let cut = Fault::Cut;
+        [
+            Fault::status_json(500),
+            cut.clone(),
+            Fault::status_json(500),
+            cut.clone(),
+        ]
+        .into_iter()
+        .chain([Fault::status_json(500), cut])
+    };
+    let (sim, mut gw) = setup(300, SimulatorConfig::default(), |_| {}).await;
+    sim.push_faults(faults());
+    // The first page is fetched alone, so every fault lands on its attempts.
+    let messages = stream_all(&mut gw.client, window(100)).await;
+    assert_eq!(seqs(&messages), whole(300));
+    let (sim, mut gw) = setup(300, SimulatorConfig::default(), |_| {}).await;
+    sim.push_faults(faults());
+    let status = gw
+        .client
+        .get_since(pb::GetSinceRequest::default())
+        .await
+        .expect_err("a one-shot call retries a plain 500 once");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status
+            .get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone()),
+        Some("UPSTREAM_UNAVAILABLE".to_owned()),
+        "{status:?}"
+    );
+    assert_eq!(sim.request_count(), 3, "500, cut, 500: no more");
+}
+
+#[tokio::test]
+async fn concurrent_streams_ride_out_a_fifth_of_answers_failing() {
+    // 500, 502, 503, 429 with Retry-After 0, resets and cut bodies, one answer in five.
+    let (sim, gw) = setup(
+        3000,
+        SimulatorConfig {
+            fault_rate: 0.2,
+            ..Default::default()
+        },
+        // No cache: each stream fetches every page itself, so each meets the faults.
+        |c| c.cache.ttl = Duration::ZERO,
+    )
+    .await;
+    const STREAMS: usize = 20;
+    let streams: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let mut client = gw.client.clone();
+            tokio::spawn(async move { seqs(&stream_all(&mut client, window(500)).await) })
+        })
+        .collect();
+    for (i, stream) in streams.into_iter().enumerate() {
+        let got = stream.await.expect("no panic");
+        assert_eq!(got, whole(3000), "stream {i}: every record once");
+    }
+    // Each stream asks for at least 7 pages (6 full, then the short one).
+    let pages = STREAMS * 7;
+    assert!(
+        sim.request_count() > pages + pages / 10,
+        "faults were met and retried ({} requests for at least {pages} pages)",
+        sim.request_count()
+    );
+}
+
+#[tokio::test]
 async fn max_records_ends_exactly_and_resume_continues_after_it() {
     let (sim, mut gw) = setup(120, SimulatorConfig::default(), |_| {}).await;
     let first = stream_all(

@@ -67,7 +67,8 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0)]
     pub inserts_per_request: u32,
 
-    /// Fraction of requests answered with a random transient fault (0..1).
+    /// Fraction of requests answered with a random transient fault (0..1): 500, 502, 503,
+    /// 429 with Retry-After 0, a reset, or a 200 cut short, equally likely.
     #[arg(long, default_value_t = 0.0)]
     pub fault_rate: f64,
 
@@ -101,6 +102,15 @@ pub struct SimulateArgs {
     /// every other record's `author.operations` the same).
     #[arg(long, value_name = "N")]
     pub nested_depth: Option<usize>,
+    /// The simulator's clock is this many milliseconds ahead of the host's (negative:
+    /// behind): its `Date` headers and the dates of its records follow it.
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    pub clock_offset_ms: i64,
 }
 
 impl SimulateArgs {
@@ -146,6 +156,7 @@ impl SimulateArgs {
             late_share: self.late_share,
             late_by: self.late_by.unwrap_or_default(),
             nested_depth: self.nested_depth,
+            clock_offset: self.clock_offset_ms,
             ..SimulatorConfig::default()
         })
     }

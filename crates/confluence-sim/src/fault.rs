@@ -47,17 +47,23 @@ impl Fault {
         }
     }
 
-    /// A random transient fault, as a flaky upstream shows them: 503 with a JSON body,
-    /// 429 with `Retry-After: 0` (so clients that honour it retry at once), or a reset.
+    /// A random transient fault, as a flaky upstream and the proxies in front of it show
+    /// them, each kind equally likely: 500, 502 or 503 with a JSON body, 429 with
+    /// `Retry-After: 0` (so clients that honour it retry at once), a reset, or a 200 whose
+    /// body is cut ([`Fault::Cut`]; a request that would not get a 200 is answered as it
+    /// would be).
     pub(crate) fn random_transient(rng: &mut fastrand::Rng) -> Fault {
-        match rng.u8(0..3) {
-            0 => Fault::status_json(503),
-            1 => Fault::Status {
+        match rng.u8(0..6) {
+            0 => Fault::status_json(500),
+            1 => Fault::status_json(502),
+            2 => Fault::status_json(503),
+            3 => Fault::Status {
                 code: 429,
                 retry_after: Some("0".to_owned()),
                 body: Some(atlassian_error(429, default_message(429))),
             },
-            _ => Fault::Reset,
+            4 => Fault::Reset,
+            _ => Fault::Cut,
         }
     }
 }

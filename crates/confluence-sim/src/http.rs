@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, DATE, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::data;
 use super::fault::atlassian_error;
 use super::query::{AuditQuery, Span};
-use super::state::{Admission, InFlight, Shared, now_ms};
+use super::state::{Admission, InFlight, Shared};
 use super::{AuditEndpoint, Fault, LimitEcho, RangeBounds, RecordedRequest};
 
 const JSON: &str = "application/json;charset=UTF-8";
@@ -79,12 +79,13 @@ pub(crate) async fn handle<B>(
         Some(Fault::NearLimit(reset)) => Some(reset),
         _ => None,
     };
+    let now = shared.now_ms();
     let mut response = match admission.fault.clone() {
         Some(Fault::Status {
             code,
             retry_after,
             body,
-        }) => status_response(code, retry_after.as_deref(), body),
+        }) => status_response(code, retry_after.as_deref(), body, now),
         // A page cut short, as when a proxy drops the connection mid-body.
         Some(Fault::Malformed) => body_response(
             StatusCode::OK,
@@ -92,13 +93,18 @@ pub(crate) async fn handle<B>(
             r#"{"results":[{"author":{"type":"user","displayName":"Ada"#,
         ),
         Some(Fault::WrongShape) => body_response(StatusCode::OK, JSON, r#"{"results":5}"#),
-        _ if !is_audit => error_response(404, "Not found"),
-        _ if request.method() != Method::GET => error_response(405, "Method not allowed"),
-        _ => answer(shared, &recorded, admission).await,
+        _ if !is_audit => error_response(404, "Not found", now),
+        _ if request.method() != Method::GET => error_response(405, "Method not allowed", now),
+        _ => answer(shared.clone(), &recorded, admission).await,
     };
+    // Every answer is dated by the simulator's clock, off the host's by `clock_offset`
+    // (hyper dates only answers that carry no `Date`).
+    if let Ok(date) = HeaderValue::from_str(&http_date(shared.now_ms())) {
+        response.headers_mut().insert(DATE, date);
+    }
     if let Some(reset) = near_limit {
         let reset_ms = i64::try_from(reset.as_millis()).unwrap_or(i64::MAX);
-        let reset = iso8601(now_ms().saturating_add(reset_ms));
+        let reset = iso8601(shared.now_ms().saturating_add(reset_ms));
         for (name, value) in [
             ("x-ratelimit-nearlimit", "true".to_owned()),
             ("x-ratelimit-limit", "100".to_owned()),
@@ -141,22 +147,27 @@ async fn answer(
     request: &RecordedRequest,
     admission: Admission,
 ) -> Response<Full<Bytes>> {
+    let now = shared.now_ms();
     if let Some(required) = &shared.required_authorization
         && request.authorization.as_deref() != Some(required.as_str())
     {
-        return error_response(401, "Client must be authenticated to access this resource.");
+        return error_response(
+            401,
+            "Client must be authenticated to access this resource.",
+            now,
+        );
     }
     let range = request.endpoint == Some(AuditEndpoint::Range);
     let query = match AuditQuery::parse(&request.query, range) {
         Ok(query) => query,
-        Err(message) => return error_response(400, &message),
+        Err(message) => return error_response(400, &message, now),
     };
     if shared.strict_limit && query.limit > LARGEST_LIMIT {
         let message = format!(
             "Invalid value {} for parameter 'limit': must be at most {LARGEST_LIMIT}",
             query.limit
         );
-        return error_response(400, &message);
+        return error_response(400, &message, now);
     }
     let endpoint = if range { AUDIT_RANGE } else { AUDIT_SINCE };
     let self_url = match &request.raw_query {
@@ -168,8 +179,8 @@ async fn answer(
         tokio::task::spawn_blocking(move || render(&shared, &query, &admission, &self_url)).await;
     match rendered {
         Ok(Ok(body)) => body_response(StatusCode::OK, JSON, body),
-        Ok(Err(error)) => error_response(500, &format!("Could not render the page: {error}")),
-        Err(error) => error_response(500, &format!("Rendering failed: {error}")),
+        Ok(Err(error)) => error_response(500, &format!("Could not render the page: {error}"), now),
+        Err(error) => error_response(500, &format!("Rendering failed: {error}"), now),
     }
 }
 
@@ -185,7 +196,7 @@ fn render(
         .map_or(query.limit, |cap| query.limit.min(cap));
     let listed = match query.span {
         Span::Since { number, unit_nanos } => {
-            let first = AuditQuery::cutoff_ms(number, unit_nanos, now_ms())
+            let first = AuditQuery::cutoff_ms(number, unit_nanos, shared.now_ms())
                 .map_or(log.end(), |cutoff| log.first_since(cutoff));
             first..log.end()
         }
@@ -230,11 +241,13 @@ fn render(
     )
 }
 
-/// A scripted status answer; 429s also carry Atlassian's rate-limit headers.
+/// A scripted status answer; 429s also carry Atlassian's rate-limit headers, their reset
+/// after `now_ms` (the simulator's clock).
 fn status_response(
     code: u16,
     retry_after: Option<&str>,
     body: Option<String>,
+    now_ms: i64,
 ) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(code).unwrap_or_else(|_| {
         tracing::warn!(
@@ -257,7 +270,7 @@ fn status_response(
             .and_then(|value| value.parse::<i64>().ok())
             .filter(|s| (0..=86_400).contains(s))
             .unwrap_or(60);
-        let reset = iso8601(now_ms().saturating_add(wait_s * 1000));
+        let reset = iso8601(now_ms.saturating_add(wait_s * 1000));
         for (name, value) in [
             ("x-ratelimit-limit", "100".to_owned()),
             ("x-ratelimit-remaining", "0".to_owned()),
@@ -271,9 +284,9 @@ fn status_response(
     response
 }
 
-/// An Atlassian-shaped JSON error.
-fn error_response(code: u16, message: &str) -> Response<Full<Bytes>> {
-    status_response(code, None, Some(atlassian_error(code, message)))
+/// An Atlassian-shaped JSON error, at `now_ms` (the simulator's clock).
+fn error_response(code: u16, message: &str, now_ms: i64) -> Response<Full<Bytes>> {
+    status_response(code, None, Some(atlassian_error(code, message)), now_ms)
 }
 
 fn body_response(
@@ -316,10 +329,44 @@ impl RecordedRequest {
     }
 }
 
-/// `2024-01-31T12:34:56.789Z` for epoch milliseconds (civil-from-days, H. Hinnant).
+/// `2024-01-31T12:34:56.789Z` for epoch milliseconds.
 fn iso8601(epoch_ms: i64) -> String {
     let secs = epoch_ms.div_euclid(1000);
     let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60,
+        epoch_ms.rem_euclid(1000)
+    )
+}
+
+/// The HTTP-date (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`) of epoch milliseconds,
+/// the fraction of a second dropped as HTTP does.
+pub(crate) fn http_date(epoch_ms: i64) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = epoch_ms.div_euclid(1000);
+    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil(days);
+    // 1970-01-01 was a Thursday.
+    let weekday = WEEKDAYS[days.rem_euclid(7) as usize];
+    let month = MONTHS[(month - 1) as usize];
+    format!(
+        "{weekday}, {day:02} {month} {year:04} {:02}:{:02}:{:02} GMT",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60
+    )
+}
+
+/// (year, month 1..=12, day 1..=31) of days since 1970-01-01 (civil-from-days,
+/// H. Hinnant).
+fn civil(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
@@ -330,11 +377,5 @@ fn iso8601(epoch_ms: i64) -> String {
     let day = day_of_year - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        day_secs / 3600,
-        day_secs % 3600 / 60,
-        day_secs % 60,
-        epoch_ms.rem_euclid(1000)
-    )
+    (year, month, day)
 }

@@ -62,7 +62,7 @@ use tokio::sync::watch;
 
 pub use data::{PageSpec, RECORD_SPACING_MS, record_seq, render_page};
 pub use fault::Fault;
-use state::{Shared, now_ms};
+use state::Shared;
 
 /// How a simulator starts. Settings a handle can change later say so.
 #[derive(Clone, Debug)]
@@ -109,9 +109,11 @@ pub struct SimulatorConfig {
     /// Records added at the head before each audit request is served, faulted or not
     /// (default 0; see [`SimulatorHandle::set_inserts_per_request`]).
     pub inserts_per_request: u32,
-    /// Fraction (0..=1) of audit requests that get a random transient fault: 503 with a JSON
-    /// body, 429 with `Retry-After: 0`, or a reset (default 0; see
+    /// Fraction (0..=1) of audit requests that get a random transient fault, each kind
+    /// equally likely: 500, 502 or 503 with a JSON body, 429 with `Retry-After: 0`, a reset,
+    /// or a 200 cut short as [`Fault::Cut`] cuts it (default 0; see
     /// [`SimulatorHandle::set_fault_rate`]). Seeded by `seed`, so runs are reproducible.
+    /// Scripted faults ([`SimulatorConfig::faults`]) give any single kind.
     pub fault_rate: f64,
     /// If set, the `Authorization` header must equal it exactly, else 401 (default none).
     pub required_authorization: Option<String>,
@@ -133,6 +135,12 @@ pub struct SimulatorConfig {
     /// deep (objects and arrays in turn, a string `"bottom #<seq>"` innermost), and every
     /// record of odd sequence number the same as `author.operations` (default none).
     pub nested_depth: Option<usize>,
+    /// Milliseconds the simulator's clock is ahead of the host's (negative: behind;
+    /// default 0). Its `now` is the host's plus this: the `Date` header of every answer,
+    /// the dates of the records it holds at start and of those it creates while running
+    /// (live, inserted), and where a `/since` window begins all follow it, as with a
+    /// Confluence whose clock is off.
+    pub clock_offset: i64,
 }
 
 /// Records created in real time, as on a busy site: bursts of 1..=`burst` records sharing a
@@ -174,6 +182,7 @@ impl Default for SimulatorConfig {
             late_share: 0.0,
             late_by: Duration::ZERO,
             nested_depth: None,
+            clock_offset: 0,
         }
     }
 }
@@ -302,9 +311,10 @@ impl SimulatorHandle {
 
     /// Adds `n` records at the head now, dated now (never before the current newest), after
     /// the live records due; a share of them late as [`SimulatorConfig::late_share`] says.
+    /// Now is the simulator's clock ([`SimulatorConfig::clock_offset`]).
     pub fn insert_records(&self, n: usize) {
         let n = u64::try_from(n).unwrap_or(u64::MAX);
-        let now = now_ms();
+        let now = self.inner.shared.now_ms();
         let mut state = self.inner.shared.lock();
         state.catch_up(now);
         state.add(n, now);
@@ -333,8 +343,9 @@ impl SimulatorHandle {
 
     /// Records in the log now, live ones due included, visible or not.
     pub fn record_count(&self) -> usize {
+        let now = self.inner.shared.now_ms();
         let mut state = self.inner.shared.lock();
-        state.catch_up(now_ms());
+        state.catch_up(now);
         usize::try_from(state.log.count()).unwrap_or(usize::MAX)
     }
 
@@ -358,9 +369,10 @@ impl SimulatorHandle {
     /// as it was created. Records deleted by retention are left out; records to be created
     /// assume no other record is inserted before them (other inserts would renumber them).
     pub fn expected_records(&self, from_ms: i64, to_ms: i64) -> Vec<(i64, u64)> {
+        let now = self.inner.shared.now_ms();
         let (mut log, live) = {
             let mut state = self.inner.shared.lock();
-            state.catch_up(now_ms());
+            state.catch_up(now);
             // Only a stopped schedule has an end to run to.
             let live = state.live.clone().filter(|live| live.stop_ms().is_some());
             (state.log.clone(), live)
@@ -382,8 +394,9 @@ impl SimulatorHandle {
     /// The records created but not visible yet, as (`creationDate`, [`record_seq`], visible
     /// from epoch ms), in creation order: what [`SimulatorConfig::late_share`] holds back now.
     pub fn invisible_records(&self) -> Vec<(i64, u64, i64)> {
+        let now = self.inner.shared.now_ms();
         let mut state = self.inner.shared.lock();
-        state.catch_up(now_ms());
+        state.catch_up(now);
         let state = &*state;
         let describe = |&(seq, visible_ms): &(u64, i64)| {
             (state.log.date(seq), state.log.content_seq(seq), visible_ms)
@@ -392,10 +405,10 @@ impl SimulatorHandle {
     }
 
     /// Stops live creation now: the records due are created, no later one will be. Returns
-    /// the stop time (epoch ms), after which no live record is dated. Does nothing but
-    /// return the time without [`SimulatorConfig::live`].
+    /// the stop time (epoch ms on the simulator's clock), after which no live record is
+    /// dated. Does nothing but return the time without [`SimulatorConfig::live`].
     pub fn stop_live(&self) -> i64 {
-        let now = now_ms();
+        let now = self.inner.shared.now_ms();
         self.stop_live_at(now);
         now
     }
@@ -404,11 +417,12 @@ impl SimulatorHandle {
     /// up to it are still created when due, none after it (records already created stay).
     /// An earlier stop stays.
     pub fn stop_live_at(&self, at_ms: i64) {
+        let now = self.inner.shared.now_ms();
         let mut state = self.inner.shared.lock();
         if let Some(live) = state.live.as_mut() {
             live.stop_at(at_ms);
         }
-        state.catch_up(now_ms());
+        state.catch_up(now);
     }
 
     /// The most audit requests (either endpoint) that were in flight at once (admitted, their

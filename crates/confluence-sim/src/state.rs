@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) required_authorization: Option<String>,
     /// Seed of each request's listing order of ties; `None` lists them in sequence order.
     tie_order_seed: Option<u64>,
+    /// Milliseconds the simulator's clock is ahead of the host's (`clock_offset`).
+    clock_offset_ms: i64,
     state: Mutex<State>,
 }
 
@@ -75,7 +77,7 @@ pub(crate) struct Admission {
 impl Shared {
     pub(crate) fn new(config: SimulatorConfig, base_url: String) -> Shared {
         let context = config.base_path.trim_end_matches('/').to_owned();
-        let start_ms = now_ms();
+        let start_ms = now_ms().saturating_add(config.clock_offset);
         let late_by_ms = u64::try_from(config.late_by.as_millis()).unwrap_or(u64::MAX);
         Shared {
             since_path: format!("{context}{AUDIT_SINCE}"),
@@ -87,6 +89,7 @@ impl Shared {
             strict_limit: config.strict_limit,
             required_authorization: config.required_authorization,
             tie_order_seed: (config.ties > 1).then_some(config.seed),
+            clock_offset_ms: config.clock_offset,
             state: Mutex::new(State {
                 log: Log::new(config.seed, config.records, start_ms)
                     .shaped(config.ties, config.duplicate_every)
@@ -111,6 +114,11 @@ impl Shared {
                 rng: fastrand::Rng::with_seed(config.seed),
             }),
         }
+    }
+
+    /// The simulator's clock in epoch milliseconds: the host's, off by `clock_offset`.
+    pub(crate) fn now_ms(&self) -> i64 {
+        now_ms().saturating_add(self.clock_offset_ms)
     }
 
     /// The state, even if a panicking thread poisoned the lock: every update is a single
@@ -138,7 +146,7 @@ impl Shared {
     /// and no changes.
     pub(crate) fn admit(&self, request: RecordedRequest) -> Admission {
         let is_audit = request.endpoint.is_some();
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.lock();
         state.requests.push(request);
         let (mut fault, mut cut, mut order) = (None, false, None);
@@ -219,7 +227,8 @@ impl State {
     }
 }
 
-/// Wall-clock time in epoch milliseconds (0 if the clock is before 1970).
+/// The host's wall-clock time in epoch milliseconds (0 if the clock is before 1970); the
+/// simulator's own is [`Shared::now_ms`].
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

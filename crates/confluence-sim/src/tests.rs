@@ -383,24 +383,146 @@ async fn a_near_limit_answer_is_a_normal_page_with_the_warning_headers() {
 }
 
 #[tokio::test]
-async fn random_faults_follow_the_rate() {
+async fn random_faults_follow_the_rate_and_mix_every_transient_kind() {
     let sim = start(SimulatorConfig {
         fault_rate: 1.0,
         ..with_records(10)
     })
     .await;
-    for _ in 0..20 {
+    let mut seen = std::collections::BTreeMap::<&str, u32>::new();
+    for _ in 0..120 {
         let reply = Client::connect(&sim).await.get(AUDIT, &[]).await;
-        match reply {
-            None => {}
+        let kind = match reply {
+            None => "reset",
             Some(reply) if reply.status == 429 => {
-                assert_eq!(reply.header("retry-after"), Some("0"))
+                assert_eq!(reply.header("retry-after"), Some("0"));
+                "429"
             }
-            Some(reply) => assert_eq!(reply.status, 503),
-        }
+            Some(reply) if reply.status == 200 => {
+                assert!(reply.body.len() < reply.content_length(), "a 200 is cut");
+                "cut"
+            }
+            Some(reply) => match reply.status {
+                500 => "500",
+                502 => "502",
+                503 => "503",
+                other => panic!("not a transient fault: {other}"),
+            },
+        };
+        *seen.entry(kind).or_default() += 1;
     }
+    // Six kinds, equally likely: each of them in 120 draws (one is missing with a
+    // probability of about 6 * (5/6)^120, 2e-9).
+    let kinds: Vec<&str> = seen.keys().copied().collect();
+    assert_eq!(
+        kinds,
+        ["429", "500", "502", "503", "cut", "reset"],
+        "{seen:?}"
+    );
     sim.set_fault_rate(0.0);
     assert_eq!(get(&sim, AUDIT).await.status, 200);
+}
+
+#[test]
+fn http_dates_are_imf_fixdates() {
+    assert_eq!(
+        http::http_date(784_111_777_000),
+        "Sun, 06 Nov 1994 08:49:37 GMT"
+    );
+    // The fraction of a second is dropped, before 1970 too.
+    assert_eq!(http::http_date(999), "Thu, 01 Jan 1970 00:00:00 GMT");
+    assert_eq!(http::http_date(-1), "Wed, 31 Dec 1969 23:59:59 GMT");
+    assert_eq!(
+        http::http_date(951_782_400_000),
+        "Tue, 29 Feb 2000 00:00:00 GMT"
+    );
+}
+
+/// Epoch seconds of an IMF-fixdate as the simulator writes it.
+fn date_secs(date: &str) -> i64 {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = date.split([' ', ':']).collect();
+    let [_, day, month, year, h, m, sec, "GMT"] = parts[..] else {
+        panic!("not an IMF-fixdate: {date}");
+    };
+    let month = MONTHS.iter().position(|&m| m == month).unwrap() as i64 + 1;
+    let (year, day): (i64, i64) = (year.parse().unwrap(), day.parse().unwrap());
+    // days-from-civil (H. Hinnant), the inverse of what the simulator uses.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs: i64 = h.parse::<i64>().unwrap() * 3600
+        + m.parse::<i64>().unwrap() * 60
+        + sec.parse::<i64>().unwrap();
+    days * 86_400 + secs
+}
+
+#[tokio::test]
+async fn a_clock_offset_shows_in_dates_headers_and_new_records() {
+    for offset in [-5000i64, 0, 7000] {
+        let sim = start(SimulatorConfig {
+            clock_offset: offset,
+            faults: vec![Fault::status_json(503)],
+            ..with_records(3)
+        })
+        .await;
+        // Every answer is dated by the simulator's clock, a fault's and a 404's too.
+        for target in [AUDIT, AUDIT, "/elsewhere"] {
+            let before = state::now_ms();
+            let reply = get(&sim, target).await;
+            let after = state::now_ms();
+            let date = reply.header("date").expect("a Date header");
+            let ms = date_secs(date) * 1000;
+            assert!(
+                before + offset - 1000 < ms && ms <= after + offset,
+                "offset {offset}: {date} for host {before}..{after}"
+            );
+        }
+        // The initial log ends at the simulator's now, and inserts are dated by it.
+        let before = state::now_ms();
+        sim.insert_records(1);
+        let after = state::now_ms();
+        let newest = dates(&page(&sim, "limit=1").await)[0];
+        assert!(
+            before + offset <= newest && newest <= after + offset,
+            "offset {offset}: inserted at {newest} for host {before}..{after}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn live_records_are_dated_by_the_simulators_clock() {
+    let offset = -5000;
+    let started = state::now_ms();
+    let sim = start(SimulatorConfig {
+        clock_offset: offset,
+        live: live(2000.0, 1),
+        ..with_records(0)
+    })
+    .await;
+    let mut listed = Vec::new();
+    for _ in 0..200 {
+        listed = dated(&range_page(&sim, "").await);
+        if listed.len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ended = state::now_ms();
+    assert!(listed.len() >= 20, "{} live records", listed.len());
+    assert!(
+        listed
+            .iter()
+            .all(|&(date, _)| started + offset < date && date <= ended + offset),
+        "{listed:?} outside {}..{}",
+        started + offset,
+        ended + offset
+    );
 }
 
 #[tokio::test]
@@ -1257,6 +1379,15 @@ fn live_flags_parse() {
     assert!(parse(&["--late-share", "0.5"]).is_err(), "needs --late-by");
     assert!(parse(&["--late-share", "2", "--late-by", "1s"]).is_err());
     assert!(parse(&["--live-rate", "-1"]).is_err());
+    assert_eq!(
+        parse(&["--clock-offset-ms", "-5000"]).unwrap().clock_offset,
+        -5000
+    );
+    assert_eq!(
+        parse(&["--clock-offset-ms", "250"]).unwrap().clock_offset,
+        250
+    );
+    assert_eq!(plain.clock_offset, 0);
 }
 
 /// Levels of objects and arrays in `value`, and the string innermost (following the last
