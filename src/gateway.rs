@@ -85,7 +85,8 @@ impl Gateway {
             checked.callers,
             config.max_streams,
             config.stream_idle_timeout,
-        );
+        )
+        .following_confluence_clock(clock.clone());
 
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             ConfigError::caused_by("--listen", format!("cannot bind {}", config.listen), e)

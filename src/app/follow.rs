@@ -41,6 +41,7 @@ use crate::{
     error::{GatewayError, within_deadline},
     metrics::METRICS,
     pb::wire::{self, PageView},
+    upstream::clock::ClockOffset,
 };
 
 /// Records per message at most.
@@ -55,11 +56,11 @@ const MAX_LATE_CHECKS: usize = 4096;
 /// The limit every range page asks for.
 const ASKED: usize = PageQuery::MAX_LIMIT as usize;
 
-/// The follower's now, epoch ms: Confluence's clock as the gateway sees it, since ranges
-/// settle by the dates Confluence gives its records.
+/// The gateway's now, epoch ms (a function, so that tests can run followers on tokio's
+/// paused clock).
 pub(crate) type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-/// The gateway's own clock, for a gateway that has no view of Confluence's yet.
+/// The gateway's own clock.
 pub(crate) fn system_clock() -> Clock {
     Arc::new(now_ms)
 }
@@ -122,8 +123,10 @@ pub(crate) struct Shared {
     /// What the range listing's answers proved about Confluence's cap and bounds, learned
     /// by every follower of the gateway (`audit::follow::Listing`).
     pub listing: Arc<Mutex<Listing>>,
-    /// Now, by Confluence's clock.
+    /// Now, by the gateway's clock.
     pub clock: Clock,
+    /// How far Confluence's clock is from the gateway's (`src/upstream/clock.rs`).
+    pub offset: Arc<ClockOffset>,
 }
 
 /// Starts a follower; `held` (its `--max-streams` slot) goes when it returns.
@@ -139,6 +142,7 @@ pub(crate) fn start<P: PageSource>(
         remaining: req.max_records,
         req,
         shared,
+        skew_warned: false,
     };
     stream::supervise("Follow", held, |tx, idle| follower.produce(tx, idle))
 }
@@ -149,6 +153,8 @@ struct Follower<P> {
     shared: Shared,
     /// Records still to deliver under `max_records`.
     remaining: Option<u64>,
+    /// Whether this call warned about clock skew already.
+    skew_warned: bool,
 }
 
 /// A range's newest page being fetched; dropping it aborts the fetch.
@@ -193,8 +199,16 @@ impl<P: PageSource> Follower<P> {
         let mut stopping = self.shared.stopping.clone();
         // The range the last tick read whole at the head, to check again for late records.
         let mut last_head: Option<(Slice, usize)> = None;
+        if !self.shared.offset.observed() {
+            // No view of Confluence's clock yet: one answer gives it before any range is
+            // taken as settled. Its page (a millisecond the follower reads anyway) is
+            // cached; a failure shows again in the first real read.
+            let probe = Slice::new(cp.next, cp.next);
+            let _ = join(self.fetch(probe, 0, false)).await;
+        }
         loop {
             self.stop_if_stopping()?;
+            self.check_skew(lag);
             let edge = follow::settled(self.now(), lag, poll);
             let mut sent = false;
             if edge >= cp.next {
@@ -236,8 +250,26 @@ impl<P: PageSource> Follower<P> {
         }
     }
 
+    /// Now by Confluence's clock where it is behind the gateway's: ranges settle by the
+    /// dates Confluence gives its records, so a gateway ahead of it by more than `lag` would
+    /// read ranges before Confluence has written them. A Confluence ahead only makes the
+    /// follower wait a little longer than `lag`, so the gateway's own clock stands then.
     fn now(&self) -> i64 {
-        (self.shared.clock)()
+        (self.shared.clock)() + self.shared.offset.offset_ms().min(0)
+    }
+
+    /// Warns, once a call, when the clocks are further apart than half the lag.
+    fn check_skew(&mut self, lag_ms: i64) {
+        let offset = self.shared.offset.offset_ms();
+        if !self.skew_warned && offset.saturating_abs() > lag_ms / 2 {
+            self.skew_warned = true;
+            tracing::warn!(
+                offset_ms = offset,
+                lag_ms,
+                "Confluence's clock is off from the gateway's by more than half the follower's \
+                 lag: ranges are cut by Confluence's clock, but fix the clocks (NTP)"
+            );
+        }
     }
 
     fn stop_if_stopping(&self) -> Result<(), GatewayError> {
@@ -604,6 +636,7 @@ mod tests {
                 tick_spread: 0.0,
                 listing: listing.clone(),
                 clock: clock.clone(),
+                offset: Arc::default(),
             };
             let mut rx = start(source.clone(), req, shared, ());
             let end = loop {

@@ -25,6 +25,7 @@ use crate::{
         stream,
     },
     audit::{follow::Listing, resume::TokenKey},
+    upstream::clock::ClockOffset,
     callers::CallerTokens,
     config::CredentialMode,
     credential::Credential,
@@ -53,8 +54,10 @@ pub(crate) struct AuditGrpc {
     tick_spread: f64,
     /// What followers learned of the range listing's cap and bounds.
     listing: Arc<std::sync::Mutex<Listing>>,
-    /// Now by Confluence's clock, for followers.
+    /// Now, for followers.
     clock: follow::Clock,
+    /// How far Confluence's clock is from the gateway's.
+    offset: Arc<ClockOffset>,
 }
 
 impl AuditGrpc {
@@ -86,7 +89,14 @@ impl AuditGrpc {
             tick_spread: fastrand::f64() / 2.0,
             listing: Arc::default(),
             clock: follow::system_clock(),
+            offset: Arc::default(),
         }
+    }
+
+    /// Followers settle ranges by Confluence's clock as `offset` estimates it.
+    pub(crate) fn following_confluence_clock(mut self, offset: Arc<ClockOffset>) -> Self {
+        self.offset = offset;
+        self
     }
 
     /// Ends every follower after its last complete message (UNAVAILABLE, so it resumes
@@ -258,6 +268,7 @@ impl AuditGrpc {
             tick_spread: self.tick_spread,
             listing: self.listing.clone(),
             clock: self.clock.clone(),
+            offset: self.offset.clone(),
         };
         let messages = follow::start(self.pages.clone(), req, shared, slot);
         Ok(messages.map(move |item| {

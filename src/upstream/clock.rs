@@ -75,8 +75,7 @@ impl ClockOffset {
     }
 
     /// Whether an answer with a usable `Date` was seen.
-    #[cfg(test)]
-    fn observed(&self) -> bool {
+    pub(crate) fn observed(&self) -> bool {
         self.seen.load(Ordering::Relaxed)
     }
 }
