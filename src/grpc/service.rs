@@ -25,13 +25,13 @@ use crate::{
         stream,
     },
     audit::{follow::Listing, resume::TokenKey},
-    upstream::clock::ClockOffset,
     callers::CallerTokens,
     config::CredentialMode,
     credential::Credential,
     error::GatewayError,
     metrics::METRICS,
     pb::{self, EncodedMessage, audit_service_server::AuditService},
+    upstream::clock::ClockOffset,
 };
 
 /// The gRPC service.

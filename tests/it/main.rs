@@ -1,5 +1,6 @@
 //! Integration tests: one binary (built and linked once), one module per concern.
 
+mod adversary;
 mod cache;
 mod callers;
 mod cli;

@@ -404,6 +404,12 @@ impl SimulatorHandle {
         state.late.iter().map(describe).collect()
     }
 
+    /// Now on the simulator's clock (epoch ms): the host's plus
+    /// [`SimulatorConfig::clock_offset`].
+    pub fn now_ms(&self) -> i64 {
+        self.inner.shared.now_ms()
+    }
+
     /// Stops live creation now: the records due are created, no later one will be. Returns
     /// the stop time (epoch ms on the simulator's clock), after which no live record is
     /// dated. Does nothing but return the time without [`SimulatorConfig::live`].

@@ -1,0 +1,268 @@
+//! `Follow` through a real gRPC client against the simulator misbehaving as Confluence's
+//! documentation allows, each adversity alone and all at once: pages capped below the
+//! limit asked while echoing it, range bounds applied to the second, bounds ignored, a
+//! clock seconds behind the gateway's, cut bodies and transient failures. (Streams meet
+//! the same adversities in tests/it/stream.rs; the property tests in src/app/follow.rs and
+//! src/app/stream.rs explore their schedules against one model, src/app/model.rs.)
+
+use std::time::Duration;
+
+use audit_gateway::pb::{self, audit_service_client::AuditServiceClient};
+use confluence_sim::{AuditEndpoint, LimitEcho, Live, RangeBounds, SimulatorConfig};
+use tonic::{Code, Streaming, transport::Channel};
+use tonic_types::StatusExt;
+
+use crate::common::{now_ms, sim_and_gateway};
+
+/// Forty minutes of records, six a group on average (records [`confluence_sim::RECORD_SPACING_MS`]
+/// apart, groups of up to 11 sharing a millisecond): about 2,900, as in the report of the
+/// follower that lost 2,591 of 2,920.
+fn forty_minutes() -> SimulatorConfig {
+    SimulatorConfig {
+        records: 3_200,
+        ties: 11,
+        duplicate_every: 13,
+        ..Default::default()
+    }
+}
+
+/// A cap of 100 records a page that answers `"limit": 1000`.
+fn lying_cap(config: SimulatorConfig) -> SimulatorConfig {
+    SimulatorConfig {
+        max_limit: Some(100),
+        limit_echo: LimitEcho::Requested,
+        ..config
+    }
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn request(since_ms: i64, lag: Duration) -> pb::FollowRequest {
+    pb::FollowRequest {
+        from: Some(pb::follow_request::From::Since(timestamp(since_ms))),
+        poll_interval: Some(duration(Duration::from_secs(1))),
+        lag: Some(duration(lag)),
+        ..Default::default()
+    }
+}
+
+fn seq(r: &pb::AuditRecord) -> u64 {
+    r.summary
+        .rsplit_once('#')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sequence number in {:?}", r.summary))
+}
+
+/// Follows with `req` (resuming from the last checkpoint after UNAVAILABLE, as a shipper
+/// does) until a heartbeat arrives once `done` holds; returns the records as (date, seq)
+/// in arrival order.
+async fn follow_until(
+    client: &mut AuditServiceClient<Channel>,
+    mut req: pb::FollowRequest,
+    done: impl Fn() -> bool,
+) -> Result<Vec<(i64, u64)>, tonic::Status> {
+    let mut got = Vec::new();
+    let mut resumes = 0;
+    loop {
+        let mut s: Streaming<pb::FollowResponse> = client.follow(req.clone()).await?.into_inner();
+        let end = loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), s.message())
+                .await
+                .expect("a message or a heartbeat within 30 s");
+            match m {
+                Ok(Some(m)) => {
+                    let heartbeat = m.records.is_empty();
+                    got.extend(m.records.iter().map(|r| (r.creation_date, seq(r))));
+                    req.from = Some(pb::follow_request::From::Checkpoint(m.checkpoint));
+                    if heartbeat && done() {
+                        return Ok(got);
+                    }
+                }
+                Ok(None) => panic!("a follower does not end by itself"),
+                Err(status) => break status,
+            }
+        };
+        if end.code() != Code::Unavailable || resumes == 50 {
+            return Err(end);
+        }
+        resumes += 1;
+    }
+}
+
+/// Every record of `want` once, and dates never going back.
+fn assert_exactly(got: &[(i64, u64)], mut want: Vec<(i64, u64)>) {
+    assert!(
+        got.windows(2).all(|w| w[0].0 <= w[1].0),
+        "records out of creationDate order"
+    );
+    let mut sorted = got.to_vec();
+    sorted.sort_unstable();
+    want.sort_unstable();
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|w| sorted.binary_search(w).is_err())
+        .take(5)
+        .collect();
+    assert_eq!(
+        sorted.len(),
+        want.len(),
+        "delivered {} records, expected {}; missing e.g. {missing:?}",
+        sorted.len(),
+        want.len()
+    );
+    assert_eq!(sorted, want, "not exactly the records of the range");
+}
+
+/// Backfills forty minutes from `config` and checks every record arrived once, in order.
+async fn backfill_forty_minutes(config: SimulatorConfig) {
+    let (sim, gw) = sim_and_gateway(config, |_| {}).await;
+    let start = now_ms() - 40 * 60 * 1000;
+    let mut client = gw.client.clone();
+    let got = follow_until(&mut client, request(start, Duration::ZERO), || true)
+        .await
+        .expect("no error");
+    let want = sim.expected_records(start, i64::MAX);
+    assert!(
+        want.len() > 2_500,
+        "forty minutes of records ({})",
+        want.len()
+    );
+    assert_exactly(&got, want);
+    let requests = sim.request_count_of(AuditEndpoint::Range);
+    eprintln!("{requests} range requests");
+    assert!(
+        requests < 200,
+        "{requests} range requests for about 30 pages of records"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_of_100_echoing_1000_loses_nothing() {
+    backfill_forty_minutes(lying_cap(forty_minutes())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_with_no_limit_echoed_loses_nothing() {
+    backfill_forty_minutes(SimulatorConfig {
+        limit_echo: LimitEcho::Omitted,
+        ..lying_cap(forty_minutes())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_bounds_rounded_to_the_second_repeat_nothing() {
+    backfill_forty_minutes(SimulatorConfig {
+        range_bounds: RangeBounds::Seconds,
+        ..forty_minutes()
+    })
+    .await;
+    backfill_forty_minutes(SimulatorConfig {
+        range_bounds: RangeBounds::Seconds,
+        ..lying_cap(forty_minutes())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_ignores_the_range_ends_the_call_with_failed_precondition() {
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            range_bounds: RangeBounds::Ignored,
+            ..lying_cap(forty_minutes())
+        },
+        |_| {},
+    )
+    .await;
+    let start = now_ms() - 40 * 60 * 1000;
+    let mut client = gw.client.clone();
+    let err = follow_until(&mut client, request(start, Duration::ZERO), || true)
+        .await
+        .expect_err("the call ends");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("ignores the date range"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        err.get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone()),
+        Some("UPSTREAM_BREAKS_CONTRACT".to_owned())
+    );
+    // The clock probe, the range, its confirming read, then the piece read and those ahead
+    // (`--stream-prefetch`) until the first of them shows the bounds ignored: no storm.
+    let requests = sim.request_count_of(AuditEndpoint::Range);
+    let prefetch = audit_gateway::GatewayConfig::DEFAULT.stream_prefetch;
+    assert!(
+        requests <= 4 + prefetch,
+        "{requests} requests: a cut of the range cascaded"
+    );
+}
+
+/// A live log on a simulator whose clock is `offset_ms` off the gateway's, followed with
+/// a lag shorter than the offset, plus `more` adversities; returns after checking every
+/// record created before live creation stopped arrived once, in order.
+async fn follow_a_live_log(offset_ms: i64, more: impl FnOnce(SimulatorConfig) -> SimulatorConfig) {
+    let config = more(SimulatorConfig {
+        records: 600,
+        ties: 4,
+        duplicate_every: 9,
+        live: Some(Live {
+            per_second: 80.0,
+            burst: 5,
+        }),
+        clock_offset: offset_ms,
+        ..Default::default()
+    });
+    let (sim, gw) = sim_and_gateway(config, |c| c.upstream.retries = 6).await;
+    let lag = Duration::from_secs(1);
+    // The simulator's clock: its initial records end at its own now.
+    let start = sim.now_ms() - 10 * 60 * 1000;
+    let mut client = gw.client.clone();
+    let host_stop = now_ms() + 4_000;
+    let stop = std::sync::OnceLock::new();
+    let got = follow_until(&mut client, request(start, lag), || {
+        if now_ms() < host_stop {
+            return false;
+        }
+        let stop = *stop.get_or_init(|| sim.stop_live());
+        // Settled by Confluence's clock, whatever the gateway's says.
+        sim.now_ms() > stop + 3_000
+    })
+    .await
+    .expect("no error");
+    let stop = *stop.get().expect("stopped");
+    assert_exactly(&got, sim.expected_records(start, stop));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confluence_clock_5_s_behind_loses_nothing() {
+    follow_a_live_log(-5_000, |c| c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_adversity_at_once_loses_nothing_and_repeats_nothing() {
+    follow_a_live_log(-5_000, |c| SimulatorConfig {
+        range_bounds: RangeBounds::Seconds,
+        late_share: 0.3,
+        late_by: Duration::from_millis(300),
+        cut_rate: 0.15,
+        fault_rate: 0.2,
+        ..lying_cap(c)
+    })
+    .await;
+}
