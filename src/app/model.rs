@@ -6,7 +6,8 @@
 //! What it may do, each switchable: cap `limit` below the one asked and echo the cap,
 //! the limit asked or nothing; raise that cap as it goes; list the records of a
 //! millisecond in a fresh order on every request; hold byte-identical twins; delete the
-//! oldest milliseconds (retention) and add records at the head between two requests;
+//! oldest milliseconds, or the oldest records one by one (retention), and add records at
+//! the head between two requests;
 //! make a record visible some time after its date (within the follower's lag); apply
 //! `startDate`/`endDate` to the second, or not at all; answer from an older snapshot
 //! where a cache may serve one; fail a request as a cut body, a 503 or a 429 would after
@@ -67,6 +68,9 @@ pub(crate) struct Misbehaviour {
     pub inserts: usize,
     /// Oldest milliseconds deleted before each request (up to).
     pub deletes: usize,
+    /// `deletes` counts records, not milliseconds: retention may stop inside a millisecond
+    /// and leave part of it (as `deletes_per_request` does in crates/confluence-sim).
+    pub deletes_split: bool,
     /// Server-side cap on `limit`.
     pub cap: Option<usize>,
     /// The cap rises by one every this many requests (a cap that differs between
@@ -97,6 +101,7 @@ impl Misbehaviour {
             identical: 0.0,
             inserts: 0,
             deletes: 0,
+            deletes_split: false,
             cap: None,
             cap_rises_every: None,
             echo: Echo::Honest,
@@ -243,13 +248,20 @@ impl Model {
             self.history.pop_front();
         }
         self.arrive();
-        // Retention and the relative window's moving lower bound remove records by
-        // date: a millisecond leaves whole.
+        // The relative window's moving lower bound removes records by date, a millisecond
+        // whole; retention may also stop inside one.
         for _ in 0..self.rng.usize(0..=self.how.deletes) {
             let Some(oldest) = self.log.last().map(|r| r.creation_date) else {
                 break;
             };
-            self.log.retain(|r| r.creation_date != oldest);
+            if self.how.deletes_split {
+                // Any of the oldest millisecond's records, as ties are listed in no order.
+                let group = self.log.partition_point(|r| r.creation_date > oldest);
+                let victim = self.rng.usize(group..self.log.len());
+                self.log.remove(victim);
+            } else {
+                self.log.retain(|r| r.creation_date != oldest);
+            }
         }
         self.reorder_ties();
         if self.rng.f64() < self.how.faults {

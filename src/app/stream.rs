@@ -799,16 +799,21 @@ mod tests {
     }
 
     /// Streams the whole window as a client would: on an error or at `max_records`, a new
-    /// call resumes from the last token. Returns what was delivered, in order.
+    /// call resumes from the last token; `refresh`: every call asks `no-cache`, so every
+    /// page is fresh. Returns what was delivered, in order.
     async fn stream_through(
         source: ModelSource,
         page_size: i32,
         max_records: Option<u64>,
+        refresh: bool,
     ) -> Result<Vec<(String, i64)>, String> {
         let mut delivered = Vec::new();
         let mut cursor = Cursor::BEGIN;
         for _ in 0..200 {
-            let req = request(page_size, max_records, cursor.clone());
+            let req = StreamRequest {
+                refresh,
+                ..request(page_size, max_records, cursor.clone())
+            };
             let (records, token, end) = drain(start(source.clone(), req, 3, key(), ())).await;
             let got = records.len();
             delivered.extend(records);
@@ -827,7 +832,13 @@ mod tests {
 
     fn misbehaviour() -> impl Strategy<Value = (Misbehaviour, i32)> {
         (
-            (2usize..=12, 0.0..0.3f64, 0usize..=6, 0usize..=4),
+            (
+                2usize..=12,
+                0.0..0.3f64,
+                0usize..=6,
+                0usize..=4,
+                any::<bool>(),
+            ),
             (
                 prop::option::of(3usize..=20),
                 prop::option::of(5usize..=40),
@@ -837,7 +848,7 @@ mod tests {
         )
             .prop_map(
                 |(
-                    (ties, identical, inserts, deletes),
+                    (ties, identical, inserts, deletes, deletes_split),
                     (cap, cap_rises_every, echo),
                     (stale, faults, page_size),
                 )| {
@@ -852,6 +863,7 @@ mod tests {
                         identical,
                         inserts,
                         deletes,
+                        deletes_split,
                         cap,
                         cap_rises_every,
                         echo,
@@ -877,6 +889,7 @@ mod tests {
             (how, page_size) in misbehaviour(),
             records in 0usize..120,
             max_records in prop::option::of(1u64..40),
+            refresh in any::<bool>(),
             seed in any::<u64>(),
         ) {
             let model = Arc::new(Mutex::new(Model::new(records, 1_000_000, (1, 3), how, seed)));
@@ -886,7 +899,7 @@ mod tests {
                 .expect("runtime");
             let source = ModelSource(model.clone());
             let delivered = runtime
-                .block_on(stream_through(source, page_size, max_records))
+                .block_on(stream_through(source, page_size, max_records, refresh))
                 .map_err(TestCaseError::fail)?;
             let model = model.lock().expect("model");
             if delivered.is_empty() {

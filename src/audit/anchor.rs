@@ -47,7 +47,10 @@
 //! A short page alone proves nothing: a server may cap pages below what was asked and
 //! echo anything. But its cap is the same for every page (Confluence's "fixed system
 //! limits"), so a page shorter than one already seen in the stream was not cut by it: it
-//! reaches the log's end, and a covering one, once delivered, ends the window. An empty
+//! reaches the log's end, and a covering one, once delivered, ends the window. Deletions
+//! between two requests cannot fake such an end: a page is one snapshot, and a record
+//! older than its first one that exists later existed then (records arrive at the head,
+//! retention takes the oldest first), so it lay within the page. An empty
 //! page right after a record known to be newer than the boundary ends it too. (An empty
 //! page is not always to be had: while events keep arriving, the page after the last one
 //! fills with records they push down.) The first page of a stream, with nothing to
