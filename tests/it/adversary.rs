@@ -12,7 +12,7 @@ use confluence_sim::{AuditEndpoint, LimitEcho, Live, RangeBounds, SimulatorConfi
 use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::common::{now_ms, sim_and_gateway};
+use crate::common::{assert_exactly_once, now_ms, sim_and_gateway};
 
 /// Forty minutes of records, six a group on average (records [`confluence_sim::RECORD_SPACING_MS`]
 /// apart, groups of up to 11 sharing a millisecond): about 2,900, as in the report of the
@@ -101,30 +101,6 @@ async fn follow_until(
     }
 }
 
-/// Every record of `want` once, and dates never going back.
-fn assert_exactly(got: &[(i64, u64)], mut want: Vec<(i64, u64)>) {
-    assert!(
-        got.windows(2).all(|w| w[0].0 <= w[1].0),
-        "records out of creationDate order"
-    );
-    let mut sorted = got.to_vec();
-    sorted.sort_unstable();
-    want.sort_unstable();
-    let missing: Vec<_> = want
-        .iter()
-        .filter(|w| sorted.binary_search(w).is_err())
-        .take(5)
-        .collect();
-    assert_eq!(
-        sorted.len(),
-        want.len(),
-        "delivered {} records, expected {}; missing e.g. {missing:?}",
-        sorted.len(),
-        want.len()
-    );
-    assert_eq!(sorted, want, "not exactly the records of the range");
-}
-
 /// Backfills forty minutes from `config` and checks every record arrived once, in order.
 async fn backfill_forty_minutes(config: SimulatorConfig) {
     let (sim, gw) = sim_and_gateway(config, |_| {}).await;
@@ -139,7 +115,7 @@ async fn backfill_forty_minutes(config: SimulatorConfig) {
         "forty minutes of records ({})",
         want.len()
     );
-    assert_exactly(&got, want);
+    assert_exactly_once(&got, want);
     let requests = sim.request_count_of(AuditEndpoint::Range);
     eprintln!("{requests} range requests");
     assert!(
@@ -246,7 +222,7 @@ async fn follow_a_live_log(offset_ms: i64, more: impl FnOnce(SimulatorConfig) ->
     .await
     .expect("no error");
     let stop = *stop.get().expect("stopped");
-    assert_exactly(&got, sim.expected_records(start, stop));
+    assert_exactly_once(&got, sim.expected_records(start, stop));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

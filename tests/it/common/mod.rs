@@ -251,6 +251,31 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Asserts that `got` (records as (`creationDate`, sequence number), in arrival order)
+/// holds every record of `want` exactly once, as a multiset, and that dates never go back.
+pub fn assert_exactly_once(got: &[(i64, u64)], mut want: Vec<(i64, u64)>) {
+    assert!(
+        got.windows(2).all(|w| w[0].0 <= w[1].0),
+        "records out of creationDate order"
+    );
+    let mut sorted = got.to_vec();
+    sorted.sort_unstable();
+    want.sort_unstable();
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|w| sorted.binary_search(w).is_err())
+        .take(5)
+        .collect();
+    assert_eq!(
+        sorted.len(),
+        want.len(),
+        "delivered {} records, expected {}; missing e.g. {missing:?}",
+        sorted.len(),
+        want.len()
+    );
+    assert_eq!(sorted, want, "not exactly the records expected");
+}
+
 /// How a child process ended, with everything it wrote.
 pub struct Finished {
     /// Its exit status; `None` when it was killed at the time limit.
