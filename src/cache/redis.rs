@@ -197,7 +197,9 @@ impl RedisTier {
             None => ctx.update(&[0]),
         }
         let hex = to_hex(&ctx.finish().as_ref()[..20]);
-        format!("{prefix}:v1:page:{hex}")
+        // v2: pages encode values nested past 100 protobuf levels as JSON text
+        // (`src/pb/convert/`); a v1 page of such a record would not decode in clients.
+        format!("{prefix}:v2:page:{hex}")
     }
 
     /// The Redis key of a credential's cool-down at a Confluence site: prefix, layout
@@ -508,9 +510,9 @@ mod tests {
             query: PageQuery::default(),
         };
         let k = RedisTier::key_for("audit-gateway", &key);
-        // `{prefix}:v1:page:` and a lower-case hex digest, nothing else: no room for the
+        // `{prefix}:v2:page:` and a lower-case hex digest, nothing else: no room for the
         // URL, the fingerprint or the query to show through.
-        let digest = k.strip_prefix("audit-gateway:v1:page:").expect("prefix");
+        let digest = k.strip_prefix("audit-gateway:v2:page:").expect("prefix");
         assert!(digest.len() >= 32, "{k}");
         assert!(
             digest

@@ -194,10 +194,10 @@ async fn keys_are_prefixed_versioned_and_reveal_no_credential() {
     assert!(until(async || redis.keys().await.len() == 3).await);
     let host = sim.addr().to_string();
     for key in redis.keys().await {
-        // The documented shape, `{prefix}:v1:page:{hex digest}`, and nothing else.
+        // The documented shape, `{prefix}:v2:page:{hex digest}`, and nothing else.
         let digest = key
-            .strip_prefix("audit-gateway:v1:page:")
-            .unwrap_or_else(|| panic!("{key} is not under audit-gateway:v1:page:"));
+            .strip_prefix("audit-gateway:v2:page:")
+            .unwrap_or_else(|| panic!("{key} is not under audit-gateway:v2:page:"));
         assert!(
             digest.len() >= 32
                 && digest

@@ -468,12 +468,14 @@ type FollowRequest struct {
 	//	*FollowRequest_Checkpoint
 	//	*FollowRequest_Since
 	From isFollowRequest_From `protobuf_oneof:"from"`
-	// How often the head of the log is read; default 10s, at least 1s.
+	// How often the head of the log is read; default 10s, from 1s to 1h (3600s).
+	// Negative, mixed-sign or out-of-range values are INVALID_ARGUMENT.
 	PollInterval *durationpb.Duration `protobuf:"bytes,4,opt,name=poll_interval,json=pollInterval,proto3" json:"poll_interval,omitempty"`
-	// End with OK after exactly this many records.
+	// End with OK after exactly this many records; at least 1 when set.
 	MaxRecords *int64 `protobuf:"varint,5,opt,name=max_records,json=maxRecords,proto3,oneof" json:"max_records,omitempty"`
-	// How late a record may become visible upstream after its creationDate; default 10s.
-	// Records are delivered about this long after their creation.
+	// How late a record may become visible upstream after its creationDate; default 10s,
+	// from 0 to 24h (86400s). Negative, mixed-sign or out-of-range values are
+	// INVALID_ARGUMENT. Records are delivered about this long after their creation.
 	Lag *durationpb.Duration `protobuf:"bytes,6,opt,name=lag,proto3" json:"lag,omitempty"`
 }
 
@@ -563,12 +565,18 @@ type isFollowRequest_From interface {
 }
 
 type FollowRequest_Checkpoint struct {
-	// Continue right after a FollowResponse.checkpoint.
+	// Continue right after a FollowResponse.checkpoint. One the gateway did not sign
+	// with its current key, or signed for another search_string, is INVALID_ARGUMENT;
+	// ErrorInfo metadata `cause` says why (OTHER_KEY, DAMAGED, OTHER_FILTER,
+	// UNKNOWN_VERSION).
 	Checkpoint string `protobuf:"bytes,2,opt,name=checkpoint,proto3,oneof"`
 }
 
 type FollowRequest_Since struct {
-	// Records created at or after this instant.
+	// Records created at or after this instant, within the range Timestamp documents:
+	// 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z (nanos 0 to 999999999);
+	// anything else is INVALID_ARGUMENT. An instant before 1970 starts at
+	// 1970-01-01T00:00:00Z, the earliest date Confluence's audit API takes.
 	Since *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3,oneof"`
 }
 
