@@ -32,6 +32,8 @@ pub(crate) struct ClockOffset {
     samples: Mutex<VecDeque<(i64, i64)>>,
     /// The current estimate in ms, read without the lock.
     estimate: AtomicI64,
+    /// The least offset the recent answers allow, in ms.
+    least: AtomicI64,
     /// Whether any answer was seen.
     seen: AtomicBool,
 }
@@ -58,6 +60,7 @@ impl ClockOffset {
         }
         samples.push_back(bounds);
         self.estimate.store(estimate(&samples), Ordering::Relaxed);
+        self.least.store(least(&samples), Ordering::Relaxed);
         self.seen.store(true, Ordering::Relaxed);
     }
 
@@ -72,6 +75,14 @@ impl ClockOffset {
     /// Confluence's clock minus the gateway's, in ms; 0 until an answer was seen.
     pub(crate) fn offset_ms(&self) -> i64 {
         self.estimate.load(Ordering::Relaxed)
+    }
+
+    /// The least offset the recent answers allow, in ms (0 until an answer was seen):
+    /// Confluence's clock is at least this far ahead (at most this far behind, when
+    /// negative) of the gateway's. Follow settles ranges by it, since an estimate that
+    /// puts Confluence's clock later than it is would read ranges it has not written.
+    pub(crate) fn least_ms(&self) -> i64 {
+        self.least.load(Ordering::Relaxed)
     }
 
     /// Whether an answer with a usable `Date` was seen.
@@ -91,6 +102,19 @@ fn estimate(samples: &VecDeque<(i64, i64)>) -> i64 {
     let mut mids: Vec<i64> = samples.iter().map(|&(lo, hi)| midpoint(lo, hi)).collect();
     mids.sort_unstable();
     mids[mids.len() / 2]
+}
+
+/// The greatest lower bound of the answers when they agree, else the median of their lower
+/// bounds (one odd answer cannot move it far). `samples` is never empty.
+fn least(samples: &VecDeque<(i64, i64)>) -> i64 {
+    let lo = samples.iter().map(|s| s.0).max().unwrap_or(0);
+    let hi = samples.iter().map(|s| s.1).min().unwrap_or(0);
+    if lo <= hi {
+        return lo;
+    }
+    let mut lows: Vec<i64> = samples.iter().map(|s| s.0).collect();
+    lows.sort_unstable();
+    lows[lows.len() / 2]
 }
 
 fn midpoint(lo: i64, hi: i64) -> i64 {
@@ -147,6 +171,23 @@ mod tests {
             assert!(clock.observed());
             let error = (clock.offset_ms() - offset).abs();
             assert!(error <= 520, "offset {offset}: {}", clock.offset_ms());
+        }
+    }
+
+    #[test]
+    fn the_least_offset_never_exceeds_the_true_one_even_through_slow_answers() {
+        for offset in [-5000, -1, 0, 250] {
+            let clock = ClockOffset::default();
+            for (i, rtt) in [2_500, 10, 1_200, 30, 700].into_iter().enumerate() {
+                answer(&clock, offset, T0 + i as i64 * 377, rtt);
+                assert!(clock.least_ms() <= offset, "{offset}: {}", clock.least_ms());
+            }
+            // Within a second of it once answers are quick.
+            assert!(
+                offset - clock.least_ms() <= 1000,
+                "{offset}: {}",
+                clock.least_ms()
+            );
         }
     }
 

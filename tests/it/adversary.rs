@@ -1,9 +1,10 @@
 //! `Follow` through a real gRPC client against the simulator misbehaving as Confluence's
 //! documentation allows, each adversity alone and all at once: pages capped below the
-//! limit asked while echoing it, range bounds applied to the second, bounds ignored, a
-//! clock seconds behind the gateway's, cut bodies and transient failures. (Streams meet
-//! the same adversities in tests/it/stream.rs; the property tests in src/app/follow.rs and
-//! src/app/stream.rs explore their schedules against one model, src/app/model.rs.)
+//! limit asked while echoing it (and a cap that rises as it goes), range bounds applied to
+//! the second, bounds ignored, a clock seconds behind the gateway's, cut bodies and
+//! transient failures. (Streams meet the same adversities in tests/it/stream.rs; the
+//! property tests in src/app/follow.rs and src/app/stream.rs explore their schedules
+//! against one model, src/app/model.rs.)
 
 use std::time::Duration;
 
@@ -234,6 +235,7 @@ async fn a_confluence_clock_5_s_behind_loses_nothing() {
 async fn every_adversity_at_once_loses_nothing_and_repeats_nothing() {
     follow_a_live_log(-5_000, |c| SimulatorConfig {
         range_bounds: RangeBounds::Seconds,
+        max_limit_rises_every: Some(7),
         late_share: 0.3,
         late_by: Duration::from_millis(300),
         cut_rate: 0.15,

@@ -31,6 +31,11 @@ pub struct SimulateArgs {
     #[arg(long, value_enum, default_value_t = LimitEcho::Capped)]
     pub limit_echo: LimitEcho,
 
+    /// With --max-limit, the cap rises by one every this many requests (a cap that differs
+    /// between requests).
+    #[arg(long, value_name = "N", requires = "max_limit")]
+    pub max_limit_rises_every: Option<u32>,
+
     /// How the `/audit` range listing applies `startDate`/`endDate`: to the millisecond,
     /// widened to whole seconds, or not at all.
     #[arg(long, value_enum, default_value_t = RangeBounds::Exact)]
@@ -139,6 +144,7 @@ impl SimulateArgs {
             max_limit: self.max_limit,
             limit_echo: self.limit_echo,
             range_bounds: self.range_bounds,
+            max_limit_rises_every: self.max_limit_rises_every,
             strict_limit: !self.allow_limit_over_1000,
             ties: self.ties,
             duplicate_every: self.duplicate_every,

@@ -191,9 +191,12 @@ fn render(
     self_url: &str,
 ) -> serde_json::Result<Vec<u8>> {
     let log = &admission.log;
-    let limit = shared
-        .max_limit
-        .map_or(query.limit, |cap| query.limit.min(cap));
+    let limit = shared.max_limit.map_or(query.limit, |cap| {
+        let rise = shared.max_limit_rises_every.map_or(0, |every| {
+            u32::try_from(admission.number / every.max(1) as usize).unwrap_or(u32::MAX)
+        });
+        query.limit.min(cap.saturating_add(rise))
+    });
     let listed = match query.span {
         Span::Since { number, unit_nanos } => {
             let first = AuditQuery::cutoff_ms(number, unit_nanos, shared.now_ms())

@@ -77,6 +77,9 @@ pub struct SimulatorConfig {
     pub base_path: String,
     /// Server-side cap on `limit` (default none); answers report it as `limit_echo` says.
     pub max_limit: Option<u32>,
+    /// With `max_limit`, the cap rises by one every this many audit requests (default
+    /// none): a cap that differs between requests, never falling below a page it served.
+    pub max_limit_rises_every: Option<u32>,
     /// How `/audit` applies `startDate`/`endDate` (default [`RangeBounds::Exact`], as
     /// documented).
     pub range_bounds: RangeBounds,
@@ -166,6 +169,7 @@ impl Default for SimulatorConfig {
             seed: 42,
             base_path: "/wiki".to_owned(),
             max_limit: None,
+            max_limit_rises_every: None,
             range_bounds: RangeBounds::Exact,
             limit_echo: LimitEcho::Capped,
             strict_limit: true,

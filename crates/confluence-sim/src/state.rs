@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     /// `base_path`, reported as `_links.context`.
     pub(crate) context: String,
     pub(crate) max_limit: Option<u32>,
+    /// The cap rises by one every this many audit requests.
+    pub(crate) max_limit_rises_every: Option<u32>,
     /// How `/audit` applies `startDate`/`endDate`.
     pub(crate) range_bounds: RangeBounds,
     /// Answer `limit` over 1000 with 400.
@@ -72,6 +74,8 @@ pub(crate) struct Admission {
     /// How this request lists ties (see `Log::newest_first`).
     pub(crate) order: Option<u64>,
     pub(crate) limit_echo: LimitEcho,
+    /// This request's number among the audit requests (1 for the first).
+    pub(crate) number: usize,
 }
 
 impl Shared {
@@ -85,6 +89,7 @@ impl Shared {
             base_url,
             context,
             max_limit: config.max_limit,
+            max_limit_rises_every: config.max_limit_rises_every,
             range_bounds: config.range_bounds,
             strict_limit: config.strict_limit,
             required_authorization: config.required_authorization,
@@ -177,6 +182,7 @@ impl Shared {
             hidden: state.late.iter().map(|&(seq, _)| seq).collect(),
             order,
             limit_echo: state.limit_echo,
+            number: state.audit_requests,
         }
     }
 }

@@ -189,6 +189,22 @@ async fn limit_is_capped_and_reported() {
 }
 
 #[tokio::test]
+async fn a_rising_cap_grows_by_one_every_n_requests() {
+    let sim = start(SimulatorConfig {
+        max_limit: Some(10),
+        max_limit_rises_every: Some(2),
+        ..with_records(500)
+    })
+    .await;
+    let mut lengths = Vec::new();
+    for _ in 0..5 {
+        lengths.push(seqs(&page(&sim, "limit=1000").await).len());
+    }
+    // Requests 1 to 5: the cap is 10 + number / 2.
+    assert_eq!(lengths, [10, 11, 11, 12, 12]);
+}
+
+#[tokio::test]
 async fn search_matches_encoded_special_characters_ignoring_case() {
     let sim = start(with_records(300)).await;
     let needle = "R&D + qa #OPS RÉSUMÉ";

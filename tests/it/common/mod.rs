@@ -253,27 +253,41 @@ pub fn now_ms() -> i64 {
 
 /// Asserts that `got` (records as (`creationDate`, sequence number), in arrival order)
 /// holds every record of `want` exactly once, as a multiset, and that dates never go back.
-pub fn assert_exactly_once(got: &[(i64, u64)], mut want: Vec<(i64, u64)>) {
+pub fn assert_exactly_once(got: &[(i64, u64)], want: Vec<(i64, u64)>) {
     assert!(
         got.windows(2).all(|w| w[0].0 <= w[1].0),
         "records out of creationDate order"
     );
-    let mut sorted = got.to_vec();
-    sorted.sort_unstable();
-    want.sort_unstable();
-    let missing: Vec<_> = want
+    // The multiset differences, both ways.
+    let mut left: std::collections::HashMap<(i64, u64), i64> = std::collections::HashMap::new();
+    for r in &want {
+        *left.entry(*r).or_default() += 1;
+    }
+    for r in got {
+        *left.entry(*r).or_default() -= 1;
+    }
+    let mut missing: Vec<_> = left
         .iter()
-        .filter(|w| sorted.binary_search(w).is_err())
-        .take(5)
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, _)| *r)
         .collect();
-    assert_eq!(
-        sorted.len(),
+    let mut repeated: Vec<_> = left
+        .iter()
+        .filter(|(_, n)| **n < 0)
+        .map(|(r, _)| *r)
+        .collect();
+    missing.sort_unstable();
+    repeated.sort_unstable();
+    assert!(
+        missing.is_empty() && repeated.is_empty(),
+        "delivered {} records, expected {}; {} missing, e.g. {:?}; {} too many, e.g. {:?}",
+        got.len(),
         want.len(),
-        "delivered {} records, expected {}; missing e.g. {missing:?}",
-        sorted.len(),
-        want.len()
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        repeated.len(),
+        &repeated[..repeated.len().min(5)],
     );
-    assert_eq!(sorted, want, "not exactly the records expected");
 }
 
 /// How a child process ended, with everything it wrote.
