@@ -67,12 +67,12 @@ fn seq(r: &pb::AuditRecord) -> u64 {
 }
 
 /// Follows with `req` (resuming from the last checkpoint after UNAVAILABLE, as a shipper
-/// does) until a heartbeat arrives once `done` holds; returns the records as (date, seq)
-/// in arrival order.
+/// does) until `done`, asked after every message with whether it was a heartbeat, says
+/// so; returns the records as (date, seq) in arrival order.
 async fn follow_until(
     client: &mut AuditServiceClient<Channel>,
     mut req: pb::FollowRequest,
-    done: impl Fn() -> bool,
+    done: impl Fn(bool) -> bool,
 ) -> Result<Vec<(i64, u64)>, tonic::Status> {
     let mut got = Vec::new();
     let mut resumes = 0;
@@ -87,7 +87,7 @@ async fn follow_until(
                     let heartbeat = m.records.is_empty();
                     got.extend(m.records.iter().map(|r| (r.creation_date, seq(r))));
                     req.from = Some(pb::follow_request::From::Checkpoint(m.checkpoint));
-                    if heartbeat && done() {
+                    if done(heartbeat) {
                         return Ok(got);
                     }
                 }
@@ -107,9 +107,11 @@ async fn backfill_forty_minutes(config: SimulatorConfig) {
     let (sim, gw) = sim_and_gateway(config, |_| {}).await;
     let start = now_ms() - 40 * 60 * 1000;
     let mut client = gw.client.clone();
-    let got = follow_until(&mut client, request(start, Duration::ZERO), || true)
-        .await
-        .expect("no error");
+    let got = follow_until(&mut client, request(start, Duration::ZERO), |heartbeat| {
+        heartbeat
+    })
+    .await
+    .expect("no error");
     let want = sim.expected_records(start, i64::MAX);
     assert!(
         want.len() > 2_500,
@@ -165,9 +167,11 @@ async fn a_server_that_ignores_the_range_ends_the_call_with_failed_precondition(
     .await;
     let start = now_ms() - 40 * 60 * 1000;
     let mut client = gw.client.clone();
-    let err = follow_until(&mut client, request(start, Duration::ZERO), || true)
-        .await
-        .expect_err("the call ends");
+    let err = follow_until(&mut client, request(start, Duration::ZERO), |heartbeat| {
+        heartbeat
+    })
+    .await
+    .expect_err("the call ends");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(
         err.message().contains("ignores the date range"),
@@ -212,13 +216,13 @@ async fn follow_a_live_log(offset_ms: i64, more: impl FnOnce(SimulatorConfig) ->
     let mut client = gw.client.clone();
     let host_stop = now_ms() + 4_000;
     let stop = std::sync::OnceLock::new();
-    let got = follow_until(&mut client, request(start, lag), || {
+    let got = follow_until(&mut client, request(start, lag), |heartbeat| {
         if now_ms() < host_stop {
             return false;
         }
         let stop = *stop.get_or_init(|| sim.stop_live());
-        // Settled by Confluence's clock, whatever the gateway's says.
-        sim.now_ms() > stop + 3_000
+        // A quiet tick settled, by Confluence's clock, well after the stop.
+        heartbeat && sim.now_ms() > stop + 3_000
     })
     .await
     .expect("no error");
