@@ -250,15 +250,14 @@ impl<P: PageSource> Follower<P> {
         }
     }
 
-    /// Now by Confluence's clock where it may be behind the gateway's: ranges settle by
-    /// the dates Confluence gives its records, so a gateway ahead of it by more than `lag`
-    /// would read ranges before Confluence has written them. The least offset the `Date`
-    /// headers allow is taken, not the likeliest (a `Date` has a resolution of a second,
-    /// and a slow answer widens what it allows): the follower may then wait up to about a
-    /// second longer than `lag`, never less. A Confluence ahead only makes it wait longer,
-    /// so the gateway's own clock stands then.
+    /// Now by Confluence's clock where it is certainly behind the gateway's: ranges settle
+    /// by the dates Confluence gives its records, so a gateway ahead of it by more than
+    /// `lag` would read ranges before Confluence has written them. The least offset the
+    /// `Date` headers allow is taken, in whole seconds (`ClockOffset::behind_ms`): the
+    /// follower may wait up to a couple of seconds longer than `lag`, never less. A
+    /// Confluence ahead only makes it wait longer, so the gateway's own clock stands then.
     fn now(&self) -> i64 {
-        (self.shared.clock)() + self.shared.offset.least_ms().min(0)
+        (self.shared.clock)() + self.shared.offset.behind_ms()
     }
 
     /// Warns, once a call, when the clocks are further apart than half the lag.

@@ -32,8 +32,8 @@ pub(crate) struct ClockOffset {
     samples: Mutex<VecDeque<(i64, i64)>>,
     /// The current estimate in ms, read without the lock.
     estimate: AtomicI64,
-    /// The least offset the recent answers allow, in ms.
-    least: AtomicI64,
+    /// How far behind Confluence's clock certainly is, in whole seconds (ms, at most 0).
+    behind: AtomicI64,
     /// Whether any answer was seen.
     seen: AtomicBool,
 }
@@ -60,7 +60,13 @@ impl ClockOffset {
         }
         samples.push_back(bounds);
         self.estimate.store(estimate(&samples), Ordering::Relaxed);
-        self.least.store(least(&samples), Ordering::Relaxed);
+        // Down at once (safe), up only by a clear step: followers of one gateway compute
+        // their ranges from it, and they share requests only while they agree.
+        let candidate = certainly_behind(&samples);
+        let current = self.behind.load(Ordering::Relaxed);
+        if candidate < current || candidate >= current + 2000 {
+            self.behind.store(candidate, Ordering::Relaxed);
+        }
         self.seen.store(true, Ordering::Relaxed);
     }
 
@@ -77,12 +83,14 @@ impl ClockOffset {
         self.estimate.load(Ordering::Relaxed)
     }
 
-    /// The least offset the recent answers allow, in ms (0 until an answer was seen):
-    /// Confluence's clock is at least this far ahead (at most this far behind, when
-    /// negative) of the gateway's. Follow settles ranges by it, since an estimate that
-    /// puts Confluence's clock later than it is would read ranges it has not written.
-    pub(crate) fn least_ms(&self) -> i64 {
-        self.least.load(Ordering::Relaxed)
+    /// How far behind the gateway's Confluence's clock certainly is, in ms rounded down to
+    /// whole seconds (0 when the answers allow it not to be behind, and until an answer
+    /// was seen). Follow settles ranges by it: the least offset the answers allow, never
+    /// the likeliest, which could put Confluence's clock later than it is. An offset within
+    /// the `Date` header's second (and the answers' round trips) cannot be told from none;
+    /// `lag` covers it.
+    pub(crate) fn behind_ms(&self) -> i64 {
+        self.behind.load(Ordering::Relaxed)
     }
 
     /// Whether an answer with a usable `Date` was seen.
@@ -104,17 +112,25 @@ fn estimate(samples: &VecDeque<(i64, i64)>) -> i64 {
     mids[mids.len() / 2]
 }
 
-/// The greatest lower bound of the answers when they agree, else the median of their lower
-/// bounds (one odd answer cannot move it far). `samples` is never empty.
-fn least(samples: &VecDeque<(i64, i64)>) -> i64 {
-    let lo = samples.iter().map(|s| s.0).max().unwrap_or(0);
-    let hi = samples.iter().map(|s| s.1).min().unwrap_or(0);
-    if lo <= hi {
-        return lo;
+/// The least offset the answers allow, rounded down to whole seconds, when they allow
+/// only offsets below 0; else 0. The bounds are those of the intersection when the answers
+/// agree, else the medians of their bounds (one odd answer cannot move them far).
+/// `samples` is never empty.
+fn certainly_behind(samples: &VecDeque<(i64, i64)>) -> i64 {
+    let mut lo = samples.iter().map(|s| s.0).max().unwrap_or(0);
+    let mut hi = samples.iter().map(|s| s.1).min().unwrap_or(0);
+    if lo > hi {
+        let median = |mut v: Vec<i64>| {
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        lo = median(samples.iter().map(|s| s.0).collect());
+        hi = median(samples.iter().map(|s| s.1).collect());
     }
-    let mut lows: Vec<i64> = samples.iter().map(|s| s.0).collect();
-    lows.sort_unstable();
-    lows[lows.len() / 2]
+    if hi >= 0 {
+        return 0;
+    }
+    lo.div_euclid(1000).saturating_mul(1000)
 }
 
 fn midpoint(lo: i64, hi: i64) -> i64 {
@@ -175,19 +191,34 @@ mod tests {
     }
 
     #[test]
-    fn the_least_offset_never_exceeds_the_true_one_even_through_slow_answers() {
-        for offset in [-5000, -1, 0, 250] {
+    fn behind_is_never_less_than_the_truth_and_steady() {
+        for offset in [-5000, -2500, -1, 0, 250] {
             let clock = ClockOffset::default();
-            for (i, rtt) in [2_500, 10, 1_200, 30, 700].into_iter().enumerate() {
+            let mut seen = Vec::new();
+            for (i, rtt) in [2_500, 10, 1_200, 30, 700, 15, 20, 40]
+                .into_iter()
+                .enumerate()
+            {
                 answer(&clock, offset, T0 + i as i64 * 377, rtt);
-                assert!(clock.least_ms() <= offset, "{offset}: {}", clock.least_ms());
+                // Never later than Confluence's clock; an offset within the Date's second
+                // is not told from none.
+                let bound = if offset > -1000 { 0 } else { offset };
+                assert!(
+                    clock.behind_ms() <= bound,
+                    "{offset}: {}",
+                    clock.behind_ms()
+                );
+                seen.push(clock.behind_ms());
             }
-            // Within a second of it once answers are quick.
-            assert!(
-                offset - clock.least_ms() <= 1000,
-                "{offset}: {}",
-                clock.least_ms()
-            );
+            if offset > -1000 {
+                // Not certainly behind: the gateway's own clock stands.
+                assert_eq!(clock.behind_ms(), 0, "{offset}");
+            } else {
+                assert!(offset - clock.behind_ms() <= 2000, "{offset}: {seen:?}");
+            }
+            // Steady: down to a bound, perhaps once more.
+            seen.dedup();
+            assert!(seen.len() <= 3, "{offset}: {seen:?}");
         }
     }
 
