@@ -121,24 +121,39 @@ impl<W: Write> RecordWriter<W> {
     }
 }
 
-/// A record's CSV fields, in [`CSV_COLUMNS`] order.
+/// A record's CSV fields, in [`CSV_COLUMNS`] order: the two dates as they are, the text
+/// columns made inert for spreadsheets ([`inert`]).
 fn csv_fields(r: &pb::AuditRecord) -> [String; 10] {
     let author = r.author.as_ref();
     let object = r.affected_object.as_ref();
     [
         Iso(r.creation_date).to_string(),
         r.creation_date.to_string(),
-        r.category.clone(),
-        r.summary.clone(),
-        r.description.clone(),
-        author.map_or_else(String::new, |a| a.display_name.clone()),
-        author
-            .and_then(|a| a.account_id.clone())
-            .unwrap_or_default(),
-        r.remote_address.clone(),
-        object.map_or_else(String::new, |o| o.name.clone()),
-        object.map_or_else(String::new, |o| o.object_type.clone()),
+        inert(&r.category),
+        inert(&r.summary),
+        inert(&r.description),
+        inert(author.map_or("", |a| a.display_name.as_str())),
+        inert(
+            author
+                .and_then(|a| a.account_id.as_deref())
+                .unwrap_or_default(),
+        ),
+        inert(&r.remote_address),
+        inert(object.map_or("", |o| o.name.as_str())),
+        inert(object.map_or("", |o| o.object_type.as_str())),
     ]
+}
+
+/// A text cell that a spreadsheet will not run as a formula: anyone who can name a page or
+/// set a display name writes these cells, and Excel, LibreOffice and Google Sheets take a
+/// cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return as a formula, so such a
+/// cell gets a leading `'` (OWASP's advice for CSV injection).
+fn inert(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    }
 }
 
 /// A field quoted when it holds a comma, a quote or a line break (RFC 4180).
@@ -340,6 +355,33 @@ mod tests {
         );
         assert_eq!(Iso(951_782_400_000).to_string(), "2000-02-29T00:00:00.000Z");
         assert_eq!(Iso(-1).to_string(), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn csv_text_cells_never_start_a_formula() {
+        for evil in [
+            "=HYPERLINK(\"http://x\")",
+            "+1+cmd",
+            "-2+3",
+            "@SUM(A1)",
+            "\t=1",
+            "\r=1",
+        ] {
+            let mut r = record(evil);
+            r.author = Some(pb::AuditAuthor {
+                display_name: evil.to_owned(),
+                ..Default::default()
+            });
+            let fields = csv_fields(&r);
+            assert_eq!(fields[3], format!("'{evil}"));
+            assert_eq!(fields[5], format!("'{evil}"));
+        }
+        // Numbers stay numbers, and harmless text stays as it was.
+        let mut r = record("a = b");
+        r.creation_date = -1;
+        let fields = csv_fields(&r);
+        assert_eq!(fields[1], "-1");
+        assert_eq!(fields[3], "a = b");
     }
 
     #[test]
