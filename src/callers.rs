@@ -1,7 +1,10 @@
 //! Who may call the gateway: `--caller-tokens-file`, lines `name:token` (`#` comments).
 //! Callers present `authorization: Bearer TOKEN`; the name is what logs and metrics show,
 //! the token never. The file is read again when it changes, so tokens rotate without a
-//! restart; a file that no longer parses keeps the tokens already loaded.
+//! restart. A file emptied (no caller left) or deleted revokes every token: taking
+//! callers out is how access is withdrawn, so it fails closed. A file that no longer
+//! parses (a half-written edit) keeps the tokens already loaded. Each change of state is
+//! logged once, not every time the file is looked at.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,8 +24,19 @@ struct Entry {
 pub(crate) struct CallerTokens {
     path: PathBuf,
     entries: RwLock<Vec<Entry>>,
-    /// Digest of the file's bytes as last loaded, to notice a change.
-    loaded: RwLock<[u8; 32]>,
+    /// What was last read, to notice a change (and log each state once).
+    loaded: RwLock<Seen>,
+}
+
+/// The file as last looked at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// These bytes (by digest), loaded or refused.
+    Bytes([u8; 32]),
+    /// No file: every token revoked.
+    Missing,
+    /// Unreadable for another reason: the tokens loaded are kept.
+    Unreadable,
 }
 
 impl std::fmt::Debug for CallerTokens {
@@ -39,10 +53,14 @@ impl CallerTokens {
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let entries = parse(&bytes)?;
+        // At start, a file naming nobody is a mistake, not a revocation.
+        if entries.is_empty() {
+            return Err("names no caller".into());
+        }
         Ok(Self {
             path: path.to_owned(),
             entries: RwLock::new(entries),
-            loaded: RwLock::new(sha256(&bytes)),
+            loaded: RwLock::new(Seen::Bytes(sha256(&bytes))),
         })
     }
 
@@ -65,30 +83,52 @@ impl CallerTokens {
         found
     }
 
-    /// Reads the file again if it changed; keeps the old tokens if it no longer parses.
+    /// Reads the file again if it changed: new tokens, none at all when it was emptied or
+    /// deleted, the old ones when it no longer parses.
     fn reload(&self) {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
+        let (seen, bytes) = match std::fs::read(&self.path) {
+            Ok(b) => (Seen::Bytes(sha256(&b)), Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Seen::Missing, None),
             Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "caller tokens file unreadable; keeping the tokens loaded");
+                if self.saw(Seen::Unreadable) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "caller tokens file unreadable; keeping the tokens loaded");
+                }
                 return;
             }
         };
-        let digest = sha256(&bytes);
-        if *self.loaded.read().unwrap_or_else(|p| p.into_inner()) == digest {
+        if !self.saw(seen) {
             return;
         }
+        let Some(bytes) = bytes else {
+            self.entries
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            tracing::error!(path = %self.path.display(), "caller tokens file deleted: every caller token is revoked until it is back");
+            return;
+        };
         match parse(&bytes) {
             Ok(entries) => {
                 let count = entries.len();
                 *self.entries.write().unwrap_or_else(|p| p.into_inner()) = entries;
-                *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = digest;
-                tracing::info!(path = %self.path.display(), callers = count, "caller tokens reloaded");
+                if count == 0 {
+                    tracing::warn!(path = %self.path.display(), "caller tokens file names no caller: every caller token is revoked");
+                } else {
+                    tracing::info!(path = %self.path.display(), callers = count, "caller tokens reloaded");
+                }
             }
             Err(why) => {
                 tracing::warn!(path = %self.path.display(), %why, "caller tokens file is invalid; keeping the tokens loaded");
             }
         }
+    }
+
+    /// Records `now` as what the file looks like; true when that is a change.
+    fn saw(&self, now: Seen) -> bool {
+        let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        let changed = *loaded != now;
+        *loaded = now;
+        changed
     }
 
     /// Looks at the file for changes until the returned task is aborted (it holds only a
@@ -105,7 +145,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// `name:token` lines; blank lines and `#` comments are skipped. Names are unique, tokens
-/// non-empty and without whitespace; at least one caller.
+/// non-empty and without whitespace; none at all is a file that revokes everyone.
 fn parse(bytes: &[u8]) -> Result<Vec<Entry>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
     let mut entries: Vec<Entry> = Vec::new();
@@ -142,9 +182,6 @@ fn parse(bytes: &[u8]) -> Result<Vec<Entry>, String> {
             digest: sha256(token.as_bytes()),
         });
     }
-    if entries.is_empty() {
-        return Err("names no caller".into());
-    }
     Ok(entries)
 }
 
@@ -158,7 +195,7 @@ mod tests {
         let tokens = CallerTokens {
             path: PathBuf::new(),
             entries: RwLock::new(entries),
-            loaded: RwLock::new([0; 32]),
+            loaded: RwLock::new(Seen::Missing),
         };
         assert_eq!(tokens.caller("tok-1").as_deref(), Some("siem"));
         assert_eq!(tokens.caller("tok-2").as_deref(), Some("billing"));
@@ -174,12 +211,45 @@ mod tests {
             (b"a:", "empty"),
             (b"a:zq-secret zq", "whitespace"),
             (b"a:zq-secret\na:y", "twice"),
-            (b"# only comments\n", "no caller"),
             (b"na me:zq-secret", "letters"),
         ] {
             let err = parse(bad).err().unwrap_or_default();
             assert!(err.contains(why), "{err}");
             assert!(!err.contains("zq-secret"), "{err}");
         }
+        assert!(parse(b"# only comments\n").expect("valid").is_empty());
+    }
+
+    #[test]
+    fn emptying_or_deleting_the_file_revokes_everyone_and_a_broken_edit_does_not() {
+        let dir = std::env::temp_dir().join(format!("callers-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let path = dir.join("callers.txt");
+        std::fs::write(&path, "siem:tok-1\n").expect("written");
+        // Naming nobody at start is refused: a mistake, not a revocation.
+        std::fs::write(dir.join("empty.txt"), "# nobody\n").expect("written");
+        assert!(CallerTokens::load(&dir.join("empty.txt")).is_err());
+
+        let tokens = CallerTokens::load(&path).expect("loads");
+        assert_eq!(tokens.caller("tok-1").as_deref(), Some("siem"));
+        // A half-written edit keeps what was loaded.
+        std::fs::write(&path, "siem:").expect("written");
+        tokens.reload();
+        assert_eq!(tokens.caller("tok-1").as_deref(), Some("siem"));
+        // Emptied: nobody gets in.
+        std::fs::write(&path, "# everyone revoked\n").expect("written");
+        tokens.reload();
+        assert_eq!(tokens.caller("tok-1"), None);
+        // Back, then deleted: nobody gets in either, until it is back.
+        std::fs::write(&path, "siem:tok-2\n").expect("written");
+        tokens.reload();
+        assert_eq!(tokens.caller("tok-2").as_deref(), Some("siem"));
+        std::fs::remove_file(&path).expect("removed");
+        tokens.reload();
+        assert_eq!(tokens.caller("tok-2"), None);
+        std::fs::write(&path, "siem:tok-2\n").expect("written");
+        tokens.reload();
+        assert_eq!(tokens.caller("tok-2").as_deref(), Some("siem"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

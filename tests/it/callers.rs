@@ -1,5 +1,5 @@
 //! Caller authentication: `--caller-tokens-file`, checked before any other work, rotated
-//! without a restart.
+//! and revoked without a restart.
 
 use std::time::{Duration, Instant};
 
@@ -102,5 +102,43 @@ async fn only_callers_with_a_token_get_in_and_tokens_rotate_without_a_restart() 
         .get_since(call(Some("zq-second-token")))
         .await
         .expect("still in after a bad edit");
+
+    // Emptied of callers, or deleted: every token is revoked (within the second the file
+    // is looked at); back, the token gets in again.
+    std::fs::write(&file, "# everyone revoked\n").expect("rewrite");
+    until_refused(&mut gw.client, "zq-second-token", true).await;
+    std::fs::write(&file, "siem:zq-second-token\n").expect("rewrite");
+    until_refused(&mut gw.client, "zq-second-token", false).await;
+    std::fs::remove_file(&file).expect("delete");
+    until_refused(&mut gw.client, "zq-second-token", true).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Calls with `token` until it is refused (`refused`) or let in (not), within 10 s.
+async fn until_refused(
+    client: &mut pb::audit_service_client::AuditServiceClient<tonic::transport::Channel>,
+    token: &str,
+    refused: bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let is_refused = match client.get_since(call(Some(token))).await {
+            Ok(_) => false,
+            Err(s) if s.code() == Code::Unauthenticated => true,
+            Err(s) => panic!("{s:?}"),
+        };
+        if is_refused == refused {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the token was {} within 10 s",
+            if refused {
+                "never refused"
+            } else {
+                "never let in"
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
