@@ -189,7 +189,8 @@ fn build(files: &TlsFiles) -> Result<(ServerConfig, [u8; 32]), (&'static str, St
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| ("--tls-key", format!("does not match --tls-cert: {e}")))?;
-    // gRPC runs over HTTP/2 only.
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC over HTTP/2 first; HTTP/1.1 for gRPC-Web clients that offer only it (browsers
+    // behind some proxies): `src/server.rs` serves both on this port.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((config, digest))
 }

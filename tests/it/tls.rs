@@ -189,3 +189,83 @@ async fn tls_and_mtls_let_in_only_the_right_clients_and_certificates_rotate() {
     server.await.expect("joins").expect("stops cleanly");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A gRPC-Web call to the health service over TLS from a client that offers only
+/// HTTP/1.1 in ALPN, as some browsers behind proxies do: the raw status line and body.
+async fn grpc_web_over_http1(port: u16, ca: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::CertificateDer, pki_types::pem::PemObject};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name =
+        rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    let mut tls = connector.connect(name, tcp).await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // An empty HealthCheckRequest in one gRPC-Web frame.
+    let body = [0u8, 0, 0, 0, 0];
+    let head = format!(
+        "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await?;
+    tls.write_all(&body).await?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await.or_else(|e| {
+        // A server closing without close_notify after `Connection: close` is fine here.
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Ok(0)
+        } else {
+            Err(e)
+        }
+    })?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn grpc_web_clients_offering_only_http1_get_in_over_tls() {
+    let dir = temp_dir("tls-http1");
+    let pki = Pki::new("gateway test CA");
+    let (cert, key) = pki.issue(&["localhost"], false);
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 5,
+        ..Default::default()
+    })
+    .await;
+    let mut config = test_config(&sim.base_url());
+    config.tls_cert = Some(write(&dir, "cert.pem", &cert));
+    config.tls_key = Some(write(&dir, "key.pem", &key));
+    let gateway = audit_gateway::Gateway::bind(config).await.expect("starts");
+    let port = gateway.local_addr().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+
+    let answer = grpc_web_over_http1(port, &pki.ca)
+        .await
+        .expect("a TLS handshake and an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("grpc-status:0"), "{answer}");
+    // HTTP/2 clients still get h2.
+    assert!(reads(client(port, &pki.ca, None).await).await);
+
+    let _ = stop.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
