@@ -338,6 +338,8 @@ impl<P: PageSource> Follower<P> {
         match self.judge(slice, page)? {
             Length::Whole => Ok(true),
             Length::Cut => Ok(false),
+            // Its length aside, a page reaching past the slice's start holds all of it.
+            Length::Unsure if follow::reaches_before(slice, &page.records) => Ok(true),
             Length::Unsure => {
                 METRICS.follow_confirm_reads.inc();
                 let start = i32::try_from(n).unwrap_or(i32::MAX);
@@ -606,7 +608,7 @@ mod tests {
 
     /// Follows the model from `since` as a shipper would, until its checkpoint passes
     /// `until`: on an error or at `max_records`, a new call resumes from the last
-    /// checkpoint. Every call shares one gateway's `lengths`, as followers of one
+    /// checkpoint. Every call shares one gateway's `listing`, as followers of one
     /// gateway do.
     async fn follow_through(
         source: ModelSource,

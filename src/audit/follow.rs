@@ -205,6 +205,12 @@ impl Listing {
     }
 }
 
+/// Whether `page` (newest first) reaches past `slice`'s start, as a server rounding the
+/// bounds may list: then it holds every record of the slice, whatever its length.
+pub(crate) fn reaches_before<R: Anchored>(slice: Slice, page: &[R]) -> bool {
+    page.last().is_some_and(|r| r.date() < slice.from)
+}
+
 /// Most pieces one cut makes: a density read off one page can be far off (audit logs come
 /// in bursts), so a cut never commits to many requests at once.
 pub(crate) const MAX_PIECES: i64 = 64;
@@ -217,9 +223,7 @@ pub(crate) fn plan<R: Anchored>(slice: Slice, page: &[R], whole: bool, grain: i6
     let Some(oldest) = page.last().map(Anchored::date) else {
         return Plan::Whole;
     };
-    // A page reaching past the slice's start (a server rounding the bounds) lists every
-    // record of the slice before that oldest one.
-    if whole || oldest < slice.from {
+    if whole || reaches_before(slice, page) {
         return Plan::Whole;
     }
     let g = grain.max(1);

@@ -54,8 +54,6 @@ pub(crate) struct AuditGrpc {
     tick_spread: f64,
     /// What followers learned of the range listing's cap and bounds.
     listing: Arc<std::sync::Mutex<Listing>>,
-    /// Now, for followers.
-    clock: follow::Clock,
     /// How far Confluence's clock is from the gateway's.
     offset: Arc<ClockOffset>,
 }
@@ -88,7 +86,6 @@ impl AuditGrpc {
             stopping: Arc::new(watch::Sender::new(false)),
             tick_spread: fastrand::f64() / 2.0,
             listing: Arc::default(),
-            clock: follow::system_clock(),
             offset: Arc::default(),
         }
     }
@@ -267,7 +264,7 @@ impl AuditGrpc {
             prefetch: self.stream_prefetch,
             tick_spread: self.tick_spread,
             listing: self.listing.clone(),
-            clock: self.clock.clone(),
+            clock: follow::system_clock(),
             offset: self.offset.clone(),
         };
         let messages = follow::start(self.pages.clone(), req, shared, slot);
