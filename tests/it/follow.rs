@@ -64,6 +64,25 @@ async fn follow(
         .into_inner()
 }
 
+/// Follows with `req`, which sets `max_records`, to its end (each message within
+/// `within`), and returns what it delivered.
+async fn follow_to_end(
+    client: &mut AuditServiceClient<Channel>,
+    req: pb::FollowRequest,
+    within: Duration,
+) -> Consumer {
+    let mut s = follow(client, req).await;
+    let mut consumer = Consumer::default();
+    while let Some(m) = tokio::time::timeout(within, s.message())
+        .await
+        .expect("progress within the bound")
+        .expect("no error")
+    {
+        consumer.take(m);
+    }
+    consumer
+}
+
 /// The next message, within a bound (a follower never ends by itself).
 async fn next(s: &mut Streaming<pb::FollowResponse>) -> Result<pb::FollowResponse, tonic::Status> {
     tokio::time::timeout(Duration::from_secs(20), s.message())
@@ -239,15 +258,7 @@ async fn max_records_ends_with_ok_after_exactly_that_many() {
     let mut client = gw.client.clone();
     let mut req = request(since(0), Duration::ZERO);
     req.max_records = Some(2345);
-    let mut s = follow(&mut client, req).await;
-    let mut consumer = Consumer::default();
-    while let Some(m) = tokio::time::timeout(Duration::from_secs(20), s.message())
-        .await
-        .expect("ends within 20 s")
-        .expect("no error")
-    {
-        consumer.take(m);
-    }
+    let consumer = follow_to_end(&mut client, req, Duration::from_secs(20)).await;
     assert_eq!(consumer.got.len(), 2345);
     assert!(consumer.got.windows(2).all(|w| w[0].0 <= w[1].0));
 }
@@ -437,15 +448,7 @@ async fn a_backfill_of_200000_records_arrives_whole_in_order() {
     let mut client = gw.client.clone();
     let mut req = request(since(0), Duration::ZERO);
     req.max_records = Some(200_000);
-    let mut s = follow(&mut client, req).await;
-    let mut consumer = Consumer::default();
-    while let Some(m) = tokio::time::timeout(Duration::from_secs(60), s.message())
-        .await
-        .expect("progress within 60 s")
-        .expect("no error")
-    {
-        consumer.take(m);
-    }
+    let consumer = follow_to_end(&mut client, req, Duration::from_secs(60)).await;
     consumer.assert_exactly(sim.expected_records(i64::MIN, i64::MAX));
     let requests = sim.request_count_of(AuditEndpoint::Range);
     eprintln!("backfill: {requests} requests");
@@ -911,15 +914,7 @@ async fn follow_inputs_are_bounded_and_far_off_instants_are_followed() {
     // From the first instant of year 1: the whole log, oldest first.
     let mut req = request(at(first, 0), Duration::ZERO);
     req.max_records = Some(3);
-    let mut s = follow(&mut client, req).await;
-    let mut consumer = Consumer::default();
-    while let Some(m) = tokio::time::timeout(Duration::from_secs(20), s.message())
-        .await
-        .expect("ends within 20 s")
-        .expect("no error")
-    {
-        consumer.take(m);
-    }
+    let consumer = follow_to_end(&mut client, req, Duration::from_secs(20)).await;
     assert_eq!(consumer.got.len(), 3);
     // From the last instant of year 9999: nothing yet, a heartbeat, then more.
     let mut s = follow(&mut client, request(at(last, 999_999_999), Duration::ZERO)).await;

@@ -711,13 +711,8 @@ async fn the_gateway_reports_how_far_confluences_clock_is_off() {
     config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     // Every call reaches Confluence, so each answer's Date is seen.
     config.cache.ttl = Duration::ZERO;
-    let gateway = Gateway::bind(config).await.expect("valid settings");
-    let addr = gateway.metrics_addr().expect("metrics are served");
-    let grpc = gateway.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gateway.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let mut gw = spawn_gateway(config).await;
+    let addr = gw.metrics.expect("metrics are served");
     let scrape = || async {
         let response = reqwest::get(format!("http://{addr}/metrics"))
             .await
@@ -729,21 +724,12 @@ async fn the_gateway_reports_how_far_confluences_clock_is_off() {
     let text = scrape().await;
     assert!(text.contains(&format!("# TYPE {offset} gauge")), "{text}");
     assert_eq!(sample(&text, offset), 0.0, "nothing seen yet: 0");
-    let mut client =
-        pb::audit_service_client::AuditServiceClient::connect(format!("http://{grpc}"))
-            .await
-            .expect("connect");
     for _ in 0..5 {
-        client.get_since(small()).await.expect("a page");
+        gw.client.get_since(small()).await.expect("a page");
     }
     assert_eq!(sim.request_count(), 5);
     let seen = sample(&scrape().await, offset);
     // Each Date says the second only; the estimate is within it (and the round trip).
     assert!((-5.6..=-4.4).contains(&seen), "{seen} s, not about -5 s");
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("the gateway stops within 10 s")
-        .expect("server task did not panic")
-        .expect("the gateway stops cleanly");
+    gw.shutdown().await.expect("the gateway stops cleanly");
 }

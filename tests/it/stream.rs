@@ -207,6 +207,7 @@ async fn a_long_stream_rides_out_cut_bodies_in_one_call() {
         "every record once, in one call"
     );
     let pages = 5000 / 100;
+    eprintln!("5,000 records, 15 % cut: {} requests", sim.request_count());
     assert!(
         sim.request_count() > pages + 1,
         "bodies were cut and fetched again ({} requests)",
@@ -279,6 +280,10 @@ async fn concurrent_streams_ride_out_a_fifth_of_answers_failing() {
     }
     // Each stream asks for at least 7 pages (6 full, then the short one).
     let pages = STREAMS * 7;
+    eprintln!(
+        "{STREAMS} streams, 20 % faults: {} requests",
+        sim.request_count()
+    );
     assert!(
         sim.request_count() > pages + pages / 10,
         "faults were met and retried ({} requests for at least {pages} pages)",

@@ -25,6 +25,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     /// A client over loopback.
     pub client: AuditServiceClient<Channel>,
+    /// Where it serves `/metrics`, with `metrics_listen` set.
+    pub metrics: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -91,6 +93,7 @@ pub fn test_config(confluence_url: &str) -> GatewayConfig {
 pub async fn spawn_gateway(config: GatewayConfig) -> TestGateway {
     let gateway = Gateway::bind(config).await.expect("valid settings");
     let addr = gateway.local_addr();
+    let metrics = gateway.metrics_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(gateway.run_until_stopped(async move {
         let _ = stopped.await;
@@ -103,6 +106,7 @@ pub async fn spawn_gateway(config: GatewayConfig) -> TestGateway {
     TestGateway {
         addr,
         client: AuditServiceClient::new(channel),
+        metrics,
         stop: Some(stop),
         task: Some(task),
     }
