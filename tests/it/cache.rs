@@ -508,7 +508,13 @@ async fn a_short_deadline_does_not_fail_callers_who_joined_its_load() {
         .await
         .expect("task did not panic")
         .expect_err("the hasty caller times out");
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The gateway's DEADLINE_EXCEEDED, or on a loaded host the client's own time-out
+    // first (tonic reports it as CANCELLED): either way the caller left. What matters
+    // here is the patient caller (tests/it/errors.rs checks the gateway's status).
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
     let page = second
         .expect("the patient caller is not failed by someone else's deadline")
         .into_inner();
