@@ -1,10 +1,13 @@
-//! Who may call the gateway: `--caller-tokens-file`, lines `name:token` (`#` comments).
-//! Callers present `authorization: Bearer TOKEN`; the name is what logs and metrics show,
-//! the token never. The file is read again when it changes, so tokens rotate without a
-//! restart. A file emptied (no caller left) or deleted revokes every token: taking
-//! callers out is how access is withdrawn, so it fails closed. A file that no longer
-//! parses (a half-written edit) keeps the tokens already loaded. Each change of state is
-//! logged once, not every time the file is looked at.
+//! Who calls the gateway ([`Caller`]), and who may: `--caller-tokens-file`, lines
+//! `name:token`, optionally followed by `weight=N max-streams=N miss-rate=N` (`#`
+//! comments). Callers present `authorization: Bearer TOKEN`; the name is what logs and
+//! metrics show, the token never. The file is read again when it changes, so tokens
+//! rotate without a restart, and a reload swaps the whole set at once. A file that
+//! names no caller (only comments) revokes every token: taking callers out is how access
+//! is withdrawn. A file deleted, unreadable or no longer parsing (a half-written edit)
+//! keeps the last good set and counts `audit_gateway_caller_tokens_reload_errors_total`,
+//! so an alert can fire. Each change of state is logged once, not every time the file is
+//! looked at.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,10 +16,52 @@ use std::{
 
 use ring::digest;
 
-/// One caller: its name and a digest of its token (comparisons never touch the token).
+use crate::metrics::METRICS;
+
+/// Who a call is, as fair shares, caps, metrics and logs count it.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    /// What shares and caps are kept under: a configured name, a certificate's SAN, a
+    /// mesh header's value, a credential's keyed fingerprint; never a secret.
+    pub id: Arc<str>,
+    /// What metrics show: a configured name, `anonymous` or `other` (a bounded set).
+    pub label: Arc<str>,
+    /// Its share of Confluence's request slots against other callers' (at least 1).
+    pub weight: u32,
+    /// Its own `--caller-max-streams`, if the tokens file gives one.
+    pub max_streams: Option<usize>,
+    /// Its own `--caller-miss-rate`, if the tokens file gives one.
+    pub miss_rate: Option<u32>,
+}
+
+impl Caller {
+    /// Every call nobody identified: one caller, which per-caller caps leave alone (it is
+    /// the whole gateway's traffic, whose caps are gateway-wide).
+    pub(crate) fn anonymous() -> Self {
+        Self::other("anonymous".into(), "anonymous")
+    }
+
+    /// A caller identified by something not named in the tokens file.
+    pub(crate) fn other(id: Arc<str>, label: &str) -> Self {
+        Self {
+            id,
+            label: label.into(),
+            weight: 1,
+            max_streams: None,
+            miss_rate: None,
+        }
+    }
+
+    /// Whether per-caller caps apply (not to the anonymous caller).
+    pub(crate) fn capped(&self) -> bool {
+        &*self.id != "anonymous"
+    }
+}
+
+/// One caller: who it is and a digest of its token (comparisons never touch the token).
 #[derive(Clone)]
 struct Entry {
-    name: Arc<str>,
+    caller: Caller,
     digest: [u8; 32],
 }
 
@@ -33,9 +78,9 @@ pub(crate) struct CallerTokens {
 enum Seen {
     /// These bytes (by digest), loaded or refused.
     Bytes([u8; 32]),
-    /// No file: every token revoked.
+    /// No file: the last good set is kept.
     Missing,
-    /// Unreadable for another reason: the tokens loaded are kept.
+    /// Unreadable for another reason: the last good set is kept.
     Unreadable,
 }
 
@@ -64,9 +109,9 @@ impl CallerTokens {
         })
     }
 
-    /// The name of the caller whose token this is, if any. Every entry is compared, in
-    /// constant time, so the time taken tells nothing about the tokens.
-    pub(crate) fn caller(&self, token: &str) -> Option<Arc<str>> {
+    /// The caller whose token this is, if any. Every entry is compared, in constant
+    /// time, so the time taken tells nothing about the tokens.
+    pub(crate) fn caller(&self, token: &str) -> Option<Caller> {
         let presented = sha256(token.as_bytes());
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         let mut found = None;
@@ -77,48 +122,40 @@ impl CallerTokens {
                 .zip(&presented)
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if differs == 0 {
-                found = Some(e.name.clone());
+                found = Some(e.caller.clone());
             }
         }
         found
     }
 
-    /// Reads the file again if it changed: new tokens, none at all when it was emptied or
-    /// deleted, the old ones when it no longer parses.
+    /// Reads the file again if it changed: the new set, none at all when it names no
+    /// caller, the last good one when it is gone, unreadable or invalid.
     fn reload(&self) {
+        let path = self.path.display();
         let (seen, bytes) = match std::fs::read(&self.path) {
-            Ok(b) => (Seen::Bytes(sha256(&b)), Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Seen::Missing, None),
-            Err(e) => {
-                if self.saw(Seen::Unreadable) {
-                    tracing::warn!(path = %self.path.display(), error = %e, "caller tokens file unreadable; keeping the tokens loaded");
-                }
-                return;
-            }
+            Ok(b) => (Seen::Bytes(sha256(&b)), Ok(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Seen::Missing, Err(e)),
+            Err(e) => (Seen::Unreadable, Err(e)),
         };
         if !self.saw(seen) {
             return;
         }
-        let Some(bytes) = bytes else {
-            self.entries
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
-            tracing::error!(path = %self.path.display(), "caller tokens file deleted: every caller token is revoked until it is back");
-            return;
-        };
-        match parse(&bytes) {
+        let parsed = bytes
+            .map_err(|e| format!("cannot read it: {e}"))
+            .and_then(|b| parse(&b));
+        match parsed {
             Ok(entries) => {
                 let count = entries.len();
                 *self.entries.write().unwrap_or_else(|p| p.into_inner()) = entries;
                 if count == 0 {
-                    tracing::warn!(path = %self.path.display(), "caller tokens file names no caller: every caller token is revoked");
+                    tracing::warn!(%path, "caller tokens file names no caller: every caller token is revoked");
                 } else {
-                    tracing::info!(path = %self.path.display(), callers = count, "caller tokens reloaded");
+                    tracing::info!(%path, callers = count, "caller tokens reloaded");
                 }
             }
             Err(why) => {
-                tracing::warn!(path = %self.path.display(), %why, "caller tokens file is invalid; keeping the tokens loaded");
+                METRICS.caller_tokens_reload_errors.inc();
+                tracing::error!(%path, %why, "caller tokens file not reloaded; keeping the last good set");
             }
         }
     }
@@ -144,8 +181,9 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// `name:token` lines; blank lines and `#` comments are skipped. Names are unique, tokens
-/// non-empty and without whitespace; none at all is a file that revokes everyone.
+/// `name:token [weight=N] [max-streams=N] [miss-rate=N]` lines; blank lines and `#`
+/// comments are skipped. Names are unique, tokens non-empty and without whitespace; none
+/// at all is a file that revokes everyone.
 fn parse(bytes: &[u8]) -> Result<Vec<Entry>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
     let mut entries: Vec<Entry> = Vec::new();
@@ -154,31 +192,50 @@ fn parse(bytes: &[u8]) -> Result<Vec<Entry>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (name, token) = line
+        let at = |why: &str| format!("line {}: {why}", n + 1);
+        let (name, rest) = line
             .split_once(':')
-            .ok_or_else(|| format!("line {}: expected name:token", n + 1))?;
-        let (name, token) = (name.trim(), token.trim());
+            .ok_or_else(|| at("expected name:token"))?;
+        let name = name.trim();
+        let mut words = rest.split_whitespace();
+        let token = words.next().unwrap_or_default();
         if name.is_empty()
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(format!(
-                "line {}: a name is letters, digits, '-', '_' or '.'",
-                n + 1
+            return Err(at("a name is letters, digits, '-', '_' or '.'"));
+        }
+        if token.is_empty() {
+            return Err(at("the token is empty"));
+        }
+        if matches!(name, "anonymous" | "other") {
+            return Err(at(
+                "anonymous and other are the names metrics give unnamed callers",
             ));
         }
-        if token.is_empty() || token.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "line {}: the token is empty or holds whitespace",
-                n + 1
-            ));
+        let mut caller = Caller::other(name.into(), name);
+        for word in words {
+            let (key, value) = word.split_once('=').ok_or_else(|| {
+                at("after the token: weight=N, max-streams=N or miss-rate=N (a token holds no whitespace)")
+            })?;
+            let number = value
+                .parse::<u32>()
+                .ok()
+                .filter(|v| *v > 0 || key == "miss-rate")
+                .ok_or_else(|| at(&format!("{key} must be a whole number (at least 1)")))?;
+            match key {
+                "weight" => caller.weight = number,
+                "max-streams" => caller.max_streams = Some(number as usize),
+                "miss-rate" => caller.miss_rate = Some(number),
+                _ => return Err(at(&format!("unknown setting {key}"))),
+            }
         }
-        if entries.iter().any(|e| &*e.name == name) {
-            return Err(format!("line {}: the name {name} appears twice", n + 1));
+        if entries.iter().any(|e| &*e.caller.id == name) {
+            return Err(at(&format!("the name {name} appears twice")));
         }
         entries.push(Entry {
-            name: name.into(),
+            caller,
             digest: sha256(token.as_bytes()),
         });
     }
@@ -197,10 +254,10 @@ mod tests {
             entries: RwLock::new(entries),
             loaded: RwLock::new(Seen::Missing),
         };
-        assert_eq!(tokens.caller("tok-1").as_deref(), Some("siem"));
-        assert_eq!(tokens.caller("tok-2").as_deref(), Some("billing"));
-        assert_eq!(tokens.caller("tok-3"), None);
-        assert_eq!(tokens.caller(""), None);
+        assert_eq!(name(&tokens, "tok-1").as_deref(), Some("siem"));
+        assert_eq!(name(&tokens, "tok-2").as_deref(), Some("billing"));
+        assert_eq!(name(&tokens, "tok-3"), None);
+        assert_eq!(name(&tokens, ""), None);
         assert!(!format!("{tokens:?}").contains("tok-1"));
     }
 
@@ -210,6 +267,9 @@ mod tests {
             (&b"no colon here"[..], "name:token"),
             (b"a:", "empty"),
             (b"a:zq-secret zq", "whitespace"),
+            (b"a:zq-secret weight=0", "at least 1"),
+            (b"a:zq-secret color=2", "unknown setting"),
+            (b"other:zq-secret", "unnamed"),
             (b"a:zq-secret\na:y", "twice"),
             (b"na me:zq-secret", "letters"),
         ] {
@@ -220,8 +280,29 @@ mod tests {
         assert!(parse(b"# only comments\n").expect("valid").is_empty());
     }
 
+    fn name(tokens: &CallerTokens, token: &str) -> Option<String> {
+        tokens.caller(token).map(|c| c.id.to_string())
+    }
+
     #[test]
-    fn emptying_or_deleting_the_file_revokes_everyone_and_a_broken_edit_does_not() {
+    fn settings_after_the_token_give_a_caller_its_share_and_caps() {
+        let entries =
+            parse(b"siem:tok-1 weight=3 max-streams=8 miss-rate=0\nops:tok-2\n").expect("valid");
+        let siem = &entries[0].caller;
+        assert_eq!(
+            (siem.weight, siem.max_streams, siem.miss_rate),
+            (3, Some(8), Some(0))
+        );
+        assert_eq!(&*siem.label, "siem");
+        let ops = &entries[1].caller;
+        assert_eq!(
+            (ops.weight, ops.max_streams, ops.miss_rate),
+            (1, None, None)
+        );
+    }
+
+    #[test]
+    fn emptying_the_file_revokes_everyone_and_deleting_or_breaking_it_does_not() {
         let dir = std::env::temp_dir().join(format!("callers-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temp dir");
         let path = dir.join("callers.txt");
@@ -230,26 +311,32 @@ mod tests {
         std::fs::write(dir.join("empty.txt"), "# nobody\n").expect("written");
         assert!(CallerTokens::load(&dir.join("empty.txt")).is_err());
 
+        let errors = || METRICS.caller_tokens_reload_errors.get();
         let tokens = CallerTokens::load(&path).expect("loads");
-        assert_eq!(tokens.caller("tok-1").as_deref(), Some("siem"));
-        // A half-written edit keeps what was loaded.
+        assert_eq!(name(&tokens, "tok-1").as_deref(), Some("siem"));
+        // A half-written edit keeps what was loaded, and counts.
+        let before = errors();
         std::fs::write(&path, "siem:").expect("written");
         tokens.reload();
-        assert_eq!(tokens.caller("tok-1").as_deref(), Some("siem"));
+        assert_eq!(name(&tokens, "tok-1").as_deref(), Some("siem"));
+        assert!(errors() > before);
         // Emptied: nobody gets in.
         std::fs::write(&path, "# everyone revoked\n").expect("written");
         tokens.reload();
-        assert_eq!(tokens.caller("tok-1"), None);
-        // Back, then deleted: nobody gets in either, until it is back.
+        assert_eq!(name(&tokens, "tok-1"), None);
+        // Back, then deleted: the last good set stays, and the failure counts once.
         std::fs::write(&path, "siem:tok-2\n").expect("written");
         tokens.reload();
-        assert_eq!(tokens.caller("tok-2").as_deref(), Some("siem"));
+        assert_eq!(name(&tokens, "tok-2").as_deref(), Some("siem"));
         std::fs::remove_file(&path).expect("removed");
+        let before = errors();
         tokens.reload();
-        assert_eq!(tokens.caller("tok-2"), None);
-        std::fs::write(&path, "siem:tok-2\n").expect("written");
         tokens.reload();
-        assert_eq!(tokens.caller("tok-2").as_deref(), Some("siem"));
+        assert_eq!(name(&tokens, "tok-2").as_deref(), Some("siem"));
+        assert!(errors() > before);
+        std::fs::write(&path, "siem:tok-3\n").expect("written");
+        tokens.reload();
+        assert_eq!(name(&tokens, "tok-3").as_deref(), Some("siem"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -54,6 +54,23 @@ pub struct GatewayConfig {
     /// With passthrough, how long Confluence's acceptance of a caller's credential lets
     /// cached pages be served to it (`--passthrough-revalidate`).
     pub passthrough_revalidate: Duration,
+    /// With `--auth-passthrough`: how long a credential Confluence refused (401/403) is
+    /// refused locally, without asking it again (`--passthrough-negative-ttl`).
+    pub passthrough_negative_ttl: Duration,
+    /// Caller tokens or passthrough credentials may arrive in clear on a non-loopback
+    /// address (`--allow-plaintext-credentials`): a mesh sidecar terminates mTLS beside
+    /// the gateway.
+    pub allow_plaintext_credentials: bool,
+    /// A request header naming the caller, set by a mesh that authenticates callers
+    /// (`--caller-header`; `x-forwarded-client-cert` is read for its `URI`).
+    pub caller_header: Option<String>,
+    /// Most streams and followers one caller holds open (`--caller-max-streams`);
+    /// `None`: a quarter of `max_streams`.
+    pub caller_max_streams: Option<usize>,
+    /// `GetSince` calls a second one caller may answer from Confluence rather than the
+    /// cache, cache misses and `no-cache` refreshes (`--caller-miss-rate`; bursts of
+    /// twice that); 0: no limit.
+    pub caller_miss_rate: u32,
     /// TLS certificate chain of the gRPC port, PEM (`--tls-cert`); `None`: plaintext.
     pub tls_cert: Option<PathBuf>,
     /// Its private key, PEM (`--tls-key`).
@@ -193,11 +210,15 @@ pub struct UpstreamConfig {
     pub backoff: Duration,
     /// Largest backoff and largest `Retry-After` honoured (`--upstream-max-backoff`).
     pub max_backoff: Duration,
+    /// Longest cool-down a `Retry-After` (or a near-the-limit answer) starts
+    /// (`--upstream-max-cooldown`); when it ends one probe request decides whether
+    /// another begins.
+    pub max_cooldown: Duration,
     /// Largest page body accepted, in bytes (`--upstream-max-body`).
     pub max_body: u64,
     /// Most requests in flight to Confluence at once, gateway-wide
-    /// (`--upstream-concurrency`, at least 1); more wait their turn, first come first
-    /// served, within their deadline.
+    /// (`--upstream-concurrency`, at least 1); more wait their turn within their
+    /// deadline, shared fairly between callers (`src/upstream/fair.rs`).
     pub concurrency: usize,
 }
 
@@ -240,6 +261,13 @@ impl GatewayConfig {
         allow_ephemeral_tokens: false,
         allow_insecure_upstream: false,
         passthrough_revalidate: Duration::from_secs(60),
+        passthrough_negative_ttl: Duration::from_secs(60),
+        allow_plaintext_credentials: false,
+        caller_header: None,
+        caller_max_streams: None,
+        // Fifty pages a second is far more than a person or a dashboard asks; a loop
+        // that asks more is refused before it spends the credential's rate limit.
+        caller_miss_rate: 50,
         tls_cert: None,
         tls_key: None,
         tls_client_ca: None,
@@ -250,6 +278,10 @@ impl GatewayConfig {
             retries: 4,
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            // Atlassian's burst limits ask for seconds to a minute; a `Retry-After` of an
+            // hour or a day (a maintenance page) would otherwise stop every caller for
+            // that long although Confluence may be back in minutes.
+            max_cooldown: Duration::from_secs(300),
             // Measured: a 1000-record page (the most Confluence returns) is 699,208 bytes
             // from the simulator (`confluence_sim::render_page`, records of 350..1,170
             // bytes), and Atlassian's sample (tests/fixtures/atlassian-audit-since-sample.json)
@@ -370,6 +402,47 @@ impl GatewayConfig {
                 ),
             ));
         }
+        // A bearer token read off the wire is a credential: off the machine it travels in
+        // TLS, or inside a mesh whose sidecar encrypts it (the flag says so).
+        if !self.listen.ip().is_loopback()
+            && tls.is_none()
+            && (callers.is_some() || passthrough)
+            && !self.allow_plaintext_credentials
+        {
+            return Err(ConfigError::new(
+                "--listen",
+                format!(
+                    "{} is reachable from other hosts without TLS, so callers' {} would cross \
+                     the network in clear: set --tls-cert and --tls-key, or \
+                     --allow-plaintext-credentials where a mesh sidecar beside the gateway \
+                     encrypts the traffic",
+                    self.listen,
+                    if passthrough {
+                        "Confluence credentials"
+                    } else {
+                        "gateway tokens"
+                    }
+                ),
+            ));
+        }
+        if let Some(name) = &self.caller_header
+            && (name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || name.ends_with("-bin"))
+        {
+            return Err(ConfigError::new(
+                "--caller-header",
+                "a header name: letters, digits, '-' and '_', not a binary (-bin) header",
+            ));
+        }
+        if self.caller_max_streams == Some(0) {
+            return Err(ConfigError::new(
+                "--caller-max-streams",
+                "must be at least 1",
+            ));
+        }
         let u = &self.upstream;
         if u.retries > MAX_RETRIES {
             return Err(ConfigError::new(
@@ -380,6 +453,7 @@ impl GatewayConfig {
         for (flag, d) in [
             ("--upstream-timeout", u.timeout),
             ("--upstream-connect-timeout", u.connect_timeout),
+            ("--upstream-max-cooldown", u.max_cooldown),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::new(flag, "must be larger than 0"));
@@ -530,6 +604,7 @@ impl GatewayConfig {
                     max_retry_after: u.max_backoff,
                     ..RetryPolicy::default()
                 },
+                max_cooldown: u.max_cooldown,
                 concurrency: u.concurrency,
                 max_bodies: body_permits(),
             },
@@ -702,11 +777,28 @@ mod tests {
             ..GatewayConfig::new(url)
         };
         assert!(loopback.check().is_ok());
+        // Credentials read off the wire need TLS off the machine, or a word that a
+        // mesh sidecar encrypts them.
         let passthrough = GatewayConfig {
             auth: UpstreamAuth::Passthrough,
             ..salted()
         };
-        assert!(passthrough.check().is_ok());
+        let e = passthrough.check().expect_err("cleartext credentials");
+        assert_eq!(e.flag, "--listen", "{e}");
+        assert!(
+            e.to_string().contains("--allow-plaintext-credentials"),
+            "{e}"
+        );
+        let meshed = GatewayConfig {
+            allow_plaintext_credentials: true,
+            ..passthrough.clone()
+        };
+        assert!(meshed.check().is_ok());
+        let local = GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..passthrough
+        };
+        assert!(local.check().is_ok(), "loopback never leaves the machine");
     }
 
     #[test]
@@ -715,6 +807,7 @@ mod tests {
         // Callers are authenticated, but every checkpoint would die with the process.
         let unsalted = GatewayConfig {
             auth: UpstreamAuth::Passthrough,
+            allow_plaintext_credentials: true,
             ..GatewayConfig::new(url)
         };
         let e = unsalted.check().expect_err("refused");
@@ -783,6 +876,7 @@ mod tests {
             let mut c = GatewayConfig {
                 caller_tokens_file: Some(path.to_owned()),
                 auth,
+                allow_plaintext_credentials: true,
                 ..GatewayConfig::new("https://x.atlassian.net/wiki")
             };
             c.cache.credential_salt = Some("sixteen chars ok".into());
@@ -790,6 +884,15 @@ mod tests {
         };
         // Tokens on 0.0.0.0 are enough; a bad file, a missing one or passthrough is not.
         assert!(with(&good, UpstreamAuth::Anonymous).check().is_ok());
+        let cleartext = GatewayConfig {
+            allow_plaintext_credentials: false,
+            ..with(&good, UpstreamAuth::Anonymous)
+        };
+        assert_eq!(
+            flag_of(&cleartext),
+            "--listen",
+            "tokens in clear off the machine"
+        );
         assert_eq!(
             flag_of(&with(&bad, UpstreamAuth::Anonymous)),
             "--caller-tokens-file"

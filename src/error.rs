@@ -49,6 +49,15 @@ impl UpstreamFailure {
     }
 }
 
+/// A per-caller cap (`src/app/caps.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallerCap {
+    /// `--caller-max-streams`: this many streams and followers open at once.
+    MaxStreams(usize),
+    /// `--caller-miss-rate`: this many calls a second answered by Confluence.
+    MissRate(u32),
+}
+
 /// Everything that can make a gateway call fail.
 #[derive(Clone, Debug)]
 pub enum GatewayError {
@@ -96,6 +105,13 @@ pub enum GatewayError {
     TooManyStreams {
         /// The configured cap.
         limit: usize,
+    },
+    /// A cap of the calling caller's own refused the call; other callers are not held.
+    CallerCapped {
+        /// Which cap.
+        cap: CallerCap,
+        /// When the call may succeed again.
+        retry_after: Duration,
     },
     /// A stream's caller took nothing for `--stream-idle-timeout`; the stream ended.
     StreamIdle {
@@ -147,6 +163,14 @@ impl GatewayError {
             Self::MalformedBody(_) => "UPSTREAM_MALFORMED_BODY",
             Self::BodyTooLarge { .. } => "UPSTREAM_BODY_TOO_LARGE",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
+            Self::CallerCapped {
+                cap: CallerCap::MaxStreams(_),
+                ..
+            } => "CALLER_MAX_STREAMS",
+            Self::CallerCapped {
+                cap: CallerCap::MissRate(_),
+                ..
+            } => "CALLER_MISS_RATE",
             Self::StreamIdle { .. } => "STREAM_IDLE",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Abandoned => "ABANDONED",
@@ -196,6 +220,23 @@ impl fmt::Display for GatewayError {
                     "the gateway already serves its {limit} streams; retry later"
                 )
             }
+            Self::CallerCapped {
+                cap: CallerCap::MaxStreams(n),
+                ..
+            } => write!(
+                f,
+                "this caller already holds its {n} streams and followers open \
+                 (--caller-max-streams); end one or retry later"
+            ),
+            Self::CallerCapped {
+                cap: CallerCap::MissRate(n),
+                retry_after,
+            } => write!(
+                f,
+                "this caller asked Confluence for more than {n} pages a second \
+                 (--caller-miss-rate); retry in {:.1}s, or read what is cached",
+                retry_after.as_secs_f64()
+            ),
             Self::StreamIdle { after } => write!(
                 f,
                 "the stream was not read for {after:?} and ended; resume from the last token"

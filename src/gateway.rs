@@ -8,7 +8,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
 
 use crate::{
-    app::PageService,
+    app::{PageService, caps::CallerCaps},
     audit::resume::TokenKey,
     cache::{PageCache, SharedTier, redis::RedisTier},
     config::{ConfigError, CredentialMode, GatewayConfig},
@@ -72,8 +72,19 @@ impl Gateway {
             checked.fingerprints,
         );
         if matches!(checked.credentials, CredentialMode::Passthrough) {
-            pages = pages.revalidating(config.passthrough_revalidate);
+            pages = pages
+                .revalidating(config.passthrough_revalidate)
+                .remembering_refusals(config.passthrough_negative_ttl);
         }
+        // One set of per-caller caps, read by the edge (streams) and the pages (misses).
+        let caps = Arc::new(CallerCaps::new(
+            config
+                .caller_max_streams
+                .unwrap_or(config.max_streams / 4)
+                .clamp(1, config.max_streams),
+            config.caller_miss_rate,
+        ));
+        let pages = pages.with_caps(caps.clone());
         let mut watching: Vec<_> = checked.callers.iter().map(|c| c.watch()).collect();
         watching.extend(checked.tls.iter().map(|t| t.watch()));
         let tls = checked.tls;
@@ -86,7 +97,8 @@ impl Gateway {
             config.max_streams,
             config.stream_idle_timeout,
         )
-        .following_confluence_clock(clock.clone());
+        .following_confluence_clock(clock.clone())
+        .sharing(caps, config.caller_header.clone());
 
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             ConfigError::caused_by("--listen", format!("cannot bind {}", config.listen), e)

@@ -33,7 +33,7 @@ pub use cli::{Cli, CommandError};
 pub use config::{
     CacheConfig, ConfigError, GatewayConfig, ResponseCompression, UpstreamAuth, UpstreamConfig,
 };
-pub use error::{GatewayError, UpstreamFailure};
+pub use error::{CallerCap, GatewayError, UpstreamFailure};
 pub use gateway::{Gateway, shutdown_signal};
 pub use server::ServeError;
 

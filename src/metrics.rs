@@ -45,10 +45,18 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
-/// `caller`: a name from `--caller-tokens-file`.
+/// `caller`: a name from `--caller-tokens-file`, `anonymous`, or `other` (every
+/// identity not named in the file: passthrough credentials, mesh headers, certificates).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallerLabel {
     caller: String,
+}
+
+/// A caller (as [`CallerLabel`]) and the cap that refused it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CapLabels {
+    caller: String,
+    cap: &'static str,
 }
 
 /// A gRPC method and the status code it ended with.
@@ -164,6 +172,20 @@ pub struct Metrics {
     pub follow_confirm_reads: Counter,
     /// Authenticated calls, by caller name.
     caller_calls: Family<CallerLabel, Counter>,
+    /// Upstream request slots granted, by caller (`src/upstream/fair.rs`).
+    caller_upstream_requests: Family<CallerLabel, Counter>,
+    /// Time waited for an upstream request slot, by caller.
+    caller_upstream_wait: Histograms<CallerLabel>,
+    /// Calls refused by a per-caller cap, by caller and cap.
+    caller_refusals: Family<CapLabels, Counter>,
+    /// Half-open cool-downs probed: one request let through after a cool-down ended.
+    pub upstream_cooldown_probes: Counter,
+    /// Reloads of `--caller-tokens-file` that failed (deleted, unreadable, invalid): the
+    /// last good set stays in force.
+    pub caller_tokens_reload_errors: Counter,
+    /// Calls refused without a request because Confluence refused their passthrough
+    /// credential within `--passthrough-negative-ttl`.
+    pub passthrough_refused_locally: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -190,6 +212,18 @@ impl Metrics {
         );
         let upstream_attempts = counter("upstream_attempts", "HTTP attempts sent to Confluence.");
         let upstream_retries = counter("upstream_retries", "Failed Confluence attempts retried.");
+        let upstream_cooldown_probes = counter(
+            "upstream_cooldown_probes",
+            "Requests let through to probe Confluence when a cool-down ended.",
+        );
+        let caller_tokens_reload_errors = counter(
+            "caller_tokens_reload_errors",
+            "Failed reloads of the caller tokens file (the last good set stays).",
+        );
+        let passthrough_refused_locally = counter(
+            "passthrough_refused_locally",
+            "Calls refused without a request: Confluence refused their credential lately.",
+        );
         let upstream_cooldowns = counter(
             "upstream_cooldowns",
             "Cool-downs started or lengthened for a credential after a Retry-After.",
@@ -297,7 +331,32 @@ impl Metrics {
             "Calls by authenticated callers, by caller name.",
             caller_calls.clone(),
         );
+        let caller_upstream_requests = Family::<CallerLabel, Counter>::default();
+        registry.register(
+            "caller_upstream_requests",
+            "Confluence request slots granted by the fair scheduler, by caller.",
+            caller_upstream_requests.clone(),
+        );
+        let caller_upstream_wait: Histograms<CallerLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "caller_upstream_wait_seconds",
+            "Time a caller's request waited for a Confluence request slot.",
+            caller_upstream_wait.clone(),
+        );
+        let caller_refusals = Family::<CapLabels, Counter>::default();
+        registry.register(
+            "caller_refusals",
+            "Calls refused by a per-caller cap (caller-max-streams, caller-miss-rate).",
+            caller_refusals.clone(),
+        );
         Self {
+            caller_upstream_requests,
+            caller_upstream_wait,
+            caller_refusals,
+            upstream_cooldown_probes,
+            caller_tokens_reload_errors,
+            passthrough_refused_locally,
             registry,
             page_requests,
             page_loads,
@@ -403,6 +462,46 @@ impl Metrics {
                 caller: name.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts an upstream slot granted to `caller` after `waited`.
+    pub(crate) fn caller_granted(&self, caller: &str, waited: Duration) {
+        let label = CallerLabel {
+            caller: caller.to_owned(),
+        };
+        self.caller_upstream_requests.get_or_create(&label).inc();
+        self.caller_upstream_wait
+            .get_or_create(&label)
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Counts a call of `caller` refused by `cap`.
+    pub(crate) fn caller_refused(&self, caller: &str, cap: &'static str) {
+        self.caller_refusals
+            .get_or_create(&CapLabels {
+                caller: caller.to_owned(),
+                cap,
+            })
+            .inc();
+    }
+
+    /// Upstream slots granted to `caller` so far (for tests and benches).
+    pub fn caller_upstream_requests(&self, caller: &str) -> u64 {
+        self.caller_upstream_requests
+            .get(&CallerLabel {
+                caller: caller.to_owned(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Calls of `caller` refused by `cap` so far (for tests).
+    pub fn caller_refusals_of(&self, caller: &str, cap: &'static str) -> u64 {
+        self.caller_refusals
+            .get(&CapLabels {
+                caller: caller.to_owned(),
+                cap,
+            })
+            .map_or(0, |c| c.get())
     }
 
     /// Counts a gRPC call of `method` that ended with `code` after `took`.

@@ -37,6 +37,7 @@ use crate::{
         follow::{self, Checkpoint, Length, Listing, OutOfBounds, Plan, Slice},
         resume::TokenKey,
     },
+    callers::Caller,
     credential::Credential,
     error::{GatewayError, within_deadline},
     metrics::METRICS,
@@ -80,6 +81,8 @@ pub(crate) struct FollowRequest {
     pub max_records: Option<u64>,
     /// Whom to fetch as.
     pub credential: Option<Credential>,
+    /// Who asks (its fair share of Confluence's request slots).
+    pub caller: Caller,
     /// When the caller stops waiting (followers usually set none).
     pub deadline: Option<Instant>,
     /// The call ends when its caller takes nothing for this long.
@@ -297,9 +300,9 @@ impl<P: PageSource> Follower<P> {
             // The next ranges are fetched ahead, up to the prefetch window: cut to fill
             // most of a page each, most of them are read once.
             ahead.retain(|s, _| stack.contains(s));
-            for s in stack.iter().rev().take(self.shared.prefetch) {
+            for (depth, s) in stack.iter().rev().take(self.shared.prefetch).enumerate() {
                 if !ahead.contains_key(s) {
-                    ahead.insert(*s, self.fetch(*s, 0, false));
+                    ahead.insert(*s, self.fetch_ahead(*s, depth));
                 }
             }
             let fetch = ahead
@@ -518,7 +521,17 @@ impl<P: PageSource> Follower<P> {
         }
     }
 
+    /// Fetches the first page of `slice`, needed `depth` ranges from now.
+    fn fetch_ahead(&self, slice: Slice, depth: usize) -> Fetch {
+        self.fetch_at(slice, 0, false, u32::try_from(depth).unwrap_or(u32::MAX))
+    }
+
+    /// Fetches the page of `slice` at `start`, needed now.
     fn fetch(&self, slice: Slice, start: i32, refresh: bool) -> Fetch {
+        self.fetch_at(slice, start, refresh, 0)
+    }
+
+    fn fetch_at(&self, slice: Slice, start: i32, refresh: bool, depth: u32) -> Fetch {
         let pages = self.pages.clone();
         let req = PageRequest {
             query: PageQuery {
@@ -534,6 +547,9 @@ impl<P: PageSource> Follower<P> {
             refresh,
             deadline: self.req.deadline,
             persistent: true,
+            caller: self.req.caller.clone(),
+            depth,
+            metered: false,
         };
         Fetch(tokio::spawn(
             async move { stream::decode(&pages.page(req).await?) }.in_current_span(),
@@ -629,6 +645,7 @@ mod tests {
                 lag: LAG,
                 max_records,
                 credential: None,
+                caller: Caller::anonymous(),
                 deadline: None,
                 idle_timeout: Duration::from_secs(3600),
             };

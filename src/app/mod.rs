@@ -1,8 +1,10 @@
-//! The application layer: pages through the cache (`pages`) and whole windows as
-//! streams (`stream`). It speaks domain types and encoded protobuf bytes; the gRPC edge
+//! The application layer: pages through the cache (`pages`), whole windows as streams
+//! (`stream`), the log followed (`follow`), and each caller's own caps (`caps`). It
+//! speaks domain types and encoded protobuf bytes; the gRPC edge
 //! (`src/grpc/`) calls it, and it calls the cache, the upstream client and the
 //! protobuf conversion.
 
+pub(crate) mod caps;
 pub(crate) mod follow;
 #[cfg(test)]
 pub(crate) mod model;

@@ -11,23 +11,30 @@ use bytes::Bytes;
 use serde::de::IgnoredAny;
 use tracing::Instrument;
 
+use super::caps::CallerCaps;
 use crate::{
     audit::{PageQuery, Span},
     cache::{LoadProgress, PageCache, PageKey},
+    callers::Caller,
     credential::{Credential, FingerprintKey},
-    error::{GatewayError, within_deadline},
+    error::{GatewayError, UpstreamFailure, within_deadline},
     metrics::METRICS,
     pb::convert::encode_page,
     upstream::{
         ConfluenceClient, RetryClass,
         client::{FetchBounds, FetchEvents, PageBody},
+        fair::Share,
     },
 };
 
 /// Bodies at least this large are converted on the blocking pool.
 const BLOCKING_BODY_BYTES: usize = 64 * 1024;
-/// Credentials remembered as accepted, at most (older ones are forgotten first).
+/// Credentials remembered as accepted, or as refused, at most (older ones are
+/// forgotten first).
 const MAX_ACCEPTED: usize = 10_000;
+/// Slots in flight to Confluence that every passthrough credential it has not accepted
+/// yet shares: guessing credentials through the gateway goes one request at a time.
+const UNVERIFIED_SLOTS: usize = 1;
 
 /// One page request, already validated.
 #[derive(Clone, Debug)]
@@ -43,6 +50,14 @@ pub(crate) struct PageRequest {
     /// A page of a long call (`StreamSince`, `Follow`): transient failures, a plain 500
     /// included, are retried as `RetryClass::Persistent` (`src/upstream/retry.rs`).
     pub persistent: bool,
+    /// Who asks: its fair share of Confluence's request slots, and its caps.
+    pub caller: Caller,
+    /// How soon the page is needed: 0 now, `n` for a stream's `n`th page ahead (its
+    /// fetch waits behind the caller's more urgent ones).
+    pub depth: u32,
+    /// Counts against the caller's `--caller-miss-rate` when it starts a load
+    /// (`GetSince` calls; a stream's pages are bounded by its stream slot instead).
+    pub metered: bool,
 }
 
 /// Serves pages through the cache.
@@ -56,10 +71,74 @@ pub(crate) struct PageService {
     /// credential lets cached pages be served to it, and when it last accepted each
     /// (by fingerprint). A revoked token stops reading within that time.
     revalidate: Option<(Duration, Arc<Mutex<Accepted>>)>,
+    /// With `--auth-passthrough`: credentials Confluence refused (401/403), by
+    /// fingerprint, refused here without a request for `--passthrough-negative-ttl`.
+    refused: Arc<Refused>,
+    /// Each caller's own caps.
+    caps: Arc<CallerCaps>,
 }
 
 /// When Confluence last accepted each credential, by fingerprint.
 type Accepted = HashMap<Arc<str>, Instant>;
+
+/// Credentials Confluence refused, by fingerprint: when, and its answer.
+#[derive(Debug, Default)]
+struct Refused {
+    ttl: Duration,
+    map: Mutex<HashMap<Arc<str>, (Instant, GatewayError)>>,
+}
+
+impl Refused {
+    /// Confluence's answer to `fingerprint`, if it refused it within the TTL.
+    fn get(&self, fingerprint: &str) -> Option<GatewayError> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(fingerprint)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Remembers `err` for `fingerprint` if it is Confluence refusing the credential.
+    fn note(&self, fingerprint: &Arc<str>, err: &GatewayError) {
+        let refused = matches!(
+            err,
+            GatewayError::Upstream {
+                failure: UpstreamFailure::Unauthenticated | UpstreamFailure::PermissionDenied,
+                ..
+            }
+        );
+        if !refused || self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_ACCEPTED {
+            let ttl = self.ttl;
+            map.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        map.insert(fingerprint.clone(), (Instant::now(), err.clone()));
+    }
+}
+
+/// A load's progress, and the refusal that stops its request before it is sent: a
+/// request queued behind one whose credential Confluence just refused is not sent.
+struct Vetted<'a> {
+    progress: &'a LoadProgress,
+    refused: &'a Refused,
+    fingerprint: &'a str,
+}
+
+impl FetchEvents for Vetted<'_> {
+    fn retrying(&self, error: &GatewayError, wait: Duration) {
+        self.progress.retrying(error, wait);
+    }
+
+    fn sending(&self) -> bool {
+        self.progress.sending()
+    }
+
+    fn vetoed(&self) -> Option<GatewayError> {
+        self.refused.get(self.fingerprint)
+    }
+}
 
 impl PageService {
     /// Wires the client, the cache and the fingerprint key together.
@@ -74,13 +153,36 @@ impl PageService {
             cache,
             fingerprints: Arc::new(fingerprints),
             revalidate: None,
+            refused: Arc::default(),
+            caps: Arc::new(CallerCaps::new(usize::MAX, 0)),
         }
+    }
+
+    /// Holds callers to `caps` (shared with the gRPC edge, which counts their streams).
+    pub(crate) fn with_caps(mut self, caps: Arc<CallerCaps>) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// The keyed fingerprint of `credential`, as cache keys and caller identities hold it.
+    pub(crate) fn fingerprint(&self, credential: &Credential) -> String {
+        credential.fingerprint(&self.fingerprints)
     }
 
     /// Serves a cached page to a caller's credential only if Confluence accepted that
     /// credential within `every` (for `--auth-passthrough`).
     pub(crate) fn revalidating(mut self, every: Duration) -> Self {
         self.revalidate = Some((every, Arc::default()));
+        self
+    }
+
+    /// Refuses a caller's credential Confluence refused (401/403) for `ttl` without
+    /// asking it again (for `--auth-passthrough`; zero: always ask).
+    pub(crate) fn remembering_refusals(mut self, ttl: Duration) -> Self {
+        self.refused = Arc::new(Refused {
+            ttl,
+            map: Mutex::default(),
+        });
         self
     }
 
@@ -99,22 +201,23 @@ impl PageService {
                 .into(),
             query: req.query.clone(),
         };
+        // A credential Confluence refused lately is refused here, without a request.
+        if req.credential.is_some()
+            && let Some(refusal) = self.refused.get(&key.credential)
+        {
+            METRICS.passthrough_refused_locally.inc();
+            return Err(refusal);
+        }
         // A credential Confluence has not accepted lately is checked with it again:
         // cached copies are skipped, so a revoked token reads nothing more.
-        let revalidating =
-            if let (Some((every, accepted)), Some(_)) = (&self.revalidate, &req.credential) {
-                let accepted = accepted.lock().unwrap_or_else(|p| p.into_inner());
-                accepted
-                    .get(&key.credential)
-                    .is_none_or(|at| at.elapsed() >= *every)
-            } else {
-                false
-            };
+        let (revalidating, share) = self.share_of(&req, &key.credential);
         let refresh = req.refresh || revalidating;
         let fingerprint = key.credential.clone();
         let client = self.client.clone();
+        let refused = self.refused.clone();
         let (query, credential) = (req.query, req.credential);
-        // A load shared by several callers retries as the caller that started it asked.
+        // A load shared by several callers retries as the caller that started it asked,
+        // and waits for that caller's turn at Confluence (it counts once).
         let class = if req.persistent {
             RetryClass::Persistent
         } else {
@@ -135,24 +238,46 @@ impl PageService {
         let load = move |deadline: Option<Instant>, progress: LoadProgress| {
             async move {
                 METRICS.page_loads.inc();
-                client
+                let events = Vetted {
+                    progress: &progress,
+                    refused: &refused,
+                    fingerprint: &budget,
+                };
+                let page = client
                     .fetch_page(
                         &query,
                         credential.as_ref(),
                         &budget,
-                        FetchBounds { deadline, class },
-                        &progress,
+                        FetchBounds {
+                            deadline,
+                            class,
+                            share: &share,
+                        },
+                        &events,
                         |body| convert_with(body, encode),
                     )
-                    .await
+                    .await;
+                if let (Err(e), Some(_)) = (&page, &credential) {
+                    refused.note(&budget, e);
+                }
+                page
             }
             .instrument(span)
+        };
+        let caps = self.caps.clone();
+        let admit = || {
+            if req.metered {
+                caps.miss(&req.caller)
+            } else {
+                Ok(())
+            }
         };
         // A caller leaves at its own deadline, whoever else waits on the load.
         let page = within_deadline(
             req.deadline,
             "the call's deadline passed before the page was ready",
-            self.cache.get_or_load(key, refresh, req.deadline, load),
+            self.cache
+                .get_or_load_admitted(key, refresh, req.deadline, admit, load),
         )
         .await?;
         if let (true, Some((every, accepted))) = (refresh, &self.revalidate) {
@@ -164,6 +289,33 @@ impl PageService {
             accepted.insert(fingerprint, Instant::now());
         }
         Ok(page)
+    }
+
+    /// Whether `req`'s credential must be checked with Confluence again (with
+    /// passthrough, when it has not accepted it lately), and whose turn its request
+    /// waits for: the caller's, or, for a credential Confluence has never accepted, the
+    /// one small share all such credentials have together.
+    fn share_of(&self, req: &PageRequest, fingerprint: &str) -> (bool, Share) {
+        let caller = &req.caller;
+        let mut share = Share {
+            id: caller.id.clone(),
+            label: caller.label.clone(),
+            weight: caller.weight,
+            cap: None,
+            depth: req.depth,
+        };
+        let (Some((every, accepted)), Some(_)) = (&self.revalidate, &req.credential) else {
+            return (false, share);
+        };
+        let accepted = accepted.lock().unwrap_or_else(|p| p.into_inner());
+        match accepted.get(fingerprint) {
+            Some(at) => (at.elapsed() >= *every, share),
+            None => {
+                share.id = "unverified".into();
+                share.cap = Some(UNVERIFIED_SLOTS);
+                (true, share)
+            }
+        }
     }
 }
 
@@ -221,10 +373,14 @@ mod tests {
     use crate::upstream::{RetryPolicy, UpstreamSettings};
 
     /// No deadline, a one-shot call's retries.
-    const ONE_SHOT: FetchBounds = FetchBounds {
-        deadline: None,
-        class: RetryClass::OneShot,
-    };
+    fn one_shot() -> FetchBounds<'static> {
+        static ANONYMOUS: std::sync::LazyLock<Share> = std::sync::LazyLock::new(Share::anonymous);
+        FetchBounds {
+            deadline: None,
+            class: RetryClass::OneShot,
+            share: &ANONYMOUS,
+        }
+    }
 
     /// A client of `base_url` holding at most one body at a time.
     fn one_body_client(base_url: &str) -> Arc<ConfluenceClient> {
@@ -236,6 +392,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             max_body_bytes: 8 << 20,
             retry: RetryPolicy::default(),
+            max_cooldown: Duration::from_secs(300),
             concurrency: 4,
             max_bodies: 1,
         };
@@ -269,7 +426,7 @@ mod tests {
                 };
                 let events = LoadProgress::default();
                 client
-                    .fetch_page(&query, None, "anonymous", ONE_SHOT, &events, slow)
+                    .fetch_page(&query, None, "anonymous", one_shot(), &events, slow)
                     .await
             }
         });
@@ -296,7 +453,7 @@ mod tests {
                 &PageQuery::default(),
                 None,
                 "anonymous",
-                ONE_SHOT,
+                one_shot(),
                 &LoadProgress::default(),
                 |body| convert_with(body, encode),
             )

@@ -43,6 +43,7 @@ use crate::{
         anchor::{self, Anchored, Cursor, Position, Window},
         resume::{self, TokenKey},
     },
+    callers::Caller,
     credential::Credential,
     error::{GatewayError, within_deadline},
     metrics::METRICS,
@@ -73,6 +74,8 @@ pub(crate) struct StreamRequest {
     pub cursor: Cursor,
     /// Whom to fetch as.
     pub credential: Option<Credential>,
+    /// Who asks (its fair share of Confluence's request slots).
+    pub caller: Caller,
     /// Bypass cached pages.
     pub refresh: bool,
     /// When the caller stops waiting.
@@ -328,7 +331,8 @@ impl<P: PageSource> Producer<P> {
         (i64::from(self.req.page_size) + OVERLAP).min(i64::from(PageQuery::MAX_LIMIT))
     }
 
-    fn fetch(&self, start: i64, fresh: bool) -> Fetch {
+    /// Fetches the page at `start`, needed `depth` pages from now (0: next).
+    fn fetch(&self, start: i64, fresh: bool, depth: usize) -> Fetch {
         let pages = self.pages.clone();
         let w = &self.req.window;
         let limit = self.asked() as i32;
@@ -342,6 +346,8 @@ impl<P: PageSource> Producer<P> {
             limit,
         });
         let credential = self.req.credential.clone();
+        let caller = self.req.caller.clone();
+        let depth = u32::try_from(depth).unwrap_or(u32::MAX);
         let refresh = self.req.refresh || fresh;
         let deadline = self.req.deadline;
         let records = Arc::new(AtomicI64::new(-1));
@@ -360,6 +366,9 @@ impl<P: PageSource> Producer<P> {
                         refresh,
                         deadline,
                         persistent: true,
+                        caller,
+                        depth,
+                        metered: false,
                     })
                     .await?;
                 let view = decode(&page)?;
@@ -529,7 +538,7 @@ impl<P: PageSource> Producer<P> {
                         cursor = anchor::look_past(&cursor, at, page.records.len());
                     } else if !moved {
                         // Nothing new, perhaps from an older snapshot: ask again, fresh.
-                        next = Next::Serial(self.fetch(cursor.start, true));
+                        next = Next::Serial(self.fetch(cursor.start, true, 0));
                         ahead.clear();
                     }
                     if n >= self.asked() || full_pages >= 2 {
@@ -550,7 +559,7 @@ impl<P: PageSource> Producer<P> {
                 Position::Empty | Position::After if !fetch.fresh => {
                     // An older snapshot, or a guessed offset: ask again where the boundary
                     // was last seen, past the cache.
-                    next = Next::Serial(self.fetch(cursor.start, true));
+                    next = Next::Serial(self.fetch(cursor.start, true, 0));
                     ahead.clear();
                 }
                 Position::Empty | Position::After => {
@@ -559,7 +568,7 @@ impl<P: PageSource> Producer<P> {
                         s.past_at = Some(at);
                         s.ahead = 0;
                     });
-                    next = Next::Serial(self.fetch(to, true));
+                    next = Next::Serial(self.fetch(to, true, 0));
                     ahead.clear();
                 }
                 Position::Before if reaches_end => {
@@ -575,7 +584,7 @@ impl<P: PageSource> Producer<P> {
                             s.past_at = None;
                         }
                     });
-                    next = Next::Serial(self.fetch(to, true));
+                    next = Next::Serial(self.fetch(to, true, 0));
                     ahead.clear();
                 }
             }
@@ -602,12 +611,12 @@ impl<P: PageSource> Producer<P> {
         let extend = prune(ahead, largest);
         let mut next = ahead.back().map_or(start, |f| f.start + stride);
         while extend && ahead.len() < window {
-            ahead.push_back(self.fetch(next, false));
+            ahead.push_back(self.fetch(next, false, ahead.len()));
             next += stride;
         }
         ahead
             .pop_front()
-            .unwrap_or_else(|| self.fetch(start, false))
+            .unwrap_or_else(|| self.fetch(start, false, 0))
     }
 }
 
@@ -731,6 +740,7 @@ mod tests {
             max_records,
             cursor,
             credential: None,
+            caller: Caller::anonymous(),
             refresh: false,
             deadline: None,
             idle_timeout: Duration::from_secs(3600),

@@ -216,6 +216,7 @@ impl PageCache {
     /// Confluence at a time: identical refreshes make about one request per round trip).
     /// A refreshed page replaces the cached ones only if it succeeds. With a zero TTL
     /// nothing is cached or shared: `load` runs in the caller, under its `deadline`.
+    #[cfg(test)]
     pub(crate) async fn get_or_load<F, Fut>(
         &self,
         key: PageKey,
@@ -227,7 +228,27 @@ impl PageCache {
         F: FnOnce(Option<Instant>, LoadProgress) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Bytes, GatewayError>> + Send + 'static,
     {
+        self.get_or_load_admitted(key, refresh, deadline, || Ok(()), load)
+            .await
+    }
+
+    /// As [`PageCache::get_or_load`], asking `admit` first whenever the call would start
+    /// a load of its own (a miss no load in flight answers, or a refresh): its error is
+    /// this caller's answer, and nothing starts. Joining a load costs nothing.
+    pub(crate) async fn get_or_load_admitted<F, Fut>(
+        &self,
+        key: PageKey,
+        refresh: bool,
+        deadline: Option<Instant>,
+        admit: impl FnOnce() -> Result<(), GatewayError>,
+        load: F,
+    ) -> Result<Bytes, GatewayError>
+    where
+        F: FnOnce(Option<Instant>, LoadProgress) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Bytes, GatewayError>> + Send + 'static,
+    {
         if self.settings.ttl.is_zero() {
+            admit()?;
             return load(deadline, LoadProgress::default()).await;
         }
         if !refresh {
@@ -237,7 +258,7 @@ impl PageCache {
                 return Ok(hit.page);
             }
         }
-        let progress = self.join_or_start(key, refresh, load);
+        let progress = self.join_or_start(key, refresh, admit, load)?;
         wait(progress, deadline).await
     }
 
@@ -246,8 +267,9 @@ impl PageCache {
         &self,
         key: PageKey,
         refresh: bool,
+        admit: impl FnOnce() -> Result<(), GatewayError>,
         load: F,
-    ) -> watch::Receiver<Progress>
+    ) -> Result<watch::Receiver<Progress>, GatewayError>
     where
         F: FnOnce(Option<Instant>, LoadProgress) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Bytes, GatewayError>> + Send + 'static,
@@ -256,12 +278,13 @@ impl PageCache {
         let mut after = None;
         match flights.by_key.get(&key) {
             Some(flight) if !refresh || (flight.refresh && !flight.sent) => {
-                return flight.progress.clone();
+                return Ok(flight.progress.clone());
             }
             Some(flight) if flight.refresh => after = Some(flight.progress.clone()),
             // A plain load may answer from a tier: a refresh never waits for one.
             _ => {}
         }
+        admit()?;
         let id = flights.next_id;
         flights.next_id += 1;
         let (tx, rx) = watch::channel(Progress::Loading);
@@ -308,7 +331,7 @@ impl PageCache {
             drop(landing);
             tx.send_replace(Progress::Done(result));
         });
-        rx
+        Ok(rx)
     }
 
     /// One load of `key`, run by its flight's task: tiers first (unless refreshing),

@@ -6,7 +6,9 @@
 //!
 //! It also shares the upstream cool-downs between replicas ([`SharedCooldowns`],
 //! `src/upstream/cooldown.rs`): under `{prefix}:v1:cooldown:{digest}`, a value of the
-//! page layout with an empty page, its expiry the time the cool-down ends.
+//! page layout whose page is the end of the cool-down (unix ms, 8 bytes), its expiry
+//! that end plus the half-open time; beside it `…:probe`, set NX by the replica whose
+//! request probes the ended cool-down.
 //!
 //! With `--redis-cluster` the same code runs against a Redis Cluster ([`Connection`]):
 //! every operation here touches exactly one key (GET or SET), so it always hashes to one
@@ -34,7 +36,7 @@ use crate::{
     audit::Span,
     credential::to_hex,
     metrics::{METRICS, Tier},
-    upstream::cooldown::SharedCooldowns,
+    upstream::cooldown::{SharedCooldowns, SharedView},
 };
 
 /// Value layout version; a change makes old values misses, never misreads.
@@ -332,36 +334,93 @@ impl SharedTier for RedisTier {
 
 #[async_trait]
 impl SharedCooldowns for RedisTier {
-    async fn get(&self, base_url: &str, fingerprint: &str) -> Option<SystemTime> {
+    async fn get(&self, base_url: &str, fingerprint: &str) -> SharedView {
         if !self.usable() {
-            return None;
+            return SharedView::Unknown;
         }
         let redis_key = Self::cooldown_key_for(&self.settings.key_prefix, base_url, fingerprint);
         let mut cmd = redis::cmd("GET");
         cmd.arg(&redis_key);
-        let value: Option<Vec<u8>> = self.run("GET", cmd).await?;
+        let Some(value) = self.run::<Option<Vec<u8>>>("GET", cmd).await else {
+            return SharedView::Unknown;
+        };
+        let Some(value) = value else {
+            return SharedView::Clear;
+        };
         // Only a value this gateway's salt signed for this key is obeyed.
-        let (rest, left) = unwrap_value(&self.settings.value_key, &redis_key, &value?, unix_ms())?;
-        rest.is_empty().then(|| SystemTime::now() + left)
+        match unwrap_value(&self.settings.value_key, &redis_key, &value, unix_ms()) {
+            // Written before cool-downs lingered half-open: it ends when it expires.
+            Some((rest, left)) if rest.is_empty() => SharedView::Until(SystemTime::now() + left),
+            Some((rest, _)) => match <[u8; 8]>::try_from(&rest[..]) {
+                Ok(ms) => {
+                    SharedView::Until(UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(ms)))
+                }
+                Err(_) => SharedView::Unknown,
+            },
+            None => SharedView::Unknown,
+        }
     }
 
-    async fn put(&self, base_url: &str, fingerprint: &str, until: SystemTime, wait: Duration) {
+    async fn put(&self, base_url: &str, fingerprint: &str, until: SystemTime, linger: Duration) {
         let until_ms = until
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        if !self.usable() || wait.as_millis() == 0 {
+        let expires_ms = until_ms.saturating_add(linger.as_millis() as u64);
+        let ttl = expires_ms.saturating_sub(unix_ms());
+        if !self.usable() || ttl == 0 {
             return;
         }
         let redis_key = Self::cooldown_key_for(&self.settings.key_prefix, base_url, fingerprint);
-        let value = wrap_value(&self.settings.value_key, &redis_key, b"", until_ms);
+        let value = wrap_value(
+            &self.settings.value_key,
+            &redis_key,
+            &until_ms.to_be_bytes(),
+            expires_ms,
+        );
         // Last writer wins: a replica that saw a shorter wait later may shorten it, which
         // costs at most one more early request, answered with a new cool-down.
         let mut cmd = redis::cmd("SET");
-        cmd.arg(&redis_key)
-            .arg(value)
-            .arg("PX")
-            .arg(wait.as_millis() as u64);
+        cmd.arg(&redis_key).arg(value).arg("PX").arg(ttl);
         let _: Option<()> = self.run("SET", cmd).await;
+    }
+
+    async fn clear(&self, base_url: &str, fingerprint: &str) {
+        if !self.usable() {
+            return;
+        }
+        let redis_key = Self::cooldown_key_for(&self.settings.key_prefix, base_url, fingerprint);
+        // One key per command: the probe key may live in another cluster slot.
+        for key in [format!("{redis_key}:probe"), redis_key] {
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(key);
+            let _: Option<i64> = self.run("DEL", cmd).await;
+        }
+    }
+
+    async fn claim_probe(&self, base_url: &str, fingerprint: &str, hold: Duration) -> Option<bool> {
+        if !self.usable() {
+            return None;
+        }
+        let redis_key = Self::cooldown_key_for(&self.settings.key_prefix, base_url, fingerprint);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{redis_key}:probe"))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(hold.as_millis().max(1) as u64);
+        // `OK` when set, nil when another replica holds the claim.
+        let set: Option<redis::Value> = self.run("SET", cmd).await;
+        set.map(|v| !matches!(v, redis::Value::Nil))
+    }
+
+    async fn end_probe(&self, base_url: &str, fingerprint: &str) {
+        if !self.usable() {
+            return;
+        }
+        let redis_key = Self::cooldown_key_for(&self.settings.key_prefix, base_url, fingerprint);
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(format!("{redis_key}:probe"));
+        let _: Option<i64> = self.run("DEL", cmd).await;
     }
 }
 

@@ -73,6 +73,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_PASSTHROUGH_REVALIDATE", default_value_t = Dur(D.passthrough_revalidate))]
     passthrough_revalidate: Dur,
 
+    /// With --auth-passthrough: how long a credential Confluence refused (401/403) is
+    /// refused here without asking Confluence again (0: always ask).
+    #[arg(long, env = "AUDIT_GATEWAY_PASSTHROUGH_NEGATIVE_TTL", default_value_t = Dur(D.passthrough_negative_ttl))]
+    passthrough_negative_ttl: Dur,
+
     /// TLS certificate chain of the gRPC port (PEM); re-read when it changes.
     #[arg(long, env = "AUDIT_GATEWAY_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -85,8 +90,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
 
-    /// Callers allowed in: `name:token` lines (`#` comments); callers send
-    /// `authorization: Bearer TOKEN`. Read again when it changes.
+    /// Callers allowed in: `name:token` lines (`#` comments), optionally followed by
+    /// `weight=N max-streams=N miss-rate=N`; callers send `authorization: Bearer TOKEN`.
+    /// Read again when it changes.
     #[arg(long, env = "AUDIT_GATEWAY_CALLER_TOKENS_FILE")]
     caller_tokens_file: Option<PathBuf>,
 
@@ -94,6 +100,26 @@ pub(crate) struct ServeArgs {
     /// sidecars authenticate callers).
     #[arg(long, env = "AUDIT_GATEWAY_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
+
+    /// Accept caller tokens or passthrough credentials without TLS on a non-loopback
+    /// address (a mesh sidecar beside the gateway encrypts the traffic).
+    #[arg(long, env = "AUDIT_GATEWAY_ALLOW_PLAINTEXT_CREDENTIALS")]
+    allow_plaintext_credentials: bool,
+
+    /// A request header naming the caller, set by a mesh that authenticates callers
+    /// (x-forwarded-client-cert is read for its URI); fair shares and caps go by it.
+    #[arg(long, env = "AUDIT_GATEWAY_CALLER_HEADER")]
+    caller_header: Option<String>,
+
+    /// Most streams and followers one caller holds open [default: a quarter of
+    /// --max-streams]; the caller's next is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AUDIT_GATEWAY_CALLER_MAX_STREAMS")]
+    caller_max_streams: Option<usize>,
+
+    /// GetSince calls a second one caller may have answered by Confluence rather than the
+    /// cache (bursts of twice that); more get RESOURCE_EXHAUSTED (0: no limit).
+    #[arg(long, env = "AUDIT_GATEWAY_CALLER_MISS_RATE", default_value_t = D.caller_miss_rate)]
+    caller_miss_rate: u32,
 
     /// Serve a non-loopback address without --credential-salt: resume tokens and follow
     /// checkpoints are then refused once this process restarts.
@@ -124,6 +150,11 @@ pub(crate) struct ServeArgs {
     /// Largest backoff and largest `Retry-After` honoured.
     #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_MAX_BACKOFF", default_value_t = Dur(D.upstream.max_backoff))]
     upstream_max_backoff: Dur,
+
+    /// Longest cool-down a `Retry-After` starts (a day-long one is cut to this); when it
+    /// ends, one probe request decides for every caller and replica.
+    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_MAX_COOLDOWN", default_value_t = Dur(D.upstream.max_cooldown))]
+    upstream_max_cooldown: Dur,
 
     /// Largest upstream page body accepted.
     #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_MAX_BODY", default_value_t = Size(D.upstream.max_body))]
@@ -293,6 +324,11 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             allow_ephemeral_tokens: a.allow_ephemeral_tokens,
             allow_insecure_upstream: a.allow_insecure_upstream,
             passthrough_revalidate: a.passthrough_revalidate.0,
+            passthrough_negative_ttl: a.passthrough_negative_ttl.0,
+            allow_plaintext_credentials: a.allow_plaintext_credentials,
+            caller_header: a.caller_header,
+            caller_max_streams: a.caller_max_streams,
+            caller_miss_rate: a.caller_miss_rate,
             tls_cert: a.tls_cert,
             tls_key: a.tls_key,
             tls_client_ca: a.tls_client_ca,
@@ -302,6 +338,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
                 retries: a.upstream_retries,
                 backoff: a.upstream_backoff.0,
                 max_backoff: a.upstream_max_backoff.0,
+                max_cooldown: a.upstream_max_cooldown.0,
                 max_body: a.upstream_max_body.0,
                 concurrency: a.upstream_concurrency,
             },

@@ -1,5 +1,6 @@
 //! What the gateway reads from request metadata: the deadline (`grpc-timeout`), the
-//! caller's credential (`authorization`) and cache directives (`cache-control`).
+//! caller's credential (`authorization`), cache directives (`cache-control`) and the
+//! caller's name a mesh put in a header (`--caller-header`).
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,56 @@ pub(crate) fn bearer_token(md: &MetadataMap) -> Option<&str> {
 
 /// The caller's deadline, a little early so the gateway's own precise status wins the
 /// race against the transport's generic time-out.
+/// Longest caller name taken from a header; a longer value is cut.
+const MAX_CALLER_NAME: usize = 256;
+
+/// The caller a mesh named in header `name`: for `x-forwarded-client-cert` (Envoy,
+/// Istio), the `URI` (else `DNS`) of the element the nearest proxy added, the last one;
+/// for any other header its value. `None` when absent, empty or not printable ASCII.
+pub(super) fn caller_header(md: &MetadataMap, name: &str) -> Option<String> {
+    let value = md.get(name)?.to_str().ok()?.trim();
+    let value = if name.eq_ignore_ascii_case("x-forwarded-client-cert") {
+        xfcc_identity(value)?
+    } else {
+        value
+    };
+    let printable = !value.is_empty() && value.bytes().all(|b| (0x21..0x7f).contains(&b));
+    printable.then(|| value.chars().take(MAX_CALLER_NAME).collect())
+}
+
+/// The client identity in an `x-forwarded-client-cert` value: `Key=Value` pairs split
+/// by `;`, elements by `,` (either may sit inside a quoted value).
+fn xfcc_identity(value: &str) -> Option<&str> {
+    let last = split_unquoted(value, ',').pop()?;
+    let pairs = split_unquoted(last, ';');
+    let field = |key: &str| {
+        pairs.iter().find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case(key)
+                .then(|| v.trim().trim_matches('"'))
+        })
+    };
+    field("URI")
+        .filter(|v| !v.is_empty())
+        .or_else(|| field("DNS").filter(|v| !v.is_empty()))
+}
+
+/// `s` split at each `sep` outside double quotes.
+fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted) = (Vec::new(), 0, false);
+    for (i, c) in s.char_indices() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if c == sep && !quoted {
+            parts.push(&s[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
 pub(super) fn deadline(md: &MetadataMap, received: Instant) -> Option<Instant> {
     let timeout = parse_grpc_timeout(md.get("grpc-timeout")?.to_str().ok()?)?;
     // A tenth, 5 ms to 250 ms: enough for the status to cross a loaded host first.
@@ -71,6 +122,32 @@ pub(super) fn caller_credential(md: &MetadataMap) -> Result<Credential, GatewayE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mesh_header_names_the_caller() {
+        let mut md = MetadataMap::new();
+        let xfcc = r#"By=spiffe://c/ns/a/sa/gw;Hash=ab;Subject="CN=x,O=y";URI=spiffe://c/ns/b/sa/first,By=spiffe://c/ns/a/sa/gw;Hash=cd;URI=spiffe://c/ns/b/sa/billing"#;
+        md.insert("x-forwarded-client-cert", xfcc.parse().expect("ascii"));
+        md.insert("x-caller", " team-siem ".parse().expect("ascii"));
+        md.insert("x-blank", "".parse().expect("ascii"));
+        assert_eq!(
+            caller_header(&md, "x-forwarded-client-cert").as_deref(),
+            Some("spiffe://c/ns/b/sa/billing"),
+            "the URI of the last element"
+        );
+        assert_eq!(caller_header(&md, "x-caller").as_deref(), Some("team-siem"));
+        assert_eq!(caller_header(&md, "x-blank"), None);
+        assert_eq!(caller_header(&md, "x-absent"), None);
+        md.insert(
+            "x-forwarded-client-cert",
+            "Hash=ab;By=x".parse().expect("ascii"),
+        );
+        assert_eq!(
+            caller_header(&md, "x-forwarded-client-cert"),
+            None,
+            "no identity in it"
+        );
+    }
 
     #[test]
     fn grpc_timeouts_parse() {

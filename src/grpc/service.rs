@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -21,11 +21,12 @@ use super::{
 use crate::{
     app::{
         PageRequest, PageService,
+        caps::CallerCaps,
         follow::{self, LateChecks},
         stream,
     },
     audit::{follow::Listing, resume::TokenKey},
-    callers::CallerTokens,
+    callers::{Caller, CallerTokens},
     config::CredentialMode,
     credential::Credential,
     error::GatewayError,
@@ -56,6 +57,10 @@ pub(crate) struct AuditGrpc {
     listing: Arc<std::sync::Mutex<Listing>>,
     /// How far Confluence's clock is from the gateway's.
     offset: Arc<ClockOffset>,
+    /// Each caller's own caps (streams here, misses in `pages`).
+    caps: Arc<CallerCaps>,
+    /// The header a mesh names callers in (`--caller-header`).
+    caller_header: Option<Arc<str>>,
 }
 
 impl AuditGrpc {
@@ -87,7 +92,17 @@ impl AuditGrpc {
             tick_spread: fastrand::f64() / 2.0,
             listing: Arc::default(),
             offset: Arc::default(),
+            caps: Arc::new(CallerCaps::new(max_streams, 0)),
+            caller_header: None,
         }
+    }
+
+    /// Holds each caller to `caps` (the page service holds it to the same), and names
+    /// callers a mesh authenticated by `caller_header`.
+    pub(crate) fn sharing(mut self, caps: Arc<CallerCaps>, caller_header: Option<String>) -> Self {
+        self.caps = caps;
+        self.caller_header = caller_header.map(Into::into);
+        self
     }
 
     /// Followers settle ranges by Confluence's clock as `offset` estimates it.
@@ -102,25 +117,48 @@ impl AuditGrpc {
         self.stopping.clone()
     }
 
-    /// The caller's name, checked before any other work: `None` when the gateway does not
-    /// authenticate callers; UNAUTHENTICATED for a missing or unknown token.
-    fn authenticate(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-    ) -> Result<Option<Arc<str>>, GatewayError> {
-        let Some(callers) = &self.callers else {
-            return Ok(None);
-        };
-        let name = metadata::bearer_token(md)
-            .and_then(|t| callers.caller(t))
-            .ok_or(GatewayError::UnknownCaller)?;
-        METRICS.caller_call(&name);
-        Ok(Some(name))
+    /// Who calls, checked before any other work: the caller token's name (UNAUTHENTICATED
+    /// for a missing or unknown token); else the client certificate's first URI or DNS
+    /// name (mTLS); else, with passthrough, the credential's keyed fingerprint; else the
+    /// mesh's `--caller-header`; else the one anonymous caller.
+    fn identify<T>(&self, request: &Request<T>) -> Result<Caller, GatewayError> {
+        let md = request.metadata();
+        if let Some(callers) = &self.callers {
+            let caller = metadata::bearer_token(md)
+                .and_then(|t| callers.caller(t))
+                .ok_or(GatewayError::UnknownCaller)?;
+            METRICS.caller_call(&caller.label);
+            return Ok(caller);
+        }
+        if let Some(name) = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(certificate_name))
+        {
+            return Ok(Caller::other(format!("cert:{name}").into(), "other"));
+        }
+        if matches!(self.credentials, CredentialMode::Passthrough)
+            && let Ok(credential) = metadata::caller_credential(md)
+        {
+            let fingerprint = self.pages.fingerprint(&credential);
+            return Ok(Caller::other(
+                format!("credential:{fingerprint}").into(),
+                "other",
+            ));
+        }
+        if let Some(name) = self
+            .caller_header
+            .as_deref()
+            .and_then(|h| metadata::caller_header(md, h))
+        {
+            return Ok(Caller::other(format!("header:{name}").into(), "other"));
+        }
+        Ok(Caller::anonymous())
     }
 
     fn open_stream(
         &self,
         request: &Request<pb::StreamSinceRequest>,
+        caller: &Caller,
     ) -> Result<stream::StreamRequest, GatewayError> {
         let received = Instant::now();
         let md = request.metadata();
@@ -131,6 +169,7 @@ impl AuditGrpc {
             max_records: p.max_records,
             cursor: p.cursor,
             credential: self.credential(md)?,
+            caller: caller.clone(),
             refresh: metadata::wants_fresh(md),
             deadline: metadata::deadline(md, received),
             idle_timeout: self.stream_idle_timeout,
@@ -151,6 +190,7 @@ impl AuditGrpc {
     fn open_follow(
         &self,
         request: &Request<pb::FollowRequest>,
+        caller: &Caller,
     ) -> Result<follow::FollowRequest, GatewayError> {
         let received = Instant::now();
         let received_ms = SystemTime::now()
@@ -165,26 +205,32 @@ impl AuditGrpc {
             lag: p.lag,
             max_records: p.max_records,
             credential: self.credential(md)?,
+            caller: caller.clone(),
             deadline: metadata::deadline(md, received),
             idle_timeout: self.stream_idle_timeout,
         })
     }
 
-    /// A slot for a long call, or RESOURCE_EXHAUSTED at once: never queued, as a waiting
-    /// call would hold its connection and its caller's deadline for a slot that may not
-    /// free up for minutes.
-    fn slot(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
-        self.streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| GatewayError::TooManyStreams {
-                limit: self.max_streams,
-            })
+    /// A slot for a long call of `caller`, or RESOURCE_EXHAUSTED at once: never queued,
+    /// as a waiting call would hold its connection and its caller's deadline for a slot
+    /// that may not free up for minutes. The caller's own cap is checked first: a caller
+    /// at its cap is told so even when the gateway is full too.
+    fn slot(&self, caller: &Caller) -> Result<impl Send + 'static + use<>, GatewayError> {
+        let own = self.caps.open_stream(caller)?;
+        let gateway =
+            self.streams
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| GatewayError::TooManyStreams {
+                    limit: self.max_streams,
+                })?;
+        Ok((gateway, own))
     }
 
     async fn get_page(
         &self,
         request: Request<pb::GetSinceRequest>,
+        caller: Caller,
     ) -> Result<EncodedMessage, GatewayError> {
         let received = Instant::now();
         let md = request.metadata();
@@ -195,6 +241,9 @@ impl AuditGrpc {
             deadline: metadata::deadline(md, received),
             query,
             persistent: false,
+            caller,
+            depth: 0,
+            metered: true,
         };
         let page = self.pages.page(req).await?;
         Ok(EncodedMessage(page))
@@ -207,11 +256,12 @@ impl AuditGrpc {
         request: Request<pb::GetSinceRequest>,
     ) -> Result<EncodedMessage, Status> {
         let caller = self
-            .authenticate(request.metadata())
+            .identify(&request)
             .map_err(|e| fail("GetSince", None, &e))?;
-        self.get_page(request)
+        let id = caller.id.clone();
+        self.get_page(request, caller)
             .await
-            .map_err(|e| fail("GetSince", caller.as_deref(), &e))
+            .map_err(|e| fail("GetSince", Some(&id), &e))
     }
 
     fn start_stream(
@@ -219,14 +269,14 @@ impl AuditGrpc {
         request: Request<pb::StreamSinceRequest>,
     ) -> Result<impl Stream<Item = Result<EncodedMessage, Status>> + Unpin + use<>, Status> {
         let caller = self
-            .authenticate(request.metadata())
+            .identify(&request)
             .map_err(|e| fail("StreamSince", None, &e))?;
         let req = self
-            .open_stream(&request)
-            .map_err(|e| fail("StreamSince", caller.as_deref(), &e))?;
+            .open_stream(&request, &caller)
+            .map_err(|e| fail("StreamSince", Some(&caller.id), &e))?;
         let slot = self
-            .slot()
-            .map_err(|e| fail("StreamSince", caller.as_deref(), &e))?;
+            .slot(&caller)
+            .map_err(|e| fail("StreamSince", Some(&caller.id), &e))?;
         // The slot goes with the producer, which is what a stream costs (its fetches and
         // pages): it returns when the window is done, the caller cancels or leaves the
         // stream idle (src/app/stream.rs), and the slot is free again.
@@ -239,7 +289,7 @@ impl AuditGrpc {
         );
         Ok(messages.map(move |item| {
             item.map(EncodedMessage)
-                .map_err(|e| fail("StreamSince", caller.as_deref(), &e))
+                .map_err(|e| fail("StreamSince", Some(&caller.id), &e))
         }))
     }
 
@@ -248,15 +298,15 @@ impl AuditGrpc {
         request: Request<pb::FollowRequest>,
     ) -> Result<impl Stream<Item = Result<EncodedMessage, Status>> + Unpin + use<>, Status> {
         let caller = self
-            .authenticate(request.metadata())
+            .identify(&request)
             .map_err(|e| fail("Follow", None, &e))?;
         let req = self
-            .open_follow(&request)
-            .map_err(|e| fail("Follow", caller.as_deref(), &e))?;
+            .open_follow(&request, &caller)
+            .map_err(|e| fail("Follow", Some(&caller.id), &e))?;
         // Followers and streams share `--max-streams`: both hold pages and fetches.
         let slot = self
-            .slot()
-            .map_err(|e| fail("Follow", caller.as_deref(), &e))?;
+            .slot(&caller)
+            .map_err(|e| fail("Follow", Some(&caller.id), &e))?;
         let shared = follow::Shared {
             tokens: self.tokens.clone(),
             late: self.late.clone(),
@@ -270,9 +320,19 @@ impl AuditGrpc {
         let messages = follow::start(self.pages.clone(), req, shared, slot);
         Ok(messages.map(move |item| {
             item.map(EncodedMessage)
-                .map_err(|e| fail("Follow", caller.as_deref(), &e))
+                .map_err(|e| fail("Follow", Some(&caller.id), &e))
         }))
     }
+}
+
+/// The name a client certificate gives its holder: its first URI SAN (a SPIFFE ID in
+/// a mesh), else its first DNS SAN. The chain was verified by the TLS acceptor.
+fn certificate_name(der: &tokio_rustls::rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let cert = webpki::EndEntityCert::try_from(der).ok()?;
+    cert.valid_uri_names()
+        .next()
+        .or_else(|| cert.valid_dns_names().next())
+        .map(str::to_owned)
 }
 
 /// A streaming call's answer, boxed as tonic wants it.

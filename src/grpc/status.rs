@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::error::{Chain, GatewayError, UpstreamFailure};
+use crate::error::{CallerCap, Chain, GatewayError, UpstreamFailure};
 
 /// `ErrorInfo.domain` of every status the gateway makes.
 const ERROR_DOMAIN: &str = "audit-gateway";
@@ -46,7 +46,9 @@ fn code(err: &GatewayError) -> Code {
         },
         GatewayError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         GatewayError::MalformedBody(_) | GatewayError::BodyTooLarge { .. } => Code::Internal,
-        GatewayError::TooManyStreams { .. } => Code::ResourceExhausted,
+        GatewayError::TooManyStreams { .. } | GatewayError::CallerCapped { .. } => {
+            Code::ResourceExhausted
+        }
         // The gateway's own time limit on the caller, as a deadline is the caller's.
         GatewayError::StreamIdle { .. } => Code::DeadlineExceeded,
         // The code clients and meshes retry.
@@ -101,6 +103,15 @@ fn to_status(err: &GatewayError) -> Status {
             metadata.insert("max_streams".to_owned(), limit.to_string());
             // Streams last long; a pause, not an immediate retry, gives one time to end.
             details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+        }
+        GatewayError::CallerCapped { cap, retry_after } => {
+            let (name, limit) = match cap {
+                CallerCap::MaxStreams(n) => ("caller-max-streams", n.to_string()),
+                CallerCap::MissRate(n) => ("caller-miss-rate", n.to_string()),
+            };
+            metadata.insert("cap".to_owned(), name.to_owned());
+            metadata.insert("limit".to_owned(), limit);
+            details.set_retry_info(Some(*retry_after));
         }
         GatewayError::StreamIdle { after } => {
             metadata.insert("idle_timeout_ms".to_owned(), after.as_millis().to_string());

@@ -16,7 +16,8 @@ use url::Url;
 use super::{
     budget::RetryBudget,
     clock::ClockOffset,
-    cooldown::{Cooldowns, SharedCooldowns},
+    cooldown::{Cooldowns, Gate, ProbeTicket, SharedCooldowns, SharedView},
+    fair::{FairSlots, Share},
     ratelimit,
     retry::{RetryClass, RetryPolicy, Spent, classify},
 };
@@ -46,6 +47,9 @@ pub(crate) struct UpstreamSettings {
     pub max_body_bytes: usize,
     /// Retries and backoff.
     pub retry: RetryPolicy,
+    /// The longest cool-down a `Retry-After` starts (`--upstream-max-cooldown`); when
+    /// it ends, one probe request decides whether another begins.
+    pub max_cooldown: Duration,
     /// Most requests in flight to Confluence at once, gateway-wide.
     pub concurrency: usize,
     /// Most 200 bodies held at once, gateway-wide, from the first byte read until their
@@ -61,15 +65,22 @@ pub(crate) trait FetchEvents {
     /// A request is about to be sent to Confluence; false: nobody wants its answer any
     /// more, so it is not sent.
     fn sending(&self) -> bool;
+    /// Checked when the request's slot is granted, before it is sent: an answer known
+    /// already (its credential was refused meanwhile), so it is not sent.
+    fn vetoed(&self) -> Option<GatewayError> {
+        None
+    }
 }
 
-/// How long and how hard [`ConfluenceClient::fetch_page`] tries.
+/// How long and how hard [`ConfluenceClient::fetch_page`] tries, and for whom.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct FetchBounds {
+pub(crate) struct FetchBounds<'a> {
     /// When the caller stops waiting (`None`: a shared load, bounded by its retries).
     pub deadline: Option<Instant>,
     /// Which retry bounds apply (`src/upstream/retry.rs`).
     pub class: RetryClass,
+    /// Whose turn each attempt waits for (`src/upstream/fair.rs`).
+    pub share: &'a Share,
 }
 
 /// A 200 body and the body permit it was read under. They go together: whoever holds
@@ -97,10 +108,9 @@ pub(crate) struct ConfluenceClient {
     /// `{base}/rest/api/audit`.
     range: Url,
     settings: UpstreamSettings,
-    /// One permit per request in flight (`--upstream-concurrency`), shared by clones.
-    /// tokio's semaphore is fair: attempts waiting for a permit get it first come, first
-    /// served.
-    in_flight: Arc<Semaphore>,
+    /// One slot per request in flight (`--upstream-concurrency`), shared by clones and
+    /// fairly between callers.
+    in_flight: Arc<FairSlots>,
     /// One permit per 200 body held (`UpstreamSettings::max_bodies`), shared by clones.
     bodies: Arc<Semaphore>,
     /// Cool-downs other replicas started, when they share them (Redis).
@@ -129,7 +139,7 @@ impl ConfluenceClient {
             http,
             since,
             range,
-            in_flight: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            in_flight: Arc::new(FairSlots::new(settings.concurrency)),
             bodies: Arc::new(Semaphore::new(settings.max_bodies.max(1))),
             shared_cooldowns: None,
             settings,
@@ -199,7 +209,7 @@ impl ConfluenceClient {
         query: &PageQuery,
         credential: Option<&Credential>,
         budget: &str,
-        bounds: FetchBounds,
+        bounds: FetchBounds<'_>,
         events: &impl FetchEvents,
         convert: F,
     ) -> Result<T, GatewayError>
@@ -207,15 +217,19 @@ impl ConfluenceClient {
         F: Fn(PageBody) -> Fut,
         Fut: Future<Output = Result<T, GatewayError>>,
     {
-        let FetchBounds { deadline, class } = bounds;
+        let FetchBounds {
+            deadline,
+            class,
+            share,
+        } = bounds;
         let url = self.page_url(query);
         let policy = &self.settings.retry;
         let mut spent = Spent::default();
         self.retries.request();
         let (url, convert) = (&url, &convert);
         let call = (|| async move {
-            self.adopt_shared_cool_down(budget).await;
-            self.cool_down(budget, deadline, events).await?;
+            let probe = self.cool_down(budget, deadline, events).await?;
+            let sent = Instant::now();
             // One span per attempt; its trace context goes to Confluence (`attempt`).
             let span = tracing::info_span!(
                 "confluence attempt",
@@ -224,12 +238,10 @@ impl ConfluenceClient {
                 http.response.status_code = tracing::field::Empty,
             );
             let result = self
-                .attempt(url, credential, budget, deadline, events, convert)
+                .attempt(url, credential, (budget, share), deadline, events, convert)
                 .instrument(span)
                 .await;
-            if let Err(e) = &result {
-                self.start_cool_down(budget, e);
-            }
+            self.answered(budget, sent, &result, probe).await;
             result
         })
         .retry(policy.backoff(class))
@@ -257,68 +269,135 @@ impl ConfluenceClient {
     /// Waits until `budget`'s cool-down is over, or fails at once with the time left when
     /// it would end past `deadline` or past the longest wait the policy sleeps (sleeping
     /// until DEADLINE_EXCEEDED would hide the one useful answer: when to come back).
+    /// When it is over, the one request that probes gets its [`Probe`]; the others wait
+    /// for the probe's answer.
     async fn cool_down(
         &self,
         budget: &str,
         deadline: Option<Instant>,
         events: &impl FetchEvents,
-    ) -> Result<(), GatewayError> {
-        // Again after each wait: a request that ended meanwhile may have lengthened it.
-        while let Some(until) = self.cooldowns.until(budget) {
-            let wait = until.saturating_duration_since(Instant::now());
-            let refusal = GatewayError::Upstream {
-                failure: UpstreamFailure::RateLimited,
-                http_status: None,
-                message: format!(
-                    "Confluence asked this credential to slow down: no request is sent \
-                     with it for another {:.1}s",
-                    wait.as_secs_f64()
-                ),
-                retry_after: Some(wait),
-                source: None,
-            };
-            if wait > self.settings.retry.max_retry_after || deadline.is_some_and(|d| until >= d) {
-                METRICS.upstream_cooldown_refusals.inc();
-                return Err(refusal);
+    ) -> Result<Option<Probe>, GatewayError> {
+        loop {
+            self.adopt_shared_cool_down(budget).await;
+            match self.cooldowns.gate(budget) {
+                Gate::Open => return Ok(None),
+                Gate::Closed(until) => {
+                    let wait = until.saturating_duration_since(Instant::now());
+                    let refusal = cool_down_refusal(wait);
+                    if wait > self.settings.retry.max_retry_after
+                        || deadline.is_some_and(|d| until >= d)
+                    {
+                        METRICS.upstream_cooldown_refusals.inc();
+                        return Err(refusal);
+                    }
+                    // Callers waiting on a shared load leave now if this is past their
+                    // deadline (`src/cache/memory.rs`).
+                    events.retrying(&refusal, wait);
+                    tracing::debug!(?wait, "waiting out the credential's cool-down");
+                    // Woken early when an answer ends it here; a replica that ends it
+                    // is heard of at the next look at the shared store.
+                    self.cooldowns.changed(wait.min(SHARED_LOOK)).await;
+                }
+                Gate::Probe(ticket) => {
+                    let claimed = match &self.shared_cooldowns {
+                        Some(Shared(shared)) => {
+                            let hold = self.settings.attempt_timeout;
+                            match shared.claim_probe(self.base_url(), budget, hold).await {
+                                Some(false) => {
+                                    // Another replica probes: wait for its answer there.
+                                    drop(ticket);
+                                    self.cooldowns.changed(SHARED_LOOK).await;
+                                    continue;
+                                }
+                                Some(true) => true,
+                                None => false,
+                            }
+                        }
+                        None => false,
+                    };
+                    METRICS.upstream_cooldown_probes.inc();
+                    tracing::info!("a cool-down ended: one request probes Confluence");
+                    return Ok(Some(Probe {
+                        _ticket: ticket,
+                        claimed,
+                    }));
+                }
+                Gate::Probing => self.cooldowns.changed(SHARED_LOOK).await,
             }
-            // Callers waiting on a shared load leave now if this is past their deadline
-            // (`src/cache/memory.rs`).
-            events.retrying(&refusal, wait);
-            tracing::debug!(?wait, "waiting out the credential's cool-down");
-            tokio::time::sleep_until(until.into()).await;
-        }
-        Ok(())
-    }
-
-    /// A 429, or a 503 with `Retry-After`, holds back every request of the credential,
-    /// not only this one's retries: Confluence limits the credential.
-    fn start_cool_down(&self, budget: &str, err: &GatewayError) {
-        if let GatewayError::Upstream {
-            http_status: Some(429 | 503),
-            retry_after: Some(wait),
-            ..
-        } = err
-            && !wait.is_zero()
-        {
-            self.cooldowns.start(budget, Instant::now() + *wait);
-            self.share_cool_down(budget, *wait);
         }
     }
 
-    /// Takes in the cool-down another replica started for `budget`, if the shared store
-    /// holds one: one round trip, whose failure only leaves this replica's own view.
-    /// What is obeyed is capped at the longest `Retry-After` the policy waits for, so
-    /// a wrong clock or a bad value elsewhere cannot stop this replica for long.
+    /// What an attempt's outcome says of the credential's budget: a 429, or a 503 with
+    /// `Retry-After`, holds back every request of the credential, not only this one's
+    /// retries (Confluence limits the credential); any other answer to a request sent
+    /// after a cool-down began ends it, here and on every replica. An attempt that got
+    /// no answer says nothing: a probe it was gives its place to the next request.
+    async fn answered<T>(
+        &self,
+        budget: &str,
+        sent: Instant,
+        result: &Result<T, GatewayError>,
+        probe: Option<Probe>,
+    ) {
+        let answered = match result {
+            Ok(_) => true,
+            Err(GatewayError::Upstream {
+                http_status: Some(status),
+                retry_after,
+                ..
+            }) => {
+                let limited = *status == 429 || (*status == 503 && retry_after.is_some());
+                if let (true, Some(wait)) = (limited, retry_after)
+                    && !wait.is_zero()
+                {
+                    self.cooldowns.start(budget, Instant::now() + *wait);
+                    self.share_cool_down(budget, *wait);
+                }
+                !limited
+            }
+            Err(GatewayError::Upstream {
+                failure: UpstreamFailure::BodyCut,
+                ..
+            })
+            | Err(GatewayError::MalformedBody(_) | GatewayError::BodyTooLarge { .. }) => true,
+            Err(_) => false,
+        };
+        let cleared = answered && self.cooldowns.settle(budget, sent);
+        if cleared {
+            tracing::info!("Confluence answered: the credential's cool-down is over");
+        }
+        let Some(Shared(shared)) = &self.shared_cooldowns else {
+            return;
+        };
+        let claimed = probe.as_ref().is_some_and(|p| p.claimed);
+        // Awaited, not spawned: the next request of this replica must not find the ended
+        // cool-down still in the store and take it in again. Only an ended cool-down or
+        // a probe costs this round trip.
+        if cleared {
+            shared.clear(self.base_url(), budget).await;
+        } else if claimed {
+            shared.end_probe(self.base_url(), budget).await;
+        }
+    }
+
+    /// Takes in the cool-down the shared store holds for `budget`, or its end: one round
+    /// trip, whose failure only leaves this replica's own view. What is obeyed is capped
+    /// at `--upstream-max-cooldown`, so a wrong clock or a bad value elsewhere cannot
+    /// stop this replica for long.
     async fn adopt_shared_cool_down(&self, budget: &str) {
         let Some(Shared(shared)) = &self.shared_cooldowns else {
             return;
         };
-        let Some(until) = shared.get(self.base_url(), budget).await else {
-            return;
-        };
-        if let Ok(left) = until.duration_since(SystemTime::now()) {
-            let left = left.min(self.settings.retry.max_retry_after);
-            self.cooldowns.adopt(budget, Instant::now() + left);
+        match shared.get(self.base_url(), budget).await {
+            SharedView::Unknown => {}
+            SharedView::Clear => self.cooldowns.cleared_elsewhere(budget),
+            SharedView::Until(until) => {
+                let left = until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .min(self.settings.max_cooldown);
+                self.cooldowns.adopt(budget, Instant::now() + left);
+            }
         }
     }
 
@@ -332,7 +411,9 @@ impl ConfluenceClient {
                 budget.to_owned(),
             );
             let until = SystemTime::now() + wait;
-            tokio::spawn(async move { shared.put(&base, &budget, until, wait).await });
+            // Kept half-open past its end, for the probe to decide.
+            let linger = self.settings.max_cooldown;
+            tokio::spawn(async move { shared.put(&base, &budget, until, linger).await });
         }
     }
 
@@ -340,7 +421,7 @@ impl ConfluenceClient {
         &self,
         url: &Url,
         credential: Option<&Credential>,
-        budget: &str,
+        (budget, share): (&str, &Share),
         deadline: Option<Instant>,
         events: &impl FetchEvents,
         convert: &F,
@@ -355,7 +436,7 @@ impl ConfluenceClient {
         // Confluence's load; the body permit (`exchange`) bounds the gateway's memory.
         let permit = self
             .in_flight
-            .acquire()
+            .acquire(share)
             .await
             .map_err(|_| GatewayError::Internal("the upstream limiter was closed".into()))?;
         let mut timeout = self.settings.attempt_timeout;
@@ -387,6 +468,9 @@ impl ConfluenceClient {
                 .map_err(|_| GatewayError::Internal("credential is not a header value".into()))?;
             value.set_sensitive(true);
             request = request.header(header::AUTHORIZATION, value);
+        }
+        if let Some(answer) = events.vetoed() {
+            return Err(answer);
         }
         let started = Instant::now();
         METRICS.upstream_attempts.inc();
@@ -442,6 +526,7 @@ impl ConfluenceClient {
             // Near the limit, every request of the credential waits a moment, so the
             // gateway slows down before Confluence refuses it.
             if let Some(wait) = ratelimit::slow_down(response.headers(), SystemTime::now()) {
+                let wait = wait.min(self.settings.max_cooldown);
                 self.cooldowns.start(budget, Instant::now() + wait);
                 self.share_cool_down(budget, wait);
             }
@@ -480,7 +565,10 @@ impl ConfluenceClient {
 
     async fn status_error(&self, response: reqwest::Response) -> GatewayError {
         let status = response.status();
-        let retry_after = ratelimit::retry_after(response.headers());
+        // A `Retry-After` of a day (a maintenance page, say) is honoured only up to
+        // `--upstream-max-cooldown`: then a probe asks again.
+        let retry_after =
+            ratelimit::retry_after(response.headers()).map(|d| d.min(self.settings.max_cooldown));
         // A body that cannot be read only costs us Confluence's message.
         let body = read_capped(response, MAX_ERROR_BODY)
             .await
@@ -494,6 +582,31 @@ impl ConfluenceClient {
             source: None,
         }
     }
+}
+
+/// How often a request held by a cool-down or a probe looks at the shared store again.
+const SHARED_LOOK: Duration = Duration::from_millis(250);
+
+/// The refusal of a request a cool-down holds back for `wait` more.
+fn cool_down_refusal(wait: Duration) -> GatewayError {
+    GatewayError::Upstream {
+        failure: UpstreamFailure::RateLimited,
+        http_status: None,
+        message: format!(
+            "Confluence asked this credential to slow down: no request is sent with it for \
+             another {:.1}s",
+            wait.as_secs_f64()
+        ),
+        retry_after: Some(wait),
+        source: None,
+    }
+}
+
+/// The one request that probes a half-open cool-down.
+struct Probe {
+    _ticket: ProbeTicket,
+    /// It holds the shared store's probe claim, to give back if it gets no answer.
+    claimed: bool,
 }
 
 /// The shared cool-downs, with a `Debug` that only says they are there.

@@ -103,14 +103,36 @@ async fn only_callers_with_a_token_get_in_and_tokens_rotate_without_a_restart() 
         .await
         .expect("still in after a bad edit");
 
-    // Emptied of callers, or deleted: every token is revoked (within the second the file
-    // is looked at); back, the token gets in again.
+    // Emptied of callers: every token is revoked, within the second the file is looked
+    // at (and the time a loaded test host adds); back, the token gets in again.
     std::fs::write(&file, "# everyone revoked\n").expect("rewrite");
+    let emptied = Instant::now();
     until_refused(&mut gw.client, "zq-second-token", true).await;
+    let took = emptied.elapsed();
+    assert!(took < Duration::from_secs(3), "refused only after {took:?}");
     std::fs::write(&file, "siem:zq-second-token\n").expect("rewrite");
     until_refused(&mut gw.client, "zq-second-token", false).await;
+    // Deleted (or unreadable): the last good set stays, and the failed reload is counted
+    // for an alert to fire on.
+    let errors = || {
+        audit_gateway::metrics::METRICS
+            .caller_tokens_reload_errors
+            .get()
+    };
+    let before = errors();
     std::fs::remove_file(&file).expect("delete");
-    until_refused(&mut gw.client, "zq-second-token", true).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errors() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the failed reload was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.client
+        .get_since(call(Some("zq-second-token")))
+        .await
+        .expect("the last good set stays while the file is gone");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

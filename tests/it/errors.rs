@@ -213,11 +213,13 @@ async fn an_absurd_retry_after_is_bounded_to_a_day_in_retry_info() {
     let (sim, mut gw) = setup(vec![fault("429:retry-after=9223372036854775807")], |c| {
         no_retries(c);
         c.upstream.max_backoff = Duration::from_secs(1);
+        c.upstream.max_cooldown = Duration::from_secs(3 * 24 * 3600);
     })
     .await;
     let status = fail(&mut gw).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    // Not --upstream-max-backoff: the caller is told the wait was long.
+    // Not --upstream-max-backoff: the caller is told the wait was long (a day at most,
+    // even with an --upstream-max-cooldown of three).
     assert_eq!(retry_delay(&status), Some(Duration::from_secs(24 * 3600)));
     assert_eq!(sim.request_count(), 1);
 }
@@ -519,13 +521,22 @@ async fn retry_after_is_a_floor_on_429_and_503() {
 
 #[tokio::test]
 async fn a_retry_after_longer_than_the_max_backoff_fails_at_once_with_the_wait_asked_for() {
-    for (retry_after, told) in [
-        ("3600", Duration::from_secs(3600)),
-        ("9223372036854775807", Duration::from_secs(24 * 3600)),
+    // Honoured up to --upstream-max-cooldown (5 minutes by default), which callers are
+    // told; with a longer one, what Confluence asked, up to a day.
+    let day = Duration::from_secs(24 * 3600);
+    for (retry_after, max_cooldown, told) in [
+        ("3600", None, Duration::from_secs(300)),
+        ("3600", Some(2 * day), Duration::from_secs(3600)),
+        ("9223372036854775807", Some(2 * day), day),
     ] {
         let (sim, mut gw) = setup(
             vec![fault(&format!("429:retry-after={retry_after}"))],
-            |c| c.upstream.max_backoff = Duration::from_secs(1),
+            |c| {
+                c.upstream.max_backoff = Duration::from_secs(1);
+                if let Some(m) = max_cooldown {
+                    c.upstream.max_cooldown = m;
+                }
+            },
         )
         .await;
         // A deadline far beyond the max backoff: nothing but the max backoff stops a retry.
@@ -692,7 +703,8 @@ async fn a_cool_down_longer_than_the_max_backoff_refuses_calls_without_a_request
     .await;
     let status = fail(&mut gw).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(retry_delay(&status), Some(Duration::from_secs(3600)));
+    // An hour asked, five minutes (--upstream-max-cooldown) honoured: then a probe.
+    assert_eq!(retry_delay(&status), Some(Duration::from_secs(300)));
     let refusals = METRICS.upstream_cooldown_refusals.get();
     let (status, elapsed) = call_with_timeout(&mut gw, Duration::from_secs(120)).await;
     assert_status(
@@ -703,7 +715,7 @@ async fn a_cool_down_longer_than_the_max_backoff_refuses_calls_without_a_request
     );
     let left = retry_delay(&status).expect("a delay");
     assert!(
-        left > Duration::from_secs(3590) && left <= Duration::from_secs(3600),
+        left > Duration::from_secs(290) && left <= Duration::from_secs(300),
         "{left:?}"
     );
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");

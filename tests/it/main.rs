@@ -8,6 +8,7 @@ mod clients;
 mod common;
 mod compression;
 mod errors;
+mod fairness;
 mod follow;
 mod get_since;
 mod interop;

@@ -117,6 +117,15 @@ const TOKEN: &str = "SECRET-PAT-4711";
 
 /// A gateway sharing `redis`, calling `confluence` with the bearer `TOKEN`.
 async fn replica(confluence: &str, redis: &RedisServer) -> TestGateway {
+    replica_with(confluence, redis, |_| {}).await
+}
+
+/// A replica as [`replica`] makes, with `tweak` applied to its configuration.
+async fn replica_with(
+    confluence: &str,
+    redis: &RedisServer,
+    tweak: impl FnOnce(&mut audit_gateway::GatewayConfig),
+) -> TestGateway {
     let mut config = test_config(confluence);
     config.auth = UpstreamAuth::Bearer(TOKEN.into());
     config.cache.redis_url = Some(redis.url().into());
@@ -126,6 +135,7 @@ async fn replica(confluence: &str, redis: &RedisServer) -> TestGateway {
     // pauses the tier, and a write it skips (a page, a cool-down) fails a test that waits
     // for it. The outage tests set their own.
     config.cache.redis_timeout = Duration::from_millis(250);
+    tweak(&mut config);
     spawn_gateway(config).await
 }
 
@@ -532,4 +542,77 @@ async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_
             t.elapsed()
         );
     }
+}
+
+/// A 429 asking for a day, with `--upstream-max-cooldown 5s`, on two replicas sharing
+/// Redis: calls on both wait out 5 s, not a day; then exactly one request probes
+/// Confluence, the others go only once its answer came, and every call succeeds within
+/// 10 s of the 429.
+#[tokio::test]
+async fn a_day_long_retry_after_ends_after_the_max_cooldown_with_one_probe_for_all_replicas() {
+    let redis = RedisServer::start().await;
+    let latency = Duration::from_millis(300);
+    let sim = spawn_simulator(SimulatorConfig {
+        latency,
+        ..Default::default()
+    })
+    .await;
+    let five = |c: &mut audit_gateway::GatewayConfig| {
+        c.upstream.max_cooldown = Duration::from_secs(5);
+        // The default: calls wait out a cool-down this short rather than refuse it.
+        c.upstream.max_backoff = Duration::from_secs(30);
+    };
+    let a = replica_with(&sim.base_url(), &redis, five).await;
+    let b = replica_with(&sim.base_url(), &redis, five).await;
+    sim.push_faults([Fault::Status {
+        code: 429,
+        retry_after: Some("86400".into()),
+        body: None,
+    }]);
+    let call = |gw: &TestGateway, start: i32| {
+        let mut client = gw.client.clone();
+        tokio::spawn(async move {
+            let mut req = tonic::Request::new(page(start));
+            req.set_timeout(Duration::from_secs(20));
+            let answer = client.get_since(req).await;
+            (answer, Instant::now())
+        })
+    };
+    // A is refused and retries after the 5 s it honours of the day asked.
+    let mut calls = vec![call(&a, 0)];
+    assert!(
+        until(async || redis.keys().await.iter().any(|k| k.contains(":cooldown:"))).await,
+        "the cool-down was not shared"
+    );
+    let limited_at = received_at(&sim, 0)[0];
+    // Five more calls on each replica, each a page no cache holds.
+    for i in 1..=5 {
+        calls.push(call(&a, i * 10));
+        calls.push(call(&b, 100 + i * 10));
+    }
+    for c in calls {
+        let (answer, ended) = c.await.expect("no panic");
+        answer.expect("served once the cool-down ended");
+        let took = ended.duration_since(limited_at);
+        assert!(
+            took < Duration::from_secs(10),
+            "a call ended {took:?} after the 429"
+        );
+    }
+    let mut after: Vec<Instant> = sim.requests()[1..].iter().map(|r| r.received).collect();
+    after.sort();
+    assert_eq!(after.len(), 11, "one request per page after the 429");
+    let probe = after[0];
+    assert!(
+        probe.duration_since(limited_at) >= Duration::from_millis(4900),
+        "the probe went {:?} after the 429",
+        probe.duration_since(limited_at)
+    );
+    // Nothing else went until the probe was answered (it takes `latency`).
+    let next = after[1].duration_since(probe);
+    assert!(
+        next >= latency - Duration::from_millis(50),
+        "a second request went {next:?} after the probe, before its answer"
+    );
+    assert!(METRICS.upstream_cooldown_probes.get() >= 1);
 }
