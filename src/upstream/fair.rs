@@ -128,8 +128,9 @@ impl FairSlots {
             // Settings may change between calls (a reloaded tokens file).
             q.weight = f64::from(share.weight.max(1));
             q.cap = share.cap.unwrap_or(usize::MAX).max(1);
-            if q.waiting.is_empty() && q.in_flight == 0 {
-                // Back from idle: no credit for the time it asked nothing.
+            if q.waiting.is_empty() {
+                // Nothing queued: no credit for the time it asked nothing (the start tag
+                // of fair queueing, max(virtual time, its last finish)).
                 q.next = q.next.max(now);
             }
             let (tx, rx) = oneshot::channel();
@@ -196,9 +197,16 @@ impl State {
             let start = q.next.max(now);
             q.next = start + 1.0 / q.weight;
             q.in_flight += 1;
+            METRICS.caller_granted(&q.label, waiter.since.elapsed());
             self.now = start;
             self.free -= 1;
-            METRICS.caller_granted(&q.label, waiter.since.elapsed());
+            // A caller held back by its own cap earns no credit meanwhile: once under it
+            // again, it must not take the next slots by right of turns it could not use.
+            for q in self.callers.values_mut() {
+                if q.in_flight >= q.cap && !q.waiting.is_empty() {
+                    q.next = q.next.max(start);
+                }
+            }
         }
     }
 
@@ -262,7 +270,12 @@ impl Drop for Slot {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
+    };
+
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -399,5 +412,158 @@ mod tests {
         assert!(second.await.expect("no panic"));
         settle().await;
         assert_eq!(slots.free(), 4, "every slot back");
+    }
+
+    /// One request of a schedule: whose, when it arrives, how long it holds its slot, how
+    /// soon it is needed.
+    #[derive(Clone, Debug)]
+    struct Arrival {
+        caller: usize,
+        at_ms: u64,
+        hold_ms: u64,
+        depth: u32,
+    }
+
+    /// What happened, in order.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Event {
+        /// Caller `0` asked, with nothing of its own queued and a slot of its cap free.
+        Fresh(usize),
+        Asked(usize),
+        Granted(usize),
+    }
+
+    fn schedule() -> impl Strategy<Value = (usize, Vec<(u32, Option<usize>)>, Vec<Arrival>)> {
+        (
+            1usize..4,
+            prop::collection::vec((1u32..4, prop::option::of(1usize..3)), 2..5),
+        )
+            .prop_flat_map(|(slots, callers)| {
+                let n = callers.len();
+                let arrival = (0..n, 0u64..200, 1u64..40, 0u32..3).prop_map(
+                    |(caller, at_ms, hold_ms, depth)| Arrival {
+                        caller,
+                        at_ms,
+                        hold_ms,
+                        depth,
+                    },
+                );
+                (
+                    Just(slots),
+                    Just(callers),
+                    prop::collection::vec(arrival, 1..60),
+                )
+            })
+    }
+
+    /// Runs `arrivals` against `slots` slots shared by `callers` (weight, cap), on a
+    /// paused clock; the events in order, and the most slots ever held at once.
+    fn run(
+        slots: usize,
+        callers: &[(u32, Option<usize>)],
+        arrivals: &[Arrival],
+    ) -> (Vec<Event>, usize, Vec<usize>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let fair = Arc::new(FairSlots::new(slots));
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let held = Arc::new(AtomicUsize::new(0));
+            let peak = Arc::new(AtomicUsize::new(0));
+            let per_caller: Arc<Vec<AtomicUsize>> =
+                Arc::new(callers.iter().map(|_| AtomicUsize::new(0)).collect());
+            let peaks: Arc<Vec<AtomicUsize>> =
+                Arc::new(callers.iter().map(|_| AtomicUsize::new(0)).collect());
+            let waiting: Arc<Vec<AtomicUsize>> =
+                Arc::new(callers.iter().map(|_| AtomicUsize::new(0)).collect());
+            let mut tasks = Vec::new();
+            for a in arrivals.iter().cloned() {
+                let (weight, cap) = callers[a.caller];
+                let share = Share {
+                    id: format!("c{}", a.caller).into(),
+                    label: "other".into(),
+                    weight,
+                    cap,
+                    depth: a.depth,
+                };
+                let (fair, log, held, peak) =
+                    (fair.clone(), log.clone(), held.clone(), peak.clone());
+                let (per_caller, peaks, waiting) =
+                    (per_caller.clone(), peaks.clone(), waiting.clone());
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(a.at_ms)).await;
+                    let c = a.caller;
+                    let fresh = waiting[c].load(Ordering::SeqCst) == 0
+                        && per_caller[c].load(Ordering::SeqCst) < cap.unwrap_or(usize::MAX);
+                    log.lock().expect("log").push(if fresh {
+                        Event::Fresh(c)
+                    } else {
+                        Event::Asked(c)
+                    });
+                    waiting[c].fetch_add(1, Ordering::SeqCst);
+                    let slot = fair.acquire(&share).await.expect("open");
+                    waiting[c].fetch_sub(1, Ordering::SeqCst);
+                    log.lock().expect("log").push(Event::Granted(c));
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    let mine = per_caller[c].fetch_add(1, Ordering::SeqCst) + 1;
+                    peaks[c].fetch_max(mine, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(a.hold_ms)).await;
+                    per_caller[c].fetch_sub(1, Ordering::SeqCst);
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    drop(slot);
+                }));
+            }
+            for t in tasks {
+                t.await.expect("every request is granted in the end");
+            }
+            assert_eq!(fair.free(), slots, "every slot came back");
+            let log = log.lock().expect("log").clone();
+            let peaks = peaks.iter().map(|p| p.load(Ordering::SeqCst)).collect();
+            (log, peak.load(Ordering::SeqCst), peaks)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(300)
+        ))]
+
+        /// Whatever the callers, weights, caps and arrivals: every request gets a slot,
+        /// never more than the slots are held, no caller holds more than its cap, and a
+        /// caller asking with nothing of its own queued waits at most one round: another
+        /// caller is served at most its weight's worth of the asker's turn (the asker's
+        /// last turn may still count), plus one tie, first.
+        #[test]
+        fn every_request_is_served_within_one_round_of_the_others(
+            (slots, callers, arrivals) in schedule()
+        ) {
+            let (log, peak, peaks) = run(slots, &callers, &arrivals);
+            prop_assert!(peak <= slots, "{peak} slots held of {slots}");
+            for (c, (_, cap)) in callers.iter().enumerate() {
+                prop_assert!(peaks[c] <= cap.unwrap_or(usize::MAX), "caller {c} held {}", peaks[c]);
+            }
+            for (i, e) in log.iter().enumerate() {
+                let Event::Fresh(f) = *e else { continue };
+                let mut others = vec![0usize; callers.len()];
+                for later in &log[i + 1..] {
+                    match *later {
+                        Event::Granted(g) if g == f => break,
+                        Event::Granted(g) => others[g] += 1,
+                        _ => {}
+                    }
+                }
+                for (g, n) in others.iter().enumerate() {
+                    let round = callers[g].0 / callers[f].0 + 1;
+                    prop_assert!(
+                        *n as u32 <= round,
+                        "caller {f} asked at event {i} and waited for {others:?}: {log:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -269,3 +269,56 @@ async fn grpc_web_clients_offering_only_http1_get_in_over_tls() {
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With mTLS, the client certificate's name is the caller: each certificate has its own
+/// `--caller-max-streams`.
+#[tokio::test]
+async fn with_mtls_each_client_certificate_is_a_caller_of_its_own() {
+    let dir = temp_dir("mtls-callers");
+    let pki = Pki::new("gateway test CA");
+    let (cert, key) = pki.issue(&["localhost"], false);
+    let siem = pki.issue(&["siem.example.com"], true);
+    let billing = pki.issue(&["billing.example.com"], true);
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 5000,
+        ..Default::default()
+    })
+    .await;
+    let mut config = test_config(&sim.base_url());
+    config.tls_cert = Some(write(&dir, "cert.pem", &cert));
+    config.tls_key = Some(write(&dir, "key.pem", &key));
+    config.tls_client_ca = Some(write(&dir, "clients.pem", &pki.ca));
+    config.caller_max_streams = Some(1);
+    let gateway = audit_gateway::Gateway::bind(config).await.expect("starts");
+    let port = gateway.local_addr().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let stream = pb::StreamSinceRequest {
+        number: Some(30),
+        units: pb::TimeUnit::Days.into(),
+        page_size: Some(10),
+        ..Default::default()
+    };
+    let mut a = client(port, &pki.ca, Some(&siem)).await.expect("connects");
+    let mut b = client(port, &pki.ca, Some(&billing))
+        .await
+        .expect("connects");
+    // Left unread, it holds siem's one stream.
+    let first = a.stream_since(stream.clone()).await.expect("siem's first");
+    let refused = a
+        .stream_since(stream.clone())
+        .await
+        .expect_err("siem's second");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    let other = b.stream_since(stream).await.expect("billing's own");
+    drop((first, other));
+    let _ = stop.send(());
+    server.await.expect("joins").expect("stops cleanly");
+    let _ = std::fs::remove_dir_all(&dir);
+}
