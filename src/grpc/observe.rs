@@ -27,6 +27,7 @@ pub(crate) fn call_span(method: &'static str, md: &MetadataMap) -> tracing::Span
         rpc.system = "grpc",
         rpc.service = "confluence.audit.v1.AuditService",
         rpc.method = method,
+        caller = tracing::field::Empty,
     );
     // Only fails when the span is not exported, where there is nothing to continue.
     let _ = span.set_parent(telemetry::remote_context(&Metadata(md)));

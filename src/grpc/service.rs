@@ -122,6 +122,13 @@ impl AuditGrpc {
     /// name (mTLS); else, with passthrough, the credential's keyed fingerprint; else the
     /// mesh's `--caller-header`; else the one anonymous caller.
     fn identify<T>(&self, request: &Request<T>) -> Result<Caller, GatewayError> {
+        let caller = self.caller_of(request)?;
+        // The call's span (`observe::call_span`) says whose call it is.
+        tracing::Span::current().record("caller", &*caller.id);
+        Ok(caller)
+    }
+
+    fn caller_of<T>(&self, request: &Request<T>) -> Result<Caller, GatewayError> {
         let md = request.metadata();
         if let Some(callers) = &self.callers {
             let caller = metadata::bearer_token(md)

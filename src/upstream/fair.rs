@@ -433,7 +433,10 @@ mod tests {
         Granted(usize),
     }
 
-    fn schedule() -> impl Strategy<Value = (usize, Vec<(u32, Option<usize>)>, Vec<Arrival>)> {
+    /// Each caller's weight and cap.
+    type Callers = Vec<(u32, Option<usize>)>;
+
+    fn schedule() -> impl Strategy<Value = (usize, Callers, Vec<Arrival>)> {
         (
             1usize..4,
             prop::collection::vec((1u32..4, prop::option::of(1usize..3)), 2..5),
