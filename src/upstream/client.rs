@@ -2,7 +2,10 @@
 //! relative to now) or `GET {base}/rest/api/audit` (a date range), with retries.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -17,7 +20,7 @@ use super::{
     budget::RetryBudget,
     clock::ClockOffset,
     cooldown::{Cooldowns, Gate, ProbeTicket, SharedCooldowns, SharedView},
-    fair::{FairSlots, Share},
+    fair::{FairSlots, Share, Slot},
     ratelimit,
     retry::{RetryClass, RetryPolicy, Spent, classify},
 };
@@ -228,7 +231,7 @@ impl ConfluenceClient {
         self.retries.request();
         let (url, convert) = (&url, &convert);
         let call = (|| async move {
-            let probe = self.cool_down(budget, deadline, events).await?;
+            let (probe, slot) = self.turn(budget, share, deadline, events).await?;
             let sent = Instant::now();
             // One span per attempt; its trace context goes to Confluence (`attempt`).
             let span = tracing::info_span!(
@@ -237,11 +240,22 @@ impl ConfluenceClient {
                 http.request.method = "GET",
                 http.response.status_code = tracing::field::Empty,
             );
+            let asked = AtomicBool::new(false);
             let result = self
-                .attempt(url, credential, (budget, share), deadline, events, convert)
+                .attempt(
+                    url,
+                    credential,
+                    (budget, slot, &asked),
+                    deadline,
+                    events,
+                    convert,
+                )
                 .instrument(span)
                 .await;
-            self.answered(budget, sent, &result, probe).await;
+            // Only a request that went tells anything of the credential's budget.
+            if asked.load(Ordering::Relaxed) {
+                self.answered(budget, sent, &result, probe).await;
+            }
             result
         })
         .retry(policy.backoff(class))
@@ -264,6 +278,34 @@ impl ConfluenceClient {
             events.retrying(err, wait);
         });
         within_deadline(deadline, DEADLINE_PASSED, call).await
+    }
+
+    /// Waits for this attempt's turn: the credential's cool-down over (or this attempt its
+    /// probe), then a slot when `share`'s turn comes. A cool-down that began while the
+    /// attempt waited for its slot is waited out too, the slot given back meanwhile: a
+    /// request queued when a 429 arrived is not sent into the rate limit.
+    async fn turn(
+        &self,
+        budget: &str,
+        share: &Share,
+        deadline: Option<Instant>,
+        events: &impl FetchEvents,
+    ) -> Result<(Option<Probe>, Slot), GatewayError> {
+        loop {
+            let probe = self.cool_down(budget, deadline, events).await?;
+            // Never held across a backoff sleep or a cool-down; the wait for it is under
+            // the caller's deadline like the rest of the call (`within_deadline` in
+            // `fetch_page`). Held until the body is read, released before the
+            // conversion: it bounds Confluence's load; the body permit (`exchange`)
+            // bounds the gateway's memory.
+            let slot =
+                self.in_flight.acquire(share).await.map_err(|_| {
+                    GatewayError::Internal("the upstream limiter was closed".into())
+                })?;
+            if probe.is_some() || !self.cooldowns.holds(budget) {
+                return Ok((probe, slot));
+            }
+        }
     }
 
     /// Waits until `budget`'s cool-down is over, or fails at once with the time left when
@@ -417,11 +459,12 @@ impl ConfluenceClient {
         }
     }
 
+    /// One request with `slot`; `asked` turns true once it is sent.
     async fn attempt<T, F, Fut>(
         &self,
         url: &Url,
         credential: Option<&Credential>,
-        (budget, share): (&str, &Share),
+        (budget, permit, asked): (&str, Slot, &AtomicBool),
         deadline: Option<Instant>,
         events: &impl FetchEvents,
         convert: &F,
@@ -430,15 +473,6 @@ impl ConfluenceClient {
         F: Fn(PageBody) -> Fut,
         Fut: Future<Output = Result<T, GatewayError>>,
     {
-        // Taken per attempt, never across a backoff sleep; the wait for it is under the
-        // caller's deadline like the rest of the call (`within_deadline` in `fetch_page`).
-        // Held until the body is read, released before the conversion: it bounds
-        // Confluence's load; the body permit (`exchange`) bounds the gateway's memory.
-        let permit = self
-            .in_flight
-            .acquire(share)
-            .await
-            .map_err(|_| GatewayError::Internal("the upstream limiter was closed".into()))?;
         let mut timeout = self.settings.attempt_timeout;
         let mut cut_by_deadline = false;
         if let Some(d) = deadline {
@@ -477,6 +511,7 @@ impl ConfluenceClient {
         if !events.sending() {
             return Err(GatewayError::Abandoned);
         }
+        asked.store(true, Ordering::Relaxed);
         let in_flight = InFlight::start();
         let exchanged = self
             .exchange(request, budget, failed, cut_by_deadline)

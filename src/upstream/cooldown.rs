@@ -182,6 +182,11 @@ impl Cooldowns {
         })
     }
 
+    /// Whether a cool-down of `fingerprint` is running or awaits its probe's answer.
+    pub(crate) fn holds(&self, fingerprint: &str) -> bool {
+        self.lock().contains_key(fingerprint)
+    }
+
     /// An answer other than a rate limit came to a request of `fingerprint` sent at
     /// `sent`: a cool-down that began before it is over. True when one ended.
     pub(crate) fn settle(&self, fingerprint: &str, sent: Instant) -> bool {

@@ -695,6 +695,53 @@ async fn a_rate_limit_holds_back_every_request_of_the_credential_until_retry_aft
     }
 }
 
+/// Requests already queued for an upstream slot when a 429 arrives are not sent into the
+/// rate limit: each looks at the credential's cool-down again once its turn comes.
+#[tokio::test]
+async fn requests_queued_when_a_rate_limit_arrives_wait_out_its_cool_down() {
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 20,
+            latency: Duration::from_millis(200),
+            faults: vec![fault("429:retry-after=2")],
+            ..Default::default()
+        },
+        |c| {
+            no_retries(c);
+            c.upstream.concurrency = 1;
+            c.upstream.max_backoff = Duration::from_secs(5);
+        },
+    )
+    .await;
+    // Six pages at once: the first takes the one slot and is answered 429 200 ms later;
+    // the others wait in the queue meanwhile, past the cool-down check.
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let mut client = gw.client.clone();
+            tokio::spawn(async move { client.get_since(page_at(i, Duration::from_secs(15))).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for c in calls {
+        match c.await.expect("no panic") {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::ResourceExhausted => refused += 1,
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    assert_eq!(refused, 1, "only the page answered 429 fails (no retries)");
+    let requests = sim.requests();
+    let limited_at = requests[0].received;
+    assert_eq!(requests.len(), 6, "one request per page");
+    for r in &requests[1..] {
+        let after = r.received.duration_since(limited_at);
+        assert!(
+            after >= Duration::from_millis(1900),
+            "a queued request went {after:?} after the 429 that asked for 2 s"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_cool_down_longer_than_the_max_backoff_refuses_calls_without_a_request() {
     let (sim, mut gw) = setup(vec![fault("503:retry-after=3600")], |c| {
