@@ -98,11 +98,52 @@ async fn reads(c: Result<AuditServiceClient<Channel>, tonic::transport::Error>) 
     }
 }
 
+/// A gateway on a free port serving TLS with a certificate `pki` issued for localhost
+/// (files in `dir`, which rotation tests rewrite), requiring client certificates `pki`
+/// signed when `mtls`; `tweak` changes the rest.
+async fn tls_gateway(
+    dir: &Path,
+    pki: &Pki,
+    confluence: &str,
+    mtls: bool,
+    tweak: impl FnOnce(&mut audit_gateway::GatewayConfig),
+) -> TlsGateway {
+    let (cert, key) = pki.issue(&["localhost"], false);
+    let mut config = test_config(confluence);
+    config.tls_cert = Some(write(dir, "cert.pem", &cert));
+    config.tls_key = Some(write(dir, "key.pem", &key));
+    if mtls {
+        config.tls_client_ca = Some(write(dir, "clients.pem", &pki.ca));
+    }
+    tweak(&mut config);
+    let gateway = audit_gateway::Gateway::bind(config).await.expect("starts");
+    let port = gateway.local_addr().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TlsGateway { port, stop, server }
+}
+
+/// A gateway [`tls_gateway`] started.
+struct TlsGateway {
+    port: u16,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), audit_gateway::ServeError>>,
+}
+
+impl TlsGateway {
+    /// Stops it; whether it stopped cleanly.
+    async fn stop(self) -> bool {
+        let _ = self.stop.send(());
+        matches!(self.server.await, Ok(Ok(())))
+    }
+}
+
 #[tokio::test]
 async fn tls_and_mtls_let_in_only_the_right_clients_and_certificates_rotate() {
     let dir = temp_dir("tls");
     let pki = Pki::new("gateway test CA");
-    let (cert, key) = pki.issue(&["localhost"], false);
     let client_id = pki.issue(&["siem"], true);
     let rogue = Pki::new("somebody else's CA");
     let rogue_id = rogue.issue(&["intruder"], true);
@@ -112,16 +153,8 @@ async fn tls_and_mtls_let_in_only_the_right_clients_and_certificates_rotate() {
         ..Default::default()
     })
     .await;
-    let mut config = test_config(&sim.base_url());
-    config.tls_cert = Some(write(&dir, "cert.pem", &cert));
-    config.tls_key = Some(write(&dir, "key.pem", &key));
-    config.tls_client_ca = Some(write(&dir, "clients.pem", &pki.ca));
-    let gateway = audit_gateway::Gateway::bind(config).await.expect("starts");
-    let port = gateway.local_addr().port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gateway.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let gateway = tls_gateway(&dir, &pki, &sim.base_url(), true, |_| {}).await;
+    let port = gateway.port;
 
     // mTLS: a client the CA signed reads; one without a certificate, with another CA's,
     // or one that does not trust the server, does not.
@@ -185,8 +218,7 @@ async fn tls_and_mtls_let_in_only_the_right_clients_and_certificates_rotate() {
     }
     assert!(!reads(client(port, &pki.ca, Some(&client_id)).await).await);
 
-    let _ = stop.send(());
-    server.await.expect("joins").expect("stops cleanly");
+    assert!(gateway.stop().await, "stops cleanly");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -241,21 +273,13 @@ async fn grpc_web_over_http1(port: u16, ca: &str) -> std::io::Result<String> {
 async fn grpc_web_clients_offering_only_http1_get_in_over_tls() {
     let dir = temp_dir("tls-http1");
     let pki = Pki::new("gateway test CA");
-    let (cert, key) = pki.issue(&["localhost"], false);
     let sim = spawn_simulator(SimulatorConfig {
         records: 5,
         ..Default::default()
     })
     .await;
-    let mut config = test_config(&sim.base_url());
-    config.tls_cert = Some(write(&dir, "cert.pem", &cert));
-    config.tls_key = Some(write(&dir, "key.pem", &key));
-    let gateway = audit_gateway::Gateway::bind(config).await.expect("starts");
-    let port = gateway.local_addr().port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gateway.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let gateway = tls_gateway(&dir, &pki, &sim.base_url(), false, |_| {}).await;
+    let port = gateway.port;
 
     let answer = grpc_web_over_http1(port, &pki.ca)
         .await
@@ -265,8 +289,7 @@ async fn grpc_web_clients_offering_only_http1_get_in_over_tls() {
     // HTTP/2 clients still get h2.
     assert!(reads(client(port, &pki.ca, None).await).await);
 
-    let _ = stop.send(());
-    let _ = server.await;
+    gateway.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -276,7 +299,6 @@ async fn grpc_web_clients_offering_only_http1_get_in_over_tls() {
 async fn with_mtls_each_client_certificate_is_a_caller_of_its_own() {
     let dir = temp_dir("mtls-callers");
     let pki = Pki::new("gateway test CA");
-    let (cert, key) = pki.issue(&["localhost"], false);
     let siem = pki.issue(&["siem.example.com"], true);
     let billing = pki.issue(&["billing.example.com"], true);
     let sim = spawn_simulator(SimulatorConfig {
@@ -284,17 +306,11 @@ async fn with_mtls_each_client_certificate_is_a_caller_of_its_own() {
         ..Default::default()
     })
     .await;
-    let mut config = test_config(&sim.base_url());
-    config.tls_cert = Some(write(&dir, "cert.pem", &cert));
-    config.tls_key = Some(write(&dir, "key.pem", &key));
-    config.tls_client_ca = Some(write(&dir, "clients.pem", &pki.ca));
-    config.caller_max_streams = Some(1);
-    let gateway = audit_gateway::Gateway::bind(config).await.expect("starts");
-    let port = gateway.local_addr().port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gateway.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let gateway = tls_gateway(&dir, &pki, &sim.base_url(), true, |c| {
+        c.caller_max_streams = Some(1);
+    })
+    .await;
+    let port = gateway.port;
     let stream = pb::StreamSinceRequest {
         number: Some(30),
         units: pb::TimeUnit::Days.into(),
@@ -318,7 +334,6 @@ async fn with_mtls_each_client_certificate_is_a_caller_of_its_own() {
     );
     let other = b.stream_since(stream).await.expect("billing's own");
     drop((first, other));
-    let _ = stop.send(());
-    server.await.expect("joins").expect("stops cleanly");
+    assert!(gateway.stop().await, "stops cleanly");
     let _ = std::fs::remove_dir_all(&dir);
 }
