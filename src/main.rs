@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        // A failed call exits with its gRPC status code (README.md, "Using it").
+        // A failed call exits with its gRPC status code (docs/usage.md).
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.code)

@@ -1,4 +1,4 @@
-//! The one place gateway errors become gRPC statuses (the error table in README.md),
+//! The one place gateway errors become gRPC statuses (the error table in docs/errors.md),
 //! with `ErrorInfo`, `RetryInfo` and `BadRequest` details, and are logged.
 
 use std::{collections::HashMap, time::Duration};

@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod common;
 mod compression;
+mod docs;
 mod errors;
 mod fairness;
 mod follow;
