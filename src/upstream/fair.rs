@@ -1,11 +1,21 @@
 //! The `--upstream-concurrency` slots, shared fairly between callers: start-time fair
 //! queueing (Goyal et al., the weighted form of round robin). Each caller has a virtual
 //! time that a granted slot advances by `1 / weight`; a free slot goes to the waiting
-//! caller whose virtual time is lowest, and a caller that was idle starts from the
+//! caller whose virtual time is lowest, and a caller with nothing queued starts from the
 //! current virtual time, neither ahead nor behind. So a caller with one request waiting
 //! gets one of the next slots to free up however many another caller has queued, and
-//! callers with work waiting get slots in the ratio of their weights. Within a caller,
-//! the request needed soonest goes first (a stream's next page before its look-ahead).
+//! callers with work waiting get slots in the ratio of their weights.
+//!
+//! A slot that frees up may still be a whole round trip away when every slot is busy
+//! with one caller's requests. So a caller that asked lately ([`ACTIVE`]) and holds no
+//! slot now has one kept free for it: a caller already holding slots does not take the
+//! last free ones while such callers are owed them. A caller holding none may always
+//! take one, so nobody waits on reservations for long; they lapse after [`ACTIVE`].
+//!
+//! Within a caller, the request needed soonest goes first: each waits for a virtual
+//! deadline, its arrival plus [`DEPTH_STEP`] for each page it runs ahead of what its
+//! stream reads now, so a stream's next page goes before its look-ahead, and look-ahead
+//! still goes in the end however many urgent requests its caller keeps sending.
 //!
 //! A caller may also have a cap on its slots in flight (unverified passthrough
 //! credentials share one small cap, `src/app/pages.rs`).
@@ -13,12 +23,20 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::Instant,
+    time::Duration,
 };
 
-use tokio::sync::oneshot;
+// tokio's clock, so that tests on a paused clock see reservations lapse and deadlines
+// pass (it is the system's monotonic clock otherwise).
+use tokio::{sync::oneshot, time::Instant};
 
 use crate::metrics::METRICS;
+
+/// How long a caller that asked counts as active: a slot is kept free for it meanwhile.
+pub(crate) const ACTIVE: Duration = Duration::from_secs(1);
+
+/// How much later a request one page further ahead of its stream's reader may wait.
+pub(crate) const DEPTH_STEP: Duration = Duration::from_millis(100);
 
 /// Whose request it is, as the scheduler counts it.
 #[derive(Clone, Debug)]
@@ -62,8 +80,10 @@ impl Share {
 /// Fair-shared slots.
 #[derive(Debug)]
 pub(crate) struct FairSlots {
-    state: Arc<Mutex<State>>,
+    state: Shared,
 }
+
+type Shared = Arc<Mutex<State>>;
 
 #[derive(Debug)]
 struct State {
@@ -71,7 +91,11 @@ struct State {
     /// The start tag of the last slot granted.
     now: f64,
     seq: u64,
+    /// Deadlines are counted from here.
+    epoch: Instant,
     callers: HashMap<Arc<str>, Queue>,
+    /// A dispatch is due then (a reservation lapses), and a task waits for it.
+    wake_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -82,8 +106,17 @@ struct Queue {
     /// Virtual time its next slot starts at (at least `State::now` once it waits).
     next: f64,
     in_flight: usize,
-    /// Requests waiting, by (depth, arrival).
-    waiting: BTreeMap<(u32, u64), Waiter>,
+    /// When it last asked or gave a slot back.
+    seen: Instant,
+    /// Requests waiting, by (deadline in ms from the epoch, arrival).
+    waiting: BTreeMap<(u64, u64), Waiter>,
+}
+
+impl Queue {
+    /// Holds nothing and waits for nothing, but asked lately: a slot is kept for it.
+    fn owed(&self, now: Instant) -> bool {
+        self.in_flight == 0 && self.waiting.is_empty() && now.duration_since(self.seen) < ACTIVE
+    }
 }
 
 #[derive(Debug)]
@@ -104,7 +137,9 @@ impl FairSlots {
                 free: slots.max(1),
                 now: 0.0,
                 seq: 0,
+                epoch: Instant::now(),
                 callers: HashMap::new(),
+                wake_at: None,
             })),
         }
     }
@@ -114,35 +149,39 @@ impl FairSlots {
     pub(crate) async fn acquire(&self, share: &Share) -> Result<Slot, Closed> {
         let (key, rx) = {
             let mut st = lock(&self.state);
-            let now = st.now;
+            let (now, arrived) = (st.now, Instant::now());
             st.seq += 1;
             let seq = st.seq;
+            let ahead = DEPTH_STEP.saturating_mul(share.depth);
+            let deadline = arrived.duration_since(st.epoch).saturating_add(ahead);
             let q = st.callers.entry(share.id.clone()).or_insert_with(|| Queue {
                 label: share.label.clone(),
                 weight: 1.0,
                 cap: usize::MAX,
                 next: now,
                 in_flight: 0,
+                seen: arrived,
                 waiting: BTreeMap::new(),
             });
             // Settings may change between calls (a reloaded tokens file).
             q.weight = f64::from(share.weight.max(1));
             q.cap = share.cap.unwrap_or(usize::MAX).max(1);
+            q.seen = arrived;
             if q.waiting.is_empty() {
                 // Nothing queued: no credit for the time it asked nothing (the start tag
                 // of fair queueing, max(virtual time, its last finish)).
                 q.next = q.next.max(now);
             }
             let (tx, rx) = oneshot::channel();
-            let key = (share.depth, seq);
+            let key = (u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX), seq);
             q.waiting.insert(
                 key,
                 Waiter {
-                    since: Instant::now(),
+                    since: arrived,
                     grant: tx,
                 },
             );
-            st.dispatch();
+            dispatch(&mut st, &self.state);
             (key, rx)
         };
         let mut waiting = Waiting {
@@ -170,59 +209,110 @@ impl FairSlots {
 #[derive(Debug)]
 pub(crate) struct Closed;
 
-impl State {
-    /// Grants free slots to the waiting requests whose turn it is.
-    fn dispatch(&mut self) {
-        while self.free > 0 {
-            let Some(id) = self
-                .callers
-                .iter()
-                .filter(|(_, q)| !q.waiting.is_empty() && q.in_flight < q.cap)
-                .min_by(|(_, a), (_, b)| a.next.total_cmp(&b.next))
-                .map(|(id, _)| id.clone())
-            else {
-                return;
-            };
-            let now = self.now;
-            let Some(q) = self.callers.get_mut(&id) else {
-                return;
-            };
-            let Some((_, waiter)) = q.waiting.pop_first() else {
-                return;
-            };
-            if waiter.grant.send(()).is_err() {
-                // Its caller left between this and its `Waiting` guard running.
-                continue;
-            }
-            let start = q.next.max(now);
-            q.next = start + 1.0 / q.weight;
-            q.in_flight += 1;
-            METRICS.caller_granted(&q.label, waiter.since.elapsed());
-            self.now = start;
-            self.free -= 1;
-            // A caller held back by its own cap earns no credit meanwhile: once under it
-            // again, it must not take the next slots by right of turns it could not use.
-            for q in self.callers.values_mut() {
-                if q.in_flight >= q.cap && !q.waiting.is_empty() {
-                    q.next = q.next.max(start);
-                }
+/// Grants free slots to the waiting requests whose turn it is; when a reservation holds
+/// a request back, makes sure a dispatch comes once it lapses.
+fn dispatch(st: &mut State, shared: &Shared) {
+    let mut held_back = false;
+    while st.free > 0 {
+        let now = Instant::now();
+        let owed = st.callers.values().filter(|q| q.owed(now)).count();
+        let free = st.free;
+        let candidate = st
+            .callers
+            .iter()
+            .filter(|(_, q)| !q.waiting.is_empty() && q.in_flight < q.cap)
+            .filter(|(_, q)| {
+                // Callers holding slots leave the ones owed to recent askers.
+                let may = q.in_flight == 0 || free > owed;
+                held_back |= !may;
+                may
+            })
+            // A tie goes to the caller holding fewer slots.
+            .min_by(|(_, a), (_, b)| {
+                a.next
+                    .total_cmp(&b.next)
+                    .then(a.in_flight.cmp(&b.in_flight))
+            })
+            .map(|(id, _)| id.clone());
+        let Some(id) = candidate else {
+            break;
+        };
+        let vnow = st.now;
+        let Some(q) = st.callers.get_mut(&id) else {
+            break;
+        };
+        let Some((_, waiter)) = q.waiting.pop_first() else {
+            break;
+        };
+        if waiter.grant.send(()).is_err() {
+            // Its caller left between this and its `Waiting` guard running.
+            continue;
+        }
+        let start = q.next.max(vnow);
+        q.next = start + 1.0 / q.weight;
+        q.in_flight += 1;
+        METRICS.caller_granted(&q.label, waiter.since.elapsed());
+        st.now = start;
+        st.free -= 1;
+        // A caller held back by its own cap earns no credit meanwhile: once under it
+        // again, it must not take the next slots by right of turns it could not use.
+        for q in st.callers.values_mut() {
+            if q.in_flight >= q.cap && !q.waiting.is_empty() {
+                q.next = q.next.max(start);
             }
         }
     }
+    if held_back {
+        wake_when_reservations_lapse(st, shared);
+    }
+}
 
-    /// A slot of `caller` came back.
-    fn release(&mut self, caller: &str) {
-        self.free += 1;
-        if let Some(q) = self.callers.get_mut(caller) {
-            q.in_flight = q.in_flight.saturating_sub(1);
-        }
-        if self.callers.len() > KEEP_IDLE {
-            let now = self.now;
-            self.callers
-                .retain(|_, q| !q.waiting.is_empty() || q.in_flight > 0 || q.next > now);
-        }
-        self.dispatch();
+/// Schedules a dispatch for when the first reservation lapses (one task at a time).
+fn wake_when_reservations_lapse(st: &mut State, shared: &Shared) {
+    let now = Instant::now();
+    let Some(lapse) = st
+        .callers
+        .values()
+        .filter(|q| q.owed(now))
+        .map(|q| q.seen + ACTIVE)
+        .min()
+    else {
+        return;
+    };
+    if st.wake_at.is_some_and(|at| at <= lapse) {
+        return;
     }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    st.wake_at = Some(lapse);
+    let shared = Arc::downgrade(shared);
+    runtime.spawn(async move {
+        tokio::time::sleep_until(lapse).await;
+        if let Some(shared) = shared.upgrade() {
+            let mut st = lock(&shared);
+            if st.wake_at == Some(lapse) {
+                st.wake_at = None;
+            }
+            dispatch(&mut st, &shared);
+        }
+    });
+}
+
+/// A slot of `caller` came back.
+fn release(st: &mut State, shared: &Shared, caller: &str) {
+    st.free += 1;
+    if let Some(q) = st.callers.get_mut(caller) {
+        q.in_flight = q.in_flight.saturating_sub(1);
+        q.seen = Instant::now();
+    }
+    if st.callers.len() > KEEP_IDLE {
+        let (vnow, now) = (st.now, Instant::now());
+        st.callers.retain(|_, q| {
+            !q.waiting.is_empty() || q.in_flight > 0 || q.next > vnow || q.owed(now)
+        });
+    }
+    dispatch(st, shared);
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -232,9 +322,9 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 /// A request waiting for its slot; dropped before it got one, it leaves the queue, and a
 /// slot granted in the meantime is handed on.
 struct Waiting {
-    state: Arc<Mutex<State>>,
+    state: Shared,
     caller: Arc<str>,
-    key: (u32, u64),
+    key: (u64, u64),
     done: bool,
 }
 
@@ -250,7 +340,7 @@ impl Drop for Waiting {
             .is_some_and(|q| q.waiting.remove(&self.key).is_some());
         if !still_waiting {
             // Granted, but nobody will use it.
-            st.release(&self.caller);
+            release(&mut st, &self.state, &self.caller);
         }
     }
 }
@@ -258,13 +348,13 @@ impl Drop for Waiting {
 /// One slot, given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    state: Arc<Mutex<State>>,
+    state: Shared,
     caller: Arc<str>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        lock(&self.state).release(&self.caller);
+        release(&mut lock(&self.state), &self.state, &self.caller);
     }
 }
 
@@ -385,6 +475,81 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_slot_is_kept_for_a_caller_that_asked_lately_until_it_lapses() {
+        let slots = Arc::new(FairSlots::new(2));
+        // The polite caller asked a moment ago and holds nothing now.
+        drop(slots.acquire(&share("p", 1)).await.expect("open"));
+        let g = share("g", 1);
+        let first = slots
+            .acquire(&g)
+            .await
+            .expect("a caller holding none always may");
+        let second = tokio::spawn({
+            let (slots, g) = (slots.clone(), g.clone());
+            async move { slots.acquire(&g).await.map(|_| Instant::now()) }
+        });
+        settle().await;
+        assert!(
+            !second.is_finished(),
+            "the last slot is kept for the polite caller"
+        );
+        let asked = Instant::now();
+        let polite = slots.acquire(&share("p", 1)).await.expect("at once");
+        assert_eq!(asked.elapsed(), Duration::ZERO, "it did not wait");
+        drop(polite);
+        // Once the polite caller stops asking, its reservation lapses.
+        let granted = second.await.expect("no panic").expect("open");
+        let waited = granted.duration_since(asked);
+        assert!(
+            waited >= ACTIVE && waited < ACTIVE + Duration::from_millis(50),
+            "{waited:?}"
+        );
+        drop(first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn look_ahead_is_served_in_the_end_however_many_urgent_requests_follow() {
+        let slots = Arc::new(FairSlots::new(1));
+        let s = share("s", 1);
+        let hold = slots.acquire(&s).await.expect("open");
+        let queued = Instant::now();
+        let deep = tokio::spawn({
+            let (slots, s) = (slots.clone(), s.at_depth(10));
+            async move { slots.acquire(&s).await.map(|slot| (Instant::now(), slot)) }
+        });
+        settle().await;
+        drop(hold);
+        // The same caller asks for a page it needs now every 20 ms, each held 20 ms.
+        let urgent = tokio::spawn({
+            let (slots, s) = (slots.clone(), s.clone());
+            async move {
+                loop {
+                    let next = slots.clone();
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let slot = next.acquire(&s).await.expect("open");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        drop(slot);
+                    });
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        let (granted, slot) = tokio::time::timeout(Duration::from_secs(10), deep)
+            .await
+            .expect("the look-ahead was starved")
+            .expect("no panic")
+            .expect("open");
+        urgent.abort();
+        drop(slot);
+        let waited = granted.duration_since(queued);
+        assert!(
+            waited <= DEPTH_STEP * 10 + Duration::from_millis(100),
+            "ten pages ahead waited {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_capped_caller_holds_at_most_its_cap_and_leaving_frees_its_place() {
         let slots = Arc::new(FairSlots::new(4));
         let capped = Share {
@@ -427,7 +592,7 @@ mod tests {
     /// What happened, in order.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     enum Event {
-        /// Caller `0` asked, with nothing of its own queued and a slot of its cap free.
+        /// Caller `0` asked, with nothing of its own queued or held.
         Fresh(usize),
         Asked(usize),
         Granted(usize),
@@ -499,8 +664,9 @@ mod tests {
                 tasks.push(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(a.at_ms)).await;
                     let c = a.caller;
+                    // Nothing of its own queued or held: it waits one round at most.
                     let fresh = waiting[c].load(Ordering::SeqCst) == 0
-                        && per_caller[c].load(Ordering::SeqCst) < cap.unwrap_or(usize::MAX);
+                        && per_caller[c].load(Ordering::SeqCst) == 0;
                     log.lock().expect("log").push(if fresh {
                         Event::Fresh(c)
                     } else {
@@ -535,11 +701,11 @@ mod tests {
             std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(300)
         ))]
 
-        /// Whatever the callers, weights, caps and arrivals: every request gets a slot,
-        /// never more than the slots are held, no caller holds more than its cap, and a
-        /// caller asking with nothing of its own queued waits at most one round: another
-        /// caller is served at most its weight's worth of the asker's turn (the asker's
-        /// last turn may still count), plus one tie, first.
+        /// Whatever the callers, weights, caps and arrivals: every request gets a slot
+        /// (reservations lapse), never more than the slots are held, no caller holds more
+        /// than its cap, and a caller asking with nothing of its own queued or held waits
+        /// at most one round: another caller is served at most its weight's worth of the
+        /// asker's turn (the asker's last turn may still count), plus one tie, first.
         #[test]
         fn every_request_is_served_within_one_round_of_the_others(
             (slots, callers, arrivals) in schedule()
