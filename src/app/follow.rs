@@ -42,7 +42,7 @@ use crate::{
     error::{GatewayError, within_deadline},
     metrics::METRICS,
     pb::wire::{self, PageView},
-    upstream::clock::ClockOffset,
+    upstream::{clock::ClockOffset, fair::Urgency},
 };
 
 /// Records per message at most.
@@ -160,8 +160,10 @@ struct Follower<P> {
     skew_warned: bool,
 }
 
-/// A range's newest page being fetched; dropping it aborts the fetch.
-struct Fetch(JoinHandle<Result<PageView, GatewayError>>);
+/// A range's newest page being fetched, and how many ranges ahead of the one being read
+/// it is (lowered as the reader comes closer, `src/upstream/fair.rs`); dropping it aborts
+/// the fetch.
+struct Fetch(JoinHandle<Result<PageView, GatewayError>>, Urgency);
 
 impl Drop for Fetch {
     fn drop(&mut self) {
@@ -300,14 +302,18 @@ impl<P: PageSource> Follower<P> {
             // The next ranges are fetched ahead, up to the prefetch window: cut to fill
             // most of a page each, most of them are read once.
             ahead.retain(|s, _| stack.contains(s));
-            for (depth, s) in stack.iter().rev().take(self.shared.prefetch).enumerate() {
-                if !ahead.contains_key(s) {
-                    ahead.insert(*s, self.fetch_ahead(*s, depth));
+            for (i, s) in stack.iter().rev().take(self.shared.prefetch).enumerate() {
+                match ahead.get(s) {
+                    Some(f) => f.1.set(i + 1),
+                    None => {
+                        ahead.insert(*s, self.fetch_ahead(*s, i + 1));
+                    }
                 }
             }
             let fetch = ahead
                 .remove(&slice)
                 .unwrap_or_else(|| self.fetch(slice, 0, false));
+            fetch.1.set(0);
             let page = join(fetch).await?;
             let complete = self.whole(slice, &page).await?;
             let grain = self.listing().grain;
@@ -523,15 +529,15 @@ impl<P: PageSource> Follower<P> {
 
     /// Fetches the first page of `slice`, needed `depth` ranges from now.
     fn fetch_ahead(&self, slice: Slice, depth: usize) -> Fetch {
-        self.fetch_at(slice, 0, false, u32::try_from(depth).unwrap_or(u32::MAX))
+        self.fetch_at(slice, 0, false, Urgency::ahead(depth))
     }
 
     /// Fetches the page of `slice` at `start`, needed now.
     fn fetch(&self, slice: Slice, start: i32, refresh: bool) -> Fetch {
-        self.fetch_at(slice, start, refresh, 0)
+        self.fetch_at(slice, start, refresh, Urgency::now())
     }
 
-    fn fetch_at(&self, slice: Slice, start: i32, refresh: bool, depth: u32) -> Fetch {
+    fn fetch_at(&self, slice: Slice, start: i32, refresh: bool, urgency: Urgency) -> Fetch {
         let pages = self.pages.clone();
         let req = PageRequest {
             query: PageQuery {
@@ -548,12 +554,13 @@ impl<P: PageSource> Follower<P> {
             deadline: self.req.deadline,
             persistent: true,
             caller: self.req.caller.clone(),
-            depth,
+            urgency: urgency.clone(),
             metered: false,
         };
-        Fetch(tokio::spawn(
-            async move { stream::decode(&pages.page(req).await?) }.in_current_span(),
-        ))
+        Fetch(
+            tokio::spawn(async move { stream::decode(&pages.page(req).await?) }.in_current_span()),
+            urgency,
+        )
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
     upstream::{
         ConfluenceClient, RetryClass,
         client::{FetchBounds, FetchEvents, PageBody},
-        fair::Share,
+        fair::{Share, Urgency},
     },
 };
 
@@ -52,9 +52,9 @@ pub(crate) struct PageRequest {
     pub persistent: bool,
     /// Who asks: its fair share of Confluence's request slots, and its caps.
     pub caller: Caller,
-    /// How soon the page is needed: 0 now, `n` for a stream's `n`th page ahead (its
-    /// fetch waits behind the caller's more urgent ones).
-    pub depth: u32,
+    /// How soon the page is needed (a stream's look-ahead waits behind its caller's
+    /// pages needed now, until its reader needs it).
+    pub urgency: Urgency,
     /// Counts against the caller's `--caller-miss-rate` when it starts a load
     /// (`GetSince` calls; a stream's pages are bounded by its stream slot instead).
     pub metered: bool,
@@ -302,7 +302,7 @@ impl PageService {
             label: caller.label.clone(),
             weight: caller.weight,
             cap: None,
-            depth: req.depth,
+            urgency: req.urgency.clone(),
         };
         let (Some((every, accepted)), Some(_)) = (&self.revalidate, &req.credential) else {
             return (false, share);

@@ -48,6 +48,7 @@ use crate::{
     error::{GatewayError, within_deadline},
     metrics::METRICS,
     pb::wire::{self, PageView},
+    upstream::fair::Urgency,
 };
 
 /// Records each page overlaps the one before it by, when pages are predicted ahead: a
@@ -243,6 +244,9 @@ struct Fetch {
     task: JoinHandle<Result<PageView, GatewayError>>,
     /// How many records the page held, once it landed (-1 before).
     records: Arc<AtomicI64>,
+    /// How far ahead of the reader it is, lowered as the reader comes closer: its
+    /// request waits behind the caller's more urgent ones (`src/upstream/fair.rs`).
+    urgency: Urgency,
 }
 
 impl Fetch {
@@ -347,7 +351,8 @@ impl<P: PageSource> Producer<P> {
         });
         let credential = self.req.credential.clone();
         let caller = self.req.caller.clone();
-        let depth = u32::try_from(depth).unwrap_or(u32::MAX);
+        let urgency = Urgency::ahead(depth);
+        let request_urgency = urgency.clone();
         let refresh = self.req.refresh || fresh;
         let deadline = self.req.deadline;
         let records = Arc::new(AtomicI64::new(-1));
@@ -367,7 +372,7 @@ impl<P: PageSource> Producer<P> {
                         deadline,
                         persistent: true,
                         caller,
-                        depth,
+                        urgency: request_urgency,
                         metered: false,
                     })
                     .await?;
@@ -383,6 +388,7 @@ impl<P: PageSource> Producer<P> {
             fresh,
             task,
             records,
+            urgency,
         }
     }
 
@@ -614,9 +620,15 @@ impl<P: PageSource> Producer<P> {
             ahead.push_back(self.fetch(next, false, ahead.len()));
             next += stride;
         }
-        ahead
+        let next = ahead
             .pop_front()
-            .unwrap_or_else(|| self.fetch(start, false, 0))
+            .unwrap_or_else(|| self.fetch(start, false, 0));
+        // The reader now waits for `next`; the rest are one page closer.
+        next.urgency.set(0);
+        for (i, f) in ahead.iter().enumerate() {
+            f.urgency.set(i + 1);
+        }
+        next
     }
 }
 

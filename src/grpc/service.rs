@@ -32,7 +32,7 @@ use crate::{
     error::GatewayError,
     metrics::METRICS,
     pb::{self, EncodedMessage, audit_service_server::AuditService},
-    upstream::clock::ClockOffset,
+    upstream::{clock::ClockOffset, fair::Urgency},
 };
 
 /// The gRPC service.
@@ -249,7 +249,7 @@ impl AuditGrpc {
             query,
             persistent: false,
             caller,
-            depth: 0,
+            urgency: Urgency::now(),
             metered: true,
         };
         let page = self.pages.page(req).await?;

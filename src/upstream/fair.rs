@@ -12,17 +12,21 @@
 //! last free ones while such callers are owed them. A caller holding none may always
 //! take one, so nobody waits on reservations for long; they lapse after [`ACTIVE`].
 //!
-//! Within a caller, the request needed soonest goes first: each waits for a virtual
-//! deadline, its arrival plus [`DEPTH_STEP`] for each page it runs ahead of what its
-//! stream reads now, so a stream's next page goes before its look-ahead, and look-ahead
-//! still goes in the end however many urgent requests its caller keeps sending.
+//! Within a caller, the request needed soonest goes first, then the oldest: each carries
+//! its [`Urgency`], how many pages it runs ahead of what its stream reads now, read when
+//! a slot is granted. A stream lowers it as its reader catches up (the page it waits for
+//! is 0), so its next page goes before its look-ahead, and look-ahead that is never
+//! needed never delays anything.
 //!
 //! A caller may also have a cap on its slots in flight (unverified passthrough
 //! credentials share one small cap, `src/app/pages.rs`).
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -35,8 +39,36 @@ use crate::metrics::METRICS;
 /// How long a caller that asked counts as active: a slot is kept free for it meanwhile.
 pub(crate) const ACTIVE: Duration = Duration::from_secs(1);
 
-/// How much later a request one page further ahead of its stream's reader may wait.
-pub(crate) const DEPTH_STEP: Duration = Duration::from_millis(100);
+/// How many pages a request runs ahead of what its reader needs now (0: needed now);
+/// its owner may lower it while the request waits, and the scheduler reads it when a
+/// slot is granted.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Urgency(Option<Arc<AtomicU32>>);
+
+impl Urgency {
+    /// Needed now, and for good.
+    pub(crate) fn now() -> Self {
+        Self(None)
+    }
+
+    /// `pages` ahead, for its owner to lower through [`Urgency::set`].
+    pub(crate) fn ahead(pages: usize) -> Self {
+        Self(Some(Arc::new(AtomicU32::new(
+            u32::try_from(pages).unwrap_or(u32::MAX),
+        ))))
+    }
+
+    /// Now `pages` ahead.
+    pub(crate) fn set(&self, pages: usize) {
+        if let Some(depth) = &self.0 {
+            depth.store(u32::try_from(pages).unwrap_or(u32::MAX), Ordering::Relaxed);
+        }
+    }
+
+    fn pages(&self) -> u32 {
+        self.0.as_ref().map_or(0, |d| d.load(Ordering::Relaxed))
+    }
+}
 
 /// Whose request it is, as the scheduler counts it.
 #[derive(Clone, Debug)]
@@ -49,9 +81,8 @@ pub(crate) struct Share {
     pub weight: u32,
     /// Most slots it holds at once, if capped.
     pub cap: Option<usize>,
-    /// How soon the request's answer is needed: 0 for now, `n` for a stream's `n`th page
-    /// ahead. Lower goes first within the caller.
-    pub depth: u32,
+    /// How soon the request's answer is needed. Lower goes first within the caller.
+    pub urgency: Urgency,
 }
 
 impl Share {
@@ -63,15 +94,15 @@ impl Share {
             label: "anonymous".into(),
             weight: 1,
             cap: None,
-            depth: 0,
+            urgency: Urgency::now(),
         }
     }
 
     /// The same caller, for a request needed `depth` pages from now.
     #[cfg(test)]
-    pub(crate) fn at_depth(&self, depth: u32) -> Self {
+    pub(crate) fn at_depth(&self, depth: usize) -> Self {
         Self {
-            depth,
+            urgency: Urgency::ahead(depth),
             ..self.clone()
         }
     }
@@ -91,8 +122,6 @@ struct State {
     /// The start tag of the last slot granted.
     now: f64,
     seq: u64,
-    /// Deadlines are counted from here.
-    epoch: Instant,
     callers: HashMap<Arc<str>, Queue>,
     /// A dispatch is due then (a reservation lapses), and a task waits for it.
     wake_at: Option<Instant>,
@@ -108,8 +137,8 @@ struct Queue {
     in_flight: usize,
     /// When it last asked or gave a slot back.
     seen: Instant,
-    /// Requests waiting, by (deadline in ms from the epoch, arrival).
-    waiting: BTreeMap<(u64, u64), Waiter>,
+    /// Requests waiting, by arrival.
+    waiting: BTreeMap<u64, Waiter>,
 }
 
 impl Queue {
@@ -122,6 +151,7 @@ impl Queue {
 #[derive(Debug)]
 struct Waiter {
     since: Instant,
+    urgency: Urgency,
     grant: oneshot::Sender<()>,
 }
 
@@ -137,7 +167,6 @@ impl FairSlots {
                 free: slots.max(1),
                 now: 0.0,
                 seq: 0,
-                epoch: Instant::now(),
                 callers: HashMap::new(),
                 wake_at: None,
             })),
@@ -152,8 +181,6 @@ impl FairSlots {
             let (now, arrived) = (st.now, Instant::now());
             st.seq += 1;
             let seq = st.seq;
-            let ahead = DEPTH_STEP.saturating_mul(share.depth);
-            let deadline = arrived.duration_since(st.epoch).saturating_add(ahead);
             let q = st.callers.entry(share.id.clone()).or_insert_with(|| Queue {
                 label: share.label.clone(),
                 weight: 1.0,
@@ -173,11 +200,12 @@ impl FairSlots {
                 q.next = q.next.max(now);
             }
             let (tx, rx) = oneshot::channel();
-            let key = (u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX), seq);
+            let key = seq;
             q.waiting.insert(
                 key,
                 Waiter {
                     since: arrived,
+                    urgency: share.urgency.clone(),
                     grant: tx,
                 },
             );
@@ -241,7 +269,17 @@ fn dispatch(st: &mut State, shared: &Shared) {
         let Some(q) = st.callers.get_mut(&id) else {
             break;
         };
-        let Some((_, waiter)) = q.waiting.pop_first() else {
+        // The most urgent, then the oldest (a scan: a caller's queue is a few hundred
+        // at most, and urgencies change while requests wait).
+        let Some(key) = q
+            .waiting
+            .iter()
+            .min_by_key(|(seq, w)| (w.urgency.pages(), **seq))
+            .map(|(seq, _)| *seq)
+        else {
+            break;
+        };
+        let Some(waiter) = q.waiting.remove(&key) else {
             break;
         };
         if waiter.grant.send(()).is_err() {
@@ -324,7 +362,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 struct Waiting {
     state: Shared,
     caller: Arc<str>,
-    key: (u64, u64),
+    key: u64,
     done: bool,
 }
 
@@ -375,7 +413,7 @@ mod tests {
             label: "other".into(),
             weight,
             cap: None,
-            depth: 0,
+            urgency: Urgency::now(),
         }
     }
 
@@ -392,7 +430,7 @@ mod tests {
                 let (slots, s, order) = (slots.clone(), s.clone(), order.clone());
                 tokio::spawn(async move {
                     let slot = slots.acquire(&s).await.expect("open");
-                    let _ = order.send(format!("{}{}", s.id, s.depth * 100 + i as u32));
+                    let _ = order.send(format!("{}{}", s.id, s.urgency.pages() * 100 + i as u32));
                     // Held until the test lets the next one through.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     drop(slot);
@@ -508,18 +546,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn look_ahead_is_served_in_the_end_however_many_urgent_requests_follow() {
+    async fn look_ahead_goes_next_once_its_reader_needs_it_however_many_urgent_requests_wait() {
         let slots = Arc::new(FairSlots::new(1));
         let s = share("s", 1);
         let hold = slots.acquire(&s).await.expect("open");
-        let queued = Instant::now();
+        let ahead = s.at_depth(10);
         let deep = tokio::spawn({
-            let (slots, s) = (slots.clone(), s.at_depth(10));
-            async move { slots.acquire(&s).await.map(|slot| (Instant::now(), slot)) }
+            let (slots, ahead) = (slots.clone(), ahead.clone());
+            async move {
+                slots
+                    .acquire(&ahead)
+                    .await
+                    .map(|slot| (Instant::now(), slot))
+            }
         });
         settle().await;
-        drop(hold);
-        // The same caller asks for a page it needs now every 20 ms, each held 20 ms.
+        // The same caller asks for a page it needs now every 10 ms, each held 20 ms (so
+        // some always wait): while the look-ahead is not needed, they go first.
         let urgent = tokio::spawn({
             let (slots, s) = (slots.clone(), s.clone());
             async move {
@@ -531,21 +574,28 @@ mod tests {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         drop(slot);
                     });
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(hold);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!deep.is_finished(), "look-ahead before pages needed now");
+        // Its reader reaches it: it goes at the next free slot.
+        ahead.urgency.set(0);
+        let needed = Instant::now();
         let (granted, slot) = tokio::time::timeout(Duration::from_secs(10), deep)
             .await
-            .expect("the look-ahead was starved")
+            .expect("the needed page was starved")
             .expect("no panic")
             .expect("open");
         urgent.abort();
         drop(slot);
-        let waited = granted.duration_since(queued);
+        let waited = granted.duration_since(needed);
         assert!(
-            waited <= DEPTH_STEP * 10 + Duration::from_millis(100),
-            "ten pages ahead waited {waited:?}"
+            waited <= Duration::from_millis(20),
+            "waited {waited:?} once needed"
         );
     }
 
@@ -586,7 +636,7 @@ mod tests {
         caller: usize,
         at_ms: u64,
         hold_ms: u64,
-        depth: u32,
+        depth: usize,
     }
 
     /// What happened, in order.
@@ -608,7 +658,7 @@ mod tests {
         )
             .prop_flat_map(|(slots, callers)| {
                 let n = callers.len();
-                let arrival = (0..n, 0u64..200, 1u64..40, 0u32..3).prop_map(
+                let arrival = (0..n, 0u64..200, 1u64..40, 0usize..3).prop_map(
                     |(caller, at_ms, hold_ms, depth)| Arrival {
                         caller,
                         at_ms,
@@ -655,7 +705,7 @@ mod tests {
                     label: "other".into(),
                     weight,
                     cap,
-                    depth: a.depth,
+                    urgency: Urgency::ahead(a.depth),
                 };
                 let (fair, log, held, peak) =
                     (fair.clone(), log.clone(), held.clone(), peak.clone());
