@@ -25,7 +25,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -41,9 +41,25 @@ pub(crate) const ACTIVE: Duration = Duration::from_secs(1);
 
 /// How many pages a request runs ahead of what its reader needs now (0: needed now);
 /// its owner may lower it while the request waits, and the scheduler reads it when a
-/// slot is granted.
+/// slot is granted. A request whose urgency rose queues behind those already as urgent,
+/// as if it arrived then: a stream's promoted look-ahead takes its turn, not the turns
+/// of requests that were urgent all along.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Urgency(Option<Arc<AtomicU32>>);
+pub(crate) struct Urgency(Option<Arc<Pages>>);
+
+/// An urgency its owner can lower.
+#[derive(Debug)]
+struct Pages {
+    ahead: AtomicU32,
+    /// When (in [`next_order`]'s count) it last rose.
+    since: AtomicU64,
+}
+
+/// A count shared by every request and urgency change: the order of arrivals.
+fn next_order() -> u64 {
+    static ORDER: AtomicU64 = AtomicU64::new(0);
+    ORDER.fetch_add(1, Ordering::Relaxed)
+}
 
 impl Urgency {
     /// Needed now, and for good.
@@ -53,20 +69,37 @@ impl Urgency {
 
     /// `pages` ahead, for its owner to lower through [`Urgency::set`].
     pub(crate) fn ahead(pages: usize) -> Self {
-        Self(Some(Arc::new(AtomicU32::new(
-            u32::try_from(pages).unwrap_or(u32::MAX),
-        ))))
+        Self(Some(Arc::new(Pages {
+            ahead: AtomicU32::new(u32::try_from(pages).unwrap_or(u32::MAX)),
+            since: AtomicU64::new(0),
+        })))
     }
 
     /// Now `pages` ahead.
     pub(crate) fn set(&self, pages: usize) {
-        if let Some(depth) = &self.0 {
-            depth.store(u32::try_from(pages).unwrap_or(u32::MAX), Ordering::Relaxed);
+        if let Some(p) = &self.0 {
+            let pages = u32::try_from(pages).unwrap_or(u32::MAX);
+            if p.ahead.swap(pages, Ordering::Relaxed) > pages {
+                p.since.store(next_order(), Ordering::Relaxed);
+            }
         }
     }
 
+    /// Its place in its caller's queue, which arrived at `order`: pages ahead, then
+    /// arrival (or when it last rose).
+    fn key(&self, order: u64) -> (u32, u64) {
+        match &self.0 {
+            None => (0, order),
+            Some(p) => (
+                p.ahead.load(Ordering::Relaxed),
+                order.max(p.since.load(Ordering::Relaxed)),
+            ),
+        }
+    }
+
+    #[cfg(test)]
     fn pages(&self) -> u32 {
-        self.0.as_ref().map_or(0, |d| d.load(Ordering::Relaxed))
+        self.key(0).0
     }
 }
 
@@ -121,7 +154,6 @@ struct State {
     free: usize,
     /// The start tag of the last slot granted.
     now: f64,
-    seq: u64,
     callers: HashMap<Arc<str>, Queue>,
     /// A dispatch is due then (a reservation lapses), and a task waits for it.
     wake_at: Option<Instant>,
@@ -137,7 +169,7 @@ struct Queue {
     in_flight: usize,
     /// When it last asked or gave a slot back.
     seen: Instant,
-    /// Requests waiting, by arrival.
+    /// Requests waiting, by arrival ([`next_order`]).
     waiting: BTreeMap<u64, Waiter>,
 }
 
@@ -166,7 +198,6 @@ impl FairSlots {
             state: Arc::new(Mutex::new(State {
                 free: slots.max(1),
                 now: 0.0,
-                seq: 0,
                 callers: HashMap::new(),
                 wake_at: None,
             })),
@@ -179,8 +210,7 @@ impl FairSlots {
         let (key, rx) = {
             let mut st = lock(&self.state);
             let (now, arrived) = (st.now, Instant::now());
-            st.seq += 1;
-            let seq = st.seq;
+            let seq = next_order();
             let q = st.callers.entry(share.id.clone()).or_insert_with(|| Queue {
                 label: share.label.clone(),
                 weight: 1.0,
@@ -274,7 +304,7 @@ fn dispatch(st: &mut State, shared: &Shared) {
         let Some(key) = q
             .waiting
             .iter()
-            .min_by_key(|(seq, w)| (w.urgency.pages(), **seq))
+            .min_by_key(|(seq, w)| w.urgency.key(**seq))
             .map(|(seq, _)| *seq)
         else {
             break;
@@ -546,57 +576,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn look_ahead_goes_next_once_its_reader_needs_it_however_many_urgent_requests_wait() {
+    async fn look_ahead_waits_until_needed_then_queues_behind_what_was_already_needed() {
         let slots = Arc::new(FairSlots::new(1));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let s = share("s", 1);
         let hold = slots.acquire(&s).await.expect("open");
+        let one = |name: &'static str, share: Share| {
+            let (slots, tx) = (slots.clone(), tx.clone());
+            tokio::spawn(async move {
+                let slot = slots.acquire(&share).await.expect("open");
+                let _ = tx.send(name);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop(slot);
+            })
+        };
         let ahead = s.at_depth(10);
-        let deep = tokio::spawn({
-            let (slots, ahead) = (slots.clone(), ahead.clone());
-            async move {
-                slots
-                    .acquire(&ahead)
-                    .await
-                    .map(|slot| (Instant::now(), slot))
-            }
-        });
+        let mut tasks = vec![one("ahead", ahead.clone())];
         settle().await;
-        // The same caller asks for a page it needs now every 10 ms, each held 20 ms (so
-        // some always wait): while the look-ahead is not needed, they go first.
-        let urgent = tokio::spawn({
-            let (slots, s) = (slots.clone(), s.clone());
-            async move {
-                loop {
-                    let next = slots.clone();
-                    let s = s.clone();
-                    tokio::spawn(async move {
-                        let slot = next.acquire(&s).await.expect("open");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        drop(slot);
-                    });
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        drop(hold);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(!deep.is_finished(), "look-ahead before pages needed now");
-        // Its reader reaches it: it goes at the next free slot.
+        for name in ["u1", "u2"] {
+            tasks.push(one(name, s.clone()));
+            settle().await;
+        }
+        // Its reader reaches it: it takes its turn after u1 and u2, before later ones.
         ahead.urgency.set(0);
-        let needed = Instant::now();
-        let (granted, slot) = tokio::time::timeout(Duration::from_secs(10), deep)
-            .await
-            .expect("the needed page was starved")
-            .expect("no panic")
-            .expect("open");
-        urgent.abort();
-        drop(slot);
-        let waited = granted.duration_since(needed);
-        assert!(
-            waited <= Duration::from_millis(20),
-            "waited {waited:?} once needed"
-        );
+        for name in ["u3", "u4"] {
+            tasks.push(one(name, s.clone()));
+            settle().await;
+        }
+        // Another, still ahead, goes after everything needed.
+        tasks.push(one("later", s.at_depth(1)));
+        tasks.push(one("u5", s.clone()));
+        settle().await;
+        drop(hold);
+        for t in tasks {
+            t.await.expect("no panic");
+        }
+        drop(tx);
+        let mut order = Vec::new();
+        while let Some(name) = rx.recv().await {
+            order.push(name);
+        }
+        assert_eq!(order, ["u1", "u2", "ahead", "u3", "u4", "u5", "later"]);
     }
 
     #[tokio::test(start_paused = true)]
