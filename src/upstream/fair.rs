@@ -9,8 +9,9 @@
 //! A slot that frees up may still be a whole round trip away when every slot is busy
 //! with one caller's requests. So a caller that asked lately ([`ACTIVE`]) and holds no
 //! slot now has one kept free for it: a caller already holding slots does not take the
-//! last free ones while such callers are owed them. A caller holding none may always
-//! take one, so nobody waits on reservations for long; they lapse after [`ACTIVE`].
+//! last free ones while such callers are owed them (half the slots at most). A caller
+//! holding none may always take one, so nobody waits on reservations for long; they
+//! lapse after [`ACTIVE`].
 //!
 //! Within a caller, the request needed soonest goes first, then the oldest: each carries
 //! its [`Urgency`], how many pages it runs ahead of what its stream reads now, read when
@@ -37,7 +38,9 @@ use tokio::{sync::oneshot, time::Instant};
 use crate::metrics::METRICS;
 
 /// How long a caller that asked counts as active: a slot is kept free for it meanwhile.
-pub(crate) const ACTIVE: Duration = Duration::from_secs(1);
+/// Long enough for a caller that calls every few seconds; at most half the slots are
+/// ever kept so (`State::dispatch`), so reservations cost at most half the capacity.
+pub(crate) const ACTIVE: Duration = Duration::from_secs(5);
 
 /// How many pages a request runs ahead of what its reader needs now (0: needed now);
 /// its owner may lower it while the request waits, and the scheduler reads it when a
@@ -151,6 +154,8 @@ type Shared = Arc<Mutex<State>>;
 
 #[derive(Debug)]
 struct State {
+    /// All slots, and those free now.
+    slots: usize,
     free: usize,
     /// The start tag of the last slot granted.
     now: f64,
@@ -196,6 +201,7 @@ impl FairSlots {
     pub(crate) fn new(slots: usize) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
+                slots: slots.max(1),
                 free: slots.max(1),
                 now: 0.0,
                 callers: HashMap::new(),
@@ -273,7 +279,12 @@ fn dispatch(st: &mut State, shared: &Shared) {
     let mut held_back = false;
     while st.free > 0 {
         let now = Instant::now();
-        let owed = st.callers.values().filter(|q| q.owed(now)).count();
+        let owed = st
+            .callers
+            .values()
+            .filter(|q| q.owed(now))
+            .count()
+            .min(st.slots / 2);
         let free = st.free;
         let candidate = st
             .callers
