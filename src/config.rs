@@ -681,7 +681,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// `flag` cannot work because of `problem`.
-    pub(crate) fn new(flag: &'static str, problem: impl Into<String>) -> Self {
+    pub fn new(flag: &'static str, problem: impl Into<String>) -> Self {
         Self {
             flag,
             problem: problem.into(),
@@ -690,7 +690,7 @@ impl ConfigError {
     }
 
     /// `flag` cannot work because of `problem`, caused by `source`.
-    pub(crate) fn caused_by(
+    pub fn caused_by(
         flag: &'static str,
         problem: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,

@@ -12,7 +12,6 @@ mod app;
 mod audit;
 mod cache;
 mod callers;
-mod cli;
 mod config;
 mod credential;
 mod error;
@@ -29,7 +28,6 @@ pub mod telemetry;
 mod tls;
 mod upstream;
 
-pub use cli::{Cli, CommandError};
 pub use config::{
     CacheConfig, ConfigError, GatewayConfig, ResponseCompression, UpstreamAuth, UpstreamConfig,
 };

@@ -1,9 +1,14 @@
-//! `audit-gateway`: parse the command line, start logging, run the command.
+//! `audit-gateway`: parse the command line, start logging, run the command. The commands
+//! (`src/cli/`) belong to this binary; the library is the gateway alone.
 
 use std::process::ExitCode;
 
-use audit_gateway::{Cli, telemetry};
+use audit_gateway::telemetry;
 use clap::Parser;
+
+use crate::cli::Cli;
+
+mod cli;
 
 fn main() -> ExitCode {
     tune_allocator();

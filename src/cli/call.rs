@@ -19,9 +19,8 @@ use super::{
     output::{CommandError, Format, Progress, RecordWriter},
     parse::Dur,
 };
-use crate::{
-    audit::TimeUnit,
-    pb::{self, audit_service_client::AuditServiceClient, convert::ToJson},
+use audit_gateway::pb::{
+    self, TimeUnit, audit_service_client::AuditServiceClient, convert::ToJson,
 };
 
 /// How the client commands reach a gateway.
@@ -130,11 +129,18 @@ pub(crate) struct StreamArgs {
     pub(crate) output: Option<PathBuf>,
 }
 
+/// The unit a name such as `DAYS` or `half_days` gives (the proto enum's names
+/// without their `TIME_UNIT_` prefix).
 fn parse_units(s: &str) -> Result<TimeUnit, String> {
-    TimeUnit::parse(s).ok_or_else(|| {
-        let names: Vec<&str> = TimeUnit::ALL.iter().map(|u| u.as_str()).collect();
-        format!("expected one of {}", names.join(" "))
-    })
+    TimeUnit::from_str_name(&format!("TIME_UNIT_{}", s.to_ascii_uppercase()))
+        .filter(|u| *u != TimeUnit::Unspecified)
+        .ok_or_else(|| {
+            let names: Vec<&str> = (1..)
+                .map_while(|n| TimeUnit::try_from(n).ok())
+                .map(|u| u.as_str_name().trim_start_matches("TIME_UNIT_"))
+                .collect();
+            format!("expected one of {}", names.join(" "))
+        })
 }
 
 /// A client of the gateway `call` names.
@@ -207,7 +213,7 @@ pub(crate) async fn stream_to(
     let mut client = connect(&call.connect).await?;
     let mut request = Request::new(pb::StreamSinceRequest {
         number: call.number,
-        units: call.units.map_or(0, |u| pb::TimeUnit::from(u) as i32),
+        units: call.units.map_or(0, |u| u as i32),
         search_string: call.search.clone(),
         page_size: args.page_size,
         max_records: args.max_records,
@@ -265,7 +271,7 @@ pub(crate) async fn get_page(args: &GetArgs) -> Result<pb::GetSinceResponse, Com
     let mut client = connect(&call.connect).await?;
     let mut request = Request::new(pb::GetSinceRequest {
         number: call.number,
-        units: call.units.map_or(0, |u| pb::TimeUnit::from(u) as i32),
+        units: call.units.map_or(0, |u| u as i32),
         search_string: call.search.clone(),
         start: args.start,
         limit: args.limit,

@@ -15,13 +15,12 @@ use super::{
     output::Format,
     parse::Dur,
 };
-use crate::{
-    audit::TimeUnit,
-    config::{GatewayConfig, UpstreamAuth},
-    credential::Credential,
-    gateway::{Gateway, shutdown_signal},
-    pb::convert::ToJson,
+use audit_gateway::{
+    Gateway, GatewayConfig, UpstreamAuth,
+    pb::{TimeUnit, convert::ToJson},
+    shutdown_signal,
 };
+use base64::{Engine, engine::general_purpose::STANDARD};
 
 const DEMO_EMAIL: &str = "demo@example.com";
 const DEMO_TOKEN: &str = "demo-api-token";
@@ -51,11 +50,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
     let sim = Simulator::start(
         SimulatorConfig {
             records: args.records,
-            required_authorization: Some(
-                Credential::basic(DEMO_EMAIL, DEMO_TOKEN)?
-                    .expose()
-                    .to_owned(),
-            ),
+            // What the gateway sends for --confluence-email and --confluence-api-token.
+            required_authorization: Some(format!(
+                "Basic {}",
+                STANDARD.encode(format!("{DEMO_EMAIL}:{DEMO_TOKEN}"))
+            )),
             latency: Duration::from_millis(20),
             // A live log, so a follower shows new records arriving.
             live: Some(confluence_sim::Live {

@@ -22,7 +22,7 @@ use super::{
     output::{CommandError, Format, Progress, RecordWriter},
     parse::Dur,
 };
-use crate::pb;
+use audit_gateway::pb;
 
 /// `follow` settings.
 #[derive(Clone, Debug, Args)]
@@ -166,7 +166,7 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
     // SIGTERM or Ctrl-C stops it while it waits (for a message, or to reconnect), never
     // between writing records and their checkpoint (no await lies there): the output and
     // the checkpoint file then agree.
-    let stop = crate::shutdown_signal();
+    let stop = audit_gateway::shutdown_signal();
     tokio::pin!(stop);
     loop {
         if left.is_some_and(|n| n <= 0) {

@@ -1,6 +1,8 @@
-//! The command line: `serve`, the `get`, `stream` and `follow` client commands and, with the
-//! `simulator` feature, `simulate` and `demo`. Clap structs are named `*Args` and live
-//! here; the library's configuration is `GatewayConfig` (`src/config.rs`).
+//! The command line, part of the binary (`src/main.rs`), not of the library: `serve`,
+//! the `get`, `stream` and `follow` client commands and, with the `simulator` feature,
+//! `simulate` and `demo`. Clap structs are named `*Args` and live here; they fill the
+//! library's `GatewayConfig`. The client commands use only the library's public proto
+//! types (`audit_gateway::pb`).
 
 mod call;
 #[cfg(feature = "simulator")]
@@ -12,13 +14,13 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
-pub use self::output::CommandError;
-use crate::{GatewayConfig, error::Chain, gateway::Gateway, shutdown_signal, telemetry::LogFormat};
+pub(crate) use self::output::CommandError;
+use audit_gateway::{Gateway, GatewayConfig, shutdown_signal, telemetry::LogFormat};
 
 /// audit-gateway: the Confluence audit log over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "audit-gateway", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 
@@ -53,29 +55,27 @@ enum Command {
 
 impl Cli {
     /// How to write log lines.
-    pub fn log_format(&self) -> LogFormat {
+    pub(crate) fn log_format(&self) -> LogFormat {
         self.log_format.unwrap_or_else(LogFormat::for_stderr)
     }
 
     /// Where to export spans, if anywhere.
-    pub fn otlp_endpoint(&self) -> Option<&str> {
+    pub(crate) fn otlp_endpoint(&self) -> Option<&str> {
         self.otlp_endpoint.as_deref()
     }
 
     /// Runs the command; the error is one line for the terminal, and an exit code.
-    pub async fn run(self) -> Result<(), CommandError> {
+    pub(crate) async fn run(self) -> Result<(), CommandError> {
         match self.command {
             Command::Serve(args) => {
                 // Handlers first: a SIGTERM during start-up is then a graceful stop too.
                 let signal = shutdown_signal();
-                let config = GatewayConfig::try_from(*args).map_err(|e| Chain(&e).to_string())?;
-                let gateway = Gateway::bind(config)
-                    .await
-                    .map_err(|e| Chain(&e).to_string())?;
+                let config = GatewayConfig::try_from(*args).map_err(|e| chain(&e))?;
+                let gateway = Gateway::bind(config).await.map_err(|e| chain(&e))?;
                 gateway
                     .run_until_stopped(signal)
                     .await
-                    .map_err(|e| CommandError::other(Chain(&e).to_string()))
+                    .map_err(|e| CommandError::other(chain(&e)))
             }
             Command::Get(args) => call::get(&args).await,
             Command::Stream(args) => {
@@ -90,4 +90,16 @@ impl Cli {
             Command::Demo(args) => Ok(demo::run(args).await?),
         }
     }
+}
+
+/// An error and its causes, one line: `--tls-cert: cannot read /x: No such file or directory`.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use secrecy::SecretString;
 
 use super::parse::{Dur, Size};
-use crate::config::{
+use audit_gateway::{
     CacheConfig, ConfigError, GatewayConfig, ResponseCompression, UpstreamAuth, UpstreamConfig,
 };
 
