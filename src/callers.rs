@@ -18,6 +18,34 @@ use ring::digest;
 
 use crate::metrics::METRICS;
 
+/// What is wrong with a caller tokens file (never showing a token).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TokensFileError {
+    /// It cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its bytes are not text.
+    #[error("not UTF-8")]
+    NotUtf8,
+    /// A line is not `name:token [settings]`.
+    #[error("line {line}: {why}")]
+    Line {
+        /// 1-based.
+        line: usize,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// It names nobody (at start: a mistake, not a revocation).
+    #[error("names no caller")]
+    NamesNobody,
+}
+
 /// Who a call is, as fair shares, caps, metrics and logs count it.
 #[derive(Clone, Debug)]
 pub(crate) struct Caller {
@@ -94,13 +122,15 @@ impl std::fmt::Debug for CallerTokens {
 
 impl CallerTokens {
     /// Reads `path`; the error says what is wrong with it (never a token).
-    pub(crate) fn load(path: &Path) -> Result<Self, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub(crate) fn load(path: &Path) -> Result<Self, TokensFileError> {
+        let bytes = std::fs::read(path).map_err(|source| TokensFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         let entries = parse(&bytes)?;
         // At start, a file naming nobody is a mistake, not a revocation.
         if entries.is_empty() {
-            return Err("names no caller".into());
+            return Err(TokensFileError::NamesNobody);
         }
         Ok(Self {
             path: path.to_owned(),
@@ -141,7 +171,10 @@ impl CallerTokens {
             return;
         }
         let parsed = bytes
-            .map_err(|e| format!("cannot read it: {e}"))
+            .map_err(|source| TokensFileError::Read {
+                path: self.path.display().to_string(),
+                source,
+            })
             .and_then(|b| parse(&b));
         match parsed {
             Ok(entries) => {
@@ -153,8 +186,9 @@ impl CallerTokens {
                     tracing::info!(%path, callers = count, "caller tokens reloaded");
                 }
             }
-            Err(why) => {
+            Err(e) => {
                 METRICS.caller_tokens_reload_errors.inc();
+                let why = crate::error::Chain(&e);
                 tracing::error!(%path, %why, "caller tokens file not reloaded; keeping the last good set");
             }
         }
@@ -184,15 +218,18 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// `name:token [weight=N] [max-streams=N] [miss-rate=N]` lines; blank lines and `#`
 /// comments are skipped. Names are unique, tokens non-empty and without whitespace; none
 /// at all is a file that revokes everyone.
-fn parse(bytes: &[u8]) -> Result<Vec<Entry>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
+fn parse(bytes: &[u8]) -> Result<Vec<Entry>, TokensFileError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| TokensFileError::NotUtf8)?;
     let mut entries: Vec<Entry> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let at = |why: &str| format!("line {}: {why}", n + 1);
+        let at = |why: &str| TokensFileError::Line {
+            line: n + 1,
+            why: why.to_owned(),
+        };
         let (name, rest) = line
             .split_once(':')
             .ok_or_else(|| at("expected name:token"))?;
@@ -273,7 +310,7 @@ mod tests {
             (b"a:zq-secret\na:y", "twice"),
             (b"na me:zq-secret", "letters"),
         ] {
-            let err = parse(bad).err().unwrap_or_default();
+            let err = parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(why), "{err}");
             assert!(!err.contains("zq-secret"), "{err}");
         }

@@ -167,16 +167,21 @@ impl std::fmt::Display for ResponseCompression {
 }
 
 impl std::str::FromStr for ResponseCompression {
-    type Err = String;
+    type Err = UnknownCompression;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, UnknownCompression> {
         Self::NAMES
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(s))
             .map(|(_, v)| *v)
-            .ok_or_else(|| format!("`{s}`: expected none, gzip, zstd or both"))
+            .ok_or_else(|| UnknownCompression(s.to_owned()))
     }
 }
+
+/// A `--compress-responses` value that names no encoding.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}`: expected none, gzip, zstd or both")]
+pub struct UnknownCompression(String);
 
 /// Whose credential the gateway sends to Confluence.
 #[derive(Clone, Debug, Default)]
@@ -359,8 +364,8 @@ impl GatewayConfig {
                 ));
             }
             Some(path) => {
-                Some(Arc::new(CallerTokens::load(path).map_err(|why| {
-                    ConfigError::new("--caller-tokens-file", why)
+                Some(Arc::new(CallerTokens::load(path).map_err(|e| {
+                    ConfigError::from_error("--caller-tokens-file", e)
                 })?))
             }
             None => None,
@@ -558,8 +563,9 @@ impl GatewayConfig {
         }
         let fingerprints = match &c.credential_salt {
             Some(salt) => FingerprintKey::from_secret(salt.expose_secret().as_bytes()),
-            None => FingerprintKey::random()
-                .map_err(|e| ConfigError::new("--credential-salt", e.to_string()))?,
+            None => FingerprintKey::random().map_err(|e| {
+                ConfigError::caused_by("--credential-salt", "cannot draw a random key", e)
+            })?,
         };
         let redis = match &c.redis_url {
             None if c.redis_cluster => {
@@ -676,7 +682,34 @@ pub struct ConfigError {
     pub flag: &'static str,
     problem: String,
     #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    source: Option<Cause>,
+}
+
+/// What caused a [`ConfigError`]: an error of its own, or, for an error that is the
+/// problem itself ([`ConfigError::from_error`]), that error's cause (its own message is
+/// the problem already, and is not repeated).
+#[derive(Debug)]
+struct Cause {
+    error: Box<dyn std::error::Error + Send + Sync>,
+    skip_message: bool,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.skip_message, self.error.source()) {
+            (true, Some(inner)) => std::fmt::Display::fmt(inner, f),
+            _ => std::fmt::Display::fmt(&self.error, f),
+        }
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self.skip_message {
+            true => self.error.source().and_then(std::error::Error::source),
+            false => self.error.source(),
+        }
+    }
 }
 
 impl ConfigError {
@@ -698,7 +731,28 @@ impl ConfigError {
         Self {
             flag,
             problem: problem.into(),
-            source: Some(Box::new(source)),
+            source: Some(Cause {
+                error: Box::new(source),
+                skip_message: false,
+            }),
+        }
+    }
+
+    /// `flag` cannot work because of `error`, whose message is the problem and whose
+    /// causes follow it.
+    pub(crate) fn from_error(
+        flag: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let problem = error.to_string();
+        let source = error.source().is_some().then(|| Cause {
+            error: Box::new(error),
+            skip_message: true,
+        });
+        Self {
+            flag,
+            problem,
+            source,
         }
     }
 }

@@ -97,12 +97,17 @@ impl FingerprintKey {
     }
 
     /// A fresh random key for this process, from the system's CSPRNG.
-    pub(crate) fn random() -> Result<Self, String> {
+    pub(crate) fn random() -> Result<Self, RandomFailed> {
         hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
             .map(Self)
-            .map_err(|_| "the system random generator failed".to_owned())
+            .map_err(|_| RandomFailed)
     }
 }
+
+/// The system's random generator failed (ring says no more).
+#[derive(Debug, thiserror::Error)]
+#[error("the system random generator failed")]
+pub(crate) struct RandomFailed;
 
 impl fmt::Debug for FingerprintKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -41,11 +41,12 @@ impl Gateway {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let checked = config.check()?;
         let mut client = ConfluenceClient::new(checked.upstream)
-            .map_err(|e| ConfigError::new("--confluence-url", e))?;
+            .map_err(|e| ConfigError::from_error("--confluence-url", e))?;
         let shared: Option<Arc<dyn SharedTier>> = match checked.redis {
             Some(settings) => {
                 let tier = Arc::new(
-                    RedisTier::new(settings).map_err(|e| ConfigError::new("--redis-url", e))?,
+                    RedisTier::new(settings)
+                        .map_err(|e| ConfigError::from_error("--redis-url", e))?,
                 );
                 // Confluence limits a credential across replicas: they share its
                 // cool-downs through the same Redis (`src/upstream/cooldown.rs`).

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         match telemetry::init(cli.log_format(), cli.otlp_endpoint()) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", cli::chain(&e));
                 return ExitCode::FAILURE;
             }
         }

@@ -59,9 +59,18 @@ impl Telemetry {
     }
 }
 
+/// The OTLP exporter for `--otlp-endpoint` could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("--otlp-endpoint {endpoint}: cannot export spans there")]
+pub struct TelemetryError {
+    endpoint: String,
+    #[source]
+    source: opentelemetry_otlp::ExporterBuildError,
+}
+
 /// Installs the global subscriber (a second call installs nothing) and, with
 /// `otlp_endpoint`, the OTLP span exporter; must run inside a tokio runtime.
-pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (otel, provider) = match otlp_endpoint {
         Some(endpoint) => {
@@ -69,7 +78,10 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
                 .with_tonic()
                 .with_endpoint(endpoint)
                 .build()
-                .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+                .map_err(|source| TelemetryError {
+                    endpoint: endpoint.to_owned(),
+                    source,
+                })?;
             // Exports run as tokio tasks, where the tonic client they use can do I/O.
             let batches = BatchSpanProcessor::builder(exporter, runtime::Tokio).build();
             let provider = SdkTracerProvider::builder()

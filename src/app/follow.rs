@@ -639,7 +639,7 @@ mod tests {
         since: i64,
         until: i64,
         max_records: Option<u64>,
-    ) -> Result<Followed, String> {
+    ) -> Result<Followed, GatewayError> {
         let key = key();
         let listing = Arc::new(Mutex::new(Listing::default()));
         let mut cp = Checkpoint::at(since);
@@ -672,8 +672,9 @@ mod tests {
                     None => break None,
                     Some(Err(e)) => break Some(e),
                     Some(Ok(message)) => {
-                        let message = pb::FollowResponse::decode(message)
-                            .map_err(|e| format!("a follow message: {e}"))?;
+                        let message = pb::FollowResponse::decode(message).map_err(|e| {
+                            GatewayError::Internal(format!("a follow message: {e}"))
+                        })?;
                         delivered.extend(
                             message
                                 .records
@@ -681,7 +682,7 @@ mod tests {
                                 .map(|r| (r.summary, r.creation_date)),
                         );
                         cp = checkpoint::decode(&key, None, &message.checkpoint)
-                            .map_err(|e| e.to_string())?;
+                            .map_err(|e| GatewayError::Internal(e.to_string()))?;
                         if cp.next > until {
                             return Ok(Followed {
                                 delivered,
@@ -693,7 +694,7 @@ mod tests {
                 }
             };
             match end {
-                Some(GatewayError::Internal(m)) => return Err(format!("INTERNAL: {m}")),
+                Some(e @ GatewayError::Internal(_)) => return Err(e),
                 Some(e @ GatewayError::UpstreamContract(_)) => {
                     return Ok(Followed {
                         delivered,
@@ -705,7 +706,9 @@ mod tests {
                 _ => continue,
             }
         }
-        Err("the follower did not get there within 500 calls".into())
+        Err(GatewayError::Internal(
+            "the follower did not get there within 500 calls".into(),
+        ))
     }
 
     fn misbehaviour() -> impl Strategy<Value = Misbehaviour> {
@@ -793,7 +796,7 @@ mod tests {
                     follow_through(source, clock, BASE - back, BASE + 6_000, max_records).await;
                 (model, followed)
             });
-            let followed = followed.map_err(TestCaseError::fail)?;
+            let followed = followed.map_err(|e| TestCaseError::fail(e.to_string()))?;
             let model = model.lock().expect("model");
             if let Some(end) = &followed.end {
                 prop_assert!(ignored, "ended with {end:?}");

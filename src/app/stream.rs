@@ -828,7 +828,7 @@ mod tests {
         page_size: i32,
         max_records: Option<u64>,
         refresh: bool,
-    ) -> Result<Vec<(String, i64)>, String> {
+    ) -> Result<Vec<(String, i64)>, GatewayError> {
         let mut delivered = Vec::new();
         let mut cursor = Cursor::BEGIN;
         for _ in 0..200 {
@@ -840,16 +840,19 @@ mod tests {
             let got = records.len();
             delivered.extend(records);
             if !token.is_empty() {
-                cursor = resume::decode(&key(), &window(), &token).map_err(|e| e.to_string())?;
+                cursor = resume::decode(&key(), &window(), &token)
+                    .map_err(|e| GatewayError::Internal(e.to_string()))?;
             }
             match end {
-                Some(GatewayError::Internal(m)) => return Err(format!("INTERNAL: {m}")),
+                Some(e @ GatewayError::Internal(_)) => return Err(e),
                 Some(_) => continue,
                 None if max_records.is_some_and(|m| got as u64 == m) => continue,
                 None => return Ok(delivered),
             }
         }
-        Err("the stream did not finish within 200 calls".into())
+        Err(GatewayError::Internal(
+            "the stream did not finish within 200 calls".into(),
+        ))
     }
 
     fn misbehaviour() -> impl Strategy<Value = (Misbehaviour, i32)> {
@@ -922,7 +925,7 @@ mod tests {
             let source = ModelSource(model.clone());
             let delivered = runtime
                 .block_on(stream_through(source, page_size, max_records, refresh))
-                .map_err(TestCaseError::fail)?;
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let model = model.lock().expect("model");
             if delivered.is_empty() {
                 // Only right if the window was empty when the stream began.

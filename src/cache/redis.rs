@@ -46,6 +46,13 @@ const HEADER: usize = 4 + 8 + MAC;
 /// Bytes of the HMAC-SHA-256 kept.
 const MAC: usize = 16;
 
+/// Redis refused the URL or the client could not be built. It carries the client's
+/// message with the URL's password taken out, not the client's error itself: that one
+/// may print the URL whole.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct RedisOpenError(String);
+
 /// Redis tier settings. `Debug` leaves the URL out: it may hold a password.
 #[derive(Clone)]
 pub(crate) struct RedisSettings {
@@ -163,9 +170,9 @@ pub(crate) struct RedisTier {
 impl RedisTier {
     /// A tier for `settings`; it connects lazily, so a Redis that is down at start
     /// only means misses until it is up.
-    pub(crate) fn new(settings: RedisSettings) -> Result<Self, String> {
-        let conn =
-            Connection::open(&settings).map_err(|e| redact(&e.to_string(), &settings.url))?;
+    pub(crate) fn new(settings: RedisSettings) -> Result<Self, RedisOpenError> {
+        let conn = Connection::open(&settings)
+            .map_err(|e| RedisOpenError(redact(&e.to_string(), &settings.url)))?;
         Ok(Self {
             conn,
             settings,

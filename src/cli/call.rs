@@ -17,7 +17,7 @@ use tonic::{
 
 use super::{
     output::{CommandError, Format, Progress, RecordWriter},
-    parse::Dur,
+    parse::{BadValue, Dur},
 };
 use audit_gateway::pb::{
     self, TimeUnit, audit_service_client::AuditServiceClient, convert::ToJson,
@@ -131,7 +131,7 @@ pub(crate) struct StreamArgs {
 
 /// The unit a name such as `DAYS` or `half_days` gives (the proto enum's names
 /// without their `TIME_UNIT_` prefix).
-fn parse_units(s: &str) -> Result<TimeUnit, String> {
+fn parse_units(s: &str) -> Result<TimeUnit, BadValue> {
     TimeUnit::from_str_name(&format!("TIME_UNIT_{}", s.to_ascii_uppercase()))
         .filter(|u| *u != TimeUnit::Unspecified)
         .ok_or_else(|| {
@@ -139,12 +139,14 @@ fn parse_units(s: &str) -> Result<TimeUnit, String> {
                 .map_while(|n| TimeUnit::try_from(n).ok())
                 .map(|u| u.as_str_name().trim_start_matches("TIME_UNIT_"))
                 .collect();
-            format!("expected one of {}", names.join(" "))
+            BadValue(format!("expected one of {}", names.join(" ")))
         })
 }
 
 /// A client of the gateway `call` names.
-pub(crate) async fn connect(call: &ConnectArgs) -> Result<AuditServiceClient<Channel>, String> {
+pub(crate) async fn connect(
+    call: &ConnectArgs,
+) -> Result<AuditServiceClient<Channel>, CommandError> {
     let gateway = &call.gateway;
     let mut endpoint =
         Endpoint::from_shared(gateway.to_owned()).map_err(|e| format!("--gateway: {e}"))?;
@@ -179,7 +181,7 @@ pub(crate) async fn connect(call: &ConnectArgs) -> Result<AuditServiceClient<Cha
 pub(crate) fn authorize<T>(
     request: &mut Request<T>,
     authorization: Option<&SecretString>,
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     if let Some(auth) = authorization {
         let value = MetadataValue::try_from(auth.expose_secret())
             .map_err(|_| "--authorization: not a valid metadata value".to_owned())?;

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use super::{
     call::{self, CallArgs, ConnectArgs, GetArgs, StreamArgs},
-    output::Format,
+    output::{CommandError, Format},
     parse::Dur,
 };
 use audit_gateway::{
@@ -42,7 +42,7 @@ pub(crate) struct DemoArgs {
 }
 
 /// Runs the demo.
-pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
+pub(crate) async fn run(args: DemoArgs) -> Result<(), CommandError> {
     let signal = shutdown_signal();
     let sim_listener = TcpListener::bind("127.0.0.1:0")
         .await

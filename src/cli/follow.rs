@@ -20,7 +20,7 @@ use tonic_types::StatusExt;
 use super::{
     call::{ConnectArgs, authorize, connect},
     output::{CommandError, Format, Progress, RecordWriter},
-    parse::Dur,
+    parse::{BadValue, Dur},
 };
 use audit_gateway::pb;
 
@@ -75,9 +75,9 @@ pub(crate) enum Since {
 }
 
 impl std::str::FromStr for Since {
-    type Err = String;
+    type Err = BadValue;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         if let Ok(d) = s.parse::<Dur>() {
             return Ok(Self::Ago(d.0));
         }
@@ -87,7 +87,9 @@ impl std::str::FromStr for Since {
             .and_then(|t| SystemTime::try_from(t).ok())
             .map(Self::At)
             .ok_or_else(|| {
-                format!("'{s}' is neither a duration (10m, 2h) nor a time (2025-01-02T03:04:05Z)")
+                BadValue(format!(
+                    "'{s}' is neither a duration (10m, 2h) nor a time (2025-01-02T03:04:05Z)"
+                ))
             })
     }
 }
@@ -242,7 +244,9 @@ async fn follow_once(
     left: &mut Option<i64>,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
-    let mut client = connect(&args.connect).await.map_err(Failure::Retry)?;
+    let mut client = connect(&args.connect)
+        .await
+        .map_err(|e| Failure::Retry(e.message))?;
     let from = match (&checkpoint, since) {
         (Some(c), _) => Some(pb::follow_request::From::Checkpoint(c.clone())),
         (None, Some(t)) => Some(pb::follow_request::From::Since(
@@ -257,8 +261,7 @@ async fn follow_once(
         max_records: *left,
         lag: Some(duration(args.lag.0)),
     });
-    authorize(&mut request, args.connect.authorization.as_ref())
-        .map_err(|e| Failure::Fatal(CommandError::other(e)))?;
+    authorize(&mut request, args.connect.authorization.as_ref()).map_err(Failure::Fatal)?;
     let sent_checkpoint = checkpoint.is_some();
     let classify = |s| classify(s, args, sent_checkpoint);
     let mut messages = client.follow(request).await.map_err(classify)?.into_inner();
@@ -368,17 +371,20 @@ fn duration(d: Duration) -> prost_types::Duration {
     }
 }
 
-fn read_saved(path: &Path) -> Result<Option<Saved>, String> {
+fn read_saved(path: &Path) -> Result<Option<Saved>, CommandError> {
     match fs::read(path) {
         Ok(b) if b.is_empty() => Ok(None),
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            format!(
+            CommandError::other(format!(
                 "--checkpoint-file {}: not a checkpoint: {e}",
                 path.display()
-            )
+            ))
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("--checkpoint-file {}: {e}", path.display())),
+        Err(e) => Err(CommandError::other(format!(
+            "--checkpoint-file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -423,7 +429,7 @@ impl Write for Sink {
 
 /// Opens `path` for appending, first cut back to the length the checkpoint recorded
 /// (what was written after it is written again); whether it already holds output.
-fn open_output(path: Option<&Path>, saved: Option<&Saved>) -> Result<(Sink, bool), String> {
+fn open_output(path: Option<&Path>, saved: Option<&Saved>) -> Result<(Sink, bool), CommandError> {
     let Some(path) = path else {
         return Ok((Sink::Stdout(io::stdout()), false));
     };
@@ -440,11 +446,11 @@ fn open_output(path: Option<&Path>, saved: Option<&Saved>) -> Result<(Sink, bool
             len = at;
         }
         Some(at) if at > len => {
-            return Err(format!(
+            return Err(CommandError::other(format!(
                 "--output {}: shorter ({len} bytes) than when the checkpoint was taken \
                  ({at} bytes); is it the same file?",
                 path.display()
-            ));
+            )));
         }
         _ => {}
     }

@@ -93,7 +93,7 @@ impl Cli {
 }
 
 /// An error and its causes, one line: `--tls-cert: cannot read /x: No such file or directory`.
-fn chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
     let mut cause = err.source();
     while let Some(c) = cause {

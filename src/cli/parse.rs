@@ -4,14 +4,25 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
+/// A value the command line cannot take, and why (clap prints it after the flag).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadValue(pub(crate) String);
+
+impl From<String> for BadValue {
+    fn from(why: String) -> Self {
+        Self(why)
+    }
+}
+
 /// A duration flag value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Dur(pub(crate) Duration);
 
 impl FromStr for Dur {
-    type Err = String;
+    type Err = BadValue;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let s = s.trim();
         let split = s
             .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -26,11 +37,11 @@ impl FromStr for Dur {
             "s" => n,
             "m" => n * 60.0,
             "h" => n * 3600.0,
-            _ => return Err(format!("'{s}' is not a duration (units: ms, s, m, h)")),
+            _ => return Err(format!("'{s}' is not a duration (units: ms, s, m, h)").into()),
         };
         Duration::try_from_secs_f64(secs)
             .map(Dur)
-            .map_err(|_| format!("'{s}' is out of range"))
+            .map_err(|_| BadValue(format!("'{s}' is out of range")))
     }
 }
 
@@ -57,9 +68,9 @@ const UNITS: [(&str, u64); 4] = [
 ];
 
 impl FromStr for Size {
-    type Err = String;
+    type Err = BadValue;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
@@ -71,11 +82,11 @@ impl FromStr for Size {
             "KiB" | "K" | "KB" => 1 << 10,
             "MiB" | "M" | "MB" => 1 << 20,
             "GiB" | "G" | "GB" => 1 << 30,
-            _ => return Err(format!("'{s}' is not a size (units: KiB, MiB, GiB)")),
+            _ => return Err(format!("'{s}' is not a size (units: KiB, MiB, GiB)").into()),
         };
         n.checked_mul(mult)
             .map(Size)
-            .ok_or_else(|| format!("'{s}' is out of range"))
+            .ok_or_else(|| BadValue(format!("'{s}' is out of range")))
     }
 }
 
@@ -94,11 +105,11 @@ impl fmt::Display for Size {
 mod tests {
     use super::*;
 
-    fn dur(s: &str) -> Result<Duration, String> {
+    fn dur(s: &str) -> Result<Duration, BadValue> {
         s.parse::<Dur>().map(|d| d.0)
     }
 
-    fn size(s: &str) -> Result<u64, String> {
+    fn size(s: &str) -> Result<u64, BadValue> {
         s.parse::<Size>().map(|d| d.0)
     }
 

@@ -381,14 +381,19 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
 
-    fn parse(args: &[&str]) -> Result<GatewayConfig, String> {
+    /// What the command line or the configuration said when it refused arguments.
+    #[derive(Debug)]
+    struct Refused(String);
+
+    /// The configuration `serve` builds from `args`, or the message it fails with.
+    fn parse(args: &[&str]) -> Result<GatewayConfig, Refused> {
         let mut argv = vec!["audit-gateway", "serve", "--confluence-url", "http://x"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| Refused(e.to_string()))?
             .command
         {
-            Command::Serve(s) => GatewayConfig::try_from(*s).map_err(|e| e.to_string()),
+            Command::Serve(s) => GatewayConfig::try_from(*s).map_err(|e| Refused(e.to_string())),
             _ => unreachable!("serve"),
         }
     }
@@ -423,7 +428,7 @@ mod tests {
             "--confluence-email",
             "a@b",
         ]);
-        let err = missing.expect_err("refused");
+        let Refused(err) = missing.expect_err("refused");
         assert!(err.starts_with("--confluence-api-token-file"), "{err}");
         assert!(
             parse(&[

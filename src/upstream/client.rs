@@ -128,7 +128,7 @@ pub(crate) struct ConfluenceClient {
 
 impl ConfluenceClient {
     /// Builds the client; fails on a base URL that cannot carry the endpoint path.
-    pub(crate) fn new(settings: UpstreamSettings) -> Result<Self, String> {
+    pub(crate) fn new(settings: UpstreamSettings) -> Result<Self, ClientError> {
         let range = audit_endpoint(&settings.base_url, &[])?;
         let since = audit_endpoint(&settings.base_url, &["since"])?;
         let http = reqwest::Client::builder()
@@ -137,7 +137,7 @@ impl ConfluenceClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(ClientError::Http)?;
         Ok(Self {
             http,
             since,
@@ -670,16 +670,27 @@ impl Drop for InFlight {
     }
 }
 
+/// Why a client of Confluence cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientError {
+    /// The base URL is not one an endpoint path can follow.
+    #[error("{0} is not an http(s) base URL")]
+    NotHttp(Url),
+    /// The HTTP client could not be built (its TLS roots, say).
+    #[error("cannot build the HTTP client")]
+    Http(#[source] reqwest::Error),
+}
+
 /// `{base}/rest/api/audit` followed by `tail`, keeping any path the base has (e.g. `/wiki`).
-fn audit_endpoint(base: &Url, tail: &[&str]) -> Result<Url, String> {
+fn audit_endpoint(base: &Url, tail: &[&str]) -> Result<Url, ClientError> {
     if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
-        return Err(format!("{base} is not an http(s) base URL"));
+        return Err(ClientError::NotHttp(base.clone()));
     }
     let mut url = base.clone();
     url.set_query(None);
     url.set_fragment(None);
     url.path_segments_mut()
-        .map_err(|_| format!("{base} cannot take a path"))?
+        .map_err(|_| ClientError::NotHttp(base.clone()))?
         .pop_if_empty()
         .extend(["rest", "api", "audit"])
         .extend(tail);
