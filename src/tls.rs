@@ -124,17 +124,20 @@ pub(crate) fn incoming(
     ReceiverStream::new(rx)
 }
 
-fn files_digest(files: &TlsFiles) -> std::io::Result<[u8; 32]> {
+/// A digest of the files' bytes, to notice a change; the error names the file that
+/// cannot be read, by its flag.
+fn files_digest(files: &TlsFiles) -> Result<[u8; 32], (&'static str, String)> {
     let mut ctx = digest::Context::new(&digest::SHA256);
-    for path in [
-        Some(&files.cert),
-        Some(&files.key),
-        files.client_ca.as_ref(),
+    for (flag, path) in [
+        ("--tls-cert", Some(&files.cert)),
+        ("--tls-key", Some(&files.key)),
+        ("--tls-client-ca", files.client_ca.as_ref()),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(flag, p)| Some((flag, p?)))
     {
-        let bytes = std::fs::read(path)?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| (flag, format!("cannot read {}: {e}", path.display())))?;
         ctx.update(&(bytes.len() as u64).to_be_bytes());
         ctx.update(&bytes);
     }
@@ -158,8 +161,7 @@ fn read_certs(
 
 /// The rustls configuration the files describe, and a digest of the files.
 fn build(files: &TlsFiles) -> Result<(ServerConfig, [u8; 32]), (&'static str, String)> {
-    let digest = files_digest(files)
-        .map_err(|e| ("--tls-cert", format!("cannot read the TLS files: {e}")))?;
+    let digest = files_digest(files)?;
     let certs = read_certs(&files.cert, "--tls-cert")?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         (
