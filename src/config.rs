@@ -341,8 +341,35 @@ impl GatewayConfig {
         }
     }
 
-    /// Checks every setting and derives what the components are built from.
+    /// Checks every setting, reads the files they name (caller tokens, TLS) and derives
+    /// the keys: what the components are built from. The checks run in the order a
+    /// person fixes a command line: where to reach Confluence, who may call, then limits.
     pub(crate) fn check(&self) -> Result<Checked, ConfigError> {
+        let base_url = self.upstream_url()?;
+        let callers = self.load_callers()?;
+        let tls = self.load_tls()?;
+        self.check_exposure(callers.is_some(), tls.is_some())?;
+        let upstream = self.upstream_settings(base_url)?;
+        self.check_serving()?;
+        self.check_cache()?;
+        let fingerprints = self.fingerprint_key()?;
+        let redis = self.redis_settings(&fingerprints)?;
+        Ok(Checked {
+            upstream,
+            credentials: self.auth.credentials()?,
+            callers,
+            tls,
+            cache: CacheSettings {
+                ttl: self.cache.ttl,
+                max_bytes: self.cache.max_bytes,
+            },
+            redis,
+            fingerprints,
+        })
+    }
+
+    /// `--confluence-url`, https unless it is loopback or plain HTTP is allowed.
+    fn upstream_url(&self) -> Result<Url, ConfigError> {
         let base_url = parse_base_url(&self.confluence_url)?;
         if base_url.scheme() == "http"
             && !is_loopback_host(&base_url)
@@ -354,6 +381,11 @@ impl GatewayConfig {
                  clear (--allow-insecure-upstream allows plain HTTP, e.g. for a test server)",
             ));
         }
+        Ok(base_url)
+    }
+
+    /// The callers `--caller-tokens-file` names, read now.
+    fn load_callers(&self) -> Result<Option<Arc<CallerTokens>>, ConfigError> {
         let passthrough = matches!(self.auth, UpstreamAuth::Passthrough);
         let callers = match &self.caller_tokens_file {
             Some(_) if passthrough => {
@@ -370,6 +402,11 @@ impl GatewayConfig {
             }
             None => None,
         };
+        Ok(callers)
+    }
+
+    /// The TLS acceptor `--tls-cert`, `--tls-key` and `--tls-client-ca` describe, read now.
+    fn load_tls(&self) -> Result<Option<Arc<ReloadingTls>>, ConfigError> {
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(Arc::new(
                 ReloadingTls::load(TlsFiles {
@@ -389,9 +426,16 @@ impl GatewayConfig {
             (Some(_), None) => return Err(ConfigError::new("--tls-key", "needed with --tls-cert")),
             (None, Some(_)) => return Err(ConfigError::new("--tls-cert", "needed with --tls-key")),
         };
-        let mtls = tls.is_some() && self.tls_client_ca.is_some();
+        Ok(tls)
+    }
+
+    /// Who may reach the gateway, and how their credentials travel: an address other
+    /// hosts reach needs callers authenticated, and their credentials in TLS.
+    fn check_exposure(&self, has_callers: bool, has_tls: bool) -> Result<(), ConfigError> {
+        let passthrough = matches!(self.auth, UpstreamAuth::Passthrough);
+        let mtls = has_tls && self.tls_client_ca.is_some();
         if !self.listen.ip().is_loopback()
-            && callers.is_none()
+            && !has_callers
             && !passthrough
             && !mtls
             && !self.allow_unauthenticated
@@ -410,8 +454,8 @@ impl GatewayConfig {
         // A bearer token read off the wire is a credential: off the machine it travels in
         // TLS, or inside a mesh whose sidecar encrypts it (the flag says so).
         if !self.listen.ip().is_loopback()
-            && tls.is_none()
-            && (callers.is_some() || passthrough)
+            && !has_tls
+            && (has_callers || passthrough)
             && !self.allow_plaintext_credentials
         {
             return Err(ConfigError::new(
@@ -448,6 +492,11 @@ impl GatewayConfig {
                 "must be at least 1",
             ));
         }
+        Ok(())
+    }
+
+    /// How the gateway calls Confluence.
+    fn upstream_settings(&self, base_url: Url) -> Result<UpstreamSettings, ConfigError> {
         let u = &self.upstream;
         if u.retries > MAX_RETRIES {
             return Err(ConfigError::new(
@@ -473,6 +522,27 @@ impl GatewayConfig {
                     "must be between 1 byte and usize::MAX",
                 )
             })?;
+        Ok(UpstreamSettings {
+            base_url,
+            attempt_timeout: u.timeout,
+            connect_timeout: u.connect_timeout,
+            max_body_bytes,
+            retry: RetryPolicy {
+                max_retries: u.retries,
+                base_delay: u.backoff,
+                max_delay: u.max_backoff,
+                max_retry_after: u.max_backoff,
+                ..RetryPolicy::default()
+            },
+            max_cooldown: u.max_cooldown,
+            concurrency: u.concurrency,
+            max_bodies: body_permits(),
+        })
+    }
+
+    /// The limits of serving callers: streams, connections, requests.
+    fn check_serving(&self) -> Result<(), ConfigError> {
+        let u = &self.upstream;
         if !(1..=MAX_PREFETCH).contains(&self.stream_prefetch) {
             return Err(ConfigError::new(
                 "--stream-prefetch",
@@ -521,6 +591,11 @@ impl GatewayConfig {
                 "must be at least 1",
             ));
         }
+        Ok(())
+    }
+
+    /// The cache's bounds and the salt a reachable gateway needs.
+    fn check_cache(&self) -> Result<(), ConfigError> {
         let c = &self.cache;
         if c.ttl > MAX_CACHE_TTL {
             return Err(ConfigError::new(
@@ -561,12 +636,27 @@ impl GatewayConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The key of fingerprints, tokens and checkpoints: from the salt, else drawn now.
+    fn fingerprint_key(&self) -> Result<FingerprintKey, ConfigError> {
+        let c = &self.cache;
         let fingerprints = match &c.credential_salt {
             Some(salt) => FingerprintKey::from_secret(salt.expose_secret().as_bytes()),
             None => FingerprintKey::random().map_err(|e| {
                 ConfigError::caused_by("--credential-salt", "cannot draw a random key", e)
             })?,
         };
+        Ok(fingerprints)
+    }
+
+    /// The shared tier's settings, its value key derived from `fingerprints`.
+    fn redis_settings(
+        &self,
+        fingerprints: &FingerprintKey,
+    ) -> Result<Option<RedisSettings>, ConfigError> {
+        let c = &self.cache;
         let redis = match &c.redis_url {
             None if c.redis_cluster => {
                 return Err(ConfigError::new(
@@ -597,33 +687,7 @@ impl GatewayConfig {
                 ),
             }),
         };
-        Ok(Checked {
-            upstream: UpstreamSettings {
-                base_url,
-                attempt_timeout: u.timeout,
-                connect_timeout: u.connect_timeout,
-                max_body_bytes,
-                retry: RetryPolicy {
-                    max_retries: u.retries,
-                    base_delay: u.backoff,
-                    max_delay: u.max_backoff,
-                    max_retry_after: u.max_backoff,
-                    ..RetryPolicy::default()
-                },
-                max_cooldown: u.max_cooldown,
-                concurrency: u.concurrency,
-                max_bodies: body_permits(),
-            },
-            credentials: self.auth.credentials()?,
-            callers,
-            tls,
-            cache: CacheSettings {
-                ttl: c.ttl,
-                max_bytes: c.max_bytes,
-            },
-            redis,
-            fingerprints,
-        })
+        Ok(redis)
     }
 }
 
