@@ -101,15 +101,93 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 18))
 }
 
+/// Declares the plain counters: a field each, with its help text, registered under its
+/// name. One list, so a counter cannot be declared and forgotten at registration.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $field:ident: $help:literal,)*) => {
+        /// The metrics that are one counter each (`Metrics` derefs to them).
+        pub struct Counters {
+            $($(#[$doc])* pub $field: Counter,)*
+        }
+
+        impl Counters {
+            fn register(registry: &mut Registry) -> Self {
+                Self {
+                    $($field: {
+                        let c = Counter::default();
+                        registry.register(stringify!($field), $help, c.clone());
+                        c
+                    },)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Pages asked of the page service (GetSince calls and stream pages).
+    page_requests: "Pages asked of the page cache.",
+    /// Pages fetched from Confluence (missed by every cache tier).
+    page_loads: "Pages fetched from Confluence, missed by every cache tier.",
+    /// HTTP attempts sent to Confluence, retries included.
+    upstream_attempts: "HTTP attempts sent to Confluence.",
+    /// Retries of failed upstream attempts.
+    upstream_retries: "Failed Confluence attempts retried.",
+    /// Half-open cool-downs probed: one request let through after a cool-down ended.
+    upstream_cooldown_probes: "Requests let through to probe Confluence when a cool-down ended.",
+    /// Reloads of `--caller-tokens-file` that failed (deleted, unreadable, invalid): the
+    /// last good set stays in force.
+    caller_tokens_reload_errors: "Failed reloads of the caller tokens file (the last good set stays).",
+    /// Calls refused without a request because Confluence refused their passthrough
+    /// credential within `--passthrough-negative-ttl`.
+    passthrough_refused_locally: "Calls refused without a request: Confluence refused their credential lately.",
+    /// Cool-downs started or lengthened: a credential's requests held back until the
+    /// time Confluence named (`src/upstream/cooldown.rs`).
+    upstream_cooldowns: "Cool-downs started or lengthened for a credential after a Retry-After.",
+    /// Upstream requests refused without being sent: the credential's cool-down would
+    /// outlast the caller's deadline or `--upstream-max-backoff`.
+    upstream_cooldown_refusals: "Upstream requests refused during a cool-down too long to wait.",
+    /// Failures returned without the retry they could have had: the retry budget
+    /// (`src/upstream/budget.rs`) was spent.
+    upstream_retry_budget_exhausted: "Failures not retried because the retry budget was spent.",
+    /// Pages the in-process tier dropped to stay within `--cache-max-bytes`.
+    cache_evictions: "Pages the in-process cache dropped to stay within its size.",
+    /// Redis operations that failed or timed out.
+    redis_errors: "Redis operations that failed or timed out.",
+    /// Redis operations skipped while the tier was paused after an error.
+    redis_skipped: "Redis operations skipped while paused after an error.",
+    /// Times the Redis tier was found down (one per outage).
+    redis_outages: "Times the Redis tier was found down.",
+    /// StreamSince calls started.
+    streams_started: "StreamSince calls started.",
+    /// Records delivered by StreamSince.
+    stream_records: "Records delivered by StreamSince.",
+    /// Stream pages whose last millisecond held more records than a page (exactly-once
+    /// then depends on Confluence listing them in a stable order).
+    stream_tie_overflows: "Stream pages whose last millisecond held more records than a page.",
+    /// Follow calls started.
+    follows_started: "Follow calls started.",
+    /// Records delivered by Follow.
+    follow_records: "Records delivered by Follow.",
+    /// Follow heartbeats (messages without records).
+    follow_heartbeats: "Follow messages without records.",
+    /// Records found visible upstream more than `lag` after their creation, too late to
+    /// be delivered in order: followers should raise `lag`.
+    follow_late_records: "Records visible upstream later than the follower's lag: raise lag.",
+    /// Milliseconds holding more records than a page, paged by offset by a follower.
+    follow_tie_overflows: "Milliseconds holding more records than a page, read by offset.",
+    /// Records a range listing returned outside the range asked (bounds rounded upstream),
+    /// left to the range that holds them.
+    follow_out_of_range_records: "Records Confluence listed outside the date range asked (coarse bounds), not delivered from it.",
+    /// Reads at a page's end to learn whether the page held its whole range.
+    follow_confirm_reads: "Reads at a page's end confirming that a page held its whole date range.",
+}
+
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
-    /// Pages asked of the page service (GetSince calls and stream pages).
-    pub page_requests: Counter,
-    /// Pages fetched from Confluence (missed by every cache tier).
-    pub page_loads: Counter,
-    /// HTTP attempts sent to Confluence, retries included.
-    pub upstream_attempts: Counter,
+    /// The plain counters.
+    counters: Counters,
     /// Failed upstream attempts, by reason.
     upstream_failures: Family<ReasonLabel, Counter>,
     /// Upstream attempts by how they ended.
@@ -118,58 +196,16 @@ pub struct Metrics {
     upstream_seconds: Histogram,
     /// Upstream requests in flight.
     pub upstream_in_flight: Gauge,
-    /// Retries of failed upstream attempts.
-    pub upstream_retries: Counter,
-    /// Cool-downs started or lengthened: a credential's requests held back until the
-    /// time Confluence named (`src/upstream/cooldown.rs`).
-    pub upstream_cooldowns: Counter,
-    /// Upstream requests refused without being sent: the credential's cool-down would
-    /// outlast the caller's deadline or `--upstream-max-backoff`.
-    pub upstream_cooldown_refusals: Counter,
-    /// Failures returned without the retry they could have had: the retry budget
-    /// (`src/upstream/budget.rs`) was spent.
-    pub upstream_retry_budget_exhausted: Counter,
     /// Cache lookups by tier and result.
     cache_lookups: Family<LookupLabels, Counter>,
     /// Bytes of encoded pages held by the in-process tier.
     pub cache_bytes: Gauge,
-    /// Pages the in-process tier dropped to stay within `--cache-max-bytes`.
-    pub cache_evictions: Counter,
-    /// Redis operations that failed or timed out.
-    pub redis_errors: Counter,
-    /// Redis operations skipped while the tier was paused after an error.
-    pub redis_skipped: Counter,
-    /// Times the Redis tier was found down (one per outage).
-    pub redis_outages: Counter,
     /// gRPC calls by method and the status code they ended with.
     grpc_handled: Family<GrpcLabels, Counter>,
     /// Duration of gRPC calls, from the call to its status.
     grpc_seconds: Histograms<MethodLabel>,
     /// gRPC streaming calls open (StreamSince streams, Follow followers).
     grpc_open_streams: Family<MethodLabel, Gauge>,
-    /// StreamSince calls started.
-    pub streams_started: Counter,
-    /// Records delivered by StreamSince.
-    pub stream_records: Counter,
-    /// Stream pages whose last millisecond held more records than a page (exactly-once
-    /// then depends on Confluence listing them in a stable order).
-    pub stream_tie_overflows: Counter,
-    /// Follow calls started.
-    pub follows_started: Counter,
-    /// Records delivered by Follow.
-    pub follow_records: Counter,
-    /// Follow heartbeats (messages without records).
-    pub follow_heartbeats: Counter,
-    /// Records found visible upstream more than `lag` after their creation, too late to
-    /// be delivered in order: followers should raise `lag`.
-    pub follow_late_records: Counter,
-    /// Milliseconds holding more records than a page, paged by offset by a follower.
-    pub follow_tie_overflows: Counter,
-    /// Records a range listing returned outside the range asked (bounds rounded upstream),
-    /// left to the range that holds them.
-    pub follow_out_of_range_records: Counter,
-    /// Reads at a page's end to learn whether the page held its whole range.
-    pub follow_confirm_reads: Counter,
     /// Authenticated calls, by caller name.
     caller_calls: Family<CallerLabel, Counter>,
     /// Upstream request slots granted, by caller (`src/upstream/fair.rs`).
@@ -178,19 +214,19 @@ pub struct Metrics {
     caller_upstream_wait: Histograms<CallerLabel>,
     /// Calls refused by a per-caller cap, by caller and cap.
     caller_refusals: Family<CapLabels, Counter>,
-    /// Half-open cool-downs probed: one request let through after a cool-down ended.
-    pub upstream_cooldown_probes: Counter,
-    /// Reloads of `--caller-tokens-file` that failed (deleted, unreadable, invalid): the
-    /// last good set stays in force.
-    pub caller_tokens_reload_errors: Counter,
-    /// Calls refused without a request because Confluence refused their passthrough
-    /// credential within `--passthrough-negative-ttl`.
-    pub passthrough_refused_locally: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
+    }
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Counters;
+
+    fn deref(&self) -> &Counters {
+        &self.counters
     }
 }
 
@@ -200,77 +236,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("audit_gateway");
-        let mut counter = |name: &str, help: &str| {
-            let c = Counter::default();
-            registry.register(name, help, c.clone());
-            c
-        };
-        let page_requests = counter("page_requests", "Pages asked of the page cache.");
-        let page_loads = counter(
-            "page_loads",
-            "Pages fetched from Confluence, missed by every cache tier.",
-        );
-        let upstream_attempts = counter("upstream_attempts", "HTTP attempts sent to Confluence.");
-        let upstream_retries = counter("upstream_retries", "Failed Confluence attempts retried.");
-        let upstream_cooldown_probes = counter(
-            "upstream_cooldown_probes",
-            "Requests let through to probe Confluence when a cool-down ended.",
-        );
-        let caller_tokens_reload_errors = counter(
-            "caller_tokens_reload_errors",
-            "Failed reloads of the caller tokens file (the last good set stays).",
-        );
-        let passthrough_refused_locally = counter(
-            "passthrough_refused_locally",
-            "Calls refused without a request: Confluence refused their credential lately.",
-        );
-        let upstream_cooldowns = counter(
-            "upstream_cooldowns",
-            "Cool-downs started or lengthened for a credential after a Retry-After.",
-        );
-        let upstream_cooldown_refusals = counter(
-            "upstream_cooldown_refusals",
-            "Upstream requests refused during a cool-down too long to wait.",
-        );
-        let upstream_retry_budget_exhausted = counter(
-            "upstream_retry_budget_exhausted",
-            "Failures not retried because the retry budget was spent.",
-        );
-        let cache_evictions = counter(
-            "cache_evictions",
-            "Pages the in-process cache dropped to stay within its size.",
-        );
-        let redis_errors = counter("redis_errors", "Redis operations that failed or timed out.");
-        let redis_skipped = counter(
-            "redis_skipped",
-            "Redis operations skipped while paused after an error.",
-        );
-        let redis_outages = counter("redis_outages", "Times the Redis tier was found down.");
-        let streams_started = counter("streams_started", "StreamSince calls started.");
-        let stream_records = counter("stream_records", "Records delivered by StreamSince.");
-        let stream_tie_overflows = counter(
-            "stream_tie_overflows",
-            "Stream pages whose last millisecond held more records than a page.",
-        );
-        let follows_started = counter("follows_started", "Follow calls started.");
-        let follow_records = counter("follow_records", "Records delivered by Follow.");
-        let follow_heartbeats = counter("follow_heartbeats", "Follow messages without records.");
-        let follow_late_records = counter(
-            "follow_late_records",
-            "Records visible upstream later than the follower's lag: raise lag.",
-        );
-        let follow_tie_overflows = counter(
-            "follow_tie_overflows",
-            "Milliseconds holding more records than a page, read by offset.",
-        );
-        let follow_out_of_range_records = counter(
-            "follow_out_of_range_records",
-            "Records Confluence listed outside the date range asked (coarse bounds), not delivered from it.",
-        );
-        let follow_confirm_reads = counter(
-            "follow_confirm_reads",
-            "Reads at a page's end confirming that a page held its whole date range.",
-        );
+        let counters = Counters::register(&mut registry);
         let upstream_failures = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "upstream_failures",
@@ -351,43 +317,20 @@ impl Metrics {
             caller_refusals.clone(),
         );
         Self {
+            counters,
             caller_upstream_requests,
             caller_upstream_wait,
             caller_refusals,
-            upstream_cooldown_probes,
-            caller_tokens_reload_errors,
-            passthrough_refused_locally,
             registry,
-            page_requests,
-            page_loads,
-            upstream_attempts,
             upstream_failures,
             upstream_requests,
             upstream_seconds,
             upstream_in_flight,
-            upstream_retries,
-            upstream_cooldowns,
-            upstream_cooldown_refusals,
-            upstream_retry_budget_exhausted,
             cache_lookups,
             cache_bytes,
-            cache_evictions,
-            redis_errors,
-            redis_skipped,
-            redis_outages,
             grpc_handled,
             grpc_seconds,
             grpc_open_streams,
-            streams_started,
-            stream_records,
-            stream_tie_overflows,
-            follows_started,
-            follow_records,
-            follow_heartbeats,
-            follow_late_records,
-            follow_tie_overflows,
-            follow_out_of_range_records,
-            follow_confirm_reads,
             caller_calls,
         }
     }
