@@ -40,7 +40,7 @@ use crate::{
     app::{PageRequest, PageService},
     audit::{
         PageQuery, Span,
-        anchor::{self, Anchored, Cursor, Position, Window},
+        anchor::{self, Anchored, Cursor, Delivery, Position, Window},
         resume::{self, TokenKey},
     },
     callers::Caller,
@@ -282,6 +282,35 @@ impl Drop for Fetch {
     }
 }
 
+/// The error of a stream whose pages keep bringing nothing new.
+fn inconsistent_paging() -> GatewayError {
+    GatewayError::Internal(format!(
+        "{MAX_IDLE_REQUESTS} pages in a row brought nothing new; Confluence's answers do not \
+         page consistently (resume from the last token)"
+    ))
+}
+
+/// The error of a stream whose search for its boundary went on too long.
+fn boundary_lost() -> GatewayError {
+    GatewayError::Internal(
+        "cannot find where the stream stood in Confluence's log; resume from an earlier \
+         token or start the window again"
+            .into(),
+    )
+}
+
+/// Counts and logs a millisecond at `at` holding more records than a page of
+/// `page_limit`.
+fn tie_overflow(at: i64, page_limit: i64) {
+    METRICS.stream_tie_overflows.inc();
+    tracing::warn!(
+        at,
+        page_limit,
+        "a millisecond holds more records than a page: if Confluence reorders them between \
+         requests, some of them can be missed"
+    );
+}
+
 /// A search by date for a page that covers the boundary.
 #[derive(Clone, Copy, Debug, Default)]
 struct Search {
@@ -419,10 +448,7 @@ impl<P: PageSource> Producer<P> {
         loop {
             idle += 1;
             if idle > MAX_IDLE_REQUESTS {
-                return Err(GatewayError::Internal(format!(
-                    "{MAX_IDLE_REQUESTS} pages in a row brought nothing new; Confluence's \
-                     answers do not page consistently (resume from the last token)"
-                )));
+                return Err(inconsistent_paging());
             }
             let page_limit = largest.max(2);
             let stride = (page_limit - OVERLAP.min(page_limit - 1)).max(1);
@@ -432,20 +458,11 @@ impl<P: PageSource> Producer<P> {
                     self.next_in_pipeline(&mut ahead, cursor.start, stride, window, largest)
                 }
             };
-            let page = loop {
-                tokio::select! {
-                    joined = &mut fetch.task => break joined.map_err(|e| {
-                        GatewayError::Internal(format!("page fetch task failed: {e}"))
-                    })??,
-                    _ = tx.closed() => return Ok(()),
-                    // An error means the gateway dropped the signal: nothing to stop for.
-                    Ok(_) = stopping.wait_for(|s| *s) => return Err(GatewayError::ShuttingDown),
-                    // A look-ahead page landed while this one is awaited: if it is short,
-                    // nothing behind it is needed.
-                    () = self.landed.notified() => {
-                        prune(&mut ahead, largest);
-                    }
-                }
+            let Some(page) = self
+                .land(&mut fetch, &mut ahead, largest, tx, &mut stopping)
+                .await?
+            else {
+                return Ok(());
             };
             let (at, n) = (fetch.start, page.records.len() as i64);
             // Shorter than a page already seen: this page reaches the log's end.
@@ -455,12 +472,6 @@ impl<P: PageSource> Producer<P> {
                 full_pages = 0;
             }
             let page_limit = largest.max(2);
-            let probe = |search: &mut Option<Search>, update: &dyn Fn(&mut Search)| {
-                let s = search.get_or_insert_with(Search::default);
-                update(s);
-                s.probes += 1;
-                s.next(page_limit)
-            };
             match anchor::position(&cursor, at, &page.records, fetch.fresh) {
                 Position::Covers => {
                     search = None;
@@ -475,59 +486,17 @@ impl<P: PageSource> Producer<P> {
                         last_full_at = Some(at);
                     }
                     if d.overflowed {
-                        METRICS.stream_tie_overflows.inc();
-                        tracing::warn!(
-                            at,
-                            page_limit,
-                            "a millisecond holds more records than a page: if Confluence \
-                             reorders them between requests, some of them can be missed"
-                        );
+                        tie_overflow(at, page_limit);
                     }
                     let moved = d.cursor != cursor;
                     if !d.records.is_empty() {
                         idle = 0;
-                        // A message holds `page_size` records at most: pages ask for a few
-                        // more (the overlap), and the first page has nothing to overlap,
-                        // so a page's records may take two messages. The first one's token
-                        // is the cursor after its records, as a cut by `max_records` would
-                        // leave it.
-                        let per_message = usize::try_from(self.req.page_size).unwrap_or(1).max(1);
-                        let mut sent = 0;
-                        for chunk in d.records.chunks(per_message) {
-                            sent += chunk.len();
-                            let at_chunk_end = if sent == d.records.len() {
-                                d.cursor.clone()
-                            } else {
-                                anchor::deliver(&cursor, at, &page.records, sent, cut).cursor
-                            };
-                            let records: Vec<Bytes> =
-                                chunk.iter().map(|&i| page.records[i].clone()).collect();
-                            if let Some(left) = remaining.as_mut() {
-                                *left -= records.len() as u64;
-                            }
-                            let token =
-                                resume::encode(&self.tokens, &self.req.window, &at_chunk_end);
-                            METRICS.stream_records.inc_by(records.len() as u64);
-                            let message = wire::stream_message(&records, &token);
-                            let idle = self.req.idle_timeout;
-                            // While the reader holds the stream back, a look-ahead page
-                            // that lands short ends the look-ahead behind it at once:
-                            // other streams of the window wait for nothing past its end.
-                            let send = tokio::time::timeout(idle, tx.send(Ok(message)));
-                            tokio::pin!(send);
-                            let sent = loop {
-                                tokio::select! {
-                                    sent = &mut send => break sent,
-                                    () = self.landed.notified() => {
-                                        prune(&mut ahead, largest);
-                                    }
-                                }
-                            };
-                            match sent {
-                                Ok(Ok(())) => {}
-                                Ok(Err(_)) => return Ok(()),
-                                Err(_) => return Err(GatewayError::StreamIdle { after: idle }),
-                            }
+                        let delivery = (&cursor, at, &page, &d, cut);
+                        if !self
+                            .send_records(tx, delivery, &mut remaining, &mut ahead, largest)
+                            .await?
+                        {
+                            return Ok(());
                         }
                     }
                     cursor = d.cursor;
@@ -551,57 +520,163 @@ impl<P: PageSource> Producer<P> {
                         window = self.prefetch;
                     }
                 }
-                Position::Empty
-                    if cursor.boundary.is_none()
-                        || (fetch.fresh
-                            && at
-                                <= 1 + search.and_then(|s| s.newer_at).unwrap_or(cursor.start)) =>
-                {
-                    // Nothing right after a record newer than the boundary (the hint, or one
-                    // a search found): arrivals only push records further on, so nothing
-                    // at or past the boundary is left. The window is done.
-                    return Ok(());
-                }
-                Position::Empty | Position::After if !fetch.fresh => {
-                    // An older snapshot, or a guessed offset: ask again where the boundary
-                    // was last seen, past the cache.
-                    next = Next::Serial(self.fetch(cursor.start, true, 0));
-                    ahead.clear();
-                }
-                Position::Empty | Position::After => {
-                    // A fresh page at or past the boundary: it lies before `at`.
-                    let to = probe(&mut search, &|s| {
-                        s.past_at = Some(at);
-                        s.ahead = 0;
-                    });
-                    next = Next::Serial(self.fetch(to, true, 0));
-                    ahead.clear();
-                }
-                Position::Before if reaches_end => {
-                    // All newer, up to the log's end: nothing at or past the boundary is left.
-                    return Ok(());
-                }
-                Position::Before => {
-                    // All newer: the boundary lies further on; jump, then bisect.
-                    let to = probe(&mut search, &|s| {
-                        s.newer_at = Some(at + n - 1);
-                        s.ahead += 1;
-                        if s.past_at.is_some_and(|hi| hi < at + n) {
-                            s.past_at = None;
-                        }
-                    });
-                    next = Next::Serial(self.fetch(to, true, 0));
-                    ahead.clear();
-                }
+                position => match self.seek(
+                    position,
+                    (&cursor, &fetch, n, page_limit, reaches_end),
+                    &mut search,
+                ) {
+                    Some(f) => {
+                        next = Next::Serial(f);
+                        ahead.clear();
+                    }
+                    // Nothing at or past the boundary is left: the window is done.
+                    None => return Ok(()),
+                },
             }
             if search.is_some_and(|s| s.probes > MAX_PROBES) {
-                return Err(GatewayError::Internal(
-                    "cannot find where the stream stood in Confluence's log; resume from an \
-                     earlier token or start the window again"
-                        .into(),
-                ));
+                return Err(boundary_lost());
             }
         }
+    }
+
+    /// Where to look next when `fetch`'s page (`n` records at `fetch.start`, pages of
+    /// `page_limit` records, reaching the log's end when `reaches_end`) does not cover the
+    /// cursor's boundary at `position`: the fetch of the next page, or `None` when nothing
+    /// at or past the boundary is left.
+    fn seek(
+        &self,
+        position: Position,
+        (cursor, fetch, n, page_limit, reaches_end): (&Cursor, &Fetch, i64, i64, bool),
+        search: &mut Option<Search>,
+    ) -> Option<Fetch> {
+        let at = fetch.start;
+        let probe = |search: &mut Option<Search>, update: &dyn Fn(&mut Search)| {
+            let s = search.get_or_insert_with(Search::default);
+            update(s);
+            s.probes += 1;
+            s.next(page_limit)
+        };
+        match position {
+            // The caller delivers from a page that covers the boundary.
+            Position::Covers => None,
+            Position::Empty
+                if cursor.boundary.is_none()
+                    || (fetch.fresh
+                        && at <= 1 + search.and_then(|s| s.newer_at).unwrap_or(cursor.start)) =>
+            {
+                // Nothing right after a record newer than the boundary (the hint, or one
+                // a search found): arrivals only push records further on, so nothing
+                // at or past the boundary is left. The window is done.
+                None
+            }
+            // An older snapshot, or a guessed offset: ask again where the boundary was
+            // last seen, past the cache.
+            Position::Empty | Position::After if !fetch.fresh => {
+                Some(self.fetch(cursor.start, true, 0))
+            }
+            Position::Empty | Position::After => {
+                // A fresh page at or past the boundary: it lies before `at`.
+                let to = probe(search, &|s| {
+                    s.past_at = Some(at);
+                    s.ahead = 0;
+                });
+                Some(self.fetch(to, true, 0))
+            }
+            // All newer, up to the log's end: nothing at or past the boundary is left.
+            Position::Before if reaches_end => None,
+            Position::Before => {
+                // All newer: the boundary lies further on; jump, then bisect.
+                let to = probe(search, &|s| {
+                    s.newer_at = Some(at + n - 1);
+                    s.ahead += 1;
+                    if s.past_at.is_some_and(|hi| hi < at + n) {
+                        s.past_at = None;
+                    }
+                });
+                Some(self.fetch(to, true, 0))
+            }
+        }
+    }
+
+    /// Waits for `fetch`'s page; meanwhile a look-ahead page that lands short ends what
+    /// is queued behind it (nothing behind it is needed). `None`: the caller went away.
+    async fn land(
+        &self,
+        fetch: &mut Fetch,
+        ahead: &mut VecDeque<Fetch>,
+        largest: i64,
+        tx: &mpsc::Sender<Item>,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> Result<Option<PageView>, GatewayError> {
+        loop {
+            tokio::select! {
+                joined = &mut fetch.task => {
+                    let page = joined.map_err(|e| {
+                        GatewayError::Internal(format!("page fetch task failed: {e}"))
+                    })??;
+                    return Ok(Some(page));
+                }
+                _ = tx.closed() => return Ok(None),
+                // An error means the gateway dropped the signal: nothing to stop for.
+                Ok(_) = stopping.wait_for(|s| *s) => return Err(GatewayError::ShuttingDown),
+                () = self.landed.notified() => {
+                    prune(ahead, largest);
+                }
+            }
+        }
+    }
+
+    /// The delivery step: sends the records `d` chose from `page` (at offset `at`, cut by
+    /// the limit when `cut`) after `cursor`, as messages of `page_size` records at most,
+    /// each with the token of the cursor right after it. A page asks for a few records
+    /// more than a message holds (the overlap) and the first page has nothing to overlap,
+    /// so one page may take two messages; the first one's token is the cursor after its
+    /// records, as a cut by `max_records` would leave it. `false`: the caller went away.
+    async fn send_records(
+        &self,
+        tx: &mpsc::Sender<Item>,
+        (cursor, at, page, d, cut): (&Cursor, i64, &PageView, &Delivery, bool),
+        remaining: &mut Option<u64>,
+        ahead: &mut VecDeque<Fetch>,
+        largest: i64,
+    ) -> Result<bool, GatewayError> {
+        let per_message = usize::try_from(self.req.page_size).unwrap_or(1).max(1);
+        let mut sent = 0;
+        for chunk in d.records.chunks(per_message) {
+            sent += chunk.len();
+            let at_chunk_end = if sent == d.records.len() {
+                d.cursor.clone()
+            } else {
+                anchor::deliver(cursor, at, &page.records, sent, cut).cursor
+            };
+            let records: Vec<Bytes> = chunk.iter().map(|&i| page.records[i].clone()).collect();
+            if let Some(left) = remaining.as_mut() {
+                *left -= records.len() as u64;
+            }
+            let token = resume::encode(&self.tokens, &self.req.window, &at_chunk_end);
+            METRICS.stream_records.inc_by(records.len() as u64);
+            let message = wire::stream_message(&records, &token);
+            let idle = self.req.idle_timeout;
+            // While the reader holds the stream back, a look-ahead page that lands short
+            // ends the look-ahead behind it at once: other streams of the window wait for
+            // nothing past its end.
+            let send = tokio::time::timeout(idle, tx.send(Ok(message)));
+            tokio::pin!(send);
+            let sent = loop {
+                tokio::select! {
+                    sent = &mut send => break sent,
+                    () = self.landed.notified() => {
+                        prune(ahead, largest);
+                    }
+                }
+            };
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Ok(false),
+                Err(_) => return Err(GatewayError::StreamIdle { after: idle }),
+            }
+        }
+        Ok(true)
     }
 
     /// The next page of the pipeline: the oldest prediction, or one at `start`; keeps
