@@ -16,7 +16,7 @@ use url::Url;
 use crate::{
     cache::{CacheSettings, redis::RedisSettings},
     callers::CallerTokens,
-    credential::{Credential, FingerprintKey},
+    credential::{Credential, CredentialMode, FingerprintKey},
     tls::{ReloadingTls, TlsFiles},
     upstream::{RetryPolicy, UpstreamSettings},
 };
@@ -715,15 +715,6 @@ impl UpstreamAuth {
             Self::Passthrough => Ok(CredentialMode::Passthrough),
         }
     }
-}
-
-/// Whose credential calls Confluence, once checked.
-#[derive(Clone, Debug)]
-pub(crate) enum CredentialMode {
-    /// The gateway's own configured credential (or none).
-    Configured(Option<Credential>),
-    /// Each caller's `authorization` metadata, forwarded.
-    Passthrough,
 }
 
 /// A checked configuration: the settings each component is built from.

@@ -6,6 +6,15 @@ use std::fmt;
 use base64::{Engine, engine::general_purpose::STANDARD};
 use ring::hmac;
 
+/// Whose credential calls Confluence, once checked.
+#[derive(Clone, Debug)]
+pub(crate) enum CredentialMode {
+    /// The gateway's own configured credential (or none).
+    Configured(Option<Credential>),
+    /// Each caller's `authorization` metadata, forwarded.
+    Passthrough,
+}
+
 /// An `Authorization` header value for Confluence. `Debug` and `Display` redact it.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Credential(String);

@@ -11,7 +11,8 @@ use crate::{
     app::{PageService, caps::CallerCaps},
     audit::resume::TokenKey,
     cache::{PageCache, SharedTier, redis::RedisTier},
-    config::{ConfigError, CredentialMode, GatewayConfig},
+    config::{ConfigError, GatewayConfig},
+    credential::CredentialMode,
     grpc::AuditGrpc,
     metrics,
     server::{self, ServeError, ServerSettings},
@@ -126,7 +127,8 @@ impl Gateway {
                 keepalive_interval: config.http2_keepalive_interval,
                 keepalive_timeout: config.http2_keepalive_timeout,
                 max_request_bytes: config.max_request_bytes,
-                compress_responses: config.compress_responses,
+                gzip: config.compress_responses.gzip(),
+                zstd: config.compress_responses.zstd(),
             },
         })
     }

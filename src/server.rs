@@ -12,7 +12,6 @@ use tonic::{
 use tonic_health::{ServingStatus, pb::health_server::HealthServer, server::HealthReporter};
 
 use crate::{
-    config::ResponseCompression,
     grpc::AuditGrpc,
     health::DrainingHealth,
     pb::{self, audit_service_server::AuditServiceServer},
@@ -39,7 +38,10 @@ pub(crate) struct ServerSettings {
     /// Largest request message.
     pub(crate) max_request_bytes: usize,
     /// Encodings responses are compressed with for callers that accept them.
-    pub(crate) compress_responses: ResponseCompression,
+    /// Compress responses with gzip for callers that accept it.
+    pub(crate) gzip: bool,
+    /// Compress responses with zstd for callers that accept it.
+    pub(crate) zstd: bool,
 }
 
 /// The gRPC server failed while serving.
@@ -85,10 +87,10 @@ pub(crate) async fn serve(
         .accept_compressed(CompressionEncoding::Zstd);
     // tonic compresses each response anew, cached page or not: a caller that merely
     // advertises gzip (grpcio's default) would otherwise cost a compression per hit.
-    if settings.compress_responses.gzip() {
+    if settings.gzip {
         audit = audit.send_compressed(CompressionEncoding::Gzip);
     }
-    if settings.compress_responses.zstd() {
+    if settings.zstd {
         audit = audit.send_compressed(CompressionEncoding::Zstd);
     }
 
