@@ -16,6 +16,7 @@ use crate::{
     grpc::AuditGrpc,
     metrics,
     server::{self, ServeError, ServerSettings},
+    shutdown::Stopper,
     tls::ReloadingTls,
     upstream::{ConfluenceClient, clock::ClockOffset},
 };
@@ -28,6 +29,8 @@ pub struct Gateway {
     /// Confluence's clock as the upstream client sees it, for `/metrics`.
     clock: Arc<ClockOffset>,
     shutdown: ServerSettings,
+    /// The stop every part of this gateway hears (`src/shutdown.rs`).
+    stopper: Stopper,
     /// Re-read `--caller-tokens-file` and the TLS files when they change.
     watching: Vec<tokio::task::JoinHandle<()>>,
     tls: Option<Arc<ReloadingTls>>,
@@ -87,6 +90,7 @@ impl Gateway {
             config.caller_miss_rate,
         ));
         let pages = pages.with_caps(caps.clone());
+        let stopper = Stopper::new();
         let mut watching: Vec<_> = checked.callers.iter().map(|c| c.watch()).collect();
         watching.extend(checked.tls.iter().map(|t| t.watch()));
         let tls = checked.tls;
@@ -100,7 +104,8 @@ impl Gateway {
             config.stream_idle_timeout,
         )
         .following_confluence_clock(clock.clone())
-        .sharing(caps, config.caller_header.clone());
+        .sharing(caps, config.caller_header.clone())
+        .stopping_with(stopper.shutdown());
 
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             ConfigError::caused_by("--listen", format!("cannot bind {}", config.listen), e)
@@ -118,6 +123,7 @@ impl Gateway {
             clock,
             watching,
             tls,
+            stopper,
             shutdown: ServerSettings {
                 drain_delay: config.drain_delay,
                 timeout: config.shutdown_timeout,
@@ -152,24 +158,24 @@ impl Gateway {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(listener) = self.metrics {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "metrics on /metrics");
             }
+            let mut stopped = self.stopper.shutdown();
             tokio::spawn(metrics::serve(listener, self.clock, async move {
-                let _ = metrics_stopped.await;
+                stopped.stopped().await;
             }));
         }
         let result = server::serve(
             self.service,
             self.listener,
             self.tls,
-            shutdown,
+            (shutdown, self.stopper.clone()),
             self.shutdown,
         )
         .await;
-        let _ = metrics_stop.send(());
+        self.stopper.stopped();
         self.watching.iter().for_each(|w| w.abort());
         result
     }

@@ -2,7 +2,8 @@
 //! client keeps it (gRPC clients doing client-side health checks keep one per
 //! connection), so without this every graceful stop would wait `--shutdown-timeout`.
 
-use tokio::sync::{mpsc, watch};
+use crate::shutdown::Shutdown;
+use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 use tonic_health::{
@@ -10,15 +11,15 @@ use tonic_health::{
     server::{HealthReporter, HealthService},
 };
 
-/// The health service; `Watch` streams end once `stopping` turns true.
+/// The health service; `Watch` streams end once stopping begins.
 pub(crate) struct DrainingHealth {
     inner: HealthService,
-    stopping: watch::Receiver<bool>,
+    stopping: Shutdown,
 }
 
 impl DrainingHealth {
-    /// Health as `reporter` reports it, watches ending when `stopping` turns true.
-    pub(crate) fn new(reporter: HealthReporter, stopping: watch::Receiver<bool>) -> Self {
+    /// Health as `reporter` reports it, watches ending when `stopping` begins.
+    pub(crate) fn new(reporter: HealthReporter, stopping: Shutdown) -> Self {
         Self {
             inner: HealthService::from_health_reporter(reporter),
             stopping,
@@ -45,10 +46,7 @@ impl Health for DrainingHealth {
         let mut stopping = self.stopping.clone();
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
-            let stopped = async move {
-                // The guard `wait_for` returns must not live across an await.
-                let _ = stopping.wait_for(|s| *s).await.map(drop);
-            };
+            let stopped = async move { stopping.stopping().await };
             tokio::pin!(stopped);
             loop {
                 let update = tokio::select! {

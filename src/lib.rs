@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod pb;
 mod reload;
 mod server;
+mod shutdown;
 pub mod telemetry;
 mod tls;
 mod upstream;

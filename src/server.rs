@@ -15,6 +15,7 @@ use crate::{
     grpc::AuditGrpc,
     health::DrainingHealth,
     pb::{self, audit_service_server::AuditServiceServer},
+    shutdown::Stopper,
     tls::ReloadingTls,
 };
 
@@ -61,13 +62,12 @@ pub(crate) async fn serve(
     service: AuditGrpc,
     listener: TcpListener,
     tls: Option<Arc<ReloadingTls>>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    (shutdown, stopper): (impl Future<Output = ()> + Send + 'static, Stopper),
     settings: ServerSettings,
 ) -> Result<(), ServeError> {
     let reporter = HealthReporter::new();
     set_health(&reporter, ServingStatus::Serving).await;
-    let (end_watches, stopping) = tokio::sync::watch::channel(false);
-    let health = HealthServer::new(DrainingHealth::new(reporter.clone(), stopping));
+    let health = HealthServer::new(DrainingHealth::new(reporter.clone(), stopper.shutdown()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -80,7 +80,6 @@ pub(crate) async fn serve(
         .build_v1alpha()
         .map_err(ServeError::Reflection)?;
 
-    let followers = service.stopper();
     let mut audit = AuditServiceServer::from_arc(Arc::new(service))
         .max_decoding_message_size(settings.max_request_bytes)
         .accept_compressed(CompressionEncoding::Gzip)
@@ -96,19 +95,17 @@ pub(crate) async fn serve(
 
     let draining = reporter.clone();
     let drain_delay = settings.drain_delay;
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut stopping = stopper.shutdown();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: reporting NOT_SERVING");
         set_health(&draining, ServingStatus::NotServing).await;
         tokio::time::sleep(drain_delay).await;
-        // Health watches last as long as their clients want: end them, or every stop
+        // Health watches last as long as their clients want, and followers never end
+        // by themselves: end them (each after its last complete message), or every stop
         // would wait the whole shutdown timeout.
-        let _ = end_watches.send(true);
-        // Followers never end by themselves: end each after its last complete message.
-        followers.send_replace(true);
+        stopper.stop();
         tracing::info!("refusing new connections; waiting for in-flight calls");
-        let _ = stopped_tx.send(());
     };
 
     if let Ok(addr) = listener.local_addr() {
@@ -149,7 +146,7 @@ pub(crate) async fn serve(
     tokio::pin!(serve);
     tokio::select! {
         res = &mut serve => return res.map_err(ServeError::Transport),
-        _ = stopped_rx => {}
+        () = stopping.stopping() => {}
     }
     match tokio::time::timeout(settings.timeout, serve).await {
         Ok(res) => res.map_err(ServeError::Transport),

@@ -24,7 +24,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 use tracing::Instrument;
@@ -42,6 +42,7 @@ use crate::{
     error::{GatewayError, within_deadline},
     metrics::METRICS,
     pb::wire::{self, PageView},
+    shutdown::Shutdown,
     upstream::{clock::ClockOffset, fair::Urgency},
 };
 
@@ -115,7 +116,7 @@ pub(crate) struct Shared {
     pub late: Arc<LateChecks>,
     /// Turns true when the gateway shuts down: followers end after their last complete
     /// message, with UNAVAILABLE.
-    pub stopping: watch::Receiver<bool>,
+    pub stopping: Shutdown,
     /// Ranges fetched ahead while backfilling.
     pub prefetch: usize,
     /// This replica's place in each tick, a fraction in [0, 0.5) drawn at start: replicas
@@ -249,8 +250,7 @@ impl<P: PageSource> Follower<P> {
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = tx.closed() => return Ok(()),
-                // An error means the gateway dropped the signal: nothing to stop for.
-                Ok(_) = stopping.wait_for(|s| *s) => return Err(GatewayError::ShuttingDown),
+                () = stopping.stopping() => return Err(GatewayError::ShuttingDown),
             }
         }
     }
@@ -280,7 +280,7 @@ impl<P: PageSource> Follower<P> {
     }
 
     fn stop_if_stopping(&self) -> Result<(), GatewayError> {
-        if *self.shared.stopping.borrow() {
+        if self.shared.stopping.is_stopping() {
             return Err(GatewayError::ShuttingDown);
         }
         Ok(())
@@ -659,7 +659,7 @@ mod tests {
             let shared = Shared {
                 tokens: key.clone(),
                 late: Arc::default(),
-                stopping: watch::channel(false).1,
+                stopping: Shutdown::never(),
                 prefetch: 3,
                 tick_spread: 0.0,
                 listing: listing.clone(),

@@ -30,7 +30,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::{
-    sync::{Notify, mpsc, oneshot, watch},
+    sync::{Notify, mpsc, oneshot},
     task::JoinHandle,
 };
 use tokio_stream::Stream;
@@ -48,6 +48,7 @@ use crate::{
     error::{GatewayError, within_deadline},
     metrics::METRICS,
     pb::wire::{self, PageView},
+    shutdown::Shutdown,
     upstream::fair::Urgency,
 };
 
@@ -86,7 +87,7 @@ pub(crate) struct StreamRequest {
     /// Turns true when the gateway shuts down: the stream ends after its last complete
     /// message with UNAVAILABLE, so a proxy in front never sees the connection cut
     /// under it and the caller resumes elsewhere.
-    pub stopping: watch::Receiver<bool>,
+    pub stopping: Shutdown,
 }
 
 /// What the stream yields: encoded `StreamSinceResponse`s, then at most one error.
@@ -606,7 +607,7 @@ impl<P: PageSource> Producer<P> {
         ahead: &mut VecDeque<Fetch>,
         largest: i64,
         tx: &mpsc::Sender<Item>,
-        stopping: &mut watch::Receiver<bool>,
+        stopping: &mut Shutdown,
     ) -> Result<Option<PageView>, GatewayError> {
         loop {
             tokio::select! {
@@ -617,8 +618,7 @@ impl<P: PageSource> Producer<P> {
                     return Ok(Some(page));
                 }
                 _ = tx.closed() => return Ok(None),
-                // An error means the gateway dropped the signal: nothing to stop for.
-                Ok(_) = stopping.wait_for(|s| *s) => return Err(GatewayError::ShuttingDown),
+                () = stopping.stopping() => return Err(GatewayError::ShuttingDown),
                 () = self.landed.notified() => {
                     prune(ahead, largest);
                 }
@@ -831,7 +831,7 @@ mod tests {
             refresh: false,
             deadline: None,
             idle_timeout: Duration::from_secs(3600),
-            stopping: watch::channel(false).1,
+            stopping: Shutdown::never(),
         }
     }
 

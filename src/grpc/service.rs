@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -31,6 +31,7 @@ use crate::{
     error::GatewayError,
     metrics::METRICS,
     pb::{self, EncodedMessage, audit_service_server::AuditService},
+    shutdown::{Shutdown, Stopper},
     upstream::{clock::ClockOffset, fair::Urgency},
 };
 
@@ -49,7 +50,7 @@ pub(crate) struct AuditGrpc {
     /// One late-record check per range for every follower.
     late: Arc<LateChecks>,
     /// Set when the gateway shuts down: followers end with UNAVAILABLE.
-    stopping: Arc<watch::Sender<bool>>,
+    stopping: Shutdown,
     /// This replica's place in each follow tick (`src/app/follow.rs`).
     tick_spread: f64,
     /// What followers learned of the range listing's cap and bounds.
@@ -87,7 +88,7 @@ impl AuditGrpc {
             max_streams,
             stream_idle_timeout,
             late: Arc::default(),
-            stopping: Arc::new(watch::Sender::new(false)),
+            stopping: Stopper::new().shutdown(),
             tick_spread: fastrand::f64() / 2.0,
             listing: Arc::default(),
             offset: Arc::default(),
@@ -110,10 +111,11 @@ impl AuditGrpc {
         self
     }
 
-    /// Ends every follower after its last complete message (UNAVAILABLE, so it resumes
-    /// on another replica): called when the gateway shuts down.
-    pub(crate) fn stopper(&self) -> Arc<watch::Sender<bool>> {
-        self.stopping.clone()
+    /// Streams and followers end after their last complete message (UNAVAILABLE, so
+    /// they resume on another replica) when `shutdown` begins stopping.
+    pub(crate) fn stopping_with(mut self, shutdown: Shutdown) -> Self {
+        self.stopping = shutdown;
+        self
     }
 
     /// Who calls, checked before any other work: the caller token's name (UNAUTHENTICATED
@@ -179,7 +181,7 @@ impl AuditGrpc {
             refresh: metadata::wants_fresh(md),
             deadline: metadata::deadline(md, received),
             idle_timeout: self.stream_idle_timeout,
-            stopping: self.stopping.subscribe(),
+            stopping: self.stopping.clone(),
         })
     }
 
@@ -316,7 +318,7 @@ impl AuditGrpc {
         let shared = follow::Shared {
             tokens: self.tokens.clone(),
             late: self.late.clone(),
-            stopping: self.stopping.subscribe(),
+            stopping: self.stopping.clone(),
             prefetch: self.stream_prefetch,
             tick_spread: self.tick_spread,
             listing: self.listing.clone(),
