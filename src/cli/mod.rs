@@ -70,8 +70,14 @@ impl Cli {
             Command::Serve(args) => {
                 // Handlers first: a SIGTERM during start-up is then a graceful stop too.
                 let signal = shutdown_signal();
+                let ready_file = args.ready_file.clone();
                 let config = GatewayConfig::try_from(*args).map_err(|e| chain(&e))?;
                 let gateway = Gateway::bind(config).await.map_err(|e| chain(&e))?;
+                if let Some(path) = ready_file {
+                    serve::write_ready_file(&path, &gateway).map_err(|e| {
+                        CommandError::other(format!("--ready-file {}: {e}", path.display()))
+                    })?;
+                }
                 gateway
                     .run_until_stopped(signal)
                     .await

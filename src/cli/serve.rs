@@ -8,7 +8,8 @@ use secrecy::SecretString;
 
 use super::parse::{Dur, Size};
 use audit_gateway::{
-    CacheConfig, ConfigError, GatewayConfig, ResponseCompression, UpstreamAuth, UpstreamConfig,
+    CacheConfig, ConfigError, Gateway, GatewayConfig, ResponseCompression, UpstreamAuth,
+    UpstreamConfig,
 };
 
 const D: GatewayConfig = GatewayConfig::DEFAULT;
@@ -19,6 +20,12 @@ pub(crate) struct ServeArgs {
     /// Address to serve gRPC on; port 0 picks a free port (the bound address is logged).
     #[arg(long, env = "AUDIT_GATEWAY_LISTEN", default_value_t = D.listen)]
     listen: SocketAddr,
+
+    /// Once the listeners are bound, write the addresses they are bound to here as one
+    /// JSON line (`{"grpc":"127.0.0.1:50051","metrics":null}`), replaced atomically:
+    /// for scripts and tests that start the gateway on port 0.
+    #[arg(long, env = "AUDIT_GATEWAY_READY_FILE")]
+    pub(crate) ready_file: Option<PathBuf>,
 
     /// Confluence base URL, everything before `/rest/api`
     /// (e.g. https://your-domain.atlassian.net/wiki).
@@ -371,6 +378,20 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             compress_responses: a.compress_responses,
         })
     }
+}
+
+/// Writes where `gateway` listens to `path` as one JSON line, through a file beside it
+/// renamed into place: a reader never sees half of it.
+pub(crate) fn write_ready_file(path: &std::path::Path, gateway: &Gateway) -> std::io::Result<()> {
+    let line = serde_json::json!({
+        "grpc": gateway.local_addr().to_string(),
+        "metrics": gateway.metrics_addr().map(|a| a.to_string()),
+    });
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let partial = path.with_file_name(name);
+    std::fs::write(&partial, format!("{line}\n"))?;
+    std::fs::rename(&partial, path)
 }
 
 #[cfg(test)]

@@ -157,8 +157,16 @@ struct Replica {
 
 impl Replica {
     /// Starts a replica in front of `confluence`, sharing `redis` and [`SALT`], and waits
-    /// for the address it logs once bound.
+    /// for the address it writes to its `--ready-file` once bound.
     async fn start(name: &'static str, confluence: &str, redis: &Redis) -> Self {
+        // One file per replica started: tests run at once in this process.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ready = std::env::temp_dir().join(format!(
+            "audit-gateway-proxy-{name}-{}-{n}.ready",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&ready);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-gateway"));
         // Nothing inherited from the environment changes its settings.
         for (var, _) in std::env::vars_os() {
@@ -170,12 +178,14 @@ impl Replica {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            // The test reads the address and the shutdown steps from text log lines.
+            // The test reads the shutdown steps from text log lines.
             .env("AUDIT_GATEWAY_LOG_FORMAT", "text")
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--confluence-url", confluence])
             .args(["--redis-url", &redis.url(), "--credential-salt", SALT])
             .args(["--drain-delay", DRAIN_DELAY, "--shutdown-timeout", "20s"])
+            .arg("--ready-file")
+            .arg(&ready)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -197,14 +207,8 @@ impl Replica {
             child,
             log,
         };
-        let line = replica
-            .wait_for_log("audit-gateway listening", Duration::from_secs(20))
-            .await;
-        replica.addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
+        replica.addr = crate::common::ready_addr(&ready, Duration::from_secs(20)).await;
+        let _ = std::fs::remove_file(&ready);
         replica
     }
 

@@ -733,3 +733,51 @@ async fn the_gateway_reports_how_far_confluences_clock_is_off() {
     assert!((-5.6..=-4.4).contains(&seen), "{seen} s, not about -5 s");
     gw.shutdown().await.expect("the gateway stops cleanly");
 }
+
+/// `--ready-file`: once bound, the binary writes where it listens as one JSON line, so a
+/// script that starts it on port 0 learns its address without reading its log.
+#[tokio::test]
+async fn the_ready_file_says_where_the_binary_listens() {
+    let ready = std::env::temp_dir().join(format!("audit-gateway-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let ready_arg = ready.to_string_lossy().into_owned();
+    let _child = KillOnDrop(
+        gateway_command(&[
+            "--confluence-url",
+            "http://127.0.0.1:9/wiki",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--ready-file",
+            &ready_arg,
+        ])
+        .spawn()
+        .expect("binary runs"),
+    );
+    let addr = crate::common::ready_addr(&ready, Duration::from_secs(20)).await;
+    let text = std::fs::read_to_string(&ready).expect("written");
+    let line: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let metrics: SocketAddr = line["metrics"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the metrics address in {text:?}"));
+    assert!(addr.port() != 0 && metrics.port() != 0, "{text}");
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("it listens where it said");
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let _ = std::fs::remove_file(&ready);
+}

@@ -218,6 +218,27 @@ impl StubUpstream {
     }
 }
 
+/// The gRPC address a gateway started with `--ready-file path` wrote there, waiting up
+/// to `limit` for it.
+pub async fn ready_addr(path: &std::path::Path, limit: Duration) -> SocketAddr {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let ready: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("the ready file is one JSON line ({e}): {text:?}"));
+            return ready["grpc"]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no grpc address in {text:?}"));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ready file within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An address nothing listens on.
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
