@@ -8,7 +8,6 @@ pub mod hit;
 pub mod stream;
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -59,33 +58,40 @@ pub fn pct(v: &mut [Duration], p: usize) -> Duration {
     v[(v.len() * p / 100).min(v.len() - 1)]
 }
 
-/// Starts the gateway binary (the caller's bench target must depend on it) with default settings in front of `url`; returns the child
-/// and its gRPC address (read from its log).
+/// Starts the gateway binary (the caller's bench target must depend on it) with default
+/// settings in front of `url`; returns the child and its gRPC address, which it writes to
+/// its `--ready-file` once bound.
 pub fn spawn_gateway_binary(url: &str, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-gateway"))
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ready = std::env::temp_dir().join(format!(
+        "audit-gateway-bench-{}-{n}.ready",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&ready);
+    let child = Command::new(env!("CARGO_BIN_EXE_audit-gateway"))
         .args(["serve", "--listen", "127.0.0.1:0", "--confluence-url", url])
+        .arg("--ready-file")
+        .arg(&ready)
         .args(extra)
-        .env("RUST_LOG", "info")
-        // Its address is read from the text log line.
-        .env("AUDIT_GATEWAY_LOG_FORMAT", "text")
-        .stderr(Stdio::piped())
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .expect("gateway binary");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let addr = loop {
-        let line = lines.next().expect("gateway log line").expect("utf-8 log");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let line: serde_json::Value = serde_json::from_str(&text).expect("one JSON line");
+            break line["grpc"].as_str().expect("the gRPC address").to_owned();
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway binary wrote no ready file within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let _ = std::fs::remove_file(&ready);
     (child, addr)
 }
 
