@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 mod support;
 
 use audit_gateway::{
-    bench,
+    testing::bench,
     pb::{self, audit_service_client::AuditServiceClient},
 };
 use confluence_sim::{PageSpec, SimulatorConfig, render_page};

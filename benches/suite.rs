@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{ResponseCompression, bench};
+use audit_gateway::{ResponseCompression, testing::bench};
 use confluence_sim::{AuditEndpoint, PageSpec, SimulatorConfig, render_page};
 use support::hit::{self, Callers};
 use tonic::codec::CompressionEncoding;

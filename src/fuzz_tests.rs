@@ -133,7 +133,7 @@ proptest! {
 
 /// The libFuzzer targets' checks (fuzz/src/checks.rs), compiled here on stable; they
 /// reach the gateway through `gw`, as they do in the fuzz crate.
-use crate::fuzz as gw;
+use crate::testing::fuzz as gw;
 
 /// The checks each fuzz target runs (fuzz/src/checks.rs), shared with the fuzz crate.
 #[allow(unreachable_pub)]

@@ -1,7 +1,7 @@
 //! One check per fuzz target: feed the bytes to a decoder and assert what must hold of
 //! whatever it accepts. Shared by the libFuzzer targets (`fuzz/fuzz_targets/`) and by
 //! their replay on stable (`src/fuzz_tests.rs` includes this file), which reach the
-//! gateway through `super::gw` (`audit_gateway::fuzz` here, `crate::fuzz` there).
+//! gateway through `super::gw` (`audit_gateway::testing::fuzz` here, `crate::testing::fuzz` there).
 
 use bytes::Bytes;
 use prost::Message;
