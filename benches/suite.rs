@@ -1,4 +1,4 @@
-//! The performance targets P1–P8 (BENCHMARKS.md), each figure measured next to its
+//! The performance targets P1–P8 (docs/benchmarks.md), each figure measured next to its
 //! reference in the same run, printed (never asserted) as one table. Each row is also
 //! printed as a machine-readable `ROW` line as soon as it is measured.
 //!

@@ -122,7 +122,7 @@ pub struct GatewayConfig {
 /// Which encodings the server compresses responses with, for a caller whose
 /// `grpc-accept-encoding` lists them (`--compress-responses`). Requests are accepted
 /// compressed whatever this says. Off by default: on loopback or a LAN, compressing a
-/// cached page on every hit costs far more CPU than the bytes it saves (BENCHMARKS.md, P7).
+/// cached page on every hit costs far more CPU than the bytes it saves (docs/benchmarks.md, P7).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ResponseCompression {
     /// Identity responses, even to callers that accept gzip or zstd (gRPC allows it).

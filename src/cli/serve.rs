@@ -273,7 +273,7 @@ pub(crate) struct ServeArgs {
     max_request_bytes: Size,
 
     /// Compress responses for callers that accept it: none, gzip, zstd or both. Off by
-    /// default: inside a mesh the CPU costs more than the bytes saved (BENCHMARKS.md).
+    /// default: inside a mesh the CPU costs more than the bytes saved (docs/benchmarks.md).
     #[arg(long, env = "AUDIT_GATEWAY_COMPRESS_RESPONSES", default_value_t = D.compress_responses)]
     compress_responses: ResponseCompression,
 }
