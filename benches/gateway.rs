@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 mod support;
 
 use audit_gateway::{
-    testing::bench,
     pb::{self, audit_service_client::AuditServiceClient},
+    testing::bench,
 };
 use confluence_sim::{PageSpec, SimulatorConfig, render_page};
 use tonic::{Request, metadata::MetadataValue};

@@ -159,14 +159,7 @@ impl Replica {
     /// Starts a replica in front of `confluence`, sharing `redis` and [`SALT`], and waits
     /// for the address it writes to its `--ready-file` once bound.
     async fn start(name: &'static str, confluence: &str, redis: &Redis) -> Self {
-        // One file per replica started: tests run at once in this process.
-        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ready = std::env::temp_dir().join(format!(
-            "audit-gateway-proxy-{name}-{}-{n}.ready",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&ready);
+        let ready = audit_gateway::testing::harness::ready_file(name);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-gateway"));
         // Nothing inherited from the environment changes its settings.
         for (var, _) in std::env::vars_os() {

@@ -9,17 +9,18 @@ use std::{
 };
 
 use audit_gateway::{
-    Gateway, GatewayConfig, ServeError, pb::audit_service_client::AuditServiceClient,
+    GatewayConfig, ServeError, pb::audit_service_client::AuditServiceClient, testing::harness,
 };
 use bytes::Bytes;
-use confluence_sim::{Simulator, SimulatorConfig, SimulatorHandle};
+use confluence_sim::{SimulatorConfig, SimulatorHandle};
 use http_body_util::Full;
 use hyper::{Request, Response, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tonic::transport::Channel;
 
-/// A running gateway and a client connected to it.
+/// A running gateway (`audit_gateway::testing::harness`, the harness the benches use too)
+/// and a client connected to it.
 pub struct TestGateway {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -27,8 +28,7 @@ pub struct TestGateway {
     pub client: AuditServiceClient<Channel>,
     /// Where it serves `/metrics`, with `metrics_listen` set.
     pub metrics: Option<SocketAddr>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), ServeError>>>,
+    running: harness::InProcess,
 }
 
 impl TestGateway {
@@ -55,33 +55,20 @@ impl TestGateway {
     }
 
     /// Sends the shutdown signal and waits for the server to return.
-    pub async fn shutdown(mut self) -> Result<(), ServeError> {
-        self.stop.take().map(|s| s.send(()));
-        let task = self.task.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("server stops within 10 s")
-            .expect("server task did not panic")
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.running.shutdown().await
     }
 
     /// Sends the shutdown signal without waiting; returns the server task.
     pub fn begin_shutdown(&mut self) -> JoinHandle<Result<(), ServeError>> {
-        self.stop.take().map(|s| s.send(()));
-        self.task.take().expect("running")
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        self.stop.take().map(|s| s.send(()));
+        self.running.begin_shutdown()
     }
 }
 
 /// A gateway configuration in front of `confluence_url` for fast tests: port 0 on
 /// loopback, short backoffs; tests change its fields.
 pub fn test_config(confluence_url: &str) -> GatewayConfig {
-    let mut config = GatewayConfig::new(confluence_url);
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = harness::loopback(confluence_url);
     config.upstream.backoff = Duration::from_millis(10);
     config.upstream.max_backoff = Duration::from_secs(2);
     config.upstream.timeout = Duration::from_secs(5);
@@ -91,33 +78,23 @@ pub fn test_config(confluence_url: &str) -> GatewayConfig {
 /// Starts a gateway with `config` (through `Gateway`, as `main` does) and connects a
 /// client to it.
 pub async fn spawn_gateway(config: GatewayConfig) -> TestGateway {
-    let gateway = Gateway::bind(config).await.expect("valid settings");
-    let addr = gateway.local_addr();
-    let metrics = gateway.metrics_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(gateway.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
+    let running = harness::InProcess::start(config).await;
+    let channel = Channel::from_shared(format!("http://{}", running.addr))
         .expect("valid uri")
         .connect()
         .await
         .expect("gateway reachable");
     TestGateway {
-        addr,
+        addr: running.addr,
         client: AuditServiceClient::new(channel),
-        metrics,
-        stop: Some(stop),
-        task: Some(task),
+        metrics: running.metrics,
+        running,
     }
 }
 
 /// Starts a simulator on port 0.
 pub async fn spawn_simulator(config: SimulatorConfig) -> SimulatorHandle {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-    Simulator::start(config, listener)
-        .await
-        .expect("simulator starts")
+    harness::simulator(config).await
 }
 
 /// A simulator and a gateway in front of it, its `test_config` changed by `tweak`.
@@ -218,26 +195,7 @@ impl StubUpstream {
     }
 }
 
-/// The gRPC address a gateway started with `--ready-file path` wrote there, waiting up
-/// to `limit` for it.
-pub async fn ready_addr(path: &std::path::Path, limit: Duration) -> SocketAddr {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            let ready: serde_json::Value = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("the ready file is one JSON line ({e}): {text:?}"));
-            return ready["grpc"]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no grpc address in {text:?}"));
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no ready file within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use harness::ready_addr;
 
 /// An address nothing listens on.
 pub async fn closed_port() -> SocketAddr {

@@ -1,5 +1,9 @@
-//! Hooks into the gateway's private parts for its benches and fuzz targets, compiled
+//! What the benches, tests and fuzz targets need of the gateway beyond its API, compiled
 //! only with the `testing` feature (and in unit tests): `lib.rs` stays the gateway.
+//! `harness` starts what they run against; `bench` and `fuzz` reach private parts.
+
+#[cfg(feature = "simulator")]
+pub mod harness;
 
 /// The steps of a page conversion, for the benches to time one by one.
 pub mod bench {
