@@ -125,3 +125,31 @@ async fn a_failed_call_exits_with_its_grpc_status_code() {
         .expect("joined");
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
 }
+
+/// The README's first command, `demo`: a simulated Confluence, the gateway in front of it
+/// and one query through it, which prints Confluence's JSON (`--once`: then it exits).
+#[test]
+fn the_demo_answers_its_query_through_the_gateway() {
+    let out = run(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--records",
+        "50",
+        "--once",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("GetSince("), "{stdout}");
+    let json_start = stdout.find('{').expect("a JSON page");
+    let page: serde_json::Value = serde_json::Deserializer::from_str(&stdout[json_start..])
+        .into_iter::<serde_json::Value>()
+        .next()
+        .expect("one JSON value")
+        .expect("JSON");
+    assert_eq!(
+        page["results"].as_array().map(Vec::len),
+        Some(2),
+        "{stdout}"
+    );
+}
