@@ -276,8 +276,9 @@ pub(crate) async fn within_deadline<T>(
     }
 }
 
-/// Prints an error and each of its causes, `outer: inner: innermost`, for logs.
-pub(crate) struct Chain<'a>(pub(crate) &'a (dyn Error + 'static));
+/// Prints an error and each of its causes, `outer: inner: innermost`, for logs and for
+/// the binary's start-up errors.
+pub struct Chain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -32,7 +32,7 @@ mod upstream;
 pub use config::{
     CacheConfig, ConfigError, GatewayConfig, ResponseCompression, UpstreamAuth, UpstreamConfig,
 };
-pub use error::{CallerCap, GatewayError, UpstreamFailure};
+pub use error::{CallerCap, Chain, GatewayError, UpstreamFailure};
 pub use gateway::{Gateway, shutdown_signal};
 pub use server::ServeError;
 

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use audit_gateway::telemetry;
+use audit_gateway::{Chain, telemetry};
 use clap::Parser;
 
 use crate::cli::Cli;
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         match telemetry::init(cli.log_format(), cli.otlp_endpoint()) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {}", cli::chain(&e));
+                eprintln!("error: {}", Chain(&e));
                 return ExitCode::FAILURE;
             }
         }

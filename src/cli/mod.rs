@@ -15,7 +15,7 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 pub(crate) use self::output::CommandError;
-use audit_gateway::{Gateway, GatewayConfig, shutdown_signal, telemetry::LogFormat};
+use audit_gateway::{Chain, Gateway, GatewayConfig, shutdown_signal, telemetry::LogFormat};
 
 /// audit-gateway: the Confluence audit log over gRPC.
 #[derive(Debug, Parser)]
@@ -71,8 +71,10 @@ impl Cli {
                 // Handlers first: a SIGTERM during start-up is then a graceful stop too.
                 let signal = shutdown_signal();
                 let ready_file = args.ready_file.clone();
-                let config = GatewayConfig::try_from(*args).map_err(|e| chain(&e))?;
-                let gateway = Gateway::bind(config).await.map_err(|e| chain(&e))?;
+                let config = GatewayConfig::try_from(*args).map_err(|e| Chain(&e).to_string())?;
+                let gateway = Gateway::bind(config)
+                    .await
+                    .map_err(|e| Chain(&e).to_string())?;
                 if let Some(path) = ready_file {
                     serve::write_ready_file(&path, &gateway).map_err(|e| {
                         CommandError::other(format!("--ready-file {}: {e}", path.display()))
@@ -81,7 +83,7 @@ impl Cli {
                 gateway
                     .run_until_stopped(signal)
                     .await
-                    .map_err(|e| CommandError::other(chain(&e)))
+                    .map_err(|e| CommandError::other(Chain(&e).to_string()))
             }
             Command::Get(args) => call::get(&args).await,
             Command::Stream(args) => {
@@ -96,16 +98,4 @@ impl Cli {
             Command::Demo(args) => Ok(demo::run(args).await?),
         }
     }
-}
-
-/// An error and its causes, one line: `--tls-cert: cannot read /x: No such file or directory`.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
 }
