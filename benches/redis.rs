@@ -46,8 +46,8 @@ fn main() {
 async fn replica(confluence: &str, redis_port: u16) -> AuditServiceClient<Channel> {
     let redis = format!("redis://127.0.0.1:{redis_port}/0");
     let shared = |c: &mut audit_gateway::GatewayConfig| {
-        c.cache.redis_url = Some(redis.into());
-        c.cache.credential_salt = Some("a salt the two bench replicas share".into());
+        c.redis.url = Some(redis.into());
+        c.credential_salt = Some("a salt the two bench replicas share".into());
     };
     let addr = support::gateway(confluence, shared, std::future::pending()).await;
     AuditServiceClient::connect(format!("http://{addr}"))

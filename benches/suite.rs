@@ -332,8 +332,10 @@ async fn p7_compression() -> Vec<Row> {
     let run = Duration::from_secs(2);
     let with = |accept| Callers { accept, ..MANY };
     let mut rows = Vec::new();
-    let (_sim, compressing) =
-        sim_and_gateway(5000, |c| c.compress_responses = ResponseCompression::Both).await;
+    let (_sim, compressing) = sim_and_gateway(5000, |c| {
+        c.server.compress_responses = ResponseCompression::Both
+    })
+    .await;
     let (_sim2, default) = sim_and_gateway(5000, |_| {}).await;
     let bytes = hit::warm(compressing, LIMIT).await;
     hit::warm(default, LIMIT).await;

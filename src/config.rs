@@ -3,7 +3,6 @@
 //! (`src/cli/serve.rs`) only fills it in; tests and benches set its fields directly.
 
 use std::{
-    borrow::Cow,
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
     sync::Arc,
@@ -14,11 +13,12 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::{
-    cache::{CacheSettings, redis::RedisSettings},
+    cache::{CacheConfig, RedisConfig},
     callers::CallerTokens,
     credential::{Credential, CredentialMode, FingerprintKey},
+    server::ServerConfig,
     tls::{ReloadingTls, TlsFiles},
-    upstream::{RetryPolicy, UpstreamSettings},
+    upstream::UpstreamConfig,
 };
 
 /// The longest page TTL accepted: audit pages go stale, and the cache cannot hold
@@ -77,10 +77,16 @@ pub struct GatewayConfig {
     pub tls_key: Option<PathBuf>,
     /// CA whose client certificates are required (`--tls-client-ca`): mTLS.
     pub tls_client_ca: Option<PathBuf>,
+    /// Key of credential fingerprints, resume tokens, follow checkpoints and shared
+    /// cache values (`--credential-salt`), the same on every replica; `None`: random
+    /// per process.
+    pub credential_salt: Option<SecretString>,
     /// How Confluence is called.
     pub upstream: UpstreamConfig,
-    /// The page cache tiers.
+    /// The in-process page cache.
     pub cache: CacheConfig,
+    /// The Redis tier shared by replicas.
+    pub redis: RedisConfig,
     /// Pages a `StreamSince` call fetches ahead once its first page is full
     /// (`--stream-prefetch`, 1..=64).
     pub stream_prefetch: usize,
@@ -90,98 +96,11 @@ pub struct GatewayConfig {
     /// Most `StreamSince` calls open at once, gateway-wide (`--max-streams`, at least 1);
     /// one more is refused with RESOURCE_EXHAUSTED.
     pub max_streams: usize,
-    /// Most concurrent HTTP/2 streams (calls of any kind) one connection may open
-    /// (`--max-connection-streams`, at least 1).
-    pub max_connection_streams: u32,
     /// Where to serve Prometheus metrics (`--metrics-listen`); `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
-    /// How long NOT_SERVING is reported before new connections are refused
-    /// (`--drain-delay`).
-    pub drain_delay: Duration,
-    /// Longest wait for in-flight calls at shutdown (`--shutdown-timeout`).
-    pub shutdown_timeout: Duration,
-    /// A connection older than this is sent GOAWAY, so clients reconnect and a mesh or
-    /// load balancer spreads long-lived HTTP/2 connections again (`--max-connection-age`);
-    /// `None`: never.
-    pub max_connection_age: Option<Duration>,
-    /// How long calls on an aged connection may go on before it is closed
-    /// (`--max-connection-age-grace`); `None`: until they end.
-    pub max_connection_age_grace: Option<Duration>,
-    /// HTTP/2 PING interval on idle connections (`--http2-keepalive-interval`).
-    pub http2_keepalive_interval: Duration,
-    /// How long a PING may go unanswered before the connection is closed
-    /// (`--http2-keepalive-timeout`).
-    pub http2_keepalive_timeout: Duration,
-    /// Largest request message accepted, in bytes (`--max-request-bytes`).
-    pub max_request_bytes: usize,
-    /// Which encodings responses may be compressed with when the caller accepts them
-    /// (`--compress-responses`); `None`: always identity.
-    pub compress_responses: ResponseCompression,
+    /// Connections, requests, compression and stopping.
+    pub server: ServerConfig,
 }
-
-/// Which encodings the server compresses responses with, for a caller whose
-/// `grpc-accept-encoding` lists them (`--compress-responses`). Requests are accepted
-/// compressed whatever this says. Off by default: on loopback or a LAN, compressing a
-/// cached page on every hit costs far more CPU than the bytes it saves (docs/benchmarks.md, P7).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ResponseCompression {
-    /// Identity responses, even to callers that accept gzip or zstd (gRPC allows it).
-    #[default]
-    None,
-    /// gzip to callers that accept it.
-    Gzip,
-    /// zstd to callers that accept it.
-    Zstd,
-    /// gzip or zstd, whichever the caller accepts.
-    Both,
-}
-
-impl ResponseCompression {
-    /// The flag's spellings, in the order help lists them.
-    const NAMES: [(&'static str, Self); 4] = [
-        ("none", Self::None),
-        ("gzip", Self::Gzip),
-        ("zstd", Self::Zstd),
-        ("both", Self::Both),
-    ];
-
-    /// Whether gzip responses are sent to callers that accept them.
-    pub fn gzip(self) -> bool {
-        matches!(self, Self::Gzip | Self::Both)
-    }
-
-    /// Whether zstd responses are sent to callers that accept them.
-    pub fn zstd(self) -> bool {
-        matches!(self, Self::Zstd | Self::Both)
-    }
-}
-
-impl std::fmt::Display for ResponseCompression {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = Self::NAMES
-            .iter()
-            .find(|(_, v)| v == self)
-            .map_or("none", |(n, _)| n);
-        f.write_str(name)
-    }
-}
-
-impl std::str::FromStr for ResponseCompression {
-    type Err = UnknownCompression;
-
-    fn from_str(s: &str) -> Result<Self, UnknownCompression> {
-        Self::NAMES
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(s))
-            .map(|(_, v)| *v)
-            .ok_or_else(|| UnknownCompression(s.to_owned()))
-    }
-}
-
-/// A `--compress-responses` value that names no encoding.
-#[derive(Debug, thiserror::Error)]
-#[error("`{0}`: expected none, gzip, zstd or both")]
-pub struct UnknownCompression(String);
 
 /// Whose credential the gateway sends to Confluence.
 #[derive(Clone, Debug, Default)]
@@ -200,59 +119,6 @@ pub enum UpstreamAuth {
     Bearer(SecretString),
     /// Each caller's `authorization` metadata, forwarded (`--auth-passthrough`).
     Passthrough,
-}
-
-/// How the gateway calls Confluence.
-#[derive(Clone, Debug)]
-pub struct UpstreamConfig {
-    /// One attempt, body included (`--upstream-timeout`).
-    pub timeout: Duration,
-    /// Connecting (`--upstream-connect-timeout`).
-    pub connect_timeout: Duration,
-    /// Retries of a transient failure (`--upstream-retries`, 0..=10).
-    pub retries: u32,
-    /// First backoff ceiling, doubling per retry (`--upstream-backoff`).
-    pub backoff: Duration,
-    /// Largest backoff and largest `Retry-After` honoured (`--upstream-max-backoff`).
-    pub max_backoff: Duration,
-    /// Longest cool-down a `Retry-After` (or a near-the-limit answer) starts
-    /// (`--upstream-max-cooldown`); when it ends one probe request decides whether
-    /// another begins.
-    pub max_cooldown: Duration,
-    /// Largest page body accepted, in bytes (`--upstream-max-body`).
-    pub max_body: u64,
-    /// Most requests in flight to Confluence at once, gateway-wide
-    /// (`--upstream-concurrency`, at least 1); more wait their turn within their
-    /// deadline, shared fairly between callers (`src/upstream/fair.rs`).
-    pub concurrency: usize,
-}
-
-/// The page cache tiers.
-#[derive(Clone, Debug)]
-pub struct CacheConfig {
-    /// How long a page is served from cache (`--cache-ttl`); zero disables caching.
-    pub ttl: Duration,
-    /// Bound on the in-process tier, in bytes of encoded pages (`--cache-max-bytes`).
-    pub max_bytes: u64,
-    /// Key of credential fingerprints (`--credential-salt`); `None`: random per process.
-    pub credential_salt: Option<SecretString>,
-    /// A Redis shared by all replicas (`--redis-url`); `None`: in-process only.
-    pub redis_url: Option<SecretString>,
-    /// Whether `redis_url` names seed nodes of a Redis Cluster, comma-separated
-    /// (`--redis-cluster`).
-    pub redis_cluster: bool,
-    /// Time-out of each Redis operation (`--redis-timeout`).
-    pub redis_timeout: Duration,
-    /// How long Redis is skipped after an error (`--redis-pause`).
-    pub redis_pause: Duration,
-    /// Prefix of the gateway's Redis keys (`--redis-key-prefix`).
-    pub redis_key_prefix: Cow<'static, str>,
-}
-
-/// The 200 bodies held at once, from reading to converted: two per core, so one can be
-/// read while another converts. Bodies then take at most this × `--upstream-max-body`.
-pub(crate) fn body_permits() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 impl GatewayConfig {
@@ -276,40 +142,10 @@ impl GatewayConfig {
         tls_cert: None,
         tls_key: None,
         tls_client_ca: None,
-        upstream: UpstreamConfig {
-            timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-            // Atlassian's guidance: about 4 retries, exponential with jitter, capped near 30 s.
-            retries: 4,
-            backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(30),
-            // Atlassian's burst limits ask for seconds to a minute; a `Retry-After` of an
-            // hour or a day (a maintenance page) would otherwise stop every caller for
-            // that long although Confluence may be back in minutes.
-            max_cooldown: Duration::from_secs(300),
-            // Measured: a 1000-record page (the most Confluence returns) is 699,208 bytes
-            // from the simulator (`confluence_sim::render_page`, records of 350..1,170
-            // bytes), and Atlassian's sample (tests/fixtures/atlassian-audit-since-sample.json)
-            // holds 2 records in 2,337 bytes, ~1.0-1.2 MB per 1000. 8 MiB is 7x the larger,
-            // room for records with long changedValues, and with the body permits
-            // (`body_permits`) bounds the bodies held at once.
-            max_body: 8 << 20,
-            // Atlassian rate-limits per site; a handful of requests at once keeps a burst
-            // of streams (each prefetching --stream-prefetch pages) from hitting 429s.
-            concurrency: 8,
-        },
-        cache: CacheConfig {
-            ttl: Duration::from_secs(60),
-            // The cache dominates the gateway's memory; 16 MiB keeps a 1M-record stream
-            // flat (see benches/stream.rs).
-            max_bytes: 16 << 20,
-            credential_salt: None,
-            redis_url: None,
-            redis_cluster: false,
-            redis_timeout: Duration::from_millis(50),
-            redis_pause: Duration::from_secs(5),
-            redis_key_prefix: Cow::Borrowed("audit-gateway"),
-        },
+        credential_salt: None,
+        upstream: UpstreamConfig::DEFAULT,
+        cache: CacheConfig::DEFAULT,
+        redis: RedisConfig::DEFAULT,
         // A 40-page window at 100 ms per page streams 7x faster than paging with 16.
         stream_prefetch: 16,
         // A reader that has not taken a page for a minute has most likely stalled; its
@@ -318,19 +154,8 @@ impl GatewayConfig {
         // Each stream holds up to --stream-prefetch + 1 pages and as many fetches: 256 of
         // them is the most one process should carry at the default prefetch.
         max_streams: 256,
-        // hyper's own default, which tonic otherwise replaces with no limit at all.
-        max_connection_streams: 200,
         metrics_listen: None,
-        drain_delay: Duration::ZERO,
-        shutdown_timeout: Duration::from_secs(30),
-        max_connection_age: None,
-        max_connection_age_grace: None,
-        http2_keepalive_interval: Duration::from_secs(30),
-        http2_keepalive_timeout: Duration::from_secs(10),
-        // Requests are small: a 1000-character search string, a checkpoint of at most
-        // ~11 KiB. A megabyte leaves room and refuses anything abusive before decoding.
-        max_request_bytes: 1 << 20,
-        compress_responses: ResponseCompression::None,
+        server: ServerConfig::DEFAULT,
     };
 
     /// A configuration in front of `confluence_url`, everything else default.
@@ -349,21 +174,22 @@ impl GatewayConfig {
         let callers = self.load_callers()?;
         let tls = self.load_tls()?;
         self.check_exposure(callers.is_some(), tls.is_some())?;
-        let upstream = self.upstream_settings(base_url)?;
+        self.check_upstream()?;
         self.check_serving()?;
         self.check_cache()?;
+        self.check_redis()?;
         let fingerprints = self.fingerprint_key()?;
-        let redis = self.redis_settings(&fingerprints)?;
         Ok(Checked {
-            upstream,
+            base_url,
             credentials: self.auth.credentials()?,
             callers,
             tls,
-            cache: CacheSettings {
-                ttl: self.cache.ttl,
-                max_bytes: self.cache.max_bytes,
-            },
-            redis,
+            redis_value_key: self.redis.url.as_ref().map(|_| {
+                ring::hmac::Key::new(
+                    ring::hmac::HMAC_SHA256,
+                    &fingerprints.derive(b"audit-gateway redis value"),
+                )
+            }),
             fingerprints,
         })
     }
@@ -496,7 +322,7 @@ impl GatewayConfig {
     }
 
     /// How the gateway calls Confluence.
-    fn upstream_settings(&self, base_url: Url) -> Result<UpstreamSettings, ConfigError> {
+    fn check_upstream(&self) -> Result<(), ConfigError> {
         let u = &self.upstream;
         if u.retries > MAX_RETRIES {
             return Err(ConfigError::new(
@@ -513,36 +339,24 @@ impl GatewayConfig {
                 return Err(ConfigError::new(flag, "must be larger than 0"));
             }
         }
-        let max_body_bytes = usize::try_from(u.max_body)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "--upstream-max-body",
-                    "must be between 1 byte and usize::MAX",
-                )
-            })?;
-        Ok(UpstreamSettings {
-            base_url,
-            attempt_timeout: u.timeout,
-            connect_timeout: u.connect_timeout,
-            max_body_bytes,
-            retry: RetryPolicy {
-                max_retries: u.retries,
-                base_delay: u.backoff,
-                max_delay: u.max_backoff,
-                max_retry_after: u.max_backoff,
-                ..RetryPolicy::default()
-            },
-            max_cooldown: u.max_cooldown,
-            concurrency: u.concurrency,
-            max_bodies: body_permits(),
-        })
+        if u.max_body == 0 || usize::try_from(u.max_body).is_err() {
+            return Err(ConfigError::new(
+                "--upstream-max-body",
+                "must be between 1 byte and usize::MAX",
+            ));
+        }
+        if u.concurrency == 0 {
+            return Err(ConfigError::new(
+                "--upstream-concurrency",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
     }
 
     /// The limits of serving callers: streams, connections, requests.
     fn check_serving(&self) -> Result<(), ConfigError> {
-        let u = &self.upstream;
+        let server = &self.server;
         if !(1..=MAX_PREFETCH).contains(&self.stream_prefetch) {
             return Err(ConfigError::new(
                 "--stream-prefetch",
@@ -550,12 +364,6 @@ impl GatewayConfig {
                     "must be between 1 and {MAX_PREFETCH}, got {}",
                     self.stream_prefetch
                 ),
-            ));
-        }
-        if u.concurrency == 0 {
-            return Err(ConfigError::new(
-                "--upstream-concurrency",
-                "must be at least 1",
             ));
         }
         if self.stream_idle_timeout.is_zero() {
@@ -567,25 +375,25 @@ impl GatewayConfig {
         if self.max_streams == 0 {
             return Err(ConfigError::new("--max-streams", "must be at least 1"));
         }
-        if self.max_connection_age.is_some_and(|d| d.is_zero()) {
+        if server.max_connection_age.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::new(
                 "--max-connection-age",
                 "must be larger than 0 (leave it unset for no limit)",
             ));
         }
-        if self.http2_keepalive_interval.is_zero() || self.http2_keepalive_timeout.is_zero() {
+        if server.http2_keepalive_interval.is_zero() || server.http2_keepalive_timeout.is_zero() {
             return Err(ConfigError::new(
                 "--http2-keepalive-interval",
                 "the keepalive interval and timeout must be larger than 0",
             ));
         }
-        if self.max_request_bytes < 16 << 10 {
+        if server.max_request_bytes < 16 << 10 {
             return Err(ConfigError::new(
                 "--max-request-bytes",
                 "must be at least 16KiB (a follow checkpoint takes up to ~11 KiB)",
             ));
         }
-        if self.max_connection_streams == 0 {
+        if server.max_connection_streams == 0 {
             return Err(ConfigError::new(
                 "--max-connection-streams",
                 "must be at least 1",
@@ -609,7 +417,7 @@ impl GatewayConfig {
                 "must be larger than 0",
             ));
         }
-        if let Some(salt) = &c.credential_salt
+        if let Some(salt) = &self.credential_salt
             && salt.expose_secret().chars().count() < MIN_SALT_CHARS
         {
             return Err(ConfigError::new(
@@ -621,7 +429,7 @@ impl GatewayConfig {
         }
         // Like caller authentication above: a gateway others reach serves shippers that
         // outlive it, and a random key per process voids their checkpoints at a restart.
-        if c.credential_salt.is_none()
+        if self.credential_salt.is_none()
             && !self.listen.ip().is_loopback()
             && !self.allow_ephemeral_tokens
         {
@@ -641,8 +449,7 @@ impl GatewayConfig {
 
     /// The key of fingerprints, tokens and checkpoints: from the salt, else drawn now.
     fn fingerprint_key(&self) -> Result<FingerprintKey, ConfigError> {
-        let c = &self.cache;
-        let fingerprints = match &c.credential_salt {
+        let fingerprints = match &self.credential_salt {
             Some(salt) => FingerprintKey::from_secret(salt.expose_secret().as_bytes()),
             None => FingerprintKey::random().map_err(|e| {
                 ConfigError::caused_by("--credential-salt", "cannot draw a random key", e)
@@ -651,43 +458,24 @@ impl GatewayConfig {
         Ok(fingerprints)
     }
 
-    /// The shared tier's settings, its value key derived from `fingerprints`.
-    fn redis_settings(
-        &self,
-        fingerprints: &FingerprintKey,
-    ) -> Result<Option<RedisSettings>, ConfigError> {
-        let c = &self.cache;
-        let redis = match &c.redis_url {
-            None if c.redis_cluster => {
-                return Err(ConfigError::new(
-                    "--redis-cluster",
-                    "needs --redis-url with the cluster's seed nodes",
-                ));
+    /// The shared tier: its URL, and the salt replicas must share to use it.
+    fn check_redis(&self) -> Result<(), ConfigError> {
+        let r = &self.redis;
+        match &r.url {
+            None if r.cluster => Err(ConfigError::new(
+                "--redis-cluster",
+                "needs --redis-url with the cluster's seed nodes",
+            )),
+            Some(_) if self.credential_salt.is_none() => Err(ConfigError::new(
+                "--credential-salt",
+                "required with --redis-url, the same on every replica, so replicas file \
+                 pages under the same keys",
+            )),
+            Some(_) if r.timeout.is_zero() => {
+                Err(ConfigError::new("--redis-timeout", "must be larger than 0"))
             }
-            None => None,
-            Some(_) if c.credential_salt.is_none() => {
-                return Err(ConfigError::new(
-                    "--credential-salt",
-                    "required with --redis-url, the same on every replica, so replicas \
-                     file pages under the same keys",
-                ));
-            }
-            Some(_) if c.redis_timeout.is_zero() => {
-                return Err(ConfigError::new("--redis-timeout", "must be larger than 0"));
-            }
-            Some(url) => Some(RedisSettings {
-                url: url.expose_secret().to_owned(),
-                cluster: c.redis_cluster,
-                key_prefix: c.redis_key_prefix.to_string(),
-                timeout: c.redis_timeout,
-                pause: c.redis_pause,
-                value_key: ring::hmac::Key::new(
-                    ring::hmac::HMAC_SHA256,
-                    &fingerprints.derive(b"audit-gateway redis value"),
-                ),
-            }),
-        };
-        Ok(redis)
+            _ => Ok(()),
+        }
     }
 }
 
@@ -717,15 +505,17 @@ impl UpstreamAuth {
     }
 }
 
-/// A checked configuration: the settings each component is built from.
+/// What checking a configuration read and derived: the parts components need beside
+/// their own sections of [`GatewayConfig`], which they take as they are.
 #[derive(Debug)]
 pub(crate) struct Checked {
-    pub(crate) upstream: UpstreamSettings,
+    /// `--confluence-url`, parsed.
+    pub(crate) base_url: Url,
     pub(crate) credentials: CredentialMode,
     pub(crate) callers: Option<Arc<CallerTokens>>,
     pub(crate) tls: Option<Arc<ReloadingTls>>,
-    pub(crate) cache: CacheSettings,
-    pub(crate) redis: Option<RedisSettings>,
+    /// The key of the Redis tier's value MACs, with `--redis-url`.
+    pub(crate) redis_value_key: Option<ring::hmac::Key>,
     pub(crate) fingerprints: FingerprintKey,
 }
 
@@ -873,7 +663,7 @@ mod tests {
         assert_eq!(flag_of(&GatewayConfig::new(url)), "--listen");
         let salted = || {
             let mut c = GatewayConfig::new(url);
-            c.cache.credential_salt = Some("sixteen chars ok".into());
+            c.credential_salt = Some("sixteen chars ok".into());
             c
         };
         let open = GatewayConfig {
@@ -928,7 +718,7 @@ mod tests {
         };
         assert!(ephemeral.check().is_ok());
         let mut salted = unsalted.clone();
-        salted.cache.credential_salt = Some("sixteen chars ok".into());
+        salted.credential_salt = Some("sixteen chars ok".into());
         assert!(salted.check().is_ok());
         for loopback in [[127, 0, 0, 1], [127, 9, 9, 9]] {
             let local = GatewayConfig {
@@ -988,7 +778,7 @@ mod tests {
                 allow_plaintext_credentials: true,
                 ..GatewayConfig::new("https://x.atlassian.net/wiki")
             };
-            c.cache.credential_salt = Some("sixteen chars ok".into());
+            c.credential_salt = Some("sixteen chars ok".into());
             c
         };
         // Tokens on 0.0.0.0 are enough; a bad file, a missing one or passthrough is not.
@@ -1050,15 +840,15 @@ mod tests {
         c.cache.ttl = Duration::from_secs(8 * 24 * 3600);
         assert_eq!(flag_of(&c), "--cache-ttl");
         let mut c = base();
-        c.cache.redis_url = Some("redis://127.0.0.1:1/0".into());
+        c.redis.url = Some("redis://127.0.0.1:1/0".into());
         assert_eq!(flag_of(&c), "--credential-salt");
-        c.cache.credential_salt = Some("short".into());
+        c.credential_salt = Some("short".into());
         assert_eq!(flag_of(&c), "--credential-salt");
-        c.cache.credential_salt = Some("sixteen chars ok".into());
-        c.cache.redis_timeout = Duration::ZERO;
+        c.credential_salt = Some("sixteen chars ok".into());
+        c.redis.timeout = Duration::ZERO;
         assert_eq!(flag_of(&c), "--redis-timeout");
         let mut c = base();
-        c.cache.redis_cluster = true;
+        c.redis.cluster = true;
         assert_eq!(flag_of(&c), "--redis-cluster");
         let mut c = base();
         c.upstream.max_body = 0;
@@ -1073,7 +863,7 @@ mod tests {
         c.max_streams = 0;
         assert_eq!(flag_of(&c), "--max-streams");
         let mut c = base();
-        c.max_connection_streams = 0;
+        c.server.max_connection_streams = 0;
         assert_eq!(flag_of(&c), "--max-connection-streams");
     }
 

@@ -15,7 +15,7 @@ use crate::{
     credential::CredentialMode,
     grpc::AuditGrpc,
     metrics,
-    server::{self, ServeError, ServerSettings},
+    server::{self, ServeError, ServerConfig},
     shutdown::Stopper,
     tls::ReloadingTls,
     upstream::{ConfluenceClient, clock::ClockOffset},
@@ -28,7 +28,7 @@ pub struct Gateway {
     metrics: Option<TcpListener>,
     /// Confluence's clock as the upstream client sees it, for `/metrics`.
     clock: Arc<ClockOffset>,
-    shutdown: ServerSettings,
+    server: ServerConfig,
     /// The stop every part of this gateway hears (`src/shutdown.rs`).
     stopper: Stopper,
     /// Re-read `--caller-tokens-file` and the TLS files when they change.
@@ -44,12 +44,12 @@ impl Gateway {
         // means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let checked = config.check()?;
-        let mut client = ConfluenceClient::new(checked.upstream)
+        let mut client = ConfluenceClient::new(checked.base_url, &config.upstream)
             .map_err(|e| ConfigError::from_error("--confluence-url", e))?;
-        let shared: Option<Arc<dyn SharedTier>> = match checked.redis {
-            Some(settings) => {
+        let shared: Option<Arc<dyn SharedTier>> = match checked.redis_value_key {
+            Some(value_key) => {
                 let tier = Arc::new(
-                    RedisTier::new(settings)
+                    RedisTier::new(&config.redis, value_key)
                         .map_err(|e| ConfigError::from_error("--redis-url", e))?,
                 );
                 // Confluence limits a credential across replicas: they share its
@@ -59,7 +59,7 @@ impl Gateway {
             }
             None => None,
         };
-        if config.cache.credential_salt.is_none() {
+        if config.credential_salt.is_none() {
             // Allowed on loopback or with --allow-ephemeral-tokens (`GatewayConfig::check`),
             // but a shipper following this gateway must know it cannot outlive it.
             tracing::warn!(
@@ -73,7 +73,7 @@ impl Gateway {
         let clock = client.clock();
         let mut pages = PageService::new(
             client,
-            PageCache::new(checked.cache, shared),
+            PageCache::new(config.cache.clone(), shared),
             checked.fingerprints,
         );
         if matches!(checked.credentials, CredentialMode::Passthrough) {
@@ -124,18 +124,7 @@ impl Gateway {
             watching,
             tls,
             stopper,
-            shutdown: ServerSettings {
-                drain_delay: config.drain_delay,
-                timeout: config.shutdown_timeout,
-                max_connection_streams: config.max_connection_streams,
-                max_connection_age: config.max_connection_age,
-                max_connection_age_grace: config.max_connection_age_grace,
-                keepalive_interval: config.http2_keepalive_interval,
-                keepalive_timeout: config.http2_keepalive_timeout,
-                max_request_bytes: config.max_request_bytes,
-                gzip: config.compress_responses.gzip(),
-                zstd: config.compress_responses.zstd(),
-            },
+            server: config.server,
         })
     }
 
@@ -172,7 +161,7 @@ impl Gateway {
             self.listener,
             self.tls,
             (shutdown, self.stopper.clone()),
-            self.shutdown,
+            self.server,
         )
         .await;
         self.stopper.stopped();

@@ -29,12 +29,12 @@ pub mod telemetry;
 mod tls;
 mod upstream;
 
-pub use config::{
-    CacheConfig, ConfigError, GatewayConfig, ResponseCompression, UpstreamAuth, UpstreamConfig,
-};
+pub use cache::{CacheConfig, RedisConfig};
+pub use config::{ConfigError, GatewayConfig, UpstreamAuth};
 pub use error::{CallerCap, Chain, GatewayError, UpstreamFailure};
 pub use gateway::{Gateway, shutdown_signal};
-pub use server::ServeError;
+pub use server::{ResponseCompression, ServeError, ServerConfig, UnknownCompression};
+pub use upstream::UpstreamConfig;
 
 /// Hooks into private parts for the benches (`bench`: a page conversion step by step)
 /// and the fuzz targets (`fuzz`: the decoders of untrusted or cached bytes); not an API.

@@ -19,31 +19,124 @@ use crate::{
     tls::ReloadingTls,
 };
 
-/// How the server limits connections and stops.
+/// How the gRPC server limits connections and requests, compresses answers and stops:
+/// the `server` section of `GatewayConfig`.
 #[derive(Clone, Debug)]
-pub(crate) struct ServerSettings {
-    /// NOT_SERVING is reported this long before new connections are refused.
-    pub(crate) drain_delay: Duration,
-    /// Longest wait for in-flight calls.
-    pub(crate) timeout: Duration,
-    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of each connection.
-    pub(crate) max_connection_streams: u32,
-    /// GOAWAY to connections older than this.
-    pub(crate) max_connection_age: Option<Duration>,
-    /// Calls on an aged connection are cut this long after its GOAWAY.
-    pub(crate) max_connection_age_grace: Option<Duration>,
-    /// HTTP/2 PING interval.
-    pub(crate) keepalive_interval: Duration,
-    /// How long a PING may go unanswered.
-    pub(crate) keepalive_timeout: Duration,
-    /// Largest request message.
-    pub(crate) max_request_bytes: usize,
-    /// Encodings responses are compressed with for callers that accept them.
-    /// Compress responses with gzip for callers that accept it.
-    pub(crate) gzip: bool,
-    /// Compress responses with zstd for callers that accept it.
-    pub(crate) zstd: bool,
+pub struct ServerConfig {
+    /// How long NOT_SERVING is reported before new connections are refused
+    /// (`--drain-delay`).
+    pub drain_delay: Duration,
+    /// Longest wait for in-flight calls at shutdown (`--shutdown-timeout`).
+    pub shutdown_timeout: Duration,
+    /// Most concurrent HTTP/2 streams (calls of any kind) one connection may open
+    /// (`--max-connection-streams`, at least 1).
+    pub max_connection_streams: u32,
+    /// A connection older than this is sent GOAWAY, so clients reconnect and a mesh or
+    /// load balancer spreads long-lived HTTP/2 connections again (`--max-connection-age`);
+    /// `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls on an aged connection may go on before it is closed
+    /// (`--max-connection-age-grace`); `None`: until they end.
+    pub max_connection_age_grace: Option<Duration>,
+    /// HTTP/2 PING interval on idle connections (`--http2-keepalive-interval`).
+    pub http2_keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed
+    /// (`--http2-keepalive-timeout`).
+    pub http2_keepalive_timeout: Duration,
+    /// Largest request message accepted, in bytes (`--max-request-bytes`).
+    pub max_request_bytes: usize,
+    /// Which encodings responses may be compressed with when the caller accepts them
+    /// (`--compress-responses`).
+    pub compress_responses: ResponseCompression,
 }
+
+impl ServerConfig {
+    /// The defaults, which `GatewayConfig::DEFAULT` holds.
+    pub const DEFAULT: Self = Self {
+        drain_delay: Duration::ZERO,
+        shutdown_timeout: Duration::from_secs(30),
+        // hyper's own default, which tonic otherwise replaces with no limit at all.
+        max_connection_streams: 200,
+        max_connection_age: None,
+        max_connection_age_grace: None,
+        http2_keepalive_interval: Duration::from_secs(30),
+        http2_keepalive_timeout: Duration::from_secs(10),
+        // Requests are small: a 1000-character search string, a checkpoint of at most
+        // ~11 KiB. A megabyte leaves room and refuses anything abusive before decoding.
+        max_request_bytes: 1 << 20,
+        compress_responses: ResponseCompression::None,
+    };
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Which encodings the server compresses responses with, for a caller whose
+/// `grpc-accept-encoding` lists them (`--compress-responses`). Requests are accepted
+/// compressed whatever this says. Off by default: on loopback or a LAN, compressing a
+/// cached page on every hit costs far more CPU than the bytes it saves (docs/benchmarks.md, P7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResponseCompression {
+    /// Identity responses, even to callers that accept gzip or zstd (gRPC allows it).
+    #[default]
+    None,
+    /// gzip to callers that accept it.
+    Gzip,
+    /// zstd to callers that accept it.
+    Zstd,
+    /// gzip or zstd, whichever the caller accepts.
+    Both,
+}
+
+impl ResponseCompression {
+    /// The flag's spellings, in the order help lists them.
+    const NAMES: [(&'static str, Self); 4] = [
+        ("none", Self::None),
+        ("gzip", Self::Gzip),
+        ("zstd", Self::Zstd),
+        ("both", Self::Both),
+    ];
+
+    /// Whether gzip responses are sent to callers that accept them.
+    pub fn gzip(self) -> bool {
+        matches!(self, Self::Gzip | Self::Both)
+    }
+
+    /// Whether zstd responses are sent to callers that accept them.
+    pub fn zstd(self) -> bool {
+        matches!(self, Self::Zstd | Self::Both)
+    }
+}
+
+impl std::fmt::Display for ResponseCompression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = Self::NAMES
+            .iter()
+            .find(|(_, v)| v == self)
+            .map_or("none", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+impl std::str::FromStr for ResponseCompression {
+    type Err = UnknownCompression;
+
+    fn from_str(s: &str) -> Result<Self, UnknownCompression> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|(_, v)| *v)
+            .ok_or_else(|| UnknownCompression(s.to_owned()))
+    }
+}
+
+/// A `--compress-responses` value that names no encoding.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}`: expected none, gzip, zstd or both")]
+pub struct UnknownCompression(String);
 
 /// The gRPC server failed while serving.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +156,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ReloadingTls>>,
     (shutdown, stopper): (impl Future<Output = ()> + Send + 'static, Stopper),
-    settings: ServerSettings,
+    settings: ServerConfig,
 ) -> Result<(), ServeError> {
     let reporter = HealthReporter::new();
     set_health(&reporter, ServingStatus::Serving).await;
@@ -86,10 +179,10 @@ pub(crate) async fn serve(
         .accept_compressed(CompressionEncoding::Zstd);
     // tonic compresses each response anew, cached page or not: a caller that merely
     // advertises gzip (grpcio's default) would otherwise cost a compression per hit.
-    if settings.gzip {
+    if settings.compress_responses.gzip() {
         audit = audit.send_compressed(CompressionEncoding::Gzip);
     }
-    if settings.zstd {
+    if settings.compress_responses.zstd() {
         audit = audit.send_compressed(CompressionEncoding::Zstd);
     }
 
@@ -112,8 +205,8 @@ pub(crate) async fn serve(
         tracing::info!(%addr, "audit-gateway listening");
     }
     let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(settings.keepalive_interval))
-        .http2_keepalive_timeout(Some(settings.keepalive_timeout));
+        .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout));
     if let Some(age) = settings.max_connection_age {
         builder = builder.max_connection_age(age);
     }
@@ -148,10 +241,10 @@ pub(crate) async fn serve(
         res = &mut serve => return res.map_err(ServeError::Transport),
         () = stopping.stopping() => {}
     }
-    match tokio::time::timeout(settings.timeout, serve).await {
+    match tokio::time::timeout(settings.shutdown_timeout, serve).await {
         Ok(res) => res.map_err(ServeError::Transport),
         Err(_) => {
-            tracing::warn!(timeout = ?settings.timeout, "in-flight calls cut off at shutdown");
+            tracing::warn!(timeout = ?settings.shutdown_timeout, "in-flight calls cut off at shutdown");
             Ok(())
         }
     }

@@ -26,7 +26,7 @@ pub async fn gateway(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> SocketAddr {
     let mut config = harness::loopback(confluence);
-    config.shutdown_timeout = Duration::from_secs(1);
+    config.server.shutdown_timeout = Duration::from_secs(1);
     tweak(&mut config);
     let running = harness::InProcess::start(config).await;
     let addr = running.addr;

@@ -374,7 +374,7 @@ mod tests {
     use url::Url;
 
     use super::*;
-    use crate::upstream::{RetryPolicy, UpstreamSettings};
+    use crate::upstream::UpstreamConfig;
 
     /// No deadline, a one-shot call's retries.
     fn one_shot() -> FetchBounds<'static> {
@@ -390,17 +390,17 @@ mod tests {
     fn one_body_client(base_url: &str) -> Arc<ConfluenceClient> {
         // As `Gateway::bind` does (src/gateway.rs); Err: installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let settings = UpstreamSettings {
-            base_url: Url::parse(base_url).expect("url"),
-            attempt_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            max_body_bytes: 8 << 20,
-            retry: RetryPolicy::default(),
-            max_cooldown: Duration::from_secs(300),
+        let settings = UpstreamConfig {
+            timeout: Duration::from_secs(5),
             concurrency: 4,
-            max_bodies: 1,
+            ..UpstreamConfig::DEFAULT
         };
-        Arc::new(ConfluenceClient::new(settings).expect("client"))
+        let url = Url::parse(base_url).expect("url");
+        Arc::new(
+            ConfluenceClient::new(url, &settings)
+                .expect("client")
+                .holding_bodies(1),
+        )
     }
 
     // Two workers: the test's own awaits go on while a conversion blocks one.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use moka::{Expiry, future::Cache, notification::RemovalCause};
 use tokio::sync::watch;
 
-use super::{CacheSettings, PageKey, SharedTier};
+use super::{CacheConfig, PageKey, SharedTier};
 use crate::{
     error::GatewayError,
     metrics::{METRICS, Tier},
@@ -178,13 +178,13 @@ fn lock(flights: &Mutex<Flights>) -> std::sync::MutexGuard<'_, Flights> {
 pub(crate) struct PageCache {
     memory: Cache<PageKey, Cached>,
     shared: Option<Arc<dyn SharedTier>>,
-    settings: CacheSettings,
+    settings: CacheConfig,
     flights: Arc<Mutex<Flights>>,
 }
 
 impl PageCache {
     /// A cache with the given bounds and, optionally, a shared tier below it.
-    pub(crate) fn new(settings: CacheSettings, shared: Option<Arc<dyn SharedTier>>) -> Self {
+    pub(crate) fn new(settings: CacheConfig, shared: Option<Arc<dyn SharedTier>>) -> Self {
         let memory = Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|k: &PageKey, v: &Cached| {
@@ -461,7 +461,7 @@ mod tests {
 
     fn cache(ttl: Duration) -> PageCache {
         PageCache::new(
-            CacheSettings {
+            CacheConfig {
                 ttl,
                 max_bytes: 1 << 20,
             },

@@ -5,6 +5,8 @@
 mod memory;
 pub(crate) mod redis;
 
+pub use redis::RedisConfig;
+
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
@@ -47,11 +49,28 @@ pub(crate) trait SharedTier: Send + Sync + 'static {
     async fn put(&self, key: &PageKey, page: Bytes, ttl: Duration, replace: bool);
 }
 
-/// Cache settings.
+/// The in-process page cache: the `cache` section of `GatewayConfig`.
 #[derive(Clone, Debug)]
-pub(crate) struct CacheSettings {
-    /// How long a page stays fresh; zero disables caching (and the joining of loads).
+pub struct CacheConfig {
+    /// How long a page is served from cache (`--cache-ttl`); zero disables caching (and
+    /// the joining of loads).
     pub ttl: Duration,
-    /// Bound on the bytes the in-process tier holds.
+    /// Bound on the in-process tier, in bytes of encoded pages (`--cache-max-bytes`).
     pub max_bytes: u64,
+}
+
+impl CacheConfig {
+    /// The defaults, which `GatewayConfig::DEFAULT` holds.
+    pub const DEFAULT: Self = Self {
+        ttl: Duration::from_secs(60),
+        // The cache dominates the gateway's memory; 16 MiB keeps a 1M-record stream
+        // flat (see benches/stream.rs).
+        max_bytes: 16 << 20,
+    };
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }

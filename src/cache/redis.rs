@@ -17,6 +17,7 @@
 //! keep each operation to one key.
 
 use std::{
+    borrow::Cow,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -30,6 +31,7 @@ use redis::{
     cluster_async::ClusterConnection,
 };
 use ring::{digest, hmac};
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{PageKey, SharedTier};
 use crate::{
@@ -53,34 +55,38 @@ const MAC: usize = 16;
 #[error("{0}")]
 pub(crate) struct RedisOpenError(String);
 
-/// Redis tier settings. `Debug` leaves the URL out: it may hold a password.
-#[derive(Clone)]
-pub(crate) struct RedisSettings {
-    /// `redis://` or `rediss://` URL, auth and database included; with `cluster`, one or
-    /// more such URLs of seed nodes, comma-separated.
-    pub url: String,
-    /// Whether `url` names the seed nodes of a Redis Cluster (`--redis-cluster`).
+/// The shared Redis tier: the `redis` section of `GatewayConfig`.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// A Redis shared by all replicas (`--redis-url`), auth and database included;
+    /// `None`: in-process only. `SecretString`: it may hold a password.
+    pub url: Option<SecretString>,
+    /// Whether `url` names the seed nodes of a Redis Cluster, comma-separated
+    /// (`--redis-cluster`).
     pub cluster: bool,
-    /// Prefix of every key.
-    pub key_prefix: String,
-    /// Time-out of one operation (and of connecting).
+    /// Time-out of each Redis operation, and of connecting (`--redis-timeout`).
     pub timeout: Duration,
-    /// How long the tier is skipped after an error.
+    /// How long Redis is skipped after an error (`--redis-pause`).
     pub pause: Duration,
-    /// Key of the values' MAC (derived from the credential salt): a value anyone else
-    /// wrote, or one moved to another key, is a miss.
-    pub value_key: hmac::Key,
+    /// Prefix of the gateway's Redis keys (`--redis-key-prefix`).
+    pub key_prefix: Cow<'static, str>,
 }
 
-impl std::fmt::Debug for RedisSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSettings")
-            .field("url", &"<redacted>")
-            .field("cluster", &self.cluster)
-            .field("key_prefix", &self.key_prefix)
-            .field("timeout", &self.timeout)
-            .field("pause", &self.pause)
-            .finish_non_exhaustive()
+impl RedisConfig {
+    /// The defaults, which `GatewayConfig::DEFAULT` holds.
+    pub const DEFAULT: Self = Self {
+        url: None,
+        cluster: false,
+        // A cache lookup must cost far less than the Confluence call it saves.
+        timeout: Duration::from_millis(50),
+        pause: Duration::from_secs(5),
+        key_prefix: Cow::Borrowed("audit-gateway"),
+    };
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self::DEFAULT
     }
 }
 
@@ -97,10 +103,11 @@ enum Connection {
 }
 
 impl Connection {
-    /// A lazy connection for `settings`: nothing is dialled until the first command.
-    fn open(settings: &RedisSettings) -> RedisResult<Self> {
+    /// A lazy connection to `url` as `settings` say: nothing is dialled until the first
+    /// command.
+    fn open(url: &str, settings: &RedisConfig) -> RedisResult<Self> {
         if !settings.cluster {
-            let client = redis::Client::open(settings.url.as_str())?;
+            let client = redis::Client::open(url)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(settings.timeout))
                 .set_response_timeout(Some(settings.timeout))
@@ -108,7 +115,7 @@ impl Connection {
             let conn = ConnectionManager::new_lazy_with_config(client, config)?;
             return Ok(Self::Single(conn));
         }
-        let seeds: Vec<&str> = seeds(&settings.url).collect();
+        let seeds: Vec<&str> = seeds(url).collect();
         // One retry, like the single-server manager: a redirect or a reconnect still fits
         // in the time-out, and the tier's own pause covers longer trouble.
         let client = ClusterClientBuilder::new(seeds).retries(1).build()?;
@@ -156,7 +163,12 @@ fn is_outage(e: &RedisError) -> bool {
 /// The Redis tier.
 pub(crate) struct RedisTier {
     conn: Connection,
-    settings: RedisSettings,
+    settings: RedisConfig,
+    /// `settings.url`, exposed once: errors are logged with its password taken out.
+    url: String,
+    /// Key of the values' MAC (derived from the credential salt): a value anyone else
+    /// wrote, or one moved to another key, is a miss.
+    value_key: hmac::Key,
     /// Process-relative millis until which the tier is skipped (0: in use).
     paused_until: AtomicU64,
     /// Whether the tier is known to be down (for one log line per outage).
@@ -168,14 +180,24 @@ pub(crate) struct RedisTier {
 }
 
 impl RedisTier {
-    /// A tier for `settings`; it connects lazily, so a Redis that is down at start
-    /// only means misses until it is up.
-    pub(crate) fn new(settings: RedisSettings) -> Result<Self, RedisOpenError> {
-        let conn = Connection::open(&settings)
-            .map_err(|e| RedisOpenError(redact(&e.to_string(), &settings.url)))?;
+    /// A tier for `settings`, its values authenticated with `value_key`; it connects
+    /// lazily, so a Redis that is down at start only means misses until it is up.
+    pub(crate) fn new(
+        settings: &RedisConfig,
+        value_key: hmac::Key,
+    ) -> Result<Self, RedisOpenError> {
+        let url = settings
+            .url
+            .as_ref()
+            .map(|u| u.expose_secret().to_owned())
+            .ok_or_else(|| RedisOpenError("no URL".to_owned()))?;
+        let conn = Connection::open(&url, settings)
+            .map_err(|e| RedisOpenError(redact(&e.to_string(), &url)))?;
         Ok(Self {
             conn,
-            settings,
+            settings: settings.clone(),
+            url,
+            value_key,
             paused_until: AtomicU64::new(0),
             down: AtomicBool::new(false),
             failed_at: AtomicU64::new(0),
@@ -247,7 +269,7 @@ impl RedisTier {
             METRICS.redis_outages.inc();
             tracing::warn!(
                 operation = what,
-                error = %redact(err, &self.settings.url),
+                error = %redact(err, &self.url),
                 pause = ?self.settings.pause,
                 "Redis cache tier unavailable; serving without it and retrying later"
             );
@@ -278,7 +300,7 @@ impl RedisTier {
                 // Redis answered, with an error about this key (a foreign value of
                 // another type, say): a miss, not an outage.
                 self.succeeded(started);
-                tracing::debug!(operation = what, error = %redact(&e.to_string(), &self.settings.url), "Redis refused an operation");
+                tracing::debug!(operation = what, error = %redact(&e.to_string(), &self.url), "Redis refused an operation");
                 None
             }
             Ok(Err(e)) => {
@@ -303,7 +325,7 @@ impl SharedTier for RedisTier {
         let mut cmd = redis::cmd("GET");
         cmd.arg(&redis_key);
         let value: Option<Vec<u8>> = self.run("GET", cmd).await?;
-        let key = &self.settings.value_key;
+        let key = &self.value_key;
         match value.and_then(|v| unwrap_value(key, &redis_key, &v, unix_ms())) {
             Some(hit) => {
                 METRICS.cache_lookup(Tier::Redis, true);
@@ -322,7 +344,7 @@ impl SharedTier for RedisTier {
         }
         let redis_key = Self::key_for(&self.settings.key_prefix, key);
         let value = wrap_value(
-            &self.settings.value_key,
+            &self.value_key,
             &redis_key,
             &page,
             unix_ms() + ttl.as_millis() as u64,
@@ -355,7 +377,7 @@ impl SharedCooldowns for RedisTier {
             return SharedView::Clear;
         };
         // Only a value this gateway's salt signed for this key is obeyed.
-        match unwrap_value(&self.settings.value_key, &redis_key, &value, unix_ms()) {
+        match unwrap_value(&self.value_key, &redis_key, &value, unix_ms()) {
             // Written before cool-downs lingered half-open: it ends when it expires.
             Some((rest, left)) if rest.is_empty() => SharedView::Until(SystemTime::now() + left),
             Some((rest, _)) => match <[u8; 8]>::try_from(&rest[..]) {
@@ -379,7 +401,7 @@ impl SharedCooldowns for RedisTier {
         }
         let redis_key = Self::cooldown_key_for(&self.settings.key_prefix, base_url, fingerprint);
         let value = wrap_value(
-            &self.settings.value_key,
+            &self.value_key,
             &redis_key,
             &until_ms.to_be_bytes(),
             expires_ms,

@@ -16,7 +16,7 @@ use super::{
     parse::Dur,
 };
 use audit_gateway::{
-    Gateway, GatewayConfig, UpstreamAuth,
+    Gateway, GatewayConfig, ServerConfig, UpstreamAuth,
     pb::{TimeUnit, convert::ToJson},
     shutdown_signal,
 };
@@ -79,7 +79,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), CommandError> {
             email: DEMO_EMAIL.into(),
             api_token: DEMO_TOKEN.into(),
         },
-        shutdown_timeout: Duration::from_secs(5),
+        server: ServerConfig {
+            shutdown_timeout: Duration::from_secs(5),
+            ..ServerConfig::DEFAULT
+        },
         ..GatewayConfig::new(sim.base_url())
     })
     .await

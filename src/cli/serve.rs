@@ -8,8 +8,8 @@ use secrecy::SecretString;
 
 use super::parse::{Dur, Size};
 use audit_gateway::{
-    CacheConfig, ConfigError, Gateway, GatewayConfig, ResponseCompression, UpstreamAuth,
-    UpstreamConfig,
+    CacheConfig, ConfigError, Gateway, GatewayConfig, RedisConfig, ResponseCompression,
+    ServerConfig, UpstreamAuth, UpstreamConfig,
 };
 
 const D: GatewayConfig = GatewayConfig::DEFAULT;
@@ -207,15 +207,15 @@ pub(crate) struct ServeArgs {
     redis_cluster: bool,
 
     /// Time-out of each Redis operation; a slower Redis is skipped.
-    #[arg(long, env = "AUDIT_GATEWAY_REDIS_TIMEOUT", default_value_t = Dur(D.cache.redis_timeout))]
+    #[arg(long, env = "AUDIT_GATEWAY_REDIS_TIMEOUT", default_value_t = Dur(D.redis.timeout))]
     redis_timeout: Dur,
 
     /// How long Redis is skipped after an error before it is tried again.
-    #[arg(long, env = "AUDIT_GATEWAY_REDIS_PAUSE", default_value_t = Dur(D.cache.redis_pause))]
+    #[arg(long, env = "AUDIT_GATEWAY_REDIS_PAUSE", default_value_t = Dur(D.redis.pause))]
     redis_pause: Dur,
 
     /// Prefix of the gateway's Redis keys.
-    #[arg(long, env = "AUDIT_GATEWAY_REDIS_KEY_PREFIX", default_value_t = D.cache.redis_key_prefix.to_string())]
+    #[arg(long, env = "AUDIT_GATEWAY_REDIS_KEY_PREFIX", default_value_t = D.redis.key_prefix.to_string())]
     redis_key_prefix: String,
 
     /// Pages a StreamSince call fetches ahead, concurrently, once its first page is
@@ -234,7 +234,7 @@ pub(crate) struct ServeArgs {
     max_streams: usize,
 
     /// Most concurrent HTTP/2 streams (calls of any kind) one connection may open.
-    #[arg(long, env = "AUDIT_GATEWAY_MAX_CONNECTION_STREAMS", default_value_t = D.max_connection_streams)]
+    #[arg(long, env = "AUDIT_GATEWAY_MAX_CONNECTION_STREAMS", default_value_t = D.server.max_connection_streams)]
     max_connection_streams: u32,
 
     /// Serve Prometheus metrics on this address (`GET /metrics`); unset: none.
@@ -243,11 +243,11 @@ pub(crate) struct ServeArgs {
 
     /// Wait this long after a shutdown signal, reporting NOT_SERVING, before refusing
     /// new connections (lets a mesh stop routing here first).
-    #[arg(long, env = "AUDIT_GATEWAY_DRAIN_DELAY", default_value_t = Dur(D.drain_delay))]
+    #[arg(long, env = "AUDIT_GATEWAY_DRAIN_DELAY", default_value_t = Dur(D.server.drain_delay))]
     drain_delay: Dur,
 
     /// Longest wait for in-flight calls to finish after a shutdown signal.
-    #[arg(long, env = "AUDIT_GATEWAY_SHUTDOWN_TIMEOUT", default_value_t = Dur(D.shutdown_timeout))]
+    #[arg(long, env = "AUDIT_GATEWAY_SHUTDOWN_TIMEOUT", default_value_t = Dur(D.server.shutdown_timeout))]
     shutdown_timeout: Dur,
 
     /// Send GOAWAY on connections older than this, so clients reconnect and a mesh or
@@ -261,20 +261,20 @@ pub(crate) struct ServeArgs {
     max_connection_age_grace: Option<Dur>,
 
     /// HTTP/2 PING interval on connections.
-    #[arg(long, env = "AUDIT_GATEWAY_HTTP2_KEEPALIVE_INTERVAL", default_value_t = Dur(D.http2_keepalive_interval))]
+    #[arg(long, env = "AUDIT_GATEWAY_HTTP2_KEEPALIVE_INTERVAL", default_value_t = Dur(D.server.http2_keepalive_interval))]
     http2_keepalive_interval: Dur,
 
     /// Close a connection whose PING goes unanswered this long.
-    #[arg(long, env = "AUDIT_GATEWAY_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = Dur(D.http2_keepalive_timeout))]
+    #[arg(long, env = "AUDIT_GATEWAY_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = Dur(D.server.http2_keepalive_timeout))]
     http2_keepalive_timeout: Dur,
 
     /// Largest request message accepted.
-    #[arg(long, env = "AUDIT_GATEWAY_MAX_REQUEST_BYTES", default_value_t = Size(D.max_request_bytes as u64))]
+    #[arg(long, env = "AUDIT_GATEWAY_MAX_REQUEST_BYTES", default_value_t = Size(D.server.max_request_bytes as u64))]
     max_request_bytes: Size,
 
     /// Compress responses for callers that accept it: none, gzip, zstd or both. Off by
     /// default: inside a mesh the CPU costs more than the bytes saved (docs/benchmarks.md).
-    #[arg(long, env = "AUDIT_GATEWAY_COMPRESS_RESPONSES", default_value_t = D.compress_responses)]
+    #[arg(long, env = "AUDIT_GATEWAY_COMPRESS_RESPONSES", default_value_t = D.server.compress_responses)]
     compress_responses: ResponseCompression,
 }
 
@@ -349,33 +349,37 @@ impl TryFrom<ServeArgs> for GatewayConfig {
                 max_body: a.upstream_max_body.0,
                 concurrency: a.upstream_concurrency,
             },
+            credential_salt: secret(
+                a.credential_salt,
+                a.credential_salt_file,
+                "--credential-salt-file",
+            )?,
             cache: CacheConfig {
                 ttl: a.cache_ttl.0,
                 max_bytes: a.cache_max_bytes.0,
-                credential_salt: secret(
-                    a.credential_salt,
-                    a.credential_salt_file,
-                    "--credential-salt-file",
-                )?,
-                redis_url: a.redis_url,
-                redis_cluster: a.redis_cluster,
-                redis_timeout: a.redis_timeout.0,
-                redis_pause: a.redis_pause.0,
-                redis_key_prefix: a.redis_key_prefix.into(),
+            },
+            redis: RedisConfig {
+                url: a.redis_url,
+                cluster: a.redis_cluster,
+                timeout: a.redis_timeout.0,
+                pause: a.redis_pause.0,
+                key_prefix: a.redis_key_prefix.into(),
             },
             stream_prefetch: a.stream_prefetch,
             stream_idle_timeout: a.stream_idle_timeout.0,
             max_streams: a.max_streams,
-            max_connection_streams: a.max_connection_streams,
             metrics_listen: a.metrics_listen,
-            drain_delay: a.drain_delay.0,
-            shutdown_timeout: a.shutdown_timeout.0,
-            max_connection_age: a.max_connection_age.map(|d| d.0),
-            max_connection_age_grace: a.max_connection_age_grace.map(|d| d.0),
-            http2_keepalive_interval: a.http2_keepalive_interval.0,
-            http2_keepalive_timeout: a.http2_keepalive_timeout.0,
-            max_request_bytes: usize::try_from(a.max_request_bytes.0).unwrap_or(usize::MAX),
-            compress_responses: a.compress_responses,
+            server: ServerConfig {
+                drain_delay: a.drain_delay.0,
+                shutdown_timeout: a.shutdown_timeout.0,
+                max_connection_streams: a.max_connection_streams,
+                max_connection_age: a.max_connection_age.map(|d| d.0),
+                max_connection_age_grace: a.max_connection_age_grace.map(|d| d.0),
+                http2_keepalive_interval: a.http2_keepalive_interval.0,
+                http2_keepalive_timeout: a.http2_keepalive_timeout.0,
+                max_request_bytes: usize::try_from(a.max_request_bytes.0).unwrap_or(usize::MAX),
+                compress_responses: a.compress_responses,
+            },
         })
     }
 }
@@ -437,8 +441,7 @@ mod tests {
         .expect("parses");
         assert!(matches!(&c.auth, UpstreamAuth::Bearer(t) if t.expose_secret() == "zq-from-file"));
         assert_eq!(
-            c.cache
-                .credential_salt
+            c.credential_salt
                 .as_ref()
                 .map(|s| s.expose_secret().to_owned()),
             Some("a salt of at least sixteen".to_owned())
@@ -503,7 +506,7 @@ mod tests {
         assert_eq!(c.upstream.retries, 2);
         assert_eq!(c.cache.ttl, std::time::Duration::from_millis(250));
         assert_eq!(c.cache.max_bytes, 4 << 20);
-        assert_eq!((c.max_streams, c.max_connection_streams), (3, 7));
+        assert_eq!((c.max_streams, c.server.max_connection_streams), (3, 7));
         assert_eq!(c.upstream.concurrency, 5);
         assert_eq!(c.stream_idle_timeout, std::time::Duration::from_millis(300));
         assert!(matches!(&c.auth, UpstreamAuth::Bearer(t) if t.expose_secret() == "tok"));

@@ -37,27 +37,79 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Longest upstream `message` carried into a status.
 const MAX_MESSAGE_CHARS: usize = 512;
 
-/// How to reach Confluence.
+/// How the gateway calls Confluence: the `upstream` section of `GatewayConfig`.
 #[derive(Clone, Debug)]
-pub(crate) struct UpstreamSettings {
-    /// Everything before `/rest/api`, e.g. `https://your-domain.atlassian.net/wiki`.
-    pub base_url: Url,
-    /// Time-out of one attempt, body included.
-    pub attempt_timeout: Duration,
-    /// Time-out of establishing a connection.
+pub struct UpstreamConfig {
+    /// One attempt, body included (`--upstream-timeout`).
+    pub timeout: Duration,
+    /// Connecting (`--upstream-connect-timeout`).
     pub connect_timeout: Duration,
-    /// Largest 200 body accepted.
-    pub max_body_bytes: usize,
-    /// Retries and backoff.
-    pub retry: RetryPolicy,
-    /// The longest cool-down a `Retry-After` starts (`--upstream-max-cooldown`); when
-    /// it ends, one probe request decides whether another begins.
+    /// Retries of a transient failure (`--upstream-retries`, 0..=10).
+    pub retries: u32,
+    /// First backoff ceiling, doubling per retry (`--upstream-backoff`).
+    pub backoff: Duration,
+    /// Largest backoff and largest `Retry-After` slept through within a call
+    /// (`--upstream-max-backoff`).
+    pub max_backoff: Duration,
+    /// Longest cool-down a `Retry-After` (or a near-the-limit answer) starts
+    /// (`--upstream-max-cooldown`); when it ends one probe request decides whether
+    /// another begins.
     pub max_cooldown: Duration,
-    /// Most requests in flight to Confluence at once, gateway-wide.
+    /// Largest page body accepted, in bytes (`--upstream-max-body`).
+    pub max_body: u64,
+    /// Most requests in flight to Confluence at once, gateway-wide
+    /// (`--upstream-concurrency`, at least 1); more wait their turn within their
+    /// deadline, shared fairly between callers (`src/upstream/fair.rs`).
     pub concurrency: usize,
-    /// Most 200 bodies held at once, gateway-wide, from the first byte read until their
-    /// conversion ends: with `max_body_bytes`, the bound on the memory bodies take.
-    pub max_bodies: usize,
+}
+
+impl UpstreamConfig {
+    /// The defaults, which `GatewayConfig::DEFAULT` holds.
+    pub const DEFAULT: Self = Self {
+        timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(5),
+        // Atlassian's guidance: about 4 retries, exponential with jitter, capped near 30 s.
+        retries: 4,
+        backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(30),
+        // Atlassian's burst limits ask for seconds to a minute; a `Retry-After` of an
+        // hour or a day (a maintenance page) would otherwise stop every caller for
+        // that long although Confluence may be back in minutes.
+        max_cooldown: Duration::from_secs(300),
+        // Measured: a 1000-record page (the most Confluence returns) is 699,208 bytes
+        // from the simulator (`confluence_sim::render_page`, records of 350..1,170
+        // bytes), and Atlassian's sample (tests/fixtures/atlassian-audit-since-sample.json)
+        // holds 2 records in 2,337 bytes, ~1.0-1.2 MB per 1000. 8 MiB is 7x the larger,
+        // room for records with long changedValues, and with the body permits
+        // (`body_permits`) bounds the bodies held at once.
+        max_body: 8 << 20,
+        // Atlassian rate-limits per site; a handful of requests at once keeps a burst
+        // of streams (each prefetching --stream-prefetch pages) from hitting 429s.
+        concurrency: 8,
+    };
+
+    /// The retry policy these settings describe.
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.retries,
+            base_delay: self.backoff,
+            max_delay: self.max_backoff,
+            max_retry_after: self.max_backoff,
+            ..RetryPolicy::default()
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The 200 bodies held at once, from reading to converted: two per core, so one can be
+/// read while another converts. Bodies then take at most this × `--upstream-max-body`.
+fn body_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 /// What the caller of [`ConfluenceClient::fetch_page`] hears of its attempts.
@@ -110,11 +162,18 @@ pub(crate) struct ConfluenceClient {
     since: Url,
     /// `{base}/rest/api/audit`.
     range: Url,
-    settings: UpstreamSettings,
+    /// Everything before `/rest/api`, as cache keys name it.
+    base_url: Url,
+    settings: UpstreamConfig,
+    /// Derived from `settings` once.
+    retry: RetryPolicy,
+    /// `settings.max_body`, checked to fit memory (`GatewayConfig::check`).
+    max_body_bytes: usize,
     /// One slot per request in flight (`--upstream-concurrency`), shared by clones and
     /// fairly between callers.
     in_flight: Arc<FairSlots>,
-    /// One permit per 200 body held (`UpstreamSettings::max_bodies`), shared by clones.
+    /// One permit per 200 body held (`body_permits`), shared by clones: with
+    /// `max_body_bytes`, the bound on the memory bodies take.
     bodies: Arc<Semaphore>,
     /// Cool-downs other replicas started, when they share them (Redis).
     shared_cooldowns: Option<Shared>,
@@ -127,10 +186,11 @@ pub(crate) struct ConfluenceClient {
 }
 
 impl ConfluenceClient {
-    /// Builds the client; fails on a base URL that cannot carry the endpoint path.
-    pub(crate) fn new(settings: UpstreamSettings) -> Result<Self, ClientError> {
-        let range = audit_endpoint(&settings.base_url, &[])?;
-        let since = audit_endpoint(&settings.base_url, &["since"])?;
+    /// A client of the Confluence at `base_url`; fails on a base URL that cannot carry
+    /// the endpoint path.
+    pub(crate) fn new(base_url: Url, settings: &UpstreamConfig) -> Result<Self, ClientError> {
+        let range = audit_endpoint(&base_url, &[])?;
+        let since = audit_endpoint(&base_url, &["since"])?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("audit-gateway/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
@@ -143,9 +203,12 @@ impl ConfluenceClient {
             since,
             range,
             in_flight: Arc::new(FairSlots::new(settings.concurrency)),
-            bodies: Arc::new(Semaphore::new(settings.max_bodies.max(1))),
+            bodies: Arc::new(Semaphore::new(body_permits())),
             shared_cooldowns: None,
-            settings,
+            base_url,
+            retry: settings.retry_policy(),
+            max_body_bytes: usize::try_from(settings.max_body).unwrap_or(usize::MAX),
+            settings: settings.clone(),
             cooldowns: Arc::default(),
             retries: Arc::default(),
             clock: Arc::default(),
@@ -156,6 +219,13 @@ impl ConfluenceClient {
     /// starts, so that replicas hold a rate-limited credential back together.
     pub(crate) fn with_shared_cooldowns(mut self, shared: Arc<dyn SharedCooldowns>) -> Self {
         self.shared_cooldowns = Some(Shared(shared));
+        self
+    }
+
+    /// Holds at most `n` bodies at once (for tests of the memory bound).
+    #[cfg(test)]
+    pub(crate) fn holding_bodies(mut self, n: usize) -> Self {
+        self.bodies = Arc::new(Semaphore::new(n));
         self
     }
 
@@ -173,7 +243,7 @@ impl ConfluenceClient {
 
     /// The configured base URL, as cache keys name it.
     pub(crate) fn base_url(&self) -> &str {
-        self.settings.base_url.as_str()
+        self.base_url.as_str()
     }
 
     /// The full URL of a page query, every value percent-encoded.
@@ -226,7 +296,7 @@ impl ConfluenceClient {
             share,
         } = bounds;
         let url = self.page_url(query);
-        let policy = &self.settings.retry;
+        let policy = &self.retry;
         let mut spent = Spent::default();
         self.retries.request();
         let (url, convert) = (&url, &convert);
@@ -326,9 +396,7 @@ impl ConfluenceClient {
                 Gate::Closed(until) => {
                     let wait = until.saturating_duration_since(Instant::now());
                     let refusal = cool_down_refusal(wait);
-                    if wait > self.settings.retry.max_retry_after
-                        || deadline.is_some_and(|d| until >= d)
-                    {
+                    if wait > self.retry.max_retry_after || deadline.is_some_and(|d| until >= d) {
                         METRICS.upstream_cooldown_refusals.inc();
                         return Err(refusal);
                     }
@@ -343,7 +411,7 @@ impl ConfluenceClient {
                 Gate::Probe(ticket) => {
                     let claimed = match &self.shared_cooldowns {
                         Some(Shared(shared)) => {
-                            let hold = self.settings.attempt_timeout;
+                            let hold = self.settings.timeout;
                             match shared.claim_probe(self.base_url(), budget, hold).await {
                                 Some(false) => {
                                     // Another replica probes: wait for its answer there.
@@ -473,7 +541,7 @@ impl ConfluenceClient {
         F: Fn(PageBody) -> Fut,
         Fut: Future<Output = Result<T, GatewayError>>,
     {
-        let mut timeout = self.settings.attempt_timeout;
+        let mut timeout = self.settings.timeout;
         let mut cut_by_deadline = false;
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now());
@@ -574,7 +642,7 @@ impl ConfluenceClient {
                 .acquire_owned()
                 .await
                 .map_err(|_| GatewayError::Internal("the body limiter was closed".into()))?;
-            let bytes = read_capped(response, self.settings.max_body_bytes)
+            let bytes = read_capped(response, self.max_body_bytes)
                 .await
                 .map_err(|e| match e {
                     ReadError::TooLarge { limit } => GatewayError::BodyTooLarge { limit },

@@ -11,5 +11,6 @@ pub(crate) mod fair;
 pub(crate) mod ratelimit;
 pub(crate) mod retry;
 
-pub(crate) use client::{ConfluenceClient, UpstreamSettings};
-pub(crate) use retry::{RetryClass, RetryPolicy};
+pub(crate) use client::ConfluenceClient;
+pub use client::UpstreamConfig;
+pub(crate) use retry::RetryClass;

@@ -33,7 +33,7 @@ async fn encoding_of(
 async fn responses_are_compressed_only_as_configured() {
     // Off by default: a caller advertising gzip (as grpcio does) gets identity.
     assert_eq!(
-        GatewayConfig::DEFAULT.compress_responses,
+        GatewayConfig::DEFAULT.server.compress_responses,
         ResponseCompression::None
     );
     for setting in [
@@ -43,7 +43,7 @@ async fn responses_are_compressed_only_as_configured() {
         ResponseCompression::Both,
     ] {
         let (_sim, gw) = sim_and_gateway(SimulatorConfig::default(), |c| {
-            c.compress_responses = setting;
+            c.server.compress_responses = setting;
         })
         .await;
         for (accept, name, on) in [

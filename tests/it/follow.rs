@@ -137,7 +137,7 @@ fn live_log(seed: u64) -> SimulatorConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_and_resumed_at_random_while_the_log_grows_every_record_arrives_once_in_order() {
     let (sim, gw) = sim_and_gateway(live_log(7), |c| {
-        c.cache.credential_salt = Some(SecretString::from(SALT));
+        c.credential_salt = Some(SecretString::from(SALT));
     })
     .await;
     let lag = Duration::from_millis(700);
@@ -388,8 +388,8 @@ async fn twenty_followers_cost_about_as_many_upstream_requests_as_one() {
 async fn shutdown_ends_followers_with_unavailable_and_another_gateway_resumes_exactly() {
     let sim_config = live_log(23);
     let (sim, mut first) = sim_and_gateway(sim_config, |c| {
-        c.cache.credential_salt = Some(SecretString::from(SALT));
-        c.drain_delay = Duration::ZERO;
+        c.credential_salt = Some(SecretString::from(SALT));
+        c.server.drain_delay = Duration::ZERO;
     })
     .await;
     let lag = Duration::from_millis(500);
@@ -418,7 +418,7 @@ async fn shutdown_ends_followers_with_unavailable_and_another_gateway_resumes_ex
 
     // Another gateway with the same salt continues from the checkpoint.
     let mut config = test_config(&sim.base_url());
-    config.cache.credential_salt = Some(SecretString::from(SALT));
+    config.credential_salt = Some(SecretString::from(SALT));
     let second = spawn_gateway(config).await;
     let stop_at = now_ms() + 1_500;
     sim.stop_live_at(stop_at);
@@ -660,7 +660,7 @@ async fn the_follow_command_resumes_across_a_restart_and_names_a_changed_salt() 
     let config = |listen, salt: Option<&str>| {
         let mut c = test_config(&sim.base_url());
         c.listen = listen;
-        c.cache.credential_salt = salt.map(SecretString::from);
+        c.credential_salt = salt.map(SecretString::from);
         c
     };
     let first = spawn_gateway(config(([127, 0, 0, 1], 0).into(), Some(SALT))).await;
@@ -738,7 +738,7 @@ async fn the_follow_command_resumes_across_a_restart_and_names_a_changed_salt() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_follow_command_says_why_its_checkpoint_is_refused() {
     let (_sim, gw) = sim_and_gateway(SimulatorConfig::default(), |c| {
-        c.cache.credential_salt = Some(SecretString::from(SALT));
+        c.credential_salt = Some(SecretString::from(SALT));
     })
     .await;
     let dir = temp_dir("follow-refused");

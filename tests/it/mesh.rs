@@ -41,7 +41,7 @@ async fn frame_of(conn: &mut TcpStream, kind: u8) -> bool {
 #[tokio::test]
 async fn a_connection_older_than_max_connection_age_gets_goaway() {
     let (_sim, gw) = sim_and_gateway(SimulatorConfig::default(), |c| {
-        c.max_connection_age = Some(Duration::from_millis(300));
+        c.server.max_connection_age = Some(Duration::from_millis(300));
     })
     .await;
     let mut conn = TcpStream::connect(gw.addr).await.expect("connect");
@@ -115,7 +115,7 @@ async fn grpc_web_answers_on_the_same_port() {
 #[tokio::test]
 async fn a_request_over_max_request_bytes_is_refused_before_it_is_decoded() {
     let (sim, gw) = sim_and_gateway(SimulatorConfig::default(), |c| {
-        c.max_request_bytes = 64 << 10;
+        c.server.max_request_bytes = 64 << 10;
     })
     .await;
     let mut client = gw.client.clone();

@@ -306,7 +306,7 @@ async fn one_connection_opens_at_most_its_stream_limit_at_once() {
             records: 20_000,
             ..Default::default()
         },
-        |c| c.max_connection_streams = 2,
+        |c| c.server.max_connection_streams = 2,
     )
     .await;
     let mut client = gw.small_window_client().await;

@@ -128,13 +128,13 @@ async fn replica_with(
 ) -> TestGateway {
     let mut config = test_config(confluence);
     config.auth = UpstreamAuth::Bearer(TOKEN.into());
-    config.cache.redis_url = Some(redis.url().into());
-    config.cache.credential_salt = Some(SALT.into());
-    config.cache.redis_pause = Duration::from_millis(200);
+    config.redis.url = Some(redis.url().into());
+    config.credential_salt = Some(SALT.into());
+    config.redis.pause = Duration::from_millis(200);
     // Roomier than the 50 ms default: on a loaded host a first operation that times out
     // pauses the tier, and a write it skips (a page, a cool-down) fails a test that waits
     // for it. The outage tests set their own.
-    config.cache.redis_timeout = Duration::from_millis(250);
+    config.redis.timeout = Duration::from_millis(250);
     tweak(&mut config);
     spawn_gateway(config).await
 }
@@ -275,9 +275,9 @@ async fn a_hung_redis_is_cut_off_by_the_timeout() {
     let sim = spawn_simulator(SimulatorConfig::default()).await;
     let url = format!("redis://127.0.0.1:{port}/0");
     let mut config = test_config(&sim.base_url());
-    config.cache.redis_url = Some(url.into());
-    config.cache.credential_salt = Some(SALT.into());
-    config.cache.redis_timeout = Duration::from_millis(50);
+    config.redis.url = Some(url.into());
+    config.credential_salt = Some(SALT.into());
+    config.redis.timeout = Duration::from_millis(50);
     let mut a = spawn_gateway(config).await;
     for start in 0..5 {
         let t = Instant::now();
@@ -406,7 +406,7 @@ async fn a_genuine_value_moved_to_another_key_is_never_served() {
 async fn redis_needs_a_shared_salt() {
     let sim = spawn_simulator(SimulatorConfig::default()).await;
     let mut config = test_config(&sim.base_url());
-    config.cache.redis_url = Some("redis://127.0.0.1:1/0".into());
+    config.redis.url = Some("redis://127.0.0.1:1/0".into());
     let err = match Gateway::bind(config).await {
         Ok(_) => panic!("a Redis tier without a credential salt was accepted"),
         Err(e) => e,

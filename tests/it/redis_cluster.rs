@@ -260,14 +260,14 @@ async fn replica(confluence: &str, cluster: &Cluster) -> TestGateway {
 async fn replica_of(confluence: &str, seeds: String) -> TestGateway {
     let mut config = test_config(confluence);
     config.auth = UpstreamAuth::Bearer(TOKEN.into());
-    config.cache.redis_url = Some(seeds.into());
-    config.cache.redis_cluster = true;
-    config.cache.credential_salt = Some(SALT.into());
-    config.cache.redis_pause = Duration::from_millis(200);
+    config.redis.url = Some(seeds.into());
+    config.redis.cluster = true;
+    config.credential_salt = Some(SALT.into());
+    config.redis.pause = Duration::from_millis(200);
     // Roomier than the 50 ms default: the first operation also learns the slot map, and
     // these tests share two cores with other builds; a hit missed for time would fail
     // them.
-    config.cache.redis_timeout = Duration::from_millis(250);
+    config.redis.timeout = Duration::from_millis(250);
     spawn_gateway(config).await
 }
 
@@ -479,9 +479,9 @@ async fn a_cluster_down_at_start_is_used_once_it_is_up() {
 async fn cluster_mode_rejects_a_bad_seed() {
     let sim = spawn_simulator(SimulatorConfig::default()).await;
     let mut config = test_config(&sim.base_url());
-    config.cache.credential_salt = Some(SALT.into());
-    config.cache.redis_cluster = true;
-    config.cache.redis_url = Some("redis://127.0.0.1:1, not a url".into());
+    config.credential_salt = Some(SALT.into());
+    config.redis.cluster = true;
+    config.redis.url = Some("redis://127.0.0.1:1, not a url".into());
     let err = match Gateway::bind(config).await {
         Ok(_) => panic!("a seed list with a bad URL was accepted"),
         Err(e) => e,

@@ -175,7 +175,7 @@ async fn graceful_shutdown_drains_then_finishes_in_flight_calls() {
             latency: Duration::from_millis(500),
             ..Default::default()
         },
-        |c| c.drain_delay = Duration::from_millis(300),
+        |c| c.server.drain_delay = Duration::from_millis(300),
     )
     .await;
     let addr = gw.addr;
@@ -240,7 +240,7 @@ async fn graceful_shutdown_drains_then_finishes_in_flight_calls() {
 
 #[tokio::test]
 async fn connections_are_accepted_during_the_drain_delay_only() {
-    let mut gw = idle_gateway(|c| c.drain_delay = Duration::from_millis(300)).await;
+    let mut gw = idle_gateway(|c| c.server.drain_delay = Duration::from_millis(300)).await;
     let addr = gw.addr;
     let started = Instant::now();
     let server = gw.begin_shutdown();
@@ -279,7 +279,7 @@ async fn the_shutdown_timeout_bounds_a_call_that_never_ends() {
     })
     .await;
     let mut config = test_config(&sim.base_url());
-    config.shutdown_timeout = Duration::from_millis(300);
+    config.server.shutdown_timeout = Duration::from_millis(300);
     let mut gw = spawn_gateway(config).await;
     let mut client = gw.client.clone();
     let call = tokio::spawn(async move { client.get_since(pb::GetSinceRequest::default()).await });
@@ -308,8 +308,8 @@ async fn the_shutdown_timeout_bounds_a_call_that_never_ends() {
 #[tokio::test]
 async fn health_watches_end_at_shutdown_instead_of_holding_it() {
     let mut gw = idle_gateway(|c| {
-        c.shutdown_timeout = Duration::from_secs(30);
-        c.drain_delay = Duration::from_millis(100);
+        c.server.shutdown_timeout = Duration::from_secs(30);
+        c.server.drain_delay = Duration::from_millis(100);
     })
     .await;
     let mut health = HealthClient::new(gw.channel().await);

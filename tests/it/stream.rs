@@ -559,7 +559,7 @@ async fn tokens_are_signed_with_the_salt_so_replicas_share_them_and_nobody_forge
     .await;
     let replica = |salt: &'static str| {
         let mut config = crate::common::test_config(&sim.base_url());
-        config.cache.credential_salt = Some(salt.into());
+        config.credential_salt = Some(salt.into());
         crate::common::spawn_gateway(config)
     };
     let mut a = replica("one salt for every replica").await;
