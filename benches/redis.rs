@@ -5,42 +5,26 @@
 //!
 //! Run: `cargo bench --bench redis` (release build).
 
-use std::{
-    net::TcpListener as StdListener,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 mod support;
 
-use audit_gateway::pb::{self, audit_service_client::AuditServiceClient};
+use audit_gateway::{
+    pb::{self, audit_service_client::AuditServiceClient},
+    testing::redis::RedisServer,
+};
 use confluence_sim::SimulatorConfig;
 use tonic::transport::Channel;
 
 fn main() {
-    let port = StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (apt-get install redis-server)");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(measure(port));
-    let _ = redis.kill();
-    let _ = redis.wait();
+    rt.block_on(async {
+        let redis = RedisServer::start().await;
+        measure(redis.port()).await;
+    });
 }
 
 async fn replica(confluence: &str, redis_port: u16) -> AuditServiceClient<Channel> {

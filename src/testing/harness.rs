@@ -83,6 +83,21 @@ impl Drop for InProcess {
     }
 }
 
+/// The gateway binary `exe` as a command that inherits none of the settings of the
+/// environment it runs in (`CONFLUENCE_*`, `AUDIT_GATEWAY_*`, `REDIS_URL`), with no
+/// colours in its log and nothing on its standard input.
+pub fn command(exe: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("CONFLUENCE_") || n.starts_with("AUDIT_GATEWAY_") || n == "REDIS_URL" {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.env("NO_COLOR", "1").stdin(Stdio::null());
+    cmd
+}
+
 /// Starts the gateway binary `exe` with `serve` and `args` (add `--listen` and the rest),
 /// its output discarded, and waits (30 s at most) for the gRPC address it writes to its
 /// `--ready-file`.
@@ -91,12 +106,11 @@ impl Drop for InProcess {
 #[allow(clippy::zombie_processes)]
 pub fn binary(exe: &Path, args: &[&str]) -> (Child, SocketAddr) {
     let ready = ready_file("binary");
-    let mut child = Command::new(exe)
+    let mut child = command(exe)
         .arg("serve")
         .args(args)
         .arg("--ready-file")
         .arg(&ready)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

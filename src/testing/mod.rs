@@ -1,9 +1,15 @@
 //! What the benches, tests and fuzz targets need of the gateway beyond its API, compiled
 //! only with the `testing` feature (and in unit tests): `lib.rs` stays the gateway.
-//! `harness` starts what they run against; `bench` and `fuzz` reach private parts.
+//! `harness` starts gateways and the simulator; `redis`, `nginx` and `stub` the other
+//! real parts tests run against; `process` handles child processes; `bench` and `fuzz`
+//! reach private parts.
 
 #[cfg(feature = "simulator")]
 pub mod harness;
+pub mod nginx;
+pub mod process;
+pub mod redis;
+pub mod stub;
 
 /// The steps of a page conversion, for the benches to time one by one.
 pub mod bench {

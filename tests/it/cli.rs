@@ -1,7 +1,7 @@
 //! The client commands as people use them: formats, files, and exit codes that follow
 //! the gRPC status of a failed call.
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use confluence_sim::SimulatorConfig;
 
@@ -11,14 +11,8 @@ use crate::common::{
 
 /// Runs the binary with `args` (no inherited gateway settings) and waits for it.
 fn run(args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-gateway"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AUDIT_GATEWAY_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.args(args)
-        .stdin(Stdio::null())
+    crate::common::binary()
+        .args(args)
         .output()
         .expect("the binary runs")
 }

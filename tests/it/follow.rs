@@ -509,7 +509,7 @@ async fn the_follow_command_resumes_from_its_checkpoint_file_after_being_killed(
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (checkpoint, output) = (dir.join("checkpoint.json"), dir.join("audit.ndjson"));
     let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_audit-gateway"))
+        crate::common::binary()
             .args(["follow", "--gateway", &format!("http://{}", gw.addr)])
             .args(["--since", "10m", "--poll-interval", "1s", "--lag", "500ms"])
             .arg("--checkpoint-file")
@@ -546,12 +546,7 @@ async fn the_follow_command_resumes_from_its_checkpoint_file_after_being_killed(
     // ends it between two messages (a kill now would leave a cut line, which only the
     // next start cuts back).
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let pid = child.id().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
+    audit_gateway::testing::process::terminate(&child);
     let status = child.wait().expect("reaped");
     assert!(
         status.success(),
@@ -589,16 +584,10 @@ async fn follow_command(gateway: std::net::SocketAddr, args: &[&str]) -> Finishe
 
 /// `audit-gateway follow` against `gateway` with `args`, started (stdout, stderr piped).
 fn follow_child(gateway: std::net::SocketAddr, args: &[&str]) -> std::process::Child {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_audit-gateway"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AUDIT_GATEWAY_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.args(["follow", "--gateway", &format!("http://{gateway}")])
+    crate::common::binary()
+        .args(["follow", "--gateway", &format!("http://{gateway}")])
         .args(["--poll-interval", "1s", "--lag", "0s"])
         .args(args)
-        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -4,12 +4,14 @@
 //! request Confluence receives.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    path::Path,
     sync::{Arc, Mutex},
 };
 
-use audit_gateway::pb::{self, audit_service_client::AuditServiceClient};
+use audit_gateway::{
+    pb::{self, audit_service_client::AuditServiceClient},
+    testing::{harness, process},
+};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -62,32 +64,17 @@ async fn spans_reach_an_otlp_receiver_and_the_callers_trace_reaches_confluence()
     });
     let upstream = StubUpstream::start(Canned::json(atlassian_sample())).await;
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-gateway"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
-        .args(["--confluence-url", &upstream.base_url()])
-        .args(["--otlp-endpoint", &format!("http://{otlp}")])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("a 'listening' line")
-            .expect("utf-8 log");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    let (mut child, addr) = harness::binary(
+        Path::new(env!("CARGO_BIN_EXE_audit-gateway")),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--confluence-url",
+            &upstream.base_url(),
+            "--otlp-endpoint",
+            &format!("http://{otlp}"),
+        ],
+    );
 
     // The caller's trace: a trace id and its own span id.
     let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
@@ -118,12 +105,7 @@ async fn spans_reach_an_otlp_receiver_and_the_callers_trace_reaches_confluence()
     );
 
     // A clean stop flushes the spans still queued.
-    let pid = child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    process::terminate(&child);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .expect("joined")

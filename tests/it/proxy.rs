@@ -11,19 +11,17 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::{SocketAddr, TcpListener as StdListener},
-    path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    net::SocketAddr,
+    process::{Child, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use audit_gateway::pb::{self, audit_service_client::AuditServiceClient};
-use confluence_sim::{Live, SimulatorConfig};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt},
-    net::TcpStream,
+use audit_gateway::{
+    pb::{self, audit_service_client::AuditServiceClient},
+    testing::{nginx::Nginx, process, redis::RedisServer},
 };
+use confluence_sim::{Live, SimulatorConfig};
 use tonic::{Code, Status, Streaming, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -38,113 +36,7 @@ const SALT: &str = "proxy-tests-salt-shared-by-replicas";
 /// How long a replica reports NOT_SERVING before it refuses connections and ends streams.
 const DRAIN_DELAY: &str = "300ms";
 
-/// A loopback port nothing listens on now (the process we give it to binds it next).
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A directory of its own under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("proxy-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Sends SIGTERM to `child` (as an orchestrator stopping a pod does).
-fn terminate(child: &Child) {
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success(), "kill -TERM {}", child.id());
-}
-
-/// Waits for `child` to exit within `limit`, polling; `None` if it is still running. For
-/// `Drop`, which cannot await.
-fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 // --- the processes ----------------------------------------------------------------------
-
-/// A `redis-server` on a free loopback port, killed on drop.
-struct Redis {
-    port: u16,
-    child: Child,
-}
-
-impl Redis {
-    async fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}): scripts/test installs it on Debian")
-            });
-        let redis = Self { port, child };
-        for _ in 0..500 {
-            if redis.ping().await {
-                return redis;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("redis-server did not answer PING on port {port}");
-    }
-
-    async fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await else {
-            return false;
-        };
-        if s.write_all(b"*1\r\n$4\r\nPING\r\n").await.is_err() {
-            return false;
-        }
-        let mut line = String::new();
-        let _ = tokio::io::BufReader::new(s).read_line(&mut line).await;
-        line.trim_end() == "+PONG"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// An `audit-gateway serve` process on a port of its own, its stderr kept line by line (the
 /// test waits on what it logs), killed on drop.
@@ -158,19 +50,10 @@ struct Replica {
 impl Replica {
     /// Starts a replica in front of `confluence`, sharing `redis` and [`SALT`], and waits
     /// for the address it writes to its `--ready-file` once bound.
-    async fn start(name: &'static str, confluence: &str, redis: &Redis) -> Self {
+    async fn start(name: &'static str, confluence: &str, redis: &RedisServer) -> Self {
         let ready = audit_gateway::testing::harness::ready_file(name);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-gateway"));
-        // Nothing inherited from the environment changes its settings.
-        for (var, _) in std::env::vars_os() {
-            let v = var.to_string_lossy();
-            if v.starts_with("CONFLUENCE_") || v.starts_with("AUDIT_GATEWAY_") || v == "REDIS_URL" {
-                cmd.env_remove(&var);
-            }
-        }
-        let mut child = cmd
+        let mut child = crate::common::binary()
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
             // The test reads the shutdown steps from text log lines.
             .env("AUDIT_GATEWAY_LOG_FORMAT", "text")
             .arg("serve")
@@ -179,7 +62,6 @@ impl Replica {
             .args(["--drain-delay", DRAIN_DELAY, "--shutdown-timeout", "20s"])
             .arg("--ready-file")
             .arg(&ready)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -243,7 +125,7 @@ impl Replica {
     /// SIGTERM, then waits until the replica has ended open streams and refuses new
     /// connections (its log says so: the drain delay is over).
     async fn terminate_and_wait_for_drain(&mut self) {
-        terminate(&self.child);
+        process::terminate(&self.child);
         self.wait_for_log("refusing new connections", Duration::from_secs(10))
             .await;
     }
@@ -279,29 +161,12 @@ impl Drop for Replica {
     }
 }
 
-/// `nginx` on PATH, else Debian's /usr/sbin/nginx (not on a non-root user's PATH).
-fn nginx_program() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("nginx"))
-        .find(|p| p.is_file());
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
-}
+/// nginx in front of `primary` with `backup` as its backup server, logging each gRPC
+/// call's upstreams and statuses.
+struct Proxy(Nginx);
 
-/// nginx in front of `primary` with `backup` as its backup server, from a configuration
-/// written to a temp dir that also holds its pid file, logs and temp paths. Stopped on drop.
-struct Nginx {
-    port: u16,
-    child: Child,
-    dir: TempDir,
-}
-
-impl Nginx {
+impl Proxy {
     async fn start(label: &str, primary: SocketAddr, backup: SocketAddr) -> Self {
-        let dir = TempDir::new(label);
-        let d = dir.0.display();
-        let port = free_port();
         // `listen … http2` rather than `http2 on;`: the latter needs nginx 1.25.1, and
         // Debian 12 ships 1.22 (newer versions accept both, warning about this one). A
         // plain-text HTTP/2 listener takes prior-knowledge h2c, which is what gRPC clients
@@ -309,18 +174,10 @@ impl Nginx {
         // of its own to the gateway, so a stopped replica's GOAWAY concerns that call only.
         // `$upstream_trailer_grpc_status` is what the gateway sent in its trailers,
         // `$upstream_http_grpc_status` a trailers-only answer's: the access log shows both.
-        let config = format!(
-            r#"worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    log_format grpc '$request_uri upstream=$upstream_addr status=$status upstream_status=$upstream_status grpc_status=$upstream_trailer_grpc_status/$upstream_http_grpc_status grpc_message="$upstream_trailer_grpc_message" sent=$body_bytes_sent';
+        let nginx = Nginx::start(label, |port, dir| {
+            let d = dir.display();
+            format!(
+                r#"    log_format grpc '$request_uri upstream=$upstream_addr status=$status upstream_status=$upstream_status grpc_status=$upstream_trailer_grpc_status/$upstream_http_grpc_status grpc_message="$upstream_trailer_grpc_message" sent=$body_bytes_sent';
     access_log {d}/access.log grpc;
     upstream backend {{
         server {primary} max_fails=1 fail_timeout=60s;
@@ -333,47 +190,15 @@ http {{
             grpc_read_timeout 300s;
             grpc_send_timeout 300s;
         }}
-    }}
-}}
-"#
-        );
-        let conf = dir.0.join("nginx.conf");
-        std::fs::write(&conf, config).expect("write nginx.conf");
-        let child = Command::new(nginx_program())
-            .arg("-p")
-            .arg(&dir.0)
-            .arg("-c")
-            .arg(&conf)
-            // Where nginx logs before it has read the configuration (1.19.5 and later).
-            .arg("-e")
-            .arg(dir.0.join("error.log"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run nginx ({e}): scripts/test installs it on Debian")
-            });
-        let mut nginx = Self { port, child, dir };
-        // It binds its port after reading the configuration: connectable means serving.
-        for _ in 0..1000 {
-            if let Some(status) = nginx.child.try_wait().expect("wait") {
-                panic!("nginx exited ({status}):\n{}", nginx.file("error.log"));
-            }
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return nginx;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
-            "nginx did not listen on {port}:\n{}",
-            nginx.file("error.log")
-        );
+    }}"#
+            )
+        })
+        .await;
+        Self(nginx)
     }
 
     fn file(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.0.join(name)).unwrap_or_default()
+        self.0.file(name)
     }
 
     /// The access log's lines for calls of `method`, waiting until there are `n` (nginx
@@ -396,7 +221,7 @@ http {{
 
     /// A client through nginx, once nginx reaches a serving gateway.
     async fn client(&self) -> AuditServiceClient<Channel> {
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{}", self.0.port()))
             .expect("uri")
             .connect()
             .await
@@ -427,34 +252,22 @@ http {{
     }
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM lets the master stop its worker; a SIGKILLed master would leave the
-        // worker holding the port.
-        terminate(&self.child);
-        if exit_within(&mut self.child, Duration::from_secs(5)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Everything a test runs against: Redis, the simulator, replicas A (nginx's primary) and
 /// B (its backup), and nginx. Dropped in reverse order: nginx first.
 struct Setup {
     sim: confluence_sim::SimulatorHandle,
-    _redis: Redis,
+    _redis: RedisServer,
     a: Replica,
     b: Replica,
-    nginx: Nginx,
+    nginx: Proxy,
 }
 
 async fn setup(label: &str, sim: SimulatorConfig) -> Setup {
-    let redis = Redis::start().await;
+    let redis = RedisServer::start().await;
     let sim = spawn_simulator(sim).await;
     let a = Replica::start("A", &sim.base_url(), &redis).await;
     let b = Replica::start("B", &sim.base_url(), &redis).await;
-    let nginx = Nginx::start(label, a.addr, b.addr).await;
+    let nginx = Proxy::start(label, a.addr, b.addr).await;
     Setup {
         sim,
         _redis: redis,
@@ -475,7 +288,7 @@ fn upstreams(line: &str) -> String {
 
 /// Reports how a call ended at the client and checks that it is the gateway's shutdown:
 /// UNAVAILABLE with reason SHUTTING_DOWN, not a cut stream.
-fn assert_shutting_down(end: &Status, what: &str, nginx: &Nginx) {
+fn assert_shutting_down(end: &Status, what: &str, nginx: &Proxy) {
     let info = end.get_details_error_info();
     eprintln!(
         "{what}: at SIGTERM, the client through nginx saw code {:?}, message {:?}, \
@@ -711,7 +524,7 @@ async fn proxied_follower_ends_with_unavailable_at_sigterm_and_resumes_on_the_ba
         let m = next(&mut s).await.expect("no error").expect("no end");
         consumer.take(m);
     }
-    terminate(&t.a.child);
+    process::terminate(&t.a.child);
     // The follower keeps delivering during A's drain delay, then ends.
     let end = loop {
         match next(&mut s).await {

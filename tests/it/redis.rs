@@ -3,114 +3,17 @@
 //! ours are misses, no key reveals a credential, and a cool-down one replica started
 //! holds the others back (a forged one is ignored).
 
-use std::{
-    net::TcpListener as StdListener,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use audit_gateway::{Gateway, UpstreamAuth, metrics::METRICS, pb};
-use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::TcpStream,
+use audit_gateway::{
+    Gateway, UpstreamAuth,
+    metrics::METRICS,
+    pb,
+    testing::redis::{RedisServer, Reply},
 };
+use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
 
 use crate::common::{TestGateway, spawn_gateway, spawn_simulator, test_config};
-
-/// A `redis-server` on a free loopback port, stopped on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    async fn start() -> Self {
-        let port = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self { port, child: None };
-        server.launch().await;
-        server
-    }
-
-    async fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): install it (Debian: apt-get install \
-                     redis-server); .ci/run does"
-                )
-            });
-        self.child = Some(child);
-        for _ in 0..200 {
-            if self.command(&["PING"]).await.is_some_and(|r| r == "+PONG") {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("redis-server did not answer PING on port {}", self.port);
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// One command over RESP; the first line of the answer.
-    async fn command(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).await.ok()?;
-        Some(line.trim_end().to_owned())
-    }
-
-    /// Every key, via KEYS (fine for a test's few keys).
-    async fn keys(&self) -> Vec<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .expect("redis");
-        s.write_all(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
-            .await
-            .expect("write");
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).await.expect("read");
-        let n: usize = line.trim_start_matches('*').trim().parse().expect("array");
-        let mut keys = Vec::new();
-        for _ in 0..n {
-            line.clear();
-            r.read_line(&mut line).await.expect("len");
-            line.clear();
-            r.read_line(&mut line).await.expect("key");
-            keys.push(line.trim_end().to_owned());
-        }
-        keys
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 const SALT: &str = "shared-by-all-replicas";
 const TOKEN: &str = "SECRET-PAT-4711";
@@ -327,8 +230,8 @@ async fn values_that_are_not_ours_are_misses() {
     let key = redis.keys().await.remove(0);
     for junk in ["garbage", "AGP1", "AGP1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"] {
         assert_eq!(
-            redis.command(&["SET", &key, junk]).await.as_deref(),
-            Some("+OK")
+            redis.command(&["SET", &key, junk]).await,
+            Some(Reply::Text("OK".into()))
         );
         // A fresh replica has nothing in process: it must treat the value as a miss.
         let mut b = replica(&sim.base_url(), &redis).await;
@@ -372,11 +275,8 @@ async fn a_genuine_value_moved_to_another_key_is_never_served() {
     // Someone with access to Redis (but not the salt) puts page 0's value under page
     // 10's key: a well-formed value of ours, in the wrong place.
     assert_eq!(
-        redis
-            .command(&["COPY", &k0, &k10, "REPLACE"])
-            .await
-            .as_deref(),
-        Some(":1")
+        redis.command(&["COPY", &k0, &k10, "REPLACE"]).await,
+        Some(Reply::Integer(1))
     );
     let mut b = replica(&sim.base_url(), &redis).await;
     let before = sim.request_count();
@@ -522,11 +422,8 @@ async fn a_cool_down_one_replica_started_holds_the_others_back_and_a_forged_one_
     // check).
     for (junk, start) in [(forged.as_str(), 20), ("garbage", 30)] {
         assert_eq!(
-            redis
-                .command(&["SET", &key, junk, "PX", "60000"])
-                .await
-                .as_deref(),
-            Some("+OK")
+            redis.command(&["SET", &key, junk, "PX", "60000"]).await,
+            Some(Reply::Text("OK".into()))
         );
         let mut c = replica(&sim.base_url(), &redis).await;
         let t = Instant::now();

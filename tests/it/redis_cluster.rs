@@ -4,9 +4,9 @@
 //! others back through the cluster too.
 
 use std::{
-    net::TcpListener as StdListener,
+    ffi::OsString,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -14,42 +14,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{Gateway, UpstreamAuth, metrics::METRICS};
-use confluence_sim::SimulatorConfig;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::TcpStream,
+use audit_gateway::{
+    Gateway, UpstreamAuth,
+    metrics::METRICS,
+    testing::redis::{RedisServer, Reply, free_ports},
 };
+use confluence_sim::SimulatorConfig;
 
 use crate::{
     common::{TestGateway, spawn_gateway, spawn_simulator, test_config},
     redis::{a_cool_down_holds_the_other_replica_back, page, until_for},
 };
 
-/// One node of the test's cluster.
-struct Node {
-    /// Its client port (its cluster bus port is another free port).
-    port: u16,
-    /// The `redis-server` process; `None` once killed.
-    child: Option<Child>,
-}
-
 /// Three `redis-server` masters on free loopback ports joined into one cluster by
 /// `redis-cli --cluster create`; every node killed and the temp dir removed on drop.
 struct Cluster {
     /// Holds each node's `nodes-P.conf` (and nothing else: persistence is off).
     dir: PathBuf,
-    nodes: Vec<Node>,
-}
-
-/// A free loopback port for each of `n` listeners, all held at once so none repeats.
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<StdListener> = (0..n)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
+    nodes: Vec<RedisServer>,
 }
 
 impl Cluster {
@@ -82,46 +64,26 @@ impl Cluster {
         };
         for (&port, &bus) in ports[..3].iter().zip(&ports[3..]) {
             let conf = cluster.dir.join(format!("nodes-{port}.conf"));
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-port", &bus.to_string()])
-                .arg("--cluster-config-file")
-                .arg(&conf)
+            let args: Vec<OsString> = vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-port".into(),
+                bus.to_string().into(),
+                "--cluster-config-file".into(),
+                conf.into(),
                 // Failure detection within a second, so the test sees the cluster
                 // declare the killed master failed (and go down) without a long wait.
-                .args(["--cluster-node-timeout", "1000"])
-                .arg("--dir")
-                .arg(&cluster.dir)
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot run redis-server ({e}): install it (Debian: apt-get install \
-                         redis-server); .ci/run does"
-                    )
-                });
-            cluster.nodes.push(Node {
-                port,
-                child: Some(child),
-            });
-        }
-        for i in 0..3 {
-            let port = cluster.nodes[i].port;
-            assert!(
-                until_for(Duration::from_secs(5), async || {
-                    command(port, &["PING"]).await == Some(Reply::Text("PONG".into()))
-                })
-                .await,
-                "redis-server did not answer PING on port {port}"
-            );
+                "--cluster-node-timeout".into(),
+                "1000".into(),
+                "--dir".into(),
+                cluster.dir.clone().into(),
+            ];
+            cluster.nodes.push(RedisServer::start_on(port, args).await);
         }
         let addrs: Vec<String> = cluster
             .nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
+            .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         // Nothing else runs on this runtime yet: blocking on redis-cli here is harmless.
         let created = Command::new("redis-cli")
@@ -152,14 +114,13 @@ impl Cluster {
 
     /// Seed URLs for `--redis-url` (`seeds_for`).
     fn seeds(&self) -> String {
-        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        let ports: Vec<u16> = self.nodes.iter().map(RedisServer::port).collect();
         Self::seeds_for(&ports)
     }
 
     /// `cluster_state` from node `i`'s `CLUSTER INFO`.
     async fn state(&self, i: usize) -> Option<String> {
-        let Some(Reply::Text(info)) = command(self.nodes[i].port, &["CLUSTER", "INFO"]).await
-        else {
+        let Some(Reply::Text(info)) = self.nodes[i].command(&["CLUSTER", "INFO"]).await else {
             return None;
         };
         info.lines()
@@ -169,10 +130,7 @@ impl Cluster {
 
     /// The keys node `i` holds (KEYS: fine for a test's few keys); empty if it is down.
     async fn keys_on(&self, i: usize) -> Vec<String> {
-        match command(self.nodes[i].port, &["KEYS", "*"]).await {
-            Some(Reply::Array(keys)) => keys,
-            _ => Vec::new(),
-        }
+        self.nodes[i].keys().await
     }
 
     /// The keys of every live node.
@@ -186,10 +144,7 @@ impl Cluster {
 
     /// SIGKILL node `i`: no goodbye to the cluster or the clients.
     fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.nodes[i].kill();
     }
 }
 
@@ -199,52 +154,6 @@ impl Drop for Cluster {
             self.kill(i);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The parts of RESP replies these tests read.
-#[derive(Debug, PartialEq)]
-enum Reply {
-    /// A simple or bulk string.
-    Text(String),
-    /// An array of bulk strings.
-    Array(Vec<String>),
-    /// Anything else: an integer, nil, an error.
-    Other(String),
-}
-
-/// One command over RESP to the node on `port`; `None` if it cannot be reached.
-async fn command(port: u16, args: &[&str]) -> Option<Reply> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut r = BufReader::new(s);
-    async fn bulk(r: &mut BufReader<TcpStream>, header: &str) -> Option<String> {
-        let len: usize = header[1..].trim().parse().ok()?;
-        let mut buf = vec![0; len + 2];
-        r.read_exact(&mut buf).await.ok()?;
-        buf.truncate(len);
-        String::from_utf8(buf).ok()
-    }
-    let mut line = String::new();
-    r.read_line(&mut line).await.ok()?;
-    match line.as_bytes().first()? {
-        b'+' => Some(Reply::Text(line[1..].trim_end().to_owned())),
-        b'$' if !line.starts_with("$-1") => Some(Reply::Text(bulk(&mut r, &line).await?)),
-        b'*' => {
-            let n: usize = line[1..].trim().parse().ok()?;
-            let mut items = Vec::with_capacity(n);
-            for _ in 0..n {
-                let mut header = String::new();
-                r.read_line(&mut header).await.ok()?;
-                items.push(bulk(&mut r, &header).await?);
-            }
-            Some(Reply::Array(items))
-        }
-        _ => Some(Reply::Other(line.trim_end().to_owned())),
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_gateway::{Gateway, GatewayConfig, pb};
+use audit_gateway::{Gateway, GatewayConfig, pb, testing::process};
 use confluence_sim::{SimulatorConfig, SimulatorHandle};
 use prost::Message;
 use tokio::net::TcpStream;
@@ -340,21 +340,13 @@ async fn health_watches_end_at_shutdown_instead_of_holding_it() {
 
 /// `audit-gateway serve …` with no CONFLUENCE_* or AUDIT_GATEWAY_* settings inherited.
 fn gateway_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-gateway"));
-    for (name, _) in std::env::vars_os() {
-        let n = name.to_string_lossy();
-        if n.starts_with("CONFLUENCE_") || n.starts_with("AUDIT_GATEWAY_") {
-            cmd.env_remove(&name);
-        }
-    }
+    let mut cmd = crate::common::binary();
     cmd.env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
         // Loopback unless a test says otherwise: only loopback may serve without callers'
         // tokens.
         .env("AUDIT_GATEWAY_LISTEN", "127.0.0.1:0")
         .arg("serve")
         .args(args)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     cmd
@@ -362,18 +354,11 @@ fn gateway_command(args: &[&str]) -> Command {
 
 /// Waits for `child` to exit, killing it and failing after `limit`.
 fn exit_within(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("audit-gateway still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    process::exit_within(child, limit).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("audit-gateway still running after {limit:?}");
+    })
 }
 
 /// Runs `serve` with `args` expecting a quick failure; returns its stderr.
@@ -610,12 +595,7 @@ async fn serve_exits_cleanly_on_sigterm() {
     // Once `serving_binary` returns, nobody reads the gateway's stderr any more: the log
     // lines of its shutdown hit a closed pipe, which must not make it crash.
     let (mut child, _) = serving_binary();
-    let pid = child.0.id().to_string();
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
+    process::terminate(&child.0);
     let status = exit_within(&mut child.0, Duration::from_secs(10));
     assert!(status.success(), "exit after SIGTERM: {status}");
 }

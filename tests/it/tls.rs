@@ -176,11 +176,9 @@ async fn tls_and_mtls_let_in_only_the_right_clients_and_certificates_rotate() {
     let id_key = write(&dir, "client-key.pem", &client_id.1);
     let gateway_url = format!("https://localhost:{port}");
     let cli = move |with_identity: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_audit-gateway"));
+        let mut cmd = crate::common::binary();
         cmd.args(["get", "--gateway", &gateway_url, "--limit", "2", "--tls-ca"])
-            .arg(&ca_file)
-            .env_remove("AUDIT_GATEWAY_ADDR")
-            .stdin(std::process::Stdio::null());
+            .arg(&ca_file);
         if with_identity {
             cmd.arg("--client-cert")
                 .arg(&id_cert)

@@ -1,21 +1,12 @@
 //! Test harness: a gateway on port 0 in front of a real HTTP upstream (the simulator, or
 //! a stub that answers fixed bodies), called through the generated tonic client.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use audit_gateway::{
     GatewayConfig, ServeError, pb::audit_service_client::AuditServiceClient, testing::harness,
 };
-use bytes::Bytes;
 use confluence_sim::{SimulatorConfig, SimulatorHandle};
-use http_body_util::Full;
-use hyper::{Request, Response, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tonic::transport::Channel;
 
@@ -109,92 +100,13 @@ pub async fn sim_and_gateway(
     (sim, gw)
 }
 
-/// One canned answer of the stub upstream.
-#[derive(Clone, Debug)]
-pub struct Canned {
-    /// HTTP status.
-    pub status: u16,
-    /// Extra headers.
-    pub headers: Vec<(&'static str, String)>,
-    /// The body.
-    pub body: Bytes,
+pub use audit_gateway::testing::stub::{Canned, StubUpstream};
+
+/// The `audit-gateway` binary as a command with no gateway settings inherited from the
+/// environment (`harness::command`).
+pub fn binary() -> std::process::Command {
+    harness::command(std::path::Path::new(env!("CARGO_BIN_EXE_audit-gateway")))
 }
-
-impl Canned {
-    /// A 200 JSON answer.
-    pub fn json(body: impl Into<Bytes>) -> Self {
-        Self {
-            status: 200,
-            headers: vec![("content-type", "application/json".into())],
-            body: body.into(),
-        }
-    }
-}
-
-/// A minimal HTTP/1.1 upstream that answers every request with one canned answer and
-/// records what it was asked (path and raw query).
-pub struct StubUpstream {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<String>>>,
-    traceparents: Arc<Mutex<Vec<Option<String>>>>,
-}
-
-impl StubUpstream {
-    /// Serves `answer` to every request.
-    pub async fn start(answer: Canned) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-        let addr = listener.local_addr().expect("bound");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let traceparents = Arc::new(Mutex::new(Vec::new()));
-        let (log, traces) = (seen.clone(), traceparents.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let answer = answer.clone();
-                let (log, traces) = (log.clone(), traces.clone());
-                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    log.lock().expect("lock").push(req.uri().to_string());
-                    let traceparent = req
-                        .headers()
-                        .get("traceparent")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    traces.lock().expect("lock").push(traceparent);
-                    let answer = answer.clone();
-                    async move {
-                        let mut resp = Response::builder().status(answer.status);
-                        for (k, v) in &answer.headers {
-                            resp = resp.header(*k, v);
-                        }
-                        Ok::<_, Infallible>(resp.body(Full::new(answer.body)).expect("response"))
-                    }
-                });
-                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
-            }
-        });
-        Self {
-            addr,
-            seen,
-            traceparents,
-        }
-    }
-
-    /// The base URL, Cloud-style.
-    pub fn base_url(&self) -> String {
-        format!("http://{}/wiki", self.addr)
-    }
-
-    /// Every request target received (path and query), in order.
-    pub fn seen(&self) -> Vec<String> {
-        self.seen.lock().expect("lock").clone()
-    }
-
-    /// The `traceparent` header of every request received, in order.
-    pub fn traceparents(&self) -> Vec<Option<String>> {
-        self.traceparents.lock().expect("lock").clone()
-    }
-}
-
 pub use harness::ready_addr;
 
 /// An address nothing listens on.
@@ -273,44 +185,4 @@ pub fn assert_exactly_once(got: &[(i64, u64)], want: Vec<(i64, u64)>) {
     );
 }
 
-/// How a child process ended, with everything it wrote.
-pub struct Finished {
-    /// Its exit status; `None` when it was killed at the time limit.
-    pub status: Option<std::process::ExitStatus>,
-    /// Its standard output.
-    pub stdout: String,
-    /// Its standard error.
-    pub stderr: String,
-}
-
-/// Waits for `child` (stdout and stderr piped) to end, reading both pipes meanwhile so it
-/// never blocks on a full one; kills it after `timeout`.
-pub fn finish_within(mut child: std::process::Child, timeout: Duration) -> Finished {
-    use std::io::Read;
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().expect("stdout piped")));
-    let stderr = read_all(Box::new(child.stderr.take().expect("stderr piped")));
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait on the child") {
-            break Some(status);
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Finished {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
-}
+pub use audit_gateway::testing::process::{Finished, finish_within};
