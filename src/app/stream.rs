@@ -345,6 +345,80 @@ enum Next {
     Serial(Fetch),
 }
 
+/// What pages have shown of the server's cap on their length. A server may cap pages
+/// below what was asked, and say nothing of it; its cap is the same for every page
+/// (Confluence speaks of "fixed system limits"), so a page shorter than one already seen
+/// was not cut by it: it reaches the log's end.
+#[derive(Clone, Copy, Debug, Default)]
+struct PageCap {
+    /// The most records a page has held.
+    largest: i64,
+    /// Pages in a row, at different offsets, that delivered records and were as long as
+    /// the longest: after two, the cap is known and the pipeline runs ahead at its stride.
+    full_pages: u32,
+    last_full_at: Option<i64>,
+}
+
+impl PageCap {
+    /// Takes a page of `n` records in; true when it reaches the log's end (shorter than
+    /// a page already seen).
+    fn observe(&mut self, n: i64) -> bool {
+        let reaches_end = n < self.largest;
+        if n > self.largest {
+            self.largest = n;
+            self.full_pages = 0;
+        }
+        reaches_end
+    }
+
+    /// A page as long as the longest delivered records at `at`.
+    fn delivered_full(&mut self, at: i64) {
+        if self.last_full_at != Some(at) {
+            self.full_pages += 1;
+            self.last_full_at = Some(at);
+        }
+    }
+
+    /// Whether the cap is known (two full pages in a row delivered).
+    fn known(&self) -> bool {
+        self.full_pages >= 2
+    }
+
+    /// The page length to reckon with: the longest seen, at least 2.
+    fn page_limit(&self) -> i64 {
+        self.largest.max(2)
+    }
+
+    /// The distance between pipelined pages: a page less the overlap.
+    fn stride(&self) -> i64 {
+        let limit = self.page_limit();
+        (limit - OVERLAP.min(limit - 1)).max(1)
+    }
+}
+
+/// What the producer carries from one page to the next.
+struct Progress {
+    /// Where the caller's records resume.
+    cursor: Cursor,
+    /// Records the caller still wants (`max_records`).
+    remaining: Option<u64>,
+    cap: PageCap,
+    /// Pages kept in flight: the first page alone (it may show a cap, or the whole
+    /// window), then the prefetch window.
+    window: usize,
+    ahead: VecDeque<Fetch>,
+    next: Next,
+    search: Option<Search>,
+    /// Requests in a row that delivered nothing.
+    idle: u32,
+}
+
+/// Whether the stream goes on after a page.
+enum Flow {
+    Go,
+    Done,
+}
+
 impl<P: PageSource> Producer<P> {
     /// Runs the stream within its deadline; an error that ends it is its last item.
     async fn produce(self, tx: mpsc::Sender<Item>, idle: oneshot::Sender<GatewayError>) {
@@ -422,122 +496,122 @@ impl<P: PageSource> Producer<P> {
         }
     }
 
+    /// The pipeline: which page to fetch next, what each page that lands says of the
+    /// boundary (delivered by [`Producer::covered`], or sought by [`Producer::seek`]).
     async fn run(self, tx: &mpsc::Sender<Item>) -> Result<(), GatewayError> {
         let mut stopping = self.req.stopping.clone();
-        let mut cursor = self.req.cursor.clone();
-        let mut remaining = self.req.max_records;
-        if remaining == Some(0) {
+        if self.req.max_records == Some(0) {
             return Ok(());
         }
-        // The most records a page has held. A server may cap pages below what was asked,
-        // and say nothing of it; its cap is the same for every page (Confluence speaks of
-        // "fixed system limits"), so a page shorter than one already seen was not cut by
-        // it: it reaches the log's end.
-        let mut largest = 0;
-        // Pages in a row, at different offsets, that delivered records and were as long as
-        // the longest: after two, the cap is known and the pipeline runs ahead at its
-        // stride.
-        let mut full_pages = 0u32;
-        let mut last_full_at = None;
-        // The first page alone (it may show a cap, or the whole window), then the
-        // prefetch window.
-        let mut window = 1;
-        let mut ahead: VecDeque<Fetch> = VecDeque::new();
-        let mut next = Next::Pipeline;
-        let mut search: Option<Search> = None;
-        let mut idle = 0u32;
+        let mut p = Progress {
+            cursor: self.req.cursor.clone(),
+            remaining: self.req.max_records,
+            cap: PageCap::default(),
+            window: 1,
+            ahead: VecDeque::new(),
+            next: Next::Pipeline,
+            search: None,
+            idle: 0,
+        };
         loop {
-            idle += 1;
-            if idle > MAX_IDLE_REQUESTS {
+            p.idle += 1;
+            if p.idle > MAX_IDLE_REQUESTS {
                 return Err(inconsistent_paging());
             }
-            let page_limit = largest.max(2);
-            let stride = (page_limit - OVERLAP.min(page_limit - 1)).max(1);
-            let mut fetch = match std::mem::replace(&mut next, Next::Pipeline) {
+            let mut fetch = match std::mem::replace(&mut p.next, Next::Pipeline) {
                 Next::Serial(f) => f,
-                Next::Pipeline => {
-                    self.next_in_pipeline(&mut ahead, cursor.start, stride, window, largest)
-                }
+                Next::Pipeline => self.next_in_pipeline(
+                    &mut p.ahead,
+                    p.cursor.start,
+                    p.cap.stride(),
+                    p.window,
+                    p.cap.largest,
+                ),
             };
-            let Some(page) = self
-                .land(&mut fetch, &mut ahead, largest, tx, &mut stopping)
-                .await?
-            else {
+            let landed = self.land(&mut fetch, &mut p.ahead, p.cap.largest, tx, &mut stopping);
+            let Some(page) = landed.await? else {
                 return Ok(());
             };
-            let (at, n) = (fetch.start, page.records.len() as i64);
-            // Shorter than a page already seen: this page reaches the log's end.
-            let reaches_end = n < largest;
-            if n > largest {
-                largest = n;
-                full_pages = 0;
-            }
-            let page_limit = largest.max(2);
-            match anchor::position(&cursor, at, &page.records, fetch.fresh) {
-                Position::Covers => {
-                    search = None;
-                    let want = remaining.map_or(usize::MAX, |left| {
-                        usize::try_from(left).unwrap_or(usize::MAX)
-                    });
-                    // Cut by the limit, perhaps: as long as asked for, or as the cap.
-                    let cut = n >= self.asked() || (n == largest && full_pages >= 2);
-                    let d = anchor::deliver(&cursor, at, &page.records, want, cut);
-                    if n == largest && !d.records.is_empty() && last_full_at != Some(at) {
-                        full_pages += 1;
-                        last_full_at = Some(at);
-                    }
-                    if d.overflowed {
-                        tie_overflow(at, page_limit);
-                    }
-                    let moved = d.cursor != cursor;
-                    if !d.records.is_empty() {
-                        idle = 0;
-                        let delivery = (&cursor, at, &page, &d, cut);
-                        if !self
-                            .send_records(tx, delivery, &mut remaining, &mut ahead, largest)
-                            .await?
-                        {
-                            return Ok(());
+            let n = page.records.len() as i64;
+            let reaches_end = p.cap.observe(n);
+            let flow = match anchor::position(&p.cursor, fetch.start, &page.records, fetch.fresh) {
+                Position::Covers => self.covered(&mut p, &fetch, &page, reaches_end, tx).await?,
+                position => {
+                    let seen = (&p.cursor, &fetch, n, p.cap.page_limit(), reaches_end);
+                    match self.seek(position, seen, &mut p.search) {
+                        Some(f) => {
+                            p.next = Next::Serial(f);
+                            p.ahead.clear();
+                            Flow::Go
                         }
-                    }
-                    cursor = d.cursor;
-                    if remaining == Some(0) {
-                        return Ok(());
-                    }
-                    if reaches_end {
-                        // Everything after the boundary up to the log's end was delivered.
-                        return Ok(());
-                    }
-                    if !moved && fetch.fresh {
-                        // A fresh page that brought nothing new and moved nothing: the
-                        // boundary's tie group fills it. Look past it.
-                        cursor = anchor::look_past(&cursor, at, page.records.len());
-                    } else if !moved {
-                        // Nothing new, perhaps from an older snapshot: ask again, fresh.
-                        next = Next::Serial(self.fetch(cursor.start, true, 0));
-                        ahead.clear();
-                    }
-                    if n >= self.asked() || full_pages >= 2 {
-                        window = self.prefetch;
+                        // Nothing at or past the boundary is left: the window is done.
+                        None => Flow::Done,
                     }
                 }
-                position => match self.seek(
-                    position,
-                    (&cursor, &fetch, n, page_limit, reaches_end),
-                    &mut search,
-                ) {
-                    Some(f) => {
-                        next = Next::Serial(f);
-                        ahead.clear();
-                    }
-                    // Nothing at or past the boundary is left: the window is done.
-                    None => return Ok(()),
-                },
+            };
+            if matches!(flow, Flow::Done) {
+                return Ok(());
             }
-            if search.is_some_and(|s| s.probes > MAX_PROBES) {
+            if p.search.is_some_and(|s| s.probes > MAX_PROBES) {
                 return Err(boundary_lost());
             }
         }
+    }
+
+    /// A page that covers the cursor's boundary: delivers what is new in it
+    /// ([`Producer::send_records`]) and decides how the pipeline goes on.
+    async fn covered(
+        &self,
+        p: &mut Progress,
+        fetch: &Fetch,
+        page: &PageView,
+        reaches_end: bool,
+        tx: &mpsc::Sender<Item>,
+    ) -> Result<Flow, GatewayError> {
+        p.search = None;
+        let (at, n) = (fetch.start, page.records.len() as i64);
+        let want = p.remaining.map_or(usize::MAX, |left| {
+            usize::try_from(left).unwrap_or(usize::MAX)
+        });
+        // Cut by the limit, perhaps: as long as asked for, or as the cap.
+        let cut = n >= self.asked() || (n == p.cap.largest && p.cap.known());
+        let d = anchor::deliver(&p.cursor, at, &page.records, want, cut);
+        if n == p.cap.largest && !d.records.is_empty() {
+            p.cap.delivered_full(at);
+        }
+        if d.overflowed {
+            tie_overflow(at, p.cap.page_limit());
+        }
+        let moved = d.cursor != p.cursor;
+        if !d.records.is_empty() {
+            p.idle = 0;
+            let delivery = (&p.cursor, at, page, &d, cut);
+            let largest = p.cap.largest;
+            if !self
+                .send_records(tx, delivery, &mut p.remaining, &mut p.ahead, largest)
+                .await?
+            {
+                return Ok(Flow::Done);
+            }
+        }
+        p.cursor = d.cursor;
+        if p.remaining == Some(0) || reaches_end {
+            // All asked for, or everything after the boundary up to the log's end.
+            return Ok(Flow::Done);
+        }
+        if !moved && fetch.fresh {
+            // A fresh page that brought nothing new and moved nothing: the boundary's
+            // tie group fills it. Look past it.
+            p.cursor = anchor::look_past(&p.cursor, at, page.records.len());
+        } else if !moved {
+            // Nothing new, perhaps from an older snapshot: ask again, fresh.
+            p.next = Next::Serial(self.fetch(p.cursor.start, true, 0));
+            p.ahead.clear();
+        }
+        if n >= self.asked() || p.cap.known() {
+            p.window = self.prefetch;
+        }
+        Ok(Flow::Go)
     }
 
     /// Where to look next when `fetch`'s page (`n` records at `fetch.start`, pages of

@@ -7,7 +7,7 @@ use std::{
 };
 
 use clap::Args;
-use confluence_sim::{Simulator, SimulatorConfig};
+use confluence_sim::{Simulator, SimulatorConfig, SimulatorHandle};
 use tokio::net::TcpListener;
 
 use super::{
@@ -44,35 +44,12 @@ pub(crate) struct DemoArgs {
 /// Runs the demo.
 pub(crate) async fn run(args: DemoArgs) -> Result<(), CommandError> {
     let signal = shutdown_signal();
-    let sim_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("cannot bind the simulator: {e}"))?;
-    let sim = Simulator::start(
-        SimulatorConfig {
-            records: args.records,
-            // What the gateway sends for --confluence-email and --confluence-api-token.
-            required_authorization: Some(format!(
-                "Basic {}",
-                STANDARD.encode(format!("{DEMO_EMAIL}:{DEMO_TOKEN}"))
-            )),
-            latency: Duration::from_millis(20),
-            // A live log, so a follower shows new records arriving.
-            live: Some(confluence_sim::Live {
-                per_second: 2.0,
-                burst: 3,
-            }),
-            ..SimulatorConfig::default()
-        },
-        sim_listener,
-    )
-    .await
-    .map_err(|e| format!("cannot start the simulator: {e}"))?;
+    let sim = simulator(args.records).await?;
     println!(
         "simulated Confluence: {} records at {}",
         args.records,
         sim.base_url()
     );
-
     let gateway = Gateway::bind(GatewayConfig {
         listen: args.listen,
         auth: UpstreamAuth::Basic {
@@ -93,7 +70,52 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), CommandError> {
         let _ = stop_rx.await;
     }));
     println!("gateway: confluence.audit.v1.AuditService on {addr}");
+    show_calls(addr, &sim).await?;
+    if !args.once {
+        println!("serving until Ctrl-C");
+        signal.await;
+    }
+    let _ = stop_tx.send(());
+    gateway
+        .await
+        .map_err(|e| format!("gateway task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    sim.shutdown();
+    Ok(())
+}
 
+/// A simulated Confluence of `records` on a free loopback port, a live log that
+/// accepts the demo's credential only.
+async fn simulator(records: usize) -> Result<SimulatorHandle, CommandError> {
+    let sim_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot bind the simulator: {e}"))?;
+    let sim = Simulator::start(
+        SimulatorConfig {
+            records,
+            // What the gateway sends for --confluence-email and --confluence-api-token.
+            required_authorization: Some(format!(
+                "Basic {}",
+                STANDARD.encode(format!("{DEMO_EMAIL}:{DEMO_TOKEN}"))
+            )),
+            latency: Duration::from_millis(20),
+            // A live log, so a follower shows new records arriving.
+            live: Some(confluence_sim::Live {
+                per_second: 2.0,
+                burst: 3,
+            }),
+            ..SimulatorConfig::default()
+        },
+        sim_listener,
+    )
+    .await
+    .map_err(|e| format!("cannot start the simulator: {e}"))?;
+    Ok(sim)
+}
+
+/// A page twice (from Confluence, then from the cache) and a stream through the
+/// gateway at `addr`, printed with their times; then how to query it by hand.
+async fn show_calls(addr: SocketAddr, sim: &SimulatorHandle) -> Result<(), CommandError> {
     let call = CallArgs {
         connect: ConnectArgs {
             gateway: format!("http://{addr}"),
@@ -149,15 +171,5 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), CommandError> {
          cargo run -- follow --gateway http://{addr} --since 10m --poll-interval 1s --checkpoint-file audit.checkpoint --output audit.ndjson\n  \
          grpcurl -plaintext -d '{{\"number\":1,\"units\":\"TIME_UNIT_DAYS\",\"limit\":3}}' {addr} confluence.audit.v1.AuditService/GetSince"
     );
-    if !args.once {
-        println!("serving until Ctrl-C");
-        signal.await;
-    }
-    let _ = stop_tx.send(());
-    gateway
-        .await
-        .map_err(|e| format!("gateway task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
-    sim.shutdown();
     Ok(())
 }
