@@ -44,21 +44,7 @@ impl Gateway {
         // means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let checked = config.check()?;
-        let mut client = ConfluenceClient::new(checked.base_url, &config.upstream)
-            .map_err(|e| ConfigError::from_error("--confluence-url", e))?;
-        let shared: Option<Arc<dyn SharedTier>> = match checked.redis_value_key {
-            Some(value_key) => {
-                let tier = Arc::new(
-                    RedisTier::new(&config.redis, value_key)
-                        .map_err(|e| ConfigError::from_error("--redis-url", e))?,
-                );
-                // Confluence limits a credential across replicas: they share its
-                // cool-downs through the same Redis (`src/upstream/cooldown.rs`).
-                client = client.with_shared_cooldowns(tier.clone());
-                Some(tier)
-            }
-            None => None,
-        };
+        let (client, shared) = upstream(&config, checked.base_url, checked.redis_value_key)?;
         if config.credential_salt.is_none() {
             // Allowed on loopback or with --allow-ephemeral-tokens (`GatewayConfig::check`),
             // but a shipper following this gateway must know it cannot outlive it.
@@ -107,13 +93,9 @@ impl Gateway {
         .sharing(caps, config.caller_header.clone())
         .stopping_with(stopper.shutdown());
 
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            ConfigError::caused_by("--listen", format!("cannot bind {}", config.listen), e)
-        })?;
+        let listener = bind("--listen", config.listen).await?;
         let metrics = match config.metrics_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-                ConfigError::caused_by("--metrics-listen", format!("cannot bind {addr}"), e)
-            })?),
+            Some(addr) => Some(bind("--metrics-listen", addr).await?),
             None => None,
         };
         Ok(Self {
@@ -168,6 +150,35 @@ impl Gateway {
         self.watching.iter().for_each(|w| w.abort());
         result
     }
+}
+
+/// The Confluence client, and the Redis tier when `redis_value_key` says there is one
+/// (the client then shares its cool-downs through it).
+fn upstream(
+    config: &GatewayConfig,
+    base_url: url::Url,
+    redis_value_key: Option<ring::hmac::Key>,
+) -> Result<(ConfluenceClient, Option<Arc<dyn SharedTier>>), ConfigError> {
+    let client = ConfluenceClient::new(base_url, &config.upstream)
+        .map_err(|e| ConfigError::from_error("--confluence-url", e))?;
+    let Some(value_key) = redis_value_key else {
+        return Ok((client, None));
+    };
+    let tier = Arc::new(
+        RedisTier::new(&config.redis, value_key)
+            .map_err(|e| ConfigError::from_error("--redis-url", e))?,
+    );
+    // Confluence limits a credential across replicas: they share its cool-downs through
+    // the same Redis (`src/upstream/cooldown.rs`).
+    let client = client.with_shared_cooldowns(tier.clone());
+    Ok((client, Some(tier)))
+}
+
+/// A listener on `addr`, set by `flag`.
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ConfigError::caused_by(flag, format!("cannot bind {addr}"), e))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is

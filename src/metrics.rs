@@ -25,7 +25,7 @@ use prometheus_client::{
         gauge::Gauge as PromGauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use tokio::net::TcpListener;
 
@@ -230,108 +230,102 @@ impl std::ops::Deref for Metrics {
     }
 }
 
+/// `metric`, registered in `registry` under `name` with `help`.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
+    /// Registers every metric. One entry per metric, in one place, so the list of
+    /// what `/metrics` exports reads top to bottom: longer than a function should be.
     fn new() -> Self {
-        let mut registry = Registry::with_prefix("audit_gateway");
-        let counters = Counters::register(&mut registry);
-        let upstream_failures = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "upstream_failures",
-            "Failed Confluence attempts, by reason.",
-            upstream_failures.clone(),
-        );
-        let upstream_requests = Family::<StatusLabel, Counter>::default();
-        registry.register(
-            "upstream_requests",
-            "Confluence attempts by HTTP status (error: none came).",
-            upstream_requests.clone(),
-        );
-        let upstream_seconds = latency_histogram();
-        registry.register(
-            "upstream_request_duration_seconds",
-            "Duration of Confluence attempts, body included.",
-            upstream_seconds.clone(),
-        );
-        let upstream_in_flight = Gauge::default();
-        registry.register(
-            "upstream_in_flight",
-            "Requests in flight to Confluence.",
-            upstream_in_flight.clone(),
-        );
-        let cache_lookups = Family::<LookupLabels, Counter>::default();
-        registry.register(
-            "cache_lookups",
-            "Page cache lookups by tier (memory, redis) and result (hit, miss).",
-            cache_lookups.clone(),
-        );
-        let cache_bytes = Gauge::default();
-        registry.register(
-            "cache_bytes",
-            "Bytes of encoded pages held by the in-process cache.",
-            cache_bytes.clone(),
-        );
-        let grpc_handled = Family::<GrpcLabels, Counter>::default();
-        registry.register(
-            "grpc_server_handled",
-            "gRPC calls by method and status code.",
-            grpc_handled.clone(),
-        );
-        let grpc_seconds: Histograms<MethodLabel> = Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "grpc_server_handling_seconds",
-            "Duration of gRPC calls, from the call to its status.",
-            grpc_seconds.clone(),
-        );
-        let grpc_open_streams = Family::<MethodLabel, Gauge>::default();
-        registry.register(
-            "grpc_server_open_streams",
-            "Streaming calls open: StreamSince streams and Follow followers.",
-            grpc_open_streams.clone(),
-        );
-        let caller_calls = Family::<CallerLabel, Counter>::default();
-        registry.register(
-            "caller_calls",
-            "Calls by authenticated callers, by caller name.",
-            caller_calls.clone(),
-        );
-        let caller_upstream_requests = Family::<CallerLabel, Counter>::default();
-        registry.register(
-            "caller_upstream_requests",
-            "Confluence request slots granted by the fair scheduler, by caller.",
-            caller_upstream_requests.clone(),
-        );
-        let caller_upstream_wait: Histograms<CallerLabel> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "caller_upstream_wait_seconds",
-            "Time a caller's request waited for a Confluence request slot.",
-            caller_upstream_wait.clone(),
-        );
-        let caller_refusals = Family::<CapLabels, Counter>::default();
-        registry.register(
-            "caller_refusals",
-            "Calls refused by a per-caller cap (caller-max-streams, caller-miss-rate).",
-            caller_refusals.clone(),
-        );
+        let mut r = Registry::with_prefix("audit_gateway");
+        let counters = Counters::register(&mut r);
         Self {
             counters,
-            caller_upstream_requests,
-            caller_upstream_wait,
-            caller_refusals,
-            registry,
-            upstream_failures,
-            upstream_requests,
-            upstream_seconds,
-            upstream_in_flight,
-            cache_lookups,
-            cache_bytes,
-            grpc_handled,
-            grpc_seconds,
-            grpc_open_streams,
-            caller_calls,
+            upstream_failures: registered(
+                &mut r,
+                "upstream_failures",
+                "Failed Confluence attempts, by reason.",
+                Family::<ReasonLabel, Counter>::default(),
+            ),
+            upstream_requests: registered(
+                &mut r,
+                "upstream_requests",
+                "Confluence attempts by HTTP status (error: none came).",
+                Family::<StatusLabel, Counter>::default(),
+            ),
+            upstream_seconds: registered(
+                &mut r,
+                "upstream_request_duration_seconds",
+                "Duration of Confluence attempts, body included.",
+                latency_histogram(),
+            ),
+            upstream_in_flight: registered(
+                &mut r,
+                "upstream_in_flight",
+                "Requests in flight to Confluence.",
+                Gauge::default(),
+            ),
+            cache_lookups: registered(
+                &mut r,
+                "cache_lookups",
+                "Page cache lookups by tier (memory, redis) and result (hit, miss).",
+                Family::<LookupLabels, Counter>::default(),
+            ),
+            cache_bytes: registered(
+                &mut r,
+                "cache_bytes",
+                "Bytes of encoded pages held by the in-process cache.",
+                Gauge::default(),
+            ),
+            grpc_handled: registered(
+                &mut r,
+                "grpc_server_handled",
+                "gRPC calls by method and status code.",
+                Family::<GrpcLabels, Counter>::default(),
+            ),
+            grpc_seconds: registered(
+                &mut r,
+                "grpc_server_handling_seconds",
+                "Duration of gRPC calls, from the call to its status.",
+                Family::new_with_constructor(latency_histogram),
+            ),
+            grpc_open_streams: registered(
+                &mut r,
+                "grpc_server_open_streams",
+                "Streaming calls open: StreamSince streams and Follow followers.",
+                Family::<MethodLabel, Gauge>::default(),
+            ),
+            caller_calls: registered(
+                &mut r,
+                "caller_calls",
+                "Calls by authenticated callers, by caller name.",
+                Family::<CallerLabel, Counter>::default(),
+            ),
+            caller_upstream_requests: registered(
+                &mut r,
+                "caller_upstream_requests",
+                "Confluence request slots granted by the fair scheduler, by caller.",
+                Family::<CallerLabel, Counter>::default(),
+            ),
+            caller_upstream_wait: registered(
+                &mut r,
+                "caller_upstream_wait_seconds",
+                "Time a caller's request waited for a Confluence request slot.",
+                Family::new_with_constructor(latency_histogram),
+            ),
+            caller_refusals: registered(
+                &mut r,
+                "caller_refusals",
+                "Calls refused by a per-caller cap (caller-max-streams, caller-miss-rate).",
+                Family::<CapLabels, Counter>::default(),
+            ),
+            registry: r,
         }
     }
 

@@ -162,29 +162,16 @@ pub(crate) async fn serve(
     set_health(&reporter, ServingStatus::Serving).await;
     let health = HealthServer::new(DrainingHealth::new(reporter.clone(), stopper.shutdown()));
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(ServeError::Reflection)?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(ServeError::Reflection)?;
+    let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(ServeError::Reflection)?;
-
-    let mut audit = AuditServiceServer::from_arc(Arc::new(service))
-        .max_decoding_message_size(settings.max_request_bytes)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd);
-    // tonic compresses each response anew, cached page or not: a caller that merely
-    // advertises gzip (grpcio's default) would otherwise cost a compression per hit.
-    if settings.compress_responses.gzip() {
-        audit = audit.send_compressed(CompressionEncoding::Gzip);
-    }
-    if settings.compress_responses.zstd() {
-        audit = audit.send_compressed(CompressionEncoding::Zstd);
-    }
+    let audit = audit_server(service, &settings);
 
     let draining = reporter.clone();
     let drain_delay = settings.drain_delay;
@@ -204,16 +191,7 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "audit-gateway listening");
     }
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout));
-    if let Some(age) = settings.max_connection_age {
-        builder = builder.max_connection_age(age);
-    }
-    if let Some(grace) = settings.max_connection_age_grace {
-        builder = builder.max_connection_age_grace(grace);
-    }
-    let router = builder
+    let router = builder(&settings)
         // gRPC-Web (HTTP/1.1 or HTTP/2) for browser dashboards, beside native gRPC.
         .accept_http1(true)
         .layer(tonic_web::GrpcWebLayer::new())
@@ -248,6 +226,37 @@ pub(crate) async fn serve(
             Ok(())
         }
     }
+}
+
+/// The audit service with the request size and compression `settings` allow.
+fn audit_server(service: AuditGrpc, settings: &ServerConfig) -> AuditServiceServer<AuditGrpc> {
+    let mut audit = AuditServiceServer::from_arc(Arc::new(service))
+        .max_decoding_message_size(settings.max_request_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd);
+    // tonic compresses each response anew, cached page or not: a caller that merely
+    // advertises gzip (grpcio's default) would otherwise cost a compression per hit.
+    if settings.compress_responses.gzip() {
+        audit = audit.send_compressed(CompressionEncoding::Gzip);
+    }
+    if settings.compress_responses.zstd() {
+        audit = audit.send_compressed(CompressionEncoding::Zstd);
+    }
+    audit
+}
+
+/// A server with the connection limits `settings` set.
+fn builder(settings: &ServerConfig) -> Server {
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout));
+    if let Some(age) = settings.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some(grace) = settings.max_connection_age_grace {
+        builder = builder.max_connection_age_grace(grace);
+    }
+    builder
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {

@@ -122,6 +122,56 @@ impl Refused {
     }
 }
 
+/// One page's load from Confluence.
+struct Load {
+    client: Arc<ConfluenceClient>,
+    refused: Arc<Refused>,
+    query: PageQuery,
+    credential: Option<Credential>,
+    /// The credential's fingerprint: its cool-downs and refusals are kept under it.
+    fingerprint: Arc<str>,
+    class: RetryClass,
+    /// Whose turn at Confluence the load waits for.
+    share: Share,
+}
+
+impl Load {
+    /// Fetches and converts the page, within `deadline` if there is one, telling
+    /// `progress` how it goes; a refusal of the caller's credential is remembered.
+    async fn run(
+        self,
+        deadline: Option<Instant>,
+        progress: LoadProgress,
+    ) -> Result<Bytes, GatewayError> {
+        METRICS.page_loads.inc();
+        let events = Vetted {
+            progress: &progress,
+            refused: &self.refused,
+            fingerprint: &self.fingerprint,
+        };
+        let bounds = FetchBounds {
+            deadline,
+            class: self.class,
+            share: &self.share,
+        };
+        let page = self
+            .client
+            .fetch_page(
+                &self.query,
+                self.credential.as_ref(),
+                &self.fingerprint,
+                bounds,
+                &events,
+                |body| convert_with(body, encode),
+            )
+            .await;
+        if let (Err(e), Some(_)) = (&page, &self.credential) {
+            self.refused.note(&self.fingerprint, e);
+        }
+        page
+    }
+}
+
 /// A load's progress, and the refusal that stops its request before it is sent: a
 /// request queued behind one whose credential Confluence just refused is not sent.
 struct Vetted<'a> {
@@ -193,18 +243,7 @@ impl PageService {
     /// The page as an encoded `GetSinceResponse`.
     pub(crate) async fn page(&self, req: PageRequest) -> Result<Bytes, GatewayError> {
         METRICS.page_requests.inc();
-        let key = PageKey {
-            base_url: self.base_url.clone(),
-            credential: req
-                .credential
-                .as_ref()
-                .map_or_else(
-                    || "anonymous".to_owned(),
-                    |c| c.fingerprint(&self.fingerprints),
-                )
-                .into(),
-            query: req.query.clone(),
-        };
+        let key = self.key_of(&req);
         // A credential Confluence refused lately is refused here, without a request.
         if req.credential.is_some()
             && let Some(refusal) = self.refused.get(&key.credential)
@@ -217,9 +256,6 @@ impl PageService {
         let (revalidating, share) = self.share_of(&req, &key.credential);
         let refresh = req.refresh || revalidating;
         let fingerprint = key.credential.clone();
-        let client = self.client.clone();
-        let refused = self.refused.clone();
-        let (query, credential) = (req.query, req.credential);
         // A load shared by several callers retries as the caller that started it asked,
         // and waits for that caller's turn at Confluence (it counts once).
         let class = if req.persistent {
@@ -227,47 +263,26 @@ impl PageService {
         } else {
             RetryClass::OneShot
         };
-        // The cool-down of a rate-limited credential is kept under the same fingerprint.
-        let budget = key.credential.clone();
-        // The cache runs this in a task of its own when the load is shared (then with no
-        // deadline: no one caller's deadline may end it), or in this call when nothing is.
-        // A load shared by several callers is traced under the first one's call. No
-        // search string in the span: it may hold what a caller looks for.
+        // No search string in the span: it may hold what a caller looks for. A load
+        // shared by several callers is traced under the first one's call.
         let span = tracing::info_span!(
             "page load",
-            start = query.start,
-            limit = query.limit,
-            range = matches!(query.span, Span::Range { .. })
+            start = req.query.start,
+            limit = req.query.limit,
+            range = matches!(req.query.span, Span::Range { .. })
         );
-        let load = move |deadline: Option<Instant>, progress: LoadProgress| {
-            async move {
-                METRICS.page_loads.inc();
-                let events = Vetted {
-                    progress: &progress,
-                    refused: &refused,
-                    fingerprint: &budget,
-                };
-                let page = client
-                    .fetch_page(
-                        &query,
-                        credential.as_ref(),
-                        &budget,
-                        FetchBounds {
-                            deadline,
-                            class,
-                            share: &share,
-                        },
-                        &events,
-                        |body| convert_with(body, encode),
-                    )
-                    .await;
-                if let (Err(e), Some(_)) = (&page, &credential) {
-                    refused.note(&budget, e);
-                }
-                page
-            }
-            .instrument(span)
+        let loading = Load {
+            client: self.client.clone(),
+            refused: self.refused.clone(),
+            query: req.query.clone(),
+            credential: req.credential.clone(),
+            fingerprint: key.credential.clone(),
+            class,
+            share,
         };
+        // The cache runs this in a task of its own when the load is shared (then with no
+        // deadline: no one caller's deadline may end it), or in this call when nothing is.
+        let load = move |deadline, progress| loading.run(deadline, progress).instrument(span);
         let caps = self.caps.clone();
         let admit = || {
             if req.metered {
@@ -284,15 +299,35 @@ impl PageService {
                 .get_or_load_admitted(key, refresh, req.deadline, admit, load),
         )
         .await?;
-        if let (true, Some((every, accepted))) = (refresh, &self.revalidate) {
+        if refresh {
             // A refresh always asks Confluence: its answer is the credential's acceptance.
+            self.note_accepted(fingerprint);
+        }
+        Ok(page)
+    }
+
+    /// Where `req`'s page is cached: the query under the credential's keyed fingerprint.
+    fn key_of(&self, req: &PageRequest) -> PageKey {
+        let credential = req.credential.as_ref().map_or_else(
+            || "anonymous".to_owned(),
+            |c| c.fingerprint(&self.fingerprints),
+        );
+        PageKey {
+            base_url: self.base_url.clone(),
+            credential: credential.into(),
+            query: req.query.clone(),
+        }
+    }
+
+    /// Confluence accepted the credential of `fingerprint` just now (with revalidation).
+    fn note_accepted(&self, fingerprint: Arc<str>) {
+        if let Some((every, accepted)) = &self.revalidate {
             let mut accepted = accepted.lock().unwrap_or_else(|p| p.into_inner());
             if accepted.len() >= MAX_ACCEPTED {
                 accepted.retain(|_, at| at.elapsed() < *every);
             }
             accepted.insert(fingerprint, Instant::now());
         }
-        Ok(page)
     }
 
     /// Whether `req`'s credential must be checked with Confluence again (with

@@ -170,34 +170,8 @@ pub(crate) fn deliver<R: Anchored>(
     want: usize,
     cut: bool,
 ) -> Delivery {
-    let mut left = cursor
-        .boundary
-        .as_ref()
-        .map(|b| b.seen.clone())
-        .unwrap_or_default();
     let boundary_date = cursor.boundary.as_ref().map(|b| b.date);
-    let mut records = Vec::new();
-    for (i, r) in page.iter().enumerate() {
-        if records.len() >= want {
-            break;
-        }
-        let new = match boundary_date {
-            None => true,
-            Some(d) if r.date() > d => false,
-            Some(d) if r.date() == d => match left.binary_search(&r.id()) {
-                // Seen at the boundary already: consume one copy.
-                Ok(k) => {
-                    left.remove(k);
-                    false
-                }
-                Err(_) => true,
-            },
-            Some(_) => true,
-        };
-        if new {
-            records.push(i);
-        }
-    }
+    let records = new_records(cursor, page, want);
     // The new boundary: the last record delivered, or the old one when nothing was.
     let date = match (records.last(), boundary_date) {
         (Some(&last), _) => page[last].date(),
@@ -253,6 +227,40 @@ pub(crate) fn deliver<R: Anchored>(
         },
         overflowed,
     }
+}
+
+/// Indices of the first `want` records of `page` not yet delivered: older than the
+/// cursor's boundary, or at its millisecond and not among those seen there (as a
+/// multiset: byte-identical twins count one by one).
+fn new_records<R: Anchored>(cursor: &Cursor, page: &[R], want: usize) -> Vec<usize> {
+    let Some(boundary) = &cursor.boundary else {
+        return (0..page.len().min(want)).collect();
+    };
+    let mut left = boundary.seen.clone();
+    let mut records = Vec::new();
+    for (i, r) in page.iter().enumerate() {
+        if records.len() >= want {
+            break;
+        }
+        let new = if r.date() > boundary.date {
+            false
+        } else if r.date() == boundary.date {
+            match left.binary_search(&r.id()) {
+                // Seen at the boundary already: consume one copy.
+                Ok(k) => {
+                    left.remove(k);
+                    false
+                }
+                Err(_) => true,
+            }
+        } else {
+            true
+        };
+        if new {
+            records.push(i);
+        }
+    }
+    records
 }
 
 /// Where to look past a page of `len` records at `at` whose tie group fills it: at its

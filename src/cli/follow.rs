@@ -131,36 +131,7 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
     };
     let (sink, continuing) = open_output(args.output.as_deref(), saved.as_ref())?;
     let mut out = RecordWriter::new(sink, args.format, continuing);
-    let since = match (&saved, args.since) {
-        (
-            Some(Saved {
-                since_ms: Some(ms), ..
-            }),
-            _,
-        ) => Some(from_ms(*ms)),
-        (_, Some(since)) => Some(
-            since
-                .instant(SystemTime::now())
-                .ok_or("--since: too far back")?,
-        ),
-        // From now, as this first run defines it.
-        (_, None) if args.checkpoint_file.is_some() => Some(SystemTime::now()),
-        (_, None) => None,
-    };
-    let mut checkpoint = saved.and_then(|s| s.checkpoint);
-    if let (Some(path), None) = (&args.checkpoint_file, &checkpoint) {
-        // Before any output: where this run starts and how long the output is, so a kill
-        // before the first checkpoint restarts at the same point and cuts back what it
-        // wrote.
-        let first = Saved {
-            checkpoint: None,
-            since_ms: since.map(to_ms),
-            output_bytes: sync(&mut out).map_err(CommandError::output)?,
-        };
-        write_saved(path, &first).map_err(|e| {
-            CommandError::output(format!("--checkpoint-file {}: {e}", path.display()))
-        })?;
-    }
+    let (since, mut checkpoint) = start_point(&args, saved, &mut out)?;
     let mut left = args.max_records;
     let mut progress = Progress::new();
     let mut backoff = Duration::from_secs(1);
@@ -222,6 +193,46 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Where this run starts: the saved checkpoint, else the saved or given `--since`. A
+/// first run with a checkpoint file writes its start there before any output.
+fn start_point(
+    args: &FollowArgs,
+    saved: Option<Saved>,
+    out: &mut RecordWriter<Sink>,
+) -> Result<(Option<SystemTime>, Option<String>), CommandError> {
+    let since = match (&saved, args.since) {
+        (
+            Some(Saved {
+                since_ms: Some(ms), ..
+            }),
+            _,
+        ) => Some(from_ms(*ms)),
+        (_, Some(since)) => Some(
+            since
+                .instant(SystemTime::now())
+                .ok_or("--since: too far back")?,
+        ),
+        // From now, as this first run defines it.
+        (_, None) if args.checkpoint_file.is_some() => Some(SystemTime::now()),
+        (_, None) => None,
+    };
+    let checkpoint = saved.and_then(|s| s.checkpoint);
+    if let (Some(path), None) = (&args.checkpoint_file, &checkpoint) {
+        // Before any output: where this run starts and how long the output is, so a kill
+        // before the first checkpoint restarts at the same point and cuts back what it
+        // wrote.
+        let first = Saved {
+            checkpoint: None,
+            since_ms: since.map(to_ms),
+            output_bytes: sync(out).map_err(CommandError::output)?,
+        };
+        write_saved(path, &first).map_err(|e| {
+            CommandError::output(format!("--checkpoint-file {}: {e}", path.display()))
+        })?;
+    }
+    Ok((since, checkpoint))
 }
 
 /// Why a call ended early.

@@ -295,33 +295,44 @@ fn secret(
     }
 }
 
+/// Whose credential calls Confluence, from the flags that may give one.
+fn upstream_auth(
+    passthrough: bool,
+    email: Option<String>,
+    api_token: Option<SecretString>,
+    bearer: Option<SecretString>,
+) -> Result<UpstreamAuth, ConfigError> {
+    match (email, api_token, bearer) {
+        _ if passthrough => Ok(UpstreamAuth::Passthrough),
+        (Some(email), Some(api_token), _) => Ok(UpstreamAuth::Basic { email, api_token }),
+        (None, Some(_), _) | (Some(_), None, None) => Err(ConfigError::new(
+            "--confluence-email",
+            "basic auth needs --confluence-email and --confluence-api-token (or \
+             --confluence-api-token-file) together",
+        )),
+        (_, _, Some(token)) => Ok(UpstreamAuth::Bearer(token)),
+        _ => Ok(UpstreamAuth::Anonymous),
+    }
+}
+
 impl TryFrom<ServeArgs> for GatewayConfig {
     type Error = ConfigError;
 
     fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
-        let api_token = secret(
-            a.confluence_api_token,
-            a.confluence_api_token_file,
-            "--confluence-api-token-file",
+        let auth = upstream_auth(
+            a.auth_passthrough,
+            a.confluence_email,
+            secret(
+                a.confluence_api_token,
+                a.confluence_api_token_file,
+                "--confluence-api-token-file",
+            )?,
+            secret(
+                a.confluence_bearer_token,
+                a.confluence_bearer_token_file,
+                "--confluence-bearer-token-file",
+            )?,
         )?;
-        let bearer = secret(
-            a.confluence_bearer_token,
-            a.confluence_bearer_token_file,
-            "--confluence-bearer-token-file",
-        )?;
-        let auth = match (a.confluence_email, api_token, bearer) {
-            _ if a.auth_passthrough => UpstreamAuth::Passthrough,
-            (Some(email), Some(api_token), _) => UpstreamAuth::Basic { email, api_token },
-            (None, Some(_), _) | (Some(_), None, None) => {
-                return Err(ConfigError::new(
-                    "--confluence-email",
-                    "basic auth needs --confluence-email and --confluence-api-token (or \
-                     --confluence-api-token-file) together",
-                ));
-            }
-            (_, _, Some(token)) => UpstreamAuth::Bearer(token),
-            _ => UpstreamAuth::Anonymous,
-        };
         Ok(GatewayConfig {
             listen: a.listen,
             confluence_url: a.confluence_url,
