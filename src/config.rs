@@ -351,6 +351,12 @@ impl GatewayConfig {
                 "must be at least 1",
             ));
         }
+        if u.concurrency_floor == 0 {
+            return Err(ConfigError::new(
+                "--upstream-concurrency-floor",
+                "must be at least 1",
+            ));
+        }
         Ok(())
     }
 

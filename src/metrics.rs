@@ -196,6 +196,10 @@ pub struct Metrics {
     upstream_seconds: Histogram,
     /// Upstream requests in flight.
     pub upstream_in_flight: Gauge,
+    /// The paced limit on requests in flight, of the credential whose limit last moved.
+    pub upstream_concurrency_limit: Gauge,
+    /// Moves of paced limits, by why they moved.
+    upstream_limit_moves: Family<ReasonLabel, Counter>,
     /// Cache lookups by tier and result.
     cache_lookups: Family<LookupLabels, Counter>,
     /// Bytes of encoded pages held by the in-process tier.
@@ -264,6 +268,18 @@ impl Metrics {
                 "upstream_request_duration_seconds",
                 "Duration of Confluence attempts, body included.",
                 latency_histogram(),
+            ),
+            upstream_concurrency_limit: registered(
+                &mut r,
+                "upstream_concurrency_limit",
+                "Requests to Confluence allowed in flight now (adaptive pacing), for the credential whose limit last moved.",
+                Gauge::default(),
+            ),
+            upstream_limit_moves: registered(
+                &mut r,
+                "upstream_concurrency_limit_moves",
+                "Moves of the paced limit on requests in flight, by reason (grew, near_limit, rate_limited, latency).",
+                Family::<ReasonLabel, Counter>::default(),
             ),
             upstream_in_flight: registered(
                 &mut r,
@@ -343,6 +359,22 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// A credential's paced limit moved to `limit`, for `reason`.
+    pub(crate) fn limit_moved(&self, limit: usize, reason: &'static str) {
+        self.upstream_concurrency_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        self.upstream_limit_moves
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Moves of paced limits for `reason` so far.
+    pub fn limit_moves(&self, reason: &'static str) -> u64 {
+        self.upstream_limit_moves
+            .get(&ReasonLabel { reason })
+            .map_or(0, |c| c.get())
     }
 
     /// Failed upstream attempts of one class so far.

@@ -167,10 +167,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_MAX_BODY", default_value_t = Size(D.upstream.max_body))]
     upstream_max_body: Size,
 
-    /// Most requests in flight to Confluence at once, gateway-wide; more wait their turn
-    /// (first come, first served) within their deadline.
+    /// Most requests in flight to Confluence at once, gateway-wide, and the ceiling of
+    /// each credential's adaptive limit; more wait their turn, shared fairly between
+    /// callers, within their deadline.
     #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_CONCURRENCY", default_value_t = D.upstream.concurrency)]
     upstream_concurrency: usize,
+
+    /// The lowest a credential's adaptive limit on requests in flight is cut to when
+    /// Confluence warns of its rate limit, refuses with 429, or slows down; set it to
+    /// --upstream-concurrency for a fixed limit.
+    #[arg(long, env = "AUDIT_GATEWAY_UPSTREAM_CONCURRENCY_FLOOR", default_value_t = D.upstream.concurrency_floor)]
+    upstream_concurrency_floor: usize,
 
     /// How long a fetched page is served from cache (at most 7 days); 0 disables caching.
     #[arg(long, env = "AUDIT_GATEWAY_CACHE_TTL", default_value_t = Dur(D.cache.ttl))]
@@ -359,6 +366,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
                 max_cooldown: a.upstream_max_cooldown.0,
                 max_body: a.upstream_max_body.0,
                 concurrency: a.upstream_concurrency,
+                concurrency_floor: a.upstream_concurrency_floor,
             },
             credential_salt: secret(
                 a.credential_salt,

@@ -21,6 +21,7 @@ use super::{
     clock::ClockOffset,
     cooldown::{Cooldowns, Gate, ProbeTicket, SharedCooldowns, SharedView},
     fair::{FairSlots, Share, Slot},
+    pacing::{self, Pacing},
     ratelimit,
     retry::{RetryClass, RetryPolicy, Spent, classify},
 };
@@ -57,10 +58,15 @@ pub struct UpstreamConfig {
     pub max_cooldown: Duration,
     /// Largest page body accepted, in bytes (`--upstream-max-body`).
     pub max_body: u64,
-    /// Most requests in flight to Confluence at once, gateway-wide
-    /// (`--upstream-concurrency`, at least 1); more wait their turn within their
-    /// deadline, shared fairly between callers (`src/upstream/fair.rs`).
+    /// Most requests in flight to Confluence at once, gateway-wide, and the ceiling of
+    /// each credential's paced limit (`--upstream-concurrency`, at least 1); more wait
+    /// their turn within their deadline, shared fairly between callers
+    /// (`src/upstream/fair.rs`).
     pub concurrency: usize,
+    /// The lowest a credential's paced limit is cut to (`--upstream-concurrency-floor`,
+    /// at least 1; one above `concurrency` is read as it); at `concurrency` or above,
+    /// the limit is fixed (`src/upstream/pacing.rs`).
+    pub concurrency_floor: usize,
 }
 
 impl UpstreamConfig {
@@ -83,9 +89,13 @@ impl UpstreamConfig {
         // room for records with long changedValues, and with the body permits
         // (`body_permits`) bounds the bodies held at once.
         max_body: 8 << 20,
-        // Atlassian rate-limits per site; a handful of requests at once keeps a burst
-        // of streams (each prefetching --stream-prefetch pages) from hitting 429s.
-        concurrency: 8,
+        // The ceiling of adaptive pacing, which starts each credential at half of it and
+        // grows it while Confluence answers fast and warns of nothing; a burst of
+        // streams (each prefetching --stream-prefetch pages) can use it all.
+        concurrency: 16,
+        // Atlassian's limits are per credential and site; two at once keeps a stream
+        // moving while the gateway backs off.
+        concurrency_floor: 2,
     };
 
     /// The retry policy these settings describe.
@@ -170,8 +180,10 @@ pub(crate) struct ConfluenceClient {
     /// `settings.max_body`, checked to fit memory (`GatewayConfig::check`).
     max_body_bytes: usize,
     /// One slot per request in flight (`--upstream-concurrency`), shared by clones and
-    /// fairly between callers.
+    /// fairly between callers, within each credential's paced limit.
     in_flight: Arc<FairSlots>,
+    /// Each credential's limit on requests in flight, shared by clones.
+    pacing: Arc<Pacing>,
     /// One permit per 200 body held (`body_permits`), shared by clones: with
     /// `max_body_bytes`, the bound on the memory bodies take.
     bodies: Arc<Semaphore>,
@@ -203,6 +215,11 @@ impl ConfluenceClient {
             since,
             range,
             in_flight: Arc::new(FairSlots::new(settings.concurrency)),
+            pacing: Arc::new(Pacing::new(
+                settings.concurrency_floor,
+                settings.concurrency / 2,
+                settings.concurrency,
+            )),
             bodies: Arc::new(Semaphore::new(body_permits())),
             shared_cooldowns: None,
             base_url,
@@ -315,7 +332,7 @@ impl ConfluenceClient {
                 .attempt(
                     url,
                     credential,
-                    (budget, slot, &asked),
+                    (budget, slot, &asked, query.limit),
                     deadline,
                     events,
                     convert,
@@ -368,10 +385,12 @@ impl ConfluenceClient {
             // `fetch_page`). Held until the body is read, released before the
             // conversion: it bounds Confluence's load; the body permit (`exchange`)
             // bounds the gateway's memory.
-            let slot =
-                self.in_flight.acquire(share).await.map_err(|_| {
-                    GatewayError::Internal("the upstream limiter was closed".into())
-                })?;
+            let limit = self.pacing.limit(budget);
+            let slot = self
+                .in_flight
+                .acquire_paced(share, budget, limit)
+                .await
+                .map_err(|_| GatewayError::Internal("the upstream limiter was closed".into()))?;
             if probe.is_some() || !self.cooldowns.holds(budget) {
                 return Ok((probe, slot));
             }
@@ -532,7 +551,7 @@ impl ConfluenceClient {
         &self,
         url: &Url,
         credential: Option<&Credential>,
-        (budget, permit, asked): (&str, Slot, &AtomicBool),
+        (budget, permit, asked, size): (&str, Slot, &AtomicBool, i32),
         deadline: Option<Instant>,
         events: &impl FetchEvents,
         convert: &F,
@@ -582,7 +601,7 @@ impl ConfluenceClient {
         asked.store(true, Ordering::Relaxed);
         let in_flight = InFlight::start();
         let exchanged = self
-            .exchange(request, budget, failed, cut_by_deadline)
+            .exchange(request, (budget, started, size), failed, cut_by_deadline)
             .await;
         drop(in_flight);
         let status = match &exchanged {
@@ -612,12 +631,13 @@ impl ConfluenceClient {
     async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
-        budget: &str,
+        (budget, sent, size): (&str, Instant, i32),
         failed: impl Fn(reqwest::Error) -> GatewayError,
         cut_by_deadline: bool,
     ) -> Result<PageBody, GatewayError> {
         let sent_at = SystemTime::now();
         let response = request.send().await.map_err(&failed)?;
+        self.pace(budget, &response, sent, size);
         if let Some(date) = response
             .headers()
             .get(header::DATE)
@@ -626,8 +646,9 @@ impl ConfluenceClient {
             self.clock.observe_header(date, sent_at, SystemTime::now());
         }
         if response.status() == StatusCode::OK {
-            // Near the limit, every request of the credential waits a moment, so the
-            // gateway slows down before Confluence refuses it.
+            // No budget left: every request of the credential waits until its reset, so
+            // the gateway does not spend requests Confluence will refuse. (Near the
+            // limit, pacing has halved how many go at once.)
             if let Some(wait) = ratelimit::slow_down(response.headers(), SystemTime::now()) {
                 let wait = wait.min(self.settings.max_cooldown);
                 self.cooldowns.start(budget, Instant::now() + wait);
@@ -664,6 +685,32 @@ impl ConfluenceClient {
             });
         }
         Err(self.status_error(response).await)
+    }
+
+    /// Takes what `response` (to a request of `budget` for a page of `size`, sent at
+    /// `sent`) says of the credential's budget into its paced limit.
+    fn pace(&self, budget: &str, response: &reqwest::Response, sent: Instant, size: i32) {
+        let answer = match response.status() {
+            StatusCode::TOO_MANY_REQUESTS => pacing::Answer::RateLimited,
+            status if status.is_success() => pacing::Answer::Served {
+                ttfb: sent.elapsed(),
+                size: u32::try_from(size).unwrap_or(0),
+                near_limit: ratelimit::near_limit(response.headers()),
+            },
+            // Other failures say nothing of the budget; retries and the budget of
+            // retries deal with them.
+            _ => return,
+        };
+        let pressed = self.in_flight.pressed(budget);
+        if let Some((limit, why)) = self.pacing.observe(budget, answer, sent, pressed) {
+            self.in_flight.set_limit(budget, limit);
+            METRICS.limit_moved(limit, why.label());
+            tracing::debug!(
+                limit,
+                reason = why.label(),
+                "paced limit on requests in flight moved"
+            );
+        }
     }
 
     async fn status_error(&self, response: reqwest::Response) -> GatewayError {

@@ -20,7 +20,9 @@
 //! needed never delays anything.
 //!
 //! A caller may also have a cap on its slots in flight (unverified passthrough
-//! credentials share one small cap, `src/app/pages.rs`).
+//! credentials share one small cap, `src/app/pages.rs`). And each request belongs to a
+//! group, its credential, whose slots in flight are limited by the credential's current
+//! pace (`pacing.rs`): the slots are shared fairly within that limit.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -160,6 +162,8 @@ struct State {
     /// The start tag of the last slot granted.
     now: f64,
     callers: HashMap<Arc<str>, Queue>,
+    /// Requests of each group (credential) in flight and waiting, and its limit.
+    groups: HashMap<Arc<str>, Group>,
     /// A dispatch is due then (a reservation lapses), and a task waits for it.
     wake_at: Option<Instant>,
 }
@@ -189,7 +193,29 @@ impl Queue {
 struct Waiter {
     since: Instant,
     urgency: Urgency,
+    group: Arc<str>,
     grant: oneshot::Sender<()>,
+}
+
+/// The requests of one credential.
+#[derive(Debug)]
+struct Group {
+    in_flight: usize,
+    waiting: usize,
+    /// Most in flight at once (its pace).
+    limit: usize,
+}
+
+impl Group {
+    /// Slots it may take now.
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.in_flight)
+    }
+}
+
+/// Slots `group` may take now (none if it is unknown: it has nothing waiting).
+fn room(groups: &HashMap<Arc<str>, Group>, group: &str) -> usize {
+    groups.get(group).map_or(0, Group::room)
 }
 
 /// Callers kept after going idle, at most, before idle ones are dropped (with
@@ -205,16 +231,37 @@ impl FairSlots {
                 free: slots.max(1),
                 now: 0.0,
                 callers: HashMap::new(),
+                groups: HashMap::new(),
                 wake_at: None,
             })),
         }
     }
 
-    /// A slot for `share`'s request, when its turn comes. Dropped while waiting, the
-    /// request leaves the queue (a slot granted meanwhile goes to the next).
+    /// A slot for `share`'s request, when its turn comes, with no group limit.
+    #[cfg(test)]
     pub(crate) async fn acquire(&self, share: &Share) -> Result<Slot, Closed> {
+        self.acquire_paced(share, "", usize::MAX).await
+    }
+
+    /// A slot for `share`'s request of `group` (its credential), when its turn comes and
+    /// fewer than `limit` of the group's requests are in flight. Dropped while waiting,
+    /// the request leaves the queue (a slot granted meanwhile goes to the next).
+    pub(crate) async fn acquire_paced(
+        &self,
+        share: &Share,
+        group: &str,
+        limit: usize,
+    ) -> Result<Slot, Closed> {
+        let group: Arc<str> = group.into();
         let (key, rx) = {
             let mut st = lock(&self.state);
+            let g = st.groups.entry(group.clone()).or_insert(Group {
+                in_flight: 0,
+                waiting: 0,
+                limit,
+            });
+            g.limit = limit.max(1);
+            g.waiting += 1;
             let (now, arrived) = (st.now, Instant::now());
             let seq = next_order();
             let q = st.callers.entry(share.id.clone()).or_insert_with(|| Queue {
@@ -242,6 +289,7 @@ impl FairSlots {
                 Waiter {
                     since: arrived,
                     urgency: share.urgency.clone(),
+                    group: group.clone(),
                     grant: tx,
                 },
             );
@@ -251,6 +299,7 @@ impl FairSlots {
         let mut waiting = Waiting {
             state: self.state.clone(),
             caller: share.id.clone(),
+            group: group.clone(),
             key,
             done: false,
         };
@@ -259,7 +308,26 @@ impl FairSlots {
         Ok(Slot {
             state: self.state.clone(),
             caller: share.id.clone(),
+            group,
         })
+    }
+
+    /// `group`'s limit is now `limit`: a raised one may let waiting requests go at once.
+    pub(crate) fn set_limit(&self, group: &str, limit: usize) {
+        let mut st = lock(&self.state);
+        if let Some(g) = st.groups.get_mut(group) {
+            g.limit = limit.max(1);
+            dispatch(&mut st, &self.state);
+        }
+    }
+
+    /// Whether `group` has at least as many requests in flight and waiting as its limit
+    /// allows: the limit, not the demand, is what holds it back.
+    pub(crate) fn pressed(&self, group: &str) -> bool {
+        let st = lock(&self.state);
+        st.groups
+            .get(group)
+            .is_some_and(|g| g.in_flight + g.waiting >= g.limit)
     }
 
     /// Slots free now (for tests).
@@ -286,16 +354,28 @@ fn dispatch(st: &mut State, shared: &Shared) {
             .count()
             .min(st.slots / 2);
         let free = st.free;
+        let groups = &st.groups;
         let candidate = st
             .callers
             .iter()
-            .filter(|(_, q)| !q.waiting.is_empty() && q.in_flight < q.cap)
-            .filter(|(_, q)| {
+            .filter(|(_, q)| q.in_flight < q.cap)
+            .filter_map(|(id, q)| {
+                // The slots its request may take: the free ones, within its group's pace.
+                let room = q
+                    .waiting
+                    .values()
+                    .map(|w| room(groups, &w.group).min(free))
+                    .max()
+                    .filter(|&room| room > 0)?;
+                Some((id, q, room))
+            })
+            .filter(|(_, q, room)| {
                 // Callers holding slots leave the ones owed to recent askers.
-                let may = q.in_flight == 0 || free > owed;
+                let may = q.in_flight == 0 || *room > owed;
                 held_back |= !may;
                 may
             })
+            .map(|(id, q, _)| (id, q))
             // A tie goes to the caller holding fewer slots.
             .min_by(|(_, a), (_, b)| {
                 a.next
@@ -307,14 +387,19 @@ fn dispatch(st: &mut State, shared: &Shared) {
             break;
         };
         let vnow = st.now;
-        let Some(q) = st.callers.get_mut(&id) else {
+        let State {
+            callers, groups, ..
+        } = &mut *st;
+        let Some(q) = callers.get_mut(&id) else {
             break;
         };
-        // The most urgent, then the oldest (a scan: a caller's queue is a few hundred
-        // at most, and urgencies change while requests wait).
+        // The most urgent of those its group's pace lets go, then the oldest (a scan: a
+        // caller's queue is a few hundred at most, and urgencies change while requests
+        // wait).
         let Some(key) = q
             .waiting
             .iter()
+            .filter(|(_, w)| room(groups, &w.group) > 0)
             .min_by_key(|(seq, w)| w.urgency.key(**seq))
             .map(|(seq, _)| *seq)
         else {
@@ -323,9 +408,16 @@ fn dispatch(st: &mut State, shared: &Shared) {
         let Some(waiter) = q.waiting.remove(&key) else {
             break;
         };
+        if let Some(g) = groups.get_mut(&waiter.group) {
+            g.waiting = g.waiting.saturating_sub(1);
+        }
         if waiter.grant.send(()).is_err() {
             // Its caller left between this and its `Waiting` guard running.
+            forget_if_idle(groups, &waiter.group);
             continue;
+        }
+        if let Some(g) = groups.get_mut(&waiter.group) {
+            g.in_flight += 1;
         }
         let start = q.next.max(vnow);
         q.next = start + 1.0 / q.weight;
@@ -378,9 +470,13 @@ fn wake_when_reservations_lapse(st: &mut State, shared: &Shared) {
     });
 }
 
-/// A slot of `caller` came back.
-fn release(st: &mut State, shared: &Shared, caller: &str) {
+/// A slot of `caller`'s, of `group`, came back.
+fn release(st: &mut State, shared: &Shared, caller: &str, group: &str) {
     st.free += 1;
+    if let Some(g) = st.groups.get_mut(group) {
+        g.in_flight = g.in_flight.saturating_sub(1);
+    }
+    forget_if_idle(&mut st.groups, group);
     if let Some(q) = st.callers.get_mut(caller) {
         q.in_flight = q.in_flight.saturating_sub(1);
         q.seen = Instant::now();
@@ -394,6 +490,17 @@ fn release(st: &mut State, shared: &Shared, caller: &str) {
     dispatch(st, shared);
 }
 
+/// Drops `group` once nothing of it is in flight or waiting: its limit comes again with
+/// its next request.
+fn forget_if_idle(groups: &mut HashMap<Arc<str>, Group>, group: &str) {
+    if groups
+        .get(group)
+        .is_some_and(|g| g.in_flight == 0 && g.waiting == 0)
+    {
+        groups.remove(group);
+    }
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -403,6 +510,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 struct Waiting {
     state: Shared,
     caller: Arc<str>,
+    group: Arc<str>,
     key: u64,
     done: bool,
 }
@@ -417,9 +525,16 @@ impl Drop for Waiting {
             .callers
             .get_mut(&self.caller)
             .is_some_and(|q| q.waiting.remove(&self.key).is_some());
-        if !still_waiting {
+        if still_waiting {
+            if let Some(g) = st.groups.get_mut(&self.group) {
+                g.waiting = g.waiting.saturating_sub(1);
+            }
+            forget_if_idle(&mut st.groups, &self.group);
+            // Its going may free the group's turn for another caller.
+            dispatch(&mut st, &self.state);
+        } else {
             // Granted, but nobody will use it.
-            release(&mut st, &self.state, &self.caller);
+            release(&mut st, &self.state, &self.caller, &self.group);
         }
     }
 }
@@ -429,11 +544,17 @@ impl Drop for Waiting {
 pub(crate) struct Slot {
     state: Shared,
     caller: Arc<str>,
+    group: Arc<str>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        release(&mut lock(&self.state), &self.state, &self.caller);
+        release(
+            &mut lock(&self.state),
+            &self.state,
+            &self.caller,
+            &self.group,
+        );
     }
 }
 
@@ -628,6 +749,54 @@ mod tests {
             order.push(name);
         }
         assert_eq!(order, ["u1", "u2", "ahead", "u3", "u4", "u5", "later"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_groups_pace_holds_its_requests_shared_fairly_and_a_raise_lets_them_go() {
+        let slots = Arc::new(FairSlots::new(8));
+        let take = |who: &'static str, group: &'static str| {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                let slot = slots
+                    .acquire_paced(&share(who, 1), group, 2)
+                    .await
+                    .expect("open");
+                // Held until the test ends.
+                std::future::pending::<()>().await;
+                drop(slot);
+            })
+        };
+        // Four of a greedy caller queue first, then one of a polite one: credential
+        // "c" allows two in flight.
+        let tasks: Vec<_> = (0..4)
+            .map(|_| take("g", "c"))
+            .chain([take("p", "c")])
+            .collect();
+        settle().await;
+        assert_eq!(
+            slots.free(),
+            6,
+            "two in flight: the group's pace, not the slots"
+        );
+        assert!(slots.pressed("c"));
+        // Another credential is not held by it.
+        let other = take("g", "d");
+        settle().await;
+        assert_eq!(slots.free(), 5);
+        // Raised to 4: two more go, and the polite caller's one is among them.
+        slots.set_limit("c", 4);
+        settle().await;
+        assert_eq!(slots.free(), 3);
+        let st = lock(&slots.state);
+        assert_eq!(st.callers.get("p").map(|q| q.in_flight), Some(1));
+        assert_eq!(
+            st.groups.get("c").map(|g| (g.in_flight, g.waiting)),
+            Some((4, 1))
+        );
+        drop(st);
+        for t in tasks.into_iter().chain([other]) {
+            t.abort();
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! Confluence's REST API: the HTTP client (`client.rs`), its retry policy (`retry.rs`)
 //! and retry budget (`budget.rs`), the fair sharing of its request slots between
-//! callers (`fair.rs`), per-credential cool-downs (`cooldown.rs`), Atlassian's
+//! callers (`fair.rs`) within each credential's adaptive limit (`pacing.rs`),
+//! per-credential cool-downs (`cooldown.rs`), Atlassian's
 //! rate-limit headers (`ratelimit.rs`) and Confluence's clock (`clock.rs`).
 
 pub(crate) mod budget;
@@ -8,6 +9,7 @@ pub(crate) mod client;
 pub(crate) mod clock;
 pub(crate) mod cooldown;
 pub(crate) mod fair;
+pub(crate) mod pacing;
 pub(crate) mod ratelimit;
 pub(crate) mod retry;
 

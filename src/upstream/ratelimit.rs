@@ -27,20 +27,34 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     parsed(RETRY_AFTER.as_str()).or_else(|| parsed("beta-retry-after"))
 }
 
-/// The short cool-down a 200 answer calls for: when Confluence says the credential is
-/// near its limit (`X-RateLimit-NearLimit: true`) or has none left
-/// (`X-RateLimit-Remaining: 0`), until `X-RateLimit-Reset`, at most [`NEAR_LIMIT_MAX`].
-/// `None` when the answer says nothing of the kind, or its reset has passed.
+/// A header's value, trimmed, when it is text.
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// Whether an answer says the credential is near its limit
+/// (`X-RateLimit-NearLimit: true`) or has none left (`X-RateLimit-Remaining: 0`):
+/// adaptive pacing halves its requests in flight (`src/upstream/pacing.rs`).
+pub(crate) fn near_limit(headers: &HeaderMap) -> bool {
+    text(headers, "x-ratelimit-nearlimit").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || exhausted(headers)
+}
+
+/// `X-RateLimit-Remaining: 0`.
+fn exhausted(headers: &HeaderMap) -> bool {
+    text(headers, "x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok()) == Some(0)
+}
+
+/// The short cool-down a 200 answer calls for: when Confluence says the credential has
+/// no budget left (`X-RateLimit-Remaining: 0`), until `X-RateLimit-Reset`, at most
+/// [`NEAR_LIMIT_MAX`]. `None` when the answer says nothing of the kind, or its reset has
+/// passed. (Near the limit with budget left, pacing slows down instead of stopping.)
 pub(crate) fn slow_down(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    let near = text("x-ratelimit-nearlimit").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let exhausted = text("x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok()) == Some(0);
-    if !near && !exhausted {
+    let text = |name: &str| text(headers, name);
+    if !exhausted(headers) {
         return None;
     }
     let wait = match text("x-ratelimit-reset").and_then(parse_iso8601) {
@@ -224,30 +238,56 @@ mod tests {
     }
 
     #[test]
-    fn a_success_near_the_limit_slows_down_until_the_reset_briefly() {
+    fn no_budget_left_slows_down_until_the_reset_briefly() {
         let now = at(1_706_704_495);
         let reset = ("x-ratelimit-reset", b"2024-01-31T12:34:56Z".as_slice());
-        let near = ("x-ratelimit-nearlimit", b"true".as_slice());
+        let none_left = ("x-ratelimit-remaining", b"0".as_slice());
         assert_eq!(
-            slow_down(&headers(&[near, reset]), now),
-            Some(Duration::from_secs(1))
-        );
-        assert_eq!(
-            slow_down(&headers(&[("x-ratelimit-remaining", b"0"), reset]), now),
+            slow_down(&headers(&[none_left, reset]), now),
             Some(Duration::from_secs(1))
         );
         // A reset far away is capped; none (or garbage) is a default pause.
         assert_eq!(
-            slow_down(&headers(&[near, reset]), at(1_706_704_000)),
+            slow_down(&headers(&[none_left, reset]), at(1_706_704_000)),
             Some(NEAR_LIMIT_MAX)
         );
-        assert_eq!(slow_down(&headers(&[near]), now), Some(NEAR_LIMIT_DEFAULT));
         assert_eq!(
-            slow_down(&headers(&[near, ("x-ratelimit-reset", b"tomorrow")]), now),
+            slow_down(&headers(&[none_left]), now),
+            Some(NEAR_LIMIT_DEFAULT)
+        );
+        assert_eq!(
+            slow_down(
+                &headers(&[none_left, ("x-ratelimit-reset", b"tomorrow")]),
+                now
+            ),
             Some(NEAR_LIMIT_DEFAULT)
         );
         // A reset already past: the window is new, nothing to wait for.
-        assert_eq!(slow_down(&headers(&[near, reset]), at(1_706_704_500)), None);
+        assert_eq!(
+            slow_down(&headers(&[none_left, reset]), at(1_706_704_500)),
+            None
+        );
+    }
+
+    #[test]
+    fn near_the_limit_with_budget_left_paces_without_a_pause() {
+        let now = at(1_706_704_495);
+        let reset = ("x-ratelimit-reset", b"2024-01-31T12:34:56Z".as_slice());
+        let near = headers(&[
+            ("x-ratelimit-nearlimit", b"true".as_slice()),
+            ("x-ratelimit-remaining", b"1".as_slice()),
+            reset,
+        ]);
+        assert!(near_limit(&near));
+        assert_eq!(slow_down(&near, now), None);
+        assert!(near_limit(&headers(&[(
+            "x-ratelimit-nearlimit",
+            b" TRUE ".as_slice()
+        )])));
+        assert!(near_limit(&headers(&[(
+            "x-ratelimit-remaining",
+            b"0".as_slice()
+        )])));
     }
 
     #[test]
@@ -264,11 +304,9 @@ mod tests {
             &[("x-ratelimit-nearlimit", b"yes".as_slice())][..],
             &[("x-ratelimit-reset", b"2024-01-31T12:34:56Z".as_slice())][..],
         ] {
-            assert_eq!(slow_down(&headers(pairs), now), None, "{pairs:?}");
+            let h = headers(pairs);
+            assert_eq!(slow_down(&h, now), None, "{pairs:?}");
+            assert!(!near_limit(&h), "{pairs:?}");
         }
-        assert_eq!(
-            slow_down(&headers(&[("x-ratelimit-nearlimit", b" TRUE ")]), now),
-            Some(NEAR_LIMIT_DEFAULT)
-        );
     }
 }

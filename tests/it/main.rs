@@ -17,6 +17,7 @@ mod mesh;
 mod nesting;
 mod otel;
 mod overload;
+mod pacing;
 mod proxy;
 mod redis;
 mod redis_cluster;

@@ -144,6 +144,21 @@ pub struct SimulatorConfig {
     /// (live, inserted), and where a `/since` window begins all follow it, as with a
     /// Confluence whose clock is off.
     pub clock_offset: i64,
+    /// How many audit requests at once the site tolerates, as a rate limit that counts
+    /// requests in flight (default none: any number).
+    pub concurrency: Option<Concurrency>,
+}
+
+/// A site that limits requests in flight: past `near` at once, 200s carry
+/// `X-RateLimit-NearLimit: true` (as Atlassian's do before its limit); past `allowed`,
+/// requests are refused with 429 and `Retry-After: 1`. Counted by
+/// [`SimulatorHandle::over_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Concurrency {
+    /// Most requests in flight answered normally.
+    pub allowed: usize,
+    /// Past this many in flight (at most `allowed`), answers say the limit is near.
+    pub near: usize,
 }
 
 /// Records created in real time, as on a busy site: bursts of 1..=`burst` records sharing a
@@ -187,6 +202,7 @@ impl Default for SimulatorConfig {
             late_by: Duration::ZERO,
             nested_depth: None,
             clock_offset: 0,
+            concurrency: None,
         }
     }
 }
@@ -440,6 +456,13 @@ impl SimulatorHandle {
     /// allowed.
     pub fn max_in_flight(&self) -> usize {
         self.inner.shared.lock().max_in_flight
+    }
+
+    /// Audit requests refused with 429 for going past [`Concurrency::allowed`], and those
+    /// answered near the limit ([`Concurrency::near`]), since the simulator started.
+    pub fn over_limit(&self) -> (usize, usize) {
+        let state = self.inner.shared.lock();
+        (state.over_limit, state.near_limit)
     }
 
     /// Every request received so far, any path, in arrival order.

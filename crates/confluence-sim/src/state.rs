@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::data::{Log, listing_order};
 use super::http::{AUDIT_RANGE, AUDIT_SINCE};
 use super::live::{Lateness, LiveClock};
-use super::{AuditEndpoint, Fault, LimitEcho, RangeBounds, RecordedRequest, SimulatorConfig};
+use super::{
+    AuditEndpoint, Concurrency, Fault, LimitEcho, RangeBounds, RecordedRequest, SimulatorConfig,
+};
 
 /// Settings fixed at start, and the mutable state behind one lock.
 pub(crate) struct Shared {
@@ -57,6 +59,10 @@ pub(crate) struct State {
     /// have been at once: what a client's concurrency limit is checked against.
     pub(crate) in_flight: usize,
     pub(crate) max_in_flight: usize,
+    /// The site's limit on requests in flight, and what it refused or warned of.
+    concurrency: Option<Concurrency>,
+    pub(crate) over_limit: usize,
+    pub(crate) near_limit: usize,
     /// Decides random faults and cuts; seeded so a run with a rate is reproducible.
     rng: fastrand::Rng,
 }
@@ -116,6 +122,9 @@ impl Shared {
                 audit_requests: 0,
                 in_flight: 0,
                 max_in_flight: 0,
+                concurrency: config.concurrency,
+                over_limit: 0,
+                near_limit: 0,
                 rng: fastrand::Rng::with_seed(config.seed),
             }),
         }
@@ -164,7 +173,7 @@ impl Shared {
             state.add(inserts, now);
             let deletes = u64::from(state.deletes_per_request);
             state.log.delete_oldest(deletes);
-            fault = state.next_fault();
+            fault = state.next_fault().or_else(|| state.over_concurrency());
             cut = match fault {
                 Some(Fault::Cut) => true,
                 Some(_) => false,
@@ -221,6 +230,25 @@ impl State {
                 let visible_ms = self.log.date(seq).saturating_add(delay);
                 self.late.push((seq, visible_ms));
             }
+        }
+    }
+
+    /// What the site's concurrency limit does to a request admitted now: refuse it
+    /// past `allowed` in flight, warn past `near`.
+    fn over_concurrency(&mut self) -> Option<Fault> {
+        let limit = self.concurrency?;
+        if self.in_flight > limit.allowed {
+            self.over_limit += 1;
+            Some(Fault::Status {
+                code: 429,
+                retry_after: Some("1".to_owned()),
+                body: None,
+            })
+        } else if self.in_flight > limit.near.min(limit.allowed) {
+            self.near_limit += 1;
+            Some(Fault::NearLimit(Duration::from_secs(1)))
+        } else {
+            None
         }
     }
 

@@ -1018,6 +1018,40 @@ async fn max_in_flight_counts_concurrent_audit_requests() {
     assert_eq!(sim.max_in_flight(), 3);
 }
 
+#[tokio::test]
+async fn a_concurrency_limit_warns_past_near_and_refuses_past_allowed() {
+    let sim = start(SimulatorConfig {
+        latency: Duration::from_millis(200),
+        concurrency: Some(crate::Concurrency {
+            allowed: 3,
+            near: 2,
+        }),
+        ..with_records(3)
+    })
+    .await;
+    let (a, b, c, d) = tokio::join!(
+        get(&sim, AUDIT),
+        get(&sim, AUDIT),
+        get(&sim, AUDIT),
+        get(&sim, AUDIT)
+    );
+    let mut replies = [a, b, c, d];
+    replies.sort_by_key(|r| (r.status, r.header("x-ratelimit-nearlimit").is_some()));
+    let seen: Vec<_> = replies
+        .iter()
+        .map(|r| (r.status, r.header("x-ratelimit-nearlimit")))
+        .collect();
+    assert_eq!(
+        seen,
+        [(200, None), (200, None), (200, Some("true")), (429, None)]
+    );
+    assert_eq!(replies[3].header("retry-after"), Some("1"));
+    assert_eq!(sim.over_limit(), (1, 1));
+    // One at a time is within every limit.
+    assert_eq!(get(&sim, AUDIT).await.header("x-ratelimit-nearlimit"), None);
+    assert_eq!(sim.over_limit(), (1, 1));
+}
+
 const RANGE: &str = "/wiki/rest/api/audit";
 
 /// The 200 page of the absolute-range endpoint for `query`.

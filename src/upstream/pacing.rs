@@ -1,0 +1,330 @@
+//! Adaptive pacing of Confluence requests: how many of one credential's requests may be
+//! in flight at once, moved by what Confluence's answers say (additive increase,
+//! multiplicative decrease, the idea behind TCP's congestion window and Netflix's
+//! concurrency-limits).
+//!
+//! - **Grow** while the limit is what holds requests back (more want to go than it
+//!   allows) and answers come back fast with no warning: by one per answer until the
+//!   first cut (slow start), then by one per limit's worth of answers (one per round
+//!   trip).
+//! - **Cut by half** on `X-RateLimit-NearLimit: true` or a 429: Atlassian says the
+//!   credential's budget is nearly spent, so the gateway slows down before it is refused
+//!   (or right after).
+//! - **Cut by a fifth** when the time to Confluence's first byte rises past twice its
+//!   usual value for pages of that size: requests queue at Confluence. (A page of 1000
+//!   records takes longer to list than one of 10; comparing like with like keeps a mix
+//!   of sizes from reading as a rise.)
+//!
+//! A cut counts once per round trip: the answers of requests sent before it say nothing
+//! of the new limit. The limit stays within `--upstream-concurrency-floor` and
+//! `--upstream-concurrency` (the ceiling); the fair scheduler (`fair.rs`) shares it
+//! between callers.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+/// Credentials whose pace is remembered, at most, before idle ones are forgotten (with
+/// passthrough each caller's credential has one).
+const KEEP: usize = 1024;
+/// First-byte times within this of the usual one are not a rise (timer and scheduling
+/// noise on a fast Confluence).
+const LATENCY_SLACK: Duration = Duration::from_millis(20);
+
+/// Page sizes whose first-byte times are compared apart.
+const SIZE_CLASSES: usize = 4;
+
+/// The class of a page of `size` records: up to 25, 100, 400, more.
+fn size_class(size: u32) -> usize {
+    match size {
+        0..=25 => 0,
+        26..=100 => 1,
+        101..=400 => 2,
+        _ => 3,
+    }
+}
+
+/// Why the limit last moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Move {
+    /// Answers came back fast while requests waited for the limit.
+    Grew,
+    /// Confluence said the credential is near its rate limit.
+    NearLimit,
+    /// Confluence refused a request with 429.
+    RateLimited,
+    /// Confluence's first byte came much later than usual.
+    Latency,
+}
+
+impl Move {
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Grew => "grew",
+            Self::NearLimit => "near_limit",
+            Self::RateLimited => "rate_limited",
+            Self::Latency => "latency",
+        }
+    }
+}
+
+/// What one answer said of the credential's budget.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Answer {
+    /// A 200 (or another answer that is not a rate limit), its first byte after `ttfb`.
+    Served {
+        /// Time from sending to the answer's headers.
+        ttfb: Duration,
+        /// Records the page asked for (its `limit`).
+        size: u32,
+        /// `X-RateLimit-NearLimit: true` (or no budget left).
+        near_limit: bool,
+    },
+    /// A 429.
+    RateLimited,
+}
+
+/// The limits of every credential.
+#[derive(Debug)]
+pub(crate) struct Pacing {
+    floor: f64,
+    initial: f64,
+    ceiling: f64,
+    paces: Mutex<HashMap<String, Pace>>,
+}
+
+/// One credential's limit and what it was learnt from.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    limit: f64,
+    /// Grow by one per answer until the first cut.
+    slow_start: bool,
+    /// The usual first-byte time of each page size class (`size_class`): the lowest
+    /// seen, drifting up slowly to a lasting rise.
+    usual: [Option<Duration>; SIZE_CLASSES],
+    last_cut: Option<Instant>,
+    last_seen: Instant,
+}
+
+impl Pacing {
+    /// Limits between `floor` and `ceiling` (at least 1), each credential starting at
+    /// `initial`.
+    pub(crate) fn new(floor: usize, initial: usize, ceiling: usize) -> Self {
+        let ceiling = ceiling.max(1);
+        let floor = floor.clamp(1, ceiling);
+        Self {
+            floor: floor as f64,
+            initial: initial.clamp(floor, ceiling) as f64,
+            ceiling: ceiling as f64,
+            paces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A fixed limit of `n` (no pacing).
+    #[cfg(test)]
+    pub(crate) fn fixed(n: usize) -> Self {
+        Self::new(n, n, n)
+    }
+
+    /// The most requests of `credential` allowed in flight now.
+    pub(crate) fn limit(&self, credential: &str) -> usize {
+        let paces = self.paces.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = paces.get(credential).map_or(self.initial, |p| p.limit);
+        limit as usize
+    }
+
+    /// Takes in `answer` to a request of `credential` sent at `sent`; `pressed`: more of
+    /// its requests wanted to go than the limit allowed. The new limit and why, when its
+    /// whole number moved.
+    pub(crate) fn observe(
+        &self,
+        credential: &str,
+        answer: Answer,
+        sent: Instant,
+        pressed: bool,
+    ) -> Option<(usize, Move)> {
+        let now = Instant::now();
+        let mut paces = self.paces.lock().unwrap_or_else(PoisonError::into_inner);
+        if paces.len() >= KEEP && !paces.contains_key(credential) {
+            // The least recently heard of goes; it starts again at `initial` if it comes back.
+            if let Some(oldest) = paces
+                .iter()
+                .min_by_key(|(_, p)| p.last_seen)
+                .map(|(k, _)| k.clone())
+            {
+                paces.remove(&oldest);
+            }
+        }
+        let pace = paces.entry(credential.to_owned()).or_insert(Pace {
+            limit: self.initial,
+            slow_start: true,
+            usual: [None; SIZE_CLASSES],
+            last_cut: None,
+            last_seen: now,
+        });
+        pace.last_seen = now;
+        let before = pace.limit as usize;
+        let moved = pace.take(answer, sent, pressed, self.ceiling);
+        pace.limit = pace.limit.clamp(self.floor, self.ceiling);
+        let after = pace.limit as usize;
+        moved.filter(|_| after != before).map(|why| (after, why))
+    }
+}
+
+impl Pace {
+    /// Moves the limit for `answer`; why, if it moved.
+    fn take(&mut self, answer: Answer, sent: Instant, pressed: bool, ceiling: f64) -> Option<Move> {
+        // A cut answers for the requests in flight when it was made: one sent before it
+        // cannot show that the cut was not enough.
+        let after_cut = self.last_cut.is_none_or(|cut| sent >= cut);
+        let cut = match answer {
+            Answer::RateLimited => Some((0.5, Move::RateLimited)),
+            Answer::Served {
+                near_limit: true, ..
+            } => Some((0.5, Move::NearLimit)),
+            Answer::Served { ttfb, size, .. } => {
+                let usual_of = &mut self.usual[size_class(size)];
+                let usual = *usual_of.get_or_insert(ttfb);
+                let risen = ttfb > usual * 2 + LATENCY_SLACK;
+                // The lowest seen is the usual time; a lasting rise is taken in slowly,
+                // so a Confluence that got slower for good is not cut for ever.
+                *usual_of = Some(if ttfb < usual {
+                    ttfb
+                } else {
+                    usual + (ttfb - usual) / 32
+                });
+                risen.then_some((0.8, Move::Latency))
+            }
+        };
+        match cut {
+            Some((factor, why)) => {
+                if !after_cut {
+                    return None;
+                }
+                self.limit *= factor;
+                self.slow_start = false;
+                self.last_cut = Some(Instant::now());
+                Some(why)
+            }
+            // Growing while nothing waits would raise a limit nothing tested.
+            None if pressed && self.limit < ceiling => {
+                self.limit += if self.slow_start {
+                    1.0
+                } else {
+                    1.0 / self.limit
+                };
+                Some(Move::Grew)
+            }
+            None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn served(ms: u64) -> Answer {
+        Answer::Served {
+            ttfb: MS * ms as u32,
+            size: 1000,
+            near_limit: false,
+        }
+    }
+
+    /// Feeds `n` answers sent now; the limit after.
+    fn feed(p: &Pacing, answer: Answer, n: usize, pressed: bool) -> usize {
+        for _ in 0..n {
+            p.observe("c", answer, Instant::now(), pressed);
+        }
+        p.limit("c")
+    }
+
+    #[test]
+    fn slow_start_grows_by_one_per_answer_up_to_the_ceiling() {
+        let p = Pacing::new(2, 8, 16);
+        assert_eq!(p.limit("c"), 8);
+        assert_eq!(feed(&p, served(100), 4, true), 12);
+        assert_eq!(feed(&p, served(100), 40, true), 16, "capped by the ceiling");
+    }
+
+    #[test]
+    fn a_limit_nothing_presses_against_does_not_grow() {
+        let p = Pacing::new(2, 8, 16);
+        assert_eq!(feed(&p, served(100), 20, false), 8);
+    }
+
+    #[test]
+    fn near_limit_halves_once_per_round_trip_then_growth_is_additive() {
+        let p = Pacing::new(2, 8, 32);
+        feed(&p, served(100), 8, true);
+        assert_eq!(p.limit("c"), 16);
+        let before_cut = Instant::now();
+        let near = Answer::Served {
+            ttfb: MS * 100,
+            size: 1000,
+            near_limit: true,
+        };
+        assert_eq!(
+            p.observe("c", near, before_cut, true),
+            Some((8, Move::NearLimit))
+        );
+        // More warnings for requests sent before the cut change nothing.
+        for _ in 0..5 {
+            assert_eq!(p.observe("c", near, before_cut, true), None);
+        }
+        assert_eq!(p.limit("c"), 8);
+        // Now one per limit's worth of answers (a round trip), not one per answer.
+        assert_eq!(feed(&p, served(100), 7, true), 8);
+        assert_eq!(feed(&p, served(100), 2, true), 9);
+        assert_eq!(feed(&p, served(100), 9, true), 10);
+    }
+
+    #[test]
+    fn rate_limits_cut_down_to_the_floor_and_no_further() {
+        let p = Pacing::new(2, 8, 16);
+        for _ in 0..10 {
+            std::thread::sleep(MS);
+            p.observe("c", Answer::RateLimited, Instant::now(), true);
+        }
+        assert_eq!(p.limit("c"), 2);
+    }
+
+    #[test]
+    fn a_rise_in_first_byte_time_cuts_by_a_fifth() {
+        let p = Pacing::new(1, 10, 16);
+        feed(&p, served(50), 1, false);
+        let moved = p.observe("c", served(400), Instant::now(), true);
+        assert_eq!(moved, Some((8, Move::Latency)));
+        // Within twice the usual time plus slack: no cut, and growth again.
+        assert_eq!(feed(&p, served(90), 1, true), 8);
+        // A small page is compared with small pages: its first quick answer is no rise,
+        // and a large page's time is no rise for small ones.
+        let small = |ms: u32| Answer::Served {
+            ttfb: MS * ms,
+            size: 10,
+            near_limit: false,
+        };
+        assert_eq!(p.observe("c", small(5), Instant::now(), false), None);
+        assert_eq!(p.observe("c", small(8), Instant::now(), false), None);
+    }
+
+    #[test]
+    fn credentials_are_paced_apart() {
+        let p = Pacing::new(2, 8, 16);
+        p.observe("a", Answer::RateLimited, Instant::now(), true);
+        assert_eq!((p.limit("a"), p.limit("b")), (4, 8));
+    }
+
+    #[test]
+    fn a_fixed_limit_never_moves() {
+        let p = Pacing::fixed(8);
+        p.observe("c", Answer::RateLimited, Instant::now(), true);
+        assert_eq!(feed(&p, served(10), 50, true), 8);
+    }
+}
