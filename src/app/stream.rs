@@ -18,10 +18,10 @@
 //! boundary is far from where it was.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     pin::Pin,
     sync::{
-        Arc,
+        Arc, PoisonError, Weak,
         atomic::{AtomicI64, Ordering},
     },
     task::{Context, Poll, ready},
@@ -61,6 +61,76 @@ const MAX_PROBES: u32 = 64;
 /// Most requests in a row that deliver nothing: paging never goes on forever, whatever
 /// the server answers.
 const MAX_IDLE_REQUESTS: u32 = 200;
+
+/// How long what one stream learnt of where its window ends guides the others: records
+/// arriving meanwhile move the end further on, and a page fetched past an old end would
+/// be a page needed.
+const END_KNOWN_FOR: Duration = Duration::from_secs(30);
+
+/// What the streams of each window have learnt of where it ends, shared while one of
+/// them runs: a stream whose page lands short tells the others, which drop their
+/// look-ahead past that end at once, before its requests are sent (a load nobody waits
+/// for is dropped, `src/cache/memory.rs`). Look-ahead only: a page a stream needs is
+/// fetched whatever others learnt.
+#[derive(Debug, Default)]
+pub(crate) struct WindowEnds(std::sync::Mutex<HashMap<EndKey, Weak<WindowEnd>>>);
+
+/// A window as seen by one credential (a digest of it: the map holds no secret).
+type EndKey = (Option<[u8; 32]>, Window);
+
+/// Where one window ends, as last learnt.
+#[derive(Debug, Default)]
+pub(crate) struct WindowEnd {
+    /// The offset past its last record, and when that was learnt.
+    end: std::sync::Mutex<Option<(i64, Instant)>>,
+    /// Told when it is learnt.
+    changed: Notify,
+}
+
+impl WindowEnds {
+    /// The shared end of `window` as `credential` reads it.
+    fn of(&self, credential: Option<&Credential>, window: &Window) -> Arc<WindowEnd> {
+        let who = credential.map(|c| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, c.expose().as_bytes());
+            let mut key = [0; 32];
+            key.copy_from_slice(digest.as_ref());
+            key
+        });
+        let mut ends = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (who, window.clone());
+        if let Some(end) = ends.get(&key).and_then(Weak::upgrade) {
+            return end;
+        }
+        if ends.len() >= 1024 {
+            ends.retain(|_, end| end.strong_count() > 0);
+        }
+        let end = Arc::new(WindowEnd::default());
+        ends.insert(key, Arc::downgrade(&end));
+        end
+    }
+}
+
+impl WindowEnd {
+    /// The end, if learnt lately.
+    fn known(&self) -> Option<i64> {
+        let end = self.end.lock().unwrap_or_else(PoisonError::into_inner);
+        end.filter(|(_, at)| at.elapsed() < END_KNOWN_FOR)
+            .map(|(offset, _)| offset)
+    }
+
+    /// A page at `start` holding `n` records reached the window's end. The others are
+    /// told only of news, so streams that learn the same end do not wake each other.
+    fn learn(&self, start: i64, n: i64) {
+        let offset = start + n;
+        let mut end = self.end.lock().unwrap_or_else(PoisonError::into_inner);
+        let news = end.is_none_or(|(known, _)| known != offset);
+        *end = Some((offset, Instant::now()));
+        drop(end);
+        if news {
+            self.changed.notify_waiters();
+        }
+    }
+}
 
 /// One validated `StreamSince` call.
 #[derive(Clone, Debug)]
@@ -143,17 +213,19 @@ impl Stream for Messages {
 pub(crate) fn start<P: PageSource>(
     pages: P,
     req: StreamRequest,
-    prefetch: usize,
+    (prefetch, ends): (usize, &WindowEnds),
     tokens: Arc<TokenKey>,
     held: impl Send + 'static,
 ) -> Messages {
     METRICS.streams_started.inc();
+    let end = ends.of(req.credential.as_ref(), &req.window);
     let producer = Producer {
         pages,
         req,
         prefetch: prefetch.max(1),
         tokens,
         landed: Arc::default(),
+        end,
     };
     supervise("StreamSince", held, |tx, idle| producer.produce(tx, idle))
 }
@@ -232,6 +304,8 @@ struct Producer<P> {
     tokens: Arc<TokenKey>,
     /// Told whenever a fetch lands (see `prune`).
     landed: Arc<Notify>,
+    /// Where the window ends, as this stream and the others of its window learn it.
+    end: Arc<WindowEnd>,
 }
 
 /// A page being fetched; dropping it stops waiting for it. The load itself goes on while
@@ -259,19 +333,25 @@ impl Fetch {
 
 /// Drops the fetches queued after one that landed shorter than `largest`: that page
 /// reaches the log's end, so the stream ends there or, should it not cover, clears the
-/// pipeline; the pages after it are wasted requests either way. Whether fetches may be
-/// added after it.
-fn prune(ahead: &mut VecDeque<Fetch>, largest: i64) -> bool {
-    if largest == 0 {
-        return true;
-    }
-    match ahead
-        .iter()
-        .position(|f| f.landed().is_some_and(|n| n < largest))
+/// pipeline; the pages after it are wasted requests either way. Tells `end` where the
+/// window ends, and drops fetches past an end the window's other streams learnt.
+/// Whether fetches may be added after it.
+fn prune(ahead: &mut VecDeque<Fetch>, largest: i64, end: &WindowEnd) -> bool {
+    if largest > 0
+        && let Some(short) = ahead
+            .iter()
+            .position(|f| f.landed().is_some_and(|n| n < largest))
     {
-        Some(short) => {
-            ahead.truncate(short + 1);
-            false
+        if let Some(n) = ahead[short].landed() {
+            end.learn(ahead[short].start, n);
+        }
+        ahead.truncate(short + 1);
+        return false;
+    }
+    match end.known() {
+        Some(end) => {
+            ahead.retain(|f| f.start < end);
+            ahead.back().is_none_or(|f| f.start < end)
         }
         None => true,
     }
@@ -595,6 +675,9 @@ impl<P: PageSource> Producer<P> {
             }
         }
         p.cursor = d.cursor;
+        if reaches_end {
+            self.end.learn(at, n);
+        }
         if p.remaining == Some(0) || reaches_end {
             // All asked for, or everything after the boundary up to the log's end.
             return Ok(Flow::Done);
@@ -694,7 +777,10 @@ impl<P: PageSource> Producer<P> {
                 _ = tx.closed() => return Ok(None),
                 () = stopping.stopping() => return Err(GatewayError::ShuttingDown),
                 () = self.landed.notified() => {
-                    prune(ahead, largest);
+                    prune(ahead, largest, &self.end);
+                }
+                () = self.end.changed.notified() => {
+                    prune(ahead, largest, &self.end);
                 }
             }
         }
@@ -740,7 +826,10 @@ impl<P: PageSource> Producer<P> {
                 tokio::select! {
                     sent = &mut send => break sent,
                     () = self.landed.notified() => {
-                        prune(ahead, largest);
+                        prune(ahead, largest, &self.end);
+                    }
+                    () = self.end.changed.notified() => {
+                        prune(ahead, largest, &self.end);
                     }
                 }
             };
@@ -763,9 +852,10 @@ impl<P: PageSource> Producer<P> {
         window: usize,
         largest: i64,
     ) -> Fetch {
-        let extend = prune(ahead, largest);
+        let extend = prune(ahead, largest, &self.end);
+        let end = self.end.known().unwrap_or(i64::MAX);
         let mut next = ahead.back().map_or(start, |f| f.start + stride);
-        while extend && ahead.len() < window {
+        while extend && ahead.len() < window && next < end {
             ahead.push_back(self.fetch(next, false, ahead.len()));
             next += stride;
         }
@@ -938,7 +1028,7 @@ mod tests {
         let rx = start(
             log.clone(),
             request(3, Some(5), Cursor::BEGIN),
-            2,
+            (2, &WindowEnds::default()),
             key(),
             (),
         );
@@ -947,7 +1037,14 @@ mod tests {
         assert_eq!(names(&first), ["#10", "#9", "#8", "#7", "#6"]);
 
         let cursor = resume::decode(&key(), &window(), &token).expect("a token");
-        let (rest, _, end) = drain(start(log, request(3, None, cursor), 2, key(), ())).await;
+        let (rest, _, end) = drain(start(
+            log,
+            request(3, None, cursor),
+            (2, &WindowEnds::default()),
+            key(),
+            (),
+        ))
+        .await;
         assert!(end.is_none(), "{end:?}");
         let expected: Vec<String> = (0..6).rev().map(|i| format!("#{i}")).collect();
         assert_eq!(names(&rest), expected);
@@ -960,8 +1057,14 @@ mod tests {
             clones: 1,
             cloned: Arc::default(),
         };
-        let (delivered, _, end) =
-            drain(start(source, request(3, None, Cursor::BEGIN), 2, key(), ())).await;
+        let (delivered, _, end) = drain(start(
+            source,
+            request(3, None, Cursor::BEGIN),
+            (2, &WindowEnds::default()),
+            key(),
+            (),
+        ))
+        .await;
         assert!(delivered.len() < 30, "{delivered:?}");
         assert!(
             matches!(end, Some(GatewayError::Internal(_))),
@@ -974,6 +1077,7 @@ mod tests {
     /// page is fresh. Returns what was delivered, in order.
     async fn stream_through(
         source: ModelSource,
+        ends: &WindowEnds,
         page_size: i32,
         max_records: Option<u64>,
         refresh: bool,
@@ -985,7 +1089,8 @@ mod tests {
                 refresh,
                 ..request(page_size, max_records, cursor.clone())
             };
-            let (records, token, end) = drain(start(source.clone(), req, 3, key(), ())).await;
+            let (records, token, end) =
+                drain(start(source.clone(), req, (3, ends), key(), ())).await;
             let got = records.len();
             delivered.extend(records);
             if !token.is_empty() {
@@ -1072,8 +1177,9 @@ mod tests {
                 .build()
                 .expect("runtime");
             let source = ModelSource(model.clone());
+            let ends = WindowEnds::default();
             let delivered = runtime
-                .block_on(stream_through(source, page_size, max_records, refresh))
+                .block_on(stream_through(source, &ends, page_size, max_records, refresh))
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let model = model.lock().expect("model");
             if delivered.is_empty() {
@@ -1083,6 +1189,40 @@ mod tests {
             // The window: what the first message began with, and everything older.
             let top = delivered.first().map_or(i64::MIN, |r| r.1);
             check_delivery(&model, &delivered, true, |d| d <= top)?;
+        }
+
+        /// Streams of one window share what they learn of where it ends: two of them at
+        /// once, the second a few requests later, each resumed across calls, each still
+        /// delivers every record of its window exactly once whatever the other learnt.
+        #[test]
+        fn streams_sharing_where_the_window_ends_each_deliver_exactly_once(
+            (how, page_size) in misbehaviour(),
+            records in 0usize..120,
+            head_start in 0u32..6,
+            seed in any::<u64>(),
+        ) {
+            let model = Arc::new(Mutex::new(Model::new(records, 1_000_000, (1, 3), how, seed)));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let ends = WindowEnds::default();
+            let (first, second) = runtime.block_on(async {
+                let first = stream_through(ModelSource(model.clone()), &ends, page_size, None, false);
+                let second = async {
+                    for _ in 0..head_start {
+                        tokio::task::yield_now().await;
+                    }
+                    stream_through(ModelSource(model.clone()), &ends, page_size, None, false).await
+                };
+                tokio::join!(first, second)
+            });
+            let model = model.lock().expect("model");
+            for delivered in [first, second] {
+                let delivered = delivered.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let top = delivered.first().map_or(i64::MIN, |r| r.1);
+                check_delivery(&model, &delivered, true, |d| d <= top)?;
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::{
         PageRequest, PageService,
         caps::CallerCaps,
         follow::{self, LateChecks},
-        stream,
+        stream::{self, WindowEnds},
     },
     audit::{follow::Listing, resume::TokenKey},
     callers::{Caller, CallerTokens},
@@ -49,6 +49,8 @@ pub(crate) struct AuditGrpc {
     stream_idle_timeout: Duration,
     /// One late-record check per range for every follower.
     late: Arc<LateChecks>,
+    /// Where each window ends, as its streams learn it.
+    ends: Arc<WindowEnds>,
     /// Set when the gateway shuts down: followers end with UNAVAILABLE.
     stopping: Shutdown,
     /// This replica's place in each follow tick (`src/app/follow.rs`).
@@ -88,6 +90,7 @@ impl AuditGrpc {
             max_streams,
             stream_idle_timeout,
             late: Arc::default(),
+            ends: Arc::default(),
             stopping: Stopper::new().shutdown(),
             tick_spread: fastrand::f64() / 2.0,
             listing: Arc::default(),
@@ -291,7 +294,7 @@ impl AuditGrpc {
         let messages = stream::start(
             self.pages.clone(),
             req,
-            self.stream_prefetch,
+            (self.stream_prefetch, &self.ends),
             self.tokens.clone(),
             slot,
         );
