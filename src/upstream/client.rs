@@ -600,8 +600,14 @@ impl ConfluenceClient {
         }
         asked.store(true, Ordering::Relaxed);
         let in_flight = InFlight::start();
+        let full = permit.full();
         let exchanged = self
-            .exchange(request, (budget, started, size), failed, cut_by_deadline)
+            .exchange(
+                request,
+                (budget, started, size, full),
+                failed,
+                cut_by_deadline,
+            )
             .await;
         drop(in_flight);
         let status = match &exchanged {
@@ -631,13 +637,13 @@ impl ConfluenceClient {
     async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
-        (budget, sent, size): (&str, Instant, i32),
+        (budget, sent, size, full): (&str, Instant, i32, bool),
         failed: impl Fn(reqwest::Error) -> GatewayError,
         cut_by_deadline: bool,
     ) -> Result<PageBody, GatewayError> {
         let sent_at = SystemTime::now();
         let response = request.send().await.map_err(&failed)?;
-        self.pace(budget, &response, sent, size);
+        self.pace(budget, &response, (sent, size, full));
         if let Some(date) = response
             .headers()
             .get(header::DATE)
@@ -688,8 +694,14 @@ impl ConfluenceClient {
     }
 
     /// Takes what `response` (to a request of `budget` for a page of `size`, sent at
-    /// `sent`) says of the credential's budget into its paced limit.
-    fn pace(&self, budget: &str, response: &reqwest::Response, sent: Instant, size: i32) {
+    /// `sent`, with the credential's last slot when `full`) says of the credential's
+    /// budget into its paced limit.
+    fn pace(
+        &self,
+        budget: &str,
+        response: &reqwest::Response,
+        (sent, size, full): (Instant, i32, bool),
+    ) {
         let answer = match response.status() {
             StatusCode::TOO_MANY_REQUESTS => pacing::Answer::RateLimited,
             status if status.is_success() => pacing::Answer::Served {
@@ -701,8 +713,7 @@ impl ConfluenceClient {
             // retries deal with them.
             _ => return,
         };
-        let pressed = self.in_flight.pressed(budget);
-        if let Some((limit, why)) = self.pacing.observe(budget, answer, sent, pressed) {
+        if let Some((limit, why)) = self.pacing.observe(budget, answer, sent, full) {
             self.in_flight.set_limit(budget, limit);
             METRICS.limit_moved(limit, why.label());
             tracing::debug!(

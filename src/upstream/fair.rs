@@ -194,7 +194,8 @@ struct Waiter {
     since: Instant,
     urgency: Urgency,
     group: Arc<str>,
-    grant: oneshot::Sender<()>,
+    /// Granted with whether it took its group's last slot.
+    grant: oneshot::Sender<bool>,
 }
 
 /// The requests of one credential.
@@ -303,12 +304,13 @@ impl FairSlots {
             key,
             done: false,
         };
-        rx.await.map_err(|_| Closed)?;
+        let full = rx.await.map_err(|_| Closed)?;
         waiting.done = true;
         Ok(Slot {
             state: self.state.clone(),
             caller: share.id.clone(),
             group,
+            full,
         })
     }
 
@@ -319,15 +321,6 @@ impl FairSlots {
             g.limit = limit.max(1);
             dispatch(&mut st, &self.state);
         }
-    }
-
-    /// Whether `group` has at least as many requests in flight and waiting as its limit
-    /// allows: the limit, not the demand, is what holds it back.
-    pub(crate) fn pressed(&self, group: &str) -> bool {
-        let st = lock(&self.state);
-        st.groups
-            .get(group)
-            .is_some_and(|g| g.in_flight + g.waiting >= g.limit)
     }
 
     /// Slots free now (for tests).
@@ -411,7 +404,10 @@ fn dispatch(st: &mut State, shared: &Shared) {
         if let Some(g) = groups.get_mut(&waiter.group) {
             g.waiting = g.waiting.saturating_sub(1);
         }
-        if waiter.grant.send(()).is_err() {
+        let full = groups
+            .get(&waiter.group)
+            .is_some_and(|g| g.in_flight + 1 >= g.limit);
+        if waiter.grant.send(full).is_err() {
             // Its caller left between this and its `Waiting` guard running.
             forget_if_idle(groups, &waiter.group);
             continue;
@@ -545,6 +541,15 @@ pub(crate) struct Slot {
     state: Shared,
     caller: Arc<str>,
     group: Arc<str>,
+    /// It took its group's last slot: the limit, not the demand, held the group back.
+    full: bool,
+}
+
+impl Slot {
+    /// Whether it took its group's last slot when granted.
+    pub(crate) fn full(&self) -> bool {
+        self.full
+    }
 }
 
 impl Drop for Slot {
@@ -752,6 +757,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_slot_says_whether_it_took_its_groups_last_one() {
+        let slots = FairSlots::new(8);
+        let s = share("u", 1);
+        let first = slots.acquire_paced(&s, "c", 2).await.expect("open");
+        let second = slots.acquire_paced(&s, "c", 2).await.expect("open");
+        assert_eq!((first.full(), second.full()), (false, true));
+        drop(first);
+        let third = slots.acquire_paced(&s, "c", 2).await.expect("open");
+        assert!(third.full(), "the freed slot was the last again");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_groups_pace_holds_its_requests_shared_fairly_and_a_raise_lets_them_go() {
         let slots = Arc::new(FairSlots::new(8));
         let take = |who: &'static str, group: &'static str| {
@@ -778,7 +795,6 @@ mod tests {
             6,
             "two in flight: the group's pace, not the slots"
         );
-        assert!(slots.pressed("c"));
         // Another credential is not held by it.
         let other = take("g", "d");
         settle().await;

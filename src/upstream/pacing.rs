@@ -3,10 +3,13 @@
 //! multiplicative decrease, the idea behind TCP's congestion window and Netflix's
 //! concurrency-limits).
 //!
-//! - **Grow** while the limit is what holds requests back (more want to go than it
-//!   allows) and answers come back fast with no warning: by one per answer until the
-//!   first cut (slow start), then by one per limit's worth of answers (one per round
-//!   trip).
+//! - **Grow** while the limit is what holds requests back and answers come back fast
+//!   with no warning: for each answer to a request that took the credential's last slot
+//!   (so the site bore the whole limit in flight without complaint), by one until the
+//!   first cut (slow start), then by one per limit's worth of such answers (one per
+//!   round trip). Answers to requests sent below the limit prove nothing more: a batch
+//!   sent at once does not grow the limit on its first answers while its last ones
+//!   bring warnings.
 //! - **Cut by half** on `X-RateLimit-NearLimit: true` or a 429: Atlassian says the
 //!   credential's budget is nearly spent, so the gateway slows down before it is refused
 //!   (or right after).
@@ -136,9 +139,9 @@ impl Pacing {
         limit as usize
     }
 
-    /// Takes in `answer` to a request of `credential` sent at `sent`; `pressed`: more of
-    /// its requests wanted to go than the limit allowed. The new limit and why, when its
-    /// whole number moved.
+    /// Takes in `answer` to a request of `credential` sent at `sent`; `pressed`: it took
+    /// the credential's last slot, so the limit held its requests back. The new limit
+    /// and why, when its whole number moved.
     pub(crate) fn observe(
         &self,
         credential: &str,
