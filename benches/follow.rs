@@ -17,10 +17,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod support;
 
-use audit_gateway::pb;
 use confluence_sim::{AuditEndpoint, SimulatorConfig};
-use http::uri::PathAndQuery;
-use support::follow::{LAG, LIVE, POLL, TICKS, client, live_setup, request, upstream_per_tick};
+use support::follow::{
+    LAG, LIVE, POLL, TICKS, backfill, client, live_setup, request, upstream_per_tick,
+};
 
 /// Runs the three measurements in turn, on one runtime.
 fn main() {
@@ -130,41 +130,6 @@ async fn delivery_delay() {
         (LAG + offset).as_millis(),
         (LAG + POLL + offset).as_millis()
     );
-}
-
-/// `FollowResponse` with its records left encoded: the bench counts records rather than
-/// decode them, so the machine's two cores go to the gateway being measured.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Counted {
-    #[prost(bytes = "bytes", repeated, tag = "1")]
-    records: Vec<bytes::Bytes>,
-    #[prost(string, tag = "2")]
-    checkpoint: String,
-}
-
-/// Follows from the log's beginning until `max` records; returns (records, messages).
-async fn backfill(addr: &str, max: usize) -> (usize, usize) {
-    let mut client = support::grpc(addr).await;
-    let req = pb::FollowRequest {
-        max_records: Some(max as i64),
-        ..request(Some(pb::follow_request::From::Since(
-            prost_types::Timestamp::default(),
-        )))
-    };
-    client.ready().await.expect("ready");
-    let path = PathAndQuery::from_static("/confluence.audit.v1.AuditService/Follow");
-    let codec = tonic_prost::ProstCodec::<pb::FollowRequest, Counted>::default();
-    let mut s = client
-        .server_streaming(tonic::Request::new(req), path, codec)
-        .await
-        .expect("follow")
-        .into_inner();
-    let (mut records, mut messages) = (0, 0);
-    while let Some(m) = s.message().await.expect("follow ok") {
-        records += m.records.len();
-        messages += 1;
-    }
-    (records, messages)
 }
 
 /// Part 3: the gateway binary's peak RSS, duration, rate and upstream requests of

@@ -8,6 +8,7 @@ use std::{
 
 use audit_gateway::pb::{self, audit_service_client::AuditServiceClient};
 use confluence_sim::{AuditEndpoint, Live, SimulatorConfig, SimulatorHandle};
+use http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
 /// How often followers read the head (the smallest interval Follow accepts).
@@ -129,4 +130,39 @@ pub async fn upstream_per_tick(followers: usize) -> (f64, Vec<usize>) {
     let _ = stop.send(());
     sim.shutdown();
     ((after - before) as f64 / f64::from(TICKS), records)
+}
+
+/// `FollowResponse` with its records left encoded: the bench counts records rather than
+/// decode them, so the machine's two cores go to the gateway being measured.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Counted {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    records: Vec<bytes::Bytes>,
+    #[prost(string, tag = "2")]
+    checkpoint: String,
+}
+
+/// Follows from the log's beginning until `max` records; returns (records, messages).
+pub async fn backfill(addr: &str, max: usize) -> (usize, usize) {
+    let mut client = super::grpc(addr).await;
+    let req = pb::FollowRequest {
+        max_records: Some(max as i64),
+        ..request(Some(pb::follow_request::From::Since(
+            prost_types::Timestamp::default(),
+        )))
+    };
+    client.ready().await.expect("ready");
+    let path = PathAndQuery::from_static("/confluence.audit.v1.AuditService/Follow");
+    let codec = tonic_prost::ProstCodec::<pb::FollowRequest, Counted>::default();
+    let mut s = client
+        .server_streaming(tonic::Request::new(req), path, codec)
+        .await
+        .expect("follow")
+        .into_inner();
+    let (mut records, mut messages) = (0, 0);
+    while let Some(m) = s.message().await.expect("follow ok") {
+        records += m.records.len();
+        messages += 1;
+    }
+    (records, messages)
 }
