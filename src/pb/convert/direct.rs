@@ -14,7 +14,7 @@
 
 use std::{borrow::Cow, fmt};
 
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encoded_len_varint};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -55,12 +55,24 @@ pub(crate) fn encode_page(body: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
     // The encoding is a little smaller than the JSON it comes from (no key names), so
     // one allocation usually holds it.
     let mut out = Vec::with_capacity(body.len());
-    let mut de = serde_json::Deserializer::from_slice(body);
-    PageSeed { out: &mut out }.deserialize(&mut de)?;
-    de.end()?;
+    // Checking the body's UTF-8 once costs less than checking each string on its own,
+    // which is what reading bytes does; a body that is not UTF-8 is read as bytes, so
+    // that it is refused where and as `Page::parse` refuses it.
+    match std::str::from_utf8(body) {
+        Ok(text) => read(serde_json::Deserializer::from_str(text), &mut out)?,
+        Err(_) => read(serde_json::Deserializer::from_slice(body), &mut out)?,
+    }
     // The page is cached as it is: no spare capacity kept with it.
     out.shrink_to_fit();
     Ok(out)
+}
+
+fn read<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
+    PageSeed { out }.deserialize(&mut de)?;
+    de.end()
 }
 
 /// Reads the page object, writing its records as they come and the rest at the end.
@@ -133,8 +145,52 @@ impl<'de> Visitor<'de> for Results<'_, '_, 'de> {
         f.write_str("a sequence")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(record) = seq.next_element::<Record<'de>>()? {
-            write_record(self.out, record, self.scratch);
+        // One record read into one place, its fields taken out as they are written:
+        // a record is large, and moving it up through serde's layers showed in profiles.
+        let mut record = Record::default();
+        while seq.next_element_seed(RecordSeed(&mut record))?.is_some() {
+            write_record(self.out, &mut record, self.scratch);
+        }
+        Ok(())
+    }
+}
+
+/// Reads a record into its place, as `Record`'s own `Deserialize` does (the same calls,
+/// so the same errors).
+struct RecordSeed<'r, 'de>(&'r mut Record<'de>);
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an audit record object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let r = self.0;
+        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+            match key.as_ref() {
+                "author" => r.author = Some(map.next_value()?),
+                "remoteAddress" => r.remote_address = Some(map.next_value()?),
+                "creationDate" => r.creation_date = Some(map.next_value()?),
+                "summary" => r.summary = Some(map.next_value()?),
+                "description" => r.description = Some(map.next_value()?),
+                "category" => r.category = Some(map.next_value()?),
+                "sysAdmin" => r.sys_admin = Some(map.next_value()?),
+                "superAdmin" => r.super_admin = Some(map.next_value()?),
+                "affectedObject" => r.affected_object = Some(map.next_value()?),
+                "changedValues" => r.changed_values = Some(map.next_value()?),
+                "associatedObjects" => r.associated_objects = Some(map.next_value()?),
+                _ => {
+                    let value = map.next_value::<Value>()?;
+                    r.unknown.push((Str(key), value));
+                }
+            }
         }
         Ok(())
     }
@@ -206,7 +262,7 @@ struct Open {
 /// Opens the length-delimited field `tag`, leaving `room` bytes for its length (the
 /// content is moved if it needs another number).
 fn open(out: &mut Vec<u8>, tag: u32, room: usize) -> Open {
-    encode_key(tag, WireType::LengthDelimited, out);
+    key(out, tag, WireType::LengthDelimited);
     out.resize(out.len() + room, 0);
     Open {
         at: out.len(),
@@ -235,16 +291,32 @@ fn close(out: &mut Vec<u8>, field: Open) {
     out[i] = v as u8;
 }
 
+/// A base-128 varint; most are one byte (keys, short lengths), and prost's generic
+/// `encode_varint` showed in profiles.
+#[inline]
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[inline]
+fn key(out: &mut Vec<u8>, tag: u32, wire: WireType) {
+    put_varint(out, u64::from(tag << 3 | wire as u32));
+}
+
 fn bytes(out: &mut Vec<u8>, tag: u32, b: &[u8]) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(b.len() as u64, out);
+    key(out, tag, WireType::LengthDelimited);
+    put_varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
 
 /// An `int32`, `int64` or `bool` (negative numbers sign-extended to ten bytes).
 fn varint(out: &mut Vec<u8>, tag: u32, v: i64) {
-    encode_key(tag, WireType::Varint, out);
-    encode_varint(v as u64, out);
+    key(out, tag, WireType::Varint);
+    put_varint(out, v as u64);
 }
 
 /// A JSON Pointer (RFC 6901) built on the call stack, written out only for the rare value
@@ -313,7 +385,7 @@ fn value(
         Value::Null => varint(out, NULL_VALUE, 0),
         Value::Bool(b) => varint(out, BOOL_VALUE, i64::from(*b)),
         Value::Number(n) => {
-            encode_key(NUMBER_VALUE, WireType::SixtyFourBit, out);
+            key(out, NUMBER_VALUE, WireType::SixtyFourBit);
             out.extend_from_slice(&n.as_f64().unwrap_or(f64::NAN).to_le_bytes());
         }
         Value::String(s) => bytes(out, STRING_VALUE, s.as_bytes()),
@@ -426,7 +498,7 @@ impl<'de> Fields<'_, 'de> {
     }
 
     /// The unknown keys, met first, in body order.
-    fn unknown(&mut self, unknown: Vec<(Str<'de>, Value)>) {
+    fn unknown(&mut self, unknown: impl IntoIterator<Item = (Str<'de>, Value)>) {
         for (n, (Str(key), value)) in unknown.into_iter().enumerate() {
             let rank = self.rank(step::UNKNOWN, n as u32);
             self.entries.push(Entry { key, value, rank });
@@ -464,8 +536,8 @@ impl<'de> Fields<'_, 'de> {
 /// `GetSinceResponse.results`.
 const RESULTS: u32 = 1;
 
-/// Writes one record as an item of `results`.
-fn write_record<'de>(out: &mut Vec<u8>, r: Record<'de>, s: &mut Scratch<'de>) {
+/// Writes one record as an item of `results`, taking every field out of `r`.
+fn write_record<'de>(out: &mut Vec<u8>, r: &mut Record<'de>, s: &mut Scratch<'de>) {
     // Records of a full page are 128 bytes to 16 KiB long: two bytes of length.
     let record = open(out, RESULTS, 2);
     let sink = &mut s.sink;
@@ -474,8 +546,8 @@ fn write_record<'de>(out: &mut Vec<u8>, r: Record<'de>, s: &mut Scratch<'de>) {
         entries: &mut s.outer,
         member: None,
     };
-    x.unknown(r.unknown);
-    let date = match r.creation_date {
+    x.unknown(r.unknown.drain(..));
+    let date = match r.creation_date.take() {
         Some(Loose::Typed(ms)) => Some(ms),
         Some(Loose::Raw(v)) => {
             x.keep("creationDate", v, step::CREATION_DATE);
@@ -484,21 +556,32 @@ fn write_record<'de>(out: &mut Vec<u8>, r: Record<'de>, s: &mut Scratch<'de>) {
         None => None,
     };
     let root = Ptr::Root;
-    match r.author {
+    match r.author.take() {
         Some(Loose::Typed(a)) => write_author(x.out, a, sink),
         Some(Loose::Raw(v)) => x.keep("author", v, step::AUTHOR),
         None => {}
     }
-    x.string(2, "remoteAddress", r.remote_address, step::REMOTE_ADDRESS);
+    x.string(
+        2,
+        "remoteAddress",
+        r.remote_address.take(),
+        step::REMOTE_ADDRESS,
+    );
     if let Some(ms) = date.filter(|&ms| ms != 0) {
         varint(x.out, 3, ms);
     }
-    x.string(4, "summary", r.summary, step::SUMMARY);
-    x.string(5, "description", r.description, step::DESCRIPTION);
-    x.string(6, "category", r.category, step::CATEGORY);
-    x.boolean(7, "sysAdmin", r.sys_admin, step::SYS_ADMIN, false);
-    x.boolean(8, "superAdmin", r.super_admin, step::SUPER_ADMIN, true);
-    match r.affected_object {
+    x.string(4, "summary", r.summary.take(), step::SUMMARY);
+    x.string(5, "description", r.description.take(), step::DESCRIPTION);
+    x.string(6, "category", r.category.take(), step::CATEGORY);
+    x.boolean(7, "sysAdmin", r.sys_admin.take(), step::SYS_ADMIN, false);
+    x.boolean(
+        8,
+        "superAdmin",
+        r.super_admin.take(),
+        step::SUPER_ADMIN,
+        true,
+    );
+    match r.affected_object.take() {
         Some(Loose::Typed(o)) => {
             let at = Ptr::Key(&root, "affectedObject");
             write_object(x.out, 9, o, at, (step::AFFECTED_OBJECT, 0), sink);
@@ -506,7 +589,7 @@ fn write_record<'de>(out: &mut Vec<u8>, r: Record<'de>, s: &mut Scratch<'de>) {
         Some(Loose::Raw(v)) => x.keep("affectedObject", v, step::AFFECTED_OBJECT),
         None => {}
     }
-    match r.changed_values {
+    match r.changed_values.take() {
         Some(Loose::Typed(items)) if items.iter().all(|i| matches!(i, Loose::Typed(_))) => {
             let list = Ptr::Key(&root, "changedValues");
             for (n, item) in items.into_iter().enumerate() {
@@ -527,7 +610,7 @@ fn write_record<'de>(out: &mut Vec<u8>, r: Record<'de>, s: &mut Scratch<'de>) {
         Some(Loose::Raw(v)) => x.keep("changedValues", v, step::CHANGED_VALUES),
         None => {}
     }
-    match r.associated_objects {
+    match r.associated_objects.take() {
         Some(Loose::Typed(items)) if items.iter().all(|i| matches!(i, Loose::Typed(_))) => {
             let list = Ptr::Key(&root, "associatedObjects");
             for (n, item) in items.into_iter().enumerate() {
