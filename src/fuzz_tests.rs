@@ -84,6 +84,8 @@ proptest! {
     fn confluence_bodies_convert_or_fail_cleanly(
         body in prop_oneof![prop::collection::vec(any::<u8>(), 0..512), mutated(sample_page())]
     ) {
+        // The one-pass converter writes the reference's bytes, or refuses alike.
+        checks::page_reference(&body);
         if let Ok(page) = encode_page(&body) {
             // Whatever converted is a well-formed page the stream can read.
             prop_assert!(pb::GetSinceResponse::decode(page.clone()).is_ok());
@@ -145,8 +147,9 @@ type Check = fn(&[u8]);
 
 /// Each fuzz target, by its name in fuzz/Cargo.toml (its corpus is `fuzz/corpus/<name>`),
 /// with its check.
-const TARGETS: [(&str, Check); 5] = [
+const TARGETS: [(&str, Check); 6] = [
     ("page", checks::page),
+    ("page_reference", checks::page_reference),
     ("resume_token", checks::resume_token),
     ("checkpoint", checks::checkpoint),
     ("wire", checks::wire),
@@ -230,6 +233,7 @@ fn write_fuzz_seeds() {
     );
     for (i, page) in pages.iter().enumerate() {
         write("page", &i.to_string(), page);
+        write("page_reference", &i.to_string(), page);
         let encoded = gw::encode_page(page).expect("every seed page converts");
         write("wire", &i.to_string(), &encoded);
         let mut value = 0u64.to_be_bytes().to_vec();

@@ -47,6 +47,20 @@ pub fn page(data: &[u8]) {
     );
 }
 
+/// The one-pass page converter against the one it replaced (`reference_encode_page`):
+/// the same bytes for a body either accepts, the same error for one either refuses.
+pub fn page_reference(data: &[u8]) {
+    match (gw::encode_page(data), gw::reference_encode_page(data)) {
+        (Ok(ours), Ok(reference)) => assert!(ours == reference, "different bytes"),
+        (Err(ours), Err(reference)) => assert_eq!(ours.to_string(), reference.to_string()),
+        (ours, reference) => panic!(
+            "one refused: ours {:?}, reference {:?}",
+            ours.map(|b| b.len()),
+            reference.map(|b| b.len())
+        ),
+    }
+}
+
 /// `input` printed back as `output`: numbers equal as doubles (`google.protobuf.Value`
 /// holds doubles), keys of `input` all kept, keys only in `output` at their defaults
 /// (`to_json` writes every typed field, `src/pb/convert/to_json.rs`).

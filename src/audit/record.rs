@@ -313,7 +313,10 @@ impl<'de> Deserialize<'de> for Loose<ValueOf> {
     }
 }
 
-/// One page of the audit log as Confluence sent it.
+/// One page of the audit log as Confluence sent it: what the reference converter
+/// (`pb::convert::from_json`, tests and benches only) reads; `pb::convert::direct` reads
+/// the page's records one by one instead, with the same serde calls.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Page<'a> {
     /// The records, newest first.
@@ -322,6 +325,7 @@ pub(crate) struct Page<'a> {
     pub header: PageHeader<'a>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl<'a> Page<'a> {
     /// Parses a 200 body; the error says why it is not an `AuditRecordArray`.
     pub(crate) fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
@@ -335,6 +339,7 @@ impl<'de> Deserialize<'de> for Record<'de> {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl<'de> Deserialize<'de> for Page<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;

@@ -17,6 +17,12 @@ pub mod bench {
 
     pub use crate::pb::convert::encode_page;
 
+    /// The converter `encode_page` replaced, which it must equal byte for byte (`links`
+    /// put in key order): `Page::parse`, the `prost` message, its encoding.
+    pub fn reference_encode_page(body: &[u8]) -> Result<bytes::Bytes, crate::GatewayError> {
+        crate::pb::convert::reference_encode_page(body)
+    }
+
     /// Parses a Confluence body into the gateway's borrowed, typed page.
     pub fn parse(body: &[u8]) -> Option<impl Sized + '_> {
         Page::parse(body).ok()
@@ -49,6 +55,7 @@ pub mod fuzz {
 
     /// Most digests a token or checkpoint carries (`audit::resume::MAX_SEEN`).
     pub const MAX_SEEN: usize = resume::MAX_SEEN;
+    pub use super::bench::reference_encode_page;
     pub use crate::pb::{
         AuditRecord, GetSinceResponse, StreamSinceResponse,
         convert::{ToJson, encode_page},

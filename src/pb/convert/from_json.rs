@@ -1,4 +1,6 @@
-//! Confluence's parsed JSON page (`audit::record`) into protobuf messages, losing nothing:
+//! The reference converter (tests and benches only; production uses `direct`, which must
+//! write the same bytes): Confluence's parsed JSON page (`audit::record`) into protobuf
+//! messages, losing nothing:
 //! a value the typed field cannot hold goes into `unknown_fields` under its JSON key, and
 //! a value nested too deep for protobuf's decoders goes as its JSON text (`Deep`).
 
@@ -12,31 +14,10 @@ use crate::{
     pb::{self, convert::ToJson},
 };
 
-/// The deepest message nesting any response may reach, counting the outermost message as
-/// level 1: prost, upb (Python), C++ and Java refuse a message whose nesting passes their
-/// default recursion limit of 100 (prost and upb allow 100 levels below the outermost; we
-/// keep one level to spare rather than rely on how each runtime counts).
-const MAX_DEPTH: usize = 100;
-
-// Message levels, counted from the outermost message down (proto/confluence/audit/v1/
-// audit.proto). GetSinceResponse, StreamSinceResponse and FollowResponse each hold their
-// records in field 1 (`pb/wire.rs` moves records between them as they are), so a record
-// lies at the same level in all three, and its limits hold wherever it is sent.
-/// `GetSinceResponse` (`StreamSinceResponse`, `FollowResponse`).
-const PAGE: usize = 1;
-/// `AuditRecord`, an item of `results` (`records`).
-const RECORD: usize = PAGE + 1;
-/// `AuditAuthor`, `AffectedObject`, `ChangedValue`: messages of a record's fields.
-const MEMBER: usize = RECORD + 1;
-/// From a message to a `Value` in one of its fields.
-const FIELD_VALUE: usize = 1;
-/// From a message to a `Value` in its `map<string, Value>`: the map entry, the Value.
-const MAP_VALUE: usize = 2;
-/// From a message (or `Value`) to a `Value` in its `Struct` field: the Struct, its map
-/// entry, the Value.
-const STRUCT_VALUE: usize = 3;
-/// From a `Value` to a `Value` in its `ListValue`: the ListValue, the Value.
-const LIST_VALUE: usize = 2;
+// The message levels are `direct`'s, where they are documented.
+use super::direct::{
+    FIELD_VALUE, LIST_VALUE, MAP_VALUE, MAX_DEPTH, MEMBER, PAGE, RECORD, STRUCT_VALUE,
+};
 
 /// Converts a parsed page into the `GetSinceResponse` message.
 pub(crate) fn page_to_proto(page: record::Page<'_>) -> pb::GetSinceResponse {

@@ -1,29 +1,108 @@
-//! Confluence's JSON ⇄ protobuf, both directions in one place: `from_json` turns a
-//! fetched body into a `GetSinceResponse` (typed fields, everything else kept in
-//! `unknown_fields`), `to_json` prints messages back as Confluence's JSON, and the
+//! Confluence's JSON ⇄ protobuf, both directions in one place: `direct` turns a
+//! fetched body into an encoded `GetSinceResponse` in one pass (typed fields, everything
+//! else kept in `unknown_fields`), `from_json` is the converter it replaced (parse, build
+//! the `prost` message, encode it), kept for tests and benches as the reference it must
+//! equal byte for byte, `to_json` prints messages back as Confluence's JSON, and the
 //! `TimeUnit` mapping between the domain and the proto enum is written here once.
 
+mod direct;
+#[cfg(test)]
+mod equivalence;
+#[cfg(any(test, feature = "testing"))]
 mod from_json;
 mod to_json;
 
 use bytes::Bytes;
-use prost::Message;
 
 #[cfg(test)]
 pub(crate) use from_json::json_to_value;
+#[cfg(any(test, feature = "testing"))]
 pub(crate) use from_json::page_to_proto;
 pub use to_json::ToJson;
 
-use crate::{audit::TimeUnit, audit::record::Page, error::GatewayError, pb};
+use crate::{audit::TimeUnit, error::GatewayError, pb};
 
 /// A 200 body from Confluence as an encoded `GetSinceResponse`.
 pub fn encode_page(body: &[u8]) -> Result<Bytes, GatewayError> {
-    let page = Page::parse(body).map_err(|e| {
-        GatewayError::MalformedBody(format!(
-            "Confluence's answer is not an AuditRecordArray: {e}"
-        ))
-    })?;
-    Ok(Bytes::from(page_to_proto(page).encode_to_vec()))
+    direct::encode_page(body)
+        .map(Bytes::from)
+        .map_err(not_a_page)
+}
+
+/// `encode_page` the way it was done before `direct`: `Page::parse`, the `prost` message
+/// (`from_json`), then its encoding; the reference `encode_page` is tested against. The
+/// entries of `links` (a `HashMap`, which prost writes in the map's random order) are
+/// then put in key order, as `direct` writes them.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) fn reference_encode_page(body: &[u8]) -> Result<Bytes, GatewayError> {
+    use prost::Message;
+    let page = crate::audit::record::Page::parse(body).map_err(not_a_page)?;
+    let encoded = page_to_proto(page).encode_to_vec();
+    Ok(Bytes::from(links_in_key_order(&encoded).unwrap_or(encoded)))
+}
+
+/// An encoded `GetSinceResponse` with its `links` entries (field 5, which prost writes
+/// together) sorted by key; `None` if the bytes are not a message.
+#[cfg(any(test, feature = "testing"))]
+fn links_in_key_order(page: &[u8]) -> Option<Vec<u8>> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+
+    /// The bytes of one field at the front of `buf`, and its number.
+    fn field<'a>(buf: &mut &'a [u8]) -> Option<(u32, &'a [u8])> {
+        let whole = *buf;
+        let (tag, wire) = decode_key(buf).ok()?;
+        let len = match wire {
+            WireType::Varint => {
+                decode_varint(buf).ok()?;
+                0
+            }
+            WireType::LengthDelimited => usize::try_from(decode_varint(buf).ok()?).ok()?,
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        *buf = buf.get(len..)?;
+        Some((tag, &whole[..whole.len() - buf.len()]))
+    }
+    /// A map entry's key: its field 1 (absent when empty), after the entry's own key and
+    /// length.
+    fn entry_key(entry: &[u8]) -> Option<&[u8]> {
+        let mut buf = entry;
+        decode_key(&mut buf).ok()?;
+        decode_varint(&mut buf).ok()?;
+        match decode_key(&mut buf) {
+            Ok((1, WireType::LengthDelimited)) => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                buf.get(..len)
+            }
+            _ => Some(&[]),
+        }
+    }
+
+    let mut buf = page;
+    let mut out = Vec::with_capacity(page.len());
+    let mut links = Vec::new();
+    while !buf.is_empty() {
+        let (tag, bytes) = field(&mut buf)?;
+        if tag == 5 {
+            links.push(bytes);
+            continue;
+        }
+        if !links.is_empty() {
+            links.sort_by_key(|e| entry_key(e));
+            links.drain(..).for_each(|e| out.extend_from_slice(e));
+        }
+        out.extend_from_slice(bytes);
+    }
+    links.sort_by_key(|e| entry_key(e));
+    links.drain(..).for_each(|e| out.extend_from_slice(e));
+    Some(out)
+}
+
+fn not_a_page(e: serde_json::Error) -> GatewayError {
+    GatewayError::MalformedBody(format!(
+        "Confluence's answer is not an AuditRecordArray: {e}"
+    ))
 }
 
 // The proto enum numbers the units in the order of `TimeUnit::ALL`, from 1 (0 is

@@ -140,14 +140,10 @@ fn restore(mut json: Value, paths: &[String]) -> Value {
 /// `google.protobuf.Value` as JSON; whole doubles within ±2^53 print as integers, as
 /// Confluence sent them.
 pub(super) fn value_to_json(v: &PbValue) -> Value {
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     match &v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
         Some(Kind::BoolValue(b)) => Value::Bool(*b),
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() <= EXACT => {
-            Value::from(*n as i64)
-        }
-        Some(Kind::NumberValue(n)) => Value::from(*n),
+        Some(Kind::NumberValue(n)) => number_to_json(*n),
         Some(Kind::StringValue(s)) => Value::String(s.clone()),
         Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_to_json).collect()),
         Some(Kind::StructValue(s)) => Value::Object(
@@ -156,5 +152,15 @@ pub(super) fn value_to_json(v: &PbValue) -> Value {
                 .map(|(k, v)| (k.clone(), value_to_json(v)))
                 .collect(),
         ),
+    }
+}
+
+/// A `google.protobuf.Value` number as JSON: whole doubles within ±2^53 as integers.
+pub(super) fn number_to_json(n: f64) -> Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if n.fract() == 0.0 && n.abs() <= EXACT {
+        Value::from(n as i64)
+    } else {
+        Value::from(n)
     }
 }
