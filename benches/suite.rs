@@ -14,13 +14,18 @@ use std::{
 
 use audit_gateway::{ResponseCompression, testing::bench};
 use confluence_sim::{AuditEndpoint, Concurrency, PageSpec, SimulatorConfig, render_page};
-use support::hit::{self, Callers};
+use support::{
+    h2load,
+    hit::{self, Callers},
+};
 use tonic::codec::CompressionEncoding;
 
 /// One line of the table.
 struct Row {
     /// Target number, e.g. "P1".
     id: &'static str,
+    /// What generated the load (or timed the work), and where it ran.
+    generator: &'static str,
     /// What was measured.
     measure: String,
     /// The figure.
@@ -39,14 +44,27 @@ impl Row {
     /// Prints the row as a `ROW` line, for scripts.
     fn emit(&self) {
         println!(
-            "ROW {} value={:?} reference={:?} ratio={:.3} target={:?} met={} measure={:?}",
-            self.id, self.value, self.reference, self.ratio, self.target, self.met, self.measure
+            "ROW {} generator={:?} value={:?} reference={:?} ratio={:.3} target={:?} met={} measure={:?}",
+            self.id,
+            self.generator,
+            self.value,
+            self.reference,
+            self.ratio,
+            self.target,
+            self.met,
+            self.measure
         );
     }
 }
 
 /// GetSince page size of P1, P6 and P7: 100 records.
 const LIMIT: i32 = 100;
+
+/// h2load's connections (`-c`) for P1 and P6.
+const H2LOAD_CONNECTIONS: usize = 8;
+
+/// h2load's calls in flight per connection (`-m`) for P1.
+const H2LOAD_STREAMS: usize = 16;
 
 /// Many concurrent HTTP/2 streams: 4 connections of 16 calls in flight each.
 const MANY: Callers = Callers {
@@ -56,6 +74,8 @@ const MANY: Callers = Callers {
 };
 
 fn main() {
+    // P1 and P6 re-run this executable as the bare reference server (its own process).
+    h2load::serve_bare_if_asked();
     // `cargo bench` passes `--bench`; only `--rows` is ours.
     let args: Vec<String> = std::env::args().collect();
     let only: Option<Vec<String>> = args
@@ -75,6 +95,22 @@ fn main() {
         rows.last().expect("row").emit();
     }
     rt.block_on(async {
+        if (want("P1") || want("P6")) && !h2load::available() {
+            eprintln!("h2load not found (Debian: nghttp2-client; scripts/bench installs it): P1 and P6 measured in process only");
+        } else if want("P1") || want("P6") {
+            // P6's rate is half of P1's, so P6 alone measures P1 too.
+            let outside = Outside::start().await;
+            let (row, rate) = outside.p1();
+            if want("P1") {
+                row.emit();
+                rows.push(row);
+            }
+            if want("P6") {
+                let row = outside.p6(rate / 2.0);
+                row.emit();
+                rows.push(row);
+            }
+        }
         let mut p1_rate = None;
         if want("P1") || want("P6") {
             let (row, rate) = p1_cache_hits().await;
@@ -133,6 +169,7 @@ fn main() {
 fn print_table(rows: &[Row]) {
     let header = [
         "row",
+        "generator",
         "measure",
         "value",
         "reference",
@@ -141,11 +178,12 @@ fn print_table(rows: &[Row]) {
         "result",
     ]
     .map(String::from);
-    let lines: Vec<[String; 7]> = rows
+    let lines: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
             [
                 r.id.to_owned(),
+                r.generator.to_owned(),
                 r.measure.clone(),
                 r.value.clone(),
                 r.reference.clone(),
@@ -161,7 +199,7 @@ fn print_table(rows: &[Row]) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let print = |cells: &[String; 7]| {
+    let print = |cells: &[String; 8]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(widths)
@@ -209,6 +247,7 @@ fn p2_conversion() -> Row {
     let ratio = value.as_secs_f64() / ours.as_secs_f64();
     Row {
         id: "P2",
+        generator: "none: timed in process",
         measure: format!(
             "1000-record JSON page ({} KiB) -> encoded protobuf",
             body.len() / 1024
@@ -236,6 +275,231 @@ async fn sim_and_gateway(
     (sim, gateway)
 }
 
+/// P1 and P6 measured from outside: h2load in its own process against the gateway binary
+/// (in front of the simulator, its page warmed so every call is a cache hit) and against
+/// the bare tonic server answering the same bytes, run as a process of its own too.
+struct Outside {
+    sim: confluence_sim::SimulatorHandle,
+    gateway: h2load::Process,
+    bare: h2load::Process,
+    files: h2load::Files,
+    /// The encoded page both servers answer with.
+    page: usize,
+}
+
+/// One h2load run's figure and the server's CPU time per call meanwhile.
+struct Round<T> {
+    figure: T,
+    cpu_per_call: Duration,
+}
+
+impl Outside {
+    /// Starts the simulator, the gateway binary and the bare server; warms the page and
+    /// checks, with a real gRPC client, that both answer it.
+    async fn start() -> Self {
+        let sim = support::simulator(SimulatorConfig {
+            records: 5000,
+            ..Default::default()
+        })
+        .await;
+        // Default settings but the cache's lifetime: the rows outlast the default 60 s,
+        // and every call must stay a hit.
+        let (child, addr) = support::spawn_gateway_binary(&sim.base_url(), &["--cache-ttl", "1h"]);
+        let gateway = h2load::Process::adopt(child, addr.parse().expect("the gateway's address"));
+        // The first call is the miss that fills the cache; the second, a hit, gives the
+        // bytes every later call gets.
+        hit::warm(gateway.addr, LIMIT).await;
+        let bytes = h2load::page_bytes(gateway.addr, LIMIT).await;
+        let files = h2load::Files::get_since(LIMIT);
+        let bare = h2load::spawn_bare(&files, &bytes);
+        // Before timing: a real client gets the page's bytes from each, and so does every
+        // call of a counted h2load run (its body bytes: one frame of the page per call).
+        let calls = 2000;
+        for (name, addr) in [("gateway", gateway.addr), ("bare server", bare.addr)] {
+            assert!(
+                h2load::page_bytes(addr, LIMIT).await == bytes,
+                "the {name} answers the warmed page's bytes"
+            );
+            let counted = h2load::counted(&files, addr, H2LOAD_CONNECTIONS, H2LOAD_STREAMS, calls);
+            assert!(
+                counted.ok == calls && counted.data == calls * (bytes.len() as u64 + 5),
+                "h2load gets the page from the {name} on every call: {counted:?}, page {} B",
+                bytes.len()
+            );
+        }
+        Self {
+            sim,
+            gateway,
+            bare,
+            files,
+            page: bytes.len(),
+        }
+    }
+
+    /// Runs `measure` against `server` (blocking: h2load is a child process, and only
+    /// the idle simulator needs this process's runtime meanwhile), with the server's CPU
+    /// time per call over the run (warm-up included, hence `calls`' estimate of it).
+    fn round<T>(
+        server: &h2load::Process,
+        measure: impl FnOnce(SocketAddr) -> T,
+        calls: impl FnOnce(&T) -> f64,
+    ) -> Round<T> {
+        let before = h2load::cpu_time(server.id());
+        let figure = measure(server.addr);
+        let used = h2load::cpu_time(server.id()).saturating_sub(before);
+        let cpu_per_call = used.div_f64(calls(&figure).max(1.0));
+        Round {
+            figure,
+            cpu_per_call,
+        }
+    }
+
+    /// `rounds` interleaved runs of `measure` on each server, the order alternating so a
+    /// drift in the machine's load favours neither: (gateway's rounds, bare server's).
+    fn interleaved<T>(
+        &self,
+        rounds: usize,
+        measure: impl Fn(SocketAddr) -> T,
+        calls: impl Fn(&T) -> f64,
+    ) -> (Vec<Round<T>>, Vec<Round<T>>) {
+        let (mut ours, mut reference) = (Vec::new(), Vec::new());
+        for i in 0..rounds {
+            if i % 2 == 0 {
+                ours.push(Self::round(&self.gateway, &measure, &calls));
+                reference.push(Self::round(&self.bare, &measure, &calls));
+            } else {
+                reference.push(Self::round(&self.bare, &measure, &calls));
+                ours.push(Self::round(&self.gateway, &measure, &calls));
+            }
+        }
+        (ours, reference)
+    }
+
+    /// P1: closed loop, h2load `-c 8 -m 16`, three interleaved 3-s rounds per server;
+    /// the figures are each side's median round. Returns the row and the gateway's
+    /// median rate, for P6.
+    fn p1(&self) -> (Row, f64) {
+        let run = Duration::from_secs(3);
+        // Warm-up (500 ms) calls run at the same rate and count in the CPU time.
+        let whole = run + Duration::from_millis(500);
+        let upstream = self.sim.request_count();
+        let (ours, reference) = self.interleaved(
+            3,
+            |addr| h2load::closed(&self.files, addr, H2LOAD_CONNECTIONS, H2LOAD_STREAMS, run),
+            |c| c.rate * whole.as_secs_f64(),
+        );
+        let misses = self.sim.request_count() - upstream;
+        let rates =
+            |r: &[Round<h2load::Counted>]| r.iter().map(|r| r.figure.rate).collect::<Vec<_>>();
+        let (ours_rates, ref_rates) = (rates(&ours), rates(&reference));
+        let (median_ours, median_ref) = (median(&ours_rates), median(&ref_rates));
+        for (side, rounds) in [("gateway", &ours), ("bare", &reference)] {
+            for r in rounds.iter() {
+                eprintln!(
+                    "P1 h2load {side}: {:?}, server CPU per call {:.1?}",
+                    r.figure, r.cpu_per_call
+                );
+            }
+        }
+        let failed: u64 = ours.iter().chain(&reference).map(|r| r.figure.failed).sum();
+        let ratio = median_ours / median_ref;
+        let row = Row {
+            id: "P1",
+            generator: "h2load, own process",
+            measure: format!(
+                "cache-hit GetSince req/s, {LIMIT}-record page ({} KiB), gateway binary vs bare tonic, each its own process; h2load -c {H2LOAD_CONNECTIONS} -m {H2LOAD_STREAMS}, median of 3 interleaved {run:?} rounds (rounds: {}); server CPU per call {} vs {}; {failed} failed, {misses} upstream requests",
+                self.page / 1024,
+                spread(&ours_rates, &ref_rates),
+                median_cpu(&ours),
+                median_cpu(&reference),
+            ),
+            value: format!("{median_ours:.0} req/s"),
+            reference: format!("bare tonic {median_ref:.0} req/s"),
+            ratio,
+            target: ">= 0.95x",
+            met: ratio >= 0.95 && failed == 0 && misses == 0,
+        };
+        (row, median_ours)
+    }
+
+    /// P6: open loop at `per_second` over 8 connections (h2load `--rps`), five
+    /// interleaved 2-s rounds per server; the figures are each side's median-round p99.
+    fn p6(&self, per_second: f64) -> Row {
+        let run = Duration::from_secs(2);
+        let per_client = per_second / H2LOAD_CONNECTIONS as f64;
+        let upstream = self.sim.request_count();
+        let (mut ours, mut reference) = self.interleaved(
+            5,
+            |addr| h2load::open(&self.files, addr, H2LOAD_CONNECTIONS, per_client, run),
+            |o| o.latencies.len() as f64 * (run.as_secs_f64() + 0.5) / run.as_secs_f64(),
+        );
+        let misses = self.sim.request_count() - upstream;
+        for (side, rounds) in [("gateway", &mut ours), ("bare", &mut reference)] {
+            for r in rounds.iter_mut() {
+                let l = &mut r.figure.latencies;
+                eprintln!(
+                    "P6 h2load {side}: {} calls, {} failed, {} cut off at the end, p50 {:.2?}, p99 {:.2?}, server CPU per call {:.1?}",
+                    l.len(),
+                    r.figure.failed,
+                    r.figure.cut_off,
+                    support::pct(l, 50),
+                    support::pct(l, 99),
+                    r.cpu_per_call
+                );
+            }
+        }
+        let failed: u64 = ours.iter().chain(&reference).map(|r| r.figure.failed).sum();
+        let calls: usize = ours.iter().map(|r| r.figure.latencies.len()).sum();
+        let pcts = |rounds: &mut [Round<h2load::Open>], p| {
+            rounds
+                .iter_mut()
+                .map(|r| support::pct(&mut r.figure.latencies, p))
+                .collect::<Vec<_>>()
+        };
+        let (mut p99_ours, mut p99_ref) = (pcts(&mut ours, 99), pcts(&mut reference, 99));
+        let (mut p50_ours, mut p50_ref) = (pcts(&mut ours, 50), pcts(&mut reference, 50));
+        let rounds = p99_ours
+            .iter()
+            .zip(&p99_ref)
+            .map(|(o, r)| format!("{:.1}", o.as_secs_f64() / r.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join("/");
+        let (cpu_ours, cpu_ref) = (median_cpu(&ours), median_cpu(&reference));
+        let (p99_o, p99_r) = (
+            support::pct(&mut p99_ours, 50),
+            support::pct(&mut p99_ref, 50),
+        );
+        let ratio = p99_o.as_secs_f64() / p99_r.as_secs_f64();
+        Row {
+            id: "P6",
+            generator: "h2load --rps, own process",
+            measure: format!(
+                "p99 latency of cache hits, gateway binary vs bare tonic, each its own process; open loop at {per_second:.0} req/s (half the h2load P1's median gateway round: --rps {per_client:.0} x {H2LOAD_CONNECTIONS} connections), {calls} calls, latency from when h2load sent each; median p50 {:.2?} vs {:.2?}; server CPU per call {cpu_ours} vs {cpu_ref} (rounds' p99 ratios: {rounds}); {failed} failed, {misses} upstream requests",
+                support::pct(&mut p50_ours, 50),
+                support::pct(&mut p50_ref, 50),
+            ),
+            value: format!("p99 {p99_o:.2?}"),
+            reference: format!("bare tonic p99 {p99_r:.2?}"),
+            ratio,
+            target: "<= 1.2x",
+            met: ratio <= 1.2 && failed == 0 && misses == 0,
+        }
+    }
+}
+
+/// The median of `v` (the upper one of an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// The median round's server CPU time per call, e.g. "41.2µs".
+fn median_cpu<T>(rounds: &[Round<T>]) -> String {
+    let mut cpu: Vec<Duration> = rounds.iter().map(|r| r.cpu_per_call).collect();
+    format!("{:.1?}", support::pct(&mut cpu, 50))
+}
+
 /// P1: cache-hit `GetSince` req/s of a 100-record page over 64 concurrent streams,
 /// against a bare tonic server answering the same bytes; three interleaved 2-second
 /// rounds, best of each. Returns the row and the gateway's median round: P6 runs at half
@@ -254,8 +518,9 @@ async fn p1_cache_hits() -> (Row, f64) {
     let ratio = best_ours / best_ref;
     let row = Row {
         id: "P1",
+        generator: "in-process tonic client",
         measure: format!(
-            "cache-hit GetSince req/s, {LIMIT}-record page ({} KiB), 4 conns x 16 streams (rounds: {})",
+            "diagnosis, client and both servers in the bench's process: cache-hit GetSince req/s, {LIMIT}-record page ({} KiB), 4 conns x 16 streams, best of 3 rounds (rounds: {})",
             bytes.len() / 1024,
             spread(&ours, &reference)
         ),
@@ -315,8 +580,9 @@ async fn p6_latency(per_second: f64) -> Row {
     let ratio = p99_ours.as_secs_f64() / p99_ref.as_secs_f64();
     Row {
         id: "P6",
+        generator: "in-process tonic client (own scheduler thread)",
         measure: format!(
-            "p99 latency of cache hits, open loop at {per_second:.0} req/s (half P1's median round), {calls} calls; median p50 {:.2?} vs {:.2?} (rounds' p99 ratios: {})",
+            "diagnosis, client and both servers in the bench's process: p99 latency of cache hits, open loop at {per_second:.0} req/s (half the in-process P1's median round), {calls} calls, from when each call was due; median p50 {:.2?} vs {:.2?} (rounds' p99 ratios: {})",
             support::pct(&mut p50_ours, 50),
             support::pct(&mut p50_ref, 50),
             rounds.join("/")
@@ -375,6 +641,7 @@ async fn p7_compression() -> Vec<Row> {
         let ratio = max(figures) / max(&identity);
         rows.push(Row {
             id: "P7",
+            generator: "in-process tonic client",
             measure: format!(
                 "--compress-responses both: {name} cache hits req/s, {page} (rounds: {})",
                 spread(figures, &identity)
@@ -389,6 +656,7 @@ async fn p7_compression() -> Vec<Row> {
     let ratio = max(&default_gzip) / max(&default_identity);
     rows.push(Row {
         id: "P7",
+        generator: "in-process tonic client",
         measure: format!(
             "--compress-responses none (default): client advertising gzip, req/s, {page} (rounds: {})",
             spread(&default_gzip, &default_identity)
@@ -446,6 +714,7 @@ async fn p3_prefetch() -> Vec<Row> {
         rows.push(match site {
             None => Row {
                 id: "P3",
+                generator: "in-process tonic client",
                 measure: format!(
                     "StreamSince 40-page window at {latency:?}/page, default settings ({seen}; {:.2}x the sequential floor of 41 x {latency:?})",
                     floor.as_secs_f64() / took.as_secs_f64()
@@ -458,6 +727,7 @@ async fn p3_prefetch() -> Vec<Row> {
             },
             Some(Concurrency { allowed: 16, .. }) => Row {
                 id: "P3",
+                generator: "in-process tonic client",
                 measure: format!(
                     "the same against a site allowing 16 in flight (429 past 16) ({seen}; {refused} refused)"
                 ),
@@ -469,6 +739,7 @@ async fn p3_prefetch() -> Vec<Row> {
             },
             Some(_) => Row {
                 id: "P3",
+                generator: "in-process tonic client",
                 measure: format!(
                     "the same against a site warning past 4 in flight and refusing past 8 ({seen}; {warned} warned)"
                 ),
@@ -550,6 +821,7 @@ async fn p5_shared_window() -> Vec<Row> {
     vec![
         Row {
             id: "P5",
+            generator: "in-process tonic clients",
             measure: format!(
                 "100 concurrent StreamSince of one {RECORDS}-record window, pages of 1000 ({complete}/100 complete)"
             ),
@@ -561,6 +833,7 @@ async fn p5_shared_window() -> Vec<Row> {
         },
         Row {
             id: "P5",
+            generator: "in-process tonic clients",
             measure: format!(
                 "fetches past the window's end (start >= {RECORDS}) after the short page was answered ({past_end} before or after)"
             ),
@@ -603,6 +876,7 @@ async fn p9_backfill() -> Row {
     let rate = got as f64 / took.as_secs_f64();
     Row {
         id: "P9",
+        generator: "in-process tonic client, gateway in its own process",
         measure: format!(
             "Follow backfill of 1,000,000 records from since=0, pages of 1000 at {latency:?}/request, default settings ({got} delivered in {took:.2?}, {} range requests, at most {} at once; gateway peak RSS {peak:.1} MiB)",
             sim.request_count_of(AuditEndpoint::Range),
@@ -625,6 +899,7 @@ async fn p8_followers() -> Row {
     let ratio = hundred / one;
     Row {
         id: "P8",
+        generator: "in-process tonic followers",
         measure: format!(
             "Follow: upstream requests per poll interval, 100 followers of one filter ({})",
             if same {
@@ -672,6 +947,7 @@ async fn p4_peak_rss() -> Vec<Row> {
     let ratio = large / small;
     let mut rows = vec![Row {
         id: "P4",
+        generator: "tonic client in the bench process",
         measure: format!(
             "gateway peak RSS streaming 1,000,000 records to a slow reader (10 ms/message), default settings; 100,000 records: {mid:.1} MiB ({got_small} / {got_mid} / {got_large} records delivered)"
         ),
@@ -686,6 +962,7 @@ async fn p4_peak_rss() -> Vec<Row> {
         let ratio = peak / small;
         rows.push(Row {
             id: "P4",
+            generator: "tonic client in the bench process",
             measure: format!(
                 "diagnosis: the same 1,000,000 records with {} ({got} delivered)",
                 flags.join(" ")

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod follow;
+pub mod h2load;
 pub mod hit;
 pub mod stream;
 
