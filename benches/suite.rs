@@ -680,6 +680,22 @@ async fn p3_prefetch() -> Vec<Row> {
     let floor = latency * 41;
     let ceiling = audit_gateway::UpstreamConfig::DEFAULT.concurrency;
     let bound = latency * (1 + 40u32.div_ceil(ceiling as u32));
+    // The same window with no latency: what rendering, converting and reading its pages
+    // costs on this machine's cores (simulator, gateway and client share them).
+    let cpu = {
+        let sim = support::simulator(SimulatorConfig {
+            records: 40_000,
+            ..Default::default()
+        })
+        .await;
+        let addr = support::gateway(&sim.base_url(), |_| {}, std::future::pending()).await;
+        let mut c = support::grpc(addr).await;
+        let t = Instant::now();
+        support::stream::stream(&mut c, Duration::ZERO).await;
+        let took = t.elapsed();
+        sim.shutdown();
+        took
+    };
     let mut rows = Vec::new();
     for site in [
         None,
@@ -705,6 +721,7 @@ async fn p3_prefetch() -> Vec<Row> {
         let (records, _) = support::stream::stream(&mut c, Duration::ZERO).await;
         let took = t.elapsed();
         sim.shutdown();
+        trace_requests(&sim, t);
         let (refused, warned) = sim.over_limit();
         let seen = format!(
             "{records} records, {} upstream requests, at most {} at once",
@@ -716,7 +733,7 @@ async fn p3_prefetch() -> Vec<Row> {
                 id: "P3",
                 generator: "in-process tonic client",
                 measure: format!(
-                    "StreamSince 40-page window at {latency:?}/page, default settings ({seen}; {:.2}x the sequential floor of 41 x {latency:?})",
+                    "StreamSince 40-page window at {latency:?}/page, default settings ({seen}; {:.2}x the sequential floor of 41 x {latency:?}; the same window at 0 ms/page takes {cpu:.2?}, the CPU of simulator, gateway and client on this machine)",
                     floor.as_secs_f64() / took.as_secs_f64()
                 ),
                 value: format!("{took:.2?}"),
@@ -866,6 +883,7 @@ async fn p9_backfill() -> Row {
     let t = Instant::now();
     let (got, _) = support::follow::backfill(&addr, RECORDS).await;
     let took = t.elapsed();
+    trace_requests(&sim, t);
     let peak = support::vm_hwm_kib(child.id()) as f64 / 1024.0;
     let _ = child.kill();
     let _ = child.wait();
@@ -975,4 +993,24 @@ async fn p4_peak_rss() -> Vec<Row> {
         });
     }
     rows
+}
+
+/// With `BENCH_TRACE` set, prints every request the simulator saw, from `t` on.
+fn trace_requests(sim: &confluence_sim::SimulatorHandle, t: Instant) {
+    if std::env::var_os("BENCH_TRACE").is_none() {
+        return;
+    }
+    for r in sim.requests() {
+        let q: Vec<String> = r
+            .query
+            .iter()
+            .filter(|(k, _)| k != "searchString")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        eprintln!(
+            "{:>9.1} ms {}",
+            r.received.saturating_duration_since(t).as_secs_f64() * 1e3,
+            q.join("&")
+        );
+    }
 }

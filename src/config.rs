@@ -90,6 +90,9 @@ pub struct GatewayConfig {
     /// Pages a `StreamSince` call fetches ahead once its first page is full
     /// (`--stream-prefetch`, 1..=64).
     pub stream_prefetch: usize,
+    /// Bytes all streams and followers together may hold in pages read ahead past the
+    /// first two of each (`--stream-buffer-bytes`); deeper look-ahead waits for room.
+    pub stream_buffer_bytes: u64,
     /// A stream whose caller takes nothing for this long ends (`--stream-idle-timeout`,
     /// larger than 0).
     pub stream_idle_timeout: Duration,
@@ -146,13 +149,17 @@ impl GatewayConfig {
         upstream: UpstreamConfig::DEFAULT,
         cache: CacheConfig::DEFAULT,
         redis: RedisConfig::DEFAULT,
-        // A 40-page window at 100 ms per page streams 7x faster than paging with 16.
-        stream_prefetch: 16,
+        // Twice the pacing ceiling: the pipeline keeps every slot busy while pages that
+        // landed wait to be delivered (docs/benchmarks.md, P3).
+        stream_prefetch: 32,
+        // 64 MiB: ~180 pages of 1000 records (~350 KiB each) read ahead at once,
+        // gateway-wide, besides the two each stream always keeps.
+        stream_buffer_bytes: 64 << 20,
         // A reader that has not taken a page for a minute has most likely stalled; its
         // prefetched pages and its slot are worth more to other streams.
         stream_idle_timeout: Duration::from_secs(60),
-        // Each stream holds up to --stream-prefetch + 1 pages and as many fetches: 256 of
-        // them is the most one process should carry at the default prefetch.
+        // Each stream holds at most three pages outside --stream-buffer-bytes (the one it
+        // delivers and two ahead): 256 of them stay within a few hundred MiB.
         max_streams: 256,
         metrics_listen: None,
         server: ServerConfig::DEFAULT,

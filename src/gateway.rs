@@ -89,6 +89,7 @@ impl Gateway {
             config.max_streams,
             config.stream_idle_timeout,
         )
+        .reading_ahead(config.stream_buffer_bytes)
         .following_confluence_clock(clock.clone())
         .sharing(caps, config.caller_header.clone())
         .stopping_with(stopper.shutdown());

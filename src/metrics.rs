@@ -204,6 +204,8 @@ pub struct Metrics {
     cache_lookups: Family<LookupLabels, Counter>,
     /// Bytes of encoded pages held by the in-process tier.
     pub cache_bytes: Gauge,
+    /// Bytes of the look-ahead budget reserved by streams and followers.
+    pub lookahead_bytes: Gauge,
     /// gRPC calls by method and the status code they ended with.
     grpc_handled: Family<GrpcLabels, Counter>,
     /// Duration of gRPC calls, from the call to its status.
@@ -297,6 +299,12 @@ impl Metrics {
                 &mut r,
                 "cache_bytes",
                 "Bytes of encoded pages held by the in-process cache.",
+                Gauge::default(),
+            ),
+            lookahead_bytes: registered(
+                &mut r,
+                "stream_lookahead_bytes",
+                "Bytes of --stream-buffer-bytes reserved by pages streams and followers fetched ahead.",
                 Gauge::default(),
             ),
             grpc_handled: registered(

@@ -1,5 +1,9 @@
 //! Logging and tracing. Logs go to stderr, filtered by `RUST_LOG` (default `info`): one
 //! JSON object per line (for log collectors) or human-readable lines (for a terminal).
+//! Log lines are events only, each carrying the fields it needs (a failed call names its
+//! method and caller): formatting every call's spans into the log layer cost a cache hit
+//! more than the rest of its work (docs/benchmarks.md, P1), so spans go only where they
+//! are read whole, to the trace exporter.
 //! With an OTLP endpoint, spans (a call, a page load, an upstream attempt) are exported
 //! over OTLP/gRPC through the opentelemetry crates, on the tonic the gateway already
 //! uses, and W3C `traceparent` context is read from callers and passed on to Confluence
@@ -19,7 +23,13 @@ use opentelemetry_sdk::{
     runtime,
     trace::{SdkTracerProvider, span_processor_with_async_runtime::BatchSpanProcessor},
 };
-use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Registry,
+    filter::{FilterExt, filter_fn},
+    fmt,
+    layer::{Layer, SubscriberExt},
+    util::SubscriberInitExt,
+};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -71,8 +81,33 @@ pub struct TelemetryError {
 /// Installs the global subscriber (a second call installs nothing) and, with
 /// `otlp_endpoint`, the OTLP span exporter; must run inside a tokio runtime.
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, TelemetryError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (otel, provider) = match otlp_endpoint {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Each layer takes what its own filter lets through: the log layer events only, the
+    // exporter spans and events (per-layer filters, so no layer's choice is another's).
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    // A closed log pipe must not stop the gateway: the subscriber would report the
+    // failed write with eprintln!, which panics when stderr itself is gone.
+    // With no exporter, no layer takes a span, so a call's spans cost next to nothing.
+    let events = || filter().and(filter_fn(|meta| meta.is_event()));
+    layers.push(match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .log_internal_errors(false)
+            .with_filter(events())
+            .boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            // Colour codes only for a terminal: piped logs stay parseable.
+            .with_ansi(std::io::stderr().is_terminal())
+            .log_internal_errors(false)
+            .with_filter(events())
+            .boxed(),
+    });
+    let provider = match otlp_endpoint {
         Some(endpoint) => {
             let exporter = SpanExporter::builder()
                 .with_tonic()
@@ -94,45 +129,18 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
                 .build();
             global::set_text_map_propagator(TraceContextPropagator::new());
             let tracer = provider.tracer("audit-gateway");
-            (
-                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
-                Some(provider),
-            )
+            layers.push(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(filter())
+                    .boxed(),
+            );
+            Some(provider)
         }
-        None => (None, None),
-    };
-    // A closed log pipe must not stop the gateway: the subscriber would report the
-    // failed write with eprintln!, which panics when stderr itself is gone.
-    let (json, text) = match format {
-        LogFormat::Json => (
-            Some(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr)
-                    .log_internal_errors(false),
-            ),
-            None,
-        ),
-        LogFormat::Text => (
-            None,
-            Some(
-                fmt::layer()
-                    .with_writer(std::io::stderr)
-                    // Colour codes only for a terminal: piped logs stay parseable.
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .log_internal_errors(false),
-            ),
-        ),
+        None => None,
     };
     // Err only when a subscriber is already set (e.g. by a test harness).
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(json)
-        .with(text)
-        .with(otel)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(layers).try_init();
     Ok(Telemetry { provider })
 }
 

@@ -29,7 +29,10 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use super::stream::{self, Item, Messages, PageSource};
+use super::{
+    lookahead::{FREE_AHEAD, LookAhead, PageSize, Reserved},
+    stream::{self, Item, Messages, PageSource},
+};
 use crate::{
     app::PageRequest,
     audit::{
@@ -119,6 +122,8 @@ pub(crate) struct Shared {
     pub stopping: Shutdown,
     /// Ranges fetched ahead while backfilling.
     pub prefetch: usize,
+    /// The gateway's budget for pages read ahead (past the first `FREE_AHEAD`).
+    pub lookahead: Arc<LookAhead>,
     /// This replica's place in each tick, a fraction in [0, 0.5) drawn at start: replicas
     /// read a tick's range one after the other rather than all at once, so the later ones
     /// find it in the Redis tier. Every follower of a replica shares it, so they still
@@ -147,6 +152,7 @@ pub(crate) fn start<P: PageSource>(
         req,
         shared,
         skew_warned: false,
+        sizes: Arc::default(),
     };
     stream::supervise("Follow", held, |tx, idle| follower.produce(tx, idle))
 }
@@ -159,12 +165,18 @@ struct Follower<P> {
     remaining: Option<u64>,
     /// Whether this call warned about clock skew already.
     skew_warned: bool,
+    /// How large this follower's pages are.
+    sizes: Arc<PageSize>,
 }
 
 /// A range's newest page being fetched, and how many ranges ahead of the one being read
 /// it is (lowered as the reader comes closer, `src/upstream/fair.rs`); dropping it aborts
 /// the fetch.
-struct Fetch(JoinHandle<Result<PageView, GatewayError>>, Urgency);
+struct Fetch(
+    JoinHandle<Result<PageView, GatewayError>>,
+    Urgency,
+    Option<Reserved>,
+);
 
 impl Drop for Fetch {
     fn drop(&mut self) {
@@ -302,11 +314,22 @@ impl<P: PageSource> Follower<P> {
             // The next ranges are fetched ahead, up to the prefetch window: cut to fill
             // most of a page each, most of them are read once.
             ahead.retain(|s, _| stack.contains(s));
+            // Past the first `FREE_AHEAD`, only while the look-ahead budget has room.
             for (i, s) in stack.iter().rev().take(self.shared.prefetch).enumerate() {
                 match ahead.get(s) {
                     Some(f) => f.1.set(i + 1),
                     None => {
-                        ahead.insert(*s, self.fetch_ahead(*s, i + 1));
+                        let room = if i < FREE_AHEAD {
+                            None
+                        } else {
+                            match self.shared.lookahead.reserve(&self.sizes) {
+                                Some(room) => Some(room),
+                                None => break,
+                            }
+                        };
+                        let mut fetch = self.fetch_ahead(*s, i + 1);
+                        fetch.2 = room;
+                        ahead.insert(*s, fetch);
                     }
                 }
             }
@@ -557,10 +580,13 @@ impl<P: PageSource> Follower<P> {
             urgency: urgency.clone(),
             metered: false,
         };
-        Fetch(
-            tokio::spawn(async move { stream::decode(&pages.page(req).await?) }.in_current_span()),
-            urgency,
-        )
+        let sizes = self.sizes.clone();
+        let task = async move {
+            let page = pages.page(req).await?;
+            sizes.landed(page.len());
+            stream::decode(&page)
+        };
+        Fetch(tokio::spawn(task.in_current_span()), urgency, None)
     }
 }
 
@@ -636,9 +662,9 @@ mod tests {
     async fn follow_through(
         source: ModelSource,
         clock: Clock,
-        since: i64,
-        until: i64,
+        (since, until): (i64, i64),
         max_records: Option<u64>,
+        lookahead: u64,
     ) -> Result<Followed, GatewayError> {
         let key = key();
         let listing = Arc::new(Mutex::new(Listing::default()));
@@ -661,6 +687,7 @@ mod tests {
                 late: Arc::default(),
                 stopping: Shutdown::never(),
                 prefetch: 3,
+                lookahead: Arc::new(LookAhead::new(lookahead)),
                 tick_spread: 0.0,
                 listing: listing.clone(),
                 clock: clock.clone(),
@@ -777,6 +804,8 @@ mod tests {
             records in 0usize..150,
             back in 0i64..70_000,
             max_records in prop::option::of(1u64..60),
+            // Look-ahead as deep as the prefetch, only the free pages, or in between.
+            lookahead in prop_oneof![Just(0u64), 0u64..8192, Just(u64::MAX)],
             seed in any::<u64>(),
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -793,7 +822,8 @@ mod tests {
                 let model = Arc::new(Mutex::new(model));
                 let source = ModelSource(model.clone());
                 let followed =
-                    follow_through(source, clock, BASE - back, BASE + 6_000, max_records).await;
+                    follow_through(source, clock, (BASE - back, BASE + 6_000), max_records, lookahead)
+                        .await;
                 (model, followed)
             });
             let followed = followed.map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -828,9 +858,9 @@ mod tests {
             let followed = follow_through(
                 ModelSource(model.clone()),
                 clock,
-                BASE - 2_400_000,
-                BASE,
+                (BASE - 2_400_000, BASE),
                 None,
+                u64::MAX,
             )
             .await
             .expect("followed");

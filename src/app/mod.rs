@@ -1,11 +1,13 @@
 //! The application layer: pages through the cache (`pages`), whole windows as streams
-//! (`stream`), the log followed (`follow`), and each caller's own caps (`caps`). It
+//! (`stream`), the log followed (`follow`), each caller's own caps (`caps`) and the
+//! gateway-wide budget of pages read ahead (`lookahead`). It
 //! speaks domain types and encoded protobuf bytes; the gRPC edge
 //! (`src/grpc/`) calls it, and it calls the cache, the upstream client and the
 //! protobuf conversion.
 
 pub(crate) mod caps;
 pub(crate) mod follow;
+pub(crate) mod lookahead;
 #[cfg(test)]
 pub(crate) mod model;
 pub(crate) mod pages;

@@ -263,14 +263,9 @@ impl PageService {
         } else {
             RetryClass::OneShot
         };
-        // No search string in the span: it may hold what a caller looks for. A load
-        // shared by several callers is traced under the first one's call.
-        let span = tracing::info_span!(
-            "page load",
-            start = req.query.start,
-            limit = req.query.limit,
-            range = matches!(req.query.span, Span::Range { .. })
-        );
+        // A load shared by several callers is traced under the first one's call; the
+        // span is made only when a load starts (a hit needs none).
+        let call = tracing::Span::current();
         let loading = Load {
             client: self.client.clone(),
             refused: self.refused.clone(),
@@ -282,7 +277,17 @@ impl PageService {
         };
         // The cache runs this in a task of its own when the load is shared (then with no
         // deadline: no one caller's deadline may end it), or in this call when nothing is.
-        let load = move |deadline, progress| loading.run(deadline, progress).instrument(span);
+        let load = move |deadline, progress| {
+            // No search string in the span: it may hold what a caller looks for.
+            let span = tracing::info_span!(
+                parent: &call,
+                "page load",
+                start = loading.query.start,
+                limit = loading.query.limit,
+                range = matches!(loading.query.span, Span::Range { .. })
+            );
+            loading.run(deadline, progress).instrument(span)
+        };
         let caps = self.caps.clone();
         let admit = || {
             if req.metered {

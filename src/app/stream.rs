@@ -37,7 +37,10 @@ use tokio_stream::Stream;
 use tracing::Instrument;
 
 use crate::{
-    app::{PageRequest, PageService},
+    app::{
+        PageRequest, PageService,
+        lookahead::{FREE_AHEAD, LookAhead, PageSize, Reserved},
+    },
     audit::{
         PageQuery, Span,
         anchor::{self, Anchored, Cursor, Delivery, Position, Window},
@@ -213,7 +216,7 @@ impl Stream for Messages {
 pub(crate) fn start<P: PageSource>(
     pages: P,
     req: StreamRequest,
-    (prefetch, ends): (usize, &WindowEnds),
+    (prefetch, ends, budget): (usize, &WindowEnds, &Arc<LookAhead>),
     tokens: Arc<TokenKey>,
     held: impl Send + 'static,
 ) -> Messages {
@@ -226,6 +229,8 @@ pub(crate) fn start<P: PageSource>(
         tokens,
         landed: Arc::default(),
         end,
+        budget: budget.clone(),
+        sizes: Arc::default(),
     };
     supervise("StreamSince", held, |tx, idle| producer.produce(tx, idle))
 }
@@ -306,6 +311,10 @@ struct Producer<P> {
     landed: Arc<Notify>,
     /// Where the window ends, as this stream and the others of its window learn it.
     end: Arc<WindowEnd>,
+    /// The gateway's budget for pages read ahead, past the first `FREE_AHEAD`.
+    budget: Arc<LookAhead>,
+    /// How large this stream's pages are.
+    sizes: Arc<PageSize>,
 }
 
 /// A page being fetched; dropping it stops waiting for it. The load itself goes on while
@@ -322,6 +331,8 @@ struct Fetch {
     /// How far ahead of the reader it is, lowered as the reader comes closer: its
     /// request waits behind the caller's more urgent ones (`src/upstream/fair.rs`).
     urgency: Urgency,
+    /// Its room in the look-ahead budget, held until the page is delivered or dropped.
+    room: Option<Reserved>,
 }
 
 impl Fetch {
@@ -540,7 +551,7 @@ impl<P: PageSource> Producer<P> {
         let refresh = self.req.refresh || fresh;
         let deadline = self.req.deadline;
         let records = Arc::new(AtomicI64::new(-1));
-        let (count, landed) = (records.clone(), self.landed.clone());
+        let (count, landed, sizes) = (records.clone(), self.landed.clone(), self.sizes.clone());
         let task = tokio::spawn(
             async move {
                 let query = query.map_err(|_| {
@@ -560,6 +571,7 @@ impl<P: PageSource> Producer<P> {
                         metered: false,
                     })
                     .await?;
+                sizes.landed(page.len());
                 let view = decode(&page)?;
                 count.store(view.records.len() as i64, Ordering::Release);
                 landed.notify_one();
@@ -573,6 +585,7 @@ impl<P: PageSource> Producer<P> {
             task,
             records,
             urgency,
+            room: None,
         }
     }
 
@@ -843,7 +856,8 @@ impl<P: PageSource> Producer<P> {
     }
 
     /// The next page of the pipeline: the oldest prediction, or one at `start`; keeps
-    /// `window` pages in flight, `stride` apart, none past a page known to be short.
+    /// `window` pages in flight, `stride` apart, none past a page known to be short,
+    /// those past the first `FREE_AHEAD` only while the look-ahead budget has room.
     fn next_in_pipeline(
         &self,
         ahead: &mut VecDeque<Fetch>,
@@ -856,7 +870,17 @@ impl<P: PageSource> Producer<P> {
         let end = self.end.known().unwrap_or(i64::MAX);
         let mut next = ahead.back().map_or(start, |f| f.start + stride);
         while extend && ahead.len() < window && next < end {
-            ahead.push_back(self.fetch(next, false, ahead.len()));
+            let room = if ahead.len() < FREE_AHEAD {
+                None
+            } else {
+                match self.budget.reserve(&self.sizes) {
+                    Some(room) => Some(room),
+                    None => break,
+                }
+            };
+            let mut fetch = self.fetch(next, false, ahead.len());
+            fetch.room = room;
+            ahead.push_back(fetch);
             next += stride;
         }
         let next = ahead
@@ -972,6 +996,11 @@ mod tests {
         }
     }
 
+    /// A look-ahead budget nothing exhausts.
+    fn unbounded() -> Arc<LookAhead> {
+        Arc::new(LookAhead::new(u64::MAX))
+    }
+
     fn window() -> Window {
         Window {
             number: 1,
@@ -1028,7 +1057,7 @@ mod tests {
         let rx = start(
             log.clone(),
             request(3, Some(5), Cursor::BEGIN),
-            (2, &WindowEnds::default()),
+            (2, &WindowEnds::default(), &unbounded()),
             key(),
             (),
         );
@@ -1040,7 +1069,7 @@ mod tests {
         let (rest, _, end) = drain(start(
             log,
             request(3, None, cursor),
-            (2, &WindowEnds::default()),
+            (2, &WindowEnds::default(), &unbounded()),
             key(),
             (),
         ))
@@ -1060,7 +1089,7 @@ mod tests {
         let (delivered, _, end) = drain(start(
             source,
             request(3, None, Cursor::BEGIN),
-            (2, &WindowEnds::default()),
+            (2, &WindowEnds::default(), &unbounded()),
             key(),
             (),
         ))
@@ -1077,7 +1106,7 @@ mod tests {
     /// page is fresh. Returns what was delivered, in order.
     async fn stream_through(
         source: ModelSource,
-        ends: &WindowEnds,
+        (ends, budget): (&WindowEnds, &Arc<LookAhead>),
         page_size: i32,
         max_records: Option<u64>,
         refresh: bool,
@@ -1090,7 +1119,7 @@ mod tests {
                 ..request(page_size, max_records, cursor.clone())
             };
             let (records, token, end) =
-                drain(start(source.clone(), req, (3, ends), key(), ())).await;
+                drain(start(source.clone(), req, (3, ends, budget), key(), ())).await;
             let got = records.len();
             delivered.extend(records);
             if !token.is_empty() {
@@ -1169,6 +1198,7 @@ mod tests {
             records in 0usize..120,
             max_records in prop::option::of(1u64..40),
             refresh in any::<bool>(),
+            budget in prop_oneof![Just(0u64), 0u64..8192, Just(u64::MAX)],
             seed in any::<u64>(),
         ) {
             let model = Arc::new(Mutex::new(Model::new(records, 1_000_000, (1, 3), how, seed)));
@@ -1178,8 +1208,10 @@ mod tests {
                 .expect("runtime");
             let source = ModelSource(model.clone());
             let ends = WindowEnds::default();
+            // Look-ahead as deep as the prefetch, only the free pages, or in between.
+            let budget = Arc::new(LookAhead::new(budget));
             let delivered = runtime
-                .block_on(stream_through(source, &ends, page_size, max_records, refresh))
+                .block_on(stream_through(source, (&ends, &budget), page_size, max_records, refresh))
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let model = model.lock().expect("model");
             if delivered.is_empty() {
@@ -1207,13 +1239,14 @@ mod tests {
                 .build()
                 .expect("runtime");
             let ends = WindowEnds::default();
+            let budget = unbounded();
             let (first, second) = runtime.block_on(async {
-                let first = stream_through(ModelSource(model.clone()), &ends, page_size, None, false);
+                let first = stream_through(ModelSource(model.clone()), (&ends, &budget), page_size, None, false);
                 let second = async {
                     for _ in 0..head_start {
                         tokio::task::yield_now().await;
                     }
-                    stream_through(ModelSource(model.clone()), &ends, page_size, None, false).await
+                    stream_through(ModelSource(model.clone()), (&ends, &budget), page_size, None, false).await
                 };
                 tokio::join!(first, second)
             });

@@ -249,7 +249,9 @@ impl PageCache {
     {
         if self.settings.ttl.is_zero() {
             admit()?;
-            return load(deadline, LoadProgress::default()).await;
+            // Boxed: the load's future is large, and inline it would make every hit's
+            // future (which never runs it) as large, moved on each call.
+            return Box::pin(load(deadline, LoadProgress::default())).await;
         }
         if !refresh {
             let hit = self.memory.get(&key).await;

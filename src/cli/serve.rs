@@ -230,6 +230,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_STREAM_PREFETCH", default_value_t = D.stream_prefetch)]
     stream_prefetch: usize,
 
+    /// Bytes all streams and followers together may hold in pages fetched ahead, past the
+    /// first two of each; deeper look-ahead waits for room.
+    #[arg(long, env = "AUDIT_GATEWAY_STREAM_BUFFER_BYTES", default_value_t = Size(D.stream_buffer_bytes))]
+    stream_buffer_bytes: Size,
+
     /// A StreamSince call whose caller reads nothing for this long ends (DEADLINE_EXCEEDED,
     /// reason STREAM_IDLE), giving back its slot and prefetched pages.
     #[arg(long, env = "AUDIT_GATEWAY_STREAM_IDLE_TIMEOUT", default_value_t = Dur(D.stream_idle_timeout))]
@@ -385,6 +390,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
                 key_prefix: a.redis_key_prefix.into(),
             },
             stream_prefetch: a.stream_prefetch,
+            stream_buffer_bytes: a.stream_buffer_bytes.0,
             stream_idle_timeout: a.stream_idle_timeout.0,
             max_streams: a.max_streams,
             metrics_listen: a.metrics_listen,

@@ -29,8 +29,12 @@ pub(crate) fn call_span(method: &'static str, md: &MetadataMap) -> tracing::Span
         rpc.method = method,
         caller = tracing::field::Empty,
     );
-    // Only fails when the span is not exported, where there is nothing to continue.
-    let _ = span.set_parent(telemetry::remote_context(&Metadata(md)));
+    // No layer takes it when nothing exports spans (`src/telemetry.rs`): then there is
+    // no trace to continue, and the caller's context is not even read.
+    if !span.is_disabled() {
+        // Only fails when the span is not exported.
+        let _ = span.set_parent(telemetry::remote_context(&Metadata(md)));
+    }
     span
 }
 

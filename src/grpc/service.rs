@@ -23,6 +23,7 @@ use crate::{
         PageRequest, PageService,
         caps::CallerCaps,
         follow::{self, LateChecks},
+        lookahead::LookAhead,
         stream::{self, WindowEnds},
     },
     audit::{follow::Listing, resume::TokenKey},
@@ -51,6 +52,8 @@ pub(crate) struct AuditGrpc {
     late: Arc<LateChecks>,
     /// Where each window ends, as its streams learn it.
     ends: Arc<WindowEnds>,
+    /// The bytes streams and followers may hold in pages read ahead.
+    lookahead: Arc<LookAhead>,
     /// Set when the gateway shuts down: followers end with UNAVAILABLE.
     stopping: Shutdown,
     /// This replica's place in each follow tick (`src/app/follow.rs`).
@@ -91,6 +94,7 @@ impl AuditGrpc {
             stream_idle_timeout,
             late: Arc::default(),
             ends: Arc::default(),
+            lookahead: Arc::new(LookAhead::new(u64::MAX)),
             stopping: Stopper::new().shutdown(),
             tick_spread: fastrand::f64() / 2.0,
             listing: Arc::default(),
@@ -105,6 +109,13 @@ impl AuditGrpc {
     pub(crate) fn sharing(mut self, caps: Arc<CallerCaps>, caller_header: Option<String>) -> Self {
         self.caps = caps;
         self.caller_header = caller_header.map(Into::into);
+        self
+    }
+
+    /// Streams and followers together hold at most `bytes` in pages read ahead, past the
+    /// first two of each.
+    pub(crate) fn reading_ahead(mut self, bytes: u64) -> Self {
+        self.lookahead = Arc::new(LookAhead::new(bytes));
         self
     }
 
@@ -294,7 +305,7 @@ impl AuditGrpc {
         let messages = stream::start(
             self.pages.clone(),
             req,
-            (self.stream_prefetch, &self.ends),
+            (self.stream_prefetch, &self.ends, &self.lookahead),
             self.tokens.clone(),
             slot,
         );
@@ -323,6 +334,7 @@ impl AuditGrpc {
             late: self.late.clone(),
             stopping: self.stopping.clone(),
             prefetch: self.stream_prefetch,
+            lookahead: self.lookahead.clone(),
             tick_spread: self.tick_spread,
             listing: self.listing.clone(),
             clock: follow::system_clock(),

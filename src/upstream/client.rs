@@ -600,11 +600,11 @@ impl ConfluenceClient {
         }
         asked.store(true, Ordering::Relaxed);
         let in_flight = InFlight::start();
-        let full = permit.full();
+        let level = permit.level();
         let exchanged = self
             .exchange(
                 request,
-                (budget, started, size, full),
+                (budget, started, size, level),
                 failed,
                 cut_by_deadline,
             )
@@ -637,13 +637,13 @@ impl ConfluenceClient {
     async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
-        (budget, sent, size, full): (&str, Instant, i32, bool),
+        (budget, sent, size, level): (&str, Instant, i32, usize),
         failed: impl Fn(reqwest::Error) -> GatewayError,
         cut_by_deadline: bool,
     ) -> Result<PageBody, GatewayError> {
         let sent_at = SystemTime::now();
         let response = request.send().await.map_err(&failed)?;
-        self.pace(budget, &response, (sent, size, full));
+        self.pace(budget, &response, (sent, size, level));
         if let Some(date) = response
             .headers()
             .get(header::DATE)
@@ -694,13 +694,13 @@ impl ConfluenceClient {
     }
 
     /// Takes what `response` (to a request of `budget` for a page of `size`, sent at
-    /// `sent`, with the credential's last slot when `full`) says of the credential's
+    /// `sent` while `level` of its requests were in flight) says of the credential's
     /// budget into its paced limit.
     fn pace(
         &self,
         budget: &str,
         response: &reqwest::Response,
-        (sent, size, full): (Instant, i32, bool),
+        (sent, size, level): (Instant, i32, usize),
     ) {
         let answer = match response.status() {
             StatusCode::TOO_MANY_REQUESTS => pacing::Answer::RateLimited,
@@ -713,7 +713,7 @@ impl ConfluenceClient {
             // retries deal with them.
             _ => return,
         };
-        if let Some((limit, why)) = self.pacing.observe(budget, answer, sent, full) {
+        if let Some((limit, why)) = self.pacing.observe(budget, answer, sent, level) {
             self.in_flight.set_limit(budget, limit);
             METRICS.limit_moved(limit, why.label());
             tracing::debug!(

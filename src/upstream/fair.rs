@@ -194,8 +194,8 @@ struct Waiter {
     since: Instant,
     urgency: Urgency,
     group: Arc<str>,
-    /// Granted with whether it took its group's last slot.
-    grant: oneshot::Sender<bool>,
+    /// Told the group's requests in flight, itself included, when it is let go.
+    grant: oneshot::Sender<usize>,
 }
 
 /// The requests of one credential.
@@ -304,13 +304,13 @@ impl FairSlots {
             key,
             done: false,
         };
-        let full = rx.await.map_err(|_| Closed)?;
+        let level = rx.await.map_err(|_| Closed)?;
         waiting.done = true;
         Ok(Slot {
             state: self.state.clone(),
             caller: share.id.clone(),
             group,
-            full,
+            level,
         })
     }
 
@@ -404,10 +404,8 @@ fn dispatch(st: &mut State, shared: &Shared) {
         if let Some(g) = groups.get_mut(&waiter.group) {
             g.waiting = g.waiting.saturating_sub(1);
         }
-        let full = groups
-            .get(&waiter.group)
-            .is_some_and(|g| g.in_flight + 1 >= g.limit);
-        if waiter.grant.send(full).is_err() {
+        let level = groups.get(&waiter.group).map_or(1, |g| g.in_flight + 1);
+        if waiter.grant.send(level).is_err() {
             // Its caller left between this and its `Waiting` guard running.
             forget_if_idle(groups, &waiter.group);
             continue;
@@ -541,14 +539,15 @@ pub(crate) struct Slot {
     state: Shared,
     caller: Arc<str>,
     group: Arc<str>,
-    /// It took its group's last slot: the limit, not the demand, held the group back.
-    full: bool,
+    /// Its group's requests in flight when it was granted, itself included: how many the
+    /// site carried at once while this one was answered.
+    level: usize,
 }
 
 impl Slot {
-    /// Whether it took its group's last slot when granted.
-    pub(crate) fn full(&self) -> bool {
-        self.full
+    /// Its group's requests in flight when it was granted, itself included.
+    pub(crate) fn level(&self) -> usize {
+        self.level
     }
 }
 
@@ -757,15 +756,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_slot_says_whether_it_took_its_groups_last_one() {
+    async fn a_slot_says_how_many_of_its_group_were_in_flight_with_it() {
         let slots = FairSlots::new(8);
         let s = share("u", 1);
         let first = slots.acquire_paced(&s, "c", 2).await.expect("open");
         let second = slots.acquire_paced(&s, "c", 2).await.expect("open");
-        assert_eq!((first.full(), second.full()), (false, true));
+        let other = slots.acquire_paced(&s, "d", 2).await.expect("open");
+        assert_eq!((first.level(), second.level(), other.level()), (1, 2, 1));
         drop(first);
         let third = slots.acquire_paced(&s, "c", 2).await.expect("open");
-        assert!(third.full(), "the freed slot was the last again");
+        assert_eq!(third.level(), 2, "the freed slot was the last again");
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,13 +3,14 @@
 //! multiplicative decrease, the idea behind TCP's congestion window and Netflix's
 //! concurrency-limits).
 //!
-//! - **Grow** while the limit is what holds requests back and answers come back fast
-//!   with no warning: for each answer to a request that took the credential's last slot
-//!   (so the site bore the whole limit in flight without complaint), by one until the
-//!   first cut (slow start), then by one per limit's worth of such answers (one per
-//!   round trip). Answers to requests sent below the limit prove nothing more: a batch
-//!   sent at once does not grow the limit on its first answers while its last ones
-//!   bring warnings.
+//! - **Grow** while answers come back fast with no warning, by what they prove the site
+//!   carried: each answer says how many of the credential's requests were in flight
+//!   when it was sent (its level). Until the first cut (slow start) the limit rises to
+//!   twice the highest level answered cleanly, as TCP's window doubles per round trip;
+//!   after it, by one per limit's worth of answers sent at the limit (one per round
+//!   trip). A limit nothing presses against does not grow past twice what was used, and
+//!   a batch sent at once does not grow it on its first answers (low levels) while its
+//!   last ones (the high levels) bring warnings.
 //! - **Cut by half** on `X-RateLimit-NearLimit: true` or a 429: Atlassian says the
 //!   credential's budget is nearly spent, so the gateway slows down before it is refused
 //!   (or right after).
@@ -103,7 +104,7 @@ pub(crate) struct Pacing {
 #[derive(Clone, Copy, Debug)]
 struct Pace {
     limit: f64,
-    /// Grow by one per answer until the first cut.
+    /// Double the level answered cleanly until the first cut.
     slow_start: bool,
     /// The usual first-byte time of each page size class (`size_class`): the lowest
     /// seen, drifting up slowly to a lasting rise.
@@ -139,15 +140,15 @@ impl Pacing {
         limit as usize
     }
 
-    /// Takes in `answer` to a request of `credential` sent at `sent`; `pressed`: it took
-    /// the credential's last slot, so the limit held its requests back. The new limit
-    /// and why, when its whole number moved.
+    /// Takes in `answer` to a request of `credential` sent at `sent` while `level` of its
+    /// requests (itself included) were in flight. The new limit and why, when its whole
+    /// number moved.
     pub(crate) fn observe(
         &self,
         credential: &str,
         answer: Answer,
         sent: Instant,
-        pressed: bool,
+        level: usize,
     ) -> Option<(usize, Move)> {
         let now = Instant::now();
         let mut paces = self.paces.lock().unwrap_or_else(PoisonError::into_inner);
@@ -170,7 +171,7 @@ impl Pacing {
         });
         pace.last_seen = now;
         let before = pace.limit as usize;
-        let moved = pace.take(answer, sent, pressed, self.ceiling);
+        let moved = pace.take(answer, sent, level as f64, self.ceiling);
         pace.limit = pace.limit.clamp(self.floor, self.ceiling);
         let after = pace.limit as usize;
         moved.filter(|_| after != before).map(|why| (after, why))
@@ -179,7 +180,7 @@ impl Pacing {
 
 impl Pace {
     /// Moves the limit for `answer`; why, if it moved.
-    fn take(&mut self, answer: Answer, sent: Instant, pressed: bool, ceiling: f64) -> Option<Move> {
+    fn take(&mut self, answer: Answer, sent: Instant, level: f64, ceiling: f64) -> Option<Move> {
         // A cut answers for the requests in flight when it was made: one sent before it
         // cannot show that the cut was not enough.
         let after_cut = self.last_cut.is_none_or(|cut| sent >= cut);
@@ -212,13 +213,25 @@ impl Pace {
                 self.last_cut = Some(Instant::now());
                 Some(why)
             }
-            // Growing while nothing waits would raise a limit nothing tested.
-            None if pressed && self.limit < ceiling => {
-                self.limit += if self.slow_start {
-                    1.0
-                } else {
-                    1.0 / self.limit
-                };
+            // The site carried `level` at once without complaint: twice that is the next
+            // round trip's test while slow starting (never more than was shown to hold
+            // half of it), one more per round trip after.
+            None if after_cut
+                && self.slow_start
+                && 2.0 * level > self.limit
+                && self.limit < ceiling =>
+            {
+                self.limit = 2.0 * level;
+                Some(Move::Grew)
+            }
+            // Growing while nothing presses against the limit would raise a limit nothing
+            // tested; answers to requests sent before the last cut say nothing of it.
+            None if after_cut
+                && !self.slow_start
+                && level >= self.limit.floor()
+                && self.limit < ceiling =>
+            {
+                self.limit += 1.0 / self.limit;
                 Some(Move::Grew)
             }
             None => None,
@@ -240,33 +253,69 @@ mod tests {
         }
     }
 
-    /// Feeds `n` answers sent now; the limit after.
-    fn feed(p: &Pacing, answer: Answer, n: usize, pressed: bool) -> usize {
+    /// Feeds `n` answers sent now at `level`; the limit after.
+    fn feed(p: &Pacing, answer: Answer, n: usize, level: usize) -> usize {
         for _ in 0..n {
-            p.observe("c", answer, Instant::now(), pressed);
+            p.observe("c", answer, Instant::now(), level);
+        }
+        p.limit("c")
+    }
+
+    /// Feeds one answer per level `1..=limit`, as a batch sent at once comes back; the
+    /// limit after.
+    fn batch(p: &Pacing, answer: Answer) -> usize {
+        for level in 1..=p.limit("c") {
+            p.observe("c", answer, Instant::now(), level);
         }
         p.limit("c")
     }
 
     #[test]
-    fn slow_start_grows_by_one_per_answer_up_to_the_ceiling() {
-        let p = Pacing::new(2, 8, 16);
-        assert_eq!(p.limit("c"), 8);
-        assert_eq!(feed(&p, served(100), 4, true), 12);
-        assert_eq!(feed(&p, served(100), 40, true), 16, "capped by the ceiling");
+    fn slow_start_doubles_per_round_trip_up_to_the_ceiling() {
+        let p = Pacing::new(2, 4, 32);
+        assert_eq!(p.limit("c"), 4);
+        assert_eq!(batch(&p, served(100)), 8);
+        assert_eq!(batch(&p, served(100)), 16);
+        assert_eq!(batch(&p, served(100)), 32);
+        assert_eq!(batch(&p, served(100)), 32, "capped by the ceiling");
     }
 
     #[test]
-    fn a_limit_nothing_presses_against_does_not_grow() {
-        let p = Pacing::new(2, 8, 16);
-        assert_eq!(feed(&p, served(100), 20, false), 8);
+    fn a_limit_grows_to_no_more_than_twice_what_was_used() {
+        let p = Pacing::new(2, 8, 32);
+        assert_eq!(
+            feed(&p, served(100), 20, 3),
+            8,
+            "3 in flight prove nothing of 8"
+        );
+        assert_eq!(feed(&p, served(100), 20, 6), 12);
+        assert_eq!(feed(&p, served(100), 20, 6), 12);
+    }
+
+    #[test]
+    fn a_batch_whose_last_answers_warn_is_cut_not_grown() {
+        // A site warning past 4 in flight, a batch of 8: levels 1–4 come back clean,
+        // 5–8 warn.
+        let p = Pacing::new(1, 8, 32);
+        let near = Answer::Served {
+            ttfb: MS * 100,
+            size: 1000,
+            near_limit: true,
+        };
+        let sent = Instant::now();
+        for level in 1..=4 {
+            assert_eq!(p.observe("c", served(100), sent, level), None);
+        }
+        for level in 5..=8 {
+            p.observe("c", near, sent, level);
+        }
+        assert_eq!(p.limit("c"), 4);
     }
 
     #[test]
     fn near_limit_halves_once_per_round_trip_then_growth_is_additive() {
         let p = Pacing::new(2, 8, 32);
-        feed(&p, served(100), 8, true);
-        assert_eq!(p.limit("c"), 16);
+        assert_eq!(batch(&p, served(100)), 16);
         let before_cut = Instant::now();
         let near = Answer::Served {
             ttfb: MS * 100,
@@ -274,18 +323,20 @@ mod tests {
             near_limit: true,
         };
         assert_eq!(
-            p.observe("c", near, before_cut, true),
+            p.observe("c", near, before_cut, 16),
             Some((8, Move::NearLimit))
         );
         // More warnings for requests sent before the cut change nothing.
         for _ in 0..5 {
-            assert_eq!(p.observe("c", near, before_cut, true), None);
+            assert_eq!(p.observe("c", near, before_cut, 16), None);
         }
         assert_eq!(p.limit("c"), 8);
-        // Now one per limit's worth of answers (a round trip), not one per answer.
-        assert_eq!(feed(&p, served(100), 7, true), 8);
-        assert_eq!(feed(&p, served(100), 2, true), 9);
-        assert_eq!(feed(&p, served(100), 9, true), 10);
+        // Now one per limit's worth of answers at the limit (a round trip), not one per
+        // answer, and none for answers below it.
+        assert_eq!(feed(&p, served(100), 7, 8), 8);
+        assert_eq!(feed(&p, served(100), 2, 8), 9);
+        assert_eq!(feed(&p, served(100), 20, 5), 9);
+        assert_eq!(feed(&p, served(100), 9, 9), 10);
     }
 
     #[test]
@@ -293,7 +344,7 @@ mod tests {
         let p = Pacing::new(2, 8, 16);
         for _ in 0..10 {
             std::thread::sleep(MS);
-            p.observe("c", Answer::RateLimited, Instant::now(), true);
+            p.observe("c", Answer::RateLimited, Instant::now(), 8);
         }
         assert_eq!(p.limit("c"), 2);
     }
@@ -301,11 +352,11 @@ mod tests {
     #[test]
     fn a_rise_in_first_byte_time_cuts_by_a_fifth() {
         let p = Pacing::new(1, 10, 16);
-        feed(&p, served(50), 1, false);
-        let moved = p.observe("c", served(400), Instant::now(), true);
+        feed(&p, served(50), 1, 1);
+        let moved = p.observe("c", served(400), Instant::now(), 10);
         assert_eq!(moved, Some((8, Move::Latency)));
         // Within twice the usual time plus slack: no cut, and growth again.
-        assert_eq!(feed(&p, served(90), 1, true), 8);
+        assert_eq!(feed(&p, served(90), 9, 8), 9);
         // A small page is compared with small pages: its first quick answer is no rise,
         // and a large page's time is no rise for small ones.
         let small = |ms: u32| Answer::Served {
@@ -313,21 +364,21 @@ mod tests {
             size: 10,
             near_limit: false,
         };
-        assert_eq!(p.observe("c", small(5), Instant::now(), false), None);
-        assert_eq!(p.observe("c", small(8), Instant::now(), false), None);
+        assert_eq!(p.observe("c", small(5), Instant::now(), 1), None);
+        assert_eq!(p.observe("c", small(8), Instant::now(), 1), None);
     }
 
     #[test]
     fn credentials_are_paced_apart() {
         let p = Pacing::new(2, 8, 16);
-        p.observe("a", Answer::RateLimited, Instant::now(), true);
+        p.observe("a", Answer::RateLimited, Instant::now(), 8);
         assert_eq!((p.limit("a"), p.limit("b")), (4, 8));
     }
 
     #[test]
     fn a_fixed_limit_never_moves() {
         let p = Pacing::fixed(8);
-        p.observe("c", Answer::RateLimited, Instant::now(), true);
-        assert_eq!(feed(&p, served(10), 50, true), 8);
+        p.observe("c", Answer::RateLimited, Instant::now(), 8);
+        assert_eq!(feed(&p, served(10), 50, 8), 8);
     }
 }

@@ -1,0 +1,117 @@
+//! One gateway-wide budget of bytes for pages fetched ahead of their readers
+//! (`--stream-buffer-bytes`): streams and followers read ahead as deep as
+//! `--stream-prefetch` while the budget has room, and no deeper when it has none, so the
+//! memory their look-ahead holds is bounded by the budget however many are open.
+//!
+//! Each reader may always keep [`FREE_AHEAD`] pages ahead outside the budget: one
+//! caller's many streams cannot stop another's from moving (they only take the deep
+//! look-ahead first). A page's room is reserved before its request is sent, sized by the
+//! reader's last page (pages of one reader are alike), and given back when the page is
+//! delivered or dropped.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::METRICS;
+
+/// Pages ahead each reader keeps whatever the budget holds.
+pub(crate) const FREE_AHEAD: usize = 2;
+
+/// What a page is reckoned to take before any page of the reader landed: a 1000-record
+/// page from the simulator encodes to ~350 KiB; Atlassian's records run larger.
+const FIRST_GUESS: usize = 512 << 10;
+
+/// The budget is counted in KiB, so that any byte count fits the semaphore's `u32`.
+const UNIT: usize = 1 << 10;
+
+/// The gateway-wide budget.
+#[derive(Debug)]
+pub(crate) struct LookAhead {
+    room: Arc<Semaphore>,
+}
+
+impl LookAhead {
+    /// A budget of `bytes` (rounded down to whole KiB).
+    pub(crate) fn new(bytes: u64) -> Self {
+        let units = usize::try_from(bytes / UNIT as u64)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Self {
+            room: Arc::new(Semaphore::new(units)),
+        }
+    }
+
+    /// Room for one more page of the reader whose pages `size` tracks, if the budget
+    /// has it now (never waits: a reader without room reads less far ahead).
+    pub(crate) fn reserve(&self, size: &PageSize) -> Option<Reserved> {
+        let units = size.estimate().div_ceil(UNIT).max(1);
+        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        let permit = self.room.clone().try_acquire_many_owned(units).ok()?;
+        METRICS
+            .lookahead_bytes
+            .inc_by(i64::from(units) * UNIT as i64);
+        Some(Reserved(permit))
+    }
+}
+
+/// Room for one page ahead, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Reserved(OwnedSemaphorePermit);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        let units = i64::from(u32::try_from(self.0.num_permits()).unwrap_or(u32::MAX));
+        METRICS.lookahead_bytes.dec_by(units * UNIT as i64);
+    }
+}
+
+/// The size of one reader's pages: the last one that landed.
+#[derive(Debug, Default)]
+pub(crate) struct PageSize(AtomicUsize);
+
+impl PageSize {
+    /// A page of `bytes` landed.
+    pub(crate) fn landed(&self, bytes: usize) {
+        self.0.store(bytes, Ordering::Relaxed);
+    }
+
+    /// What the next page is reckoned to take.
+    fn estimate(&self) -> usize {
+        match self.0.load(Ordering::Relaxed) {
+            0 => FIRST_GUESS,
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_is_reserved_by_the_readers_page_size_and_given_back() {
+        let budget = LookAhead::new(1 << 20);
+        let size = PageSize::default();
+        // Before any page: the first guess, twice fits in 1 MiB, a third does not.
+        let a = budget.reserve(&size).expect("room");
+        let b = budget.reserve(&size).expect("room");
+        assert!(budget.reserve(&size).is_none(), "1 MiB holds two guesses");
+        drop(a);
+        size.landed(100 << 10);
+        let small: Vec<_> = std::iter::from_fn(|| budget.reserve(&size)).collect();
+        assert_eq!(small.len(), 5, "512 KiB left holds five 100 KiB pages");
+        drop((b, small));
+        assert_eq!(budget.room.available_permits(), 1024, "all given back");
+    }
+
+    #[test]
+    fn an_empty_budget_reserves_nothing_and_a_huge_one_is_capped() {
+        assert!(LookAhead::new(0).reserve(&PageSize::default()).is_none());
+        let huge = LookAhead::new(u64::MAX);
+        assert!(huge.reserve(&PageSize::default()).is_some());
+    }
+}
