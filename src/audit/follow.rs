@@ -14,11 +14,13 @@
 //! while capping below it, or echo nothing): [`Listing`] decides from what cannot
 //! lie, and when it cannot tell, one more request at the page's end confirms. A whole
 //! range's records are delivered, oldest first. A full page does not hold its range,
-//! but it tells where to cut: every record newer than its
-//! oldest date `D` is in it, so `(D, to]` fits one page, and `[from, D]` is cut by time
-//! into pieces sized from the page's density of records to fill most of a page each
-//! (at least two, at most [`MAX_PIECES`]), read oldest first; a piece that turns out full
-//! is cut again the same way. Ranges never overlap, so no record is read twice at two offsets
+//! but it tells where to cut: every record newer than its oldest date `D` is in it, so
+//! `(D, to]` is delivered from that page (no second request), after `[from, D]`, which is
+//! cut by time into pieces sized from the page's density of records to fill
+//! [`FILL`] of a page each, read oldest first. A cut commits to at most [`MAX_PIECES`]
+//! pieces, the newest; what lies before them is one more range, cut again by its own
+//! newest page. A piece that turns out full is cut the same way (its newest part, again,
+//! delivered from its page). Ranges never overlap, so no record is read twice at two offsets
 //! and no order among records sharing a millisecond matters; only a single millisecond
 //! holding more records than a page is paged by offset (and counted: if Confluence
 //! reorders it between requests, its records can be missed or repeated).
@@ -85,8 +87,16 @@ impl Slice {
 pub(crate) enum Plan {
     /// The page holds every record of the slice.
     Whole,
-    /// Read these slices instead, oldest first.
-    Split(Vec<Slice>),
+    /// Read these slices instead, oldest first, then deliver `held` from the page.
+    Split {
+        /// Slices to read, oldest first, tiling the slice up to `held`.
+        pieces: Vec<Slice>,
+        /// The slice's newest part, every record of which the page holds.
+        held: Option<Slice>,
+        /// The first piece holds more than [`MAX_PIECES`] pieces' worth: it is cut again
+        /// before anything after it is worth fetching ahead.
+        wide: bool,
+    },
     /// One millisecond with more records than a page: page through it by offset.
     Overflow,
 }
@@ -215,6 +225,11 @@ pub(crate) fn reaches_before<R: Anchored>(slice: Slice, page: &[R]) -> bool {
 /// in bursts), so a cut never commits to many requests at once.
 pub(crate) const MAX_PIECES: i64 = 64;
 
+/// How full a piece is meant to be, as a share of a page: fuller pieces take fewer
+/// requests, and one that turns out full costs only a small one for what its page left
+/// out (its newest part is delivered from it).
+pub(crate) const FILL: f64 = 0.9;
+
 /// What to do with `slice` given its newest page, `page` (newest first), which holds all
 /// of the slice when `whole`, from a server that applies the range's bounds to `grain`
 /// ms (1, or 1000 for one that rounds them to the second): cuts fall on the grain, since
@@ -234,37 +249,43 @@ pub(crate) fn plan<R: Anchored>(slice: Slice, page: &[R], whole: bool, grain: i6
     if cell(slice.from) == cell(slice.to) || oldest > slice.to {
         return Plan::Overflow;
     }
-    // Every record after `oldest`'s cell is in the page, so what follows that cell fits a
-    // page; what precedes it (the cell included) is cut by the page's density.
-    let d = oldest;
-    let older_end = cell(d).saturating_add(g - 1).min(slice.to);
+    // Every record after `oldest`'s cell is in the page: that part is held; what
+    // precedes it (the cell included) is cut by the page's density.
+    let older_end = cell(oldest).saturating_add(g - 1).min(slice.to);
+    let held = (older_end < slice.to).then(|| Slice::new(older_end + 1, slice.to));
+    // The page's records span `[oldest, to]`: at as many per cell, `per_piece` cells
+    // fill `FILL` of a page.
+    let per_cell = page.len() as f64 / (slice.to - oldest + 1) as f64 * g as f64;
+    let per_piece = ((FILL * page.len() as f64) / per_cell).floor().max(1.0) as i64;
+    let (first_cell, last_cell) = (cell(slice.from), cell(older_end));
+    let cells = (last_cell - first_cell) / g + 1;
+    // Nothing held: the pieces must be smaller than the slice, or it is read again.
+    let least = if held.is_some() { 1 } else { 2 };
+    let needed = ((cells + per_piece - 1) / per_piece).max(least).min(cells);
     let mut pieces = Vec::new();
-    // The page's records span `[d, to]`; as many per millisecond in `[from, older_end]`
-    // would fill `count` pages of 70 % (room for a denser stretch than the sample).
-    let span = (slice.to - d + 1) as f64;
-    let per_ms = page.len() as f64 / span;
-    let expected = per_ms * (older_end - slice.from + 1) as f64;
-    let cells = (cell(older_end) - cell(slice.from)) / g + 1;
-    let count = ((expected / (0.7 * page.len() as f64)).ceil() as i64)
-        .clamp(2, MAX_PIECES)
-        .min(cells);
-    let width = cells as f64 / count as f64;
-    let mut from = slice.from;
+    let wide = needed > MAX_PIECES;
+    let (count, start_cell) = if wide {
+        // The newest `MAX_PIECES` pieces; what precedes them is one range, read first.
+        let start_cell = last_cell - (MAX_PIECES * per_piece - 1) * g;
+        pieces.push(Slice::new(slice.from, start_cell - 1));
+        (MAX_PIECES, start_cell)
+    } else {
+        (needed, first_cell)
+    };
+    let width = ((last_cell - start_cell) / g + 1) as f64 / count as f64;
+    let mut from = pieces.last().map_or(slice.from, |p| p.to + 1);
     for i in 1..=count {
         let to = if i == count {
             older_end
         } else {
-            cell(slice.from) + ((width * i as f64) as i64) * g - 1
+            start_cell + ((width * i as f64) as i64) * g - 1
         };
         if to >= from {
             pieces.push(Slice::new(from, to));
             from = to + 1;
         }
     }
-    if older_end < slice.to {
-        pieces.push(Slice::new(older_end + 1, slice.to));
-    }
-    Plan::Split(pieces)
+    Plan::Split { pieces, held, wide }
 }
 
 /// The records of a whole slice's page (newest first) not delivered yet, as indexes
@@ -377,12 +398,29 @@ mod tests {
         // Each resume starts again from the checkpoint alone.
         'resume: loop {
             let mut stack = vec![Slice::new(cp.next, to)];
+            // Slices a page in hand holds whole, delivered from it.
+            let mut held = std::collections::HashMap::new();
             while let Some(s) = stack.pop() {
-                request += 1;
-                let page = listing(log, s, limit, request, 0);
-                let page = match plan(s, &page, page.len() < limit, 1) {
+                let (page, whole) = match held.remove(&s) {
+                    Some(page) => (page, true),
+                    None => {
+                        request += 1;
+                        let page = listing(log, s, limit, request, 0);
+                        let whole = page.len() < limit;
+                        (page, whole)
+                    }
+                };
+                let page = match plan(s, &page, whole, 1) {
                     Plan::Whole => page,
-                    Plan::Split(pieces) => {
+                    Plan::Split {
+                        pieces,
+                        held: newest,
+                        ..
+                    } => {
+                        if let Some(newest) = newest {
+                            stack.push(newest);
+                            held.insert(newest, page);
+                        }
                         stack.extend(pieces.into_iter().rev());
                         continue;
                     }
@@ -460,10 +498,14 @@ mod tests {
             let slice = Slice::new(from, from + len);
             let mut page: Vec<R> = dates.into_iter().map(|d| R(from + d % (len + 1), 0)).collect();
             page.sort_by_key(|r| std::cmp::Reverse(r.0));
-            let Plan::Split(pieces) = plan(slice, &page, false, 1) else {
+            let Plan::Split { mut pieces, held, .. } = plan(slice, &page, false, 1) else {
                 return Err(TestCaseError::fail("a full page of a wide slice is cut"));
             };
             prop_assert!(pieces.len() as i64 <= MAX_PIECES + 1);
+            // Every record after the oldest one's millisecond is held by the page.
+            let oldest = page[page.len() - 1].0;
+            prop_assert_eq!(held.map(|h| h.from), (oldest < slice.to).then_some(oldest + 1));
+            pieces.extend(held);
             prop_assert_eq!(pieces[0].from, slice.from);
             prop_assert_eq!(pieces[pieces.len() - 1].to, slice.to);
             for w in pieces.windows(2) {
@@ -477,19 +519,30 @@ mod tests {
     fn a_full_page_cuts_its_slice_at_its_oldest_date_by_its_density() {
         let page = [R(50, 1), R(40, 1), R(30, 1)];
         // 3 records over [30, 60]: [0, 30] should hold about 3, so two pieces.
+        // (30, 60] is in the page, delivered from it.
         assert_eq!(
             plan(Slice::new(0, 60), &page, false, 1),
-            Plan::Split(vec![
-                Slice::new(0, 14),
-                Slice::new(15, 30),
-                Slice::new(31, 60)
-            ])
+            Plan::Split {
+                pieces: vec![Slice::new(0, 14), Slice::new(15, 30)],
+                held: Some(Slice::new(31, 60)),
+                wide: false,
+            }
         );
-        // The same page atop a slice 100 times as long: as many pieces as allowed.
-        let Plan::Split(pieces) = plan(Slice::new(-3000, 60), &page, false, 1) else {
+        // The same page atop a slice 100 times as long: as many pieces as allowed, each
+        // sized to fill 90 % of a page (27 ms at 3 records per 31), the newest ones; the
+        // rest is one range, read first.
+        let Plan::Split { pieces, held, wide } = plan(Slice::new(-3000, 60), &page, false, 1)
+        else {
             panic!("cut");
         };
+        assert!(wide);
         assert_eq!(pieces.len() as i64, MAX_PIECES + 1);
+        assert_eq!(pieces[0], Slice::new(-3000, -1698));
+        assert!(
+            pieces[1..].iter().all(|p| p.to - p.from + 1 == 27),
+            "{pieces:?}"
+        );
+        assert_eq!(held, Some(Slice::new(31, 60)));
         assert_eq!(
             plan(Slice::new(30, 30), &page[2..], false, 1),
             Plan::Overflow
