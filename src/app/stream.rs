@@ -121,13 +121,20 @@ impl WindowEnd {
             .map(|(offset, _)| offset)
     }
 
-    /// A page at `start` holding `n` records reached the window's end. The others are
-    /// told only of news, so streams that learn the same end do not wake each other.
+    /// A page at `start` holding `n` records reached the window's end: the end is at
+    /// `start + n` or before (an empty page far past it says less than the short page
+    /// that holds it, so the nearest end known lately stands). The others are told only
+    /// of news, so streams that learn the same end do not wake each other.
     fn learn(&self, start: i64, n: i64) {
         let offset = start + n;
         let mut end = self.end.lock().unwrap_or_else(PoisonError::into_inner);
-        let news = end.is_none_or(|(known, _)| known != offset);
-        *end = Some((offset, Instant::now()));
+        let news = match *end {
+            Some((known, at)) if at.elapsed() < END_KNOWN_FOR => offset < known,
+            _ => true,
+        };
+        if news || end.is_some_and(|(known, _)| known == offset) {
+            *end = Some((offset, Instant::now()));
+        }
         drop(end);
         if news {
             self.changed.notify_waiters();
@@ -231,6 +238,7 @@ pub(crate) fn start<P: PageSource>(
         end,
         budget: budget.clone(),
         sizes: Arc::default(),
+        longest: Arc::default(),
     };
     supervise("StreamSince", held, |tx, idle| producer.produce(tx, idle))
 }
@@ -315,6 +323,9 @@ struct Producer<P> {
     budget: Arc<LookAhead>,
     /// How large this stream's pages are.
     sizes: Arc<PageSize>,
+    /// The most records a page has held (`PageCap::largest`), for its fetches to tell a
+    /// short page as it lands.
+    longest: Arc<AtomicI64>,
 }
 
 /// A page being fetched; dropping it stops waiting for it. The load itself goes on while
@@ -371,6 +382,28 @@ fn prune(ahead: &mut VecDeque<Fetch>, largest: i64, end: &WindowEnd) -> bool {
 impl Drop for Fetch {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// `load`, unless the window's end is learnt at or before `start` first: then it is
+/// dropped (`Abandoned`), before its request takes a slot if it was still waiting for one
+/// (a load nobody waits for is not sent, `src/cache/memory.rs`).
+async fn unless_past_end(
+    load: impl Future<Output = Result<Bytes, GatewayError>>,
+    end: &WindowEnd,
+    start: i64,
+) -> Result<Bytes, GatewayError> {
+    let mut load = std::pin::pin!(load);
+    loop {
+        // Made before the check: a change between the two still wakes it.
+        let changed = end.changed.notified();
+        if end.known().is_some_and(|end| start >= end) {
+            return Err(GatewayError::Abandoned);
+        }
+        tokio::select! {
+            page = &mut load => return page,
+            () = changed => {}
+        }
     }
 }
 
@@ -552,6 +585,7 @@ impl<P: PageSource> Producer<P> {
         let deadline = self.req.deadline;
         let records = Arc::new(AtomicI64::new(-1));
         let (count, landed, sizes) = (records.clone(), self.landed.clone(), self.sizes.clone());
+        let (end, longest) = (self.end.clone(), self.longest.clone());
         let task = tokio::spawn(
             async move {
                 let query = query.map_err(|_| {
@@ -559,21 +593,32 @@ impl<P: PageSource> Producer<P> {
                         "offset {start} is beyond what Confluence pages"
                     ))
                 })?;
-                let page = pages
-                    .page(PageRequest {
-                        query,
-                        credential,
-                        refresh,
-                        deadline,
-                        persistent: true,
-                        caller,
-                        urgency: request_urgency,
-                        metered: false,
-                    })
-                    .await?;
+                let load = pages.page(PageRequest {
+                    query,
+                    credential,
+                    refresh,
+                    deadline,
+                    persistent: true,
+                    caller,
+                    urgency: request_urgency,
+                    metered: false,
+                });
+                let page = if depth > 0 {
+                    unless_past_end(load, &end, start).await?
+                } else {
+                    load.await?
+                };
                 sizes.landed(page.len());
                 let view = decode(&page)?;
-                count.store(view.records.len() as i64, Ordering::Release);
+                let n = view.records.len() as i64;
+                count.store(n, Ordering::Release);
+                // Shorter than the longest page: it reaches the window's end. Told here,
+                // as it lands, the look-ahead past it (this stream's and its window's
+                // other streams') goes before its requests take a slot.
+                let longest = longest.load(Ordering::Acquire);
+                if longest > 0 && n < longest {
+                    end.learn(start, n);
+                }
                 landed.notify_one();
                 Ok(view)
             }
@@ -627,6 +672,7 @@ impl<P: PageSource> Producer<P> {
             };
             let n = page.records.len() as i64;
             let reaches_end = p.cap.observe(n);
+            self.longest.store(p.cap.largest, Ordering::Release);
             let flow = match anchor::position(&p.cursor, fetch.start, &page.records, fetch.fresh) {
                 Position::Covers => self.covered(&mut p, &fetch, &page, reaches_end, tx).await?,
                 position => {
@@ -782,10 +828,16 @@ impl<P: PageSource> Producer<P> {
         loop {
             tokio::select! {
                 joined = &mut fetch.task => {
-                    let page = joined.map_err(|e| {
+                    let joined = joined.map_err(|e| {
                         GatewayError::Internal(format!("page fetch task failed: {e}"))
-                    })??;
-                    return Ok(Some(page));
+                    })?;
+                    match joined {
+                        // Dropped as past an end learnt since, yet needed: ask for it now.
+                        Err(GatewayError::Abandoned) => {
+                            *fetch = self.fetch(fetch.start, fetch.fresh, 0);
+                        }
+                        page => return page.map(Some),
+                    }
                 }
                 _ = tx.closed() => return Ok(None),
                 () = stopping.stopping() => return Err(GatewayError::ShuttingDown),
@@ -994,6 +1046,46 @@ mod tests {
         ) -> impl Future<Output = Result<Bytes, GatewayError>> + Send {
             self.log.page(req)
         }
+    }
+
+    #[test]
+    fn the_nearest_end_learnt_lately_stands() {
+        let end = WindowEnd::default();
+        end.learn(19_840, 660);
+        // An empty page far past the end says only that the end lies before it.
+        end.learn(25_000, 0);
+        assert_eq!(end.known(), Some(20_500));
+        // A nearer end (records gone from the window) replaces it.
+        end.learn(19_840, 600);
+        assert_eq!(end.known(), Some(20_440));
+    }
+
+    #[tokio::test]
+    async fn look_ahead_past_an_end_learnt_meanwhile_is_dropped_and_a_needed_page_is_not() {
+        let end = WindowEnd::default();
+        let never = std::future::pending::<Result<Bytes, GatewayError>>();
+        let waiting = tokio::spawn({
+            let end = Arc::new(end);
+            let learnt = end.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                learnt.learn(19_840, 660);
+            });
+            async move { unless_past_end(never, &end, 20_832).await }
+        });
+        let dropped = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("dropped once the end is learnt")
+            .expect("joined");
+        assert!(
+            matches!(dropped, Err(GatewayError::Abandoned)),
+            "{dropped:?}"
+        );
+        // Before the end: the load's answer, whatever is learnt.
+        let end = WindowEnd::default();
+        end.learn(19_840, 660);
+        let page = unless_past_end(async { Ok(Bytes::from_static(b"p")) }, &end, 18_848).await;
+        assert_eq!(page.expect("page"), Bytes::from_static(b"p"));
     }
 
     /// A look-ahead budget nothing exhausts.
