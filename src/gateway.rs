@@ -154,7 +154,7 @@ impl Gateway {
 }
 
 /// The Confluence client, and the Redis tier when `redis_value_key` says there is one
-/// (the client then shares its cool-downs through it).
+/// (the client then shares its cool-downs and pacing cuts through it).
 fn upstream(
     config: &GatewayConfig,
     base_url: url::Url,
@@ -169,9 +169,12 @@ fn upstream(
         RedisTier::new(&config.redis, value_key)
             .map_err(|e| ConfigError::from_error("--redis-url", e))?,
     );
-    // Confluence limits a credential across replicas: they share its cool-downs through
-    // the same Redis (`src/upstream/cooldown.rs`).
-    let client = client.with_shared_cooldowns(tier.clone());
+    // Confluence limits a credential across replicas: they share its cool-downs and the
+    // cuts of its paced limit through the same Redis (`src/upstream/cooldown.rs`,
+    // `src/upstream/pacing.rs`).
+    let client = client
+        .with_shared_cooldowns(tier.clone())
+        .with_shared_paces(tier.clone());
     Ok((client, Some(tier)))
 }
 

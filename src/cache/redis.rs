@@ -8,7 +8,9 @@
 //! `src/upstream/cooldown.rs`): under `{prefix}:v1:cooldown:{digest}`, a value of the
 //! page layout whose page is the end of the cool-down (unix ms, 8 bytes), its expiry
 //! that end plus the half-open time; beside it `…:probe`, set NX by the replica whose
-//! request probes the ended cool-down.
+//! request probes the ended cool-down. And the cuts of paced limits ([`SharedPaces`],
+//! `src/upstream/pacing.rs`): under `{prefix}:v1:pace:{digest}`, the last cut's limit (an
+//! f64) and when it was made (unix ms), kept a minute.
 //!
 //! With `--redis-cluster` the same code runs against a Redis Cluster ([`Connection`]):
 //! every operation here touches exactly one key (GET or SET), so it always hashes to one
@@ -38,7 +40,10 @@ use crate::{
     audit::Span,
     credential::to_hex,
     metrics::{METRICS, Tier},
-    upstream::cooldown::{SharedCooldowns, SharedView},
+    upstream::{
+        cooldown::{SharedCooldowns, SharedView},
+        pacing::SharedPaces,
+    },
 };
 
 /// Value layout version; a change makes old values misses, never misreads.
@@ -246,6 +251,13 @@ impl RedisTier {
         format!("{prefix}:v1:cooldown:{hex}")
     }
 
+    /// The Redis key of a credential's last paced-limit cut at a Confluence site, shaped
+    /// as [`RedisTier::cooldown_key_for`].
+    pub(crate) fn pace_key_for(prefix: &str, base_url: &str, fingerprint: &str) -> String {
+        let key = Self::cooldown_key_for(prefix, base_url, fingerprint);
+        key.replacen(":v1:cooldown:", ":v1:pace:", 1)
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -450,6 +462,45 @@ impl SharedCooldowns for RedisTier {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(format!("{redis_key}:probe"));
         let _: Option<i64> = self.run("DEL", cmd).await;
+    }
+}
+
+/// How long a cut of a paced limit is kept for other replicas: long enough for every
+/// replica to look (once a second), short enough that an old cut does not hold a
+/// recovered site back.
+const PACE_KEPT: Duration = Duration::from_secs(60);
+
+#[async_trait]
+impl SharedPaces for RedisTier {
+    async fn last_cut(&self, base_url: &str, fingerprint: &str) -> Option<(f64, SystemTime)> {
+        if !self.usable() {
+            return None;
+        }
+        let redis_key = Self::pace_key_for(&self.settings.key_prefix, base_url, fingerprint);
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&redis_key);
+        let value = self.run::<Option<Vec<u8>>>("GET", cmd).await??;
+        // Only a value this gateway's salt signed for this key is obeyed.
+        let (rest, _) = unwrap_value(&self.value_key, &redis_key, &value, unix_ms())?;
+        let limit = f64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+        let at = u64::from_be_bytes(rest.get(8..16)?.try_into().ok()?);
+        Some((limit, UNIX_EPOCH + Duration::from_millis(at)))
+    }
+
+    async fn put_cut(&self, base_url: &str, fingerprint: &str, limit: f64) {
+        if !self.usable() {
+            return;
+        }
+        let redis_key = Self::pace_key_for(&self.settings.key_prefix, base_url, fingerprint);
+        let now = unix_ms();
+        let mut cut = limit.to_be_bytes().to_vec();
+        cut.extend_from_slice(&now.to_be_bytes());
+        let kept = PACE_KEPT.as_millis() as u64;
+        let value = wrap_value(&self.value_key, &redis_key, &cut, now + kept);
+        // Last writer wins: the latest cut is the one the others take in.
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&redis_key).arg(value).arg("PX").arg(kept);
+        let _: Option<()> = self.run("SET", cmd).await;
     }
 }
 

@@ -21,7 +21,7 @@ use super::{
     clock::ClockOffset,
     cooldown::{Cooldowns, Gate, ProbeTicket, SharedCooldowns, SharedView},
     fair::{FairSlots, Share, Slot},
-    pacing::{self, Pacing},
+    pacing::{self, Pacing, SharedPaces},
     ratelimit,
     retry::{RetryClass, RetryPolicy, Spent, classify},
 };
@@ -189,6 +189,8 @@ pub(crate) struct ConfluenceClient {
     bodies: Arc<Semaphore>,
     /// Cool-downs other replicas started, when they share them (Redis).
     shared_cooldowns: Option<Shared>,
+    /// Cuts of paced limits other replicas made, when they share them (Redis).
+    shared_paces: Option<SharedPace>,
     /// Shared by every clone: one budget per credential for the whole gateway.
     cooldowns: Arc<Cooldowns>,
     /// Shared by every clone: retries are a share of the whole gateway's requests.
@@ -222,6 +224,7 @@ impl ConfluenceClient {
             )),
             bodies: Arc::new(Semaphore::new(body_permits())),
             shared_cooldowns: None,
+            shared_paces: None,
             base_url,
             retry: settings.retry_policy(),
             max_body_bytes: usize::try_from(settings.max_body).unwrap_or(usize::MAX),
@@ -236,6 +239,14 @@ impl ConfluenceClient {
     /// starts, so that replicas hold a rate-limited credential back together.
     pub(crate) fn with_shared_cooldowns(mut self, shared: Arc<dyn SharedCooldowns>) -> Self {
         self.shared_cooldowns = Some(Shared(shared));
+        self
+    }
+
+    /// Tells `shared` of each cut of a credential's paced limit and takes in the other
+    /// replicas' cuts from it (at most once a second per credential, off the request's
+    /// path), so that replicas back off together (`src/upstream/pacing.rs`).
+    pub(crate) fn with_shared_paces(mut self, shared: Arc<dyn SharedPaces>) -> Self {
+        self.shared_paces = Some(SharedPace(shared));
         self
     }
 
@@ -385,6 +396,7 @@ impl ConfluenceClient {
             // `fetch_page`). Held until the body is read, released before the
             // conversion: it bounds Confluence's load; the body permit (`exchange`)
             // bounds the gateway's memory.
+            self.look_for_shared_cut(budget);
             let limit = self.pacing.limit(budget);
             let slot = self
                 .in_flight
@@ -527,6 +539,45 @@ impl ConfluenceClient {
                     .min(self.settings.max_cooldown);
                 self.cooldowns.adopt(budget, Instant::now() + left);
             }
+        }
+    }
+
+    /// Looks, in a task of its own, for a cut of `budget`'s limit another replica made,
+    /// when it is time to (`Pacing::due_for_shared`).
+    fn look_for_shared_cut(&self, budget: &str) {
+        let Some(SharedPace(shared)) = &self.shared_paces else {
+            return;
+        };
+        if !self.pacing.due_for_shared(budget) {
+            return;
+        }
+        let (shared, base, budget) = (
+            shared.clone(),
+            self.base_url().to_owned(),
+            budget.to_owned(),
+        );
+        let (pacing, in_flight) = (self.pacing.clone(), self.in_flight.clone());
+        tokio::spawn(async move {
+            if let Some((limit, at)) = shared.last_cut(&base, &budget).await
+                && let Some(limit) = pacing.adopt(&budget, limit, at)
+            {
+                in_flight.set_limit(&budget, limit);
+                METRICS.limit_moved(limit, "shared");
+                tracing::debug!(limit, "paced limit cut as another replica cut it");
+            }
+        });
+    }
+
+    /// Tells the other replicas that `budget`'s limit was cut to `limit`, off the
+    /// caller's path.
+    fn share_cut(&self, budget: &str, limit: usize) {
+        if let Some(SharedPace(shared)) = &self.shared_paces {
+            let (shared, base, budget) = (
+                shared.clone(),
+                self.base_url().to_owned(),
+                budget.to_owned(),
+            );
+            tokio::spawn(async move { shared.put_cut(&base, &budget, limit as f64).await });
         }
     }
 
@@ -715,6 +766,9 @@ impl ConfluenceClient {
         };
         if let Some((limit, why)) = self.pacing.observe(budget, answer, sent, level) {
             self.in_flight.set_limit(budget, limit);
+            if why != pacing::Move::Grew {
+                self.share_cut(budget, limit);
+            }
             METRICS.limit_moved(limit, why.label());
             tracing::debug!(
                 limit,
@@ -777,6 +831,16 @@ struct Shared(Arc<dyn SharedCooldowns>);
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SharedCooldowns")
+    }
+}
+
+/// The shared cuts of paced limits, with a `Debug` that only says they are there.
+#[derive(Clone)]
+struct SharedPace(Arc<dyn SharedPaces>);
+
+impl std::fmt::Debug for SharedPace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedPaces")
     }
 }
 

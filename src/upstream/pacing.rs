@@ -23,12 +23,34 @@
 //! of the new limit. The limit stays within `--upstream-concurrency-floor` and
 //! `--upstream-concurrency` (the ceiling); the fair scheduler (`fair.rs`) shares it
 //! between callers.
+//!
+//! Replicas that share a store ([`SharedPaces`], the Redis tier) share their cuts: each
+//! cut is recorded there, and each replica looks at most once a second per credential
+//! (off the request's path) and takes in a cut newer than its own that is lower than its
+//! limit, so the fleet backs off together from a warning one replica heard, as flows
+//! sharing one link do.
 
 use std::{
     collections::HashMap,
     sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
+
+use async_trait::async_trait;
+
+/// How often a replica looks for other replicas' cuts of one credential's limit.
+const SHARED_LOOK: Duration = Duration::from_secs(1);
+
+/// Cuts of limits shared between replicas. Like shared cool-downs it never fails a call:
+/// a store in trouble knows nothing and drops writes.
+#[async_trait]
+pub(crate) trait SharedPaces: Send + Sync + 'static {
+    /// The last cut any replica recorded for `fingerprint` at `base_url`: the limit and
+    /// when it was made.
+    async fn last_cut(&self, base_url: &str, fingerprint: &str) -> Option<(f64, SystemTime)>;
+    /// Records a cut of `fingerprint`'s limit at `base_url` to `limit`, made now.
+    async fn put_cut(&self, base_url: &str, fingerprint: &str, limit: f64);
+}
 
 /// Credentials whose pace is remembered, at most, before idle ones are forgotten (with
 /// passthrough each caller's credential has one).
@@ -110,6 +132,10 @@ struct Pace {
     /// seen, drifting up slowly to a lasting rise.
     usual: [Option<Duration>; SIZE_CLASSES],
     last_cut: Option<Instant>,
+    /// When the last cut this replica knows of (its own or another's) was made.
+    last_cut_at: Option<SystemTime>,
+    /// When the shared store was last looked at for this credential.
+    last_look: Option<Instant>,
     last_seen: Instant,
 }
 
@@ -125,6 +151,71 @@ impl Pacing {
             ceiling: ceiling as f64,
             paces: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `credential`'s pace, made at `initial` if it has none; at [`KEEP`] credentials the
+    /// least recently heard of goes (it starts again at `initial` if it comes back).
+    fn pace_of<'a>(
+        &self,
+        paces: &'a mut HashMap<String, Pace>,
+        credential: &str,
+        now: Instant,
+    ) -> &'a mut Pace {
+        if paces.len() >= KEEP
+            && !paces.contains_key(credential)
+            && let Some(oldest) = paces
+                .iter()
+                .min_by_key(|(_, p)| p.last_seen)
+                .map(|(k, _)| k.clone())
+        {
+            paces.remove(&oldest);
+        }
+        paces
+            .entry(credential.to_owned())
+            .or_insert_with(|| Pace::new(self.initial, now))
+    }
+
+    /// Whether it is time to look for other replicas' cuts of `credential`'s limit (at
+    /// most once per [`SHARED_LOOK`]); counts the look as made.
+    pub(crate) fn due_for_shared(&self, credential: &str) -> bool {
+        if self.floor == self.ceiling {
+            return false;
+        }
+        let now = Instant::now();
+        let mut paces = self.paces.lock().unwrap_or_else(PoisonError::into_inner);
+        // A credential new here looks before its first answer: the fleet's cut holds it
+        // from its first batch on.
+        let pace = self.pace_of(&mut paces, credential, now);
+        if pace.last_look.is_some_and(|at| now - at < SHARED_LOOK) {
+            return false;
+        }
+        pace.last_look = Some(now);
+        true
+    }
+
+    /// Takes in another replica's cut of `credential`'s limit to `limit`, made `at`: when
+    /// it is newer than the last cut this replica knows of and lower than its limit, the
+    /// limit comes down to it (within the floor) and grows additively from there. The
+    /// new limit, when its whole number moved.
+    pub(crate) fn adopt(&self, credential: &str, limit: f64, at: SystemTime) -> Option<usize> {
+        if !limit.is_finite() {
+            return None;
+        }
+        let mut paces = self.paces.lock().unwrap_or_else(PoisonError::into_inner);
+        let pace = paces.get_mut(credential)?;
+        if pace.last_cut_at.is_some_and(|known| at <= known) {
+            return None;
+        }
+        pace.last_cut_at = Some(at);
+        if limit >= pace.limit {
+            return None;
+        }
+        let before = pace.limit as usize;
+        pace.limit = limit.clamp(self.floor, self.ceiling);
+        pace.slow_start = false;
+        pace.last_cut = Some(Instant::now());
+        let after = pace.limit as usize;
+        (after != before).then_some(after)
     }
 
     /// A fixed limit of `n` (no pacing).
@@ -152,23 +243,7 @@ impl Pacing {
     ) -> Option<(usize, Move)> {
         let now = Instant::now();
         let mut paces = self.paces.lock().unwrap_or_else(PoisonError::into_inner);
-        if paces.len() >= KEEP && !paces.contains_key(credential) {
-            // The least recently heard of goes; it starts again at `initial` if it comes back.
-            if let Some(oldest) = paces
-                .iter()
-                .min_by_key(|(_, p)| p.last_seen)
-                .map(|(k, _)| k.clone())
-            {
-                paces.remove(&oldest);
-            }
-        }
-        let pace = paces.entry(credential.to_owned()).or_insert(Pace {
-            limit: self.initial,
-            slow_start: true,
-            usual: [None; SIZE_CLASSES],
-            last_cut: None,
-            last_seen: now,
-        });
+        let pace = self.pace_of(&mut paces, credential, now);
         pace.last_seen = now;
         let before = pace.limit as usize;
         let moved = pace.take(answer, sent, level as f64, self.ceiling);
@@ -179,6 +254,19 @@ impl Pacing {
 }
 
 impl Pace {
+    /// A credential's pace before any answer.
+    fn new(limit: f64, now: Instant) -> Self {
+        Self {
+            limit,
+            slow_start: true,
+            usual: [None; SIZE_CLASSES],
+            last_cut: None,
+            last_cut_at: None,
+            last_look: None,
+            last_seen: now,
+        }
+    }
+
     /// Moves the limit for `answer`; why, if it moved.
     fn take(&mut self, answer: Answer, sent: Instant, level: f64, ceiling: f64) -> Option<Move> {
         // A cut answers for the requests in flight when it was made: one sent before it
@@ -211,6 +299,7 @@ impl Pace {
                 self.limit *= factor;
                 self.slow_start = false;
                 self.last_cut = Some(Instant::now());
+                self.last_cut_at = Some(SystemTime::now());
                 Some(why)
             }
             // The site carried `level` at once without complaint: twice that is the next
@@ -373,6 +462,39 @@ mod tests {
         let p = Pacing::new(2, 8, 16);
         p.observe("a", Answer::RateLimited, Instant::now(), 8);
         assert_eq!((p.limit("a"), p.limit("b")), (4, 8));
+    }
+
+    #[test]
+    fn another_replicas_newer_lower_cut_is_taken_in_and_an_older_or_higher_one_is_not() {
+        let p = Pacing::new(2, 8, 16);
+        assert_eq!(batch(&p, served(100)), 16);
+        let now = SystemTime::now();
+        assert_eq!(p.adopt("c", 4.0, now), Some(4));
+        // Growth from there is additive (the shared cut ended slow start).
+        assert_eq!(feed(&p, served(100), 5, 4), 5);
+        // Older than the last cut known, or not lower: nothing moves.
+        assert_eq!(p.adopt("c", 2.0, now - Duration::from_secs(1)), None);
+        assert_eq!(p.adopt("c", 9.0, now + Duration::from_secs(1)), None);
+        assert_eq!(p.limit("c"), 5);
+        // Below the floor: the floor.
+        assert_eq!(p.adopt("c", 0.5, now + Duration::from_secs(2)), Some(2));
+        // A credential not paced here is left alone.
+        assert_eq!(p.adopt("other", 1.0, now), None);
+        assert_eq!(p.limit("other"), 8);
+    }
+
+    #[test]
+    fn the_shared_store_is_looked_at_once_a_second_per_credential() {
+        let p = Pacing::new(2, 8, 16);
+        assert!(
+            p.due_for_shared("c"),
+            "new here: look before the first answer"
+        );
+        assert!(!p.due_for_shared("c"), "looked at just now");
+        assert!(
+            !Pacing::fixed(8).due_for_shared("c"),
+            "a fixed limit has nothing to share"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The shared Redis tier against a real `redis-server` the test starts: replicas share
 //! pages, a dead Redis fails no call, a restarted one is used again, values that are not
-//! ours are misses, no key reveals a credential, and a cool-down one replica started
-//! holds the others back (a forged one is ignored).
+//! ours are misses, no key reveals a credential, a cool-down one replica started holds
+//! the others back (a forged one is ignored), and so does a cut of the paced limit.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use audit_gateway::{
     pb,
     testing::redis::{RedisServer, Reply},
 };
-use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
+use confluence_sim::{Concurrency, Fault, SimulatorConfig, SimulatorHandle};
 
 use crate::common::{TestGateway, spawn_gateway, spawn_simulator, test_config};
 
@@ -512,4 +512,88 @@ async fn a_day_long_retry_after_ends_after_the_max_cooldown_with_one_probe_for_a
         "a second request went {next:?} after the probe, before its answer"
     );
     assert!(METRICS.upstream_cooldown_probes.get() >= 1);
+}
+
+/// Streams a window of `number` days in pages of 100; the records received.
+async fn stream_days(gw: &mut TestGateway, number: i64) -> usize {
+    let mut s = gw
+        .client
+        .stream_since(pb::StreamSinceRequest {
+            number: Some(number),
+            units: pb::TimeUnit::Days as i32,
+            page_size: Some(100),
+            ..Default::default()
+        })
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let mut n = 0;
+    while let Some(m) = s.message().await.expect("no error") {
+        n += m.records.len();
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_one_replica_made_holds_the_other_from_its_first_batch() {
+    let redis = RedisServer::start().await;
+    // A site that warns past 2 requests of a credential in flight and refuses none.
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 3_000,
+        latency: Duration::from_millis(100),
+        concurrency: Some(Concurrency {
+            allowed: 100,
+            near: 2,
+        }),
+        ..Default::default()
+    })
+    .await;
+    let mut a = replica(&sim.base_url(), &redis).await;
+    // A's first batch (8 in flight, each credential starts at half the ceiling of 16)
+    // draws warnings: it cuts its limit and records the cut.
+    assert_eq!(stream_days(&mut a, 30).await, 3_000);
+    let (_, warned_a) = sim.over_limit();
+    assert!(
+        warned_a >= 6,
+        "{warned_a} warnings: A's first batch was not 8"
+    );
+    assert!(
+        until(async || redis
+            .keys()
+            .await
+            .iter()
+            .any(|k| k.starts_with("audit-gateway:v1:pace:")))
+        .await,
+        "the cut was not shared"
+    );
+    // B, new, streams another window (pages A never fetched): it looks for the fleet's
+    // cut before its first batch, so that batch stays near what the site carries.
+    let shared_before = METRICS.limit_moves("shared");
+    let mut b = replica(&sim.base_url(), &redis).await;
+    assert_eq!(stream_days(&mut b, 31).await, 3_000);
+    assert!(
+        METRICS.limit_moves("shared") > shared_before,
+        "B did not take the cut in"
+    );
+    // B's first page goes alone; its first batch of look-ahead goes when that page is
+    // answered, a round trip later. Alone it would be 8 requests, as A's was.
+    let of_b: Vec<Instant> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.query.iter().any(|(k, v)| k == "number" && v == "31"))
+        .map(|r| r.received)
+        .collect();
+    let first = of_b[0];
+    let batch = of_b
+        .iter()
+        .filter(|t| {
+            let after = t.duration_since(first);
+            after >= Duration::from_millis(50) && after < Duration::from_millis(150)
+        })
+        .count();
+    assert!(
+        (1..=4).contains(&batch),
+        "B's first batch was {batch} requests: it started as if alone"
+    );
+    assert_eq!(sim.over_limit().0, 0, "nothing refused");
 }
