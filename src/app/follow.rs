@@ -689,6 +689,15 @@ mod tests {
         Arc::new(move || BASE + millis(started.elapsed()))
     }
 
+    /// A runtime on tokio's paused clock: model latencies pass at once, in order.
+    fn paused_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+    }
+
     /// How a follow through the model ended.
     struct Followed {
         delivered: Vec<(String, i64)>,
@@ -849,11 +858,7 @@ mod tests {
             lookahead in prop_oneof![Just(0u64), 0u64..8192, Just(u64::MAX)],
             seed in any::<u64>(),
         ) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .expect("runtime");
+            let runtime = paused_runtime();
             let ignored = how.bounds == Bounds::Ignored;
             let (model, followed) = runtime.block_on(async {
                 let clock = clock(tokio::time::Instant::now());
@@ -883,11 +888,7 @@ mod tests {
         // A log of 30 pages or more (a cap of 100 a page) at 100 ms a request: read one
         // page at a time it takes a round trip per request; with `prefetch` 3 in flight,
         // about a third of that.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("runtime");
+        let runtime = paused_runtime();
         runtime.block_on(async {
             let clock = clock(tokio::time::Instant::now());
             let how = Misbehaviour {
@@ -938,11 +939,7 @@ mod tests {
     #[test]
     fn a_range_listing_capped_below_its_echoed_limit_loses_nothing() {
         // The case that lost 2,591 of 2,920 records: a cap of 100 echoing the 1000 asked.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("runtime");
+        let runtime = paused_runtime();
         runtime.block_on(async {
             let clock = clock(tokio::time::Instant::now());
             let how = Misbehaviour {

@@ -322,7 +322,7 @@ fn varint(out: &mut Vec<u8>, tag: u32, v: i64) {
 /// A JSON Pointer (RFC 6901) built on the call stack, written out only for the rare value
 /// carried as text.
 #[derive(Clone, Copy)]
-enum Ptr<'a> {
+pub(super) enum Ptr<'a> {
     /// The record's (or the page's) JSON itself.
     Root,
     /// A key of the object at the parent.
@@ -332,7 +332,8 @@ enum Ptr<'a> {
 }
 
 impl Ptr<'_> {
-    fn write(&self, out: &mut String) {
+    /// Appends the pointer to `out`.
+    pub(super) fn write(&self, out: &mut String) {
         match self {
             Ptr::Root => {}
             Ptr::Key(parent, key) => {

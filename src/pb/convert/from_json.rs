@@ -4,8 +4,6 @@
 //! a value the typed field cannot hold goes into `unknown_fields` under its JSON key, and
 //! a value nested too deep for protobuf's decoders goes as its JSON text (`Deep`).
 
-use std::fmt::Write as _;
-
 use prost_types::{ListValue, Struct, Timestamp, Value as PbValue, value::Kind};
 use serde_json::Value;
 
@@ -16,7 +14,7 @@ use crate::{
 
 // The message levels are `direct`'s, where they are documented.
 use super::direct::{
-    FIELD_VALUE, LIST_VALUE, MAP_VALUE, MAX_DEPTH, MEMBER, PAGE, RECORD, STRUCT_VALUE,
+    FIELD_VALUE, LIST_VALUE, MAP_VALUE, MAX_DEPTH, MEMBER, PAGE, Ptr, RECORD, STRUCT_VALUE,
 };
 
 /// Converts a parsed page into the `GetSinceResponse` message.
@@ -133,36 +131,6 @@ impl<T> Loose<T> {
         match self {
             Loose::Typed(t) => typed(t),
             Loose::Raw(v) => v,
-        }
-    }
-}
-
-/// A JSON Pointer (RFC 6901) built on the call stack, written out only for the rare value
-/// carried as text.
-#[derive(Clone, Copy)]
-enum Ptr<'a> {
-    /// The record's (or the page's) JSON itself.
-    Root,
-    /// A key of the object at the parent.
-    Key(&'a Ptr<'a>, &'a str),
-    /// An item of the array at the parent.
-    Index(&'a Ptr<'a>, usize),
-}
-
-impl Ptr<'_> {
-    fn write(&self, out: &mut String) {
-        match self {
-            Ptr::Root => {}
-            Ptr::Key(parent, key) => {
-                parent.write(out);
-                out.push('/');
-                // RFC 6901: `~` is `~0` and `/` is `~1` within a key.
-                out.push_str(&key.replace('~', "~0").replace('/', "~1"));
-            }
-            Ptr::Index(parent, i) => {
-                parent.write(out);
-                let _ = write!(out, "/{i}");
-            }
         }
     }
 }
