@@ -1,6 +1,7 @@
 //! Adaptive pacing (`src/upstream/pacing.rs`) against a simulated site that limits
 //! requests in flight: a lone stream grows into the capacity nobody else uses, and a
-//! site that warns it is near its limit is backed off from before it refuses anything.
+//! site that warns it is near its limit is backed off from before it refuses anything;
+//! look-ahead past two pages takes room in `--stream-buffer-bytes`.
 
 use std::time::Duration;
 
@@ -86,4 +87,22 @@ async fn a_floor_equal_to_the_ceiling_is_a_fixed_limit() {
     let seqs = stream_window(&mut gw.client).await;
     assert_eq!(seqs.len(), 2_000);
     assert_eq!(sim.max_in_flight(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn look_ahead_past_two_pages_waits_for_room_in_the_stream_buffer() {
+    // A site that carries anything; 30 pages of 100 at 100 ms each.
+    let site = || site(3_000, 100, 100);
+    // No room at all: each stream keeps its next page and two ahead, no more.
+    let (sim, mut gw) = sim_and_gateway(site(), |c| c.stream_buffer_bytes = 0).await;
+    let seqs = stream_window(&mut gw.client).await;
+    assert_eq!(seqs, (0..3_000).rev().collect::<Vec<u64>>());
+    let most = sim.max_in_flight();
+    assert!(most <= 3, "{most} in flight with no look-ahead budget");
+    // The default budget lets the same stream read as deep as the pacing allows.
+    let (sim, mut gw) = sim_and_gateway(site(), |_| {}).await;
+    let seqs = stream_window(&mut gw.client).await;
+    assert_eq!(seqs, (0..3_000).rev().collect::<Vec<u64>>());
+    let most = sim.max_in_flight();
+    assert!(most > 3, "{most} in flight with the default budget");
 }
