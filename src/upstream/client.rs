@@ -404,6 +404,7 @@ impl ConfluenceClient {
                 .await
                 .map_err(|_| GatewayError::Internal("the upstream limiter was closed".into()))?;
             if probe.is_some() || !self.cooldowns.holds(budget) {
+                self.pacing.sent(budget, slot.level());
                 return Ok((probe, slot));
             }
         }

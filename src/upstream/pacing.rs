@@ -6,7 +6,8 @@
 //! - **Grow** while answers come back fast with no warning, by what they prove the site
 //!   carried: each answer says how many of the credential's requests were in flight
 //!   when it was sent (its level). Until the first cut (slow start) the limit rises to
-//!   twice the highest level answered cleanly, as TCP's window doubles per round trip;
+//!   twice the most requests that were in flight at once, once as many answers came
+//!   back clean (a whole batch), as TCP's window doubles per round trip;
 //!   after it, by one per limit's worth of answers sent at the limit (one per round
 //!   trip). A limit nothing presses against does not grow past twice what was used, and
 //!   a batch sent at once does not grow it on its first answers (low levels) while its
@@ -136,6 +137,10 @@ struct Pace {
     last_cut_at: Option<SystemTime>,
     /// When the shared store was last looked at for this credential.
     last_look: Option<Instant>,
+    /// The most of its requests sent to be in flight at once (the highest level).
+    highest_sent: usize,
+    /// Answers that came back clean since slow start last grew.
+    clean: usize,
     last_seen: Instant,
 }
 
@@ -173,6 +178,16 @@ impl Pacing {
         paces
             .entry(credential.to_owned())
             .or_insert_with(|| Pace::new(self.initial, now))
+    }
+
+    /// A request of `credential` was sent while `level` of its requests (itself
+    /// included) were in flight.
+    pub(crate) fn sent(&self, credential: &str, level: usize) {
+        let now = Instant::now();
+        let mut paces = self.paces.lock().unwrap_or_else(PoisonError::into_inner);
+        let pace = self.pace_of(&mut paces, credential, now);
+        // Read in slow start only, where the limit never comes down.
+        pace.highest_sent = pace.highest_sent.max(level);
     }
 
     /// Whether it is time to look for other replicas' cuts of `credential`'s limit (at
@@ -263,6 +278,8 @@ impl Pace {
             last_cut: None,
             last_cut_at: None,
             last_look: None,
+            highest_sent: 0,
+            clean: 0,
             last_seen: now,
         }
     }
@@ -302,15 +319,22 @@ impl Pace {
                 self.last_cut_at = Some(SystemTime::now());
                 Some(why)
             }
-            // The site carried `level` at once without complaint: twice that is the next
-            // round trip's test while slow starting (never more than was shown to hold
-            // half of it), one more per round trip after.
-            None if after_cut
-                && self.slow_start
-                && 2.0 * level > self.limit
-                && self.limit < ceiling =>
-            {
-                self.limit = 2.0 * level;
+            // While slow starting: once as many answers came back clean as the most
+            // requests sent at once (a whole batch, whatever order its answers took),
+            // the site carried that many without complaint, and twice that is the next
+            // round trip's test. A batch with a warning in it is cut instead.
+            None if after_cut && self.slow_start => {
+                self.clean += 1;
+                let carried = self.highest_sent.max(1);
+                if self.clean < carried {
+                    return None;
+                }
+                self.clean = 0;
+                let next = 2.0 * carried as f64;
+                if next <= self.limit || self.limit >= ceiling {
+                    return None;
+                }
+                self.limit = next;
                 Some(Move::Grew)
             }
             // Growing while nothing presses against the limit would raise a limit nothing
@@ -345,6 +369,7 @@ mod tests {
     /// Feeds `n` answers sent now at `level`; the limit after.
     fn feed(p: &Pacing, answer: Answer, n: usize, level: usize) -> usize {
         for _ in 0..n {
+            p.sent("c", level);
             p.observe("c", answer, Instant::now(), level);
         }
         p.limit("c")
@@ -353,7 +378,11 @@ mod tests {
     /// Feeds one answer per level `1..=limit`, as a batch sent at once comes back; the
     /// limit after.
     fn batch(p: &Pacing, answer: Answer) -> usize {
-        for level in 1..=p.limit("c") {
+        let limit = p.limit("c");
+        for level in 1..=limit {
+            p.sent("c", level);
+        }
+        for level in 1..=limit {
             p.observe("c", answer, Instant::now(), level);
         }
         p.limit("c")
@@ -367,6 +396,29 @@ mod tests {
         assert_eq!(batch(&p, served(100)), 16);
         assert_eq!(batch(&p, served(100)), 32);
         assert_eq!(batch(&p, served(100)), 32, "capped by the ceiling");
+    }
+
+    #[test]
+    fn clean_answers_to_a_batchs_lower_requests_do_not_grow_it_before_its_last_ones() {
+        // A site warning past 6 in flight, refusing past 10, a batch of 8: growing on the
+        // answers at levels 1–6 (to 12) would send past 10 before 7 and 8 warn.
+        let p = Pacing::new(1, 8, 32);
+        for level in 1..=8 {
+            p.sent("c", level);
+        }
+        for level in 1..=6 {
+            assert_eq!(p.observe("c", served(100), Instant::now(), level), None);
+        }
+        assert_eq!(p.limit("c"), 8);
+        let near = Answer::Served {
+            ttfb: MS * 100,
+            size: 1000,
+            near_limit: true,
+        };
+        assert_eq!(
+            p.observe("c", near, Instant::now() - MS, 7),
+            Some((4, Move::NearLimit))
+        );
     }
 
     #[test]
@@ -392,6 +444,9 @@ mod tests {
             near_limit: true,
         };
         let sent = Instant::now();
+        for level in 1..=8 {
+            p.sent("c", level);
+        }
         for level in 1..=4 {
             assert_eq!(p.observe("c", served(100), sent, level), None);
         }
