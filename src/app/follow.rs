@@ -30,7 +30,7 @@ use tokio::{
 use tracing::Instrument;
 
 use super::{
-    lookahead::{FREE_AHEAD, LookAhead, PageSize, Reserved},
+    lookahead::{LookAhead, PageSize, Reserved},
     stream::{self, Item, Messages, PageSource},
 };
 use crate::{
@@ -59,7 +59,8 @@ const MAX_OVERFLOW_PAGES: usize = 1000;
 /// Late checks remembered (each is one range of one filter).
 const MAX_LATE_CHECKS: usize = 4096;
 /// Pages a follower keeps to deliver the newest part of their ranges later (one per cut
-/// still being read); past them, that part is asked for again.
+/// still being read), each while the look-ahead budget has room for it; past them, that
+/// part is asked for again.
 const MAX_HELD_PAGES: usize = 32;
 /// The limit every range page asks for.
 const ASKED: usize = PageQuery::MAX_LIMIT as usize;
@@ -125,7 +126,8 @@ pub(crate) struct Shared {
     pub stopping: Shutdown,
     /// Ranges fetched ahead while backfilling.
     pub prefetch: usize,
-    /// The gateway's budget for pages read ahead (past the first `FREE_AHEAD`).
+    /// The gateway's budget for pages read ahead (past the first few) or kept to
+    /// deliver later.
     pub lookahead: Arc<LookAhead>,
     /// This replica's place in each tick, a fraction in [0, 0.5) drawn at start: replicas
     /// read a tick's range one after the other rather than all at once, so the later ones
@@ -312,7 +314,7 @@ impl<P: PageSource> Follower<P> {
         let mut ahead: HashMap<Slice, Fetch> = HashMap::new();
         // Slices a page in hand holds whole (the newest part of a full page's range):
         // delivered from it when their turn comes, not asked again.
-        let mut held: HashMap<Slice, PageView> = HashMap::new();
+        let mut held: HashMap<Slice, (PageView, Reserved)> = HashMap::new();
         // Slices that will be cut into many more: nothing after one is fetched ahead
         // until it is (its pieces come first).
         let mut wide: HashSet<Slice> = HashSet::new();
@@ -320,42 +322,15 @@ impl<P: PageSource> Follower<P> {
         let mut whole = None;
         while let Some(slice) = stack.pop() {
             self.stop_if_stopping()?;
-            // The next ranges are fetched ahead, up to the prefetch window: cut to fill
-            // most of a page each, most of them are read once.
             // The fetches of slices no longer to be read go (a cut replaced them); this
             // slice's own stays, to be taken below.
             ahead.retain(|s, _| *s == slice || stack.contains(s));
-            // Past the first `FREE_AHEAD`, only while the look-ahead budget has room; none
-            // while this slice is one to be cut into many (its pieces come first).
-            let depth = if wide.remove(&slice) {
-                0
-            } else {
-                self.shared.prefetch
-            };
-            let unread = stack.iter().rev().filter(|s| !held.contains_key(s));
-            for (i, s) in unread.take(depth).enumerate() {
-                match ahead.get(s) {
-                    Some(f) => f.1.set(i + 1),
-                    None => {
-                        let room = if i < FREE_AHEAD {
-                            None
-                        } else {
-                            match self.shared.lookahead.reserve(&self.sizes) {
-                                Some(room) => Some(room),
-                                None => break,
-                            }
-                        };
-                        let mut fetch = self.fetch_ahead(*s, i + 1);
-                        fetch.2 = room;
-                        ahead.insert(*s, fetch);
-                    }
-                }
-                if wide.contains(s) {
-                    break;
-                }
+            // None while this slice is one to be cut into many: its pieces come first.
+            if !wide.remove(&slice) {
+                self.look_ahead(&stack, &mut ahead, &held, &wide);
             }
             let (page, complete) = match held.remove(&slice) {
-                Some(page) => (page, true),
+                Some((page, _room)) => (page, true),
                 None => {
                     let fetch = ahead
                         .remove(&slice)
@@ -381,10 +356,13 @@ impl<P: PageSource> Follower<P> {
                     wide: first_wide,
                 } => {
                     if let Some(newest) = newest {
-                        // Read after the older pieces; from this page while few are held.
+                        // Read after the older pieces: from this page while few are held
+                        // and the budget has room for it.
                         stack.push(newest);
-                        if held.len() < MAX_HELD_PAGES {
-                            held.insert(newest, page);
+                        if held.len() < MAX_HELD_PAGES
+                            && let Some(room) = self.shared.lookahead.reserve(&self.sizes)
+                        {
+                            held.insert(newest, (page, room));
                         }
                     }
                     if first_wide && let Some(first) = pieces.first() {
@@ -401,6 +379,36 @@ impl<P: PageSource> Follower<P> {
             }
         }
         Ok(Read::Done { sent, whole })
+    }
+
+    /// Fetches the next unread slices of `stack` (its top first) ahead, up to the prefetch
+    /// window: cut to fill most of a page each, most of them are read once. Past the
+    /// first few only while the look-ahead budget has room, and none past a slice still
+    /// to be cut into many (`wide`): what follows it is read after its pieces.
+    fn look_ahead(
+        &self,
+        stack: &[Slice],
+        ahead: &mut HashMap<Slice, Fetch>,
+        held: &HashMap<Slice, (PageView, Reserved)>,
+        wide: &HashSet<Slice>,
+    ) {
+        let unread = stack.iter().rev().filter(|s| !held.contains_key(s));
+        for (i, s) in unread.take(self.shared.prefetch).enumerate() {
+            match ahead.get(s) {
+                Some(f) => f.1.set(i + 1),
+                None => {
+                    let Some(room) = self.shared.lookahead.room(i, &self.sizes) else {
+                        break;
+                    };
+                    let mut fetch = self.fetch_ahead(*s, i + 1);
+                    fetch.2 = Some(room);
+                    ahead.insert(*s, fetch);
+                }
+            }
+            if wide.contains(s) {
+                break;
+            }
+        }
     }
 
     /// Whether `page`, the newest of `slice`, holds the whole slice: judged from the page

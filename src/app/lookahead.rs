@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::metrics::METRICS;
 
 /// Pages ahead each reader keeps whatever the budget holds.
-pub(crate) const FREE_AHEAD: usize = 2;
+const FREE_AHEAD: usize = 2;
 
 /// What a page is reckoned to take before any page of the reader landed: a 1000-record
 /// page from the simulator encodes to ~350 KiB; Atlassian's records run larger.
@@ -45,8 +45,19 @@ impl LookAhead {
         }
     }
 
-    /// Room for one more page of the reader whose pages `size` tracks, if the budget
-    /// has it now (never waits: a reader without room reads less far ahead).
+    /// Room for the page `depth` places ahead of its reader (0: the next one) of the
+    /// reader whose pages `size` tracks: none is needed within the first `FREE_AHEAD`;
+    /// past them it is reserved if the budget has it now, and `None` when it has not
+    /// (never waits: a reader without room reads less far ahead).
+    pub(crate) fn room(&self, depth: usize, size: &PageSize) -> Option<Reserved> {
+        if depth < FREE_AHEAD {
+            return Some(Reserved(None));
+        }
+        self.reserve(size)
+    }
+
+    /// Room in the budget for one more page of the reader whose pages `size` tracks, if
+    /// it has it now: for a page kept past the free ones, whatever its depth.
     pub(crate) fn reserve(&self, size: &PageSize) -> Option<Reserved> {
         let units = size.estimate().div_ceil(UNIT).max(1);
         let units = u32::try_from(units).unwrap_or(u32::MAX);
@@ -54,18 +65,20 @@ impl LookAhead {
         METRICS
             .lookahead_bytes
             .inc_by(i64::from(units) * UNIT as i64);
-        Some(Reserved(permit))
+        Some(Reserved(Some(permit)))
     }
 }
 
-/// Room for one page ahead, given back when dropped.
+/// Room for one page ahead (none for the free ones), given back when dropped.
 #[derive(Debug)]
-pub(crate) struct Reserved(OwnedSemaphorePermit);
+pub(crate) struct Reserved(Option<OwnedSemaphorePermit>);
 
 impl Drop for Reserved {
     fn drop(&mut self) {
-        let units = i64::from(u32::try_from(self.0.num_permits()).unwrap_or(u32::MAX));
-        METRICS.lookahead_bytes.dec_by(units * UNIT as i64);
+        if let Some(permit) = &self.0 {
+            let units = i64::from(u32::try_from(permit.num_permits()).unwrap_or(u32::MAX));
+            METRICS.lookahead_bytes.dec_by(units * UNIT as i64);
+        }
     }
 }
 
@@ -110,7 +123,11 @@ mod tests {
 
     #[test]
     fn an_empty_budget_reserves_nothing_and_a_huge_one_is_capped() {
-        assert!(LookAhead::new(0).reserve(&PageSize::default()).is_none());
+        let empty = LookAhead::new(0);
+        assert!(empty.reserve(&PageSize::default()).is_none());
+        // The free pages ahead need no room; the next one does.
+        assert!(empty.room(FREE_AHEAD - 1, &PageSize::default()).is_some());
+        assert!(empty.room(FREE_AHEAD, &PageSize::default()).is_none());
         let huge = LookAhead::new(u64::MAX);
         assert!(huge.reserve(&PageSize::default()).is_some());
     }

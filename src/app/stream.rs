@@ -39,7 +39,7 @@ use tracing::Instrument;
 use crate::{
     app::{
         PageRequest, PageService,
-        lookahead::{FREE_AHEAD, LookAhead, PageSize, Reserved},
+        lookahead::{LookAhead, PageSize, Reserved},
     },
     audit::{
         PageQuery, Span,
@@ -319,7 +319,7 @@ struct Producer<P> {
     landed: Arc<Notify>,
     /// Where the window ends, as this stream and the others of its window learn it.
     end: Arc<WindowEnd>,
-    /// The gateway's budget for pages read ahead, past the first `FREE_AHEAD`.
+    /// The gateway's budget for pages read ahead, past the first few.
     budget: Arc<LookAhead>,
     /// How large this stream's pages are.
     sizes: Arc<PageSize>,
@@ -909,7 +909,7 @@ impl<P: PageSource> Producer<P> {
 
     /// The next page of the pipeline: the oldest prediction, or one at `start`; keeps
     /// `window` pages in flight, `stride` apart, none past a page known to be short,
-    /// those past the first `FREE_AHEAD` only while the look-ahead budget has room.
+    /// those past the first few only while the look-ahead budget has room.
     fn next_in_pipeline(
         &self,
         ahead: &mut VecDeque<Fetch>,
@@ -922,16 +922,11 @@ impl<P: PageSource> Producer<P> {
         let end = self.end.known().unwrap_or(i64::MAX);
         let mut next = ahead.back().map_or(start, |f| f.start + stride);
         while extend && ahead.len() < window && next < end {
-            let room = if ahead.len() < FREE_AHEAD {
-                None
-            } else {
-                match self.budget.reserve(&self.sizes) {
-                    Some(room) => Some(room),
-                    None => break,
-                }
+            let Some(room) = self.budget.room(ahead.len(), &self.sizes) else {
+                break;
             };
             let mut fetch = self.fetch(next, false, ahead.len());
-            fetch.room = room;
+            fetch.room = Some(room);
             ahead.push_back(fetch);
             next += stride;
         }
