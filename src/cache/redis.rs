@@ -242,20 +242,19 @@ impl RedisTier {
     /// version, and a digest of both (the fingerprint is keyed already; the digest keeps
     /// the key's shape that of page keys).
     pub(crate) fn cooldown_key_for(prefix: &str, base_url: &str, fingerprint: &str) -> String {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        for part in [base_url.as_bytes(), fingerprint.as_bytes()] {
-            ctx.update(&(part.len() as u64).to_be_bytes());
-            ctx.update(part);
-        }
-        let hex = to_hex(&ctx.finish().as_ref()[..20]);
-        format!("{prefix}:v1:cooldown:{hex}")
+        format!(
+            "{prefix}:v1:cooldown:{}",
+            site_credential(base_url, fingerprint)
+        )
     }
 
     /// The Redis key of a credential's last paced-limit cut at a Confluence site, shaped
     /// as [`RedisTier::cooldown_key_for`].
     pub(crate) fn pace_key_for(prefix: &str, base_url: &str, fingerprint: &str) -> String {
-        let key = Self::cooldown_key_for(prefix, base_url, fingerprint);
-        key.replacen(":v1:cooldown:", ":v1:pace:", 1)
+        format!(
+            "{prefix}:v1:pace:{}",
+            site_credential(base_url, fingerprint)
+        )
     }
 
     fn now_ms(&self) -> u64 {
@@ -502,6 +501,16 @@ impl SharedPaces for RedisTier {
         cmd.arg(&redis_key).arg(value).arg("PX").arg(kept);
         let _: Option<()> = self.run("SET", cmd).await;
     }
+}
+
+/// A digest of a credential's keyed fingerprint at a Confluence site, as hex.
+fn site_credential(base_url: &str, fingerprint: &str) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in [base_url.as_bytes(), fingerprint.as_bytes()] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    to_hex(&ctx.finish().as_ref()[..20])
 }
 
 fn unix_ms() -> u64 {

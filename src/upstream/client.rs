@@ -563,7 +563,7 @@ impl ConfluenceClient {
                 && let Some(limit) = pacing.adopt(&budget, limit, at)
             {
                 in_flight.set_limit(&budget, limit);
-                METRICS.limit_moved(limit, "shared");
+                METRICS.limit_moved(limit, pacing::Move::Shared.label());
                 tracing::debug!(limit, "paced limit cut as another replica cut it");
             }
         });

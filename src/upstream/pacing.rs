@@ -84,6 +84,8 @@ pub(crate) enum Move {
     RateLimited,
     /// Confluence's first byte came much later than usual.
     Latency,
+    /// Another replica cut it (through the shared store).
+    Shared,
 }
 
 impl Move {
@@ -94,6 +96,7 @@ impl Move {
             Self::NearLimit => "near_limit",
             Self::RateLimited => "rate_limited",
             Self::Latency => "latency",
+            Self::Shared => "shared",
         }
     }
 }
@@ -127,7 +130,7 @@ pub(crate) struct Pacing {
 #[derive(Clone, Copy, Debug)]
 struct Pace {
     limit: f64,
-    /// Double the level answered cleanly until the first cut.
+    /// Double per whole batch answered cleanly, until the first cut.
     slow_start: bool,
     /// The usual first-byte time of each page size class (`size_class`): the lowest
     /// seen, drifting up slowly to a lasting rise.

@@ -13,7 +13,7 @@ use confluence_sim::{AuditEndpoint, LimitEcho, Live, RangeBounds, SimulatorConfi
 use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::common::{assert_exactly_once, now_ms, sim_and_gateway};
+use crate::common::{assert_exactly_once, now_ms, seq, sim_and_gateway};
 
 /// Forty minutes of records, six a group on average (records [`confluence_sim::RECORD_SPACING_MS`]
 /// apart, groups of up to 11 sharing a millisecond): about 2,900, as in the report of the
@@ -57,13 +57,6 @@ fn request(since_ms: i64, lag: Duration) -> pb::FollowRequest {
         lag: Some(duration(lag)),
         ..Default::default()
     }
-}
-
-fn seq(r: &pb::AuditRecord) -> u64 {
-    r.summary
-        .rsplit_once('#')
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or_else(|| panic!("no sequence number in {:?}", r.summary))
 }
 
 /// Follows with `req` (resuming from the last checkpoint after UNAVAILABLE, as a shipper

@@ -12,18 +12,11 @@ use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
 use crate::common::{
-    Canned, Finished, StubUpstream, finish_within, now_ms, sim_and_gateway, spawn_gateway,
+    Canned, Finished, StubUpstream, finish_within, now_ms, seq, sim_and_gateway, spawn_gateway,
     spawn_simulator, test_config,
 };
 
 const SALT: &str = "follow-tests-salt-0123456789";
-
-fn seq(r: &pb::AuditRecord) -> u64 {
-    r.summary
-        .rsplit_once('#')
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or_else(|| panic!("no sequence number in {:?}", r.summary))
-}
 
 fn dur(d: Duration) -> prost_types::Duration {
     prost_types::Duration {

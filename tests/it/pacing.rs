@@ -8,7 +8,7 @@ use std::time::Duration;
 use audit_gateway::{metrics::METRICS, pb};
 use confluence_sim::{Concurrency, SimulatorConfig};
 
-use crate::common::sim_and_gateway;
+use crate::common::{seq, sim_and_gateway, stream_records};
 
 /// Streams a whole window in pages of 100; the records' sequence numbers, in order.
 /// Small pages keep the simulator's rendering (a debug build, two cores) well below its
@@ -16,24 +16,11 @@ use crate::common::sim_and_gateway;
 async fn stream_window(
     client: &mut pb::audit_service_client::AuditServiceClient<tonic::transport::Channel>,
 ) -> Vec<u64> {
-    let mut s = client
-        .stream_since(pb::StreamSinceRequest {
-            page_size: Some(100),
-            ..Default::default()
-        })
-        .await
-        .expect("stream opens")
-        .into_inner();
-    let mut seqs = Vec::new();
-    while let Some(m) = s.message().await.expect("no error") {
-        seqs.extend(m.records.iter().map(|r| {
-            r.summary
-                .rsplit_once('#')
-                .and_then(|(_, n)| n.parse::<u64>().ok())
-                .expect("a sequence number")
-        }));
-    }
-    seqs
+    let req = pb::StreamSinceRequest {
+        page_size: Some(100),
+        ..Default::default()
+    };
+    stream_records(client, req).await.iter().map(seq).collect()
 }
 
 fn site(records: usize, allowed: usize, near: usize) -> SimulatorConfig {

@@ -28,7 +28,7 @@ use tonic_health::pb::{
 };
 use tonic_types::StatusExt;
 
-use crate::common::{now_ms, plain, spawn_simulator};
+use crate::common::{now_ms, plain, seq, spawn_simulator};
 
 /// The salt both replicas share, so each accepts the other's resume tokens and checkpoints.
 const SALT: &str = "proxy-tests-salt-shared-by-replicas";
@@ -306,14 +306,6 @@ fn assert_shutting_down(end: &Status, what: &str, nginx: &Proxy) {
 }
 
 // --- StreamSince --------------------------------------------------------------------------
-
-/// The simulator's sequence number of a record (its summary ends with `#<seq>`).
-fn seq(r: &pb::AuditRecord) -> u64 {
-    r.summary
-        .rsplit_once('#')
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or_else(|| panic!("no sequence number in {:?}", r.summary))
-}
 
 const STREAM_RECORDS: usize = 30_000;
 

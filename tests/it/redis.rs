@@ -13,7 +13,7 @@ use audit_gateway::{
 };
 use confluence_sim::{Concurrency, Fault, SimulatorConfig, SimulatorHandle};
 
-use crate::common::{TestGateway, spawn_gateway, spawn_simulator, test_config};
+use crate::common::{TestGateway, spawn_gateway, spawn_simulator, stream_records, test_config};
 
 const SALT: &str = "shared-by-all-replicas";
 const TOKEN: &str = "SECRET-PAT-4711";
@@ -516,22 +516,13 @@ async fn a_day_long_retry_after_ends_after_the_max_cooldown_with_one_probe_for_a
 
 /// Streams a window of `number` days in pages of 100; the records received.
 async fn stream_days(gw: &mut TestGateway, number: i64) -> usize {
-    let mut s = gw
-        .client
-        .stream_since(pb::StreamSinceRequest {
-            number: Some(number),
-            units: pb::TimeUnit::Days as i32,
-            page_size: Some(100),
-            ..Default::default()
-        })
-        .await
-        .expect("stream opens")
-        .into_inner();
-    let mut n = 0;
-    while let Some(m) = s.message().await.expect("no error") {
-        n += m.records.len();
-    }
-    n
+    let req = pb::StreamSinceRequest {
+        number: Some(number),
+        units: pb::TimeUnit::Days as i32,
+        page_size: Some(100),
+        ..Default::default()
+    };
+    stream_records(&mut gw.client, req).await.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

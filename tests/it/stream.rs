@@ -12,19 +12,11 @@ use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
 use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::common::{TestGateway, sim_and_gateway};
+use crate::common::{TestGateway, seq, sim_and_gateway};
 
 /// The gateway's default `stream_prefetch`.
 fn default_prefetch() -> usize {
     GatewayConfig::DEFAULT.stream_prefetch
-}
-
-/// The simulator's sequence number of a record (its summary ends with `#<seq>`).
-fn seq(r: &pb::AuditRecord) -> u64 {
-    r.summary
-        .rsplit_once('#')
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or_else(|| panic!("no sequence number in {:?}", r.summary))
 }
 
 fn window(page_size: i32) -> pb::StreamSinceRequest {

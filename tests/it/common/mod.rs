@@ -4,7 +4,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use audit_gateway::{
-    GatewayConfig, ServeError, pb::audit_service_client::AuditServiceClient, testing::harness,
+    GatewayConfig, ServeError,
+    pb::{self, audit_service_client::AuditServiceClient},
+    testing::harness,
 };
 use confluence_sim::{SimulatorConfig, SimulatorHandle};
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -136,6 +138,31 @@ pub fn plain(line: &str) -> String {
         }
     }
     out
+}
+
+/// The simulator's sequence number of a record (its summary ends with `#<seq>`).
+pub fn seq(r: &pb::AuditRecord) -> u64 {
+    r.summary
+        .rsplit_once('#')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sequence number in {:?}", r.summary))
+}
+
+/// Every record of a whole `StreamSince` call, in order; the stream must end OK.
+pub async fn stream_records(
+    client: &mut AuditServiceClient<Channel>,
+    req: pb::StreamSinceRequest,
+) -> Vec<pb::AuditRecord> {
+    let mut s = client
+        .stream_since(req)
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let mut records = Vec::new();
+    while let Some(m) = s.message().await.expect("the stream ends OK") {
+        records.extend(m.records);
+    }
+    records
 }
 
 /// Now, epoch ms.
