@@ -598,7 +598,8 @@ impl ConfluenceClient {
         }
     }
 
-    /// One request with `slot`; `asked` turns true once it is sent.
+    /// One request with `slot`; `asked` turns true once it is sent. Long: the request's
+    /// whole life (built, sent, counted, its answer taken in) holds the slot.
     async fn attempt<T, F, Fut>(
         &self,
         url: &Url,

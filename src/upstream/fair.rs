@@ -335,7 +335,9 @@ impl FairSlots {
 pub(crate) struct Closed;
 
 /// Grants free slots to the waiting requests whose turn it is; when a reservation holds
-/// a request back, makes sure a dispatch comes once it lapses.
+/// a request back, makes sure a dispatch comes once it lapses. Long: choosing the caller
+/// (fair share, caps, reservations, the group's pace) and granting its request update
+/// the same borrowed state in one pass.
 fn dispatch(st: &mut State, shared: &Shared) {
     let mut held_back = false;
     while st.free > 0 {

@@ -537,7 +537,8 @@ impl<'de> Fields<'_, 'de> {
 /// `GetSinceResponse.results`.
 const RESULTS: u32 = 1;
 
-/// Writes one record as an item of `results`, taking every field out of `r`.
+/// Writes one record as an item of `results`, taking every field out of `r`. Long: it
+/// is the record's fields in wire order, one after another, which reads best as one list.
 fn write_record<'de>(out: &mut Vec<u8>, r: &mut Record<'de>, s: &mut Scratch<'de>) {
     // Records of a full page are 128 bytes to 16 KiB long: two bytes of length.
     let record = open(out, RESULTS, 2);
