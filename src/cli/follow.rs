@@ -271,6 +271,7 @@ async fn follow_once(
         poll_interval: Some(duration(args.poll_interval.0)),
         max_records: *left,
         lag: Some(duration(args.lag.0)),
+        until: None,
     });
     authorize(&mut request, args.connect.authorization.as_ref()).map_err(Failure::Fatal)?;
     let sent_checkpoint = checkpoint.is_some();

@@ -650,6 +650,7 @@ fn write_record<'de>(out: &mut Vec<u8>, r: &mut Record<'de>, s: &mut Scratch<'de
         close(out, time);
     }
     write_paths(out, 14, paths);
+    varint(out, 15, crate::pb::Dialect::Cloud as i64);
     close(out, record);
 }
 

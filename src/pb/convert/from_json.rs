@@ -73,6 +73,7 @@ fn record_to_proto(r: record::Record<'_>) -> pb::AuditRecord {
             associated_objects: x.list("associatedObjects", r.associated_objects, object_to_proto),
             unknown_fields: x.finish(),
             json_text_paths: Vec::new(),
+            dialect: pb::Dialect::Cloud as i32,
         }
     };
     record.json_text_paths = deep.paths;
