@@ -87,6 +87,8 @@ pub(crate) struct FollowRequest {
     pub lag: Duration,
     /// End after exactly this many records.
     pub max_records: Option<u64>,
+    /// End, OK, once every record dated before this millisecond was delivered.
+    pub until: Option<i64>,
     /// Whom to fetch as.
     pub credential: Option<Credential>,
     /// Who asks (its fair share of Confluence's request slots).
@@ -222,6 +224,11 @@ impl<P: PageSource> Follower<P> {
         let mut stopping = self.shared.stopping.clone();
         // The range the last tick read whole at the head, to check again for late records.
         let mut last_head: Option<(Slice, usize)> = None;
+        let until = self.req.until;
+        let ended = |cp: &Checkpoint| until.is_some_and(|u| cp.next >= u);
+        if ended(&cp) {
+            return Ok(());
+        }
         if !self.shared.offset.observed() {
             // No view of Confluence's clock yet: one answer gives it before any range is
             // taken as settled. Its page (a millisecond the follower reads anyway) is
@@ -232,7 +239,9 @@ impl<P: PageSource> Follower<P> {
         loop {
             self.stop_if_stopping()?;
             self.check_skew(lag);
-            let edge = follow::settled(self.now(), lag, poll);
+            // An absolute range reads no further than its end, at once if it is settled.
+            let edge =
+                follow::settled(self.now(), lag, poll).min(until.map_or(i64::MAX, |u| u - 1));
             let mut sent = false;
             if edge >= cp.next {
                 // From the grid line at or before `next`, so that a follower that started
@@ -258,6 +267,9 @@ impl<P: PageSource> Follower<P> {
                 if !self.send(tx, wire::stream_message(&[], &token)).await? {
                     return Ok(());
                 }
+            }
+            if ended(&cp) {
+                return Ok(());
             }
             // Spread by at most 2 s, well under any poll interval (at least 1 s … 2 s).
             let spread = (self.shared.tick_spread * poll.min(4_000) as f64) as i64;
@@ -735,6 +747,7 @@ mod tests {
                 poll: POLL,
                 lag: LAG,
                 max_records,
+                until: None,
                 credential: None,
                 caller: Caller::anonymous(),
                 deadline: None,

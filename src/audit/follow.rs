@@ -314,8 +314,11 @@ pub(crate) fn undelivered<R: Anchored>(
             true
         })
         .collect();
-    // Oldest first; a stable sort keeps ties in the order the page had them reversed.
-    out.sort_by_key(|&i| page[i].date());
+    // Oldest first, and records sharing a millisecond by digest: the same range gives
+    // the same order whatever order Confluence listed them in, so an export cut and
+    // resumed writes the bytes an uninterrupted one does (the first part delivered of a
+    // millisecond is its least digests, the rest follows them).
+    out.sort_by_key(|&i| (page[i].date(), page[i].id()));
     out
 }
 

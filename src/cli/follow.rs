@@ -63,6 +63,11 @@ pub(crate) struct FollowArgs {
     /// Stop after this many records.
     #[arg(long)]
     pub(crate) max_records: Option<i64>,
+
+    /// The end of an export's range (exclusive; `export` sets it): the gateway ends the
+    /// call once every record before it was delivered.
+    #[arg(skip)]
+    pub(crate) until: Option<SystemTime>,
 }
 
 /// Where a first run starts: a duration back from now, or a time.
@@ -114,6 +119,10 @@ struct Saved {
     since_ms: Option<i64>,
     /// The output's length when the checkpoint was taken.
     output_bytes: Option<u64>,
+    /// An export's range was delivered whole and its output closed: a new run has
+    /// nothing to do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    finished: bool,
 }
 
 /// Longest pause between reconnections.
@@ -129,6 +138,10 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
         Some(path) => read_saved(path)?,
         None => None,
     };
+    if saved.as_ref().is_some_and(|s| s.finished) {
+        eprintln!("the export is complete already (its checkpoint file says so)");
+        return Ok(());
+    }
     let (sink, continuing) = open_output(args.output.as_deref(), saved.as_ref())?;
     let mut out = RecordWriter::new(sink, args.format, continuing);
     let (since, mut checkpoint) = start_point(&args, saved, &mut out)?;
@@ -166,6 +179,11 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
         }
         let why = match outcome {
             Ok(()) if left.is_some_and(|n| n <= 0) => return Ok(()),
+            // An export ends when the gateway has delivered its whole range.
+            Ok(()) if args.until.is_some() => {
+                progress.finish();
+                return finish(&args, &mut out, checkpoint, since);
+            }
             // A follower never ends by itself before `max_records`: something between
             // closed the stream, and the checkpoint continues it.
             Ok(()) => "the gateway ended the follow early".to_owned(),
@@ -227,6 +245,7 @@ fn start_point(
             checkpoint: None,
             since_ms: since.map(to_ms),
             output_bytes: sync(out).map_err(CommandError::output)?,
+            finished: false,
         };
         write_saved(path, &first).map_err(|e| {
             CommandError::output(format!("--checkpoint-file {}: {e}", path.display()))
@@ -271,7 +290,7 @@ async fn follow_once(
         poll_interval: Some(duration(args.poll_interval.0)),
         max_records: *left,
         lag: Some(duration(args.lag.0)),
-        until: None,
+        until: args.until.map(prost_types::Timestamp::from),
     });
     authorize(&mut request, args.connect.authorization.as_ref()).map_err(Failure::Fatal)?;
     let sent_checkpoint = checkpoint.is_some();
@@ -289,6 +308,7 @@ async fn follow_once(
                 checkpoint: Some(message.checkpoint.clone()),
                 since_ms: since.map(to_ms),
                 output_bytes,
+                finished: false,
             };
             write_saved(path, &saved).map_err(|e| {
                 Failure::Fatal(CommandError::output(format!(
@@ -303,6 +323,30 @@ async fn follow_once(
         }
         progress.update(&message.records, true);
     }
+}
+
+/// Closes a delivered export's output and marks its checkpoint finished, in that order:
+/// a kill between the two runs the close again on output cut back to before it.
+fn finish(
+    args: &FollowArgs,
+    out: &mut RecordWriter<Sink>,
+    checkpoint: Option<String>,
+    since: Option<SystemTime>,
+) -> Result<(), CommandError> {
+    out.finish().map_err(CommandError::output)?;
+    let output_bytes = sync(out).map_err(CommandError::output)?;
+    if let Some(path) = &args.checkpoint_file {
+        let saved = Saved {
+            checkpoint,
+            since_ms: since.map(to_ms),
+            output_bytes,
+            finished: true,
+        };
+        write_saved(path, &saved).map_err(|e| {
+            CommandError::output(format!("--checkpoint-file {}: {e}", path.display()))
+        })?;
+    }
+    Ok(())
 }
 
 /// Errors a new call may cure are retried; the rest end the command with their code.

@@ -1,5 +1,5 @@
 //! The command line, part of the binary (`src/main.rs`), not of the library: `serve`,
-//! the `get`, `stream` and `follow` client commands and, with the `simulator` feature,
+//! the `get`, `stream`, `follow` and `export` client commands and, with the `simulator` feature,
 //! `simulate` and `demo`. Clap structs are named `*Args` and live here; they fill the
 //! library's `GatewayConfig`. The client commands use only the library's public proto
 //! types (`audit_gateway::pb`).
@@ -7,6 +7,7 @@
 mod call;
 #[cfg(feature = "simulator")]
 mod demo;
+mod export;
 mod follow;
 mod output;
 mod parse;
@@ -45,6 +46,9 @@ enum Command {
     /// Follow a gateway's `Follow` call: append records to a file as they arrive and keep a
     /// checkpoint beside them, continuing from it when restarted (an exactly-once shipper).
     Follow(Box<follow::FollowArgs>),
+    /// Export every record of a fixed range once, oldest first, to a file; resumed from
+    /// its checkpoint file when run again (`follow` with an end).
+    Export(Box<export::ExportArgs>),
     /// Serve a synthetic Confluence audit API (for demos, tests and benchmarks).
     #[cfg(feature = "simulator")]
     Simulate(confluence_sim::cli::SimulateArgs),
@@ -92,6 +96,7 @@ impl Cli {
                 Ok(())
             }
             Command::Follow(args) => follow::run(*args).await,
+            Command::Export(args) => follow::run(args.into_follow()?).await,
             #[cfg(feature = "simulator")]
             Command::Simulate(args) => Ok(args.serve(shutdown_signal()).await?),
             #[cfg(feature = "simulator")]

@@ -21,6 +21,9 @@ pub(crate) enum Format {
     Csv,
     /// Aligned columns for a terminal (time, category, author, summary).
     Table,
+    /// One JSON array of the records, closed by [`RecordWriter::finish`] (exports).
+    #[value(skip)]
+    JsonArray,
 }
 
 /// The CSV columns: a name and how to read it from a record.
@@ -72,6 +75,14 @@ impl<W: Write> RecordWriter<W> {
                     serde_json::to_writer_pretty(&mut self.out, &r.to_json())?;
                     self.out.write_all(b"\n")?;
                 }
+                Format::JsonArray => {
+                    // Output continued holds `[` and a record at least (it is cut back to
+                    // a checkpoint, taken only after records): a comma goes first.
+                    let lead: &[u8] = if !self.headed { b"[\n" } else { b",\n" };
+                    self.headed = true;
+                    self.out.write_all(lead)?;
+                    serde_json::to_writer(&mut self.out, &r.to_json())?;
+                }
                 Format::Csv => {
                     if !self.headed {
                         writeln!(self.out, "{}", CSV_COLUMNS.join(","))?;
@@ -101,6 +112,16 @@ impl<W: Write> RecordWriter<W> {
                 }
             }
             self.written += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends the output after its last record (the array's close; nothing for the
+    /// line formats).
+    pub(crate) fn finish(&mut self) -> io::Result<()> {
+        if self.format == Format::JsonArray {
+            self.out
+                .write_all(if self.headed { b"\n]\n" } else { b"[]\n" })?;
         }
         Ok(())
     }

@@ -226,6 +226,7 @@ impl AuditGrpc {
             poll: p.poll,
             lag: p.lag,
             max_records: p.max_records,
+            until: p.until,
             credential: self.credential(md)?,
             caller: caller.clone(),
             deadline: metadata::deadline(md, received),

@@ -163,6 +163,8 @@ pub(crate) struct FollowParams {
     pub(crate) lag: Duration,
     /// End after this many records.
     pub(crate) max_records: Option<u64>,
+    /// End once every record dated before this millisecond (epoch ms) was delivered.
+    pub(crate) until: Option<i64>,
 }
 
 /// Shortest `poll_interval`: Confluence's rate limits are per credential, shared by all.
@@ -204,9 +206,27 @@ pub(crate) fn follow_params(
         // Confluence's audit API takes no date before 1970 (`startDate` is digits only,
         // as confluence-sim's `parse_epoch_ms` models it), and its log holds none: an
         // earlier instant starts at the epoch rather than failing upstream on every tick.
-        Some(pb::follow_request::From::Since(ts)) => Checkpoint::at(since_ms(ts)?.max(0)),
+        Some(pb::follow_request::From::Since(ts)) => Checkpoint::at(since_ms("since", ts)?.max(0)),
         None => Checkpoint::at(received_ms),
     };
+    // Rounded up as `since` is, so that one range's `until` is the next one's `since`
+    // and a record dated the millisecond both fall inside belongs to exactly one.
+    let until = req
+        .until
+        .as_ref()
+        .map(|ts| since_ms("until", ts))
+        .transpose()?;
+    // A checkpoint at or past `until` is a finished export resumed: it ends at once.
+    let resumed = matches!(req.from, Some(pb::follow_request::From::Checkpoint(_)));
+    if let Some(until) = until
+        && !resumed
+        && until <= checkpoint.next
+    {
+        return Err(GatewayError::invalid(
+            "until",
+            "must be after the start (since, or the instant the call was received)",
+        ));
+    }
     let poll = duration("poll_interval", req.poll_interval.as_ref(), DEFAULT_POLL)?;
     if !(MIN_POLL..=MAX_POLL).contains(&poll) {
         return Err(GatewayError::invalid(
@@ -228,6 +248,7 @@ pub(crate) fn follow_params(
         poll,
         lag,
         max_records,
+        until,
     })
 }
 
@@ -237,18 +258,18 @@ fn since_range_ms() -> std::ops::RangeInclusive<i64> {
     MIN_SINCE_SECONDS * 1000..=(MAX_SINCE_SECONDS + 1) * 1000
 }
 
-/// A `Timestamp` as epoch milliseconds, rounded up: a record dated the millisecond the
-/// instant falls inside was created before it.
-fn since_ms(ts: &prost_types::Timestamp) -> Result<i64, GatewayError> {
+/// A `Timestamp` (the request's `field`) as epoch milliseconds, rounded up: a record
+/// dated the millisecond the instant falls inside was created before it.
+fn since_ms(field: &'static str, ts: &prost_types::Timestamp) -> Result<i64, GatewayError> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(GatewayError::invalid(
-            "since",
+            field,
             format!("nanos must be between 0 and 999999999, got {}", ts.nanos),
         ));
     }
     if !(MIN_SINCE_SECONDS..=MAX_SINCE_SECONDS).contains(&ts.seconds) {
         return Err(GatewayError::invalid(
-            "since",
+            field,
             format!(
                 "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999999Z \
                  (seconds {MIN_SINCE_SECONDS} to {MAX_SINCE_SECONDS}), got seconds {}",

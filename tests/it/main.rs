@@ -9,6 +9,7 @@ mod common;
 mod compression;
 mod docs;
 mod errors;
+mod export;
 mod fairness;
 mod follow;
 mod get_since;
