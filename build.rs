@@ -58,6 +58,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .server_streaming()
                 .build(),
         )
+        .method(
+            tonic_build::manual::Method::builder()
+                .name("get_retention")
+                .route_name("GetRetention")
+                .comment("How long Confluence keeps its audit log.")
+                .input_type("super::GetRetentionRequest")
+                .output_type("super::GetRetentionResponse")
+                .codec_path("tonic_prost::ProstCodec")
+                .build(),
+        )
         .build();
     tonic_build::manual::Builder::new()
         .build_client(false)

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use serde::de::IgnoredAny;
 use tracing::Instrument;
 
-use super::caps::CallerCaps;
+use super::{caps::CallerCaps, retention::Retentions};
 use crate::{
-    audit::{PageQuery, Span},
+    audit::{PageQuery, Span, retention::Retention},
     cache::{LoadProgress, PageCache, PageKey},
     callers::Caller,
     credential::{Credential, FingerprintKey},
@@ -76,6 +76,8 @@ pub(crate) struct PageService {
     refused: Arc<Refused>,
     /// Each caller's own caps.
     caps: Arc<CallerCaps>,
+    /// The retention period Confluence answered, by credential.
+    retentions: Arc<Retentions>,
 }
 
 /// When Confluence last accepted each credential, by fingerprint.
@@ -209,6 +211,7 @@ impl PageService {
             revalidate: None,
             refused: Arc::default(),
             caps: Arc::new(CallerCaps::new(usize::MAX, 0)),
+            retentions: Arc::default(),
         }
     }
 
@@ -238,6 +241,53 @@ impl PageService {
             map: Mutex::default(),
         });
         self
+    }
+
+    /// The audit log's retention period as Confluence answers it to `credential`, asked
+    /// again at most every ten minutes (a failure every minute).
+    pub(crate) async fn retention(
+        &self,
+        credential: Option<&Credential>,
+        caller: &Caller,
+        deadline: Option<Instant>,
+    ) -> Result<Retention, GatewayError> {
+        let fingerprint: Arc<str> = credential.map_or_else(
+            || "anonymous".into(),
+            |c| c.fingerprint(&self.fingerprints).into(),
+        );
+        if let Some(known) = self.retentions.known(&fingerprint) {
+            return known;
+        }
+        let share = Share {
+            id: caller.id.clone(),
+            label: caller.label.clone(),
+            weight: caller.weight,
+            cap: None,
+            urgency: Urgency::now(),
+        };
+        let bounds = FetchBounds {
+            deadline,
+            class: RetryClass::OneShot,
+            share: &share,
+        };
+        let answer = self
+            .client
+            .fetch_retention(credential, &fingerprint, bounds, &LoadProgress::default())
+            .await;
+        // Only Confluence's answers are remembered, not a caller's deadline passing.
+        if !matches!(answer, Err(GatewayError::DeadlineExceeded { .. })) {
+            self.retentions.note(fingerprint, answer.clone());
+        }
+        answer
+    }
+
+    /// The retention period if Confluence answered it to `credential` lately.
+    pub(crate) fn known_retention(&self, credential: Option<&Credential>) -> Option<Retention> {
+        let fingerprint = credential.map_or_else(
+            || "anonymous".to_owned(),
+            |c| c.fingerprint(&self.fingerprints),
+        );
+        self.retentions.known(&fingerprint)?.ok()
     }
 
     /// The page as an encoded `GetSinceResponse`.

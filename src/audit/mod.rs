@@ -7,5 +7,6 @@ pub(crate) mod follow;
 pub(crate) mod query;
 pub(crate) mod record;
 pub(crate) mod resume;
+pub(crate) mod retention;
 
 pub(crate) use query::{PageQuery, Span, TimeUnit};

@@ -19,6 +19,7 @@ use super::{
     validate,
 };
 use crate::{
+    app::retention,
     app::{
         PageRequest, PageService,
         caps::CallerCaps,
@@ -26,12 +27,16 @@ use crate::{
         lookahead::LookAhead,
         stream::{self, WindowEnds},
     },
-    audit::{follow::Listing, resume::TokenKey},
+    audit::{
+        follow::Listing,
+        resume::TokenKey,
+        retention::{self as periods, Retention},
+    },
     callers::{Caller, CallerTokens},
     credential::{Credential, CredentialMode},
     error::GatewayError,
     metrics::METRICS,
-    pb::{self, EncodedMessage, audit_service_server::AuditService},
+    pb::{self, EncodedMessage, audit_service_server::AuditService, convert},
     shutdown::{Shutdown, Stopper},
     upstream::{clock::ClockOffset, fair::Urgency},
 };
@@ -250,6 +255,55 @@ impl AuditGrpc {
         Ok((gateway, own))
     }
 
+    async fn answer_retention(
+        &self,
+        request: Request<pb::GetRetentionRequest>,
+    ) -> Result<pb::GetRetentionResponse, Status> {
+        let caller = self
+            .identify(&request)
+            .map_err(|e| fail("GetRetention", None, &e))?;
+        let md = request.metadata();
+        let deadline = metadata::deadline(md, Instant::now());
+        let answer = match self.credential(md) {
+            Ok(credential) => {
+                self.pages
+                    .retention(credential.as_ref(), &caller, deadline)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        answer
+            .map(|r| convert::retention_to_proto(&r))
+            .map_err(|e| fail("GetRetention", Some(&caller.id), &e))
+    }
+
+    /// Warns a read that starts at `start_ms` before the oldest record Confluence keeps:
+    /// a log line, and the response header `retention-warning` when the period is known
+    /// already (else it is read in the background, for the log line and later calls).
+    fn retention_warning(
+        &self,
+        credential: Option<&Credential>,
+        caller: &Caller,
+        start_ms: i64,
+    ) -> Warning {
+        let now = now_ms();
+        let warn = move |r: &Retention| {
+            let w = retention::warning(r, start_ms, now)?;
+            tracing::warn!(start_ms, "{w}");
+            Some(w)
+        };
+        if let Some(known) = self.pages.known_retention(credential) {
+            return warn(&known).and_then(|w| w.parse().ok());
+        }
+        let (pages, credential, caller) = (self.pages.clone(), credential.cloned(), caller.clone());
+        tokio::spawn(async move {
+            if let Ok(r) = pages.retention(credential.as_ref(), &caller, None).await {
+                let _ = warn(&r);
+            }
+        });
+        None
+    }
+
     async fn get_page(
         &self,
         request: Request<pb::GetSinceRequest>,
@@ -290,7 +344,13 @@ impl AuditGrpc {
     fn start_stream(
         &self,
         request: Request<pb::StreamSinceRequest>,
-    ) -> Result<impl Stream<Item = Result<EncodedMessage, Status>> + Unpin + use<>, Status> {
+    ) -> Result<
+        (
+            impl Stream<Item = Result<EncodedMessage, Status>> + Unpin + use<>,
+            Warning,
+        ),
+        Status,
+    > {
         let caller = self
             .identify(&request)
             .map_err(|e| fail("StreamSince", None, &e))?;
@@ -303,6 +363,8 @@ impl AuditGrpc {
         // The slot goes with the producer, which is what a stream costs (its fetches and
         // pages): it returns when the window is done, the caller cancels or leaves the
         // stream idle (src/app/stream.rs), and the slot is free again.
+        let start = periods::window_start_ms(req.window.number, req.window.units, now_ms());
+        let warning = self.retention_warning(req.credential.as_ref(), &caller, start);
         let messages = stream::start(
             self.pages.clone(),
             req,
@@ -310,16 +372,23 @@ impl AuditGrpc {
             self.tokens.clone(),
             slot,
         );
-        Ok(messages.map(move |item| {
+        let messages = messages.map(move |item| {
             item.map(EncodedMessage)
                 .map_err(|e| fail("StreamSince", Some(&caller.id), &e))
-        }))
+        });
+        Ok((messages, warning))
     }
 
     fn start_follow(
         &self,
         request: Request<pb::FollowRequest>,
-    ) -> Result<impl Stream<Item = Result<EncodedMessage, Status>> + Unpin + use<>, Status> {
+    ) -> Result<
+        (
+            impl Stream<Item = Result<EncodedMessage, Status>> + Unpin + use<>,
+            Warning,
+        ),
+        Status,
+    > {
         let caller = self
             .identify(&request)
             .map_err(|e| fail("Follow", None, &e))?;
@@ -341,11 +410,13 @@ impl AuditGrpc {
             clock: follow::system_clock(),
             offset: self.offset.clone(),
         };
+        let warning = self.retention_warning(req.credential.as_ref(), &caller, req.checkpoint.next);
         let messages = follow::start(self.pages.clone(), req, shared, slot);
-        Ok(messages.map(move |item| {
+        let messages = messages.map(move |item| {
             item.map(EncodedMessage)
                 .map_err(|e| fail("Follow", Some(&caller.id), &e))
-        }))
+        });
+        Ok((messages, warning))
     }
 }
 
@@ -357,6 +428,24 @@ fn certificate_name(der: &tokio_rustls::rustls::pki_types::CertificateDer<'_>) -
         .next()
         .or_else(|| cert.valid_dns_names().next())
         .map(str::to_owned)
+}
+
+/// The `retention-warning` header a streaming call's response carries, if any.
+type Warning = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+
+/// `response` with its `retention-warning` header.
+fn warned<T>(mut response: Response<T>, warning: Warning) -> Response<T> {
+    if let Some(w) = warning {
+        response.metadata_mut().insert("retention-warning", w);
+    }
+    response
+}
+
+/// Now, epoch ms.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A streaming call's answer, boxed as tonic wants it.
@@ -385,13 +474,22 @@ impl AuditService for AuditGrpc {
         let span = observe::call_span("StreamSince", request.metadata());
         let _in_span = span.enter();
         match self.start_stream(request) {
-            Ok(s) => Ok(Response::new(Box::pin(Observed::new(
-                s,
-                "StreamSince",
-                started,
-            )))),
+            Ok((s, warning)) => Ok(warned(
+                Response::new(Box::pin(Observed::new(s, "StreamSince", started))),
+                warning,
+            )),
             Err(status) => observe::record("StreamSince", started, Err(status)),
         }
+    }
+
+    async fn get_retention(
+        &self,
+        request: Request<pb::GetRetentionRequest>,
+    ) -> Result<Response<pb::GetRetentionResponse>, Status> {
+        let started = Instant::now();
+        let span = observe::call_span("GetRetention", request.metadata());
+        let answer = self.answer_retention(request).instrument(span).await;
+        observe::record("GetRetention", started, answer).map(Response::new)
     }
 
     type FollowStream = Answer;
@@ -404,7 +502,10 @@ impl AuditService for AuditGrpc {
         let span = observe::call_span("Follow", request.metadata());
         let _in_span = span.enter();
         match self.start_follow(request) {
-            Ok(s) => Ok(Response::new(Box::pin(Observed::new(s, "Follow", started)))),
+            Ok((s, warning)) => Ok(warned(
+                Response::new(Box::pin(Observed::new(s, "Follow", started))),
+                warning,
+            )),
             Err(status) => observe::record("Follow", started, Err(status)),
         }
     }

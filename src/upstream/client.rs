@@ -26,7 +26,7 @@ use super::{
     retry::{RetryClass, RetryPolicy, Spent, classify},
 };
 use crate::{
-    audit::{PageQuery, Span},
+    audit::{PageQuery, Span, retention::Retention},
     credential::Credential,
     error::{GatewayError, UpstreamFailure, within_deadline},
     metrics::METRICS,
@@ -172,6 +172,8 @@ pub(crate) struct ConfluenceClient {
     since: Url,
     /// `{base}/rest/api/audit`.
     range: Url,
+    /// `{base}/rest/api/audit/retention`.
+    retention: Url,
     /// Everything before `/rest/api`, as cache keys name it.
     base_url: Url,
     settings: UpstreamConfig,
@@ -205,6 +207,7 @@ impl ConfluenceClient {
     pub(crate) fn new(base_url: Url, settings: &UpstreamConfig) -> Result<Self, ClientError> {
         let range = audit_endpoint(&base_url, &[])?;
         let since = audit_endpoint(&base_url, &["since"])?;
+        let retention = audit_endpoint(&base_url, &["retention"])?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("audit-gateway/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
@@ -216,6 +219,7 @@ impl ConfluenceClient {
             http,
             since,
             range,
+            retention,
             in_flight: Arc::new(FairSlots::new(settings.concurrency)),
             pacing: Arc::new(Pacing::new(
                 settings.concurrency_floor,
@@ -318,16 +322,65 @@ impl ConfluenceClient {
         F: Fn(PageBody) -> Fut,
         Fut: Future<Output = Result<T, GatewayError>>,
     {
+        let url = self.page_url(query);
+        self.fetch(
+            &url,
+            query.limit,
+            credential,
+            budget,
+            bounds,
+            events,
+            convert,
+        )
+        .await
+    }
+
+    /// Reads the audit log's retention period, as [`Self::fetch_page`] reads a page.
+    pub(crate) async fn fetch_retention(
+        &self,
+        credential: Option<&Credential>,
+        budget: &str,
+        bounds: FetchBounds<'_>,
+        events: &impl FetchEvents,
+    ) -> Result<Retention, GatewayError> {
+        let parse = |body: PageBody| async move {
+            Retention::parse(body.bytes()).map_err(|why| {
+                GatewayError::MalformedBody(format!(
+                    "Confluence's answer is not a RetentionPeriod: {why}"
+                ))
+            })
+        };
+        let url = self.retention.clone();
+        self.fetch(&url, 0, credential, budget, bounds, events, parse)
+            .await
+    }
+
+    /// [`Self::fetch_page`] for any URL of the audit API; `size` is the number of
+    /// records asked for (0 for an answer that holds none).
+    #[allow(clippy::too_many_arguments)] // fetch_page's, plus the URL and its size
+    async fn fetch<T, F, Fut>(
+        &self,
+        url: &Url,
+        size: i32,
+        credential: Option<&Credential>,
+        budget: &str,
+        bounds: FetchBounds<'_>,
+        events: &impl FetchEvents,
+        convert: F,
+    ) -> Result<T, GatewayError>
+    where
+        F: Fn(PageBody) -> Fut,
+        Fut: Future<Output = Result<T, GatewayError>>,
+    {
         let FetchBounds {
             deadline,
             class,
             share,
         } = bounds;
-        let url = self.page_url(query);
         let policy = &self.retry;
         let mut spent = Spent::default();
         self.retries.request();
-        let (url, convert) = (&url, &convert);
+        let convert = &convert;
         let call = (|| async move {
             let (probe, slot) = self.turn(budget, share, deadline, events).await?;
             let sent = Instant::now();
@@ -343,7 +396,7 @@ impl ConfluenceClient {
                 .attempt(
                     url,
                     credential,
-                    (budget, slot, &asked, query.limit),
+                    (budget, slot, &asked, size),
                     deadline,
                     events,
                     convert,

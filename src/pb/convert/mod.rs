@@ -20,7 +20,14 @@ pub(crate) use from_json::json_to_value;
 pub(crate) use from_json::page_to_proto;
 pub use to_json::ToJson;
 
-use crate::{audit::TimeUnit, error::GatewayError, pb};
+use crate::{
+    audit::{
+        TimeUnit,
+        retention::{Retention, RetentionUnit},
+    },
+    error::GatewayError,
+    pb,
+};
 
 /// A 200 body from Confluence as an encoded `GetSinceResponse`.
 pub fn encode_page(body: &[u8]) -> Result<Bytes, GatewayError> {
@@ -103,6 +110,27 @@ fn not_a_page(e: serde_json::Error) -> GatewayError {
     GatewayError::MalformedBody(format!(
         "Confluence's answer is not an AuditRecordArray: {e}"
     ))
+}
+
+/// Confluence's retention period as `GetRetention` answers it.
+pub(crate) fn retention_to_proto(r: &Retention) -> pb::GetRetentionResponse {
+    let units = match r.unit {
+        RetentionUnit::Window(unit) => pb::TimeUnit::from(unit),
+        RetentionUnit::Millennia => pb::TimeUnit::Millennia,
+        RetentionUnit::Eras => pb::TimeUnit::Eras,
+        RetentionUnit::Forever => pb::TimeUnit::Forever,
+    };
+    let period = r.period().and_then(|d| {
+        Some(prost_types::Duration {
+            seconds: i64::try_from(d.as_secs()).ok()?,
+            nanos: i32::try_from(d.subsec_nanos()).ok()?,
+        })
+    });
+    pb::GetRetentionResponse {
+        number: r.number,
+        units: units as i32,
+        period,
+    }
 }
 
 // The proto enum numbers the units in the order of `TimeUnit::ALL`, from 1 (0 is
