@@ -50,6 +50,13 @@ impl AuditService for Bare {
     ) -> Result<Response<Self::FollowStream>, Status> {
         Err(Status::unimplemented("reference server"))
     }
+
+    async fn get_retention(
+        &self,
+        _: Request<pb::GetRetentionRequest>,
+    ) -> Result<Response<pb::GetRetentionResponse>, Status> {
+        Err(Status::unimplemented("reference server"))
+    }
 }
 
 /// The page left encoded on the client side too, so the loop measures the servers.
