@@ -15,6 +15,7 @@ mod follow;
 mod get_since;
 mod interop;
 mod mesh;
+mod monitoring;
 mod nesting;
 mod otel;
 mod overload;
