@@ -18,7 +18,7 @@ use crate::{
     server::{self, ServeError, ServerConfig},
     shutdown::Stopper,
     tls::ReloadingTls,
-    upstream::{ConfluenceClient, clock::ClockOffset},
+    upstream::{ConfluenceClient, ConfluenceFlavor, clock::ClockOffset},
 };
 
 /// A gateway with its listeners bound, ready to serve.
@@ -38,13 +38,30 @@ pub struct Gateway {
 
 impl Gateway {
     /// Checks `config`, builds the gateway and binds its listeners (port 0 picks one).
-    /// No call reaches Confluence or Redis yet.
+    /// No call reaches Confluence or Redis yet, but for `--confluence-flavor auto`'s
+    /// one request.
     pub async fn bind(config: GatewayConfig) -> Result<Self, ConfigError> {
         // rustls needs one process-wide crypto provider; ring is the one we build. Err
         // means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let checked = config.check()?;
         let (client, shared) = upstream(&config, checked.base_url, checked.redis_value_key)?;
+        let client = match config.upstream.flavor {
+            // The one request before serving: which API the site answers.
+            ConfluenceFlavor::Auto => {
+                let credential = match &checked.credentials {
+                    CredentialMode::Configured(c) => c.clone(),
+                    CredentialMode::Passthrough => None,
+                };
+                let dialect = client
+                    .probe_dialect(credential.as_ref())
+                    .await
+                    .map_err(|e| ConfigError::from_error("--confluence-flavor", e))?;
+                tracing::info!(?dialect, "--confluence-flavor auto: the site's audit API");
+                client.with_dialect(dialect)
+            }
+            _ => client,
+        };
         if config.credential_salt.is_none() {
             // Allowed on loopback or with --allow-ephemeral-tokens (`GatewayConfig::check`),
             // but a shipper following this gateway must know it cannot outlive it.

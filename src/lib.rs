@@ -34,7 +34,7 @@ pub use config::{ConfigError, GatewayConfig, UpstreamAuth};
 pub use error::{CallerCap, Chain, GatewayError, UpstreamFailure};
 pub use gateway::{Gateway, shutdown_signal};
 pub use server::{ResponseCompression, ServeError, ServerConfig, UnknownCompression};
-pub use upstream::UpstreamConfig;
+pub use upstream::{ConfluenceFlavor, UpstreamConfig};
 
 /// Hooks into private parts for the benches (`bench`: a page conversion step by step)
 /// and the fuzz targets (`fuzz`: the decoders of untrusted or cached bytes); not an API.

@@ -9,4 +9,4 @@ pub(crate) mod record;
 pub(crate) mod resume;
 pub(crate) mod retention;
 
-pub(crate) use query::{PageQuery, Span, TimeUnit};
+pub(crate) use query::{Dialect, PageQuery, Span, TimeUnit};

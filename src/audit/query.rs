@@ -161,6 +161,60 @@ impl PageQuery {
     }
 }
 
+/// Which of Confluence's audit APIs a site answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Dialect {
+    /// Cloud's `/rest/api/audit/since` and `/rest/api/audit` (epoch ms, `start`).
+    Cloud,
+    /// Data Center's `/rest/auditing/1.0/events` (ISO 8601 `from`/`to`, `offset`).
+    DataCenter,
+}
+
+impl PageQuery {
+    /// The query parameters of the Data Center events endpoint, at `now_ms` (a window
+    /// reaches back from the gateway's now, as Cloud's reaches back from its own): `from`
+    /// and `to` inclusive, as ISO 8601 UTC instants to the millisecond (its parser takes
+    /// only `Z`); a window leaves `to` out, which Data Center reads as its now on each
+    /// request, as Cloud's `/since` does.
+    pub(crate) fn to_data_center_params(&self, now_ms: i64) -> Vec<(&'static str, String)> {
+        let mut params = match self.span {
+            Span::Since { number, units } => vec![(
+                "from",
+                iso_ms(super::retention::window_start_ms(number, units, now_ms).max(0)),
+            )],
+            Span::Range { from, to } => vec![("from", iso_ms(from)), ("to", iso_ms(to))],
+        };
+        if let Some(s) = &self.search_string {
+            params.push(("search", s.clone()));
+        }
+        params.push(("offset", self.start.to_string()));
+        params.push(("limit", self.limit.to_string()));
+        params
+    }
+}
+
+/// Epoch milliseconds as `2026-01-02T03:04:05.678Z`.
+pub(crate) fn iso_ms(ms: i64) -> String {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, t) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
+}
+
 impl Default for PageQuery {
     fn default() -> Self {
         Self {
@@ -175,6 +229,45 @@ impl Default for PageQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_center_params_are_iso_instants_and_an_offset() {
+        assert_eq!(iso_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_ms(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+        assert_eq!(iso_ms(-1), "1969-12-31T23:59:59.999Z");
+        let range = PageQuery {
+            span: Span::Range {
+                from: 1_709_210_096_789,
+                to: 1_709_210_100_000,
+            },
+            search_string: Some("space".into()),
+            start: 40,
+            limit: 20,
+        };
+        assert_eq!(
+            range.to_data_center_params(0),
+            [
+                ("from", "2024-02-29T12:34:56.789Z".to_owned()),
+                ("to", "2024-02-29T12:35:00.000Z".to_owned()),
+                ("search", "space".to_owned()),
+                ("offset", "40".to_owned()),
+                ("limit", "20".to_owned()),
+            ]
+        );
+        let window = PageQuery {
+            span: Span::Since {
+                number: 2,
+                units: TimeUnit::Hours,
+            },
+            ..PageQuery::default()
+        };
+        let now = 1_709_210_096_789;
+        assert_eq!(
+            window.to_data_center_params(now)[0],
+            ("from", iso_ms(now - 7_200_000))
+        );
+        assert!(window.to_data_center_params(now).iter().all(|(k, _)| *k != "to"));
+    }
 
     #[test]
     fn unit_names_round_trip() {

@@ -8,11 +8,22 @@ use secrecy::SecretString;
 
 use super::parse::{Dur, Size};
 use audit_gateway::{
-    CacheConfig, ConfigError, Gateway, GatewayConfig, RedisConfig, ResponseCompression,
-    ServerConfig, UpstreamAuth, UpstreamConfig,
+    CacheConfig, ConfigError, ConfluenceFlavor, Gateway, GatewayConfig, RedisConfig,
+    ResponseCompression, ServerConfig, UpstreamAuth, UpstreamConfig,
 };
 
 const D: GatewayConfig = GatewayConfig::DEFAULT;
+
+/// `--confluence-flavor` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Flavor {
+    /// Confluence Cloud.
+    Cloud,
+    /// Confluence Data Center 7.5 and later.
+    DataCenter,
+    /// Ask the site at start.
+    Auto,
+}
 
 /// `serve` settings.
 #[derive(Clone, Debug, Args)]
@@ -31,6 +42,12 @@ pub(crate) struct ServeArgs {
     /// (e.g. https://your-domain.atlassian.net/wiki).
     #[arg(long, env = "CONFLUENCE_URL")]
     confluence_url: String,
+
+    /// Which audit API the site answers: cloud (`/rest/api/audit`), data-center
+    /// (`/rest/auditing/1.0/events`, Confluence Data Center 7.5 and later) or auto (one
+    /// request at start asks the site, and the answer is logged).
+    #[arg(long, env = "AUDIT_GATEWAY_CONFLUENCE_FLAVOR", value_enum, default_value_t = Flavor::Cloud)]
+    confluence_flavor: Flavor,
 
     /// Account email for basic auth (Confluence Cloud), with --confluence-api-token.
     #[arg(long, env = "CONFLUENCE_EMAIL")]
@@ -372,6 +389,11 @@ impl TryFrom<ServeArgs> for GatewayConfig {
                 max_body: a.upstream_max_body.0,
                 concurrency: a.upstream_concurrency,
                 concurrency_floor: a.upstream_concurrency_floor,
+                flavor: match a.confluence_flavor {
+                    Flavor::Cloud => ConfluenceFlavor::Cloud,
+                    Flavor::DataCenter => ConfluenceFlavor::DataCenter,
+                    Flavor::Auto => ConfluenceFlavor::Auto,
+                },
             },
             credential_salt: secret(
                 a.credential_salt,

@@ -26,7 +26,7 @@ use super::{
     retry::{RetryClass, RetryPolicy, Spent, classify},
 };
 use crate::{
-    audit::{PageQuery, Span, retention::Retention},
+    audit::{Dialect, PageQuery, Span, retention::Retention},
     credential::Credential,
     error::{GatewayError, UpstreamFailure, within_deadline},
     metrics::METRICS,
@@ -67,6 +67,20 @@ pub struct UpstreamConfig {
     /// at least 1; one above `concurrency` is read as it); at `concurrency` or above,
     /// the limit is fixed (`src/upstream/pacing.rs`).
     pub concurrency_floor: usize,
+    /// Which audit API the site answers (`--confluence-flavor`).
+    pub flavor: ConfluenceFlavor,
+}
+
+/// Which of Confluence's audit APIs the gateway reads (`--confluence-flavor`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConfluenceFlavor {
+    /// Cloud (and Server before 7.5): `/rest/api/audit/since` and `/rest/api/audit`.
+    #[default]
+    Cloud,
+    /// Data Center 7.5 and later: `/rest/auditing/1.0/events`.
+    DataCenter,
+    /// Asked at start: Data Center when `/rest/auditing/1.0/events` exists.
+    Auto,
 }
 
 impl UpstreamConfig {
@@ -96,6 +110,7 @@ impl UpstreamConfig {
         // Atlassian's limits are per credential and site; two at once keeps a stream
         // moving while the gateway backs off.
         concurrency_floor: 2,
+        flavor: ConfluenceFlavor::Cloud,
     };
 
     /// The retry policy these settings describe.
@@ -174,6 +189,10 @@ pub(crate) struct ConfluenceClient {
     range: Url,
     /// `{base}/rest/api/audit/retention`.
     retention: Url,
+    /// `{base}/rest/auditing/1.0/events`, Data Center's.
+    events: Url,
+    /// The API pages are read from.
+    dialect: Dialect,
     /// Everything before `/rest/api`, as cache keys name it.
     base_url: Url,
     settings: UpstreamConfig,
@@ -208,6 +227,7 @@ impl ConfluenceClient {
         let range = audit_endpoint(&base_url, &[])?;
         let since = audit_endpoint(&base_url, &["since"])?;
         let retention = audit_endpoint(&base_url, &["retention"])?;
+        let events = events_endpoint(&base_url)?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("audit-gateway/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
@@ -220,6 +240,12 @@ impl ConfluenceClient {
             since,
             range,
             retention,
+            events,
+            dialect: match settings.flavor {
+                ConfluenceFlavor::DataCenter => Dialect::DataCenter,
+                // Auto: until the probe (`probe_dialect`) says otherwise.
+                ConfluenceFlavor::Cloud | ConfluenceFlavor::Auto => Dialect::Cloud,
+            },
             in_flight: Arc::new(FairSlots::new(settings.concurrency)),
             pacing: Arc::new(Pacing::new(
                 settings.concurrency_floor,
@@ -280,12 +306,64 @@ impl ConfluenceClient {
 
     /// The full URL of a page query, every value percent-encoded.
     pub(crate) fn page_url(&self, query: &PageQuery) -> Url {
-        let mut url = match query.span {
-            Span::Since { .. } => self.since.clone(),
-            Span::Range { .. } => self.range.clone(),
+        let (mut url, params) = match (self.dialect, query.span) {
+            (Dialect::Cloud, Span::Since { .. }) => (self.since.clone(), query.to_params()),
+            (Dialect::Cloud, Span::Range { .. }) => (self.range.clone(), query.to_params()),
+            (Dialect::DataCenter, _) => {
+                let now = now_ms().saturating_add(self.clock.offset_ms());
+                (self.events.clone(), query.to_data_center_params(now))
+            }
         };
-        url.set_query(Some(&encode_params(&query.to_params())));
+        url.set_query(Some(&encode_params(&params)));
         url
+    }
+
+    /// The API this client reads pages from.
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// This client reading `dialect`'s API (what the probe found).
+    pub(crate) fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
+    /// Asks the site which API it answers: Data Center's events endpoint exists there
+    /// (any answer but 404, a refusal of the credential included), not on Cloud. Tried
+    /// three times a second apart; an error when no answer came.
+    pub(crate) async fn probe_dialect(
+        &self,
+        credential: Option<&Credential>,
+    ) -> Result<Dialect, ClientError> {
+        let mut url = self.events.clone();
+        url.set_query(Some("limit=1"));
+        let mut last = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let mut request = self.http.get(url.clone()).timeout(self.settings.timeout);
+            if let Some(c) = credential
+                && let Ok(mut value) = header::HeaderValue::from_str(c.expose())
+            {
+                value.set_sensitive(true);
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            match request.send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Ok(Dialect::Cloud),
+                // Busy or down: no answer to the question yet.
+                Ok(r)
+                    if r.status().is_server_error()
+                        || r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    last = Some(ClientError::Probe(r.status().to_string()));
+                }
+                Ok(_) => return Ok(Dialect::DataCenter),
+                Err(e) => last = Some(ClientError::Probe(transport_error(e, self.settings.timeout).to_string())),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Probe("no answer".into())))
     }
 
     /// Fetches one page and turns its 200 body into a `T` with `convert`, retrying what
@@ -924,6 +1002,11 @@ pub(crate) enum ClientError {
     /// The HTTP client could not be built (its TLS roots, say).
     #[error("cannot build the HTTP client")]
     Http(#[source] reqwest::Error),
+    /// `--confluence-flavor auto` got no answer to its probe.
+    #[error(
+        "cannot tell Cloud from Data Center: {0}; set --confluence-flavor cloud or data-center"
+    )]
+    Probe(String),
 }
 
 /// `{base}/rest/api/audit` followed by `tail`, keeping any path the base has (e.g. `/wiki`).
@@ -939,6 +1022,25 @@ fn audit_endpoint(base: &Url, tail: &[&str]) -> Result<Url, ClientError> {
         .pop_if_empty()
         .extend(["rest", "api", "audit"])
         .extend(tail);
+    Ok(url)
+}
+
+/// Now, epoch ms, by the gateway's clock.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `{base}/rest/auditing/1.0/events`: Data Center's auditing API, beside `/rest/api`.
+fn events_endpoint(base: &Url) -> Result<Url, ClientError> {
+    let mut url = audit_endpoint(base, &[])?;
+    url.path_segments_mut()
+        .map_err(|_| ClientError::NotHttp(base.clone()))?
+        .pop()
+        .pop()
+        .pop()
+        .extend(["rest", "auditing", "1.0", "events"]);
     Ok(url)
 }
 

@@ -14,5 +14,5 @@ pub(crate) mod ratelimit;
 pub(crate) mod retry;
 
 pub(crate) use client::ConfluenceClient;
-pub use client::UpstreamConfig;
+pub use client::{ConfluenceFlavor, UpstreamConfig};
 pub(crate) use retry::RetryClass;
