@@ -266,7 +266,12 @@ mod tests {
             window.to_data_center_params(now)[0],
             ("from", iso_ms(now - 7_200_000))
         );
-        assert!(window.to_data_center_params(now).iter().all(|(k, _)| *k != "to"));
+        assert!(
+            window
+                .to_data_center_params(now)
+                .iter()
+                .all(|(k, _)| *k != "to")
+        );
     }
 
     #[test]

@@ -360,7 +360,11 @@ impl ConfluenceClient {
                     last = Some(ClientError::Probe(r.status().to_string()));
                 }
                 Ok(_) => return Ok(Dialect::DataCenter),
-                Err(e) => last = Some(ClientError::Probe(transport_error(e, self.settings.timeout).to_string())),
+                Err(e) => {
+                    last = Some(ClientError::Probe(
+                        transport_error(e, self.settings.timeout).to_string(),
+                    ))
+                }
             }
         }
         Err(last.unwrap_or_else(|| ClientError::Probe("no answer".into())))

@@ -23,6 +23,7 @@ mod pacing;
 mod proxy;
 mod redis;
 mod redis_cluster;
+mod retention;
 mod server;
 mod stream;
 mod tls;

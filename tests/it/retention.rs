@@ -1,0 +1,96 @@
+//! `GetRetention`: Confluence's retention period through the gateway, kept a while per
+//! credential, and its failures mapped like a page's.
+
+use audit_gateway::{
+    pb,
+    testing::stub::{Canned, StubUpstream},
+};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::common::{spawn_gateway, test_config};
+
+/// A gateway in front of a stub answering every request with `answer`, no retries.
+async fn gateway(answer: Canned) -> (StubUpstream, crate::common::TestGateway) {
+    let stub = StubUpstream::start(answer).await;
+    let mut config = test_config(&stub.base_url());
+    config.upstream.retries = 0;
+    let gw = spawn_gateway(config).await;
+    (stub, gw)
+}
+
+#[tokio::test]
+async fn the_period_is_answered_with_its_duration_and_asked_once_a_while() {
+    let (stub, gw) = gateway(Canned::json(r#"{"number": 3, "units": "MONTHS"}"#)).await;
+    let mut client = gw.client.clone();
+    for _ in 0..3 {
+        let r = client
+            .get_retention(pb::GetRetentionRequest {})
+            .await
+            .expect("answered")
+            .into_inner();
+        assert_eq!(r.number, 3);
+        assert_eq!(r.units, pb::TimeUnit::Months as i32);
+        // Three ChronoUnit months of 2,629,746 s.
+        let period = r.period.expect("a period");
+        assert_eq!((period.seconds, period.nanos), (3 * 2_629_746, 0));
+    }
+    assert_eq!(
+        stub.seen(),
+        ["/wiki/rest/api/audit/retention"],
+        "asked once"
+    );
+}
+
+#[tokio::test]
+async fn forever_has_no_period() {
+    let (_stub, gw) = gateway(Canned::json(r#"{"number": 1, "units": "FOREVER"}"#)).await;
+    let r = gw
+        .client
+        .clone()
+        .get_retention(pb::GetRetentionRequest {})
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(r.units, pb::TimeUnit::Forever as i32);
+    assert_eq!(r.period, None);
+}
+
+#[tokio::test]
+async fn a_refusal_and_a_broken_answer_get_precise_statuses() {
+    let forbidden = Canned {
+        status: 403,
+        headers: Vec::new(),
+        body: "".into(),
+    };
+    let (_stub, gw) = gateway(forbidden).await;
+    let status = gw
+        .client
+        .clone()
+        .get_retention(pb::GetRetentionRequest {})
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    let (_stub, gw) = gateway(Canned::json(r#"{"number": 3, "units": "FORTNIGHTS"}"#)).await;
+    let status = gw
+        .client
+        .clone()
+        .get_retention(pb::GetRetentionRequest {})
+        .await
+        .expect_err("not a RetentionPeriod");
+    let reason = status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone());
+    assert_eq!(
+        reason.as_deref(),
+        Some("UPSTREAM_MALFORMED_BODY"),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("RetentionPeriod"),
+        "{}",
+        status.message()
+    );
+}
