@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use clap::Args;
 
-use crate::{Fault, LimitEcho, Live, RangeBounds, Simulator, SimulatorConfig};
+use crate::{Fault, Flavor, LimitEcho, Live, RangeBounds, Retention, Simulator, SimulatorConfig};
 
 /// Where to serve a simulated Confluence, and what it holds.
 #[derive(Clone, Debug, Args)]
@@ -103,6 +103,25 @@ pub struct SimulateArgs {
     #[arg(long, hide_env_values = true)]
     pub require_authorization: Option<String>,
 
+    /// Which API to serve: Cloud's `/rest/api/audit` endpoints, or Data Center's
+    /// `/rest/auditing/1.0/events` (the other answers 404).
+    #[arg(long, value_enum, default_value_t = Flavor::Cloud)]
+    pub flavor: Flavor,
+
+    /// With --flavor data-center, also accept `Authorization: Bearer <TOKEN>` (a personal
+    /// access token); any other bearer token runs as anonymous and gets 403.
+    #[arg(long, value_name = "TOKEN", hide_env_values = true)]
+    pub personal_access_token: Option<String>,
+
+    /// An `Authorization` header that authenticates but may not read the audit log (403).
+    #[arg(long, value_name = "HEADER", hide_env_values = true)]
+    pub forbidden_authorization: Option<String>,
+
+    /// What `/rest/api/audit/retention` answers, as N:UNITS (e.g. 3:MONTHS, 1:FOREVER).
+    /// Only reported: older records are not deleted for it.
+    #[arg(long, default_value = "3:MONTHS", value_name = "N:UNITS")]
+    pub retention: Retention,
+
     /// Give every record an unknown key `nested` holding a value N JSON levels deep (and
     /// every other record's `author.operations` the same).
     #[arg(long, value_name = "N")]
@@ -163,6 +182,10 @@ impl SimulateArgs {
             late_by: self.late_by.unwrap_or_default(),
             nested_depth: self.nested_depth,
             clock_offset: self.clock_offset_ms,
+            flavor: self.flavor,
+            retention: self.retention,
+            personal_access_token: self.personal_access_token.clone(),
+            forbidden_authorization: self.forbidden_authorization.clone(),
             ..SimulatorConfig::default()
         })
     }

@@ -78,6 +78,11 @@ impl Log {
         }
     }
 
+    /// The seed the log's content is generated from.
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// Records in the log.
     pub(crate) fn count(&self) -> u64 {
         self.end - self.oldest
@@ -848,17 +853,28 @@ pub fn render_page(spec: &PageSpec) -> serde_json::Result<Vec<u8>> {
     )
 }
 
-/// The sequence number of a served record (the `#<seq>` that ends its `summary`), so tests can
-/// check that each record is delivered exactly once, live and late ones included. A duplicate
+/// The sequence number of a served record (the `#<seq>` that ends its `summary`, or for a
+/// Data Center event its `type.action`), so tests can check that each record is delivered
+/// exactly once, live and late ones included. A duplicate
 /// (see [`super::SimulatorConfig::duplicate_every`]) carries the number of the record it
 /// copies, so count duplicates as a multiset (as [`super::SimulatorHandle::expected_records`]
 /// does).
 pub fn record_seq(record: &Value) -> Option<u64> {
     record
-        .get("summary")?
+        .get("summary")
+        .or_else(|| record.get("type")?.get("action"))?
         .as_str()?
         .rsplit_once('#')?
         .1
         .parse()
         .ok()
+}
+
+/// The date of a served record in epoch milliseconds: a Cloud record's `creationDate`, or a
+/// Data Center event's ISO 8601 `timestamp` parsed (`None` if it is neither).
+pub fn record_date_ms(record: &Value) -> Option<i64> {
+    match record.get("creationDate") {
+        Some(date) => date.as_i64(),
+        None => super::instant::parse_instant(record.get("timestamp")?.as_str()?),
+    }
 }

@@ -9,16 +9,20 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::data;
+use super::data_center::{self, AUDIT_EVENTS, MAX_JSON_LIMIT, TOO_LARGE};
+use super::dc_query::EventsQuery;
 use super::fault::atlassian_error;
 use super::query::{AuditQuery, Span};
 use super::state::{Admission, InFlight, Shared};
-use super::{AuditEndpoint, Fault, LimitEcho, RangeBounds, RecordedRequest};
+use super::{AuditEndpoint, Fault, Flavor, LimitEcho, RangeBounds, RecordedRequest};
 
 const JSON: &str = "application/json;charset=UTF-8";
 /// The relative-window endpoint, after the base path.
 pub(crate) const AUDIT_SINCE: &str = "/rest/api/audit/since";
 /// The absolute-range endpoint (`getAuditRecords`), after the base path.
 pub(crate) const AUDIT_RANGE: &str = "/rest/api/audit";
+/// The retention period endpoint (`getRetentionPeriod`), after the base path.
+pub(crate) const AUDIT_RETENTION: &str = "/rest/api/audit/retention";
 
 /// Confluence's documented largest `limit`; `strict_limit` refuses more.
 const LARGEST_LIMIT: u32 = 1000;
@@ -61,8 +65,13 @@ pub(crate) async fn handle<B>(
 ) -> Result<Response<Full<Bytes>>, Abort> {
     let mut recorded = RecordedRequest::from_request(&request);
     recorded.endpoint = shared.endpoint(&recorded.path);
-    let is_audit = recorded.endpoint.is_some();
-    let admission = shared.admit(recorded.clone());
+    let flavor = shared.flavor;
+    // A path of the other flavor's API is answered 404, untouched by faults.
+    let served = recorded
+        .endpoint
+        .filter(|endpoint| endpoint.served_by(flavor));
+    let is_audit = served.is_some_and(AuditEndpoint::lists);
+    let admission = shared.admit(recorded.clone(), is_audit);
     // Admitted audit requests are counted in flight from here until this answer is done.
     let _in_flight = is_audit.then(|| InFlight(shared.clone()));
     let extra_delay = match admission.fault {
@@ -80,41 +89,56 @@ pub(crate) async fn handle<B>(
         _ => None,
     };
     let now = shared.now_ms();
+    let dc = flavor == Flavor::DataCenter;
     let mut response = match admission.fault.clone() {
         Some(Fault::Status {
             code,
             retry_after,
             body,
-        }) => status_response(code, retry_after.as_deref(), body, now),
+        }) => status_response(code, retry_after.as_deref(), body, now, flavor),
         // A page cut short, as when a proxy drops the connection mid-body.
+        Some(Fault::Malformed) if dc => body_response(
+            StatusCode::OK,
+            JSON,
+            r#"{"entities":[{"timestamp":"2024-01-31T12:34:56.789Z","author":{"name":"Ada"#,
+        ),
         Some(Fault::Malformed) => body_response(
             StatusCode::OK,
             JSON,
             r#"{"results":[{"author":{"type":"user","displayName":"Ada"#,
         ),
+        Some(Fault::WrongShape) if dc => body_response(StatusCode::OK, JSON, r#"{"entities":5}"#),
         Some(Fault::WrongShape) => body_response(StatusCode::OK, JSON, r#"{"results":5}"#),
-        _ if !is_audit => error_response(404, "Not found", now),
-        _ if request.method() != Method::GET => error_response(405, "Method not allowed", now),
-        _ => answer(shared.clone(), &recorded, admission).await,
+        _ => match served {
+            None => error_response(404, "Not found", now),
+            Some(_) if request.method() != Method::GET => {
+                error_response(405, "Method not allowed", now)
+            }
+            Some(AuditEndpoint::Retention) => retention(&shared, &recorded),
+            Some(AuditEndpoint::Events) => events(shared.clone(), &recorded, admission).await,
+            Some(_) => answer(shared.clone(), &recorded, admission).await,
+        },
     };
     // Every answer is dated by the simulator's clock, off the host's by `clock_offset`
     // (hyper dates only answers that carry no `Date`).
     if let Ok(date) = HeaderValue::from_str(&http_date(shared.now_ms())) {
         response.headers_mut().insert(DATE, date);
     }
-    if let Some(reset) = near_limit {
-        let reset_ms = i64::try_from(reset.as_millis()).unwrap_or(i64::MAX);
-        let reset = iso8601(shared.now_ms().saturating_add(reset_ms));
-        for (name, value) in [
-            ("x-ratelimit-nearlimit", "true".to_owned()),
-            ("x-ratelimit-limit", "100".to_owned()),
-            ("x-ratelimit-remaining", "1".to_owned()),
-            ("x-ratelimit-reset", reset),
-        ] {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                response.headers_mut().insert(name, value);
-            }
+    match near_limit {
+        // Data Center has no warning header: a near limit shows as one token left.
+        Some(_) if dc => insert_headers(&mut response, &data_center_rate_limit(1, "0")),
+        Some(reset) => {
+            let reset_ms = i64::try_from(reset.as_millis()).unwrap_or(i64::MAX);
+            let reset = iso8601(shared.now_ms().saturating_add(reset_ms));
+            let headers = [
+                ("x-ratelimit-nearlimit", "true".to_owned()),
+                ("x-ratelimit-limit", "100".to_owned()),
+                ("x-ratelimit-remaining", "1".to_owned()),
+                ("x-ratelimit-reset", reset),
+            ];
+            insert_headers(&mut response, &headers);
         }
+        None => {}
     }
     if cut && response.status() == StatusCode::OK {
         return Err(Abort::Cut(cut_short(response).await));
@@ -141,21 +165,166 @@ async fn cut_short(response: Response<Full<Bytes>>) -> Bytes {
     raw.into()
 }
 
-/// The normal answer of either audit endpoint.
+/// Inserts `headers`, skipping values that are not valid header values.
+fn insert_headers(response: &mut Response<Full<Bytes>>, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(*name, value);
+        }
+    }
+}
+
+/// Data Center's rate-limit headers (a token bucket of 100, 10 tokens a second) with
+/// `remaining` tokens left and `Retry-After: <retry_after>` seconds.
+fn data_center_rate_limit(remaining: u32, retry_after: &str) -> [(&'static str, String); 5] {
+    [
+        ("x-ratelimit-limit", "100".to_owned()),
+        ("x-ratelimit-remaining", remaining.to_string()),
+        ("x-ratelimit-interval-seconds", "1".to_owned()),
+        ("x-ratelimit-fillrate", "10".to_owned()),
+        ("retry-after", retry_after.to_owned()),
+    ]
+}
+
+/// Why a request may not read the audit log.
+enum Refusal {
+    /// No valid credential: 401.
+    Unauthenticated,
+    /// A credential without audit permission, or Data Center's anonymous fallback: 403.
+    Forbidden,
+}
+
+/// Checks the `Authorization` header. Cloud accepts exactly
+/// [`SimulatorConfig::required_authorization`](crate::SimulatorConfig::required_authorization);
+/// Data Center also `Bearer <personal access token>`, and runs a request with no credential
+/// or an unknown bearer token as anonymous, which may not read the audit log (a forbidden,
+/// not a 401: Confluence does not reject bad tokens, and whether the plugin's refusal is
+/// 401 or 403 is unconfirmed).
+fn authorize(shared: &Shared, request: &RecordedRequest) -> Result<(), Refusal> {
+    let header = request.authorization.as_deref();
+    if header.is_some() && header == shared.forbidden_authorization.as_deref() {
+        return Err(Refusal::Forbidden);
+    }
+    let dc = shared.flavor == Flavor::DataCenter;
+    let token = shared.personal_access_token.as_deref().filter(|_| dc);
+    if shared.required_authorization.is_none() && token.is_none() {
+        return Ok(());
+    }
+    let accepted = header.is_some()
+        && (header == shared.required_authorization.as_deref()
+            || token.is_some_and(|token| header == Some(&format!("Bearer {token}"))));
+    let is_bearer = header.is_some_and(|header| {
+        header
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+    });
+    if accepted {
+        Ok(())
+    } else if dc && (header.is_none() || is_bearer) {
+        Err(Refusal::Forbidden)
+    } else {
+        Err(Refusal::Unauthenticated)
+    }
+}
+
+/// The Cloud API's answer to a refusal: 401 with its JSON error, 403 with an empty body.
+fn refusal_response(refusal: &Refusal, now_ms: i64) -> Response<Full<Bytes>> {
+    match refusal {
+        Refusal::Unauthenticated => error_response(
+            401,
+            "Client must be authenticated to access this resource.",
+            now_ms,
+        ),
+        Refusal::Forbidden => body_response(StatusCode::FORBIDDEN, "text/plain", ""),
+    }
+}
+
+/// `GET {base}/rest/api/audit/retention`: `{"number":N,"units":"UNITS"}`.
+fn retention(shared: &Shared, request: &RecordedRequest) -> Response<Full<Bytes>> {
+    if let Err(refusal) = authorize(shared, request) {
+        return refusal_response(&refusal, shared.now_ms());
+    }
+    let retention = shared.lock().retention;
+    match serde_json::to_vec(&retention) {
+        Ok(body) => body_response(StatusCode::OK, JSON, body),
+        Err(error) => error_response(500, &error.to_string(), shared.now_ms()),
+    }
+}
+
+/// Data Center's `GET {base}/rest/auditing/1.0/events`.
+async fn events(
+    shared: Arc<Shared>,
+    request: &RecordedRequest,
+    admission: Admission,
+) -> Response<Full<Bytes>> {
+    let now = shared.now_ms();
+    match authorize(&shared, request) {
+        Ok(()) => {}
+        Err(Refusal::Forbidden) => {
+            return body_response(StatusCode::FORBIDDEN, JSON, data_center::not_allowed());
+        }
+        Err(refusal) => return refusal_response(&refusal, now),
+    }
+    let query = match EventsQuery::parse(&request.query) {
+        Ok(query) => query,
+        Err(errors) => {
+            let body = data_center::invalid_query(&errors, now);
+            return body_response(StatusCode::BAD_REQUEST, JSON, body);
+        }
+    };
+    // The validator allows up to 100000 (for CSV); the JSON search then throws, unmapped.
+    if query.limit > MAX_JSON_LIMIT {
+        let plain = "text/plain;charset=UTF-8";
+        return body_response(StatusCode::INTERNAL_SERVER_ERROR, plain, TOO_LARGE);
+    }
+    let limit = capped_limit(&shared, query.limit, admission.number);
+    // `to` absent is now, at each request.
+    let to_ms = query.to_ms.unwrap_or(now);
+    let self_url = format!("{}{AUDIT_EVENTS}", shared.base_url);
+    let raw_query = request.raw_query.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        let log = &admission.log;
+        let page = data_center::select(
+            log,
+            &admission.hidden,
+            &query,
+            to_ms,
+            limit,
+            &shared.base_url,
+        );
+        if page.events.is_empty() {
+            shared.count_empty_page(AuditEndpoint::Events);
+        }
+        data_center::render(log, &page, &self_url, raw_query.as_deref())
+    })
+    .await;
+    match rendered {
+        Ok(Ok(body)) => body_response(StatusCode::OK, JSON, body),
+        Ok(Err(error)) => error_response(500, &format!("Could not render the page: {error}"), now),
+        Err(error) => error_response(500, &format!("Rendering failed: {error}"), now),
+    }
+}
+
+/// `limit` under [`SimulatorConfig::max_limit`](crate::SimulatorConfig::max_limit), risen by
+/// one every `max_limit_rises_every` requests as of request `number`.
+fn capped_limit(shared: &Shared, limit: u32, number: usize) -> u32 {
+    shared.max_limit.map_or(limit, |cap| {
+        let rise = shared.max_limit_rises_every.map_or(0, |every| {
+            u32::try_from(number / every.max(1) as usize).unwrap_or(u32::MAX)
+        });
+        limit.min(cap.saturating_add(rise))
+    })
+}
+
+/// The normal answer of either Cloud listing endpoint.
 async fn answer(
     shared: Arc<Shared>,
     request: &RecordedRequest,
     admission: Admission,
 ) -> Response<Full<Bytes>> {
     let now = shared.now_ms();
-    if let Some(required) = &shared.required_authorization
-        && request.authorization.as_deref() != Some(required.as_str())
-    {
-        return error_response(
-            401,
-            "Client must be authenticated to access this resource.",
-            now,
-        );
+    if let Err(refusal) = authorize(&shared, request) {
+        return refusal_response(&refusal, now);
     }
     let range = request.endpoint == Some(AuditEndpoint::Range);
     let query = match AuditQuery::parse(&request.query, range) {
@@ -191,12 +360,7 @@ fn render(
     self_url: &str,
 ) -> serde_json::Result<Vec<u8>> {
     let log = &admission.log;
-    let limit = shared.max_limit.map_or(query.limit, |cap| {
-        let rise = shared.max_limit_rises_every.map_or(0, |every| {
-            u32::try_from(admission.number / every.max(1) as usize).unwrap_or(u32::MAX)
-        });
-        query.limit.min(cap.saturating_add(rise))
-    });
+    let limit = capped_limit(shared, query.limit, admission.number);
     let listed = match query.span {
         Span::Since { number, unit_nanos } => {
             let first = AuditQuery::cutoff_ms(number, unit_nanos, shared.now_ms())
@@ -229,6 +393,13 @@ fn render(
         limit as usize,
         admission.order,
     );
+    if records.is_empty() {
+        let endpoint = match query.span {
+            Span::Since { .. } => AuditEndpoint::Since,
+            Span::Range { .. } => AuditEndpoint::Range,
+        };
+        shared.count_empty_page(endpoint);
+    }
     let reported = match admission.limit_echo {
         LimitEcho::Capped => Some(limit),
         LimitEcho::Requested => Some(query.limit),
@@ -244,13 +415,15 @@ fn render(
     )
 }
 
-/// A scripted status answer; 429s also carry Atlassian's rate-limit headers, their reset
-/// after `now_ms` (the simulator's clock).
+/// A scripted status answer; 429s also carry the flavor's rate-limit headers: Cloud's
+/// with their reset after `now_ms` (the simulator's clock), Data Center's with
+/// `Retry-After` always (1 second unless the fault gives one).
 fn status_response(
     code: u16,
     retry_after: Option<&str>,
     body: Option<String>,
     now_ms: i64,
+    flavor: Flavor,
 ) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(code).unwrap_or_else(|_| {
         tracing::warn!(
@@ -267,7 +440,10 @@ fn status_response(
     if let Some(value) = retry_after.and_then(|value| HeaderValue::from_str(value).ok()) {
         headers.insert(RETRY_AFTER, value);
     }
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    if status == StatusCode::TOO_MANY_REQUESTS && flavor == Flavor::DataCenter {
+        let dc_headers = data_center_rate_limit(0, retry_after.unwrap_or("1"));
+        insert_headers(&mut response, &dc_headers);
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
         // Reset: when the retry may succeed, assuming a sane Retry-After (else one minute).
         let wait_s = retry_after
             .and_then(|value| value.parse::<i64>().ok())
@@ -289,7 +465,8 @@ fn status_response(
 
 /// An Atlassian-shaped JSON error, at `now_ms` (the simulator's clock).
 fn error_response(code: u16, message: &str, now_ms: i64) -> Response<Full<Bytes>> {
-    status_response(code, None, Some(atlassian_error(code, message)), now_ms)
+    let body = Some(atlassian_error(code, message));
+    status_response(code, None, body, now_ms, Flavor::Cloud)
 }
 
 fn body_response(
@@ -369,7 +546,7 @@ pub(crate) fn http_date(epoch_ms: i64) -> String {
 
 /// (year, month 1..=12, day 1..=31) of days since 1970-01-01 (civil-from-days,
 /// H. Hinnant).
-fn civil(days: i64) -> (i64, i64, i64) {
+pub(crate) fn civil(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);

@@ -9,6 +9,16 @@
 //! Both take `searchString`, `start` and `limit`, list newest first, and share every behaviour
 //! below; [`RecordedRequest::endpoint`] tells which one a request hit.
 //!
+//! With [`Flavor::DataCenter`] it serves Data Center's `GET {base}/rest/auditing/1.0/events`
+//! instead (the Cloud endpoints answer 404, and with Cloud it answers 404): `from`/`to` ISO
+//! 8601 instants, `offset`, `pageCursor` (`"<epochMillis>,<id>"`, a keyset bound on a hidden
+//! id that grows with insertion), `limit` (default 200; above 10000 a plain-text 500) and
+//! `search`, newest first by (timestamp, id), as `{"entities":[…],"pagingInfo":{…}}`. It
+//! lists the same log, so arrivals, deletions, ties, the `limit` cap, cut bodies and faults
+//! apply to it too; its 429s carry Data Center's rate-limit headers, and a bad bearer token
+//! runs as anonymous and gets 403 ([`SimulatorConfig::personal_access_token`]). Both
+//! flavors serve `GET {base}/rest/api/audit/retention` ([`SimulatorConfig::retention`]).
+//!
 //! It refuses `limit` over 1000, as Confluence documents ([`SimulatorConfig::strict_limit`]),
 //! and can misbehave as Confluence is allowed to, each behaviour off by default: records
 //! sharing a millisecond listed in a fresh order by every request ([`SimulatorConfig::ties`]),
@@ -41,13 +51,20 @@
 
 pub mod cli;
 mod data;
+mod data_center;
+mod dc_entity;
+mod dc_query;
 mod fault;
 mod http;
+mod instant;
 mod live;
 mod query;
+mod retention;
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,8 +77,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-pub use data::{PageSpec, RECORD_SPACING_MS, record_seq, render_page};
+pub use data::{PageSpec, RECORD_SPACING_MS, record_date_ms, record_seq, render_page};
 pub use fault::Fault;
+pub use retention::{Retention, RetentionUnit};
 use state::Shared;
 
 /// How a simulator starts. Settings a handle can change later say so.
@@ -147,6 +165,33 @@ pub struct SimulatorConfig {
     /// How many audit requests at once the site tolerates, as a rate limit that counts
     /// requests in flight (default none: any number).
     pub concurrency: Option<Concurrency>,
+    /// Which API the site serves (default [`Flavor::Cloud`]); see [`Flavor`].
+    pub flavor: Flavor,
+    /// What `GET {base}/rest/api/audit/retention` answers (default 3 MONTHS; see
+    /// [`SimulatorHandle::set_retention`]). Only reported: records older than it are not
+    /// deleted for it ([`SimulatorConfig::deletes_per_request`] deletes).
+    pub retention: Retention,
+    /// With [`Flavor::DataCenter`], a personal access token also accepted as
+    /// `Authorization: Bearer <token>`, besides [`SimulatorConfig::required_authorization`]
+    /// (default none). Setting it makes the Data Center site require a credential.
+    pub personal_access_token: Option<String>,
+    /// An `Authorization` header that authenticates but lacks audit permission (default
+    /// none): answered 403, with an empty body on the Cloud endpoints and retention, with
+    /// Data Center's JSON body on `/rest/auditing/1.0/events`.
+    pub forbidden_authorization: Option<String>,
+}
+
+/// Which Confluence API the simulator serves. Both list the same log: same records, dates,
+/// arrivals and deletions, so a test can compare what either dialect delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flavor {
+    /// Confluence Cloud: `/rest/api/audit/since` and `/rest/api/audit`; the Data Center
+    /// endpoint answers 404.
+    #[default]
+    Cloud,
+    /// Confluence Data Center 7.5+: `/rest/auditing/1.0/events`; the Cloud endpoints answer
+    /// 404 (retention excepted).
+    DataCenter,
 }
 
 /// A site that limits requests in flight: past `near` at once, 200s carry
@@ -203,6 +248,10 @@ impl Default for SimulatorConfig {
             nested_depth: None,
             clock_offset: 0,
             concurrency: None,
+            flavor: Flavor::Cloud,
+            retention: Retention::default(),
+            personal_access_token: None,
+            forbidden_authorization: None,
         }
     }
 }
@@ -233,13 +282,35 @@ pub enum RangeBounds {
     Ignored,
 }
 
-/// Which audit endpoint a request hit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which audit endpoint a request's path names, whether the simulator's [`Flavor`] serves
+/// it or answered 404.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AuditEndpoint {
-    /// `GET {base}/rest/api/audit/since`: `number` `units` back from now.
+    /// `GET {base}/rest/api/audit/since`: `number` `units` back from now (Cloud).
     Since,
-    /// `GET {base}/rest/api/audit`: `startDate..=endDate` in epoch milliseconds.
+    /// `GET {base}/rest/api/audit`: `startDate..=endDate` in epoch milliseconds (Cloud).
     Range,
+    /// `GET {base}/rest/auditing/1.0/events`: Data Center's listing.
+    Events,
+    /// `GET {base}/rest/api/audit/retention`: the retention period (both flavors).
+    Retention,
+}
+
+impl AuditEndpoint {
+    /// Whether it lists records (all but [`AuditEndpoint::Retention`]): only listings get
+    /// faults, grow or shrink the log and count in flight.
+    pub fn lists(self) -> bool {
+        self != AuditEndpoint::Retention
+    }
+
+    /// Whether a simulator of `flavor` serves it (else it answers 404).
+    pub fn served_by(self, flavor: Flavor) -> bool {
+        match self {
+            AuditEndpoint::Since | AuditEndpoint::Range => flavor == Flavor::Cloud,
+            AuditEndpoint::Events => flavor == Flavor::DataCenter,
+            AuditEndpoint::Retention => true,
+        }
+    }
 }
 
 /// One request as the simulator received it, for tests to inspect.
@@ -247,7 +318,8 @@ pub enum AuditEndpoint {
 pub struct RecordedRequest {
     /// Path without the query, e.g. `"/wiki/rest/api/audit/since"`.
     pub path: String,
-    /// The audit endpoint the path is, `None` for any other path.
+    /// The audit endpoint the path names, `None` for any other path; also set when this
+    /// simulator's [`Flavor`] does not serve it and answered 404.
     pub endpoint: Option<AuditEndpoint>,
     /// The query exactly as received, still percent-encoded.
     pub raw_query: Option<String>,
@@ -351,6 +423,23 @@ impl SimulatorHandle {
         self.inner.shared.lock().log.delete_oldest(n);
     }
 
+    /// Changes what `GET {base}/rest/api/audit/retention` answers.
+    pub fn set_retention(&self, retention: Retention) {
+        self.inner.shared.lock().retention = retention;
+    }
+
+    /// 200 pages `endpoint` served with no record (asked past the end, or an empty
+    /// window), cut ones included.
+    pub fn empty_page_count(&self, endpoint: AuditEndpoint) -> usize {
+        let state = self.inner.shared.lock();
+        state.empty_pages.get(&endpoint).copied().unwrap_or(0)
+    }
+
+    /// Which API this simulator serves.
+    pub fn flavor(&self) -> Flavor {
+        self.inner.shared.flavor
+    }
+
     /// Changes what a page's `limit` says.
     pub fn set_limit_echo(&self, echo: LimitEcho) {
         self.inner.shared.lock().limit_echo = echo;
@@ -369,12 +458,14 @@ impl SimulatorHandle {
         usize::try_from(state.log.count()).unwrap_or(usize::MAX)
     }
 
-    /// Requests to either audit endpoint received so far, faulted ones included.
+    /// Requests to a listing this simulator serves (`/since` and `/audit`, or Data Center's
+    /// `/events`) received so far, faulted ones included.
     pub fn request_count(&self) -> usize {
         self.inner.shared.lock().audit_requests
     }
 
-    /// Requests to `endpoint` received so far, faulted ones included.
+    /// Requests whose path names `endpoint` received so far, faulted ones and those answered
+    /// 404 because this [`Flavor`] does not serve it included.
     pub fn request_count_of(&self, endpoint: AuditEndpoint) -> usize {
         let state = self.inner.shared.lock();
         let hit = |request: &&RecordedRequest| request.endpoint == Some(endpoint);

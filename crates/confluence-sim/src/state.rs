@@ -1,14 +1,16 @@
 //! State shared by the connections of one simulator and its handles.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::data::{Log, listing_order};
-use super::http::{AUDIT_RANGE, AUDIT_SINCE};
+use super::data_center::AUDIT_EVENTS;
+use super::http::{AUDIT_RANGE, AUDIT_RETENTION, AUDIT_SINCE};
 use super::live::{Lateness, LiveClock};
 use super::{
-    AuditEndpoint, Concurrency, Fault, LimitEcho, RangeBounds, RecordedRequest, SimulatorConfig,
+    AuditEndpoint, Concurrency, Fault, Flavor, LimitEcho, RangeBounds, RecordedRequest, Retention,
+    SimulatorConfig,
 };
 
 /// Settings fixed at start, and the mutable state behind one lock.
@@ -17,6 +19,16 @@ pub(crate) struct Shared {
     pub(crate) since_path: String,
     /// `{base_path}/rest/api/audit`.
     pub(crate) range_path: String,
+    /// `{base_path}/rest/auditing/1.0/events`.
+    events_path: String,
+    /// `{base_path}/rest/api/audit/retention`.
+    retention_path: String,
+    /// Which API is served.
+    pub(crate) flavor: Flavor,
+    /// Data Center's PAT, accepted as `Bearer <token>`.
+    pub(crate) personal_access_token: Option<String>,
+    /// A credential that authenticates but may not read the audit log.
+    pub(crate) forbidden_authorization: Option<String>,
     /// `http://{addr}{base_path}`.
     pub(crate) base_url: String,
     /// `base_path`, reported as `_links.context`.
@@ -55,6 +67,10 @@ pub(crate) struct State {
     pub(crate) cut_rate: f64,
     pub(crate) requests: Vec<RecordedRequest>,
     pub(crate) audit_requests: usize,
+    /// 200 pages served with no record, per endpoint.
+    pub(crate) empty_pages: HashMap<AuditEndpoint, usize>,
+    /// What the retention endpoint answers.
+    pub(crate) retention: Retention,
     /// Audit requests admitted and not yet answered (or dropped), and the most there
     /// have been at once: what a client's concurrency limit is checked against.
     pub(crate) in_flight: usize,
@@ -92,6 +108,11 @@ impl Shared {
         Shared {
             since_path: format!("{context}{AUDIT_SINCE}"),
             range_path: format!("{context}{AUDIT_RANGE}"),
+            events_path: format!("{context}{AUDIT_EVENTS}"),
+            retention_path: format!("{context}{AUDIT_RETENTION}"),
+            flavor: config.flavor,
+            personal_access_token: config.personal_access_token,
+            forbidden_authorization: config.forbidden_authorization,
             base_url,
             context,
             max_limit: config.max_limit,
@@ -120,6 +141,8 @@ impl Shared {
                 cut_rate: config.cut_rate,
                 requests: Vec::new(),
                 audit_requests: 0,
+                empty_pages: HashMap::new(),
+                retention: config.retention,
                 in_flight: 0,
                 max_in_flight: 0,
                 concurrency: config.concurrency,
@@ -141,25 +164,32 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The audit endpoint `path` is, if any.
+    /// The audit endpoint `path` names, if any, served by this flavor or not.
     pub(crate) fn endpoint(&self, path: &str) -> Option<AuditEndpoint> {
-        if path == self.since_path {
-            Some(AuditEndpoint::Since)
-        } else if path == self.range_path {
-            Some(AuditEndpoint::Range)
-        } else {
-            None
-        }
+        [
+            (&self.since_path, AuditEndpoint::Since),
+            (&self.range_path, AuditEndpoint::Range),
+            (&self.events_path, AuditEndpoint::Events),
+            (&self.retention_path, AuditEndpoint::Retention),
+        ]
+        .into_iter()
+        .find_map(|(endpoint_path, endpoint)| (path == endpoint_path.as_str()).then_some(endpoint))
     }
 
-    /// Records a request and decides its fate. For either audit endpoint it counts the
-    /// request, creates the live records due, grows the log by `inserts_per_request` and
+    /// Counts a 200 page of `endpoint` that listed no record.
+    pub(crate) fn count_empty_page(&self, endpoint: AuditEndpoint) {
+        *self.lock().empty_pages.entry(endpoint).or_default() += 1;
+    }
+
+    /// Records a request and decides its fate. For a listing this flavor serves (`listing`
+    /// true) it counts the request, creates the live records due, grows the log by `inserts_per_request` and
     /// shrinks it by `deletes_per_request` (faulted or not: a live log changes whatever one
     /// client sees), takes the next scripted fault, else a random one at `fault_rate`, else a
-    /// cut at `cut_rate`, and draws the request's order of ties. Other paths get no faults
-    /// and no changes.
-    pub(crate) fn admit(&self, request: RecordedRequest) -> Admission {
-        let is_audit = request.endpoint.is_some();
+    /// cut at `cut_rate`, and for Cloud's draws the request's order of ties (Data Center
+    /// lists ties by id). Other requests get no faults and no changes.
+    pub(crate) fn admit(&self, request: RecordedRequest, listing: bool) -> Admission {
+        let is_audit = listing;
+        let shuffles_ties = request.endpoint != Some(AuditEndpoint::Events);
         let now = self.now_ms();
         let mut state = self.lock();
         state.requests.push(request);
@@ -181,7 +211,10 @@ impl Shared {
                 None => state.cut_rate > 0.0 && state.rng.f64() < state.cut_rate,
             };
             let number = u64::try_from(state.audit_requests).unwrap_or(u64::MAX);
-            order = self.tie_order_seed.map(|seed| listing_order(seed, number));
+            order = self
+                .tie_order_seed
+                .filter(|_| shuffles_ties)
+                .map(|seed| listing_order(seed, number));
         }
         Admission {
             fault,

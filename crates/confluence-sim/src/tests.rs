@@ -12,7 +12,7 @@ use super::*;
 
 const AUDIT: &str = "/wiki/rest/api/audit/since";
 
-async fn start(config: SimulatorConfig) -> SimulatorHandle {
+pub(super) async fn start(config: SimulatorConfig) -> SimulatorHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     Simulator::start(config, listener).await.unwrap()
 }
@@ -25,40 +25,40 @@ fn with_records(records: usize) -> SimulatorConfig {
 }
 
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
+pub(super) struct Reply {
+    pub(super) status: u16,
+    pub(super) headers: Vec<(String, String)>,
     /// The body as far as it came: up to `Content-Length` bytes, fewer if the server closed.
-    body: Vec<u8>,
+    pub(super) body: Vec<u8>,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         let found = self.headers.iter().find(|(key, _)| key == name);
         found.map(|(_, value)| value.as_str())
     }
 
-    fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap()
     }
 
-    fn content_length(&self) -> usize {
+    pub(super) fn content_length(&self) -> usize {
         self.header("content-length").unwrap().parse().unwrap()
     }
 }
 
 /// One keep-alive HTTP/1.1 connection.
-struct Client(BufReader<TcpStream>);
+pub(super) struct Client(BufReader<TcpStream>);
 
 impl Client {
-    async fn connect(sim: &SimulatorHandle) -> Client {
+    pub(super) async fn connect(sim: &SimulatorHandle) -> Client {
         Client(BufReader::new(
             TcpStream::connect(sim.addr()).await.unwrap(),
         ))
     }
 
     /// Sends a GET; `None` when the server closed the connection without an answer.
-    async fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> Option<Reply> {
+    pub(super) async fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> Option<Reply> {
         let mut head = format!("GET {target} HTTP/1.1\r\nhost: simulator\r\n");
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -96,7 +96,7 @@ impl Client {
 }
 
 /// GET on a fresh connection; panics if there is no answer.
-async fn get(sim: &SimulatorHandle, target: &str) -> Reply {
+pub(super) async fn get(sim: &SimulatorHandle, target: &str) -> Reply {
     Client::connect(sim).await.get(target, &[]).await.unwrap()
 }
 
@@ -1075,12 +1075,12 @@ fn dated(body: &Value) -> Vec<(i64, u64)> {
 }
 
 /// Sorted, so two listings compare as multisets.
-fn sorted(mut records: Vec<(i64, u64)>) -> Vec<(i64, u64)> {
+pub(super) fn sorted(mut records: Vec<(i64, u64)>) -> Vec<(i64, u64)> {
     records.sort_unstable();
     records
 }
 
-fn live(per_second: f64, burst: u32) -> Option<Live> {
+pub(super) fn live(per_second: f64, burst: u32) -> Option<Live> {
     Some(Live { per_second, burst })
 }
 
