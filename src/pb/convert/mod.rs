@@ -5,6 +5,7 @@
 //! equal byte for byte, `to_json` prints messages back as Confluence's JSON, and the
 //! `TimeUnit` mapping between the domain and the proto enum is written here once.
 
+mod data_center;
 mod direct;
 #[cfg(test)]
 mod equivalence;
@@ -14,6 +15,8 @@ mod to_json;
 
 use bytes::Bytes;
 
+#[allow(unused_imports)] // until the Data Center upstream and the CLI call them
+pub(crate) use data_center::{data_center_json, encode_data_center_page};
 #[cfg(test)]
 pub(crate) use from_json::json_to_value;
 #[cfg(any(test, feature = "testing"))]
