@@ -13,13 +13,13 @@ use tracing::Instrument;
 
 use super::{caps::CallerCaps, retention::Retentions};
 use crate::{
-    audit::{PageQuery, Span, retention::Retention},
+    audit::{Dialect, PageQuery, Span, retention::Retention},
     cache::{LoadProgress, PageCache, PageKey},
     callers::Caller,
     credential::{Credential, FingerprintKey},
     error::{GatewayError, UpstreamFailure, within_deadline},
     metrics::METRICS,
-    pb::convert::encode_page,
+    pb::convert::{encode_data_center_page, encode_page},
     upstream::{
         ConfluenceClient, RetryClass,
         client::{FetchBounds, FetchEvents, PageBody},
@@ -146,6 +146,12 @@ impl Load {
         progress: LoadProgress,
     ) -> Result<Bytes, GatewayError> {
         METRICS.page_loads.inc();
+        // Data Center echoes neither offset nor limit: its page says what was asked.
+        let (dialect, offset, limit) = (self.client.dialect(), self.query.start, self.query.limit);
+        let convert = move |body: &[u8]| match dialect {
+            Dialect::Cloud => encode(body),
+            Dialect::DataCenter => encode_data_center_page(body, offset, limit),
+        };
         let events = Vetted {
             progress: &progress,
             refused: &self.refused,
@@ -164,7 +170,7 @@ impl Load {
                 &self.fingerprint,
                 bounds,
                 &events,
-                |body| convert_with(body, encode),
+                |body| convert_with(body, convert),
             )
             .await;
         if let (Err(e), Some(_)) = (&page, &self.credential) {
@@ -549,7 +555,7 @@ mod tests {
                 "anonymous",
                 one_shot(),
                 &LoadProgress::default(),
-                |body| convert_with(body, encode),
+                |body| convert_with(body, convert),
             )
             .await
             .expect("the next page has the permit");

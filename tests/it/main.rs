@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod common;
 mod compression;
+mod data_center;
 mod docs;
 mod errors;
 mod export;

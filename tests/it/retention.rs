@@ -94,3 +94,59 @@ async fn a_refusal_and_a_broken_answer_get_precise_statuses() {
         status.message()
     );
 }
+
+/// A stream reaching back past the retention period is told so in a `retention-warning`
+/// header (once the gateway knows the period: the first call looks it up in the
+/// background); one within the period is not.
+#[tokio::test]
+async fn a_window_older_than_the_retention_period_is_warned() {
+    use confluence_sim::{AuditEndpoint, Retention, RetentionUnit, SimulatorConfig};
+    let (sim, gw) = crate::common::sim_and_gateway(
+        SimulatorConfig {
+            records: 20,
+            retention: Retention {
+                number: 1,
+                units: RetentionUnit::Days,
+            },
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut client = gw.client.clone();
+    let window = |number, units: pb::TimeUnit| pb::StreamSinceRequest {
+        number: Some(number),
+        units: units as i32,
+        ..Default::default()
+    };
+    let mut warning = None;
+    for _ in 0..100 {
+        let response = client
+            .stream_since(window(2, pb::TimeUnit::Weeks))
+            .await
+            .expect("opens");
+        warning = response
+            .metadata()
+            .get("retention-warning")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut s = response.into_inner();
+        while s.message().await.expect("the stream ends OK").is_some() {}
+        if warning.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let warning = warning.expect("a retention-warning header");
+    assert!(warning.contains("1 DAYS"), "{warning}");
+    let response = client
+        .stream_since(window(1, pb::TimeUnit::Hours))
+        .await
+        .expect("opens");
+    assert!(response.metadata().get("retention-warning").is_none());
+    assert_eq!(
+        sim.request_count_of(AuditEndpoint::Retention),
+        1,
+        "asked once"
+    );
+}

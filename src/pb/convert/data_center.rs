@@ -18,22 +18,22 @@ use serde_json::{Map, Value};
 
 use super::{
     direct::{LIST_VALUE, MAX_DEPTH, MEMBER, PAGE, Ptr, RECORD, STRUCT_VALUE},
-    not_a_page,
     to_json::value_to_json,
 };
 use crate::{error::GatewayError, pb};
 
 /// A 200 body of `/rest/auditing/1.0/events` as an encoded `GetSinceResponse`: `start` and
 /// `limit` are the `offset` and `limit` asked for (DC echoes neither).
-// Called by the Data Center upstream, which is wired in on its own; only tests call it
-// until then.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn encode_data_center_page(
     body: &[u8],
     offset: i32,
     limit: i32,
 ) -> Result<Bytes, GatewayError> {
-    let page = page_to_proto(body, offset, limit).map_err(not_a_page)?;
+    let page = page_to_proto(body, offset, limit).map_err(|e| {
+        GatewayError::MalformedBody(format!(
+            "Confluence's answer is not a page of Data Center audit events: {e}"
+        ))
+    })?;
     Ok(Bytes::from(page.encode_to_vec()))
 }
 
@@ -361,7 +361,6 @@ impl<'d, 'p> Extra<'d, 'p> {
 /// fields under their DC names, `unknown_fields` over them (the leftover of `type` merged
 /// into it), then the values carried as JSON text parsed back.
 // The CLI prints DC records with it once the Data Center upstream is wired in.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn data_center_json(record: &pb::AuditRecord) -> Value {
     let mut out = Map::new();
     if let Some(t) = &record.creation_time {

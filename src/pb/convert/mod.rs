@@ -15,8 +15,7 @@ mod to_json;
 
 use bytes::Bytes;
 
-#[allow(unused_imports)] // until the Data Center upstream and the CLI call them
-pub(crate) use data_center::{data_center_json, encode_data_center_page};
+pub(crate) use data_center::encode_data_center_page;
 #[cfg(test)]
 pub(crate) use from_json::json_to_value;
 #[cfg(any(test, feature = "testing"))]

@@ -62,7 +62,12 @@ impl ToJson for GetSinceResponse {
 }
 
 impl ToJson for AuditRecord {
+    /// A Data Center record comes back as the event Data Center sent
+    /// (docs/data-center.md); any other as Cloud's `AuditRecord`.
     fn to_json(&self) -> Value {
+        if self.dialect == crate::pb::Dialect::DataCenter as i32 {
+            return super::data_center::data_center_json(self);
+        }
         let record = Obj::new()
             .opt("author", self.author.as_ref().map(ToJson::to_json))
             .put("remoteAddress", self.remote_address.as_str())
