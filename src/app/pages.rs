@@ -555,7 +555,7 @@ mod tests {
                 "anonymous",
                 one_shot(),
                 &LoadProgress::default(),
-                |body| convert_with(body, convert),
+                |body| convert_with(body, encode),
             )
             .await
             .expect("the next page has the permit");
