@@ -23,8 +23,11 @@ type AuditServiceClient interface {
 	// Streams every record of a time window, newest first, exactly once.
 	StreamSince(ctx context.Context, in *StreamSinceRequest, opts ...grpc.CallOption) (AuditService_StreamSinceClient, error)
 	// Every record from a starting point on, oldest first, then each new one as it arrives.
-	// Never ends by itself unless max_records is reached.
+	// Never ends by itself unless max_records or until is reached; with `until` in the
+	// past it is an export of a fixed range.
 	Follow(ctx context.Context, in *FollowRequest, opts ...grpc.CallOption) (AuditService_FollowClient, error)
+	// How long Confluence keeps its audit log (`GET {base}/rest/api/audit/retention`).
+	GetRetention(ctx context.Context, in *GetRetentionRequest, opts ...grpc.CallOption) (*GetRetentionResponse, error)
 }
 
 type auditServiceClient struct {
@@ -108,6 +111,15 @@ func (x *auditServiceFollowClient) Recv() (*FollowResponse, error) {
 	return m, nil
 }
 
+func (c *auditServiceClient) GetRetention(ctx context.Context, in *GetRetentionRequest, opts ...grpc.CallOption) (*GetRetentionResponse, error) {
+	out := new(GetRetentionResponse)
+	err := c.cc.Invoke(ctx, "/confluence.audit.v1.AuditService/GetRetention", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility
@@ -118,8 +130,11 @@ type AuditServiceServer interface {
 	// Streams every record of a time window, newest first, exactly once.
 	StreamSince(*StreamSinceRequest, AuditService_StreamSinceServer) error
 	// Every record from a starting point on, oldest first, then each new one as it arrives.
-	// Never ends by itself unless max_records is reached.
+	// Never ends by itself unless max_records or until is reached; with `until` in the
+	// past it is an export of a fixed range.
 	Follow(*FollowRequest, AuditService_FollowServer) error
+	// How long Confluence keeps its audit log (`GET {base}/rest/api/audit/retention`).
+	GetRetention(context.Context, *GetRetentionRequest) (*GetRetentionResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -135,6 +150,9 @@ func (UnimplementedAuditServiceServer) StreamSince(*StreamSinceRequest, AuditSer
 }
 func (UnimplementedAuditServiceServer) Follow(*FollowRequest, AuditService_FollowServer) error {
 	return status.Errorf(codes.Unimplemented, "method Follow not implemented")
+}
+func (UnimplementedAuditServiceServer) GetRetention(context.Context, *GetRetentionRequest) (*GetRetentionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetRetention not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 
@@ -209,6 +227,24 @@ func (x *auditServiceFollowServer) Send(m *FollowResponse) error {
 	return x.ServerStream.SendMsg(m)
 }
 
+func _AuditService_GetRetention_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRetentionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).GetRetention(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/confluence.audit.v1.AuditService/GetRetention",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).GetRetention(ctx, req.(*GetRetentionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AuditService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "confluence.audit.v1.AuditService",
 	HandlerType: (*AuditServiceServer)(nil),
@@ -216,6 +252,10 @@ var _AuditService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetSince",
 			Handler:    _AuditService_GetSince_Handler,
+		},
+		{
+			MethodName: "GetRetention",
+			Handler:    _AuditService_GetRetention_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
