@@ -287,6 +287,11 @@ impl PageService {
         answer
     }
 
+    /// The audit API the site answers.
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.client.dialect()
+    }
+
     /// The retention period if Confluence answered it to `credential` lately.
     pub(crate) fn known_retention(&self, credential: Option<&Credential>) -> Option<Retention> {
         let fingerprint = credential.map_or_else(

@@ -28,6 +28,7 @@ use crate::{
         stream::{self, WindowEnds},
     },
     audit::{
+        Dialect,
         follow::Listing,
         resume::TokenKey,
         retention::{self as periods, Retention},
@@ -190,6 +191,7 @@ impl AuditGrpc {
         let received = Instant::now();
         let md = request.metadata();
         let p = validate::stream_params(request.get_ref(), &self.tokens)?;
+        self.dialect_limits(p.window.search_string.as_deref())?;
         Ok(stream::StreamRequest {
             window: p.window,
             page_size: p.page_size,
@@ -202,6 +204,14 @@ impl AuditGrpc {
             idle_timeout: self.stream_idle_timeout,
             stopping: self.stopping.clone(),
         })
+    }
+
+    /// What the site's dialect refuses that Cloud takes, refused here with the field.
+    fn dialect_limits(&self, search: Option<&str>) -> Result<(), GatewayError> {
+        match self.pages.dialect() {
+            Dialect::DataCenter => validate::data_center_search(search),
+            Dialect::Cloud => Ok(()),
+        }
     }
 
     fn credential(
@@ -225,6 +235,7 @@ impl AuditGrpc {
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let md = request.metadata();
         let p = validate::follow_params(request.get_ref(), &self.tokens, received_ms)?;
+        self.dialect_limits(p.search_string.as_deref())?;
         Ok(follow::FollowRequest {
             search_string: p.search_string,
             checkpoint: p.checkpoint,
@@ -312,6 +323,7 @@ impl AuditGrpc {
         let received = Instant::now();
         let md = request.metadata();
         let query = validate::page_query(request.get_ref())?;
+        self.dialect_limits(query.search_string.as_deref())?;
         let req = PageRequest {
             credential: self.credential(md)?,
             refresh: metadata::wants_fresh(md),

@@ -150,6 +150,25 @@ pub(crate) fn search_string(s: Option<&str>) -> Result<Option<String>, GatewayEr
     Ok(Some(s.to_owned()))
 }
 
+/// Longest `search` Data Center's auditing API takes, in characters (its validator
+/// refuses more with 400).
+const MAX_DATA_CENTER_SEARCH_CHARS: usize = 100;
+
+/// Checks what only Data Center limits: its `search` is at most 100 characters.
+pub(crate) fn data_center_search(s: Option<&str>) -> Result<(), GatewayError> {
+    let chars = s.map_or(0, |s| s.chars().count());
+    if chars > MAX_DATA_CENTER_SEARCH_CHARS {
+        return Err(GatewayError::invalid(
+            "search_string",
+            format!(
+                "must be at most {MAX_DATA_CENTER_SEARCH_CHARS} characters for Confluence Data \
+                 Center, got {chars}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A `FollowRequest`, checked.
 #[derive(Debug)]
 pub(crate) struct FollowParams {
