@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use audit_gateway::{ConfluenceFlavor, GatewayConfig, pb};
+use audit_gateway::{ConfluenceFlavor, GatewayConfig, UpstreamAuth, pb, pb::convert::ToJson};
 use confluence_sim::{AuditEndpoint, Flavor, Live, SimulatorConfig, SimulatorHandle};
 use serde_json::Value;
 use tonic::Code;
@@ -83,6 +83,8 @@ async fn get_since_maps_every_event_and_keeps_every_unmapped_field() {
     );
     for (r, e) in page.results.iter().zip(&events) {
         check_mapping(r, e);
+        // Nothing lost: the record prints back as the very event Data Center sent.
+        assert_eq!(r.to_json(), *e);
     }
 }
 
@@ -412,4 +414,54 @@ async fn an_export_of_a_past_range_delivers_it_once_and_ends() {
     let want = sim.expected_records(from, until - 1);
     assert!(want.len() > 1000, "a range of events ({})", want.len());
     assert_exactly_once(&got, want);
+}
+
+/// A personal access token goes as `Bearer`; a wrong one runs as anonymous at Data
+/// Center, which is refused 403: PERMISSION_DENIED, not a retry.
+#[tokio::test]
+async fn a_personal_access_token_reads_and_a_wrong_one_is_permission_denied() {
+    for (token, ok) in [("pat-0123456789", true), ("pat-wrong", false)] {
+        let (_sim, gw) = dc_gateway(
+            SimulatorConfig {
+                records: 10,
+                personal_access_token: Some("pat-0123456789".into()),
+                ..Default::default()
+            },
+            |c| c.auth = UpstreamAuth::Bearer(token.to_owned().into()),
+        )
+        .await;
+        let answer = gw
+            .client
+            .clone()
+            .get_since(pb::GetSinceRequest::default())
+            .await;
+        match (ok, answer) {
+            (true, Ok(page)) => assert_eq!(page.into_inner().results.len(), 10),
+            (false, Err(status)) => assert_eq!(status.code(), Code::PermissionDenied, "{status:?}"),
+            (_, other) => panic!("{token}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn get_retention_answers_the_sites_period() {
+    let (_sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            retention: confluence_sim::Retention {
+                number: 7,
+                units: confluence_sim::RetentionUnit::Years,
+            },
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let r = gw
+        .client
+        .clone()
+        .get_retention(pb::GetRetentionRequest {})
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!((r.number, r.units), (7, pb::TimeUnit::Years as i32));
 }
