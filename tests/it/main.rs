@@ -8,6 +8,7 @@ mod clients;
 mod common;
 mod compression;
 mod docs;
+mod ecs;
 mod errors;
 mod export;
 mod fairness;
