@@ -39,9 +39,14 @@ pub(crate) struct ExportArgs {
     pub(crate) search: Option<String>,
 
     /// How records are written: ndjson (one per line), csv (a header, then a row per
-    /// record), json (one array).
+    /// record), json (one array), ecs (an Elastic Common Schema document per line).
     #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
     pub(crate) format: ExportFormat,
+
+    /// With --format ecs: the record's Confluence JSON in `event.original` (about twice
+    /// the size).
+    #[arg(long)]
+    pub(crate) ecs_original: bool,
 
     /// File to write (default: standard output, which cannot be resumed).
     #[arg(long)]
@@ -66,6 +71,8 @@ pub(crate) enum ExportFormat {
     Csv,
     /// One JSON array of records.
     Json,
+    /// One Elastic Common Schema 8.11 document per line (docs/ecs.md).
+    Ecs,
 }
 
 /// One end of a range as given: a UTC day, or an instant.
@@ -171,7 +178,9 @@ impl ExportArgs {
                 ExportFormat::Ndjson => Format::Ndjson,
                 ExportFormat::Csv => Format::Csv,
                 ExportFormat::Json => Format::JsonArray,
-            },
+                ExportFormat::Ecs => Format::Ecs,
+            }
+            .with_ecs_original(self.ecs_original)?,
             search: self.search,
             poll_interval: Dur(Duration::from_secs(1)),
             lag: self.lag,
@@ -226,6 +235,7 @@ mod tests {
             to: to.parse().expect("to"),
             search: None,
             format: ExportFormat::Ndjson,
+            ecs_original: false,
             output: None,
             checkpoint_file: None,
             lag: Dur(Duration::from_secs(10)),
@@ -241,5 +251,32 @@ mod tests {
                 .into_follow()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn ecs_original_goes_with_the_ecs_format_only() {
+        let mut args = ExportArgs {
+            connect: ConnectArgs {
+                gateway: "http://127.0.0.1:1".to_owned(),
+                tls_ca: None,
+                client_cert: None,
+                client_key: None,
+                authorization: None,
+            },
+            from: "2026-01-01".parse().expect("from"),
+            to: "2026-01-01".parse().expect("to"),
+            search: None,
+            format: ExportFormat::Ndjson,
+            ecs_original: true,
+            output: None,
+            checkpoint_file: None,
+            lag: Dur(Duration::from_secs(10)),
+        };
+        assert!(args.clone().into_follow().is_err());
+        args.format = ExportFormat::Ecs;
+        let follow = args.clone().into_follow().expect("ecs");
+        assert_eq!(follow.format, Format::EcsOriginal);
+        args.ecs_original = false;
+        assert_eq!(args.into_follow().expect("ecs").format, Format::Ecs);
     }
 }

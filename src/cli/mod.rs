@@ -7,6 +7,7 @@
 mod call;
 #[cfg(feature = "simulator")]
 mod demo;
+mod ecs;
 mod export;
 mod follow;
 mod output;

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use super::ecs;
 use audit_gateway::pb::{self, convert::ToJson};
 
 /// How records are written.
@@ -21,9 +22,28 @@ pub(crate) enum Format {
     Csv,
     /// Aligned columns for a terminal (time, category, author, summary).
     Table,
+    /// One Elastic Common Schema 8.11 document per line (docs/ecs.md).
+    Ecs,
+    /// `ecs` with `event.original`, the record's Confluence JSON (`--ecs-original`).
+    #[value(skip)]
+    EcsOriginal,
     /// One JSON array of the records, closed by [`RecordWriter::finish`] (exports).
     #[value(skip)]
     JsonArray,
+}
+
+impl Format {
+    /// This format with `event.original` when `original` is set (`--ecs-original`), which
+    /// only `ecs` takes.
+    pub(crate) fn with_ecs_original(self, original: bool) -> Result<Self, CommandError> {
+        match (self, original) {
+            (_, false) => Ok(self),
+            (Self::Ecs | Self::EcsOriginal, true) => Ok(Self::EcsOriginal),
+            (_, true) => Err(CommandError::other(
+                "--ecs-original: only with --format ecs",
+            )),
+        }
+    }
 }
 
 /// The CSV columns: a name and how to read it from a record.
@@ -69,6 +89,11 @@ impl<W: Write> RecordWriter<W> {
             match self.format {
                 Format::Ndjson => {
                     serde_json::to_writer(&mut self.out, &r.to_json())?;
+                    self.out.write_all(b"\n")?;
+                }
+                Format::Ecs | Format::EcsOriginal => {
+                    let doc = ecs::document(r, self.format == Format::EcsOriginal);
+                    serde_json::to_writer(&mut self.out, &doc)?;
                     self.out.write_all(b"\n")?;
                 }
                 Format::Json => {
@@ -202,7 +227,7 @@ fn cut(s: &str, n: usize) -> String {
 }
 
 /// Epoch milliseconds as an ISO 8601 UTC time (`2026-11-27T16:29:17.123Z`).
-struct Iso(i64);
+pub(crate) struct Iso(pub(crate) i64);
 
 impl fmt::Display for Iso {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -9,6 +9,7 @@ mod common;
 mod compression;
 mod data_center;
 mod docs;
+mod ecs;
 mod errors;
 mod export;
 mod fairness;
