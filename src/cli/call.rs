@@ -97,6 +97,10 @@ pub(crate) struct GetArgs {
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub(crate) format: Format,
 
+    /// With --format ecs: each document's `event.original` holds the record's JSON.
+    #[arg(long)]
+    pub(crate) ecs_original: bool,
+
     /// Write to this file instead of standard output.
     #[arg(long)]
     pub(crate) output: Option<PathBuf>,
@@ -123,6 +127,10 @@ pub(crate) struct StreamArgs {
     /// How records are written.
     #[arg(long, value_enum, default_value_t = Format::Ndjson)]
     pub(crate) format: Format,
+
+    /// With --format ecs: each document's `event.original` holds the record's JSON.
+    #[arg(long)]
+    pub(crate) ecs_original: bool,
 
     /// Write to this file instead of standard output.
     #[arg(long)]
@@ -227,7 +235,8 @@ pub(crate) async fn stream_to(
         .await
         .map_err(|s| CommandError::status(&s, ""))?
         .into_inner();
-    let mut out = RecordWriter::new(out, args.format, false);
+    let format = args.format.with_ecs_original(args.ecs_original)?;
+    let mut out = RecordWriter::new(out, format, false);
     let mut progress = Progress::new();
     let (mut count, mut token) = (0, String::new());
     let ended = loop {
@@ -255,8 +264,9 @@ pub(crate) async fn stream_to(
 
 /// Calls `GetSince` as `args` say and writes the page (or its records) in `--format`.
 pub(crate) async fn get(args: &GetArgs) -> Result<(), CommandError> {
+    let format = args.format.with_ecs_original(args.ecs_original)?;
     let page = get_page(args).await?;
-    let mut out = RecordWriter::new(open_output(args.output.as_deref())?, args.format, false);
+    let mut out = RecordWriter::new(open_output(args.output.as_deref())?, format, false);
     if args.format == Format::Json {
         let json = serde_json::to_string_pretty(&page.to_json())
             .map_err(|e| CommandError::other(e.to_string()))?;

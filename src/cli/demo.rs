@@ -135,6 +135,7 @@ async fn show_calls(addr: SocketAddr, sim: &SimulatorHandle) -> Result<(), Comma
         no_cache: false,
         timeout: Dur(Duration::from_secs(10)),
         format: Format::Json,
+        ecs_original: false,
         output: None,
     };
     let cold = Instant::now();
@@ -156,6 +157,7 @@ async fn show_calls(addr: SocketAddr, sim: &SimulatorHandle) -> Result<(), Comma
         max_records: None,
         resume_token: String::new(),
         format: Format::Ndjson,
+        ecs_original: false,
         output: None,
     };
     let (count, _) = call::stream_to(&stream_args, std::io::sink())

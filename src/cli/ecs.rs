@@ -191,18 +191,33 @@ pub(crate) fn document(record: &pb::AuditRecord, original: bool) -> Value {
         "@timestamp".to_owned(),
         Value::from(Iso(record.creation_date).to_string()),
     );
-    // A `creationDate` that is not the typed number (an unknown value over it) is kept.
+    // A `creationDate` that is not the typed number (an unknown value over it) is kept,
+    // and so is a Data Center `timestamp` spelled otherwise than `@timestamp`.
     if let Some(date) = rest.remove("creationDate")
         && date.as_i64() != Some(record.creation_date)
     {
         audit.insert("creation_date".to_owned(), date);
+    }
+    if data_center
+        && let Some(stamp) = rest.remove("timestamp")
+        && stamp.as_str() != doc["@timestamp"].as_str()
+    {
+        audit.insert("timestamp".to_owned(), stamp);
     }
 
     let mut event = Map::new();
     event.insert("kind".to_owned(), Value::from("event"));
     event.insert("module".to_owned(), Value::from("confluence"));
     event.insert("dataset".to_owned(), Value::from("confluence.audit"));
-    let summary = rest.remove("summary");
+    // Data Center's category is its `type.category`, kept in `type` too, as Cloud's is.
+    if data_center && let Some(category) = rest.get("type").and_then(|t| t.get("category")) {
+        audit.insert("category".to_owned(), category.clone());
+    }
+    // Data Center's summary is its `type.action`, kept in `type` too.
+    let summary = match data_center {
+        true => rest.get("type").and_then(|t| t.get("action")).cloned(),
+        false => rest.remove("summary"),
+    };
     let action_key = data_center
         .then(|| rest.get("type")?.get("actionI18nKey")?.as_str())
         .flatten()
@@ -255,7 +270,8 @@ pub(crate) fn document(record: &pb::AuditRecord, original: bool) -> Value {
     match rest.remove("author") {
         Some(Value::Object(mut author)) => {
             let mut user = Map::new();
-            let id_key = ["accountId", "userKey"]
+            // Data Center's author has `id` and `name` (its display name).
+            let id_key = ["accountId", "userKey", "id"]
                 .into_iter()
                 .find(|k| nonempty(author.get(*k)).is_some());
             if let Some(id) = id_key.and_then(|k| take_text(&mut author, k)) {
@@ -268,7 +284,8 @@ pub(crate) fn document(record: &pb::AuditRecord, original: bool) -> Value {
                 related_users.push(name.clone());
                 user.insert("name".to_owned(), Value::from(name));
             }
-            if let Some(full_name) = take_text(&mut author, "displayName") {
+            let display = if data_center { "name" } else { "displayName" };
+            if let Some(full_name) = take_text(&mut author, display) {
                 user.insert("full_name".to_owned(), Value::from(full_name));
             }
             if !user.is_empty() {
@@ -285,7 +302,12 @@ pub(crate) fn document(record: &pb::AuditRecord, original: bool) -> Value {
         None => {}
     }
 
-    if let Some(address) = take_text(&mut rest, "remoteAddress") {
+    let address_key = if data_center {
+        "source"
+    } else {
+        "remoteAddress"
+    };
+    if let Some(address) = take_text(&mut rest, address_key) {
         let mut source = Map::new();
         let ip = address
             .parse::<IpAddr>()

@@ -181,6 +181,7 @@ impl ExportArgs {
                 ExportFormat::Ecs => Format::Ecs,
             }
             .with_ecs_original(self.ecs_original)?,
+            ecs_original: false,
             search: self.search,
             poll_interval: Dur(Duration::from_secs(1)),
             lag: self.lag,

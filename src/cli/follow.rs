@@ -48,6 +48,10 @@ pub(crate) struct FollowArgs {
     #[arg(long, value_enum, default_value_t = Format::Ndjson)]
     pub(crate) format: Format,
 
+    /// With --format ecs: each document's `event.original` holds the record's JSON.
+    #[arg(long)]
+    pub(crate) ecs_original: bool,
+
     /// Confluence's searchString.
     #[arg(long = "search")]
     pub(crate) search: Option<String>,
@@ -143,7 +147,8 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
         return Ok(());
     }
     let (sink, continuing) = open_output(args.output.as_deref(), saved.as_ref())?;
-    let mut out = RecordWriter::new(sink, args.format, continuing);
+    let format = args.format.with_ecs_original(args.ecs_original)?;
+    let mut out = RecordWriter::new(sink, format, continuing);
     let (since, mut checkpoint) = start_point(&args, saved, &mut out)?;
     let mut left = args.max_records;
     let mut progress = Progress::new();

@@ -441,7 +441,6 @@ async fn stream_writes_valid_ecs_documents_for_a_cloud_site() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the Data Center page converter"]
 async fn stream_writes_valid_ecs_documents_for_a_data_center_site() {
     let docs = stream_as_ecs(Flavor::DataCenter).await;
     assert!(docs.iter().all(|d| d["service"]["address"].is_string()));
