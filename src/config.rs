@@ -101,6 +101,9 @@ pub struct GatewayConfig {
     pub max_streams: usize,
     /// Where to serve Prometheus metrics (`--metrics-listen`); `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve read access over HTTP/JSON (`--http-listen`, plain HTTP/1.1);
+    /// `None`: nowhere.
+    pub http_listen: Option<SocketAddr>,
     /// Connections, requests, compression and stopping.
     pub server: ServerConfig,
 }
@@ -162,6 +165,7 @@ impl GatewayConfig {
         // delivers and two ahead): 256 of them stay within a few hundred MiB.
         max_streams: 256,
         metrics_listen: None,
+        http_listen: None,
         server: ServerConfig::DEFAULT,
     };
 
@@ -323,6 +327,22 @@ impl GatewayConfig {
             return Err(ConfigError::new(
                 "--caller-max-streams",
                 "must be at least 1",
+            ));
+        }
+        // HTTP/JSON is always plain: the same rule as a plain gRPC port.
+        if let Some(http) = self.http_listen
+            && !http.ip().is_loopback()
+            && (has_callers || passthrough)
+            && !self.allow_plaintext_credentials
+        {
+            return Err(ConfigError::new(
+                "--http-listen",
+                format!(
+                    "{http} is reachable from other hosts and HTTP/JSON is served without TLS, \
+                     so callers' credentials would cross the network in clear: listen on \
+                     loopback, or set --allow-plaintext-credentials where a mesh sidecar \
+                     beside the gateway encrypts the traffic"
+                ),
             ));
         }
         Ok(())
@@ -711,6 +731,17 @@ mod tests {
             ..passthrough
         };
         assert!(local.check().is_ok(), "loopback never leaves the machine");
+        // HTTP/JSON has no TLS: off loopback it takes the same word, whatever --listen.
+        let http = GatewayConfig {
+            http_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            ..local.clone()
+        };
+        assert_eq!(http.check().expect_err("cleartext").flag, "--http-listen");
+        let http_local = GatewayConfig {
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            ..local
+        };
+        assert!(http_local.check().is_ok());
     }
 
     #[test]

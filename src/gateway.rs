@@ -14,7 +14,7 @@ use crate::{
     config::{ConfigError, GatewayConfig},
     credential::CredentialMode,
     grpc::AuditGrpc,
-    metrics,
+    http, metrics,
     server::{self, ServeError, ServerConfig},
     shutdown::Stopper,
     tls::ReloadingTls,
@@ -26,6 +26,8 @@ pub struct Gateway {
     service: AuditGrpc,
     listener: TcpListener,
     metrics: Option<TcpListener>,
+    /// Where HTTP/JSON is served (`--http-listen`).
+    http: Option<TcpListener>,
     /// Confluence's clock as the upstream client sees it, for `/metrics`.
     clock: Arc<ClockOffset>,
     server: ServerConfig,
@@ -116,10 +118,15 @@ impl Gateway {
             Some(addr) => Some(bind("--metrics-listen", addr).await?),
             None => None,
         };
+        let http = match config.http_listen {
+            Some(addr) => Some(bind("--http-listen", addr).await?),
+            None => None,
+        };
         Ok(Self {
             service,
             listener,
             metrics,
+            http,
             clock,
             watching,
             tls,
@@ -141,6 +148,11 @@ impl Gateway {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The address HTTP/JSON is served on, if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then reports NOT_SERVING, waits the drain delay,
     /// stops accepting and lets in-flight calls finish (at most the shutdown timeout).
     pub async fn run_until_stopped(
@@ -155,6 +167,16 @@ impl Gateway {
             tokio::spawn(metrics::serve(listener, self.clock, async move {
                 stopped.stopped().await;
             }));
+        }
+        if let Some(listener) = self.http {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "HTTP/JSON on /v1/audit/since, /stream, /follow");
+            }
+            tokio::spawn(http::serve(
+                listener,
+                self.service.clone(),
+                self.stopper.shutdown(),
+            ));
         }
         let result = server::serve(
             self.service,

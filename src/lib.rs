@@ -20,6 +20,7 @@ mod fuzz_tests;
 mod gateway;
 mod grpc;
 mod health;
+mod http;
 pub mod metrics;
 pub mod pb;
 mod reload;

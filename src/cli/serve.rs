@@ -270,6 +270,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "AUDIT_GATEWAY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 
+    /// Serve read access over HTTP/JSON on this address (`/v1/audit/since`, `/stream`,
+    /// `/follow`; plain HTTP/1.1, the same callers and caps as gRPC); unset: none.
+    #[arg(long, env = "AUDIT_GATEWAY_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+
     /// Wait this long after a shutdown signal, reporting NOT_SERVING, before refusing
     /// new connections (lets a mesh stop routing here first).
     #[arg(long, env = "AUDIT_GATEWAY_DRAIN_DELAY", default_value_t = Dur(D.server.drain_delay))]
@@ -416,6 +421,7 @@ impl TryFrom<ServeArgs> for GatewayConfig {
             stream_idle_timeout: a.stream_idle_timeout.0,
             max_streams: a.max_streams,
             metrics_listen: a.metrics_listen,
+            http_listen: a.http_listen,
             server: ServerConfig {
                 drain_delay: a.drain_delay.0,
                 shutdown_timeout: a.shutdown_timeout.0,
@@ -437,6 +443,7 @@ pub(crate) fn write_ready_file(path: &std::path::Path, gateway: &Gateway) -> std
     let line = serde_json::json!({
         "grpc": gateway.local_addr().to_string(),
         "metrics": gateway.metrics_addr().map(|a| a.to_string()),
+        "http": gateway.http_addr().map(|a| a.to_string()),
     });
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");

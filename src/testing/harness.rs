@@ -37,6 +37,8 @@ pub struct InProcess {
     pub addr: SocketAddr,
     /// Where it serves `/metrics`, with `metrics_listen` set.
     pub metrics: Option<SocketAddr>,
+    /// Where it serves HTTP/JSON, with `http_listen` set.
+    pub http: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -47,6 +49,7 @@ impl InProcess {
         let gateway = Gateway::bind(config).await.expect("valid settings");
         let addr = gateway.local_addr();
         let metrics = gateway.metrics_addr();
+        let http = gateway.http_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run_until_stopped(async move {
             let _ = stopped.await;
@@ -54,6 +57,7 @@ impl InProcess {
         Self {
             addr,
             metrics,
+            http,
             stop: Some(stop),
             task: Some(task),
         }

@@ -15,6 +15,7 @@ mod export;
 mod fairness;
 mod follow;
 mod get_since;
+mod http;
 mod interop;
 mod mesh;
 mod monitoring;

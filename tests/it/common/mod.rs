@@ -21,6 +21,8 @@ pub struct TestGateway {
     pub client: AuditServiceClient<Channel>,
     /// Where it serves `/metrics`, with `metrics_listen` set.
     pub metrics: Option<SocketAddr>,
+    /// Where it serves HTTP/JSON, with `http_listen` set.
+    pub http: Option<SocketAddr>,
     running: harness::InProcess,
 }
 
@@ -81,6 +83,7 @@ pub async fn spawn_gateway(config: GatewayConfig) -> TestGateway {
         addr: running.addr,
         client: AuditServiceClient::new(channel),
         metrics: running.metrics,
+        http: running.http,
         running,
     }
 }
