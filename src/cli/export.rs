@@ -109,8 +109,14 @@ impl std::str::FromStr for Bound {
         if let Some(day) = utc_day(s) {
             return Ok(Self::Day(day));
         }
-        s.parse::<prost_types::Timestamp>()
-            .ok()
+        // A time without its offset would be read as UTC by the parser; the flag's help
+        // promises such a local time is refused instead.
+        let offset = s
+            .split_once(['T', 't'])
+            .is_some_and(|(_, time)| time.ends_with(['Z', 'z']) || time.contains(['+', '-']));
+        offset
+            .then(|| s.parse::<prost_types::Timestamp>().ok())
+            .flatten()
             .and_then(|t| SystemTime::try_from(t).ok())
             .map(Self::At)
             .ok_or_else(|| {
