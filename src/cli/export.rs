@@ -177,6 +177,7 @@ impl ExportArgs {
             lag: self.lag,
             max_records: None,
             until: Some(until),
+            otlp: Default::default(),
         })
     }
 }

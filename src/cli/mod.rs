@@ -9,6 +9,7 @@ mod call;
 mod demo;
 mod export;
 mod follow;
+mod otlp;
 mod output;
 mod parse;
 mod serve;
