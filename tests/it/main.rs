@@ -18,6 +18,7 @@ mod mesh;
 mod monitoring;
 mod nesting;
 mod otel;
+mod otlp_logs;
 mod overload;
 mod pacing;
 mod proxy;
