@@ -193,6 +193,7 @@ impl ExportArgs {
             lag: self.lag,
             max_records: None,
             until: Some(until),
+            otlp: Default::default(),
         })
     }
 }

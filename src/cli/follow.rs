@@ -3,7 +3,10 @@
 //! checkpoint with the output's length atomically (write, fsync, rename). Restarted, it
 //! cuts the output back to that length and continues from the checkpoint, so a kill at
 //! any moment loses and repeats nothing (an output that cannot be cut back, standard
-//! output, repeats at most what followed the last checkpoint).
+//! output, repeats at most what followed the last checkpoint). With
+//! `--otlp-logs-endpoint` it sends each message's records to an OTLP receiver instead
+//! (`otlp.rs`) and writes the checkpoint once the receiver acknowledged them: a kill
+//! repeats at most the batch whose acknowledgement had not been checkpointed yet.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -19,6 +22,7 @@ use tonic_types::StatusExt;
 
 use super::{
     call::{ConnectArgs, authorize, connect},
+    otlp::{LogsExporter, OtlpArgs},
     output::{CommandError, Format, Progress, RecordWriter},
     parse::{BadValue, Dur},
 };
@@ -67,6 +71,9 @@ pub(crate) struct FollowArgs {
     /// Stop after this many records.
     #[arg(long)]
     pub(crate) max_records: Option<i64>,
+
+    #[command(flatten)]
+    pub(crate) otlp: OtlpArgs,
 
     /// The end of an export's range (exclusive; `export` sets it): the gateway ends the
     /// call once every record before it was delivered.
@@ -146,9 +153,14 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
         eprintln!("the export is complete already (its checkpoint file says so)");
         return Ok(());
     }
-    let (sink, continuing) = open_output(args.output.as_deref(), saved.as_ref())?;
-    let format = args.format.with_ecs_original(args.ecs_original)?;
-    let mut out = RecordWriter::new(sink, format, continuing);
+    let mut out = match LogsExporter::new(&args.otlp)? {
+        Some(exporter) => Target::Otlp(exporter),
+        None => {
+            let (sink, continuing) = open_output(args.output.as_deref(), saved.as_ref())?;
+            let format = args.format.with_ecs_original(args.ecs_original)?;
+            Target::Output(RecordWriter::new(sink, format, continuing))
+        }
+    };
     let (since, mut checkpoint) = start_point(&args, saved, &mut out)?;
     let mut left = args.max_records;
     let mut progress = Progress::new();
@@ -156,7 +168,8 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
     let mut doubtful = 0;
     // SIGTERM or Ctrl-C stops it while it waits (for a message, or to reconnect), never
     // between writing records and their checkpoint (no await lies there): the output and
-    // the checkpoint file then agree.
+    // the checkpoint file then agree. An OTLP Export is awaited: stopped during one, the
+    // batch is not checkpointed and the next run sends it again.
     let stop = audit_gateway::shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -223,7 +236,7 @@ pub(crate) async fn run(args: FollowArgs) -> Result<(), CommandError> {
 fn start_point(
     args: &FollowArgs,
     saved: Option<Saved>,
-    out: &mut RecordWriter<Sink>,
+    out: &mut Target,
 ) -> Result<(Option<SystemTime>, Option<String>), CommandError> {
     let since = match (&saved, args.since) {
         (
@@ -249,7 +262,7 @@ fn start_point(
         let first = Saved {
             checkpoint: None,
             since_ms: since.map(to_ms),
-            output_bytes: sync(out).map_err(CommandError::output)?,
+            output_bytes: out.sync().map_err(CommandError::output)?,
             finished: false,
         };
         write_saved(path, &first).map_err(|e| {
@@ -273,7 +286,7 @@ enum Failure {
 
 async fn follow_once(
     args: &FollowArgs,
-    out: &mut RecordWriter<Sink>,
+    out: &mut Target,
     checkpoint: &mut Option<String>,
     since: Option<SystemTime>,
     left: &mut Option<i64>,
@@ -306,8 +319,22 @@ async fn follow_once(
             return Ok(());
         };
         let fail = |e: io::Error| Failure::Fatal(CommandError::output(e));
-        out.write(&message.records).map_err(fail)?;
-        let output_bytes = sync(out).map_err(fail)?;
+        let output_bytes = match out {
+            Target::Output(w) => {
+                w.write(&message.records).map_err(fail)?;
+                sync(w).map_err(fail)?
+            }
+            // Acknowledged before the checkpoint below claims them.
+            Target::Otlp(exporter) => {
+                if !message.records.is_empty() {
+                    exporter
+                        .ship(&message.records)
+                        .await
+                        .map_err(Failure::Fatal)?;
+                }
+                None
+            }
+        };
         if let Some(path) = &args.checkpoint_file {
             let saved = Saved {
                 checkpoint: Some(message.checkpoint.clone()),
@@ -334,12 +361,14 @@ async fn follow_once(
 /// a kill between the two runs the close again on output cut back to before it.
 fn finish(
     args: &FollowArgs,
-    out: &mut RecordWriter<Sink>,
+    out: &mut Target,
     checkpoint: Option<String>,
     since: Option<SystemTime>,
 ) -> Result<(), CommandError> {
-    out.finish().map_err(CommandError::output)?;
-    let output_bytes = sync(out).map_err(CommandError::output)?;
+    if let Target::Output(w) = out {
+        w.finish().map_err(CommandError::output)?;
+    }
+    let output_bytes = out.sync().map_err(CommandError::output)?;
     if let Some(path) = &args.checkpoint_file {
         let saved = Saved {
             checkpoint,
@@ -415,9 +444,10 @@ fn refused_checkpoint(s: &tonic::Status, args: &FollowArgs) -> String {
         ),
         None => "run again with --since TIME".to_owned(),
     };
-    let last = match &args.output {
-        Some(path) => format!("the last record in {}", path.display()),
-        None => "the last record written".to_owned(),
+    let last = match (&args.output, &args.otlp.otlp_logs_endpoint) {
+        (Some(path), _) => format!("the last record in {}", path.display()),
+        (None, Some(_)) => "the last record the OTLP receiver got".to_owned(),
+        (None, None) => "the last record written".to_owned(),
     };
     format!(
         "the gateway refused {whose}: {why}; to go on, {way_on} (e.g. the time of {last}; \
@@ -464,6 +494,25 @@ fn write_saved(path: &Path, saved: &Saved) -> io::Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()
+}
+
+/// Where records go: an output in a format, or an OTLP logs receiver.
+enum Target {
+    /// A file or standard output, cut back to the checkpoint when restarted.
+    Output(RecordWriter<Sink>),
+    /// `--otlp-logs-endpoint`: sent, and acknowledged, before each checkpoint.
+    Otlp(LogsExporter),
+}
+
+impl Target {
+    /// Flushes an output to stable storage; its length after it (none for a receiver:
+    /// there are no output bytes to track).
+    fn sync(&mut self) -> io::Result<Option<u64>> {
+        match self {
+            Self::Output(w) => sync(w),
+            Self::Otlp(_) => Ok(None),
+        }
+    }
 }
 
 /// Where records go: a file appended to, or standard output.

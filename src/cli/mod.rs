@@ -10,6 +10,7 @@ mod demo;
 mod ecs;
 mod export;
 mod follow;
+mod otlp;
 mod output;
 mod parse;
 mod serve;

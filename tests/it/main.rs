@@ -21,6 +21,7 @@ mod mesh;
 mod monitoring;
 mod nesting;
 mod otel;
+mod otlp_logs;
 mod overload;
 mod pacing;
 mod proxy;
