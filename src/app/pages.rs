@@ -250,7 +250,7 @@ impl PageService {
     }
 
     /// The audit log's retention period as Confluence answers it to `credential`, asked
-    /// again at most every ten minutes (a failure every minute).
+    /// again at most every ten minutes (a failure too).
     pub(crate) async fn retention(
         &self,
         credential: Option<&Credential>,

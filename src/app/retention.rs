@@ -14,8 +14,8 @@ use crate::{audit::retention::Retention, error::GatewayError};
 /// changes.
 const KEEP_ANSWER: Duration = Duration::from_secs(600);
 /// How long a failure is: a credential without the permission to read the setting
-/// (Confluence Administrator) is not asked again on every call.
-const KEEP_FAILURE: Duration = Duration::from_secs(60);
+/// (Confluence Administrator) keeps lacking it, and asking again costs its rate limit.
+const KEEP_FAILURE: Duration = Duration::from_secs(600);
 /// Most credentials remembered; past it the table starts over.
 const MAX_ENTRIES: usize = 4096;
 

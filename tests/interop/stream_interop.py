@@ -57,6 +57,9 @@ CUT = 120  # max_records of the stream that is cut and resumed
 GAP = 3 * CAP  # extra events between the cut and the resume: more than a page
 BASE_MS = 1_700_000_000_000
 ENDPOINT = "/wiki/rest/api/audit/since"
+# Confluence's retention setting, which the gateway reads to warn of a window reaching
+# past it (GetRetention).
+RETENTION = "/wiki/rest/api/audit/retention"
 BEARER = "interop"
 SUMMARY = re.compile(r"event #(\d+)")
 ADV_SEED = SEED + 1
@@ -189,6 +192,8 @@ class StandIn(BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != f"Bearer {BEARER}":
             log.problems.append(("authorization", self.headers.get("Authorization")))
             return self.reply(401, {}, b"")
+        if url.path == RETENTION:
+            return self.reply(200, {}, json.dumps({"number": 10, "units": "YEARS"}).encode())
         if url.path != ENDPOINT:
             log.problems.append(("path", self.path))
             return self.reply(404, {}, b"")
