@@ -675,7 +675,9 @@ async fn a_misbehaving_confluence_still_gets_every_surviving_record_exactly_once
         .collect();
     assert!(
         surviving.len() > 2000,
-        "too little of the window survived to tell"
+        "too little of the window survived to tell: {} of them, {} requests, top {top}",
+        surviving.len(),
+        sim.request_count()
     );
     let missing: Vec<u64> = surviving
         .iter()

@@ -556,8 +556,22 @@ impl SimulatorHandle {
         (state.over_limit, state.near_limit)
     }
 
-    /// Every request received so far, any path, in arrival order.
+    /// The requests for pages of the log received so far (any listing endpoint, faulted
+    /// ones and 404s of another flavor's included), in arrival order: what a client's
+    /// paging asked. Reads of the retention setting and of unknown paths are left out
+    /// ([`SimulatorHandle::all_requests`] has them).
     pub fn requests(&self) -> Vec<RecordedRequest> {
+        let state = self.inner.shared.lock();
+        state
+            .requests
+            .iter()
+            .filter(|r| r.endpoint.is_some_and(AuditEndpoint::lists))
+            .cloned()
+            .collect()
+    }
+
+    /// Every request received so far, any path, in arrival order.
+    pub fn all_requests(&self) -> Vec<RecordedRequest> {
         self.inner.shared.lock().requests.clone()
     }
 
