@@ -185,6 +185,13 @@ struct Fetch(
     Option<Reserved>,
 );
 
+impl Fetch {
+    /// A fetch whose page is in hand already.
+    fn landed(page: PageView, urgency: Urgency, room: Option<Reserved>) -> Self {
+        Self(tokio::spawn(async move { Ok(page) }), urgency, room)
+    }
+}
+
 impl Drop for Fetch {
     fn drop(&mut self) {
         self.0.abort();
@@ -337,10 +344,12 @@ impl<P: PageSource> Follower<P> {
             // The fetches of slices no longer to be read go (a cut replaced them); this
             // slice's own stays, to be taken below.
             ahead.retain(|s, _| *s == slice || stack.contains(s));
-            // None while this slice is one to be cut into many: its pieces come first.
-            if !wide.remove(&slice) {
-                self.look_ahead(&stack, &mut ahead, &held, &wide);
-            }
+            // While this slice is one to be cut into many, only the pages of others like it
+            // are fetched ahead: its pieces come first.
+            let cutting = wide.remove(&slice);
+            self.expand(&mut stack, &mut ahead, &mut held, &mut wide)
+                .await;
+            self.look_ahead(&stack, &mut ahead, &held, &wide, cutting);
             let (page, complete) = match held.remove(&slice) {
                 Some((page, _room)) => (page, true),
                 None => {
@@ -377,9 +386,7 @@ impl<P: PageSource> Follower<P> {
                             held.insert(newest, (page, room));
                         }
                     }
-                    if first_wide && let Some(first) = pieces.first() {
-                        wide.insert(*first);
-                    }
+                    wide.extend(pieces[..first_wide].iter().copied());
                     stack.extend(pieces.into_iter().rev());
                     continue;
                 }
@@ -395,17 +402,25 @@ impl<P: PageSource> Follower<P> {
 
     /// Fetches the next unread slices of `stack` (its top first) ahead, up to the prefetch
     /// window: cut to fill most of a page each, most of them are read once. Past the
-    /// first few only while the look-ahead budget has room, and none past a slice still
-    /// to be cut into many (`wide`): what follows it is read after its pieces.
+    /// first few only while the look-ahead budget has room, and past a slice still to be
+    /// cut into many (`wide`; `cutting`: the one being read is) only others like it: what
+    /// follows is read after their pieces, but their pages say where those pieces lie.
     fn look_ahead(
         &self,
         stack: &[Slice],
         ahead: &mut HashMap<Slice, Fetch>,
         held: &HashMap<Slice, (PageView, Reserved)>,
         wide: &HashSet<Slice>,
+        cutting: bool,
     ) {
+        let mut past_wide = cutting;
         let unread = stack.iter().rev().filter(|s| !held.contains_key(s));
         for (i, s) in unread.take(self.shared.prefetch).enumerate() {
+            let is_wide = wide.contains(s);
+            if past_wide && !is_wide {
+                break;
+            }
+            past_wide |= is_wide;
             match ahead.get(s) {
                 Some(f) => f.1.set(i + 1),
                 None => {
@@ -417,8 +432,85 @@ impl<P: PageSource> Follower<P> {
                     ahead.insert(*s, fetch);
                 }
             }
-            if wide.contains(s) {
-                break;
+        }
+    }
+
+    /// Cuts the wide slices within the prefetch window whose pages landed, in place,
+    /// before the reader comes to them: the look-ahead then runs on into their pieces
+    /// instead of stopping at them. Stops at the first one still in flight, or whose
+    /// page cannot be judged without another request (the reader does that).
+    async fn expand(
+        &self,
+        stack: &mut Vec<Slice>,
+        ahead: &mut HashMap<Slice, Fetch>,
+        held: &mut HashMap<Slice, (PageView, Reserved)>,
+        wide: &mut HashSet<Slice>,
+    ) {
+        let (mut at, mut unread) = (stack.len(), 0);
+        while at > 0 && unread < self.shared.prefetch {
+            at -= 1;
+            let slice = stack[at];
+            if held.contains_key(&slice) {
+                continue;
+            }
+            unread += 1;
+            if !wide.contains(&slice) {
+                continue;
+            }
+            if !ahead.get(&slice).is_some_and(|f| f.0.is_finished()) {
+                return;
+            }
+            let Some(mut fetch) = ahead.remove(&slice) else {
+                return;
+            };
+            let (urgency, room) = (fetch.1.clone(), fetch.2.take());
+            // Finished: this returns at once. A failure is left to the reader, which asks
+            // again.
+            let Ok(page) = join(fetch).await else {
+                return;
+            };
+            let complete = match self.judge(slice, &page) {
+                Ok(Length::Whole) => true,
+                Ok(Length::Cut) => false,
+                Ok(Length::Unsure) if follow::reaches_before(slice, &page.records) => true,
+                _ => {
+                    ahead.insert(slice, Fetch::landed(page, urgency, room));
+                    return;
+                }
+            };
+            let grain = self.listing().grain;
+            match follow::plan(slice, &page.records, complete, grain) {
+                Plan::Split {
+                    pieces,
+                    held: newest,
+                    wide: first_wide,
+                } => {
+                    wide.remove(&slice);
+                    wide.extend(pieces[..first_wide].iter().copied());
+                    let mut replaced: Vec<Slice> = pieces.into_iter().rev().collect();
+                    if let Some(newest) = newest {
+                        replaced.insert(0, newest);
+                        if held.len() < MAX_HELD_PAGES
+                            && let Some(room) = self.shared.lookahead.reserve(&self.sizes)
+                        {
+                            held.insert(newest, (page, room));
+                        }
+                    }
+                    // The walk goes on from the oldest piece, now on top of the rest.
+                    let added = replaced.len();
+                    stack.splice(at..=at, replaced);
+                    at += added;
+                    unread -= 1;
+                }
+                // Read whole by the reader, from this page: no longer in the way.
+                Plan::Whole => {
+                    wide.remove(&slice);
+                    ahead.insert(slice, Fetch::landed(page, urgency, room));
+                }
+                Plan::Overflow => {
+                    ahead.insert(slice, Fetch::landed(page, urgency, room));
+                    return;
+                }
             }
         }
     }
@@ -952,6 +1044,70 @@ mod tests {
             assert!(
                 round_trips <= 12,
                 "{took:?} for {} requests: the look-ahead is not read at once",
+                model.requests
+            );
+        });
+    }
+
+    #[test]
+    fn a_long_backfill_finds_its_oldest_records_in_a_few_round_trips() {
+        // 10,000 records at 10 a page, from long before the log's oldest record: the first
+        // page's density cuts 64 pieces (~580 records' worth) off the head, and what lies
+        // before them is ~17 times as long. Cut one level a round trip, the oldest records
+        // come after a dozen round trips; with the chunks before the pieces fetched at
+        // once, after a few.
+        let runtime = paused_runtime();
+        runtime.block_on(async {
+            let clock = clock(tokio::time::Instant::now());
+            let how = Misbehaviour {
+                cap: Some(10),
+                ..Misbehaviour::polite()
+            };
+            let model = Model::new(10_000, BASE - 10_000_000, (900, 1_100), how, 5)
+                .with_clock(clock.clone())
+                .with_latency(100);
+            let model = Arc::new(Mutex::new(model));
+            let req = FollowRequest {
+                search_string: None,
+                checkpoint: Checkpoint::at(BASE - 100_000_000),
+                poll: POLL,
+                lag: LAG,
+                max_records: Some(10),
+                until: None,
+                credential: None,
+                caller: Caller::anonymous(),
+                deadline: None,
+                idle_timeout: Duration::from_secs(3600),
+            };
+            let shared = Shared {
+                tokens: key(),
+                late: Arc::default(),
+                stopping: Shutdown::never(),
+                prefetch: 32,
+                lookahead: Arc::new(LookAhead::new(u64::MAX)),
+                tick_spread: 0.0,
+                listing: Arc::default(),
+                clock: clock.clone(),
+                offset: Arc::default(),
+            };
+            let started = tokio::time::Instant::now();
+            let mut rx = start(ModelSource(model.clone()), req, shared, ());
+            let first = loop {
+                let message = rx.recv().await.expect("a message").expect("no error");
+                let message = pb::FollowResponse::decode(message).expect("a follow message");
+                if !message.records.is_empty() {
+                    break message.records[0].creation_date;
+                }
+            };
+            let model = model.lock().expect("model");
+            let round_trips = started.elapsed().as_millis() / 100;
+            assert!(
+                first < BASE - 9_900_000,
+                "the first record delivered ({first}) is not among the oldest"
+            );
+            assert!(
+                round_trips <= 6,
+                "{round_trips} round trips before the oldest records ({} requests)",
                 model.requests
             );
         });

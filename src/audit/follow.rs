@@ -18,9 +18,12 @@
 //! `(D, to]` is delivered from that page (no second request), after `[from, D]`, which is
 //! cut by time into pieces sized from the page's density of records to fill
 //! [`FILL`] of a page each, read oldest first. A cut commits to at most [`MAX_PIECES`]
-//! pieces, the newest; what lies before them is one more range, cut again by its own
-//! newest page. A piece that turns out full is cut the same way (its newest part, again,
-//! delivered from its page). Ranges never overlap, so no record is read twice at two offsets
+//! pieces, the newest; before them, to at most [`MAX_CHUNKS`] chunks of as many pieces'
+//! worth each; what lies before those is one more range. Each chunk and that range is
+//! cut again by its own newest page, and those pages are fetched at once, so a long
+//! backfill reaches its oldest records in a few round trips, not one per
+//! [`MAX_PIECES`] pieces. A piece that turns out full is cut the same way (its newest
+//! part, again, delivered from its page). Ranges never overlap, so no record is read twice at two offsets
 //! and no order among records sharing a millisecond matters; only a single millisecond
 //! holding more records than a page is paged by offset (and counted: if Confluence
 //! reorders it between requests, its records can be missed or repeated).
@@ -93,9 +96,11 @@ pub(crate) enum Plan {
         pieces: Vec<Slice>,
         /// The slice's newest part, every record of which the page holds.
         held: Option<Slice>,
-        /// The first piece holds more than [`MAX_PIECES`] pieces' worth: it is cut again
-        /// before anything after it is worth fetching ahead.
-        wide: bool,
+        /// How many of the first pieces hold more than a page's worth each (the range
+        /// before the newest [`MAX_PIECES`] pieces, and the chunks it is cut into): each is
+        /// cut again by its own newest page before the pieces after it are worth fetching
+        /// ahead.
+        wide: usize,
     },
     /// One millisecond with more records than a page: page through it by offset.
     Overflow,
@@ -225,10 +230,16 @@ pub(crate) fn reaches_before<R: Anchored>(slice: Slice, page: &[R]) -> bool {
 /// in bursts), so a cut never commits to many requests at once.
 pub(crate) const MAX_PIECES: i64 = 64;
 
+/// Most chunks of [`MAX_PIECES`] pieces' worth each that a cut makes of what precedes its
+/// pieces: their newest pages are fetched at once, so a long backfill finds its oldest
+/// records in a few round trips rather than one per [`MAX_PIECES`] pieces; few, since
+/// the ones before the log's oldest record come back empty.
+pub(crate) const MAX_CHUNKS: i64 = 16;
+
 /// How full a piece is meant to be, as a share of a page: fuller pieces take fewer
 /// requests, and one that turns out full costs only a small one for what its page left
-/// out (its newest part is delivered from it).
-pub(crate) const FILL: f64 = 0.9;
+/// out (its newest part is delivered from it), fetched while the pieces after it are.
+pub(crate) const FILL: f64 = 0.97;
 
 /// What to do with `slice` given its newest page, `page` (newest first), which holds all
 /// of the slice when `whole`, from a server that applies the range's bounds to `grain`
@@ -263,15 +274,29 @@ pub(crate) fn plan<R: Anchored>(slice: Slice, page: &[R], whole: bool, grain: i6
     let least = if held.is_some() { 1 } else { 2 };
     let needed = ((cells + per_piece - 1) / per_piece).max(least).min(cells);
     let mut pieces = Vec::new();
-    let wide = needed > MAX_PIECES;
-    let (count, start_cell) = if wide {
-        // The newest `MAX_PIECES` pieces; what precedes them is one range, read first.
+    let (count, start_cell) = if needed > MAX_PIECES {
+        // The newest `MAX_PIECES` pieces; before them up to `MAX_CHUNKS` chunks of as
+        // many pieces' worth each, newest first, and what precedes those as one range,
+        // read first. Each chunk and that range is cut by its own page.
         let start_cell = last_cell - (MAX_PIECES * per_piece - 1) * g;
-        pieces.push(Slice::new(slice.from, start_cell - 1));
+        let chunk = MAX_PIECES * per_piece;
+        let chunks = ((start_cell - first_cell) / g / chunk).min(MAX_CHUNKS);
+        let chunks_from = start_cell - chunks * chunk * g;
+        let mut from = slice.from;
+        if chunks_from > slice.from {
+            pieces.push(Slice::new(slice.from, chunks_from - 1));
+            from = chunks_from;
+        }
+        for k in (0..chunks).rev() {
+            let to = start_cell - k * chunk * g - 1;
+            pieces.push(Slice::new(from, to));
+            from = to + 1;
+        }
         (MAX_PIECES, start_cell)
     } else {
         (needed, first_cell)
     };
+    let wide = pieces.len();
     let width = ((last_cell - start_cell) / g + 1) as f64 / count as f64;
     let mut from = pieces.last().map_or(slice.from, |p| p.to + 1);
     for i in 1..=count {
@@ -504,7 +529,7 @@ mod tests {
             let Plan::Split { mut pieces, held, .. } = plan(slice, &page, false, 1) else {
                 return Err(TestCaseError::fail("a full page of a wide slice is cut"));
             };
-            prop_assert!(pieces.len() as i64 <= MAX_PIECES + 1);
+            prop_assert!(pieces.len() as i64 <= MAX_PIECES + MAX_CHUNKS + 1);
             // Every record after the oldest one's millisecond is held by the page.
             let oldest = page[page.len() - 1].0;
             prop_assert_eq!(held.map(|h| h.from), (oldest < slice.to).then_some(oldest + 1));
@@ -528,24 +553,41 @@ mod tests {
             Plan::Split {
                 pieces: vec![Slice::new(0, 14), Slice::new(15, 30)],
                 held: Some(Slice::new(31, 60)),
-                wide: false,
+                wide: 0,
             }
         );
         // The same page atop a slice 100 times as long: as many pieces as allowed, each
-        // sized to fill 90 % of a page (27 ms at 3 records per 31), the newest ones; the
+        // sized to fill `FILL` of a page (at 3 records per 31 ms), the newest ones; the
         // rest is one range, read first.
+        let per = (FILL * 31.0).floor() as i64;
         let Plan::Split { pieces, held, wide } = plan(Slice::new(-3000, 60), &page, false, 1)
         else {
             panic!("cut");
         };
-        assert!(wide);
+        assert_eq!(wide, 1);
         assert_eq!(pieces.len() as i64, MAX_PIECES + 1);
-        assert_eq!(pieces[0], Slice::new(-3000, -1698));
+        let start = 30 - MAX_PIECES * per;
+        assert_eq!(pieces[0], Slice::new(-3000, start));
         assert!(
-            pieces[1..].iter().all(|p| p.to - p.from + 1 == 27),
+            pieces[1..].iter().all(|p| p.to - p.from + 1 == per),
             "{pieces:?}"
         );
         assert_eq!(held, Some(Slice::new(31, 60)));
+        // Longer still: before the pieces, `MAX_CHUNKS` chunks of `MAX_PIECES` pieces'
+        // worth each, their pages fetched at once, and what precedes them.
+        let Plan::Split { pieces, wide, .. } = plan(Slice::new(-100_000, 60), &page, false, 1)
+        else {
+            panic!("cut");
+        };
+        let chunk = MAX_PIECES * per;
+        assert_eq!(wide as i64, MAX_CHUNKS + 1);
+        assert_eq!(pieces.len() as i64, MAX_CHUNKS + MAX_PIECES + 1);
+        assert_eq!(pieces[0], Slice::new(-100_000, start - MAX_CHUNKS * chunk));
+        assert!(
+            pieces[1..wide].iter().all(|p| p.to - p.from + 1 == chunk),
+            "{pieces:?}"
+        );
+        assert_eq!(pieces[wide - 1].to, start);
         assert_eq!(
             plan(Slice::new(30, 30), &page[2..], false, 1),
             Plan::Overflow
