@@ -164,9 +164,14 @@ impl Gateway {
                 tracing::info!(%addr, "metrics on /metrics");
             }
             let mut stopped = self.stopper.shutdown();
-            tokio::spawn(metrics::serve(listener, self.clock, async move {
-                stopped.stopped().await;
-            }));
+            let followers = self.service.follow_positions();
+            tokio::spawn(metrics::serve(
+                listener,
+                (self.clock, followers),
+                async move {
+                    stopped.stopped().await;
+                },
+            ));
         }
         if let Some(listener) = self.http {
             if let Ok(addr) = listener.local_addr() {

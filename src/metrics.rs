@@ -522,10 +522,15 @@ impl Metrics {
     }
 
     /// The process's metrics and one gateway's own: the offset of Confluence's clock
-    /// from the gateway's as `clock` estimates it. That one is read per gateway at each
+    /// from the gateway's as `clock` estimates it, and how far its furthest-behind
+    /// follower is from the log's settled head. Those are read per gateway at each
     /// scrape, not kept in the process-wide registry: one process may run several
-    /// gateways (the integration tests do), each with its own Confluence.
-    pub(crate) fn render_with_clock(&self, clock: &ClockOffset) -> String {
+    /// gateways (the integration tests do), each with its own Confluence and followers.
+    pub(crate) fn render_with_clock(
+        &self,
+        clock: &ClockOffset,
+        followers: &FollowPositions,
+    ) -> String {
         let mut own = Registry::with_prefix("audit_gateway");
         let offset = PromGauge::<f64, AtomicU64>::default();
         offset.set(clock.offset_ms() as f64 / 1000.0);
@@ -534,6 +539,14 @@ impl Metrics {
             "Confluence's clock minus the gateway's, from the Date headers of its answers \
              (0 until one was seen).",
             offset,
+        );
+        let behind = PromGauge::<f64, AtomicU64>::default();
+        behind.set(followers.furthest_behind_ms() as f64 / 1000.0);
+        own.register(
+            "follow_behind_seconds",
+            "How far the furthest-behind open follower's position is from the newest range \
+             it may read (0: every follower is up to date, or none is open).",
+            behind,
         );
         let mut out = String::new();
         // Writing to a String does not fail.
@@ -544,11 +557,63 @@ impl Metrics {
     }
 }
 
+/// Where a gateway's open followers stand: how far each is behind the newest range it
+/// may read (ms), by follower.
+#[derive(Debug, Default)]
+pub(crate) struct FollowPositions {
+    next: std::sync::atomic::AtomicU64,
+    behind: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
+}
+
+impl FollowPositions {
+    /// A place for one more follower, given up when dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> FollowPosition {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(id, 0);
+        FollowPosition {
+            id,
+            positions: self.clone(),
+        }
+    }
+
+    /// The largest of the followers' distances, ms (0 with none open).
+    pub(crate) fn furthest_behind_ms(&self) -> i64 {
+        self.lock().values().copied().max().unwrap_or(0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, i64>> {
+        self.behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One follower's place in [`FollowPositions`].
+#[derive(Debug)]
+pub(crate) struct FollowPosition {
+    id: u64,
+    positions: Arc<FollowPositions>,
+}
+
+impl FollowPosition {
+    /// The follower stands `ms` behind the newest range it may read.
+    pub(crate) fn set(&self, ms: i64) {
+        self.positions.lock().insert(self.id, ms.max(0));
+    }
+}
+
+impl Drop for FollowPosition {
+    fn drop(&mut self) {
+        self.positions.lock().remove(&self.id);
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves; `clock` is the
-/// gateway's estimate of Confluence's clock (`src/upstream/clock.rs`).
+/// gateway's estimate of Confluence's clock (`src/upstream/clock.rs`), `followers` where
+/// its followers stand.
 pub(crate) async fn serve(
     listener: TcpListener,
-    clock: Arc<ClockOffset>,
+    (clock, followers): (Arc<ClockOffset>, Arc<FollowPositions>),
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -563,9 +628,9 @@ pub(crate) async fn serve(
             },
             _ = &mut shutdown => return,
         };
-        let clock = clock.clone();
+        let (clock, followers) = (clock.clone(), followers.clone());
         let svc = service_fn(move |req: Request<Incoming>| {
-            let clock = clock.clone();
+            let (clock, followers) = (clock.clone(), followers.clone());
             async move {
                 let response = if req.uri().path() == "/metrics" {
                     Response::builder()
@@ -573,7 +638,9 @@ pub(crate) async fn serve(
                             "content-type",
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )
-                        .body(Full::new(Bytes::from(METRICS.render_with_clock(&clock))))
+                        .body(Full::new(Bytes::from(
+                            METRICS.render_with_clock(&clock, &followers),
+                        )))
                 } else {
                     Response::builder()
                         .status(404)
@@ -680,7 +747,7 @@ mod tests {
             assert_eq!(lines.len(), 1, "{text}");
             lines[0][series.len()..].parse().expect("a number")
         };
-        let text = METRICS.render_with_clock(&behind);
+        let text = METRICS.render_with_clock(&behind, &FollowPositions::default());
         let offset = gauge(&text);
         assert!((-5.5..=-4.0).contains(&offset), "{offset}");
         assert!(text.contains("# TYPE audit_gateway_confluence_clock_offset_seconds gauge"));
@@ -689,8 +756,31 @@ mod tests {
         assert_eq!(text.matches("# EOF").count(), 1);
         // Another gateway in the process, nothing seen yet: its own 0.
         assert_eq!(
-            gauge(&METRICS.render_with_clock(&ClockOffset::default())),
+            gauge(&METRICS.render_with_clock(&ClockOffset::default(), &FollowPositions::default())),
             0.0
         );
+    }
+
+    #[test]
+    fn the_furthest_behind_open_follower_is_reported() {
+        let positions = Arc::new(FollowPositions::default());
+        let series = "audit_gateway_follow_behind_seconds ";
+        let gauge = |p: &FollowPositions| -> f64 {
+            let text = METRICS.render_with_clock(&ClockOffset::default(), p);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(series))
+                .expect("the gauge");
+            line[series.len()..].parse().expect("a number")
+        };
+        assert_eq!(gauge(&positions), 0.0, "none open");
+        let (a, b) = (positions.enter(), positions.enter());
+        a.set(1_500);
+        b.set(90_000);
+        assert_eq!(gauge(&positions), 90.0);
+        drop(b);
+        assert_eq!(gauge(&positions), 1.5, "a closed follower no longer counts");
+        a.set(-20);
+        assert_eq!(gauge(&positions), 0.0, "ahead is up to date");
     }
 }

@@ -43,7 +43,7 @@ use crate::{
     callers::Caller,
     credential::Credential,
     error::{GatewayError, within_deadline},
-    metrics::METRICS,
+    metrics::{FollowPosition, FollowPositions, METRICS},
     pb::wire::{self, PageView},
     shutdown::Shutdown,
     upstream::{clock::ClockOffset, fair::Urgency},
@@ -143,6 +143,8 @@ pub(crate) struct Shared {
     pub clock: Clock,
     /// How far Confluence's clock is from the gateway's (`src/upstream/clock.rs`).
     pub offset: Arc<ClockOffset>,
+    /// Where the gateway's followers stand, for `/metrics`.
+    pub positions: Arc<FollowPositions>,
 }
 
 /// Starts a follower; `held` (its `--max-streams` slot) goes when it returns.
@@ -155,6 +157,8 @@ pub(crate) fn start<P: PageSource>(
     METRICS.follows_started.inc();
     let follower = Follower {
         pages,
+        position: shared.positions.enter(),
+        edge: i64::MIN,
         remaining: req.max_records,
         req,
         shared,
@@ -174,6 +178,10 @@ struct Follower<P> {
     skew_warned: bool,
     /// How large this follower's pages are.
     sizes: Arc<PageSize>,
+    /// Its place among the gateway's followers (`/metrics`).
+    position: FollowPosition,
+    /// The newest millisecond this tick may read.
+    edge: i64,
 }
 
 /// A range's newest page being fetched, and how many ranges ahead of the one being read
@@ -249,6 +257,8 @@ impl<P: PageSource> Follower<P> {
             // An absolute range reads no further than its end, at once if it is settled.
             let edge =
                 follow::settled(self.now(), lag, poll).min(until.map_or(i64::MAX, |u| u - 1));
+            self.edge = edge;
+            self.stand(&cp);
             let mut sent = false;
             if edge >= cp.next {
                 // From the grid line at or before `next`, so that a follower that started
@@ -275,6 +285,7 @@ impl<P: PageSource> Follower<P> {
                     return Ok(());
                 }
             }
+            self.stand(&cp);
             if ended(&cp) {
                 return Ok(());
             }
@@ -299,6 +310,12 @@ impl<P: PageSource> Follower<P> {
     /// Confluence ahead only makes it wait longer, so the gateway's own clock stands then.
     fn now(&self) -> i64 {
         (self.shared.clock)() + self.shared.offset.behind_ms()
+    }
+
+    /// Says how far `cp` is behind this tick's newest readable millisecond.
+    fn stand(&self, cp: &Checkpoint) {
+        self.position
+            .set(self.edge.saturating_sub(cp.next).saturating_add(1));
     }
 
     /// Warns, once a call, when the clocks are further apart than half the lag.
@@ -628,6 +645,7 @@ impl<P: PageSource> Follower<P> {
             } else {
                 follow::advance(cp, &part)
             };
+            self.stand(cp);
             let token =
                 checkpoint::encode(&self.shared.tokens, self.req.search_string.as_deref(), cp);
             let owned: Vec<Bytes> = part.into_iter().cloned().collect();
@@ -855,6 +873,7 @@ mod tests {
                 listing: listing.clone(),
                 clock: clock.clone(),
                 offset: Arc::default(),
+                positions: Arc::default(),
             };
             let mut rx = start(source.clone(), req, shared, ());
             let end = loop {
@@ -1089,6 +1108,7 @@ mod tests {
                 listing: Arc::default(),
                 clock: clock.clone(),
                 offset: Arc::default(),
+                positions: Arc::default(),
             };
             let started = tokio::time::Instant::now();
             let mut rx = start(ModelSource(model.clone()), req, shared, ());

@@ -36,7 +36,7 @@ use crate::{
     callers::{Caller, CallerTokens},
     credential::{Credential, CredentialMode},
     error::GatewayError,
-    metrics::METRICS,
+    metrics::{FollowPositions, METRICS},
     pb::{self, EncodedMessage, audit_service_server::AuditService, convert},
     shutdown::{Shutdown, Stopper},
     upstream::{clock::ClockOffset, fair::Urgency},
@@ -66,6 +66,8 @@ pub(crate) struct AuditGrpc {
     tick_spread: f64,
     /// What followers learned of the range listing's cap and bounds.
     listing: Arc<std::sync::Mutex<Listing>>,
+    /// Where this gateway's followers stand (`/metrics`).
+    positions: Arc<FollowPositions>,
     /// How far Confluence's clock is from the gateway's.
     offset: Arc<ClockOffset>,
     /// Each caller's own caps (streams here, misses in `pages`).
@@ -104,6 +106,7 @@ impl AuditGrpc {
             stopping: Stopper::new().shutdown(),
             tick_spread: fastrand::f64() / 2.0,
             listing: Arc::default(),
+            positions: Arc::default(),
             offset: Arc::default(),
             caps: Arc::new(CallerCaps::new(max_streams, 0)),
             caller_header: None,
@@ -204,6 +207,11 @@ impl AuditGrpc {
             idle_timeout: self.stream_idle_timeout,
             stopping: self.stopping.clone(),
         })
+    }
+
+    /// Where this gateway's followers stand, for `/metrics`.
+    pub(crate) fn follow_positions(&self) -> Arc<FollowPositions> {
+        self.positions.clone()
     }
 
     /// What the site's dialect refuses that Cloud takes, refused here with the field.
@@ -421,6 +429,7 @@ impl AuditGrpc {
             listing: self.listing.clone(),
             clock: follow::system_clock(),
             offset: self.offset.clone(),
+            positions: self.positions.clone(),
         };
         let warning = self.retention_warning(req.credential.as_ref(), &caller, req.checkpoint.next);
         let messages = follow::start(self.pages.clone(), req, shared, slot);
