@@ -138,6 +138,9 @@ counters! {
     /// Reloads of `--caller-tokens-file` that failed (deleted, unreadable, invalid): the
     /// last good set stays in force.
     caller_tokens_reload_errors: "Failed reloads of the caller tokens file (the last good set stays).",
+    /// Reloads of the TLS certificate files that failed (unreadable, invalid, mid-rotation):
+    /// the ones in use stay.
+    tls_reload_errors: "Failed reloads of the TLS certificate files (the ones in use stay).",
     /// Calls refused without a request because Confluence refused their passthrough
     /// credential within `--passthrough-negative-ttl`.
     passthrough_refused_locally: "Calls refused without a request: Confluence refused their credential lately.",
@@ -206,6 +209,8 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Bytes of the look-ahead budget reserved by streams and followers.
     pub lookahead_bytes: Gauge,
+    /// 1 while the Redis tier is found down (its operations skipped), else 0.
+    pub redis_down: Gauge,
     /// gRPC calls by method and the status code they ended with.
     grpc_handled: Family<GrpcLabels, Counter>,
     /// Duration of gRPC calls, from the call to its status.
@@ -305,6 +310,12 @@ impl Metrics {
                 &mut r,
                 "stream_lookahead_bytes",
                 "Bytes of --stream-buffer-bytes reserved by pages streams and followers fetched ahead.",
+                Gauge::default(),
+            ),
+            redis_down: registered(
+                &mut r,
+                "redis_down",
+                "1 while the Redis tier is found down and its operations are skipped, else 0.",
                 Gauge::default(),
             ),
             grpc_handled: registered(

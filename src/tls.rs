@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::metrics::METRICS;
+
 /// Longest a client may take over its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -74,6 +76,7 @@ impl ReloadingTls {
             }
             // Mid-rotation (the key written before the certificate, say): try again later.
             Err((flag, why)) => {
+                METRICS.tls_reload_errors.inc();
                 tracing::warn!(flag, %why, "TLS files do not load; keeping the ones in use")
             }
         }

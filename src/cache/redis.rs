@@ -278,6 +278,7 @@ impl RedisTier {
         self.paused_until.store(until.max(1), Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
             METRICS.redis_outages.inc();
+            METRICS.redis_down.set(1);
             tracing::warn!(
                 operation = what,
                 error = %redact(err, &self.url),
@@ -293,6 +294,7 @@ impl RedisTier {
             return;
         }
         if self.down.swap(false, Ordering::Relaxed) {
+            METRICS.redis_down.set(0);
             tracing::info!("Redis cache tier is back");
         }
         self.paused_until.store(0, Ordering::Relaxed);
