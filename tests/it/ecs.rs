@@ -576,3 +576,58 @@ fn the_reference_check_can_fail() {
     assert!(iso_ms("2025-11-27T16:29:17Z").is_err());
     assert_eq!(iso_ms("1970-01-01T00:00:01.002Z"), Ok(1002));
 }
+
+/// The shipper's own output: `follow --format ecs` over every record variant the
+/// simulator makes (its Data Center shapes repeat every 420 records), for both dialects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_writes_valid_ecs_documents_for_every_record_variant() {
+    for flavor in [Flavor::Cloud, Flavor::DataCenter] {
+        let data_center = flavor == Flavor::DataCenter;
+        let (_sim, gw) = sim_and_gateway(
+            SimulatorConfig {
+                records: 420,
+                seed: 5,
+                flavor,
+                base_path: if data_center {
+                    String::new()
+                } else {
+                    "/wiki".to_owned()
+                },
+                ..Default::default()
+            },
+            |c| {
+                if data_center {
+                    c.upstream.flavor = ConfluenceFlavor::DataCenter;
+                }
+            },
+        )
+        .await;
+        let gateway = format!("http://{}", gw.addr);
+        let output = run([
+            "follow",
+            "--gateway",
+            &gateway,
+            "--since",
+            "1h",
+            "--max-records",
+            "420",
+            "--lag",
+            "0s",
+            "--poll-interval",
+            "1s",
+            "--format",
+            "ecs",
+        ]
+        .map(str::to_owned)
+        .to_vec())
+        .await;
+        let dialect = if data_center { "data_center" } else { "cloud" };
+        let docs: Vec<Value> = output.lines().map(|l| check_line(l, dialect)).collect();
+        assert_eq!(docs.len(), 420, "{flavor:?}: one document per record");
+        let stamps: Vec<&str> = docs
+            .iter()
+            .filter_map(|d| d["@timestamp"].as_str())
+            .collect();
+        assert!(stamps.is_sorted(), "{flavor:?}: oldest first");
+    }
+}
