@@ -8,4 +8,5 @@ mod service;
 mod status;
 mod validate;
 
+pub(crate) use observe::code_name;
 pub(crate) use service::AuditGrpc;

@@ -12,12 +12,13 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use prost::Message;
-use prost_types::{ListValue, Struct, Timestamp, Value as PbValue, value::Kind};
+use prost_types::{Struct, Timestamp};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
-    direct::{LIST_VALUE, MAX_DEPTH, MEMBER, PAGE, Ptr, RECORD, STRUCT_VALUE},
+    deep::Deep,
+    direct::{MAX_DEPTH, MEMBER, PAGE, Ptr, RECORD, STRUCT_VALUE},
     to_json::value_to_json,
 };
 use crate::{error::GatewayError, pb};
@@ -59,7 +60,7 @@ fn page_to_proto(
         .and_then(Value::as_i64)
         .and_then(|n| i32::try_from(n).ok())
         .unwrap_or(count);
-    let mut deep = Deep::default();
+    let mut deep = Deep::within(MAX_DEPTH);
     let mut x = Extra::new(PAGE, Ptr::Root, &mut deep);
     x.keep_all(rest);
     let unknown_fields = x.finish();
@@ -77,7 +78,7 @@ fn page_to_proto(
 /// One DC entity as an `AuditRecord`; the pointers of values it carries as text are its
 /// own, into the entity's JSON.
 fn record_to_proto(mut entity: Map<String, Value>) -> pb::AuditRecord {
-    let mut deep = Deep::default();
+    let mut deep = Deep::within(MAX_DEPTH);
     let mut x = Extra::new(RECORD, Ptr::Root, &mut deep);
 
     let mut creation_time = None;
@@ -241,57 +242,6 @@ fn changed_to_proto(mut c: Map<String, Value>, at: Ptr<'_>, deep: &mut Deep) -> 
         hidden_old_value: None,
         hidden_new_value: None,
         unknown_fields: x.finish(),
-    }
-}
-
-/// Converts JSON into `google.protobuf.Value`s, each at a known message level: an object
-/// or array whose items would lie deeper than `MAX_DEPTH` goes as a string of its JSON
-/// text, its pointer listed in `paths` (the message's `json_text_paths`). The Cloud rule
-/// (`direct`, `from_json`), for owned JSON.
-#[derive(Default)]
-struct Deep {
-    paths: Vec<String>,
-}
-
-impl Deep {
-    /// `v` as the `Value` at message level `level`, found at `at`.
-    fn value(&mut self, v: Value, level: usize, at: Ptr<'_>) -> PbValue {
-        let items = match &v {
-            Value::Array(_) => level + LIST_VALUE,
-            Value::Object(_) => level + STRUCT_VALUE,
-            _ => level,
-        };
-        if items > MAX_DEPTH {
-            let mut path = String::new();
-            at.write(&mut path);
-            self.paths.push(path);
-            return PbValue {
-                kind: Some(Kind::StringValue(v.to_string())),
-            };
-        }
-        let kind = match v {
-            Value::Null => Kind::NullValue(0),
-            Value::Bool(b) => Kind::BoolValue(b),
-            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-            Value::String(s) => Kind::StringValue(s),
-            Value::Array(a) => Kind::ListValue(ListValue {
-                values: a
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, v)| self.value(v, items, Ptr::Index(&at, i)))
-                    .collect(),
-            }),
-            Value::Object(o) => Kind::StructValue(Struct {
-                fields: o
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let v = self.value(v, items, Ptr::Key(&at, &k));
-                        (k, v)
-                    })
-                    .collect(),
-            }),
-        };
-        PbValue { kind: Some(kind) }
     }
 }
 

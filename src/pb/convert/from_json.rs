@@ -4,7 +4,7 @@
 //! a value the typed field cannot hold goes into `unknown_fields` under its JSON key, and
 //! a value nested too deep for protobuf's decoders goes as its JSON text (`Deep`).
 
-use prost_types::{ListValue, Struct, Timestamp, Value as PbValue, value::Kind};
+use prost_types::{Struct, Timestamp, Value as PbValue};
 use serde_json::Value;
 
 use crate::{
@@ -13,9 +13,8 @@ use crate::{
 };
 
 // The message levels are `direct`'s, where they are documented.
-use super::direct::{
-    FIELD_VALUE, LIST_VALUE, MAP_VALUE, MAX_DEPTH, MEMBER, PAGE, Ptr, RECORD, STRUCT_VALUE,
-};
+use super::deep::Deep;
+use super::direct::{FIELD_VALUE, MAP_VALUE, MAX_DEPTH, MEMBER, PAGE, Ptr, RECORD, STRUCT_VALUE};
 
 /// Converts a parsed page into the `GetSinceResponse` message.
 pub(crate) fn page_to_proto(page: record::Page<'_>) -> pb::GetSinceResponse {
@@ -133,65 +132,6 @@ impl<T> Loose<T> {
             Loose::Typed(t) => typed(t),
             Loose::Raw(v) => v,
         }
-    }
-}
-
-/// Converts JSON into `google.protobuf.Value`s, each at a known message level: an object
-/// or array whose items would lie deeper than the limit goes as a string of its JSON text,
-/// its pointer listed in `paths` (the message's `json_text_paths`).
-struct Deep {
-    /// The deepest message level allowed.
-    limit: usize,
-    /// Pointers of the values carried as text.
-    paths: Vec<String>,
-}
-
-impl Deep {
-    fn within(limit: usize) -> Self {
-        Self {
-            limit,
-            paths: Vec::new(),
-        }
-    }
-
-    /// `v` as the `Value` at message level `level`, found at `at`.
-    fn value(&mut self, v: Value, level: usize, at: Ptr<'_>) -> PbValue {
-        let items = match &v {
-            Value::Array(_) => level + LIST_VALUE,
-            Value::Object(_) => level + STRUCT_VALUE,
-            _ => level,
-        };
-        if items > self.limit {
-            let mut path = String::new();
-            at.write(&mut path);
-            self.paths.push(path);
-            return PbValue {
-                kind: Some(Kind::StringValue(v.to_string())),
-            };
-        }
-        let kind = match v {
-            Value::Null => Kind::NullValue(0),
-            Value::Bool(b) => Kind::BoolValue(b),
-            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-            Value::String(s) => Kind::StringValue(s),
-            Value::Array(a) => Kind::ListValue(ListValue {
-                values: a
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, v)| self.value(v, items, Ptr::Index(&at, i)))
-                    .collect(),
-            }),
-            Value::Object(o) => Kind::StructValue(Struct {
-                fields: o
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let v = self.value(v, items, Ptr::Key(&at, &k));
-                        (k, v)
-                    })
-                    .collect(),
-            }),
-        };
-        PbValue { kind: Some(kind) }
     }
 }
 

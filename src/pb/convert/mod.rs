@@ -6,6 +6,7 @@
 //! `TimeUnit` mapping between the domain and the proto enum is written here once.
 
 mod data_center;
+mod deep;
 mod direct;
 #[cfg(test)]
 mod equivalence;
