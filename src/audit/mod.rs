@@ -2,6 +2,7 @@
 //! walks a live log exactly once. Nothing here knows gRPC or HTTP.
 
 pub(crate) mod anchor;
+pub(crate) mod calendar;
 pub(crate) mod checkpoint;
 pub(crate) mod follow;
 pub(crate) mod query;
