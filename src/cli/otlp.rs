@@ -41,11 +41,15 @@ pub(crate) struct OtlpArgs {
     /// Send each record as an OpenTelemetry log record over OTLP/gRPC to this receiver
     /// (e.g. http://otel-collector:4317) instead of writing it to an output; the
     /// checkpoint advances only after the receiver acknowledged the records.
-    #[arg(long, conflicts_with_all = ["output", "format"])]
+    #[arg(long, env = "AUDIT_GATEWAY_OTLP_LOGS_ENDPOINT", conflicts_with_all = ["output", "format"])]
     pub(crate) otlp_logs_endpoint: Option<String>,
 
     /// CA that signed an https:// --otlp-logs-endpoint's certificate (PEM).
-    #[arg(long, requires = "otlp_logs_endpoint")]
+    #[arg(
+        long,
+        env = "AUDIT_GATEWAY_OTLP_LOGS_CA",
+        requires = "otlp_logs_endpoint"
+    )]
     pub(crate) otlp_logs_ca: Option<PathBuf>,
 }
 
