@@ -674,7 +674,7 @@ async fn a_misbehaving_confluence_still_gets_every_surviving_record_exactly_once
         .filter(|&s| s <= top)
         .collect();
     assert!(
-        surviving.len() > 2000,
+        surviving.len() > 1000,
         "too little of the window survived to tell: {} of them, {} requests, top {top}",
         surviving.len(),
         sim.request_count()
