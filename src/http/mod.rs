@@ -186,7 +186,14 @@ where
     };
     tokio::spawn(async move {
         let mut position = String::new();
-        while let Some(item) = messages.next().await {
+        loop {
+            // A client that hung up ends the call now, not at its next message (a
+            // follower may send one an hour apart).
+            let item = tokio::select! {
+                item = messages.next() => item,
+                () = tx.closed() => return,
+            };
+            let Some(item) = item else { break };
             let chunk = match item.map(|m| to_lines(m.0, &mut position)) {
                 Ok(Ok(chunk)) => chunk,
                 Ok(Err(e)) => {

@@ -172,3 +172,58 @@ print(json.dumps({{"page": len(page["results"]), "stream": len(lines) - 1, "toke
     assert_eq!(got["stream"], 75);
     assert_eq!(got["token"], true);
 }
+
+/// A client that hangs up on a quiet follower ends it then, not at its next message (an
+/// hour away here): its stream slot is free again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_ends_its_follower_at_once() {
+    let sim = spawn_simulator(SimulatorConfig {
+        records: 5,
+        ..Default::default()
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("http-hang-{}-{}", std::process::id(), now_ms()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let tokens = dir.join("callers");
+    std::fs::write(&tokens, format!("siem:{TOKEN} max-streams=1\n")).expect("write");
+    let mut config = test_config(&sim.base_url());
+    config.caller_tokens_file = Some(tokens);
+    config.http_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let gw = spawn_gateway(config).await;
+    let http = gw.http.expect("an HTTP address");
+    let quiet = "/v1/audit/follow?pollInterval=3600s&lag=0s";
+    // The first follower: curl gives up after a second, taking the caller's one slot.
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "-m",
+        "1",
+        "-H",
+        &format!("Authorization: Bearer {TOKEN}"),
+    ])
+    .arg(format!("http://{http}{quiet}"));
+    let out = tokio::task::spawn_blocking(move || c.output())
+        .await
+        .expect("joined")
+        .expect("curl runs");
+    assert!(!out.status.success(), "curl timed out, hanging up");
+    // Its slot comes back within seconds: a second follower gets in.
+    let started = std::time::Instant::now();
+    loop {
+        let (code, body) = curl(
+            http,
+            "/v1/audit/follow?maxRecords=1&since=2020-01-01T00:00:00Z",
+            true,
+        )
+        .await;
+        if code == 200 {
+            break;
+        }
+        assert_eq!(code, 429, "{body}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the first follower still holds the slot: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
