@@ -209,8 +209,15 @@ impl PageService {
         cache: PageCache,
         fingerprints: FingerprintKey,
     ) -> Self {
+        // Pages of the two dialects differ (`AuditRecord.dialect`, the fields mapped): a
+        // Data Center site's are cached apart, so that replicas configured with different
+        // flavors for one URL never serve each other's. Cloud keys stay as they were.
+        let base_url = match client.dialect() {
+            Dialect::Cloud => client.base_url().into(),
+            Dialect::DataCenter => format!("data-center {}", client.base_url()).into(),
+        };
         Self {
-            base_url: client.base_url().into(),
+            base_url,
             client: Arc::new(client),
             cache,
             fingerprints: Arc::new(fingerprints),
@@ -485,6 +492,38 @@ mod tests {
             class: RetryClass::OneShot,
             share: &ANONYMOUS,
         }
+    }
+
+    #[test]
+    fn a_data_center_sites_pages_are_cached_apart_from_clouds() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let service = |dialect| {
+            let url = Url::parse("https://confluence.example.com").expect("url");
+            let client = ConfluenceClient::new(url, &UpstreamConfig::DEFAULT)
+                .expect("client")
+                .with_dialect(dialect);
+            PageService::new(
+                client,
+                PageCache::new(crate::cache::CacheConfig::DEFAULT, None),
+                FingerprintKey::from_secret(b"salt"),
+            )
+        };
+        let req = PageRequest {
+            query: PageQuery::default(),
+            credential: None,
+            refresh: false,
+            deadline: None,
+            persistent: false,
+            caller: Caller::anonymous(),
+            urgency: Urgency::now(),
+            metered: false,
+        };
+        let (cloud, dc) = (service(Dialect::Cloud), service(Dialect::DataCenter));
+        assert_eq!(
+            &*cloud.key_of(&req).base_url,
+            "https://confluence.example.com/"
+        );
+        assert_ne!(cloud.key_of(&req), dc.key_of(&req));
     }
 
     /// A client of `base_url` holding at most one body at a time.
