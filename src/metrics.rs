@@ -66,6 +66,12 @@ struct GrpcLabels {
     grpc_code: &'static str,
 }
 
+/// The gateway's version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
 /// A gRPC method.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabel {
@@ -256,6 +262,18 @@ impl Metrics {
     fn new() -> Self {
         let mut r = Registry::with_prefix("audit_gateway");
         let counters = Counters::register(&mut r);
+        // 1, labelled with the version: dashboards join on it to tell replicas apart
+        // during a rollout. The registry keeps it; nothing sets it again.
+        registered(
+            &mut r,
+            "build_info",
+            "The gateway's version, as a label of a gauge that is always 1.",
+            Family::<VersionLabel, Gauge>::default(),
+        )
+        .get_or_create(&VersionLabel {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
         Self {
             counters,
             upstream_failures: registered(
@@ -763,6 +781,10 @@ mod tests {
         assert!((-5.5..=-4.0).contains(&offset), "{offset}");
         assert!(text.contains("# TYPE audit_gateway_confluence_clock_offset_seconds gauge"));
         assert!(text.contains("# TYPE audit_gateway_upstream_retries counter"));
+        assert!(text.contains(&format!(
+            "audit_gateway_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(text.matches("# EOF").count(), 1);
         // Another gateway in the process, nothing seen yet: its own 0.
