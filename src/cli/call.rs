@@ -301,3 +301,32 @@ pub(crate) async fn get_page(args: &GetArgs) -> Result<pb::GetSinceResponse, Com
         .map_err(|s| CommandError::status(&s, ""))?
         .into_inner())
 }
+
+/// `retention` settings.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct RetentionArgs {
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+}
+
+/// Calls `GetRetention` and prints Confluence's retention period as one JSON line:
+/// `number`, `units` and, but for FOREVER, `seconds`.
+pub(crate) async fn retention(args: &RetentionArgs) -> Result<(), CommandError> {
+    let mut client = connect(&args.connect).await?;
+    let mut request = Request::new(pb::GetRetentionRequest {});
+    authorize(&mut request, args.connect.authorization.as_ref())?;
+    let r = client
+        .get_retention(request)
+        .await
+        .map_err(|s| CommandError::status(&s, ""))?
+        .into_inner();
+    let units = pb::TimeUnit::try_from(r.units)
+        .map(|u| u.as_str_name().trim_start_matches("TIME_UNIT_").to_owned())
+        .unwrap_or_else(|_| r.units.to_string());
+    let mut line = serde_json::json!({ "number": r.number, "units": units });
+    if let Some(p) = r.period {
+        line["seconds"] = serde_json::Value::from(p.seconds);
+    }
+    println!("{line}");
+    Ok(())
+}

@@ -1,5 +1,5 @@
 //! The command line, part of the binary (`src/main.rs`), not of the library: `serve`,
-//! the `get`, `stream`, `follow` and `export` client commands and, with the `simulator` feature,
+//! the `get`, `stream`, `follow`, `export` and `retention` client commands and, with the `simulator` feature,
 //! `simulate` and `demo`. Clap structs are named `*Args` and live here; they fill the
 //! library's `GatewayConfig`. The client commands use only the library's public proto
 //! types (`audit_gateway::pb`).
@@ -43,6 +43,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Call `GetSince` on a gateway and print the page as Confluence's JSON.
     Get(call::GetArgs),
+    /// Call `GetRetention` on a gateway: how long Confluence keeps its audit log.
+    Retention(call::RetentionArgs),
     /// Call `StreamSince` on a gateway and print each record as one JSON line.
     Stream(call::StreamArgs),
     /// Follow a gateway's `Follow` call: append records to a file as they arrive and keep a
@@ -92,6 +94,7 @@ impl Cli {
                     .map_err(|e| CommandError::other(Chain(&e).to_string()))
             }
             Command::Get(args) => call::get(&args).await,
+            Command::Retention(args) => call::retention(&args).await,
             Command::Stream(args) => {
                 let (count, token) = call::stream(&args).await?;
                 eprintln!("{count} records; resume token: {token}");

@@ -150,3 +150,39 @@ async fn a_window_older_than_the_retention_period_is_warned() {
         "asked once"
     );
 }
+
+/// `audit-gateway retention` prints the period as one JSON line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_command_prints_the_period() {
+    use confluence_sim::{Retention, RetentionUnit, SimulatorConfig};
+    let (_sim, gw) = crate::common::sim_and_gateway(
+        SimulatorConfig {
+            retention: Retention {
+                number: 2,
+                units: RetentionUnit::Weeks,
+            },
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let gateway = format!("http://{}", gw.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        crate::common::binary()
+            .args(["retention", "--gateway", &gateway])
+            .output()
+    })
+    .await
+    .expect("joined")
+    .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(
+        line,
+        serde_json::json!({ "number": 2, "units": "WEEKS", "seconds": 2 * 7 * 86_400 })
+    );
+}
