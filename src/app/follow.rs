@@ -19,7 +19,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -46,7 +46,10 @@ use crate::{
     metrics::{FollowPosition, FollowPositions, METRICS},
     pb::wire::{self, PageView},
     shutdown::Shutdown,
-    upstream::{clock::ClockOffset, fair::Urgency},
+    upstream::{
+        clock::{ClockOffset, now_ms},
+        fair::Urgency,
+    },
 };
 
 /// Records per message at most.
@@ -779,13 +782,6 @@ async fn join(mut fetch: Fetch) -> Result<PageView, GatewayError> {
     (&mut fetch.0)
         .await
         .map_err(|e| GatewayError::Internal(format!("page fetch task failed: {e}")))?
-}
-
-/// Now, epoch ms.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn millis(d: Duration) -> i64 {

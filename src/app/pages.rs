@@ -264,20 +264,11 @@ impl PageService {
         caller: &Caller,
         deadline: Option<Instant>,
     ) -> Result<Retention, GatewayError> {
-        let fingerprint: Arc<str> = credential.map_or_else(
-            || "anonymous".into(),
-            |c| c.fingerprint(&self.fingerprints).into(),
-        );
+        let fingerprint = self.fingerprint_of(credential);
         if let Some(known) = self.retentions.known(&fingerprint) {
             return known;
         }
-        let share = Share {
-            id: caller.id.clone(),
-            label: caller.label.clone(),
-            weight: caller.weight,
-            cap: None,
-            urgency: Urgency::now(),
-        };
+        let share = caller_share(caller, Urgency::now());
         let bounds = FetchBounds {
             deadline,
             class: RetryClass::OneShot,
@@ -301,11 +292,17 @@ impl PageService {
 
     /// The retention period if Confluence answered it to `credential` lately.
     pub(crate) fn known_retention(&self, credential: Option<&Credential>) -> Option<Retention> {
-        let fingerprint = credential.map_or_else(
-            || "anonymous".to_owned(),
-            |c| c.fingerprint(&self.fingerprints),
-        );
-        self.retentions.known(&fingerprint)?.ok()
+        self.retentions
+            .known(&self.fingerprint_of(credential))?
+            .ok()
+    }
+
+    /// Whom Confluence answers: the credential's keyed fingerprint, or `anonymous`.
+    fn fingerprint_of(&self, credential: Option<&Credential>) -> Arc<str> {
+        credential.map_or_else(
+            || "anonymous".into(),
+            |c| c.fingerprint(&self.fingerprints).into(),
+        )
     }
 
     /// The page as an encoded `GetSinceResponse`.
@@ -381,13 +378,9 @@ impl PageService {
 
     /// Where `req`'s page is cached: the query under the credential's keyed fingerprint.
     fn key_of(&self, req: &PageRequest) -> PageKey {
-        let credential = req.credential.as_ref().map_or_else(
-            || "anonymous".to_owned(),
-            |c| c.fingerprint(&self.fingerprints),
-        );
         PageKey {
             base_url: self.base_url.clone(),
-            credential: credential.into(),
+            credential: self.fingerprint_of(req.credential.as_ref()),
             query: req.query.clone(),
         }
     }
@@ -408,14 +401,7 @@ impl PageService {
     /// waits for: the caller's, or, for a credential Confluence has never accepted, the
     /// one small share all such credentials have together.
     fn share_of(&self, req: &PageRequest, fingerprint: &str) -> (bool, Share) {
-        let caller = &req.caller;
-        let mut share = Share {
-            id: caller.id.clone(),
-            label: caller.label.clone(),
-            weight: caller.weight,
-            cap: None,
-            urgency: req.urgency.clone(),
-        };
+        let mut share = caller_share(&req.caller, req.urgency.clone());
         let (Some((every, accepted)), Some(_)) = (&self.revalidate, &req.credential) else {
             return (false, share);
         };
@@ -428,6 +414,17 @@ impl PageService {
                 (true, share)
             }
         }
+    }
+}
+
+/// `caller`'s turn at Confluence, uncapped, as soon as `urgency` says.
+fn caller_share(caller: &Caller, urgency: Urgency) -> Share {
+    Share {
+        id: caller.id.clone(),
+        label: caller.label.clone(),
+        weight: caller.weight,
+        cap: None,
+        urgency,
     }
 }
 

@@ -4,7 +4,7 @@
 use std::{
     pin::Pin,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use tokio::sync::Semaphore;
@@ -39,7 +39,10 @@ use crate::{
     metrics::{FollowPositions, METRICS},
     pb::{self, EncodedMessage, audit_service_server::AuditService, convert},
     shutdown::{Shutdown, Stopper},
-    upstream::{clock::ClockOffset, fair::Urgency},
+    upstream::{
+        clock::{ClockOffset, now_ms},
+        fair::Urgency,
+    },
 };
 
 /// The gRPC service.
@@ -238,9 +241,7 @@ impl AuditGrpc {
         caller: &Caller,
     ) -> Result<follow::FollowRequest, GatewayError> {
         let received = Instant::now();
-        let received_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let received_ms = now_ms();
         let md = request.metadata();
         let p = validate::follow_params(request.get_ref(), &self.tokens, received_ms)?;
         self.dialect_limits(p.search_string.as_deref())?;
@@ -460,13 +461,6 @@ fn warned<T>(mut response: Response<T>, warning: Warning) -> Response<T> {
         response.metadata_mut().insert("retention-warning", w);
     }
     response
-}
-
-/// Now, epoch ms.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A streaming call's answer, boxed as tonic wants it.

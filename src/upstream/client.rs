@@ -310,7 +310,7 @@ impl ConfluenceClient {
             (Dialect::Cloud, Span::Since { .. }) => (self.since.clone(), query.to_params()),
             (Dialect::Cloud, Span::Range { .. }) => (self.range.clone(), query.to_params()),
             (Dialect::DataCenter, _) => {
-                let now = now_ms().saturating_add(self.clock.offset_ms());
+                let now = super::clock::now_ms().saturating_add(self.clock.offset_ms());
                 (self.events.clone(), query.to_data_center_params(now))
             }
         };
@@ -344,11 +344,8 @@ impl ConfluenceClient {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             let mut request = self.http.get(url.clone()).timeout(self.settings.timeout);
-            if let Some(c) = credential
-                && let Ok(mut value) = header::HeaderValue::from_str(c.expose())
-            {
-                value.set_sensitive(true);
-                request = request.header(header::AUTHORIZATION, value);
+            if let Some(c) = credential {
+                request = request.header(header::AUTHORIZATION, authorization(c)?);
             }
             match request.send().await {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Ok(Dialect::Cloud),
@@ -773,9 +770,7 @@ impl ConfluenceClient {
         telemetry::inject_current(&mut trace);
         request = request.headers(trace);
         if let Some(c) = credential {
-            let mut value = header::HeaderValue::from_str(c.expose())
-                .map_err(|_| GatewayError::Internal("credential is not a header value".into()))?;
-            value.set_sensitive(true);
+            let value = authorization(c).map_err(|e| GatewayError::Internal(e.to_string()))?;
             request = request.header(header::AUTHORIZATION, value);
         }
         if let Some(answer) = events.vetoed() {
@@ -1006,6 +1001,9 @@ pub(crate) enum ClientError {
     /// The HTTP client could not be built (its TLS roots, say).
     #[error("cannot build the HTTP client")]
     Http(#[source] reqwest::Error),
+    /// The credential cannot go in an HTTP header.
+    #[error("the credential is not a header value")]
+    NotAHeader,
     /// `--confluence-flavor auto` got no answer to its probe.
     #[error(
         "cannot tell Cloud from Data Center: {0}; set --confluence-flavor cloud or data-center"
@@ -1029,11 +1027,13 @@ fn audit_endpoint(base: &Url, tail: &[&str]) -> Result<Url, ClientError> {
     Ok(url)
 }
 
-/// Now, epoch ms, by the gateway's clock.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// `credential` as an `Authorization` value, kept out of debug output and HTTP/2 header
+/// compression tables.
+fn authorization(credential: &Credential) -> Result<header::HeaderValue, ClientError> {
+    let mut value =
+        header::HeaderValue::from_str(credential.expose()).map_err(|_| ClientError::NotAHeader)?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// `{base}/rest/auditing/1.0/events`: Data Center's auditing API, beside `/rest/api`.

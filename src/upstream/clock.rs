@@ -137,6 +137,13 @@ fn midpoint(lo: i64, hi: i64) -> i64 {
     lo + (hi - lo) / 2
 }
 
+/// The gateway's own clock, epoch ms (0 before 1970).
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// An HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`, or the obsolete forms) as epoch seconds.
 pub(crate) fn http_date_secs(value: &str) -> Option<i64> {
     let at = httpdate::parse_http_date(value.trim()).ok()?;
