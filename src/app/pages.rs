@@ -268,6 +268,17 @@ impl PageService {
         if let Some(known) = self.retentions.known(&fingerprint) {
             return known;
         }
+        let lookup = self.retentions.lookup(&fingerprint);
+        // Waiting for another caller's lookup is bounded by this caller's deadline too.
+        let _one_at_a_time = within_deadline(
+            deadline,
+            "the deadline passed waiting for Confluence's retention period",
+            async { Ok(lookup.lock().await) },
+        )
+        .await?;
+        if let Some(known) = self.retentions.known(&fingerprint) {
+            return known;
+        }
         let share = caller_share(caller, Urgency::now());
         let bounds = FetchBounds {
             deadline,

@@ -22,14 +22,19 @@ const MAX_ENTRIES: usize = 4096;
 /// Confluence's answer, and when it came.
 type Answer = (Instant, Result<Retention, GatewayError>);
 
-/// Retention periods by credential fingerprint, with when they were read.
+/// Retention periods by credential fingerprint, with when they were read, and the
+/// lookups in flight: callers asking together (streams starting at once) wait for one
+/// lookup rather than each sending their own.
 #[derive(Debug, Default)]
-pub(crate) struct Retentions(Mutex<HashMap<Arc<str>, Answer>>);
+pub(crate) struct Retentions {
+    answers: Mutex<HashMap<Arc<str>, Answer>>,
+    lookups: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+}
 
 impl Retentions {
     /// What Confluence last answered for `fingerprint`, while still believed.
     pub(crate) fn known(&self, fingerprint: &str) -> Option<Result<Retention, GatewayError>> {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
         let (at, answer) = map.get(fingerprint)?;
         let keep = if answer.is_ok() {
             KEEP_ANSWER
@@ -41,11 +46,21 @@ impl Retentions {
 
     /// Remembers Confluence's answer for `fingerprint`.
     pub(crate) fn note(&self, fingerprint: Arc<str>, answer: Result<Retention, GatewayError>) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
         map.insert(fingerprint, (Instant::now(), answer));
+    }
+
+    /// The lock one lookup for `fingerprint` holds: whoever takes it after another looks
+    /// at what that one noted before asking again.
+    pub(crate) fn lookup(&self, fingerprint: &Arc<str>) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.lookups.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_ENTRIES {
+            map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        map.entry(fingerprint.clone()).or_default().clone()
     }
 }
 

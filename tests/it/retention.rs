@@ -186,3 +186,36 @@ async fn the_retention_command_prints_the_period() {
         serde_json::json!({ "number": 2, "units": "WEEKS", "seconds": 2 * 7 * 86_400 })
     );
 }
+
+/// Streams starting together while the period is unknown ask Confluence for it once,
+/// not once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_starting_together_look_the_period_up_once() {
+    use confluence_sim::{AuditEndpoint, SimulatorConfig};
+    let (sim, gw) = crate::common::sim_and_gateway(
+        SimulatorConfig {
+            records: 10,
+            latency: std::time::Duration::from_millis(200),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let streams: Vec<_> = (0..20)
+        .map(|_| {
+            let mut client = gw.client.clone();
+            tokio::spawn(async move {
+                let mut s = client
+                    .stream_since(pb::StreamSinceRequest::default())
+                    .await
+                    .expect("opens")
+                    .into_inner();
+                while s.message().await.expect("ends OK").is_some() {}
+            })
+        })
+        .collect();
+    for s in streams {
+        s.await.expect("joined");
+    }
+    assert_eq!(sim.request_count_of(AuditEndpoint::Retention), 1);
+}
