@@ -79,10 +79,11 @@ pub(crate) async fn handle<B>(
         Some(Fault::Delay(delay)) => delay,
         _ => Duration::ZERO,
     };
-    let delay = admission.latency.saturating_add(extra_delay);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    // The latency is the time from the request's arrival to its answer, rendering
+    // included, as a server's response time is: the answer is made at once and held
+    // back until then (sleeping first and rendering after made every request take the
+    // latency plus its rendering, on cores the client under test shares).
+    let answer_at = tokio::time::Instant::now() + admission.latency.saturating_add(extra_delay);
     let cut = admission.cut;
     let near_limit = match admission.fault {
         Some(Fault::NearLimit(reset)) => Some(reset),
@@ -119,6 +120,7 @@ pub(crate) async fn handle<B>(
             Some(_) => answer(shared.clone(), &recorded, admission).await,
         },
     };
+    tokio::time::sleep_until(answer_at).await;
     // Every answer is dated by the simulator's clock, off the host's by `clock_offset`
     // (hyper dates only answers that carry no `Date`).
     if let Ok(date) = HeaderValue::from_str(&http_date(shared.now_ms())) {
