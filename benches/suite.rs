@@ -778,16 +778,19 @@ async fn p3_prefetch() -> Vec<Row> {
 async fn p5_shared_window() -> Vec<Row> {
     const RECORDS: usize = 20_500;
     let latency = Duration::from_millis(20);
-    let sim = support::simulator(SimulatorConfig {
+    // The simulator apart (when it received each request is this measure's clock) and
+    // the gateway in its own process: neither waits behind the 100 clients' work on
+    // this process's runtime to take a request in or to learn where the window ends.
+    let sim = support::simulator_apart(SimulatorConfig {
         records: RECORDS,
         latency,
         ..Default::default()
-    })
-    .await;
-    let addr = support::gateway(&sim.base_url(), |_| {}, std::future::pending()).await;
+    });
+    let (mut child, addr) = support::spawn_gateway_binary(&sim.base_url(), &[]);
+    let t = Instant::now();
     let mut connections = Vec::new();
     for _ in 0..10 {
-        connections.push(support::grpc(addr).await);
+        connections.push(support::grpc(&addr).await);
     }
     let tasks: Vec<_> = (0..100)
         .map(|i| {
@@ -803,6 +806,9 @@ async fn p5_shared_window() -> Vec<Row> {
     for t in tasks {
         complete += usize::from(t.await.expect("stream") == RECORDS);
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    trace_requests(&sim, t);
     // (start, limit, received) of each request of the window's endpoint.
     let fetches: Vec<(usize, usize, Instant)> = sim
         .requests()
@@ -838,7 +844,7 @@ async fn p5_shared_window() -> Vec<Row> {
     vec![
         Row {
             id: "P5",
-            generator: "in-process tonic clients",
+            generator: "in-process tonic clients, gateway in its own process",
             measure: format!(
                 "100 concurrent StreamSince of one {RECORDS}-record window, pages of 1000 ({complete}/100 complete)"
             ),
@@ -850,7 +856,7 @@ async fn p5_shared_window() -> Vec<Row> {
         },
         Row {
             id: "P5",
-            generator: "in-process tonic clients",
+            generator: "in-process tonic clients, gateway in its own process",
             measure: format!(
                 "fetches past the window's end (start >= {RECORDS}) after the short page was answered ({past_end} before or after)"
             ),
@@ -880,9 +886,15 @@ async fn p9_backfill() -> Row {
     // The newest record is dated at the simulator's start: after lag and a poll
     // interval the first range holds the whole log, so reading is what is timed.
     tokio::time::sleep(support::follow::LAG + support::follow::POLL).await;
+    let cpu = |pid| support::h2load::cpu_time(pid);
+    let (gateway_cpu, own_cpu) = (cpu(child.id()), cpu(std::process::id()));
     let t = Instant::now();
     let (got, _) = support::follow::backfill(&addr, RECORDS).await;
     let took = t.elapsed();
+    // Where the two cores went: the gateway's process, and this one's (simulator and
+    // client).
+    let gateway_cpu = cpu(child.id()).saturating_sub(gateway_cpu);
+    let own_cpu = cpu(std::process::id()).saturating_sub(own_cpu);
     trace_requests(&sim, t);
     let peak = support::vm_hwm_kib(child.id()) as f64 / 1024.0;
     let _ = child.kill();
@@ -896,9 +908,11 @@ async fn p9_backfill() -> Row {
         id: "P9",
         generator: "in-process tonic client, gateway in its own process",
         measure: format!(
-            "Follow backfill of 1,000,000 records from since=0, pages of 1000 at {latency:?}/request, default settings ({got} delivered in {took:.2?}, {} range requests, at most {} at once; gateway peak RSS {peak:.1} MiB)",
+            "Follow backfill of 1,000,000 records from since=0, pages of 1000 at {latency:?}/request, default settings ({got} delivered in {took:.2?}, {} range requests, at most {} at once; gateway peak RSS {peak:.1} MiB; CPU: gateway {:.2}s, simulator and client {:.2}s)",
             sim.request_count_of(AuditEndpoint::Range),
-            sim.max_in_flight()
+            sim.max_in_flight(),
+            gateway_cpu.as_secs_f64(),
+            own_cpu.as_secs_f64(),
         ),
         value: format!("{rate:.0} records/s"),
         reference: format!("bound {in_flight} x 1000 / {latency:?} = {bound:.0} records/s"),

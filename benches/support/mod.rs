@@ -19,6 +19,26 @@ pub async fn simulator(config: SimulatorConfig) -> SimulatorHandle {
     harness::simulator(config).await
 }
 
+/// A simulator on a thread and runtime of its own, until it is shut down: the times it
+/// records requests at are not held up by the load the bench puts on its own runtime
+/// (100 streams' clients and a gateway on two cores delay a shared runtime's tasks by
+/// tens of milliseconds).
+pub fn simulator_apart(config: SimulatorConfig) -> SimulatorHandle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let sim = harness::simulator(config).await;
+            tx.send(sim.clone()).expect("handed over");
+            sim.stopped().await;
+        });
+    });
+    rx.recv().expect("simulator started")
+}
+
 /// A gateway in this process in front of `confluence`, its defaults changed by
 /// `tweak`; it runs until `stop` resolves.
 pub async fn gateway(

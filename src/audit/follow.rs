@@ -322,29 +322,36 @@ pub(crate) fn undelivered<R: Anchored>(
     page: &[R],
 ) -> Vec<usize> {
     let mut seen = checkpoint.seen.clone();
-    let mut out: Vec<usize> = (0..page.len())
+    // (date, index): each record's date is read once, not at every comparison.
+    let mut out: Vec<(i64, usize)> = (0..page.len())
         .rev()
-        .filter(|&i| {
+        .filter_map(|i| {
             let r = &page[i];
             let date = r.date();
             if date < checkpoint.next || !(slice.from..=slice.to).contains(&date) {
-                return false;
+                return None;
             }
             if date == checkpoint.next
                 && let Ok(at) = seen.binary_search(&r.id())
             {
                 seen.remove(at);
-                return false;
+                return None;
             }
-            true
+            Some((date, i))
         })
         .collect();
     // Oldest first, and records sharing a millisecond by digest: the same range gives
     // the same order whatever order Confluence listed them in, so an export cut and
     // resumed writes the bytes an uninterrupted one does (the first part delivered of a
-    // millisecond is its least digests, the rest follows them).
-    out.sort_by_key(|&i| (page[i].date(), page[i].id()));
-    out
+    // millisecond is its least digests, the rest follows them). Digests are taken only
+    // where dates tie, once each.
+    out.sort_by_key(|&(date, _)| date);
+    for tied in out.chunk_by_mut(|a, b| a.0 == b.0) {
+        if tied.len() > 1 {
+            tied.sort_by_cached_key(|&(_, i)| page[i].id());
+        }
+    }
+    out.into_iter().map(|(_, i)| i).collect()
 }
 
 /// The checkpoint after delivering `records` (oldest first) from `checkpoint`.

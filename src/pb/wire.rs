@@ -64,18 +64,19 @@ impl PageView {
 }
 
 /// `AuditRecord.creation_date` of an encoded record (0 when absent, as protobuf reads it).
+/// Records are encoded by this gateway, each field once, so the first occurrence is the
+/// value: the walk stops there, near the record's start, rather than going through
+/// the rest (followers read each record's date several times).
 pub(crate) fn creation_date(record: &[u8]) -> Result<i64, WireError> {
     let mut buf = record;
-    let mut date = 0;
     while buf.has_remaining() {
         let (tag, wire) = decode_key(&mut buf)?;
         if (tag, wire) == (CREATION_DATE, WireType::Varint) {
-            date = decode_varint(&mut buf)? as i64;
-        } else {
-            skip(wire, &mut buf)?;
+            return Ok(decode_varint(&mut buf)? as i64);
         }
+        skip(wire, &mut buf)?;
     }
-    Ok(date)
+    Ok(0)
 }
 
 /// An encoded `StreamSinceResponse` of these records and token.

@@ -579,6 +579,13 @@ impl SimulatorHandle {
     pub fn shutdown(&self) {
         self.inner.stop.send_replace(true);
     }
+
+    /// Resolves once [`SimulatorHandle::shutdown`] was called (for a simulator run on a
+    /// runtime of its own, which may end then).
+    pub async fn stopped(&self) {
+        let mut stop = self.inner.stop.subscribe();
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }
 }
 
 impl std::fmt::Debug for SimulatorHandle {
