@@ -11,7 +11,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{Arc, LazyLock, RwLock},
 };
 
 use ring::digest;
@@ -62,11 +62,16 @@ pub(crate) struct Caller {
     pub miss_rate: Option<u32>,
 }
 
+/// The anonymous caller, made once: every call nobody identified is it, and cloning it
+/// costs no allocation.
+static ANONYMOUS: LazyLock<Caller> =
+    LazyLock::new(|| Caller::other("anonymous".into(), "anonymous"));
+
 impl Caller {
     /// Every call nobody identified: one caller, which per-caller caps leave alone (it is
     /// the whole gateway's traffic, whose caps are gateway-wide).
     pub(crate) fn anonymous() -> Self {
-        Self::other("anonymous".into(), "anonymous")
+        ANONYMOUS.clone()
     }
 
     /// A caller identified by something not named in the tokens file.

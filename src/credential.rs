@@ -1,7 +1,7 @@
 //! Credentials for Confluence: the `Authorization` header value, never printed, and its
 //! keyed fingerprint, which is what cache keys hold instead.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use ring::hmac;
@@ -16,8 +16,9 @@ pub(crate) enum CredentialMode {
 }
 
 /// An `Authorization` header value for Confluence. `Debug` and `Display` redact it.
+/// Shared, not copied: the configured credential goes with every call.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Credential(String);
+pub(crate) struct Credential(Arc<str>);
 
 impl Credential {
     /// Basic auth, as Confluence Cloud takes an account email and API token.
@@ -25,10 +26,9 @@ impl Credential {
         if email.is_empty() || api_token.is_empty() {
             return Err("the email and the API token must not be empty");
         }
-        Ok(Self(format!(
-            "Basic {}",
-            STANDARD.encode(format!("{email}:{api_token}"))
-        )))
+        Ok(Self(
+            format!("Basic {}", STANDARD.encode(format!("{email}:{api_token}"))).into(),
+        ))
     }
 
     /// A bearer token: a Data Center personal access token, or an OAuth 2.0 token.
@@ -55,7 +55,7 @@ impl Credential {
         {
             return Err("the credential holds characters a header cannot carry");
         }
-        Ok(Self(value.to_owned()))
+        Ok(Self(value.into()))
     }
 
     /// The header value itself; only the upstream client may call this.

@@ -81,6 +81,9 @@ impl Gateway {
             PageCache::new(config.cache.clone(), shared),
             checked.fingerprints,
         );
+        if let CredentialMode::Configured(Some(credential)) = &checked.credentials {
+            pages = pages.configured(credential);
+        }
         if matches!(checked.credentials, CredentialMode::Passthrough) {
             pages = pages
                 .revalidating(config.passthrough_revalidate)

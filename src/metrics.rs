@@ -6,7 +6,7 @@
 use std::{
     convert::Infallible,
     future::Future,
-    sync::{Arc, LazyLock, atomic::AtomicU64},
+    sync::{Arc, LazyLock, OnceLock, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -101,6 +101,21 @@ pub(crate) enum Tier {
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The methods of `confluence.audit.v1.AuditService`, whose call series are kept at hand.
+const METHODS: [&str; 4] = ["GetSince", "StreamSince", "Follow", "GetRetention"];
+/// gRPC's status codes, 0 to 16.
+const CODES: usize = 17;
+
+/// One method's call series, each looked up in its family the first time it is counted
+/// and held from then on: a family's look-up hashes its labels and takes a lock, on
+/// every call otherwise. Created lazily, so `/metrics` lists only series that happened.
+#[derive(Default)]
+struct CallSeries {
+    /// By status code.
+    handled: [OnceLock<Counter>; CODES],
+    seconds: OnceLock<Histogram>,
+}
 
 /// Seconds from 1 ms to about 2 minutes: a cache hit to a slow upstream page.
 fn latency_histogram() -> Histogram {
@@ -221,6 +236,10 @@ pub struct Metrics {
     grpc_handled: Family<GrpcLabels, Counter>,
     /// Duration of gRPC calls, from the call to its status.
     grpc_seconds: Histograms<MethodLabel>,
+    /// `grpc_handled` and `grpc_seconds` of each of `METHODS`, as looked up.
+    call_series: [CallSeries; METHODS.len()],
+    /// `cache_lookups` by tier (memory, redis) and result (hit, miss), as looked up.
+    lookup_series: [[OnceLock<Counter>; 2]; 2],
     /// gRPC streaming calls open (StreamSince streams, Follow followers).
     grpc_open_streams: Family<MethodLabel, Gauge>,
     /// Authenticated calls, by caller name.
@@ -348,6 +367,8 @@ impl Metrics {
                 "Duration of gRPC calls, from the call to its status.",
                 Family::new_with_constructor(latency_histogram),
             ),
+            call_series: Default::default(),
+            lookup_series: Default::default(),
             grpc_open_streams: registered(
                 &mut r,
                 "grpc_server_open_streams",
@@ -444,13 +465,16 @@ impl Metrics {
 
     /// Counts a page cache lookup in `tier`.
     pub(crate) fn cache_lookup(&self, tier: Tier, hit: bool) {
-        let tier = match tier {
-            Tier::Memory => "memory",
-            Tier::Redis => "redis",
+        let (at, tier) = match tier {
+            Tier::Memory => (0, "memory"),
+            Tier::Redis => (1, "redis"),
         };
         let result = if hit { "hit" } else { "miss" };
-        self.cache_lookups
-            .get_or_create(&LookupLabels { tier, result })
+        self.lookup_series[at][usize::from(hit)]
+            .get_or_init(|| {
+                self.cache_lookups
+                    .get_or_create_owned(&LookupLabels { tier, result })
+            })
             .inc();
     }
 
@@ -510,18 +534,38 @@ impl Metrics {
             .map_or(0, |c| c.get())
     }
 
-    /// Counts a gRPC call of `method` that ended with `code` after `took`.
-    pub(crate) fn grpc_call(&self, method: &'static str, code: &'static str, took: Duration) {
-        self.grpc_handled
-            .get_or_create(&GrpcLabels {
-                grpc_method: method,
-                grpc_code: code,
-            })
+    /// Counts a gRPC call of `method` that ended with status code number `code`, named
+    /// `code_name`, after `took`.
+    pub(crate) fn grpc_call(
+        &self,
+        method: &'static str,
+        (code, code_name): (usize, &'static str),
+        took: Duration,
+    ) {
+        let labels = GrpcLabels {
+            grpc_method: method,
+            grpc_code: code_name,
+        };
+        let by_method = MethodLabel {
+            grpc_method: method,
+        };
+        let series = METHODS
+            .iter()
+            .position(|m| *m == method)
+            .and_then(|at| self.call_series.get(at));
+        let Some(series) = series.filter(|_| code < CODES) else {
+            self.grpc_handled.get_or_create(&labels).inc();
+            self.grpc_seconds
+                .get_or_create(&by_method)
+                .observe(took.as_secs_f64());
+            return;
+        };
+        series.handled[code]
+            .get_or_init(|| self.grpc_handled.get_or_create_owned(&labels))
             .inc();
-        self.grpc_seconds
-            .get_or_create(&MethodLabel {
-                grpc_method: method,
-            })
+        series
+            .seconds
+            .get_or_init(|| self.grpc_seconds.get_or_create_owned(&by_method))
             .observe(took.as_secs_f64());
     }
 
@@ -717,7 +761,7 @@ mod tests {
         let bodies = METRICS.upstream_malformed_bodies();
         METRICS.upstream_failed(&GatewayError::MalformedBody("cut".into()));
         assert_eq!(METRICS.upstream_malformed_bodies(), bodies + 1);
-        METRICS.grpc_call("GetSince", "OK", Duration::from_millis(3));
+        METRICS.grpc_call("GetSince", (0, "OK"), Duration::from_millis(3));
         METRICS.upstream_request(Some(429), Duration::from_millis(40));
         METRICS.cache_lookup(Tier::Memory, true);
         let text = METRICS.render();

@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, LazyLock, Mutex},
     time::{Duration, Instant},
 };
 
@@ -36,6 +36,10 @@ const MAX_ACCEPTED: usize = 10_000;
 /// yet shares: guessing credentials through the gateway goes one request at a time.
 const UNVERIFIED_SLOTS: usize = 1;
 
+/// Whom Confluence answers without a credential, made once: every anonymous page's key
+/// holds it.
+static ANONYMOUS: LazyLock<Arc<str>> = LazyLock::new(|| "anonymous".into());
+
 /// One page request, already validated.
 #[derive(Clone, Debug)]
 pub(crate) struct PageRequest {
@@ -67,6 +71,9 @@ pub(crate) struct PageService {
     cache: PageCache,
     base_url: Arc<str>,
     fingerprints: Arc<FingerprintKey>,
+    /// The configured credential and its fingerprint, made once: an HMAC per call
+    /// otherwise, for the same answer.
+    configured: Option<(Credential, Arc<str>)>,
     /// With `--auth-passthrough`: how long Confluence's acceptance of a caller's
     /// credential lets cached pages be served to it, and when it last accepted each
     /// (by fingerprint). A revoked token stops reading within that time.
@@ -221,6 +228,7 @@ impl PageService {
             client: Arc::new(client),
             cache,
             fingerprints: Arc::new(fingerprints),
+            configured: None,
             revalidate: None,
             refused: Arc::default(),
             caps: Arc::new(CallerCaps::new(usize::MAX, 0)),
@@ -237,6 +245,13 @@ impl PageService {
     /// The keyed fingerprint of `credential`, as cache keys and caller identities hold it.
     pub(crate) fn fingerprint(&self, credential: &Credential) -> String {
         credential.fingerprint(&self.fingerprints)
+    }
+
+    /// Fingerprints `credential`, the gateway's own, once now rather than on every call.
+    pub(crate) fn configured(mut self, credential: &Credential) -> Self {
+        let fingerprint = self.fingerprint(credential).into();
+        self.configured = Some((credential.clone(), fingerprint));
+        self
     }
 
     /// Serves a cached page to a caller's credential only if Confluence accepted that
@@ -310,10 +325,11 @@ impl PageService {
 
     /// Whom Confluence answers: the credential's keyed fingerprint, or `anonymous`.
     fn fingerprint_of(&self, credential: Option<&Credential>) -> Arc<str> {
-        credential.map_or_else(
-            || "anonymous".into(),
-            |c| c.fingerprint(&self.fingerprints).into(),
-        )
+        match (credential, &self.configured) {
+            (None, _) => ANONYMOUS.clone(),
+            (Some(c), Some((known, fingerprint))) if c == known => fingerprint.clone(),
+            (Some(c), _) => c.fingerprint(&self.fingerprints).into(),
+        }
     }
 
     /// The page as an encoded `GetSinceResponse`.
@@ -345,8 +361,9 @@ impl PageService {
         let loading = Load {
             client: self.client.clone(),
             refused: self.refused.clone(),
-            query: req.query.clone(),
-            credential: req.credential.clone(),
+            // Moved, not cloned: the key has its own copy, and a hit needs neither.
+            query: req.query,
+            credential: req.credential,
             fingerprint: key.credential.clone(),
             class,
             share,

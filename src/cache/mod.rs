@@ -18,7 +18,7 @@ use crate::audit::PageQuery;
 
 /// What a cached page is filed under. It never holds a credential, only its keyed
 /// fingerprint.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PageKey {
     /// The Confluence base URL.
     pub base_url: Arc<str>,
@@ -26,6 +26,16 @@ pub(crate) struct PageKey {
     pub credential: Arc<str>,
     /// The page's query, defaults applied.
     pub query: PageQuery,
+}
+
+/// Every lookup hashes its key: the base URL is left out, as one gateway's keys all
+/// hold the same one, so hashing it would tell none of them apart (equality still
+/// compares it).
+impl std::hash::Hash for PageKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.credential.hash(state);
+        self.query.hash(state);
+    }
 }
 
 impl PageKey {

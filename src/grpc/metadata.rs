@@ -2,15 +2,27 @@
 //! caller's credential (`authorization`), cache directives (`cache-control`) and the
 //! caller's name a mesh put in a header (`--caller-header`).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::LazyLock,
+    time::{Duration, Instant},
+};
 
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap};
 
 use crate::{credential::Credential, error::GatewayError};
 
+/// The keys every call looks up, parsed once: a `&str` key is parsed and checked on
+/// each look-up.
+static AUTHORIZATION: LazyLock<MetadataKey<Ascii>> =
+    LazyLock::new(|| MetadataKey::from_static("authorization"));
+static GRPC_TIMEOUT: LazyLock<MetadataKey<Ascii>> =
+    LazyLock::new(|| MetadataKey::from_static("grpc-timeout"));
+static CACHE_CONTROL: LazyLock<MetadataKey<Ascii>> =
+    LazyLock::new(|| MetadataKey::from_static("cache-control"));
+
 /// The bearer token of the caller's `authorization` metadata, if it has one.
 pub(crate) fn bearer_token(md: &MetadataMap) -> Option<&str> {
-    let value = md.get("authorization")?.to_str().ok()?.trim();
+    let value = md.get(&*AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -68,7 +80,7 @@ fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
 }
 
 pub(super) fn deadline(md: &MetadataMap, received: Instant) -> Option<Instant> {
-    let timeout = parse_grpc_timeout(md.get("grpc-timeout")?.to_str().ok()?)?;
+    let timeout = parse_grpc_timeout(md.get(&*GRPC_TIMEOUT)?.to_str().ok()?)?;
     // A tenth, 5 ms to 250 ms: enough for the status to cross a loaded host first.
     let margin = (timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(250));
     Some(received + timeout.saturating_sub(margin))
@@ -94,17 +106,21 @@ pub(super) fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 
 /// Whether the caller asked to bypass cached pages (`no-cache`, `no-store`, `max-age=0`).
 pub(super) fn wants_fresh(md: &MetadataMap) -> bool {
-    md.get_all("cache-control")
+    md.get_all(&*CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|d| d.trim().to_ascii_lowercase())
-        .any(|d| d == "no-cache" || d == "no-store" || d == "max-age=0")
+        .map(str::trim)
+        .any(|d| {
+            ["no-cache", "no-store", "max-age=0"]
+                .iter()
+                .any(|f| d.eq_ignore_ascii_case(f))
+        })
 }
 
 /// The caller's own credential, for `--auth-passthrough`.
 pub(super) fn caller_credential(md: &MetadataMap) -> Result<Credential, GatewayError> {
-    let value = md.get("authorization").ok_or_else(|| {
+    let value = md.get(&*AUTHORIZATION).ok_or_else(|| {
         GatewayError::MissingCredential(
             "this gateway forwards each caller's credential: send 'authorization' metadata \
              ('Basic …' or 'Bearer …')"

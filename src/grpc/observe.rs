@@ -90,7 +90,7 @@ pub(crate) fn record<T>(
         Ok(_) => Code::Ok,
         Err(s) => s.code(),
     };
-    METRICS.grpc_call(method, code_name(code), started.elapsed());
+    METRICS.grpc_call(method, (code as usize, code_name(code)), started.elapsed());
     result
 }
 
@@ -121,7 +121,11 @@ impl<S> Observed<S> {
     fn end(&mut self, code: Code) {
         if !self.ended {
             self.ended = true;
-            METRICS.grpc_call(self.method, code_name(code), self.started.elapsed());
+            METRICS.grpc_call(
+                self.method,
+                (code as usize, code_name(code)),
+                self.started.elapsed(),
+            );
         }
     }
 }
