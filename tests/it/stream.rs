@@ -478,6 +478,41 @@ async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
 }
 
 #[tokio::test]
+async fn a_slow_reader_is_read_ahead_only_as_far_as_it_needs() {
+    // Pages land in milliseconds, the reader takes one every 20 ms: a page or two ahead
+    // covers a fetch, not the default prefetch of 32.
+    let (sim, gw) = setup(20_000, SimulatorConfig::default(), |_| {}).await;
+    let mut client = gw.small_window_client().await;
+    let mut s = client
+        .stream_since(window(200))
+        .await
+        .expect("opens")
+        .into_inner();
+    let read = 30;
+    for _ in 0..read {
+        s.message().await.expect("ok").expect("a page");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut last = sim.request_count();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let now = sim.request_count();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    // As in the test above, three pages between the reader and the producer; then the
+    // look-ahead, with room for fetches slowed by a busy machine.
+    let bound = read + 3 + default_prefetch() / 2;
+    assert!(
+        last <= bound,
+        "{last} upstream requests with {read} pages read (bound {bound})"
+    );
+    drop(s);
+}
+
+#[tokio::test]
 async fn a_cancelled_stream_stops_fetching() {
     let (sim, gw) = setup(
         20_000,
