@@ -10,7 +10,7 @@ use std::{
 };
 
 use backon::Retryable;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use reqwest::{StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
@@ -165,17 +165,72 @@ pub(crate) struct FetchBounds<'a> {
 
 /// A 200 body and the body permit it was read under. They go together: whoever holds
 /// the body holds the permit, so a conversion that outlives its caller (on the blocking
-/// pool, `src/app/pages.rs`) still counts against `--upstream-max-body` × permits.
+/// pool, `src/app/pages.rs`) still counts against `--upstream-max-body` × permits. Its
+/// buffer goes back to `buffers` when it is dropped.
 #[derive(Debug)]
 pub(crate) struct PageBody {
-    bytes: Bytes,
+    bytes: BytesMut,
+    buffers: Arc<BodyBuffers>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl PageBody {
     /// The body's bytes.
-    pub(crate) fn bytes(&self) -> &Bytes {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+impl Drop for PageBody {
+    fn drop(&mut self) {
+        self.buffers.give(std::mem::take(&mut self.bytes));
+    }
+}
+
+/// Buffers of bodies already converted, kept for the next ones: a page's body is hundreds
+/// of KiB, and a buffer that size freshly allocated is memory the kernel maps and faults
+/// in page by page, then takes back (about a third of the gateway's page faults in a long
+/// backfill). At most one per body permit, each at most [`KEPT_BUFFER_BYTES`], so what
+/// they keep is bounded whatever the bodies' sizes.
+#[derive(Debug)]
+struct BodyBuffers {
+    kept: std::sync::Mutex<Vec<BytesMut>>,
+    most: usize,
+}
+
+/// The largest buffer kept for reuse (a 1000-record page's body is 0.7–1.2 MB).
+const KEPT_BUFFER_BYTES: usize = 2 << 20;
+
+impl BodyBuffers {
+    fn new(most: usize) -> Self {
+        Self {
+            kept: std::sync::Mutex::new(Vec::with_capacity(most)),
+            most,
+        }
+    }
+
+    /// An empty buffer: one kept, or a new one.
+    fn take(&self) -> BytesMut {
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Keeps `buffer` for a later body, if there is room for it.
+    fn give(&self, mut buffer: BytesMut) {
+        if buffer.capacity() == 0 || buffer.capacity() > KEPT_BUFFER_BYTES {
+            return;
+        }
+        buffer.clear();
+        let mut kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() < self.most {
+            kept.push(buffer);
+        }
     }
 }
 
@@ -208,6 +263,8 @@ pub(crate) struct ConfluenceClient {
     /// One permit per 200 body held (`body_permits`), shared by clones: with
     /// `max_body_bytes`, the bound on the memory bodies take.
     bodies: Arc<Semaphore>,
+    /// Their buffers, once converted, for the next bodies.
+    buffers: Arc<BodyBuffers>,
     /// Cool-downs other replicas started, when they share them (Redis).
     shared_cooldowns: Option<Shared>,
     /// Cuts of paced limits other replicas made, when they share them (Redis).
@@ -253,6 +310,7 @@ impl ConfluenceClient {
                 settings.concurrency,
             )),
             bodies: Arc::new(Semaphore::new(body_permits())),
+            buffers: Arc::new(BodyBuffers::new(body_permits())),
             shared_cooldowns: None,
             shared_paces: None,
             base_url,
@@ -852,7 +910,7 @@ impl ConfluenceClient {
                 .acquire_owned()
                 .await
                 .map_err(|_| GatewayError::Internal("the body limiter was closed".into()))?;
-            let bytes = read_capped(response, self.max_body_bytes)
+            let bytes = read_capped(response, self.max_body_bytes, self.buffers.take())
                 .await
                 .map_err(|e| match e {
                     ReadError::TooLarge { limit } => GatewayError::BodyTooLarge { limit },
@@ -870,6 +928,7 @@ impl ConfluenceClient {
                 })?;
             return Ok(PageBody {
                 bytes,
+                buffers: self.buffers.clone(),
                 _permit: permit,
             });
         }
@@ -917,7 +976,7 @@ impl ConfluenceClient {
         let retry_after =
             ratelimit::retry_after(response.headers()).map(|d| d.min(self.settings.max_cooldown));
         // A body that cannot be read only costs us Confluence's message.
-        let body = read_capped(response, MAX_ERROR_BODY)
+        let body = read_capped(response, MAX_ERROR_BODY, BytesMut::new())
             .await
             .unwrap_or_default();
         let failure = classify(status.as_u16());
@@ -1076,14 +1135,19 @@ enum ReadError {
     },
 }
 
-/// Reads a body up to `cap` bytes; more is an error, never a truncated page, and so is
-/// less than its `Content-Length`.
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, ReadError> {
+/// Reads a body up to `cap` bytes into `body` (emptied first); more is an error, never a
+/// truncated page, and so is less than its `Content-Length`.
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+    mut body: BytesMut,
+) -> Result<BytesMut, ReadError> {
     let expected = response.content_length();
     if expected.is_some_and(|n| n > cap as u64) {
         return Err(ReadError::TooLarge { limit: cap });
     }
-    let mut body = BytesMut::with_capacity(expected.map_or(8192, |n| n as usize));
+    body.clear();
+    body.reserve(expected.map_or(8192, |n| n as usize));
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(chunk)) => chunk,
@@ -1112,7 +1176,7 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Byte
             cause: None,
         });
     }
-    Ok(body.freeze())
+    Ok(body)
 }
 
 /// A 200 body that ended early, after `read` bytes of `expected` (when the answer said):
@@ -1251,5 +1315,32 @@ mod tests {
             b"",
         );
         assert!(m.contains("Confluence Administrator"), "{m}");
+    }
+
+    #[test]
+    fn body_buffers_are_kept_emptied_one_per_permit_and_never_large() {
+        let buffers = BodyBuffers::new(2);
+        let mut a = buffers.take();
+        a.extend_from_slice(&[7; 600 << 10]);
+        let a_at = a.as_ptr();
+        buffers.give(a);
+        // The same allocation comes back, empty, with its room.
+        let b = buffers.take();
+        assert_eq!((b.len(), b.as_ptr()), (0, a_at));
+        assert!(b.capacity() >= 600 << 10);
+        // No more than `most` are kept.
+        for _ in 0..3 {
+            let mut c = BytesMut::new();
+            c.extend_from_slice(b"x");
+            buffers.give(c);
+        }
+        assert_eq!(buffers.kept.lock().expect("not poisoned").len(), 2);
+        // One larger than KEPT_BUFFER_BYTES goes back to the system.
+        let empty = BodyBuffers::new(2);
+        let mut large = BytesMut::new();
+        large.extend_from_slice(&vec![0; KEPT_BUFFER_BYTES + 1]);
+        empty.give(large);
+        assert!(empty.kept.lock().expect("not poisoned").is_empty());
+        drop(b);
     }
 }
