@@ -888,6 +888,7 @@ async fn p9_backfill() -> Row {
     tokio::time::sleep(support::follow::LAG + support::follow::POLL).await;
     let cpu = |pid| support::h2load::cpu_time(pid);
     let (gateway_cpu, own_cpu) = (cpu(child.id()), cpu(std::process::id()));
+    let faults = support::h2load::minor_faults(child.id());
     let t = Instant::now();
     let (got, _) = support::follow::backfill(&addr, RECORDS).await;
     let took = t.elapsed();
@@ -895,6 +896,7 @@ async fn p9_backfill() -> Row {
     // client).
     let gateway_cpu = cpu(child.id()).saturating_sub(gateway_cpu);
     let own_cpu = cpu(std::process::id()).saturating_sub(own_cpu);
+    let faults = support::h2load::minor_faults(child.id()).saturating_sub(faults);
     trace_requests(&sim, t);
     let peak = support::vm_hwm_kib(child.id()) as f64 / 1024.0;
     let _ = child.kill();
@@ -908,7 +910,7 @@ async fn p9_backfill() -> Row {
         id: "P9",
         generator: "in-process tonic client, gateway in its own process",
         measure: format!(
-            "Follow backfill of 1,000,000 records from since=0, pages of 1000 at {latency:?}/request, default settings ({got} delivered in {took:.2?}, {} range requests, at most {} at once; gateway peak RSS {peak:.1} MiB; CPU: gateway {:.2}s, simulator and client {:.2}s)",
+            "Follow backfill of 1,000,000 records from since=0, pages of 1000 at {latency:?}/request, default settings ({got} delivered in {took:.2?}, {} range requests, at most {} at once; gateway peak RSS {peak:.1} MiB; CPU: gateway {:.2}s ({faults} page faults), simulator and client {:.2}s)",
             sim.request_count_of(AuditEndpoint::Range),
             sim.max_in_flight(),
             gateway_cpu.as_secs_f64(),

@@ -421,19 +421,29 @@ pub fn serve_bare_if_asked() {
     std::process::exit(1);
 }
 
+/// Fields `from..from + n` (numbered as proc(5) does, from 1) of /proc/PID/stat.
+fn stat_fields(pid: u32, from: usize, n: usize) -> Vec<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .skip(from - 3)
+        .take(n)
+        .filter_map(|f| f.parse().ok())
+        .collect()
+}
+
 /// CPU time (user + system) `pid` has used so far, from /proc/PID/stat.
 pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces), from field 3 on: utime and
-    // stime are fields 14 and 15, in clock ticks.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    // utime and stime, fields 14 and 15, in clock ticks.
+    let ticks: u64 = stat_fields(pid, 14, 2).iter().sum();
     // SAFETY: sysconf reads a constant of the system; no memory is shared.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Duration::from_secs_f64(fields.iter().sum::<u64>() as f64 / hz)
+    Duration::from_secs_f64(ticks as f64 / hz)
+}
+
+/// Page faults `pid` has taken so far that needed no I/O (minflt, field 10): each is
+/// fresh memory the kernel mapped in.
+pub fn minor_faults(pid: u32) -> u64 {
+    stat_fields(pid, 10, 1).first().copied().unwrap_or(0)
 }

@@ -400,11 +400,7 @@ impl<P: PageSource> Follower<P> {
                         // Read after the older pieces: from this page while few are held
                         // and the budget has room for it.
                         stack.push(newest);
-                        if held.len() < MAX_HELD_PAGES
-                            && let Some(room) = self.shared.lookahead.reserve(&self.sizes)
-                        {
-                            held.insert(newest, (page, room));
-                        }
+                        self.hold(&mut held, newest, page);
                     }
                     wide.extend(pieces[..first_wide].iter().copied());
                     stack.extend(pieces.into_iter().rev());
@@ -489,14 +485,9 @@ impl<P: PageSource> Follower<P> {
             let Ok(page) = join(fetch).await else {
                 return;
             };
-            let complete = match self.judge(slice, &page) {
-                Ok(Length::Whole) => true,
-                Ok(Length::Cut) => false,
-                Ok(Length::Unsure) if follow::reaches_before(slice, &page.records) => true,
-                _ => {
-                    ahead.insert(slice, Fetch::landed(page, urgency, room));
-                    return;
-                }
+            let Ok(Some(complete)) = self.length_says(slice, &page) else {
+                ahead.insert(slice, Fetch::landed(page, urgency, room));
+                return;
             };
             let grain = self.listing().grain;
             match follow::plan(slice, &page.records, complete, grain) {
@@ -510,11 +501,7 @@ impl<P: PageSource> Follower<P> {
                     let mut replaced: Vec<Slice> = pieces.into_iter().rev().collect();
                     if let Some(newest) = newest {
                         replaced.insert(0, newest);
-                        if held.len() < MAX_HELD_PAGES
-                            && let Some(room) = self.shared.lookahead.reserve(&self.sizes)
-                        {
-                            held.insert(newest, (page, room));
-                        }
+                        self.hold(held, newest, page);
                     }
                     // The walk goes on from the oldest piece, now on top of the rest.
                     let added = replaced.len();
@@ -539,23 +526,42 @@ impl<P: PageSource> Follower<P> {
     /// lengths Confluence returned (never from the `limit` it echoes), and when they cannot
     /// tell, from a read at the page's end.
     async fn whole(&self, slice: Slice, page: &PageView) -> Result<bool, GatewayError> {
+        if let Some(whole) = self.length_says(slice, page)? {
+            return Ok(whole);
+        }
+        METRICS.follow_confirm_reads.inc();
         let n = page.records.len();
-        match self.judge(slice, page)? {
-            Length::Whole => Ok(true),
-            Length::Cut => Ok(false),
+        let start = i32::try_from(n).unwrap_or(i32::MAX);
+        let next = join(self.fetch(slice, start, false)).await?;
+        self.judge(slice, &next)?;
+        let beyond = !next.records.is_empty();
+        if beyond {
+            self.listing().cut(n);
+        }
+        Ok(!beyond)
+    }
+
+    /// Whether `page`, the newest of `slice`, holds the whole slice, as far as its
+    /// length tells (`judge`) or its reaching past the slice's start does; `None` when
+    /// only a read at the page's end can tell.
+    fn length_says(&self, slice: Slice, page: &PageView) -> Result<Option<bool>, GatewayError> {
+        Ok(match self.judge(slice, page)? {
+            Length::Whole => Some(true),
+            Length::Cut => Some(false),
             // Its length aside, a page reaching past the slice's start holds all of it.
-            Length::Unsure if follow::reaches_before(slice, &page.records) => Ok(true),
-            Length::Unsure => {
-                METRICS.follow_confirm_reads.inc();
-                let start = i32::try_from(n).unwrap_or(i32::MAX);
-                let next = join(self.fetch(slice, start, false)).await?;
-                self.judge(slice, &next)?;
-                let beyond = !next.records.is_empty();
-                if beyond {
-                    self.listing().cut(n);
-                }
-                Ok(!beyond)
-            }
+            Length::Unsure if follow::reaches_before(slice, &page.records) => Some(true),
+            Length::Unsure => None,
+        })
+    }
+
+    /// Keeps `page` to deliver `newest` (the newest part of its range) from when its turn
+    /// comes, while few pages are held and the look-ahead budget has room for it; past
+    /// that, `newest` is asked for again then.
+    fn hold(&self, held: &mut HashMap<Slice, (PageView, Reserved)>, newest: Slice, page: PageView) {
+        if held.len() < MAX_HELD_PAGES
+            && let Some(room) = self.shared.lookahead.reserve(&self.sizes)
+        {
+            held.insert(newest, (page, room));
         }
     }
 
@@ -831,6 +837,43 @@ mod tests {
         end: Option<GatewayError>,
     }
 
+    /// A request to follow from `checkpoint`, polling every `POLL` with `LAG`.
+    fn request(checkpoint: Checkpoint, max_records: Option<u64>) -> FollowRequest {
+        FollowRequest {
+            search_string: None,
+            checkpoint,
+            poll: POLL,
+            lag: LAG,
+            max_records,
+            until: None,
+            credential: None,
+            caller: Caller::anonymous(),
+            deadline: None,
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+
+    /// What a gateway's followers share, reading `prefetch` slices ahead within a
+    /// look-ahead budget of `lookahead` bytes.
+    fn shared(
+        (tokens, listing, clock): (Arc<TokenKey>, Arc<Mutex<Listing>>, Clock),
+        prefetch: usize,
+        lookahead: u64,
+    ) -> Shared {
+        Shared {
+            tokens,
+            late: Arc::default(),
+            stopping: Shutdown::never(),
+            prefetch,
+            lookahead: Arc::new(LookAhead::new(lookahead)),
+            tick_spread: 0.0,
+            listing,
+            clock,
+            offset: Arc::default(),
+            positions: Arc::default(),
+        }
+    }
+
     /// Follows the model from `since` as a shipper would, until its checkpoint passes
     /// `until`: on an error or at `max_records`, a new call resumes from the last
     /// checkpoint. Every call shares one gateway's `listing`, as followers of one
@@ -847,30 +890,8 @@ mod tests {
         let mut cp = Checkpoint::at(since);
         let mut delivered = Vec::new();
         for _ in 0..500 {
-            let req = FollowRequest {
-                search_string: None,
-                checkpoint: cp.clone(),
-                poll: POLL,
-                lag: LAG,
-                max_records,
-                until: None,
-                credential: None,
-                caller: Caller::anonymous(),
-                deadline: None,
-                idle_timeout: Duration::from_secs(3600),
-            };
-            let shared = Shared {
-                tokens: key.clone(),
-                late: Arc::default(),
-                stopping: Shutdown::never(),
-                prefetch: 3,
-                lookahead: Arc::new(LookAhead::new(lookahead)),
-                tick_spread: 0.0,
-                listing: listing.clone(),
-                clock: clock.clone(),
-                offset: Arc::default(),
-                positions: Arc::default(),
-            };
+            let req = request(cp.clone(), max_records);
+            let shared = shared((key.clone(), listing.clone(), clock.clone()), 3, lookahead);
             let mut rx = start(source.clone(), req, shared, ());
             let end = loop {
                 match rx.recv().await {
@@ -1082,30 +1103,8 @@ mod tests {
                 .with_clock(clock.clone())
                 .with_latency(100);
             let model = Arc::new(Mutex::new(model));
-            let req = FollowRequest {
-                search_string: None,
-                checkpoint: Checkpoint::at(BASE - 100_000_000),
-                poll: POLL,
-                lag: LAG,
-                max_records: Some(10),
-                until: None,
-                credential: None,
-                caller: Caller::anonymous(),
-                deadline: None,
-                idle_timeout: Duration::from_secs(3600),
-            };
-            let shared = Shared {
-                tokens: key(),
-                late: Arc::default(),
-                stopping: Shutdown::never(),
-                prefetch: 32,
-                lookahead: Arc::new(LookAhead::new(u64::MAX)),
-                tick_spread: 0.0,
-                listing: Arc::default(),
-                clock: clock.clone(),
-                offset: Arc::default(),
-                positions: Arc::default(),
-            };
+            let req = request(Checkpoint::at(BASE - 100_000_000), Some(10));
+            let shared = shared((key(), Arc::default(), clock.clone()), 32, u64::MAX);
             let started = tokio::time::Instant::now();
             let mut rx = start(ModelSource(model.clone()), req, shared, ());
             let first = loop {

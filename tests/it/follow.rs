@@ -12,8 +12,8 @@ use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
 use crate::common::{
-    Canned, Finished, StubUpstream, finish_within, now_ms, seq, sim_and_gateway, spawn_gateway,
-    spawn_simulator, test_config,
+    Canned, Finished, StubUpstream, finish_within, live_log, now_ms, seq, sim_and_gateway,
+    spawn_gateway, spawn_simulator, test_config,
 };
 
 const SALT: &str = "follow-tests-salt-0123456789";
@@ -106,24 +106,6 @@ impl Consumer {
 
     fn assert_exactly(&self, want: Vec<(i64, u64)>) {
         crate::common::assert_exactly_once(&self.got, want);
-    }
-}
-
-/// A live log: bursts sharing a millisecond, listed in a new order by every request,
-/// byte-identical duplicates, and a third of new records visible only up to 300 ms late.
-fn live_log(seed: u64) -> SimulatorConfig {
-    SimulatorConfig {
-        records: 3000,
-        seed,
-        ties: 4,
-        duplicate_every: 9,
-        live: Some(Live {
-            per_second: 150.0,
-            burst: 6,
-        }),
-        late_share: 0.3,
-        late_by: Duration::from_millis(300),
-        ..Default::default()
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use audit_gateway::testing::process::{self, TempDir};
-use confluence_sim::{Live, SimulatorConfig};
+use confluence_sim::SimulatorConfig;
 use opentelemetry_proto::tonic::{
     collector::logs::v1::{
         ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -28,7 +28,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tonic::{Request, Response, Status};
 
-use crate::common::{Finished, finish_within, now_ms, sim_and_gateway};
+use crate::common::{Finished, finish_within, live_log, now_ms, sim_and_gateway};
 
 /// One Export the receiver recorded, before it answered.
 struct Batch {
@@ -274,23 +274,7 @@ enum Kill {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_reaches_an_otlp_receiver_that_dies_and_comes_back() {
-    let (sim, gw) = sim_and_gateway(
-        SimulatorConfig {
-            records: 3000,
-            seed: 41,
-            ties: 4,
-            duplicate_every: 9,
-            live: Some(Live {
-                per_second: 150.0,
-                burst: 6,
-            }),
-            late_share: 0.3,
-            late_by: Duration::from_millis(300),
-            ..Default::default()
-        },
-        |_| {},
-    )
-    .await;
+    let (sim, gw) = sim_and_gateway(live_log(41), |_| {}).await;
     let dir = TempDir::new("otlp-logs");
     let (checkpoint, log) = (dir.path().join("checkpoint.json"), dir.path().join("log"));
     let shared: Arc<Mutex<Recorded>> = Arc::default();

@@ -440,6 +440,21 @@ async fn many_consumers_of_one_window_cost_one_upstream_call_per_page() {
     );
 }
 
+/// The simulator's request count once it stops moving (looked at every 30 ms, for 1.5 s
+/// at most).
+async fn requests_once_still(sim: &SimulatorHandle) -> usize {
+    let mut last = sim.request_count();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let now = sim.request_count();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
 #[tokio::test]
 async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
     let prefetch = 4;
@@ -457,16 +472,8 @@ async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
     for _ in 0..read {
         s.message().await.expect("ok").expect("a page");
     }
-    // Stop reading; wait until the request count stops moving (bounded), then check.
-    let mut last = sim.request_count();
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let now = sim.request_count();
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    // Stop reading, then check.
+    let last = requests_once_still(&sim).await;
     // Ahead of what was read: a message in flow-control buffers, one in the channel,
     // one held by the producer, and the prefetch window.
     let bound = read + 3 + prefetch;
@@ -493,15 +500,7 @@ async fn a_slow_reader_is_read_ahead_only_as_far_as_it_needs() {
         s.message().await.expect("ok").expect("a page");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut last = sim.request_count();
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let now = sim.request_count();
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = requests_once_still(&sim).await;
     // As in the test above, three pages between the reader and the producer; then the
     // look-ahead, with room for fetches slowed by a busy machine.
     let bound = read + 3 + default_prefetch() / 2;

@@ -8,7 +8,7 @@ use audit_gateway::{
     pb::{self, audit_service_client::AuditServiceClient},
     testing::harness,
 };
-use confluence_sim::{SimulatorConfig, SimulatorHandle};
+use confluence_sim::{Live, SimulatorConfig, SimulatorHandle};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tonic::transport::Channel;
 
@@ -216,3 +216,21 @@ pub fn assert_exactly_once(got: &[(i64, u64)], want: Vec<(i64, u64)>) {
 }
 
 pub use audit_gateway::testing::process::{Finished, finish_within};
+
+/// A live log: bursts sharing a millisecond, listed in a new order by every request,
+/// byte-identical duplicates, and a third of new records visible only up to 300 ms late.
+pub fn live_log(seed: u64) -> SimulatorConfig {
+    SimulatorConfig {
+        records: 3000,
+        seed,
+        ties: 4,
+        duplicate_every: 9,
+        live: Some(Live {
+            per_second: 150.0,
+            burst: 6,
+        }),
+        late_share: 0.3,
+        late_by: Duration::from_millis(300),
+        ..Default::default()
+    }
+}
