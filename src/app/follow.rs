@@ -30,7 +30,7 @@ use tokio::{
 use tracing::Instrument;
 
 use super::{
-    lookahead::{LookAhead, PageSize, Reserved},
+    lookahead::{Depth, LookAhead, PageSize, Reserved},
     stream::{self, Item, Messages, PageSource},
 };
 use crate::{
@@ -159,6 +159,7 @@ pub(crate) fn start<P: PageSource>(
 ) -> Messages {
     METRICS.follows_started.inc();
     let follower = Follower {
+        depth: Depth::new(shared.prefetch),
         pages,
         position: shared.positions.enter(),
         edge: i64::MIN,
@@ -181,6 +182,8 @@ struct Follower<P> {
     skew_warned: bool,
     /// How large this follower's pages are.
     sizes: Arc<PageSize>,
+    /// How many ranges it reads ahead: as many as it needs, within the prefetch.
+    depth: Depth,
     /// Its place among the gateway's followers (`/metrics`).
     position: FollowPosition,
     /// The newest millisecond this tick may read.
@@ -367,9 +370,10 @@ impl<P: PageSource> Follower<P> {
             // While this slice is one to be cut into many, only the pages of others like it
             // are fetched ahead: its pieces come first.
             let cutting = wide.remove(&slice);
-            self.expand(&mut stack, &mut ahead, &mut held, &mut wide)
+            let depth = self.depth_for(slice, &ahead, &held);
+            self.expand(&mut stack, &mut ahead, &mut held, &mut wide, depth)
                 .await;
-            self.look_ahead(&stack, &mut ahead, &held, &wide, cutting);
+            self.look_ahead(&stack, &mut ahead, &held, &wide, cutting, depth);
             let (page, complete) = match held.remove(&slice) {
                 Some((page, _room)) => (page, true),
                 None => {
@@ -416,8 +420,26 @@ impl<P: PageSource> Follower<P> {
         Ok(Read::Done { sent, whole })
     }
 
-    /// Fetches the next unread slices of `stack` (its top first) ahead, up to the prefetch
-    /// window: cut to fill most of a page each, most of them are read once. Past the
+    /// How many slices to keep fetched ahead now that the reader comes to `slice`
+    /// ([`Depth`]): fewer while their pages wait landed for a slow reader, more when the
+    /// reader finds its page still in flight.
+    fn depth_for(
+        &mut self,
+        slice: Slice,
+        ahead: &HashMap<Slice, Fetch>,
+        held: &HashMap<Slice, (PageView, Reserved)>,
+    ) -> usize {
+        let next_landed = if held.contains_key(&slice) {
+            Some(true)
+        } else {
+            ahead.get(&slice).map(|f| f.0.is_finished())
+        };
+        let landed = ahead.values().filter(|f| f.0.is_finished()).count();
+        self.depth.step(self.shared.prefetch, next_landed, landed)
+    }
+
+    /// Fetches the next unread slices of `stack` (its top first) ahead, up to `depth`
+    /// ([`Follower::depth_for`]): cut to fill most of a page each, most of them are read once. Past the
     /// first few only while the look-ahead budget has room, and past a slice still to be
     /// cut into many (`wide`; `cutting`: the one being read is) only others like it: what
     /// follows is read after their pieces, but their pages say where those pieces lie.
@@ -428,10 +450,11 @@ impl<P: PageSource> Follower<P> {
         held: &HashMap<Slice, (PageView, Reserved)>,
         wide: &HashSet<Slice>,
         cutting: bool,
+        depth: usize,
     ) {
         let mut past_wide = cutting;
         let unread = stack.iter().rev().filter(|s| !held.contains_key(s));
-        for (i, s) in unread.take(self.shared.prefetch).enumerate() {
+        for (i, s) in unread.take(depth).enumerate() {
             let is_wide = wide.contains(s);
             if past_wide && !is_wide {
                 break;
@@ -451,7 +474,7 @@ impl<P: PageSource> Follower<P> {
         }
     }
 
-    /// Cuts the wide slices within the prefetch window whose pages landed, in place,
+    /// Cuts the wide slices within `depth` slices whose pages landed, in place,
     /// before the reader comes to them: the look-ahead then runs on into their pieces
     /// instead of stopping at them. Stops at the first one still in flight, or whose
     /// page cannot be judged without another request (the reader does that).
@@ -461,9 +484,10 @@ impl<P: PageSource> Follower<P> {
         ahead: &mut HashMap<Slice, Fetch>,
         held: &mut HashMap<Slice, (PageView, Reserved)>,
         wide: &mut HashSet<Slice>,
+        depth: usize,
     ) {
         let (mut at, mut unread) = (stack.len(), 0);
-        while at > 0 && unread < self.shared.prefetch {
+        while at > 0 && unread < depth {
             at -= 1;
             let slice = stack[at];
             if held.contains_key(&slice) {

@@ -82,6 +82,64 @@ impl Drop for Reserved {
     }
 }
 
+/// Pages landed and waiting for a slow reader, past the one it takes next, that show the
+/// pipeline is deeper than the reader needs (see [`Depth`]).
+pub(crate) const SPARE_AHEAD: usize = 2;
+
+/// How deep a reader's look-ahead runs, within its prefetch window: as deep as the reader
+/// needs to find its pages landed, no deeper. A reader slower than Confluence finds its
+/// next page landed with more landed behind it: those wait in memory (the whole prefetch
+/// of 32 held ~10 MiB of pages ahead of a reader taking a message every 10 ms), so the
+/// depth shrinks by one a page until about [`SPARE_AHEAD`] wait. A page not landed when
+/// the reader asks for it doubles the depth, at most once until the pages fetched for the
+/// new depth come due (the next few pages were asked for before it and are no sooner for
+/// it): a reader Confluence holds back gets the whole window again in a few round trips.
+/// Measured on the pipeline itself, not on fetch times, which a deeper pipeline lengthens
+/// by queueing its own fetches. Streams and followers both keep one.
+#[derive(Debug)]
+pub(crate) struct Depth {
+    depth: usize,
+    /// The prefetch window.
+    most: usize,
+    /// Pages to be asked for before the depth may double again.
+    hold: usize,
+}
+
+impl Depth {
+    /// A look-ahead starting as deep as its prefetch `window`.
+    pub(crate) fn new(window: usize) -> Self {
+        Self {
+            depth: window,
+            most: window,
+            hold: 0,
+        }
+    }
+
+    /// The depth to keep, at most `window`, now that the reader asks for its next page:
+    /// whether that page landed (`None`: none was fetched ahead) and how many of the
+    /// pages fetched ahead landed.
+    pub(crate) fn step(
+        &mut self,
+        window: usize,
+        next_landed: Option<bool>,
+        landed: usize,
+    ) -> usize {
+        self.hold = self.hold.saturating_sub(1);
+        match next_landed {
+            Some(false) if self.hold == 0 => {
+                self.depth = self.depth.saturating_mul(2);
+                self.hold = self.depth;
+            }
+            Some(true) if landed > SPARE_AHEAD => self.depth = self.depth.saturating_sub(1),
+            _ => {}
+        }
+        self.depth = self
+            .depth
+            .clamp(SPARE_AHEAD + 1, self.most.max(SPARE_AHEAD + 1));
+        self.depth.min(window)
+    }
+}
+
 /// The size of one reader's pages: the last one that landed.
 #[derive(Debug, Default)]
 pub(crate) struct PageSize(AtomicUsize);
@@ -130,5 +188,32 @@ mod tests {
         assert!(empty.room(FREE_AHEAD, &PageSize::default()).is_none());
         let huge = LookAhead::new(u64::MAX);
         assert!(huge.reserve(&PageSize::default()).is_some());
+    }
+
+    #[test]
+    fn the_look_ahead_is_as_deep_as_the_reader_needs() {
+        let mut depth = Depth::new(32);
+        // A slow reader finds its pages landed with more behind them: one less a page,
+        // down to the spare and the next page.
+        let shallow: Vec<usize> = (0..40).map(|_| depth.step(32, Some(true), 6)).collect();
+        assert_eq!(shallow[0], 31);
+        assert_eq!(shallow[39], SPARE_AHEAD + 1);
+        // With no more than the spare landed, it stays.
+        assert_eq!(depth.step(32, Some(true), SPARE_AHEAD), SPARE_AHEAD + 1);
+        // A page not landed doubles it, once until the pages asked for since come due.
+        assert_eq!(depth.step(32, Some(false), 0), 6);
+        assert_eq!(depth.step(32, Some(false), 0), 6);
+        for _ in 0..4 {
+            depth.step(32, Some(false), 0);
+        }
+        assert_eq!(depth.step(32, Some(false), 0), 12);
+        // Never past the prefetch, nor past a smaller window (the first page's).
+        for _ in 0..40 {
+            depth.step(32, Some(false), 0);
+        }
+        assert_eq!(depth.step(32, None, 0), 32);
+        let mut first = Depth::new(32);
+        assert_eq!(first.step(1, None, 0), 1);
+        assert_eq!(first.step(32, Some(false), 0), 32);
     }
 }

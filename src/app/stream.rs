@@ -39,7 +39,7 @@ use tracing::Instrument;
 use crate::{
     app::{
         PageRequest, PageService,
-        lookahead::{LookAhead, PageSize, Reserved},
+        lookahead::{Depth, LookAhead, PageSize, Reserved},
     },
     audit::{
         PageQuery, Span,
@@ -64,10 +64,6 @@ const MAX_PROBES: u32 = 64;
 /// Most requests in a row that deliver nothing: paging never goes on forever, whatever
 /// the server answers.
 const MAX_IDLE_REQUESTS: u32 = 200;
-
-/// Pages landed and waiting for a slow reader, past the one it takes next, that show the
-/// pipeline is deeper than the reader needs (see [`Depth`]).
-const SPARE_AHEAD: usize = 2;
 
 /// How long what one stream learnt of where its window ends guides the others: records
 /// arriving meanwhile move the end further on, and a page fetched past an old end would
@@ -524,59 +520,12 @@ impl PageCap {
     }
 }
 
-/// How deep the pipeline runs, within the prefetch window: as deep as a reader needs to
-/// find its pages landed, no deeper. A reader slower than Confluence finds its next page
-/// landed with more landed behind it: those wait in memory (the whole prefetch of 32
-/// held ~10 MiB of pages ahead of a reader taking a message every 10 ms), so the depth
-/// shrinks by one a page until about [`SPARE_AHEAD`] wait. A page not landed when the
-/// producer asks for it doubles the depth, at most once until the pages fetched for the
-/// new depth come due (the next few pages were asked for before it and are no sooner
-/// for it): a reader Confluence holds back gets the whole window again in a few round
-/// trips. Measured on the pipeline itself, not on fetch times, which a deeper pipeline
-/// lengthens by queueing its own fetches.
-#[derive(Debug)]
-struct Depth {
-    depth: usize,
-    /// The prefetch window.
-    most: usize,
-    /// Pages to be asked for before the depth may double again.
-    hold: usize,
-}
-
-impl Depth {
-    fn new(window: usize) -> Self {
-        Self {
-            depth: window,
-            most: window,
-            hold: 0,
-        }
-    }
-
-    /// The depth to keep, at most `window` (the first page goes alone), now that the
-    /// producer asks for its next page with `ahead` queued.
-    fn next(&mut self, window: usize, ahead: &VecDeque<Fetch>) -> usize {
-        let next_landed = ahead.front().map(|f| f.landed().is_some());
-        let landed = ahead.iter().filter(|f| f.landed().is_some()).count();
-        self.step(window, next_landed, landed)
-    }
-
-    /// As [`Depth::next`], from whether the next page landed (`None`: none queued) and
-    /// how many queued pages landed.
-    fn step(&mut self, window: usize, next_landed: Option<bool>, landed: usize) -> usize {
-        self.hold = self.hold.saturating_sub(1);
-        match next_landed {
-            Some(false) if self.hold == 0 => {
-                self.depth = self.depth.saturating_mul(2);
-                self.hold = self.depth;
-            }
-            Some(true) if landed > SPARE_AHEAD => self.depth = self.depth.saturating_sub(1),
-            _ => {}
-        }
-        self.depth = self
-            .depth
-            .clamp(SPARE_AHEAD + 1, self.most.max(SPARE_AHEAD + 1));
-        self.depth.min(window)
-    }
+/// The depth [`Depth::step`] keeps, now that the producer asks for its next page with
+/// `ahead` queued (`window`: at most this many, the first page going alone).
+fn next_depth(depth: &mut Depth, window: usize, ahead: &VecDeque<Fetch>) -> usize {
+    let next_landed = ahead.front().map(|f| f.landed().is_some());
+    let landed = ahead.iter().filter(|f| f.landed().is_some()).count();
+    depth.step(window, next_landed, landed)
 }
 
 /// What the producer carries from one page to the next.
@@ -720,7 +669,7 @@ impl<P: PageSource> Producer<P> {
             let mut fetch = match std::mem::replace(&mut p.next, Next::Pipeline) {
                 Next::Serial(f) => f,
                 Next::Pipeline => {
-                    let depth = p.depth.next(p.window, &p.ahead);
+                    let depth = next_depth(&mut p.depth, p.window, &p.ahead);
                     self.next_in_pipeline(
                         &mut p.ahead,
                         p.cursor.start,
@@ -1105,33 +1054,6 @@ mod tests {
         ) -> impl Future<Output = Result<Bytes, GatewayError>> + Send {
             self.log.page(req)
         }
-    }
-
-    #[test]
-    fn the_pipeline_is_as_deep_as_the_reader_needs() {
-        let mut depth = Depth::new(32);
-        // A slow reader finds its pages landed with more behind them: one less a page,
-        // down to the spare and the next page.
-        let shallow: Vec<usize> = (0..40).map(|_| depth.step(32, Some(true), 6)).collect();
-        assert_eq!(shallow[0], 31);
-        assert_eq!(shallow[39], SPARE_AHEAD + 1);
-        // With no more than the spare landed, it stays.
-        assert_eq!(depth.step(32, Some(true), SPARE_AHEAD), SPARE_AHEAD + 1);
-        // A page not landed doubles it, once until the pages asked for since come due.
-        assert_eq!(depth.step(32, Some(false), 0), 6);
-        assert_eq!(depth.step(32, Some(false), 0), 6);
-        for _ in 0..4 {
-            depth.step(32, Some(false), 0);
-        }
-        assert_eq!(depth.step(32, Some(false), 0), 12);
-        // Never past the prefetch, nor past a smaller window (the first page's).
-        for _ in 0..40 {
-            depth.step(32, Some(false), 0);
-        }
-        assert_eq!(depth.step(32, None, 0), 32);
-        let mut first = Depth::new(32);
-        assert_eq!(first.step(1, None, 0), 1);
-        assert_eq!(first.step(32, Some(false), 0), 32);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
 use crate::common::{
-    Canned, Finished, StubUpstream, finish_within, live_log, now_ms, seq, sim_and_gateway,
-    spawn_gateway, spawn_simulator, test_config,
+    Canned, Finished, StubUpstream, finish_within, live_log, now_ms, requests_once_still, seq,
+    sim_and_gateway, spawn_gateway, spawn_simulator, test_config,
 };
 
 const SALT: &str = "follow-tests-salt-0123456789";
@@ -431,6 +431,53 @@ async fn a_backfill_of_200000_records_arrives_whole_in_order() {
         requests < 200_000 / 1000 * 4,
         "{requests} upstream requests for 200 pages of records"
     );
+}
+
+/// A follower reads ranges ahead only as far as its reader needs, as a stream does: a
+/// slow reader of a backfill finds its ranges landed, and the look-ahead shrinks to a
+/// few ranges instead of keeping the whole prefetch (32) in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_a_backfill_is_read_ahead_only_as_far_as_it_needs() {
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 200_000,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut client = gw.small_window_client().await;
+    let mut s = follow(&mut client, request(since(0), Duration::ZERO)).await;
+    // A range a message here; the look-ahead sheds a range for each one read while
+    // more than the spare wait, so 80 take it from the prefetch down to its least.
+    let mut newest = i64::MIN;
+    for _ in 0..80 {
+        let m = next(&mut s).await.expect("no error");
+        assert!(!m.records.is_empty(), "a range of the backfill");
+        newest = m
+            .records
+            .iter()
+            .map(|r| r.creation_date)
+            .max()
+            .unwrap_or(newest);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    requests_once_still(&sim).await;
+    // Ranges asked for past what was delivered: those read ahead.
+    let ahead = sim
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == Some(AuditEndpoint::Range))
+        .filter_map(|r| r.query.iter().find(|(k, _)| k == "startDate"))
+        .filter(|(_, v)| v.parse::<i64>().is_ok_and(|start| start > newest))
+        .count();
+    // About three ranges; room left for fetches slowed by a busy machine (one found
+    // in flight doubles the depth).
+    assert!(
+        ahead <= 12,
+        "{ahead} ranges asked for past the newest record delivered"
+    );
+    drop(s);
 }
 
 /// Records that turn visible later than `lag` are noticed, never delivered out of order.

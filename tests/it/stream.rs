@@ -12,7 +12,7 @@ use confluence_sim::{Fault, SimulatorConfig, SimulatorHandle};
 use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 
-use crate::common::{TestGateway, seq, sim_and_gateway};
+use crate::common::{TestGateway, requests_once_still, seq, sim_and_gateway};
 
 /// The gateway's default `stream_prefetch`.
 fn default_prefetch() -> usize {
@@ -438,21 +438,6 @@ async fn many_consumers_of_one_window_cost_one_upstream_call_per_page() {
         "{} upstream requests for {pages} pages",
         sim.request_count()
     );
-}
-
-/// The simulator's request count once it stops moving (looked at every 30 ms, for 1.5 s
-/// at most).
-async fn requests_once_still(sim: &SimulatorHandle) -> usize {
-    let mut last = sim.request_count();
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let now = sim.request_count();
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    last
 }
 
 #[tokio::test]

@@ -105,6 +105,21 @@ pub async fn sim_and_gateway(
     (sim, gw)
 }
 
+/// The simulator's request count once it stops moving (looked at every 30 ms, for 1.5 s
+/// at most).
+pub async fn requests_once_still(sim: &SimulatorHandle) -> usize {
+    let mut last = sim.request_count();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let now = sim.request_count();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
 pub use audit_gateway::testing::stub::{Canned, StubUpstream};
 
 /// The `audit-gateway` binary as a command with no gateway settings inherited from the
