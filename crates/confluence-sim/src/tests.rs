@@ -695,6 +695,112 @@ fn render_page_is_deterministic_and_pure() {
 }
 
 #[test]
+fn table_strings_need_no_escaping() {
+    // `data::render` writes these without escaping; serde_json must agree.
+    for text in data::table_strings() {
+        assert_eq!(serde_json::to_string(text).unwrap(), format!("\"{text}\""));
+    }
+}
+
+/// `data::render` writes a page's JSON by hand; it must be byte for byte what serde's derives
+/// give (`data::render_with_serde`), for pages of many seeded logs: nested values of several
+/// depths or none, ties and duplicates, inserts and deletions, hidden records, tie orders,
+/// searches, windows, empty pages, each `limit` echo, and `_links` that need escaping.
+#[test]
+fn hand_written_page_json_is_byte_identical_to_serdes() {
+    let r = &mut fastrand::Rng::with_seed(2024);
+    let mut seen = HashSet::new();
+    let shapes = [
+        "\"operations\":null",
+        "\"operations\":{}",
+        "\"operations\":{\"read\":true}",
+        "\"operations\":[{\"operation\"",
+        "\"operations\":{\"down\"",
+        "\"operations\":\"bottom #",
+        "\"ext\":{\"nested\":[1,\"x\",null]}",
+        "\"nested\":{\"down\":[",
+        "\"nested\":\"bottom #",
+        "\"results\":[]",
+        "\"limit\":1000,\"size\":",
+        "\"start\":0,\"_links\"",
+        "search=a\\\"b\\\\c\\u0001",
+    ];
+    for round in 0..80u64 {
+        let seed = r.u64(..);
+        let initial = r.usize(0..300);
+        let mut log = data::Log::new(seed, initial, 1_700_000_000_000)
+            .shaped(r.u32(0..4), [0, 2, 6][r.usize(..3)])
+            .nested([None, None, Some(0), Some(1), Some(2), Some(9)][r.usize(..6)]);
+        if r.bool() {
+            log.insert(r.u64(1..30), 1_700_000_100_000);
+        }
+        log.delete_oldest(r.u64(0..4));
+        let hidden: Vec<u64> = (log.end().saturating_sub(5)..log.end())
+            .filter(|_| r.bool())
+            .collect();
+        let range = match r.u8(0..3) {
+            0 if log.count() > 0 => {
+                log.first_since(log.date(log.end() - 1 - r.u64(..log.count())))..log.end()
+            }
+            _ => 0..log.end(),
+        };
+        let search = [
+            None,
+            None,
+            Some("résumé"),
+            Some("#1"),
+            Some("🚀"),
+            Some("nothing"),
+        ];
+        let search = search[r.usize(..search.len())];
+        let start = r.usize(0..=initial + 20);
+        let limit = r.usize(0..250);
+        let order = r.bool().then(|| data::listing_order(seed, round));
+        let records = log.page(range, &hidden, search, start, limit, order);
+        let query = ["", "?limit=5&search=a\"b\\c\u{1}", "?search=日本語%20x"][r.usize(..3)];
+        let self_url = format!("http://127.0.0.1:8080/wiki/rest/api/audit/since{query}");
+        for reported in [None, Some(limit as u32), Some(1000)] {
+            type Render = fn(&[data::Record], u32, Option<u32>, &str, &str, &str) -> Json;
+            type Json = serde_json::Result<Vec<u8>>;
+            let render = |how: Render| {
+                let base = "http://127.0.0.1:8080/wiki";
+                how(&records, start as u32, reported, base, "/wiki", &self_url).unwrap()
+            };
+            let (ours, reference) = (render(data::render), render(data::render_with_serde));
+            let at = ours.iter().zip(&reference).position(|(a, b)| a != b);
+            let at = at.unwrap_or(ours.len().min(reference.len()));
+            assert!(
+                ours == reference,
+                "round {round}, limit echo {reported:?}: differ from byte {at}: {:?} vs {:?}",
+                String::from_utf8_lossy(&ours[at.saturating_sub(40)..]),
+                String::from_utf8_lossy(&reference[at.saturating_sub(40)..]),
+            );
+            let text = String::from_utf8(ours).unwrap();
+            seen.extend(shapes.iter().filter(|shape| text.contains(**shape)));
+        }
+        let body = data::render_with_serde(&records, 0, None, "", "", "").unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        let results = body["results"].as_array().unwrap();
+        if results
+            .iter()
+            .enumerate()
+            .any(|(i, a)| results[i + 1..].contains(a))
+        {
+            seen.insert("a duplicate");
+        }
+        if search.is_some() && !records.is_empty() {
+            seen.insert("a search");
+        }
+    }
+    let missing: Vec<_> = shapes
+        .iter()
+        .chain(&["a duplicate", "a search"])
+        .filter(|shape| !seen.contains(**shape))
+        .collect();
+    assert!(missing.is_empty(), "not covered: {missing:?}");
+}
+
+#[test]
 fn faults_parse_from_text() {
     let parsed = |text: &str| text.parse::<Fault>().unwrap();
     let shape = |fault: Fault| match fault {
