@@ -291,6 +291,8 @@ struct Outside {
 struct Round<T> {
     figure: T,
     cpu_per_call: Duration,
+    /// Fresh pages the kernel mapped into the server per call (minor faults).
+    faults_per_call: f64,
 }
 
 impl Outside {
@@ -344,13 +346,18 @@ impl Outside {
         measure: impl FnOnce(SocketAddr) -> T,
         calls: impl FnOnce(&T) -> f64,
     ) -> Round<T> {
-        let before = h2load::cpu_time(server.id());
+        let (before, faults) = (
+            h2load::cpu_time(server.id()),
+            h2load::minor_faults(server.id()),
+        );
         let figure = measure(server.addr);
         let used = h2load::cpu_time(server.id()).saturating_sub(before);
-        let cpu_per_call = used.div_f64(calls(&figure).max(1.0));
+        let faults = h2load::minor_faults(server.id()).saturating_sub(faults);
+        let n = calls(&figure).max(1.0);
         Round {
             figure,
-            cpu_per_call,
+            cpu_per_call: used.div_f64(n),
+            faults_per_call: faults as f64 / n,
         }
     }
 
@@ -396,8 +403,8 @@ impl Outside {
         for (side, rounds) in [("gateway", &ours), ("bare", &reference)] {
             for r in rounds.iter() {
                 eprintln!(
-                    "P1 h2load {side}: {:?}, server CPU per call {:.1?}",
-                    r.figure, r.cpu_per_call
+                    "P1 h2load {side}: {:?}, server CPU per call {:.1?}, page faults per call {:.2}",
+                    r.figure, r.cpu_per_call, r.faults_per_call
                 );
             }
         }

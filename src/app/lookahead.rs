@@ -88,9 +88,12 @@ pub(crate) const SPARE_AHEAD: usize = 2;
 
 /// How deep a reader's look-ahead runs, within its prefetch window: as deep as the reader
 /// needs to find its pages landed, no deeper. A reader slower than Confluence finds its
-/// next page landed with more landed behind it: those wait in memory (the whole prefetch
-/// of 32 held ~10 MiB of pages ahead of a reader taking a message every 10 ms), so the
-/// depth shrinks by one a page until about [`SPARE_AHEAD`] wait. A page not landed when
+/// next page landed with more landed behind it, and no fewer than the time before: those
+/// wait in memory (the whole prefetch of 32 held ~10 MiB of pages ahead of a reader
+/// taking a message every 10 ms), so the depth shrinks by one a page until about
+/// [`SPARE_AHEAD`] wait. (A reader that waited for one late page and then takes the many
+/// that landed behind it sees fewer each time: it is not slow, and keeps its depth.) A
+/// page not landed when
 /// the reader asks for it doubles the depth, at most once until the pages fetched for the
 /// new depth come due (the next few pages were asked for before it and are no sooner for
 /// it): a reader Confluence holds back gets the whole window again in a few round trips.
@@ -103,6 +106,8 @@ pub(crate) struct Depth {
     most: usize,
     /// Pages to be asked for before the depth may double again.
     hold: usize,
+    /// How many pages ahead had landed the last time.
+    landed: usize,
 }
 
 impl Depth {
@@ -112,6 +117,7 @@ impl Depth {
             depth: window,
             most: window,
             hold: 0,
+            landed: 0,
         }
     }
 
@@ -125,12 +131,16 @@ impl Depth {
         landed: usize,
     ) -> usize {
         self.hold = self.hold.saturating_sub(1);
+        let draining = landed < self.landed;
+        self.landed = landed;
         match next_landed {
             Some(false) if self.hold == 0 => {
                 self.depth = self.depth.saturating_mul(2);
                 self.hold = self.depth;
             }
-            Some(true) if landed > SPARE_AHEAD => self.depth = self.depth.saturating_sub(1),
+            Some(true) if landed > SPARE_AHEAD && !draining => {
+                self.depth = self.depth.saturating_sub(1);
+            }
             _ => {}
         }
         self.depth = self
@@ -215,5 +225,25 @@ mod tests {
         let mut first = Depth::new(32);
         assert_eq!(first.step(1, None, 0), 1);
         assert_eq!(first.step(32, Some(false), 0), 32);
+    }
+
+    #[test]
+    fn a_reader_taking_what_landed_behind_a_late_page_keeps_its_depth() {
+        let mut depth = Depth::new(32);
+        // It waited for one page while 20 landed behind it; it takes them one after the
+        // other, fewer landed each time: not a slow reader.
+        assert_eq!(
+            depth.step(32, Some(true), 20),
+            31,
+            "one step before it shows"
+        );
+        let kept: Vec<usize> = (3..20)
+            .rev()
+            .map(|n| depth.step(32, Some(true), n))
+            .collect();
+        assert!(kept.iter().all(|d| *d == 31), "{kept:?}");
+        // Landed pages that stay as many while it reads: slow, and it shrinks again.
+        assert_eq!(depth.step(32, Some(true), 6), 30);
+        assert_eq!(depth.step(32, Some(true), 6), 29);
     }
 }
