@@ -783,6 +783,7 @@ impl<P: PageSource> Follower<P> {
             caller: self.req.caller.clone(),
             urgency: urgency.clone(),
             metered: false,
+            ahead: None,
         };
         let sizes = self.sizes.clone();
         let task = async move {

@@ -15,4 +15,4 @@ pub(crate) mod pages;
 pub(crate) mod retention;
 pub(crate) mod stream;
 
-pub(crate) use pages::{PageRequest, PageService};
+pub(crate) use pages::{AheadOf, PageRequest, PageService};

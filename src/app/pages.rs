@@ -62,7 +62,36 @@ pub(crate) struct PageRequest {
     /// Counts against the caller's `--caller-miss-rate` when it starts a load
     /// (`GetSince` calls; a stream's pages are bounded by its stream slot instead).
     pub metered: bool,
+    /// A stream's page read ahead of its reader: what its load is to say and ask of the
+    /// stream's window.
+    pub ahead: Option<AheadOf>,
 }
+
+/// What a load read ahead of a stream's reader tells and asks of the stream's window,
+/// without waiting for any stream's task to run (on a busy gateway those run hundreds
+/// of milliseconds late): `landed` is told the converted page at once, so a page that
+/// shows where the window ends says so before anything else is sent; and while
+/// `past_end` says the page lies past that end, its request gives its slot up when it
+/// comes rather than leave (`FetchEvents::hold_back`), until its streams let it go.
+#[derive(Clone)]
+pub(crate) struct AheadOf {
+    /// Told the encoded page as soon as it is converted.
+    pub landed: Arc<dyn Fn(&Bytes) + Send + Sync>,
+    /// Whether the page lies past where its window is known to end.
+    pub past_end: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for AheadOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AheadOf").finish_non_exhaustive()
+    }
+}
+
+/// How long a request read ahead past its window's end gives its slot up before it
+/// asks again, and for how long at most: its streams let it go once they run; one
+/// that still wants it then (the window grew meanwhile) has it sent.
+const HOLD_STEP: Duration = Duration::from_millis(10);
+const MOST_HELD: Duration = Duration::from_secs(1);
 
 /// Serves pages through the cache.
 #[derive(Clone)]
@@ -142,6 +171,8 @@ struct Load {
     class: RetryClass,
     /// Whose turn at Confluence the load waits for.
     share: Share,
+    /// The stream's window, for a page read ahead of a stream's reader.
+    ahead: Option<AheadOf>,
 }
 
 impl Load {
@@ -155,14 +186,24 @@ impl Load {
         METRICS.page_loads.inc();
         // Data Center echoes neither offset nor limit: its page says what was asked.
         let (dialect, offset, limit) = (self.client.dialect(), self.query.start, self.query.limit);
-        let convert = move |body: &[u8]| match dialect {
-            Dialect::Cloud => encode(body),
-            Dialect::DataCenter => encode_data_center_page(body, offset, limit),
+        let landed = self.ahead.as_ref().map(|a| a.landed.clone());
+        let convert = move |body: &[u8]| {
+            let page = match dialect {
+                Dialect::Cloud => encode(body),
+                Dialect::DataCenter => encode_data_center_page(body, offset, limit),
+            }?;
+            if let Some(landed) = &landed {
+                landed(&page);
+            }
+            Ok(page)
         };
         let events = Vetted {
             progress: &progress,
             refused: &self.refused,
             fingerprint: &self.fingerprint,
+            ahead: self.ahead.as_ref(),
+            urgency: &self.share.urgency,
+            held_since: std::sync::OnceLock::new(),
         };
         let bounds = FetchBounds {
             deadline,
@@ -177,7 +218,7 @@ impl Load {
                 &self.fingerprint,
                 bounds,
                 &events,
-                |body| convert_with(body, convert),
+                |body| convert_with(body, convert.clone()),
             )
             .await;
         if let (Err(e), Some(_)) = (&page, &self.credential) {
@@ -193,6 +234,12 @@ struct Vetted<'a> {
     progress: &'a LoadProgress,
     refused: &'a Refused,
     fingerprint: &'a str,
+    /// The stream's window, for a page read ahead of a stream's reader.
+    ahead: Option<&'a AheadOf>,
+    /// How far ahead of its reader the stream that started the load needs the page.
+    urgency: &'a Urgency,
+    /// When the request first gave its slot up as past its window's end.
+    held_since: std::sync::OnceLock<Instant>,
 }
 
 impl FetchEvents for Vetted<'_> {
@@ -206,6 +253,17 @@ impl FetchEvents for Vetted<'_> {
 
     fn vetoed(&self) -> Option<GatewayError> {
         self.refused.get(self.fingerprint)
+    }
+
+    fn hold_back(&self) -> Option<Duration> {
+        // Only look-ahead, past a known end, that someone still waits for (with nobody
+        // waiting, `sending` drops it at once).
+        let ahead = self.ahead?;
+        if self.urgency.needed_now() || !(ahead.past_end)() || !self.progress.waited_for() {
+            return None;
+        }
+        let since = *self.held_since.get_or_init(Instant::now);
+        (since.elapsed() < MOST_HELD).then_some(HOLD_STEP)
     }
 }
 
@@ -367,6 +425,7 @@ impl PageService {
             fingerprint: key.credential.clone(),
             class,
             share,
+            ahead: req.ahead,
         };
         // The cache runs this in a task of its own when the load is shared (then with no
         // deadline: no one caller's deadline may end it), or in this call when nothing is.
@@ -501,7 +560,10 @@ fn encode(body: &[u8]) -> Result<Bytes, GatewayError> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc;
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    };
 
     use confluence_sim::{Simulator, SimulatorConfig};
     use url::Url;
@@ -542,6 +604,7 @@ mod tests {
             caller: Caller::anonymous(),
             urgency: Urgency::now(),
             metered: false,
+            ahead: None,
         };
         let (cloud, dc) = (service(Dialect::Cloud), service(Dialect::DataCenter));
         assert_eq!(
@@ -629,5 +692,160 @@ mod tests {
             .await
             .expect("the next page has the permit");
         assert!(!page.is_empty());
+    }
+
+    /// A service of `sim` with one request slot at a time.
+    fn one_slot_service(sim: &confluence_sim::SimulatorHandle) -> PageService {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let settings = UpstreamConfig {
+            concurrency: 1,
+            concurrency_floor: 1,
+            ..UpstreamConfig::DEFAULT
+        };
+        let url = Url::parse(&sim.base_url()).expect("url");
+        PageService::new(
+            ConfluenceClient::new(url, &settings).expect("client"),
+            PageCache::new(crate::cache::CacheConfig::DEFAULT, None),
+            FingerprintKey::from_secret(b"salt"),
+        )
+    }
+
+    /// A request for the page at `start`, read `ahead` (past its window's end when
+    /// `past` says so, which counts the times it is asked).
+    fn page_at(start: i32, past: Option<Arc<AtomicUsize>>) -> PageRequest {
+        PageRequest {
+            query: PageQuery {
+                start,
+                ..PageQuery::default()
+            },
+            credential: None,
+            refresh: false,
+            deadline: None,
+            persistent: true,
+            caller: Caller::anonymous(),
+            urgency: if past.is_some() {
+                Urgency::ahead(3)
+            } else {
+                Urgency::now()
+            },
+            metered: false,
+            ahead: past.map(|asked| AheadOf {
+                landed: Arc::new(|_: &Bytes| {}),
+                past_end: Arc::new(move || {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    true
+                }),
+            }),
+        }
+    }
+
+    /// The starts of the pages the simulator was asked for.
+    fn asked_starts(sim: &confluence_sim::SimulatorHandle) -> Vec<String> {
+        sim.requests()
+            .iter()
+            .filter_map(|r| r.query.iter().find(|(k, _)| k == "start"))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    async fn started(asked: &AtomicUsize) {
+        for _ in 0..500 {
+            if asked.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the look-ahead never came to its slot");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_read_past_its_windows_end_gives_its_slot_up_and_is_not_sent_once_let_go() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let sim = Simulator::start(SimulatorConfig::default(), listener)
+            .await
+            .expect("simulator");
+        let service = one_slot_service(&sim);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let ahead = tokio::spawn({
+            let (service, req) = (service.clone(), page_at(4000, Some(asked.clone())));
+            async move { service.page(req).await }
+        });
+        started(&asked).await;
+        // The one slot is free for a page needed now meanwhile.
+        let needed = service
+            .page(page_at(0, None))
+            .await
+            .expect("the page needed");
+        assert!(!needed.is_empty());
+        assert_eq!(
+            asked_starts(&sim),
+            ["0"],
+            "only the page needed was asked for"
+        );
+        // Its stream lets it go: it is never sent, though it would be after MOST_HELD
+        // were it still waited for.
+        ahead.abort();
+        let _ = ahead.await;
+        let until = Instant::now() + MOST_HELD + Duration::from_millis(500);
+        while Instant::now() < until {
+            assert_eq!(asked_starts(&sim), ["0"], "the page past the end was sent");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_read_past_its_windows_end_that_is_still_wanted_is_sent_after_a_while() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let sim = Simulator::start(SimulatorConfig::default(), listener)
+            .await
+            .expect("simulator");
+        let service = one_slot_service(&sim);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let began = Instant::now();
+        let page = service
+            .page(page_at(4000, Some(asked.clone())))
+            .await
+            .expect("a page still wanted comes");
+        assert!(!page.is_empty());
+        assert!(
+            began.elapsed() >= MOST_HELD,
+            "sent after {:?}, before it was held back for {MOST_HELD:?}",
+            began.elapsed()
+        );
+        assert!(
+            asked.load(Ordering::SeqCst) > 1,
+            "it gave its slot up and asked again"
+        );
+        assert_eq!(asked_starts(&sim), ["4000"]);
+    }
+
+    #[tokio::test]
+    async fn a_load_tells_its_stream_of_the_converted_page_before_anyone_is_woken() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let sim = Simulator::start(SimulatorConfig::default(), listener)
+            .await
+            .expect("simulator");
+        let service = one_slot_service(&sim);
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let mut req = page_at(0, None);
+        req.ahead = Some(AheadOf {
+            landed: Arc::new({
+                let told = told.clone();
+                move |page: &Bytes| told.lock().expect("told").push(page.clone())
+            }),
+            past_end: Arc::new(|| false),
+        });
+        let page = service.page(req).await.expect("page");
+        assert_eq!(
+            *told.lock().expect("told"),
+            [page],
+            "told once, of the page returned"
+        );
     }
 }

@@ -38,7 +38,7 @@ use tracing::Instrument;
 
 use crate::{
     app::{
-        PageRequest, PageService,
+        AheadOf, PageRequest, PageService,
         lookahead::{Depth, LookAhead, PageSize, Reserved},
     },
     audit::{
@@ -595,6 +595,7 @@ impl<P: PageSource> Producer<P> {
         let records = Arc::new(AtomicI64::new(-1));
         let (count, landed, sizes) = (records.clone(), self.landed.clone(), self.sizes.clone());
         let (end, longest) = (self.end.clone(), self.longest.clone());
+        let ahead = Some(self.ahead_of(start, depth > 0));
         let task = tokio::spawn(
             async move {
                 let query = query.map_err(|_| {
@@ -611,6 +612,7 @@ impl<P: PageSource> Producer<P> {
                     caller,
                     urgency: request_urgency,
                     metered: false,
+                    ahead,
                 });
                 let page = if depth > 0 {
                     unless_past_end(load, &end, start).await?
@@ -640,6 +642,27 @@ impl<P: PageSource> Producer<P> {
             records,
             urgency,
             room: None,
+        }
+    }
+
+    /// What the load of the page at `start` tells and asks of this stream's window: it
+    /// learns the window's end from its page as soon as that is converted (the same rule
+    /// as the fetch's, `Producer::fetch`), and, read `ahead`, holds its request back
+    /// while the page lies past the end.
+    fn ahead_of(&self, start: i64, ahead: bool) -> AheadOf {
+        let (end, longest) = (self.end.clone(), self.longest.clone());
+        let past = self.end.clone();
+        AheadOf {
+            landed: Arc::new(move |page: &Bytes| {
+                let longest = longest.load(Ordering::Acquire);
+                if let Ok(view) = PageView::parse(page)
+                    && longest > 0
+                    && (view.records.len() as i64) < longest
+                {
+                    end.learn(start, view.records.len() as i64);
+                }
+            }),
+            past_end: Arc::new(move || ahead && past.known().is_some_and(|end| start >= end)),
         }
     }
 

@@ -112,6 +112,17 @@ impl LoadProgress {
         true
     }
 
+    /// Whether any caller still waits for this load (always true for a load nobody
+    /// shares); unlike [`LoadProgress::sending`] it changes nothing.
+    pub(crate) fn waited_for(&self) -> bool {
+        let (Some(f), Some(tx)) = (&self.flight, &self.tx) else {
+            return true;
+        };
+        let flights = lock(&f.flights);
+        let ours = flights.by_key.get(&f.key).is_some_and(|e| e.id == f.id);
+        tx.receiver_count() > usize::from(ours)
+    }
+
     /// The last attempt failed with `error`; the next begins after `wait`.
     pub(crate) fn retrying(&self, error: &GatewayError, wait: Duration) {
         if let Some(tx) = &self.tx {

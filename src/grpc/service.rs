@@ -342,6 +342,7 @@ impl AuditGrpc {
             caller,
             urgency: Urgency::now(),
             metered: true,
+            ahead: None,
         };
         let page = self.pages.page(req).await?;
         Ok(EncodedMessage(page))

@@ -150,6 +150,12 @@ pub(crate) trait FetchEvents {
     fn vetoed(&self) -> Option<GatewayError> {
         None
     }
+    /// Checked when the request's slot is granted: `Some(pause)` gives the slot up and
+    /// asks for another after `pause` (a page read ahead past where its window is now
+    /// known to end, whose readers have yet to let it go).
+    fn hold_back(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// How long and how hard [`ConfluenceClient::fetch_page`] tries, and for whom.
@@ -594,6 +600,13 @@ impl ConfluenceClient {
                 .await
                 .map_err(|_| GatewayError::Internal("the upstream limiter was closed".into()))?;
             if probe.is_some() || !self.cooldowns.holds(budget) {
+                if probe.is_none()
+                    && let Some(pause) = events.hold_back()
+                {
+                    drop(slot);
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
                 self.pacing.sent(budget, slot.level());
                 return Ok((probe, slot));
             }

@@ -90,6 +90,13 @@ impl Urgency {
         }
     }
 
+    /// Whether the page is needed now (0 pages ahead).
+    pub(crate) fn needed_now(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|p| p.ahead.load(Ordering::Relaxed) == 0)
+    }
+
     /// Its place in its caller's queue, which arrived at `order`: pages ahead, then
     /// arrival (or when it last rose).
     fn key(&self, order: u64) -> (u32, u64) {
