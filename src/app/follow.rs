@@ -439,10 +439,11 @@ impl<P: PageSource> Follower<P> {
     }
 
     /// Fetches the next unread slices of `stack` (its top first) ahead, up to `depth`
-    /// ([`Follower::depth_for`]): cut to fill most of a page each, most of them are read once. Past the
-    /// first few only while the look-ahead budget has room, and past a slice still to be
-    /// cut into many (`wide`; `cutting`: the one being read is) only others like it: what
-    /// follows is read after their pieces, but their pages say where those pieces lie.
+    /// ([`Follower::depth_for`]): cut to fill most of a page each, most of them are read
+    /// once. Past the first few only while the look-ahead budget has room, and past a
+    /// slice still to be cut into many (`wide`; `cutting`: the one being read is) only
+    /// others like it: what follows is read after their pieces, but their pages say where
+    /// those pieces lie.
     fn look_ahead(
         &self,
         stack: &[Slice],

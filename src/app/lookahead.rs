@@ -88,17 +88,16 @@ pub(crate) const SPARE_AHEAD: usize = 2;
 
 /// How deep a reader's look-ahead runs, within its prefetch window: as deep as the reader
 /// needs to find its pages landed, no deeper. A reader slower than Confluence finds its
-/// next page landed with more landed behind it, and no fewer than the time before: those
-/// wait in memory (the whole prefetch of 32 held ~10 MiB of pages ahead of a reader
-/// taking a message every 10 ms), so the depth shrinks by one a page until about
-/// [`SPARE_AHEAD`] wait. (A reader that waited for one late page and then takes the many
-/// that landed behind it sees fewer each time: it is not slow, and keeps its depth.) A
-/// page not landed when
+/// next page landed with more landed behind it: those wait in memory (the whole prefetch
+/// of 32 held ~10 MiB of pages ahead of a reader taking a message every 10 ms), so the
+/// depth shrinks by one a page until about [`SPARE_AHEAD`] wait. A page not landed when
 /// the reader asks for it doubles the depth, at most once until the pages fetched for the
 /// new depth come due (the next few pages were asked for before it and are no sooner for
 /// it): a reader Confluence holds back gets the whole window again in a few round trips.
-/// Measured on the pipeline itself, not on fetch times, which a deeper pipeline lengthens
-/// by queueing its own fetches. Streams and followers both keep one.
+/// The pages that landed behind a late one while the reader waited for it are its
+/// backlog, not a sign of a slow reader: taking them shrinks nothing. Measured on the
+/// pipeline itself, not on fetch times, which a deeper pipeline lengthens by queueing its
+/// own fetches. Streams and followers both keep one.
 #[derive(Debug)]
 pub(crate) struct Depth {
     depth: usize,
@@ -106,8 +105,10 @@ pub(crate) struct Depth {
     most: usize,
     /// Pages to be asked for before the depth may double again.
     hold: usize,
-    /// How many pages ahead had landed the last time.
-    landed: usize,
+    /// The reader waited for its last page.
+    waited: bool,
+    /// Pages left of the backlog that landed while it waited.
+    backlog: usize,
 }
 
 impl Depth {
@@ -117,7 +118,8 @@ impl Depth {
             depth: window,
             most: window,
             hold: 0,
-            landed: 0,
+            waited: false,
+            backlog: 0,
         }
     }
 
@@ -131,17 +133,25 @@ impl Depth {
         landed: usize,
     ) -> usize {
         self.hold = self.hold.saturating_sub(1);
-        let draining = landed < self.landed;
-        self.landed = landed;
         match next_landed {
-            Some(false) if self.hold == 0 => {
-                self.depth = self.depth.saturating_mul(2);
-                self.hold = self.depth;
+            Some(false) => {
+                self.waited = true;
+                if self.hold == 0 {
+                    self.depth = self.depth.saturating_mul(2);
+                    self.hold = self.depth;
+                }
             }
-            Some(true) if landed > SPARE_AHEAD && !draining => {
-                self.depth = self.depth.saturating_sub(1);
+            Some(true) => {
+                if std::mem::take(&mut self.waited) {
+                    self.backlog = landed;
+                }
+                if self.backlog > 0 {
+                    self.backlog -= 1;
+                } else if landed > SPARE_AHEAD {
+                    self.depth = self.depth.saturating_sub(1);
+                }
             }
-            _ => {}
+            None => {}
         }
         self.depth = self
             .depth
@@ -230,20 +240,29 @@ mod tests {
     #[test]
     fn a_reader_taking_what_landed_behind_a_late_page_keeps_its_depth() {
         let mut depth = Depth::new(32);
-        // It waited for one page while 20 landed behind it; it takes them one after the
-        // other, fewer landed each time: not a slow reader.
-        assert_eq!(
-            depth.step(32, Some(true), 20),
-            31,
-            "one step before it shows"
-        );
-        let kept: Vec<usize> = (3..20)
+        // It waits for one page while 20 land behind it, then takes them one after the
+        // other: its backlog, not a slow reader.
+        assert_eq!(depth.step(32, Some(false), 0), 32);
+        let kept: Vec<usize> = (1..=20)
             .rev()
             .map(|n| depth.step(32, Some(true), n))
             .collect();
-        assert!(kept.iter().all(|d| *d == 31), "{kept:?}");
-        // Landed pages that stay as many while it reads: slow, and it shrinks again.
+        assert!(kept.iter().all(|d| *d == 32), "{kept:?}");
+        // Then pages that keep waiting for it: slow, and it shrinks again.
+        assert_eq!(depth.step(32, Some(true), 6), 31);
         assert_eq!(depth.step(32, Some(true), 6), 30);
-        assert_eq!(depth.step(32, Some(true), 6), 29);
+    }
+
+    #[test]
+    fn a_slow_reader_shrinks_its_depth_a_page_at_a_time_even_when_nothing_refills() {
+        // The look-ahead budget spent: nothing new is fetched, and the landed pages
+        // dwindle as it reads them; it is slow all the same.
+        let mut depth = Depth::new(32);
+        let shrinking: Vec<usize> = (3..=30)
+            .rev()
+            .map(|n| depth.step(32, Some(true), n))
+            .collect();
+        assert_eq!(shrinking[..3], [31, 30, 29]);
+        assert_eq!(*shrinking.last().expect("steps"), 4);
     }
 }

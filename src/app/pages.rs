@@ -62,17 +62,18 @@ pub(crate) struct PageRequest {
     /// Counts against the caller's `--caller-miss-rate` when it starts a load
     /// (`GetSince` calls; a stream's pages are bounded by its stream slot instead).
     pub metered: bool,
-    /// A stream's page read ahead of its reader: what its load is to say and ask of the
-    /// stream's window.
+    /// A stream's page: what its load is to tell and ask of the stream's window.
     pub ahead: Option<AheadOf>,
 }
 
-/// What a load read ahead of a stream's reader tells and asks of the stream's window,
-/// without waiting for any stream's task to run (on a busy gateway those run hundreds
-/// of milliseconds late): `landed` is told the converted page at once, so a page that
-/// shows where the window ends says so before anything else is sent; and while
-/// `past_end` says the page lies past that end, its request gives its slot up when it
-/// comes rather than leave (`FetchEvents::hold_back`), until its streams let it go.
+/// What the load of a stream's page tells and asks of the stream's window, without
+/// waiting for any stream's task to run (on a busy gateway those run hundreds of
+/// milliseconds late): `landed` is told the converted page at once, so a page that shows
+/// where the window ends says so before anything else is sent; and while `past_end` says
+/// the page, read ahead, lies past that end, its request gives its slot up when it comes
+/// rather than leave (`FetchEvents::hold_back`), until its streams let it go. A caller
+/// that joins such a load needing the page now (the window grew since) waits for it
+/// [`MOST_HELD`] at most.
 #[derive(Clone)]
 pub(crate) struct AheadOf {
     /// Told the encoded page as soon as it is converted.
@@ -87,10 +88,12 @@ impl std::fmt::Debug for AheadOf {
     }
 }
 
-/// How long a request read ahead past its window's end gives its slot up before it
-/// asks again, and for how long at most: its streams let it go once they run; one
-/// that still wants it then (the window grew meanwhile) has it sent.
+/// How often a request read ahead past its window's end, its slot given up, looks
+/// whether its streams let it go.
 const HOLD_STEP: Duration = Duration::from_millis(10);
+/// How long such a request is held back at most: its streams let it go once they run
+/// (a saturated gateway ran them 160-340 ms late); one that still wants it then has it
+/// sent.
 const MOST_HELD: Duration = Duration::from_secs(1);
 
 /// Serves pages through the cache.

@@ -150,9 +150,10 @@ pub(crate) trait FetchEvents {
     fn vetoed(&self) -> Option<GatewayError> {
         None
     }
-    /// Checked when the request's slot is granted: `Some(pause)` gives the slot up and
-    /// asks for another after `pause` (a page read ahead past where its window is now
-    /// known to end, whose readers have yet to let it go).
+    /// Checked when the request's slot is granted (not a cool-down's probe, which goes):
+    /// `Some(pause)` gives the slot up and asks again after `pause`, and for another slot
+    /// once it says `None` (a page read ahead past where its window is now known to end,
+    /// whose readers have yet to let it go).
     fn hold_back(&self) -> Option<Duration> {
         None
     }
@@ -601,10 +602,18 @@ impl ConfluenceClient {
                 .map_err(|_| GatewayError::Internal("the upstream limiter was closed".into()))?;
             if probe.is_some() || !self.cooldowns.holds(budget) {
                 if probe.is_none()
-                    && let Some(pause) = events.hold_back()
+                    && let Some(mut pause) = events.hold_back()
                 {
+                    // Given up, and waited out off the queue: asking again at every
+                    // pause would spend the caller's turns and check cool-downs anew.
                     drop(slot);
-                    tokio::time::sleep(pause).await;
+                    loop {
+                        tokio::time::sleep(pause).await;
+                        match events.hold_back() {
+                            Some(next) => pause = next,
+                            None => break,
+                        }
+                    }
                     continue;
                 }
                 self.pacing.sent(budget, slot.level());

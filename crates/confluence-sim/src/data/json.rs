@@ -1,8 +1,9 @@
 //! A page's JSON written by hand: byte for byte what serde_json makes of the `Serialize`
 //! derives in `data.rs` (compact, fields in declaration order, `None`s left out), which the
 //! tests check, for a fraction of the CPU. Every string in a record is made of the constant
-//! tables, digits and ASCII punctuation, none of which JSON escapes, so they are copied as
-//! they are; only the URLs of `_links` go through serde_json's escaping.
+//! tables (some of them not ASCII), digits and punctuation, none of which JSON escapes
+//! (serde_json escapes only quotes, backslashes and control characters), so they are
+//! copied as they are; only the URLs of `_links` go through serde_json's escaping.
 
 use serde::Serialize;
 use serde_json::Value;
