@@ -905,6 +905,8 @@ async fn p9_backfill() -> Row {
     let own_cpu = cpu(std::process::id()).saturating_sub(own_cpu);
     let faults = support::h2load::minor_faults(child.id()).saturating_sub(faults);
     trace_requests(&sim, t);
+    let busy = average_in_flight(&sim, t, took, latency);
+    let empty = sim.empty_page_count(AuditEndpoint::Range);
     let peak = support::vm_hwm_kib(child.id()) as f64 / 1024.0;
     let _ = child.kill();
     let _ = child.wait();
@@ -917,7 +919,7 @@ async fn p9_backfill() -> Row {
         id: "P9",
         generator: "in-process tonic client, gateway in its own process",
         measure: format!(
-            "Follow backfill of 1,000,000 records from since=0, pages of 1000 at {latency:?}/request, default settings ({got} delivered in {took:.2?}, {} range requests, at most {} at once; gateway peak RSS {peak:.1} MiB; CPU: gateway {:.2}s ({faults} page faults), simulator and client {:.2}s)",
+            "Follow backfill of 1,000,000 records from since=0, pages of 1000 at {latency:?}/request, default settings ({got} delivered in {took:.2?}, {} range requests ({empty} empty), at most {} at once and {busy:.1} on average; gateway peak RSS {peak:.1} MiB; CPU: gateway {:.2}s ({faults} page faults), simulator and client {:.2}s)",
             sim.request_count_of(AuditEndpoint::Range),
             sim.max_in_flight(),
             gateway_cpu.as_secs_f64(),
@@ -1021,6 +1023,26 @@ async fn p4_peak_rss() -> Vec<Row> {
 }
 
 /// With `BENCH_TRACE` set, prints every request the simulator saw, from `t` on.
+/// How many requests the simulator held on average over `took` from `t`, each for
+/// `latency` from its arrival (what its answer takes at least).
+fn average_in_flight(
+    sim: &confluence_sim::SimulatorHandle,
+    t: Instant,
+    took: Duration,
+    latency: Duration,
+) -> f64 {
+    let end = t + took;
+    let held: Duration = sim
+        .requests()
+        .iter()
+        .map(|r| {
+            let (from, to) = (r.received.max(t), (r.received + latency).min(end));
+            to.saturating_duration_since(from)
+        })
+        .sum();
+    held.as_secs_f64() / took.as_secs_f64().max(f64::EPSILON)
+}
+
 fn trace_requests(sim: &confluence_sim::SimulatorHandle, t: Instant) {
     if std::env::var_os("BENCH_TRACE").is_none() {
         return;

@@ -568,11 +568,11 @@ mod tests {
         mpsc,
     };
 
-    use confluence_sim::{Simulator, SimulatorConfig};
+    use confluence_sim::SimulatorConfig;
     use url::Url;
 
     use super::*;
-    use crate::upstream::UpstreamConfig;
+    use crate::{testing::harness::simulator, upstream::UpstreamConfig};
 
     /// No deadline, a one-shot call's retries.
     fn one_shot() -> FetchBounds<'static> {
@@ -637,12 +637,7 @@ mod tests {
     // Two workers: the test's own awaits go on while a conversion blocks one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_conversion_its_caller_left_keeps_its_body_permit_until_it_ends() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let sim = Simulator::start(SimulatorConfig::default(), listener)
-            .await
-            .expect("simulator");
+        let sim = simulator(SimulatorConfig::default()).await;
         let client = one_body_client(&sim.base_url());
         let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
         let (release, gate) = mpsc::channel::<()>();
@@ -763,12 +758,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_page_read_past_its_windows_end_gives_its_slot_up_and_is_not_sent_once_let_go() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let sim = Simulator::start(SimulatorConfig::default(), listener)
-            .await
-            .expect("simulator");
+        let sim = simulator(SimulatorConfig::default()).await;
         let service = one_slot_service(&sim);
         let asked = Arc::new(AtomicUsize::new(0));
         let ahead = tokio::spawn({
@@ -800,12 +790,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_page_read_past_its_windows_end_that_is_still_wanted_is_sent_after_a_while() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let sim = Simulator::start(SimulatorConfig::default(), listener)
-            .await
-            .expect("simulator");
+        let sim = simulator(SimulatorConfig::default()).await;
         let service = one_slot_service(&sim);
         let asked = Arc::new(AtomicUsize::new(0));
         let began = Instant::now();
@@ -828,12 +813,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_load_tells_its_stream_of_the_converted_page_before_anyone_is_woken() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let sim = Simulator::start(SimulatorConfig::default(), listener)
-            .await
-            .expect("simulator");
+        let sim = simulator(SimulatorConfig::default()).await;
         let service = one_slot_service(&sim);
         let told = Arc::new(Mutex::new(Vec::new()));
         let mut req = page_at(0, None);

@@ -121,6 +121,17 @@ impl WindowEnd {
             .map(|(offset, _)| offset)
     }
 
+    /// A page at `start` of `n` records landed: shorter than the longest page of the
+    /// stream (`longest`, 0 before its first), it reaches the window's end. Told as it
+    /// lands, the look-ahead past it (this stream's and its window's other streams')
+    /// goes before its requests take a slot.
+    fn landed(&self, start: i64, n: i64, longest: &AtomicI64) {
+        let longest = longest.load(Ordering::Acquire);
+        if longest > 0 && n < longest {
+            self.learn(start, n);
+        }
+    }
+
     /// A page at `start` holding `n` records reached the window's end: the end is at
     /// `start + n` or before (an empty page far past it says less than the short page
     /// that holds it, so the nearest end known lately stands). The others are told only
@@ -623,13 +634,8 @@ impl<P: PageSource> Producer<P> {
                 let view = decode(&page)?;
                 let n = view.records.len() as i64;
                 count.store(n, Ordering::Release);
-                // Shorter than the longest page: it reaches the window's end. Told here,
-                // as it lands, the look-ahead past it (this stream's and its window's
-                // other streams') goes before its requests take a slot.
-                let longest = longest.load(Ordering::Acquire);
-                if longest > 0 && n < longest {
-                    end.learn(start, n);
-                }
+                // Told here too for a page from the cache, which no load converted.
+                end.landed(start, n, &longest);
                 landed.notify_one();
                 Ok(view)
             }
@@ -654,12 +660,8 @@ impl<P: PageSource> Producer<P> {
         let past = self.end.clone();
         AheadOf {
             landed: Arc::new(move |page: &Bytes| {
-                let longest = longest.load(Ordering::Acquire);
-                if let Ok(view) = PageView::parse(page)
-                    && longest > 0
-                    && (view.records.len() as i64) < longest
-                {
-                    end.learn(start, view.records.len() as i64);
+                if let Ok(view) = PageView::parse(page) {
+                    end.landed(start, view.records.len() as i64, &longest);
                 }
             }),
             past_end: Arc::new(move || ahead && past.known().is_some_and(|end| start >= end)),

@@ -11,7 +11,7 @@ use confluence_sim::{AuditEndpoint, Flavor, Live, SimulatorConfig, SimulatorHand
 use serde_json::Value;
 use tonic::Code;
 
-use crate::common::{TestGateway, assert_exactly_once, now_ms, seq, sim_and_gateway};
+use crate::common::{TestGateway, assert_exactly_once, live_log, now_ms, seq, sim_and_gateway};
 
 /// `config` served as a Data Center site at the server's root (no `/wiki`).
 fn data_center(config: SimulatorConfig) -> SimulatorConfig {
@@ -222,16 +222,8 @@ async fn a_stream_over_arrivals_deletions_and_faults_delivers_every_surviving_ev
 async fn a_follower_cut_and_resumed_over_a_live_log_gets_every_event_once_in_order() {
     let (sim, gw) = dc_gateway(
         SimulatorConfig {
-            records: 3000,
-            seed: 13,
-            ties: 4,
-            live: Some(Live {
-                per_second: 150.0,
-                burst: 6,
-            }),
-            late_share: 0.3,
-            late_by: Duration::from_millis(300),
-            ..Default::default()
+            duplicate_every: 0,
+            ..live_log(13)
         },
         |_| {},
     )

@@ -21,14 +21,14 @@ use audit_gateway::{
     pb::{self, audit_service_client::AuditServiceClient},
     testing::{nginx::Nginx, process, redis::RedisServer},
 };
-use confluence_sim::{Live, SimulatorConfig};
+use confluence_sim::SimulatorConfig;
 use tonic::{Code, Status, Streaming, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tonic_types::StatusExt;
 
-use crate::common::{now_ms, plain, seq, spawn_simulator};
+use crate::common::{live_log, now_ms, plain, seq, spawn_simulator};
 
 /// The salt both replicas share, so each accepts the other's resume tokens and checkpoints.
 const SALT: &str = "proxy-tests-salt-shared-by-replicas";
@@ -483,18 +483,8 @@ async fn proxied_follower_ends_with_unavailable_at_sigterm_and_resumes_on_the_ba
     let mut t = setup(
         "follow",
         SimulatorConfig {
-            records: 3000,
-            seed: 17,
-            ties: 4,
-            duplicate_every: 9,
             latency: Duration::from_millis(2),
-            live: Some(Live {
-                per_second: 150.0,
-                burst: 6,
-            }),
-            late_share: 0.3,
-            late_by: Duration::from_millis(300),
-            ..Default::default()
+            ..live_log(17)
         },
     )
     .await;

@@ -440,25 +440,35 @@ async fn many_consumers_of_one_window_cost_one_upstream_call_per_page() {
     );
 }
 
-#[tokio::test]
-async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
-    let prefetch = 4;
-    let (sim, gw) = setup(20_000, SimulatorConfig::default(), |c| {
-        c.stream_prefetch = prefetch
-    })
-    .await;
+/// The upstream requests made, once they stop, for a reader that takes `read` pages of
+/// a 20,000-record window through small HTTP/2 windows, `pause` after each, and then
+/// stops reading, from a gateway with `tweak`'s settings.
+async fn requests_for_a_slow_reader(
+    read: usize,
+    pause: Duration,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> usize {
+    let (sim, gw) = setup(20_000, SimulatorConfig::default(), tweak).await;
     let mut client = gw.small_window_client().await;
     let mut s = client
         .stream_since(window(200))
         .await
         .expect("opens")
         .into_inner();
-    let read = 5;
     for _ in 0..read {
         s.message().await.expect("ok").expect("a page");
+        tokio::time::sleep(pause).await;
     }
-    // Stop reading, then check.
     let last = requests_once_still(&sim).await;
+    drop(s);
+    last
+}
+
+#[tokio::test]
+async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
+    let (prefetch, read) = (4, 5);
+    let last =
+        requests_for_a_slow_reader(read, Duration::ZERO, |c| c.stream_prefetch = prefetch).await;
     // Ahead of what was read: a message in flow-control buffers, one in the channel,
     // one held by the producer, and the prefetch window.
     let bound = read + 3 + prefetch;
@@ -466,26 +476,14 @@ async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
         last <= bound,
         "{last} upstream requests with {read} pages read (bound {bound})"
     );
-    drop(s);
 }
 
 #[tokio::test]
 async fn a_slow_reader_is_read_ahead_only_as_far_as_it_needs() {
     // Pages land in milliseconds, the reader takes one every 20 ms: a page or two ahead
     // covers a fetch, not the default prefetch of 32.
-    let (sim, gw) = setup(20_000, SimulatorConfig::default(), |_| {}).await;
-    let mut client = gw.small_window_client().await;
-    let mut s = client
-        .stream_since(window(200))
-        .await
-        .expect("opens")
-        .into_inner();
     let read = 30;
-    for _ in 0..read {
-        s.message().await.expect("ok").expect("a page");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let last = requests_once_still(&sim).await;
+    let last = requests_for_a_slow_reader(read, Duration::from_millis(20), |_| {}).await;
     // As in the test above, three pages between the reader and the producer; then the
     // look-ahead, with room for fetches slowed by a busy machine.
     let bound = read + 3 + default_prefetch() / 2;
@@ -493,7 +491,6 @@ async fn a_slow_reader_is_read_ahead_only_as_far_as_it_needs() {
         last <= bound,
         "{last} upstream requests with {read} pages read (bound {bound})"
     );
-    drop(s);
 }
 
 #[tokio::test]

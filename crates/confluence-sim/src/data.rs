@@ -831,20 +831,8 @@ struct Links<'a> {
     this: &'a str,
 }
 
-/// Serialises one page; `base_url` is `http://host:port{context}`, `self_url` the request's URL.
-/// `limit` `None` leaves out both `limit` and `size`. Written by hand (see [`json`]): the same
-/// bytes as `render_with_serde` (the tests check), for a fraction of the CPU, which in a
-/// benchmark the simulator takes from the gateway it measures.
-pub(crate) fn render(
-    records: &[Record],
-    start: u32,
-    limit: Option<u32>,
-    base_url: &str,
-    context: &str,
-    self_url: &str,
-) -> serde_json::Result<Vec<u8>> {
-    json::page(records, start, limit, base_url, context, self_url)
-}
+/// Serialises one page (written by hand, see [`json`]).
+pub(crate) use json::page as render;
 
 /// [`render`] through serde's derives: the reference the hand-written JSON must equal.
 #[cfg(test)]
