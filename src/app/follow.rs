@@ -37,7 +37,7 @@ use crate::{
     app::PageRequest,
     audit::{
         PageQuery, Span, checkpoint,
-        follow::{self, Checkpoint, Length, Listing, OutOfBounds, Plan, Slice},
+        follow::{self, Before, Checkpoint, Length, Listing, OutOfBounds, Plan, Slice},
         resume::TokenKey,
     },
     callers::Caller,
@@ -362,6 +362,8 @@ impl<P: PageSource> Follower<P> {
         let mut wide: HashSet<Slice> = HashSet::new();
         let mut sent = false;
         let mut whole = None;
+        // The last slice delivered, and how many records its page held inside it.
+        let mut last: Option<(Slice, usize)> = None;
         while let Some(slice) = stack.pop() {
             self.stop_if_stopping()?;
             // The fetches of slices no longer to be read go (a cut replaced them); this
@@ -373,13 +375,18 @@ impl<P: PageSource> Follower<P> {
             let depth = self.depth_for(slice, &ahead, &held);
             self.expand(&mut stack, &mut ahead, &mut held, &mut wide, depth)
                 .await;
+            // This slice's own request is made before the look-ahead's, so that it is
+            // not the one left waiting for a slot.
+            let mine = match held.remove(&slice) {
+                Some(page) => Ok(page),
+                None => Err(ahead
+                    .remove(&slice)
+                    .unwrap_or_else(|| self.fetch(slice, 0, false))),
+            };
             self.look_ahead(&stack, &mut ahead, &held, &wide, cutting, depth);
-            let (page, complete) = match held.remove(&slice) {
-                Some((page, _room)) => (page, true),
-                None => {
-                    let fetch = ahead
-                        .remove(&slice)
-                        .unwrap_or_else(|| self.fetch(slice, 0, false));
+            let (page, complete) = match mine {
+                Ok((page, _room)) => (page, true),
+                Err(fetch) => {
                     fetch.1.set(0);
                     let page = join(fetch).await?;
                     let complete = self.whole(slice, &page).await?;
@@ -387,7 +394,12 @@ impl<P: PageSource> Follower<P> {
                 }
             };
             let grain = self.listing().grain;
-            let records = match follow::plan(slice, &page.records, complete, grain) {
+            // An empty range just before this one: the log may begin inside it.
+            let before = match last {
+                Some((l, 0)) if l.to.saturating_add(1) == slice.from => Before::Empty,
+                _ => Before::Unknown,
+            };
+            let records = match follow::plan(slice, &page.records, complete, grain, before) {
                 Plan::Whole => {
                     if slice == range {
                         let inside = page.records.len() - follow::outside(slice, &page.records);
@@ -412,6 +424,8 @@ impl<P: PageSource> Follower<P> {
                 }
                 Plan::Overflow => self.overflow(slice, page).await?,
             };
+            let inside = records.len() - follow::outside(slice, &records);
+            last = Some((slice, inside));
             match self.deliver(slice, &records, cp, tx).await? {
                 None => return Ok(Read::Over),
                 Some(s) => sent |= s,
@@ -515,7 +529,8 @@ impl<P: PageSource> Follower<P> {
                 return;
             };
             let grain = self.listing().grain;
-            match follow::plan(slice, &page.records, complete, grain) {
+            // What precedes a slice ahead of the reader is not read yet.
+            match follow::plan(slice, &page.records, complete, grain, Before::Unknown) {
                 Plan::Split {
                     pieces,
                     held: newest,
@@ -1027,7 +1042,7 @@ mod tests {
         fn a_follower_delivers_every_record_once_oldest_first(
             how in misbehaviour(),
             records in 0usize..150,
-            back in 0i64..70_000,
+            back in prop_oneof![0i64..70_000, 70_000i64..400_000],
             max_records in prop::option::of(1u64..60),
             // Look-ahead as deep as the prefetch, only the free pages, or in between.
             lookahead in prop_oneof![Just(0u64), 0u64..8192, Just(u64::MAX)],
@@ -1056,6 +1071,45 @@ mod tests {
             let (since, next) = (BASE - back, followed.checkpoint.next);
             check_delivery(&model, &followed.delivered, false, |d| since <= d && d < next)?;
         }
+    }
+
+    #[test]
+    fn a_backfill_from_before_the_log_asks_few_empty_ranges() {
+        // 3,000 records at 100 a page from long before the log's first record: everything
+        // before it is empty. The chunk that holds the first record is cut by the density
+        // of its own newest page; cut evenly, every piece between the chunk's start and the
+        // first record comes back empty. After the empty range before it,
+        // its pieces grow away from its records instead, and few come back empty.
+        let runtime = paused_runtime();
+        runtime.block_on(async {
+            let clock = clock(tokio::time::Instant::now());
+            let how = Misbehaviour {
+                cap: Some(10),
+                ..Misbehaviour::polite()
+            };
+            let model = Model::new(10_000, BASE - 10_000_000, (900, 1_100), how, 5)
+                .with_clock(clock.clone())
+                .with_latency(100);
+            let model = Arc::new(Mutex::new(model));
+            let followed = follow_through(
+                ModelSource(model.clone()),
+                clock,
+                (BASE - 100_000_000, BASE - 10_000),
+                None,
+                u64::MAX,
+            )
+            .await
+            .expect("followed");
+            let model = model.lock().expect("model");
+            let next = followed.checkpoint.next;
+            check_delivery(&model, &followed.delivered, false, |d| d < next).expect("exactly once");
+            // The model never deletes here: its oldest record is the log's first.
+            let first = model.log.last().map_or(i64::MAX, |r| r.creation_date);
+            let empty = model.ranges.iter().filter(|&&(_, to)| to < first).count();
+            // The clock probe, the range before the chunks, and a few geometric pieces
+            // (16 with the chunk cut evenly).
+            assert!(empty <= 5, "{empty} ranges asked before the first record");
+        });
     }
 
     #[test]

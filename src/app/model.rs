@@ -147,6 +147,8 @@ pub(crate) struct Model {
     pub how: Misbehaviour,
     /// Requests answered.
     pub requests: usize,
+    /// The date ranges asked (`startDate`, `endDate`), in order.
+    pub ranges: Vec<(i64, i64)>,
     /// How many records the first page served held.
     pub first_page: Option<usize>,
     /// The newest `creationDate` the log ever held.
@@ -177,6 +179,7 @@ impl Model {
             rng: fastrand::Rng::with_seed(seed),
             how,
             requests: 0,
+            ranges: Vec::new(),
             first_page: None,
             newest: i64::MIN,
             clock: None,
@@ -237,6 +240,9 @@ impl Model {
     /// One request: the log changes, ties reorder, and a page is cut out of it.
     pub(crate) fn answer(&mut self, req: &PageRequest) -> Result<Bytes, GatewayError> {
         self.requests += 1;
+        if let Span::Range { from, to } = req.query.span {
+            self.ranges.push((from, to));
+        }
         let start = usize::try_from(req.query.start).expect("an offset");
         let limit = usize::try_from(req.query.limit).expect("a limit");
         assert!(

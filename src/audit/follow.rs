@@ -241,11 +241,36 @@ pub(crate) const MAX_CHUNKS: i64 = 16;
 /// out (its newest part is delivered from it), fetched while the pieces after it are.
 pub(crate) const FILL: f64 = 0.97;
 
+/// What is known of the records just before a slice, where the log may begin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Before {
+    /// Nothing: records may run on back through the slice at the page's density.
+    Unknown,
+    /// The range just before it was read and held no record: the log may begin anywhere
+    /// in the slice, most likely near its newest records (the cut that made the slice put
+    /// its start where the density said the records end).
+    Empty,
+}
+
+/// Pieces a cut needs by density before one at the log's possible beginning
+/// ([`Before::Empty`]) is made geometric instead: below it, the few pieces cost no more.
+const GEOMETRIC_FROM: i64 = 4;
+
 /// What to do with `slice` given its newest page, `page` (newest first), which holds all
 /// of the slice when `whole`, from a server that applies the range's bounds to `grain`
 /// ms (1, or 1000 for one that rounds them to the second): cuts fall on the grain, since
-/// a piece cut inside a grain cell comes back widened to the whole cell.
-pub(crate) fn plan<R: Anchored>(slice: Slice, page: &[R], whole: bool, grain: i64) -> Plan {
+/// a piece cut inside a grain cell comes back widened to the whole cell. `before` says
+/// whether the log may begin inside the slice: then its pieces grow geometrically away
+/// from the page's records (each as long as all newer ones together), so the empty span
+/// before the log's first record costs a few requests, not one per page's worth of it;
+/// the long pieces that do hold records are cut again by their own pages (`wide`).
+pub(crate) fn plan<R: Anchored>(
+    slice: Slice,
+    page: &[R],
+    whole: bool,
+    grain: i64,
+    before: Before,
+) -> Plan {
     let Some(oldest) = page.last().map(Anchored::date) else {
         return Plan::Whole;
     };
@@ -273,6 +298,9 @@ pub(crate) fn plan<R: Anchored>(slice: Slice, page: &[R], whole: bool, grain: i6
     // Nothing held: the pieces must be smaller than the slice, or it is read again.
     let least = if held.is_some() { 1 } else { 2 };
     let needed = ((cells + per_piece - 1) / per_piece).max(least).min(cells);
+    if before == Before::Empty && needed > GEOMETRIC_FROM {
+        return geometric(slice, (first_cell, cells), older_end, per_piece, g, held);
+    }
     let mut pieces = Vec::new();
     let (count, start_cell) = if needed > MAX_PIECES {
         // The newest `MAX_PIECES` pieces; before them up to `MAX_CHUNKS` chunks of as
@@ -310,6 +338,42 @@ pub(crate) fn plan<R: Anchored>(slice: Slice, page: &[R], whole: bool, grain: i6
             from = to + 1;
         }
     }
+    Plan::Split { pieces, held, wide }
+}
+
+/// Cuts `[slice.from, older_end]` (`cells` cells of `g` ms from `first_cell`) into pieces
+/// that grow away from its newest end: `per_piece` cells, `per_piece` again, then each as
+/// long as all newer ones together, the oldest taking what is left. Oldest first; the
+/// ones longer than `per_piece` cells lead and are `wide`.
+fn geometric(
+    slice: Slice,
+    (first_cell, cells): (i64, i64),
+    older_end: i64,
+    per_piece: i64,
+    g: i64,
+    held: Option<Slice>,
+) -> Plan {
+    // Lengths in cells, newest first.
+    let mut spans = Vec::new();
+    let mut covered = 0i64;
+    while covered < cells {
+        let span = covered.max(per_piece).min(cells - covered);
+        spans.push(span);
+        covered += span;
+    }
+    let mut pieces = Vec::with_capacity(spans.len());
+    let mut start_cell = first_cell;
+    for (i, &span) in spans.iter().rev().enumerate() {
+        let from = if i == 0 { slice.from } else { start_cell };
+        start_cell += span * g;
+        let to = if i + 1 == spans.len() {
+            older_end
+        } else {
+            start_cell - 1
+        };
+        pieces.push(Slice::new(from, to));
+    }
+    let wide = spans.iter().filter(|&&span| span > per_piece).count();
     Plan::Split { pieces, held, wide }
 }
 
@@ -435,7 +499,14 @@ mod tests {
             let mut stack = vec![Slice::new(cp.next, to)];
             // Slices a page in hand holds whole, delivered from it.
             let mut held = std::collections::HashMap::new();
+            // The last slice delivered and how many of its records lay inside it: an
+            // empty one just before a slice says the log may begin in it.
+            let mut last: Option<(Slice, usize)> = None;
             while let Some(s) = stack.pop() {
+                let before = match last {
+                    Some((l, 0)) if l.to + 1 == s.from => Before::Empty,
+                    _ => Before::Unknown,
+                };
                 let (page, whole) = match held.remove(&s) {
                     Some(page) => (page, true),
                     None => {
@@ -445,7 +516,7 @@ mod tests {
                         (page, whole)
                     }
                 };
-                let page = match plan(s, &page, whole, 1) {
+                let page = match plan(s, &page, whole, 1, before) {
                     Plan::Whole => page,
                     Plan::Split {
                         pieces,
@@ -472,6 +543,7 @@ mod tests {
                         }
                     }
                 };
+                last = Some((s, page.len() - outside(s, &page)));
                 let fresh = undelivered(&cp, s, &page);
                 if fresh.len() > cut {
                     let part: Vec<&R> = fresh[..cut].iter().map(|&i| &page[i]).collect();
@@ -499,7 +571,7 @@ mod tests {
         #[test]
         fn every_record_in_range_arrives_once_in_order(
             log in log_strategy(),
-            from in 0i64..100,
+            from in -5000i64..100,
             limit in 2usize..40,
             cut in 1usize..50,
             seed in any::<u64>(),
@@ -529,11 +601,13 @@ mod tests {
             from in -1000i64..1000,
             len in 1i64..100_000,
             dates in prop::collection::vec(0i64..100_000, 1..50),
+            empty_before in any::<bool>(),
         ) {
             let slice = Slice::new(from, from + len);
             let mut page: Vec<R> = dates.into_iter().map(|d| R(from + d % (len + 1), 0)).collect();
             page.sort_by_key(|r| std::cmp::Reverse(r.0));
-            let Plan::Split { mut pieces, held, .. } = plan(slice, &page, false, 1) else {
+            let before = if empty_before { Before::Empty } else { Before::Unknown };
+            let Plan::Split { mut pieces, held, .. } = plan(slice, &page, false, 1, before) else {
                 return Err(TestCaseError::fail("a full page of a wide slice is cut"));
             };
             prop_assert!(pieces.len() as i64 <= MAX_PIECES + MAX_CHUNKS + 1);
@@ -556,7 +630,7 @@ mod tests {
         // 3 records over [30, 60]: [0, 30] should hold about 3, so two pieces.
         // (30, 60] is in the page, delivered from it.
         assert_eq!(
-            plan(Slice::new(0, 60), &page, false, 1),
+            plan(Slice::new(0, 60), &page, false, 1, Before::Unknown),
             Plan::Split {
                 pieces: vec![Slice::new(0, 14), Slice::new(15, 30)],
                 held: Some(Slice::new(31, 60)),
@@ -567,7 +641,8 @@ mod tests {
         // sized to fill `FILL` of a page (at 3 records per 31 ms), the newest ones; the
         // rest is one range, read first.
         let per = (FILL * 31.0).floor() as i64;
-        let Plan::Split { pieces, held, wide } = plan(Slice::new(-3000, 60), &page, false, 1)
+        let Plan::Split { pieces, held, wide } =
+            plan(Slice::new(-3000, 60), &page, false, 1, Before::Unknown)
         else {
             panic!("cut");
         };
@@ -582,7 +657,8 @@ mod tests {
         assert_eq!(held, Some(Slice::new(31, 60)));
         // Longer still: before the pieces, `MAX_CHUNKS` chunks of `MAX_PIECES` pieces'
         // worth each, their pages fetched at once, and what precedes them.
-        let Plan::Split { pieces, wide, .. } = plan(Slice::new(-100_000, 60), &page, false, 1)
+        let Plan::Split { pieces, wide, .. } =
+            plan(Slice::new(-100_000, 60), &page, false, 1, Before::Unknown)
         else {
             panic!("cut");
         };
@@ -596,11 +672,41 @@ mod tests {
         );
         assert_eq!(pieces[wide - 1].to, start);
         assert_eq!(
-            plan(Slice::new(30, 30), &page[2..], false, 1),
+            plan(Slice::new(30, 30), &page[2..], false, 1, Before::Unknown),
             Plan::Overflow
         );
-        assert_eq!(plan(Slice::new(0, 60), &page, true, 1), Plan::Whole);
-        assert_eq!(plan::<R>(Slice::new(0, 60), &[], false, 1), Plan::Whole);
+        assert_eq!(
+            plan(Slice::new(0, 60), &page, true, 1, Before::Unknown),
+            Plan::Whole
+        );
+        assert_eq!(
+            plan::<R>(Slice::new(0, 60), &[], false, 1, Before::Unknown),
+            Plan::Whole
+        );
+    }
+
+    #[test]
+    fn where_the_log_may_begin_pieces_grow_away_from_the_records() {
+        let page = [R(50, 1), R(40, 1), R(30, 1)];
+        // 3 records over [30, 60]: pieces of 30 ms fill 97 % of a page. After an empty
+        // range, [-3000, 30] is cut 30, 30, 60, 120, ... back from 30, the oldest taking
+        // what is left: 8 pieces where density alone makes 64 and a range before them.
+        let Plan::Split { pieces, held, wide } =
+            plan(Slice::new(-3000, 60), &page, false, 1, Before::Empty)
+        else {
+            panic!("cut");
+        };
+        let lengths: Vec<i64> = pieces.iter().map(|p| p.to - p.from + 1).collect();
+        assert_eq!(lengths, [1111, 960, 480, 240, 120, 60, 30, 30]);
+        assert_eq!((pieces[0].from, pieces[7].to), (-3000, 30));
+        assert_eq!(held, Some(Slice::new(31, 60)));
+        // The long ones lead, each cut again by its own page.
+        assert_eq!(wide, 6);
+        // A slice needing few pieces is cut by density as before.
+        assert_eq!(
+            plan(Slice::new(0, 60), &page, false, 1, Before::Empty),
+            plan(Slice::new(0, 60), &page, false, 1, Before::Unknown)
+        );
     }
 
     #[test]
