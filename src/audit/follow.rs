@@ -22,7 +22,9 @@
 //! worth each; what lies before those is one more range. Each chunk and that range is
 //! cut again by its own newest page, and those pages are fetched at once, so a long
 //! backfill reaches its oldest records in a few round trips, not one per
-//! [`MAX_PIECES`] pieces. A piece that turns out full is cut the same way (its newest
+//! [`MAX_PIECES`] pieces. Where the range just before a slice came back empty
+//! ([`Before::Empty`]), the log may begin anywhere in it: its pieces grow away from the
+//! page's records instead, so an empty stretch costs a few requests. A piece that turns out full is cut the same way (its newest
 //! part, again, delivered from its page). Ranges never overlap, so no record is read twice at two offsets
 //! and no order among records sharing a millisecond matters; only a single millisecond
 //! holding more records than a page is paged by offset (and counted: if Confluence
