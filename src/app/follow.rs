@@ -168,6 +168,7 @@ pub(crate) fn start<P: PageSource>(
         shared,
         skew_warned: false,
         sizes: Arc::default(),
+        last: Mutex::default(),
     };
     stream::supervise("Follow", held, |tx, idle| follower.produce(tx, idle))
 }
@@ -188,6 +189,9 @@ struct Follower<P> {
     position: FollowPosition,
     /// The newest millisecond this tick may read.
     edge: i64,
+    /// The urgency of the fetch made last: the next one asks for its page once that one
+    /// entered the scheduler (`Urgency::after`), so they take free slots in order.
+    last: Mutex<Urgency>,
 }
 
 /// A range's newest page being fetched, and how many ranges ahead of the one being read
@@ -375,19 +379,22 @@ impl<P: PageSource> Follower<P> {
             let depth = self.depth_for(slice, &ahead, &held);
             self.expand(&mut stack, &mut ahead, &mut held, &mut wide, depth)
                 .await;
-            // This slice's own request is made before the look-ahead's, so that it is
-            // not the one left waiting for a slot.
+            // This slice's own request is made before the look-ahead's, so that it
+            // takes a free slot first.
             let mine = match held.remove(&slice) {
                 Some(page) => Ok(page),
-                None => Err(ahead
-                    .remove(&slice)
-                    .unwrap_or_else(|| self.fetch(slice, 0, false))),
+                None => {
+                    let fetch = ahead
+                        .remove(&slice)
+                        .unwrap_or_else(|| self.fetch(slice, 0, false));
+                    fetch.1.set(0);
+                    Err(fetch)
+                }
             };
             self.look_ahead(&stack, &mut ahead, &held, &wide, cutting, depth);
             let (page, complete) = match mine {
                 Ok((page, _room)) => (page, true),
                 Err(fetch) => {
-                    fetch.1.set(0);
                     let page = join(fetch).await?;
                     let complete = self.whole(slice, &page).await?;
                     (page, complete)
@@ -775,12 +782,21 @@ impl<P: PageSource> Follower<P> {
         self.fetch_at(slice, 0, false, Urgency::ahead(depth))
     }
 
-    /// Fetches the page of `slice` at `start`, needed now.
+    /// Fetches the page of `slice` at `start`, needed now (0 ahead: unlike
+    /// `Urgency::now`, the fetches made after it can wait for it to enter).
     fn fetch(&self, slice: Slice, start: i32, refresh: bool) -> Fetch {
-        self.fetch_at(slice, start, refresh, Urgency::now())
+        self.fetch_at(slice, start, refresh, Urgency::ahead(0))
     }
 
+    /// Fetches the page of `slice` at `start`, after the fetch made before it entered
+    /// the scheduler (`Urgency::after`).
     fn fetch_at(&self, slice: Slice, start: i32, refresh: bool, urgency: Urgency) -> Fetch {
+        let earlier = std::mem::replace(
+            &mut *self.last.lock().unwrap_or_else(PoisonError::into_inner),
+            urgency.clone(),
+        );
+        // Made here, not in the task: a task aborted before it first runs enters too.
+        let entering = urgency.entering();
         let pages = self.pages.clone();
         let req = PageRequest {
             query: PageQuery {
@@ -803,6 +819,8 @@ impl<P: PageSource> Follower<P> {
         };
         let sizes = self.sizes.clone();
         let task = async move {
+            let _entering = entering;
+            req.urgency.after(&earlier).await;
             let page = pages.page(req).await?;
             sizes.landed(page.len());
             stream::decode(&page)

@@ -451,12 +451,15 @@ impl PageService {
                 Ok(())
             }
         };
+        // Waiting on another load, not in the scheduler's queue: the caller's next
+        // request need not wait behind it (`Urgency::after`).
+        let rests = || req.urgency.enter();
         // A caller leaves at its own deadline, whoever else waits on the load.
         let page = within_deadline(
             req.deadline,
             "the call's deadline passed before the page was ready",
             self.cache
-                .get_or_load_admitted(key, refresh, req.deadline, admit, load),
+                .get_or_load_admitted(key, refresh, req.deadline, (admit, rests), load),
         )
         .await?;
         if refresh {

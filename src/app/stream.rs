@@ -250,6 +250,7 @@ pub(crate) fn start<P: PageSource>(
         budget: budget.clone(),
         sizes: Arc::default(),
         longest: Arc::default(),
+        last: std::sync::Mutex::default(),
     };
     supervise("StreamSince", held, |tx, idle| producer.produce(tx, idle))
 }
@@ -337,6 +338,9 @@ struct Producer<P> {
     /// The most records a page has held (`PageCap::largest`), for its fetches to tell a
     /// short page as it lands.
     longest: Arc<AtomicI64>,
+    /// The urgency of the fetch made last: the next one asks for its page once that one
+    /// entered the scheduler (`Urgency::after`), so they take free slots in order.
+    last: std::sync::Mutex<Urgency>,
 }
 
 /// A page being fetched; dropping it stops waiting for it. The load itself goes on while
@@ -601,6 +605,12 @@ impl<P: PageSource> Producer<P> {
         let caller = self.req.caller.clone();
         let urgency = Urgency::ahead(depth);
         let request_urgency = urgency.clone();
+        let earlier = std::mem::replace(
+            &mut *self.last.lock().unwrap_or_else(PoisonError::into_inner),
+            urgency.clone(),
+        );
+        // Made here, not in the task: a task aborted before it first runs enters too.
+        let entering = urgency.entering();
         let refresh = self.req.refresh || fresh;
         let deadline = self.req.deadline;
         let records = Arc::new(AtomicI64::new(-1));
@@ -609,6 +619,8 @@ impl<P: PageSource> Producer<P> {
         let ahead = Some(self.ahead_of(start, depth > 0));
         let task = tokio::spawn(
             async move {
+                let _entering = entering;
+                request_urgency.after(&earlier).await;
                 let query = query.map_err(|_| {
                     GatewayError::Internal(format!(
                         "offset {start} is beyond what Confluence pages"
@@ -1223,6 +1235,73 @@ mod tests {
         assert!(
             matches!(end, Some(GatewayError::Internal(_))),
             "ended with {end:?}"
+        );
+    }
+
+    // Two workers, as a gateway runs: tokio then first polls spawned tasks out of the
+    // order they were spawned in (on one thread it polls them in order).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_streams_second_round_of_requests_is_the_pages_right_after_the_first() {
+        // As `Gateway::bind` does (src/gateway.rs); Err: installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Rounds 100 ms apart: a slot frees only when an answer comes.
+        let latency = Duration::from_millis(100);
+        let sim = crate::testing::harness::simulator(confluence_sim::SimulatorConfig {
+            records: 4000,
+            latency,
+            ..Default::default()
+        })
+        .await;
+        let url = url::Url::parse(&sim.base_url()).expect("url");
+        let upstream = crate::upstream::UpstreamConfig::DEFAULT;
+        let pages = PageService::new(
+            crate::upstream::ConfluenceClient::new(url, &upstream).expect("client"),
+            crate::cache::PageCache::new(crate::cache::CacheConfig::DEFAULT, None),
+            crate::credential::FingerprintKey::from_secret(b"salt"),
+        );
+        // Pages of 108 asked, 100 apart: 40 pages, more than the credential's pace lets
+        // go at once.
+        let (records, _, end) = drain(start(
+            pages,
+            request(100, None, Cursor::BEGIN),
+            (32, &WindowEnds::default(), &unbounded()),
+            key(),
+            (),
+        ))
+        .await;
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(records.len(), 4000);
+        let mut asked: Vec<(Instant, i64)> = sim
+            .requests()
+            .iter()
+            .map(|r| {
+                let start = r.query.iter().find(|(k, _)| k == "start");
+                let start = start.and_then(|(_, v)| v.parse().ok()).expect("a start");
+                (r.received, start)
+            })
+            .collect();
+        sim.shutdown();
+        asked.sort_unstable();
+        // The first page goes alone; the look-ahead made after it lands is the second
+        // round, sent together.
+        let (round_began, _) = asked[1];
+        let round: Vec<i64> = asked[1..]
+            .iter()
+            .take_while(|(at, _)| at.duration_since(round_began) < latency / 2)
+            .map(|(_, start)| *start)
+            .collect();
+        let mut later: Vec<i64> = asked[1..].iter().map(|(_, start)| *start).collect();
+        later.sort_unstable();
+        let mut sent = round.clone();
+        sent.sort_unstable();
+        assert!(
+            round.len() < later.len(),
+            "the pace let every page go at once: {round:?}"
+        );
+        assert_eq!(
+            sent,
+            later[..round.len()],
+            "the second round holds the pages right after the first: {asked:?}"
         );
     }
 

@@ -239,19 +239,21 @@ impl PageCache {
         F: FnOnce(Option<Instant>, LoadProgress) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Bytes, GatewayError>> + Send + 'static,
     {
-        self.get_or_load_admitted(key, refresh, deadline, || Ok(()), load)
+        self.get_or_load_admitted(key, refresh, deadline, (|| Ok(()), || {}), load)
             .await
     }
 
     /// As [`PageCache::get_or_load`], asking `admit` first whenever the call would start
     /// a load of its own (a miss no load in flight answers, or a refresh): its error is
-    /// this caller's answer, and nothing starts. Joining a load costs nothing.
+    /// this caller's answer, and nothing starts. Joining a load costs nothing. `rests` is
+    /// called when the call waits on a load that is not its own (it joined one, or its
+    /// refresh waits for the one in flight): the scheduler's queue is not where it waits.
     pub(crate) async fn get_or_load_admitted<F, Fut>(
         &self,
         key: PageKey,
         refresh: bool,
         deadline: Option<Instant>,
-        admit: impl FnOnce() -> Result<(), GatewayError>,
+        (admit, rests): (impl FnOnce() -> Result<(), GatewayError>, impl FnOnce()),
         load: F,
     ) -> Result<Bytes, GatewayError>
     where
@@ -271,16 +273,17 @@ impl PageCache {
                 return Ok(hit.page);
             }
         }
-        let progress = self.join_or_start(key, refresh, admit, load)?;
+        let progress = self.join_or_start(key, refresh, (admit, rests), load)?;
         wait(progress, deadline).await
     }
 
-    /// The progress of the load of `key` in flight, or of a new one started for it.
+    /// The progress of the load of `key` in flight, or of a new one started for it;
+    /// `rests` is called when the call joins the one in flight or, a refresh, waits for it.
     fn join_or_start<F, Fut>(
         &self,
         key: PageKey,
         refresh: bool,
-        admit: impl FnOnce() -> Result<(), GatewayError>,
+        (admit, rests): (impl FnOnce() -> Result<(), GatewayError>, impl FnOnce()),
         load: F,
     ) -> Result<watch::Receiver<Progress>, GatewayError>
     where
@@ -291,6 +294,7 @@ impl PageCache {
         let mut after = None;
         match flights.by_key.get(&key) {
             Some(flight) if !refresh || (flight.refresh && !flight.sent) => {
+                rests();
                 return Ok(flight.progress.clone());
             }
             Some(flight) if flight.refresh => after = Some(flight.progress.clone()),
@@ -298,6 +302,9 @@ impl PageCache {
             _ => {}
         }
         admit()?;
+        if after.is_some() {
+            rests();
+        }
         let id = flights.next_id;
         flights.next_id += 1;
         let (tx, rx) = watch::channel(Progress::Loading);

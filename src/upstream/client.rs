@@ -20,7 +20,7 @@ use super::{
     budget::RetryBudget,
     clock::ClockOffset,
     cooldown::{Cooldowns, Gate, ProbeTicket, SharedCooldowns, SharedView},
-    fair::{FairSlots, Share, Slot},
+    fair::{FairSlots, Share, Slot, Urgency},
     pacing::{self, Pacing, SharedPaces},
     ratelimit,
     retry::{RetryClass, RetryPolicy, Spent, classify},
@@ -587,7 +587,9 @@ impl ConfluenceClient {
         events: &impl FetchEvents,
     ) -> Result<(Option<Probe>, Slot), GatewayError> {
         loop {
-            let probe = self.cool_down(budget, deadline, events).await?;
+            let probe = self
+                .cool_down(budget, &share.urgency, deadline, events)
+                .await?;
             // Never held across a backoff sleep or a cool-down; the wait for it is under
             // the caller's deadline like the rest of the call (`within_deadline` in
             // `fetch_page`). Held until the body is read, released before the
@@ -626,10 +628,12 @@ impl ConfluenceClient {
     /// it would end past `deadline` or past the longest wait the policy sleeps (sleeping
     /// until DEADLINE_EXCEEDED would hide the one useful answer: when to come back).
     /// When it is over, the one request that probes gets its [`Probe`]; the others wait
-    /// for the probe's answer.
+    /// for the probe's answer. A request that waits here enters its `urgency`: every
+    /// request of the credential waits alike, so the next one need not wait behind it.
     async fn cool_down(
         &self,
         budget: &str,
+        urgency: &Urgency,
         deadline: Option<Instant>,
         events: &impl FetchEvents,
     ) -> Result<Option<Probe>, GatewayError> {
@@ -648,6 +652,7 @@ impl ConfluenceClient {
                     // deadline (`src/cache/memory.rs`).
                     events.retrying(&refusal, wait);
                     tracing::debug!(?wait, "waiting out the credential's cool-down");
+                    urgency.enter();
                     // Woken early when an answer ends it here; a replica that ends it
                     // is heard of at the next look at the shared store.
                     self.cooldowns.changed(wait.min(SHARED_LOOK)).await;
@@ -660,6 +665,7 @@ impl ConfluenceClient {
                                 Some(false) => {
                                     // Another replica probes: wait for its answer there.
                                     drop(ticket);
+                                    urgency.enter();
                                     self.cooldowns.changed(SHARED_LOOK).await;
                                     continue;
                                 }
@@ -676,7 +682,10 @@ impl ConfluenceClient {
                         claimed,
                     }));
                 }
-                Gate::Probing => self.cooldowns.changed(SHARED_LOOK).await,
+                Gate::Probing => {
+                    urgency.enter();
+                    self.cooldowns.changed(SHARED_LOOK).await;
+                }
             }
         }
     }

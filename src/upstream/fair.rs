@@ -28,14 +28,17 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 // tokio's clock, so that tests on a paused clock see reservations lapse and deadlines
 // pass (it is the system's monotonic clock otherwise).
-use tokio::{sync::oneshot, time::Instant};
+use tokio::{
+    sync::{Notify, oneshot},
+    time::Instant,
+};
 
 use crate::metrics::METRICS;
 
@@ -49,6 +52,11 @@ pub(crate) const ACTIVE: Duration = Duration::from_secs(5);
 /// slot is granted. A request whose urgency rose queues behind those already as urgent,
 /// as if it arrived then: a stream's promoted look-ahead takes its turn, not the turns
 /// of requests that were urgent all along.
+///
+/// It also says when its request has *entered*: reached this scheduler's queue, joined a
+/// load already in flight, or ended. A stream's fetches run as tasks, which tokio first
+/// polls in no set order; each waits for the one made before it to enter
+/// ([`Urgency::after`]), so free slots go to them in the order they were made.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Urgency(Option<Arc<Pages>>);
 
@@ -58,7 +66,16 @@ struct Pages {
     ahead: AtomicU32,
     /// When (in [`next_order`]'s count) it last rose.
     since: AtomicU64,
+    /// Whether its request has entered, and the wake of those waiting for that.
+    entered: AtomicBool,
+    entry: Notify,
 }
+
+/// How long a request waits at most for the one made before it to enter: that one
+/// normally enters within microseconds, or after a lookup in the shared tier. A path
+/// that never enters costs the next request this much, against the round trip to
+/// Confluence (~100 ms) that a request taking another's slot costs it.
+const ENTRY_WAIT: Duration = Duration::from_millis(20);
 
 /// A count shared by every request and urgency change: the order of arrivals.
 fn next_order() -> u64 {
@@ -77,7 +94,47 @@ impl Urgency {
         Self(Some(Arc::new(Pages {
             ahead: AtomicU32::new(u32::try_from(pages).unwrap_or(u32::MAX)),
             since: AtomicU64::new(0),
+            entered: AtomicBool::new(false),
+            entry: Notify::new(),
         })))
+    }
+
+    /// Its request has entered (queued for a slot, joined a load, or ended).
+    pub(crate) fn enter(&self) {
+        if let Some(p) = &self.0
+            && !p.entered.swap(true, Ordering::AcqRel)
+        {
+            p.entry.notify_waiters();
+        }
+    }
+
+    /// Once its request has entered (at once for [`Urgency::now`]).
+    pub(crate) async fn entered(&self) {
+        let Some(p) = &self.0 else {
+            return;
+        };
+        let notified = p.entry.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the check: an `enter` between the two still wakes it.
+        notified.as_mut().enable();
+        if !p.entered.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+
+    /// Waits until `earlier`, the request its owner made just before this one, has
+    /// entered, [`ENTRY_WAIT`] at most; at once when this one is needed now.
+    pub(crate) async fn after(&self, earlier: &Urgency) {
+        if self.needed_now() {
+            return;
+        }
+        let _ = tokio::time::timeout(ENTRY_WAIT, earlier.entered()).await;
+    }
+
+    /// Enters it when dropped: held by its request's task, whose end, however it comes,
+    /// lets the next request go.
+    pub(crate) fn entering(&self) -> Entering {
+        Entering(self.clone())
     }
 
     /// Now `pages` ahead.
@@ -112,6 +169,16 @@ impl Urgency {
     #[cfg(test)]
     fn pages(&self) -> u32 {
         self.key(0).0
+    }
+}
+
+/// Enters its urgency when dropped ([`Urgency::entering`]).
+#[derive(Debug)]
+pub(crate) struct Entering(Urgency);
+
+impl Drop for Entering {
+    fn drop(&mut self) {
+        self.0.enter();
     }
 }
 
@@ -304,6 +371,8 @@ impl FairSlots {
             dispatch(&mut st, &self.state);
             (key, rx)
         };
+        // Queued (or granted): the request its owner made next may queue behind it.
+        share.urgency.enter();
         let mut waiting = Waiting {
             state: self.state.clone(),
             caller: share.id.clone(),
@@ -618,6 +687,101 @@ mod tests {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Which of `made` requests, made in order (the first needed now, the rest ahead)
+    /// but first run in reverse, get the `free` slots; `chained`: each waits for the
+    /// one made before it to enter (`Urgency::after`). Also how long that took.
+    async fn first_granted(made: usize, free: usize, chained: bool) -> (Vec<usize>, Duration) {
+        let slots = Arc::new(FairSlots::new(free));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut last = Urgency::now();
+        let requests: Vec<_> = (0..made)
+            .map(|i| {
+                let urgency = Urgency::ahead(i);
+                let earlier = std::mem::replace(&mut last, urgency.clone());
+                (i, urgency, earlier)
+            })
+            .collect();
+        let began = Instant::now();
+        // Spawned newest first: tokio runs them in that order.
+        let tasks: Vec<_> = requests
+            .into_iter()
+            .rev()
+            .map(|(i, urgency, earlier)| {
+                let (slots, tx) = (slots.clone(), tx.clone());
+                let entering = urgency.entering();
+                let share = Share {
+                    urgency: urgency.clone(),
+                    ..share("s", 1)
+                };
+                tokio::spawn(async move {
+                    let _entering = entering;
+                    if chained {
+                        urgency.after(&earlier).await;
+                    }
+                    let slot = slots.acquire(&share).await.expect("open");
+                    let _ = tx.send(i);
+                    // Held until the test ends.
+                    std::future::pending::<()>().await;
+                    drop(slot);
+                })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        for _ in 0..free {
+            granted.push(rx.recv().await.expect("granted"));
+        }
+        let took = began.elapsed();
+        settle().await;
+        assert!(rx.try_recv().is_err(), "no more slots than {free}");
+        for t in tasks {
+            t.abort();
+        }
+        granted.sort_unstable();
+        (granted, took)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_take_free_slots_in_the_order_they_were_made_whatever_order_they_run() {
+        let (granted, took) = first_granted(8, 3, true).await;
+        assert_eq!(granted, [0, 1, 2], "the first made");
+        assert_eq!(
+            took,
+            Duration::ZERO,
+            "each entered: none waited out the bound"
+        );
+        // Unchained, the same tasks take the slots in the order tokio runs them: what
+        // the chain is for.
+        let (granted, _) = first_granted(8, 3, false).await;
+        assert_eq!(granted, [5, 6, 7], "unchained, the last made go first");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_for_the_one_before_it_to_enter_a_bounded_time() {
+        let needed_now = Urgency::ahead(0);
+        let earlier = Urgency::ahead(1);
+        // One that never enters holds the next back for the bound, no longer.
+        let began = Instant::now();
+        Urgency::ahead(2).after(&earlier).await;
+        assert_eq!(began.elapsed(), ENTRY_WAIT);
+        // Needed now: no wait.
+        let began = Instant::now();
+        needed_now.after(&earlier).await;
+        assert_eq!(began.elapsed(), Duration::ZERO);
+        // A request whose task is dropped, even before it ran, has entered.
+        let entering = earlier.entering();
+        let task = tokio::spawn(async move {
+            let _entering = entering;
+        });
+        task.abort();
+        let _ = task.await;
+        let began = Instant::now();
+        Urgency::ahead(2).after(&earlier).await;
+        assert_eq!(began.elapsed(), Duration::ZERO);
+        // `now` has nothing to enter: those after it never wait.
+        Urgency::ahead(2).after(&Urgency::now()).await;
+        assert_eq!(began.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

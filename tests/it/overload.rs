@@ -309,7 +309,18 @@ async fn one_connection_opens_at_most_its_stream_limit_at_once() {
         |c| c.server.max_connection_streams = 2,
     )
     .await;
-    let mut client = gw.small_window_client().await;
+    // Small stream windows, and a connection window with room for both streams': the
+    // first stream's unread messages must not take all of it, or the second's first
+    // message never comes (once the first stream's next page lands before it).
+    let window_size = 65_535;
+    let channel = Channel::from_shared(format!("http://{}", gw.addr))
+        .expect("uri")
+        .initial_stream_window_size(Some(window_size))
+        .initial_connection_window_size(Some(4 * window_size))
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = AuditServiceClient::new(channel);
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = client
