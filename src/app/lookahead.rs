@@ -95,10 +95,7 @@ pub(crate) const SPARE_AHEAD: usize = 2;
 /// new depth come due (the next few pages were asked for before it and are no sooner for
 /// it): a reader Confluence holds back gets the whole window again in a few round trips.
 /// The pages that landed behind a late one while the reader waited for it are its
-/// backlog, not a sign of a slow reader: taking them shrinks nothing. A wait before the
-/// reader ever found a page landed is the pipeline's first fill (every page is in flight
-/// at once, the first is waited for whatever the reader's speed): it neither doubles the
-/// depth nor makes a backlog. Measured on the
+/// backlog, not a sign of a slow reader: taking them shrinks nothing. Measured on the
 /// pipeline itself, not on fetch times, which a deeper pipeline lengthens by queueing its
 /// own fetches. Streams and followers both keep one.
 #[derive(Debug)]
@@ -112,8 +109,6 @@ pub(crate) struct Depth {
     waited: bool,
     /// Pages left of the backlog that landed while it waited.
     backlog: usize,
-    /// The reader found a page landed once: the pipeline was filled.
-    filled: bool,
 }
 
 impl Depth {
@@ -125,7 +120,6 @@ impl Depth {
             hold: 0,
             waited: false,
             backlog: 0,
-            filled: false,
         }
     }
 
@@ -140,7 +134,6 @@ impl Depth {
     ) -> usize {
         self.hold = self.hold.saturating_sub(1);
         match next_landed {
-            Some(false) if !self.filled => {}
             Some(false) => {
                 self.waited = true;
                 if self.hold == 0 {
@@ -149,7 +142,6 @@ impl Depth {
                 }
             }
             Some(true) => {
-                self.filled = true;
                 if std::mem::take(&mut self.waited) {
                     self.backlog = landed;
                 }
@@ -248,7 +240,6 @@ mod tests {
     #[test]
     fn a_reader_taking_what_landed_behind_a_late_page_keeps_its_depth() {
         let mut depth = Depth::new(32);
-        assert_eq!(depth.step(32, Some(true), 0), 32);
         // It waits for one page while 20 land behind it, then takes them one after the
         // other: its backlog, not a slow reader.
         assert_eq!(depth.step(32, Some(false), 0), 32);
@@ -260,16 +251,6 @@ mod tests {
         // Then pages that keep waiting for it: slow, and it shrinks again.
         assert_eq!(depth.step(32, Some(true), 6), 31);
         assert_eq!(depth.step(32, Some(true), 6), 30);
-    }
-
-    #[test]
-    fn a_wait_for_the_pipelines_first_page_is_no_backlog() {
-        // Everything was asked for at once; the reader waits for the first page whatever
-        // its speed, and the rest lands meanwhile. Then it is slow: it shrinks at once.
-        let mut depth = Depth::new(32);
-        assert_eq!(depth.step(32, Some(false), 0), 32);
-        assert_eq!(depth.step(32, Some(true), 31), 31);
-        assert_eq!(depth.step(32, Some(true), 30), 30);
     }
 
     #[test]

@@ -481,8 +481,10 @@ async fn a_slow_consumer_holds_the_gateway_to_the_prefetch_window() {
 #[tokio::test]
 async fn a_slow_reader_is_read_ahead_only_as_far_as_it_needs() {
     // Pages land in milliseconds, the reader takes one every 20 ms: a page or two ahead
-    // covers a fetch, not the default prefetch of 32.
-    let read = 30;
+    // covers a fetch, not the default prefetch of 32. The pages that landed while it
+    // waited for its first look-ahead page are taken as a backlog (`Depth`), so the
+    // depth shrinks only after them: 60 pages show it.
+    let read = 60;
     let last = requests_for_a_slow_reader(read, Duration::from_millis(20), |_| {}).await;
     // As in the test above, three pages between the reader and the producer; then the
     // look-ahead, with room for fetches slowed by a busy machine.
