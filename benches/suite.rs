@@ -1022,7 +1022,6 @@ async fn p4_peak_rss() -> Vec<Row> {
     rows
 }
 
-/// With `BENCH_TRACE` set, prints every request the simulator saw, from `t` on.
 /// How many requests the simulator held on average over `took` from `t`, each for
 /// `latency` from its arrival (what its answer takes at least).
 fn average_in_flight(
@@ -1043,6 +1042,7 @@ fn average_in_flight(
     held.as_secs_f64() / took.as_secs_f64().max(f64::EPSILON)
 }
 
+/// With `BENCH_TRACE` set, prints every request the simulator saw, from `t` on.
 fn trace_requests(sim: &confluence_sim::SimulatorHandle, t: Instant) {
     if std::env::var_os("BENCH_TRACE").is_none() {
         return;
