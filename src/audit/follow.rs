@@ -363,6 +363,14 @@ fn geometric(
         spans.push(span);
         covered += span;
     }
+    // A remainder no longer than a piece joins the one before it: the long pieces must
+    // lead, the ones `wide` marks.
+    if spans.len() > 2 && spans.last().is_some_and(|&rest| rest <= per_piece) {
+        let rest = spans.pop().unwrap_or(0);
+        if let Some(last) = spans.last_mut() {
+            *last += rest;
+        }
+    }
     let mut pieces = Vec::with_capacity(spans.len());
     let mut start_cell = first_cell;
     for (i, &span) in spans.iter().rev().enumerate() {
@@ -704,6 +712,14 @@ mod tests {
         assert_eq!(held, Some(Slice::new(31, 60)));
         // The long ones lead, each cut again by its own page.
         assert_eq!(wide, 6);
+        // A remainder shorter than a piece joins the longest: the long ones lead.
+        let Plan::Split { pieces, wide, .. } =
+            plan(Slice::new(-90, 60), &page, false, 1, Before::Empty)
+        else {
+            panic!("cut");
+        };
+        let lengths: Vec<i64> = pieces.iter().map(|p| p.to - p.from + 1).collect();
+        assert_eq!((lengths, wide), (vec![61, 30, 30], 1));
         // A slice needing few pieces is cut by density as before.
         assert_eq!(
             plan(Slice::new(0, 60), &page, false, 1, Before::Empty),
