@@ -1091,58 +1091,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_backfill_from_before_the_log_asks_few_empty_ranges() {
-        // 3,000 records at 100 a page from long before the log's first record: everything
-        // before it is empty. The chunk that holds the first record is cut by the density
-        // of its own newest page; cut evenly, every piece between the chunk's start and the
-        // first record comes back empty. After the empty range before it,
-        // its pieces grow away from its records instead, and few come back empty.
+    /// A polite log of `records` records at `cap` a page (~1 s apart, from `first` on,
+    /// seed `seed`), answered in 100 ms, followed from `since` to 10 s before `BASE` at
+    /// the default look-ahead: what was followed, checked delivered exactly once, the
+    /// model, and how long it took on the paused clock.
+    fn backfill(
+        (records, cap, first, seed): (usize, usize, i64, u64),
+        since: i64,
+    ) -> (Followed, Arc<Mutex<Model>>, Duration) {
         let runtime = paused_runtime();
         runtime.block_on(async {
             let clock = clock(tokio::time::Instant::now());
             let how = Misbehaviour {
-                cap: Some(10),
+                cap: Some(cap),
                 ..Misbehaviour::polite()
             };
-            let model = Model::new(10_000, BASE - 10_000_000, (900, 1_100), how, 5)
-                .with_clock(clock.clone())
-                .with_latency(100);
-            let model = Arc::new(Mutex::new(model));
-            let followed = follow_through(
-                ModelSource(model.clone()),
-                clock,
-                (BASE - 100_000_000, BASE - 10_000),
-                None,
-                u64::MAX,
-            )
-            .await
-            .expect("followed");
-            let model = model.lock().expect("model");
-            let next = followed.checkpoint.next;
-            check_delivery(&model, &followed.delivered, false, |d| d < next).expect("exactly once");
-            // The model never deletes here: its oldest record is the log's first.
-            let first = model.log.last().map_or(i64::MAX, |r| r.creation_date);
-            let empty = model.ranges.iter().filter(|&&(_, to)| to < first).count();
-            // The clock probe, the range before the chunks, and a few geometric pieces
-            // (16 with the chunk cut evenly).
-            assert!(empty <= 5, "{empty} ranges asked before the first record");
-        });
-    }
-
-    #[test]
-    fn a_backfill_reads_its_look_ahead_at_once() {
-        // A log of 30 pages or more (a cap of 100 a page) at 100 ms a request: read one
-        // page at a time it takes a round trip per request; with `prefetch` 3 in flight,
-        // about a third of that.
-        let runtime = paused_runtime();
-        runtime.block_on(async {
-            let clock = clock(tokio::time::Instant::now());
-            let how = Misbehaviour {
-                cap: Some(100),
-                ..Misbehaviour::polite()
-            };
-            let model = Model::new(3_000, BASE - 3_000_000, (900, 1_100), how, 3)
+            let model = Model::new(records, first, (900, 1_100), how, seed)
                 .with_clock(clock.clone())
                 .with_latency(100);
             let model = Arc::new(Mutex::new(model));
@@ -1150,37 +1114,69 @@ mod tests {
             let followed = follow_through(
                 ModelSource(model.clone()),
                 clock,
-                (BASE - 3_000_000, BASE - 10_000),
+                (since, BASE - 10_000),
                 None,
                 u64::MAX,
             )
             .await
             .expect("followed");
             let took = started.elapsed();
-            let model = model.lock().expect("model");
             let next = followed.checkpoint.next;
-            check_delivery(&model, &followed.delivered, false, |d| d < next).expect("exactly once");
-            assert!(
-                followed.delivered.len() > 2_500,
-                "{}",
-                followed.delivered.len()
-            );
-            // 3,000 records at 100 a page are 30 pages; cutting the range into pieces that
-            // fit one costs a few more. Each is asked once (a fetch dropped and asked again
-            // would count twice), and three at a time they take about a third of the
-            // round trips.
-            assert!(
-                model.requests <= 40,
-                "{} requests for 30 pages",
-                model.requests
-            );
-            let round_trips = took.as_millis() / 100;
-            assert!(
-                round_trips <= 12,
-                "{took:?} for {} requests: the look-ahead is not read at once",
-                model.requests
-            );
-        });
+            check_delivery(
+                &model.lock().expect("model"),
+                &followed.delivered,
+                false,
+                |d| d < next,
+            )
+            .expect("exactly once");
+            (followed, model, took)
+        })
+    }
+
+    #[test]
+    fn a_backfill_from_before_the_log_asks_few_empty_ranges() {
+        // 10,000 records at 10 a page from long before the log's first record: everything
+        // before it is empty. The chunk that holds the first record is cut by the density
+        // of its own newest page; cut evenly, every piece between the chunk's start and the
+        // first record comes back empty. After the empty range before it, its pieces grow
+        // away from its records instead, and few come back empty.
+        let (_, model, _) = backfill((10_000, 10, BASE - 10_000_000, 5), BASE - 100_000_000);
+        let model = model.lock().expect("model");
+        // The model never deletes here: its oldest record is the log's first.
+        let first = model.log.last().map_or(i64::MAX, |r| r.creation_date);
+        let empty = model.ranges.iter().filter(|&&(_, to)| to < first).count();
+        // The clock probe, the range before the chunks, and a few geometric pieces
+        // (16 with the chunk cut evenly).
+        assert!(empty <= 5, "{empty} ranges asked before the first record");
+    }
+
+    #[test]
+    fn a_backfill_reads_its_look_ahead_at_once() {
+        // A log of 30 pages or more (a cap of 100 a page) at 100 ms a request: read one
+        // page at a time it takes a round trip per request; with `prefetch` 3 in flight,
+        // about a third of that.
+        let (followed, model, took) = backfill((3_000, 100, BASE - 3_000_000, 3), BASE - 3_000_000);
+        let model = model.lock().expect("model");
+        assert!(
+            followed.delivered.len() > 2_500,
+            "{}",
+            followed.delivered.len()
+        );
+        // 3,000 records at 100 a page are 30 pages; cutting the range into pieces that
+        // fit one costs a few more. Each is asked once (a fetch dropped and asked again
+        // would count twice), and three at a time they take about a third of the
+        // round trips.
+        assert!(
+            model.requests <= 40,
+            "{} requests for 30 pages",
+            model.requests
+        );
+        let round_trips = took.as_millis() / 100;
+        assert!(
+            round_trips <= 12,
+            "{took:?} for {} requests: the look-ahead is not read at once",
+            model.requests
+        );
     }
 
     #[test]

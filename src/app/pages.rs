@@ -565,7 +565,7 @@ fn encode(body: &[u8]) -> Result<Bytes, GatewayError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc,
@@ -697,15 +697,26 @@ mod tests {
 
     /// A service of `sim` with one request slot at a time.
     fn one_slot_service(sim: &confluence_sim::SimulatorHandle) -> PageService {
+        service_of(
+            sim,
+            &UpstreamConfig {
+                concurrency: 1,
+                concurrency_floor: 1,
+                ..UpstreamConfig::DEFAULT
+            },
+        )
+    }
+
+    /// A service of `sim` with `settings` and the default cache.
+    pub(crate) fn service_of(
+        sim: &confluence_sim::SimulatorHandle,
+        settings: &UpstreamConfig,
+    ) -> PageService {
+        // As `Gateway::bind` does (src/gateway.rs); Err: installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let settings = UpstreamConfig {
-            concurrency: 1,
-            concurrency_floor: 1,
-            ..UpstreamConfig::DEFAULT
-        };
         let url = Url::parse(&sim.base_url()).expect("url");
         PageService::new(
-            ConfluenceClient::new(url, &settings).expect("client"),
+            ConfluenceClient::new(url, settings).expect("client"),
             PageCache::new(crate::cache::CacheConfig::DEFAULT, None),
             FingerprintKey::from_secret(b"salt"),
         )

@@ -1242,8 +1242,6 @@ mod tests {
     // order they were spawned in (on one thread it polls them in order).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_streams_second_round_of_requests_is_the_pages_right_after_the_first() {
-        // As `Gateway::bind` does (src/gateway.rs); Err: installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         // Rounds 100 ms apart: a slot frees only when an answer comes.
         let latency = Duration::from_millis(100);
         let sim = crate::testing::harness::simulator(confluence_sim::SimulatorConfig {
@@ -1252,13 +1250,8 @@ mod tests {
             ..Default::default()
         })
         .await;
-        let url = url::Url::parse(&sim.base_url()).expect("url");
-        let upstream = crate::upstream::UpstreamConfig::DEFAULT;
-        let pages = PageService::new(
-            crate::upstream::ConfluenceClient::new(url, &upstream).expect("client"),
-            crate::cache::PageCache::new(crate::cache::CacheConfig::DEFAULT, None),
-            crate::credential::FingerprintKey::from_secret(b"salt"),
-        );
+        let pages =
+            crate::app::pages::tests::service_of(&sim, &crate::upstream::UpstreamConfig::DEFAULT);
         // Pages of 108 asked, 100 apart: 40 pages, more than the credential's pace lets
         // go at once.
         let (records, _, end) = drain(start(
