@@ -216,6 +216,17 @@ impl Drop for Fetch {
     }
 }
 
+/// How a range's page is asked of the cache and Confluence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ask {
+    /// From the cache, when it holds the page.
+    Cached,
+    /// Of Confluence, refreshing the cached page.
+    Fresh,
+    /// Of Confluence, neither from the cache nor kept there (`PageRequest::unsettled`).
+    Unsettled,
+}
+
 /// How a read ended.
 enum Read {
     /// The range was read; whether any message went out, and the range with its count
@@ -254,28 +265,23 @@ impl<P: PageSource> Follower<P> {
         if ended(&cp) {
             return Ok(());
         }
-        if !self.shared.offset.observed() {
-            // No view of Confluence's clock yet: one answer gives it before any range is
-            // taken as settled. Its page (a millisecond the follower reads anyway) is
-            // cached; a failure shows again in the first real read.
-            let probe = Slice::new(cp.next, cp.next);
-            let _ = join(self.fetch(probe, 0, false)).await;
-        }
+        // The first range's page, when it was asked before Confluence's clock was known.
+        let mut first = if self.shared.offset.observed() {
+            None
+        } else {
+            self.first_page(&cp, lag, poll).await
+        };
         loop {
             self.stop_if_stopping()?;
             self.check_skew(lag);
-            // An absolute range reads no further than its end, at once if it is settled.
-            let edge =
-                follow::settled(self.now(), lag, poll).min(until.map_or(i64::MAX, |u| u - 1));
+            let edge = self.settled_edge(lag, poll);
             self.edge = edge;
             self.stand(&cp);
             let mut sent = false;
-            if edge >= cp.next {
-                // From the grid line at or before `next`, so that a follower that started
-                // between two lines asks for the same range as the others; what lies
-                // before `next` is filtered out by the checkpoint.
-                let from = cp.next.div_euclid(poll) * poll;
-                match self.read(Slice::new(from, edge), &mut cp, tx).await? {
+            if let Some(range) = tick_range(&cp, edge, poll) {
+                // Asked before the clock was known: only if the clock still says so.
+                let primed = first.take().filter(|(s, _)| *s == range).map(|(_, p)| p);
+                match self.read(range, &mut cp, tx, primed).await? {
                     Read::Over => return Ok(()),
                     Read::Done { sent: s, whole } => {
                         sent = s;
@@ -310,6 +316,30 @@ impl<P: PageSource> Follower<P> {
                 () = stopping.stopping() => return Err(GatewayError::ShuttingDown),
             }
         }
+    }
+
+    /// The newest millisecond this tick may read: settled by [`Follower::now`], and no
+    /// further than an absolute range's end (at once if that is settled).
+    fn settled_edge(&self, lag: i64, poll: i64) -> i64 {
+        follow::settled(self.now(), lag, poll).min(self.req.until.map_or(i64::MAX, |u| u - 1))
+    }
+
+    /// With no view of Confluence's clock yet, its first answer gives one before any range
+    /// is taken as settled. That answer is the first range's page, asked as if the clocks
+    /// agreed but not cached (`Ask::Unsettled`), so that a first follower pays no round
+    /// trip of its own for the clock: `run` reads from it only if its range is still the
+    /// one to read once the answer's `Date` is known (Confluence is not behind by more
+    /// than the poll grid hides), and asks again otherwise. With nothing to read yet, a
+    /// millisecond the follower reads later asks for it. A failure shows again in the
+    /// first real read.
+    async fn first_page(&self, cp: &Checkpoint, lag: i64, poll: i64) -> Option<(Slice, PageView)> {
+        let Some(range) = tick_range(cp, self.settled_edge(lag, poll), poll) else {
+            let probe = Slice::new(cp.next, cp.next);
+            let _ = join(self.fetch(probe, 0, Ask::Unsettled)).await;
+            return None;
+        };
+        let page = join(self.fetch(range, 0, Ask::Unsettled)).await.ok()?;
+        Some((range, page))
     }
 
     /// Now by Confluence's clock where it is certainly behind the gateway's: ranges settle
@@ -349,15 +379,20 @@ impl<P: PageSource> Follower<P> {
         Ok(())
     }
 
-    /// Reads `range` oldest first and delivers what `cp` has not had, moving `cp` on.
+    /// Reads `range` oldest first and delivers what `cp` has not had, moving `cp` on;
+    /// `primed`, the range's first page when it is in hand already.
     async fn read(
         &mut self,
         range: Slice,
         cp: &mut Checkpoint,
         tx: &mpsc::Sender<Item>,
+        primed: Option<PageView>,
     ) -> Result<Read, GatewayError> {
         let mut stack = vec![range];
         let mut ahead: HashMap<Slice, Fetch> = HashMap::new();
+        if let Some(page) = primed {
+            ahead.insert(range, Fetch::landed(page, Urgency::ahead(0), None));
+        }
         // Slices a page in hand holds whole (the newest part of a full page's range):
         // delivered from it when their turn comes, not asked again.
         let mut held: HashMap<Slice, (PageView, Reserved)> = HashMap::new();
@@ -386,7 +421,7 @@ impl<P: PageSource> Follower<P> {
                 None => {
                     let fetch = ahead
                         .remove(&slice)
-                        .unwrap_or_else(|| self.fetch(slice, 0, false));
+                        .unwrap_or_else(|| self.fetch(slice, 0, Ask::Cached));
                     fetch.1.set(0);
                     Err(fetch)
                 }
@@ -579,7 +614,7 @@ impl<P: PageSource> Follower<P> {
         METRICS.follow_confirm_reads.inc();
         let n = page.records.len();
         let start = i32::try_from(n).unwrap_or(i32::MAX);
-        let next = join(self.fetch(slice, start, false)).await?;
+        let next = join(self.fetch(slice, start, Ask::Cached)).await?;
         self.judge(slice, &next)?;
         let beyond = !next.records.is_empty();
         if beyond {
@@ -651,7 +686,7 @@ impl<P: PageSource> Follower<P> {
         let mut records = first.records;
         for _ in 0..MAX_OVERFLOW_PAGES {
             let start = i32::try_from(records.len()).unwrap_or(i32::MAX);
-            let page = join(self.fetch(slice, start, false)).await?;
+            let page = join(self.fetch(slice, start, Ask::Cached)).await?;
             // Unsure is no end: the next offset is the confirming read.
             let length = self.judge(slice, &page)?;
             records.extend(page.records);
@@ -727,7 +762,7 @@ impl<P: PageSource> Follower<P> {
         if !self.shared.late.claim(&self.req.search_string, slice) {
             return;
         }
-        let Ok(page) = join(self.fetch(slice, 0, true)).await else {
+        let Ok(page) = join(self.fetch(slice, 0, Ask::Fresh)).await else {
             return;
         };
         // Only a page that proves itself whole is counted; a count is not worth a request.
@@ -779,18 +814,18 @@ impl<P: PageSource> Follower<P> {
 
     /// Fetches the first page of `slice`, needed `depth` ranges from now.
     fn fetch_ahead(&self, slice: Slice, depth: usize) -> Fetch {
-        self.fetch_at(slice, 0, false, Urgency::ahead(depth))
+        self.fetch_at(slice, 0, Ask::Cached, Urgency::ahead(depth))
     }
 
     /// Fetches the page of `slice` at `start`, needed now (0 ahead: unlike
     /// `Urgency::now`, the fetches made after it can wait for it to enter).
-    fn fetch(&self, slice: Slice, start: i32, refresh: bool) -> Fetch {
-        self.fetch_at(slice, start, refresh, Urgency::ahead(0))
+    fn fetch(&self, slice: Slice, start: i32, ask: Ask) -> Fetch {
+        self.fetch_at(slice, start, ask, Urgency::ahead(0))
     }
 
     /// Fetches the page of `slice` at `start`, after the fetch made before it entered
     /// the scheduler (`Urgency::after`).
-    fn fetch_at(&self, slice: Slice, start: i32, refresh: bool, urgency: Urgency) -> Fetch {
+    fn fetch_at(&self, slice: Slice, start: i32, ask: Ask, urgency: Urgency) -> Fetch {
         let earlier = std::mem::replace(
             &mut *self.last.lock().unwrap_or_else(PoisonError::into_inner),
             urgency.clone(),
@@ -809,7 +844,8 @@ impl<P: PageSource> Follower<P> {
                 limit: PageQuery::MAX_LIMIT,
             },
             credential: self.req.credential.clone(),
-            refresh,
+            refresh: ask == Ask::Fresh,
+            unsettled: ask == Ask::Unsettled,
             deadline: self.req.deadline,
             persistent: true,
             caller: self.req.caller.clone(),
@@ -840,6 +876,13 @@ fn ignored_range(e: OutOfBounds) -> GatewayError {
         e.date,
         follow::BOUND_SLACK_MS
     ))
+}
+
+/// The range a tick reads up to `edge`, if it has one: from the grid line at or before
+/// `cp.next`, so that a follower that started between two lines asks for the same range
+/// as the others (what lies before `next` is filtered out by the checkpoint).
+fn tick_range(cp: &Checkpoint, edge: i64, poll: i64) -> Option<Slice> {
+    (edge >= cp.next).then(|| Slice::new(cp.next.div_euclid(poll) * poll, edge))
 }
 
 /// The page a fetch brings.
@@ -1145,9 +1188,9 @@ mod tests {
         // The model never deletes here: its oldest record is the log's first.
         let first = model.log.last().map_or(i64::MAX, |r| r.creation_date);
         let empty = model.ranges.iter().filter(|&&(_, to)| to < first).count();
-        // The clock probe, the range before the chunks, and a few geometric pieces
-        // (16 with the chunk cut evenly).
-        assert!(empty <= 5, "{empty} ranges asked before the first record");
+        // The range before the chunks and a few geometric pieces (16 with the chunk cut
+        // evenly).
+        assert!(empty <= 4, "{empty} ranges asked before the first record");
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub(crate) struct PageRequest {
     pub credential: Option<Credential>,
     /// Skip cached copies and refresh them.
     pub refresh: bool,
+    /// A range that may not be settled yet by Confluence's clock (not known when it was
+    /// asked): asked of Confluence, neither answered from the cache nor kept there, where
+    /// a later reader would take it for the settled range's page.
+    pub unsettled: bool,
     /// When the caller stops waiting.
     pub deadline: Option<Instant>,
     /// A page of a long call (`StreamSince`, `Follow`): transient failures, a plain 500
@@ -455,14 +459,25 @@ impl PageService {
         // request need not wait behind it (`Urgency::after`).
         let rests = || req.urgency.enter();
         // A caller leaves at its own deadline, whoever else waits on the load.
-        let page = within_deadline(
-            req.deadline,
-            "the call's deadline passed before the page was ready",
-            self.cache
-                .get_or_load_admitted(key, refresh, req.deadline, (admit, rests), load),
-        )
-        .await?;
-        if refresh {
+        let why = "the call's deadline passed before the page was ready";
+        let page = if req.unsettled {
+            admit()?;
+            within_deadline(
+                req.deadline,
+                why,
+                load(req.deadline, LoadProgress::default()),
+            )
+            .await?
+        } else {
+            within_deadline(
+                req.deadline,
+                why,
+                self.cache
+                    .get_or_load_admitted(key, refresh, req.deadline, (admit, rests), load),
+            )
+            .await?
+        };
+        if refresh || req.unsettled {
             // A refresh always asks Confluence: its answer is the credential's acceptance.
             self.note_accepted(fingerprint);
         }
@@ -605,6 +620,7 @@ pub(crate) mod tests {
             query: PageQuery::default(),
             credential: None,
             refresh: false,
+            unsettled: false,
             deadline: None,
             persistent: false,
             caller: Caller::anonymous(),
@@ -732,6 +748,7 @@ pub(crate) mod tests {
             },
             credential: None,
             refresh: false,
+            unsettled: false,
             deadline: None,
             persistent: true,
             caller: Caller::anonymous(),
@@ -768,6 +785,29 @@ pub(crate) mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the look-ahead never came to its slot");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unsettled_page_is_neither_answered_from_the_cache_nor_kept_there() {
+        let sim = simulator(SimulatorConfig::default()).await;
+        let service = service_of(&sim, &UpstreamConfig::DEFAULT);
+        let unsettled = || PageRequest {
+            unsettled: true,
+            ..page_at(0, None)
+        };
+        let ask = |req| {
+            let service = service.clone();
+            async move { service.page(req).await.expect("the page") }
+        };
+        ask(unsettled()).await;
+        // Not kept: the cached request asks Confluence too, and is kept.
+        ask(page_at(0, None)).await;
+        assert_eq!(sim.request_count(), 2);
+        ask(page_at(0, None)).await;
+        assert_eq!(sim.request_count(), 2, "the settled page is cached");
+        // Not answered from the cache either.
+        ask(unsettled()).await;
+        assert_eq!(sim.request_count(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -630,6 +630,7 @@ impl<P: PageSource> Producer<P> {
                     query,
                     credential,
                     refresh,
+                    unsettled: false,
                     deadline,
                     persistent: true,
                     caller,

@@ -336,6 +336,7 @@ impl AuditGrpc {
         let req = PageRequest {
             credential: self.credential(md)?,
             refresh: metadata::wants_fresh(md),
+            unsettled: false,
             deadline: metadata::deadline(md, received),
             query,
             persistent: false,

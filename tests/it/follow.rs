@@ -219,6 +219,62 @@ async fn a_quiet_log_gets_a_heartbeat_with_a_fresh_checkpoint_every_poll() {
     );
 }
 
+/// A gateway's first follower learns Confluence's clock from its first range's answer,
+/// not from a request of its own: in step with the gateway's clock, one range request
+/// reads the first tick. With Confluence's clock 5 s behind, that range (asked as if the
+/// clocks agreed, so reaching past what Confluence has settled) is asked again, ending
+/// earlier, once the clock is known; nothing is read from the first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_follower_learns_confluences_clock_from_its_first_range() {
+    for (offset_ms, asked) in [(0, 1), (-5_000, 2)] {
+        let (sim, gw) = sim_and_gateway(
+            SimulatorConfig {
+                records: 100,
+                clock_offset: offset_ms,
+                ..Default::default()
+            },
+            |_| {},
+        )
+        .await;
+        let mut client = gw.client.clone();
+        // 100 records 5 s apart, the newest at the simulator's now: all of them after
+        // `start`, and the oldest 50 settled at once.
+        let start = sim.now_ms() - 10 * 60 * 1000;
+        let mut req = request(since(start), Duration::from_secs(1));
+        req.max_records = Some(50);
+        let consumer = follow_to_end(&mut client, req, Duration::from_secs(20)).await;
+        let want = sim.expected_records(start, sim.now_ms());
+        consumer.assert_exactly(want[..50].to_vec());
+        // Each range's first page (a confirming read at the page's end aside).
+        let ranges: Vec<(i64, i64)> = sim
+            .requests()
+            .iter()
+            .filter(|r| r.endpoint == Some(AuditEndpoint::Range))
+            .filter_map(|r| {
+                let param = |name: &str| {
+                    r.query
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .and_then(|(_, v)| v.parse::<i64>().ok())
+                };
+                (param("start") == Some(0)).then(|| (param("startDate"), param("endDate")))
+            })
+            .map(|(from, to)| (from.expect("startDate"), to.expect("endDate")))
+            .collect();
+        assert_eq!(ranges.len(), asked, "offset {offset_ms} ms: {ranges:?}");
+        assert!(
+            ranges.iter().all(|&(from, _)| from <= start),
+            "a range asked for the clock alone: {ranges:?}"
+        );
+        if asked == 2 {
+            assert!(
+                ranges[1].1 < ranges[0].1 && ranges[0].0 == ranges[1].0,
+                "the range asked again ends earlier: {ranges:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_records_ends_with_ok_after_exactly_that_many() {
     let (_sim, gw) = sim_and_gateway(
