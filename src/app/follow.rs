@@ -269,7 +269,11 @@ impl<P: PageSource> Follower<P> {
         let mut first = if self.shared.offset.observed() {
             None
         } else {
-            self.first_page(&cp, lag, poll).await
+            tokio::select! {
+                first = self.first_page(&cp, lag, poll) => first,
+                _ = tx.closed() => return Ok(()),
+                () = stopping.stopping() => return Err(GatewayError::ShuttingDown),
+            }
         };
         loop {
             self.stop_if_stopping()?;
@@ -278,9 +282,10 @@ impl<P: PageSource> Follower<P> {
             self.edge = edge;
             self.stand(&cp);
             let mut sent = false;
+            // Taken by the first tick whatever it reads: a later one must not find it.
+            let first = first.take();
             if let Some(range) = tick_range(&cp, edge, poll) {
-                // Asked before the clock was known: only if the clock still says so.
-                let primed = first.take().filter(|(s, _)| *s == range).map(|(_, p)| p);
+                let primed = first.filter(|(s, _)| *s == range).map(|(_, p)| p);
                 match self.read(range, &mut cp, tx, primed).await? {
                     Read::Over => return Ok(()),
                     Read::Done { sent: s, whole } => {
@@ -321,25 +326,39 @@ impl<P: PageSource> Follower<P> {
     /// The newest millisecond this tick may read: settled by [`Follower::now`], and no
     /// further than an absolute range's end (at once if that is settled).
     fn settled_edge(&self, lag: i64, poll: i64) -> i64 {
-        follow::settled(self.now(), lag, poll).min(self.req.until.map_or(i64::MAX, |u| u - 1))
+        self.edge_at(self.now(), lag, poll)
+    }
+
+    /// The newest millisecond a tick at `now` (by Confluence's clock) may read.
+    fn edge_at(&self, now: i64, lag: i64, poll: i64) -> i64 {
+        follow::settled(now, lag, poll).min(self.req.until.map_or(i64::MAX, |u| u - 1))
     }
 
     /// With no view of Confluence's clock yet, its first answer gives one before any range
     /// is taken as settled. That answer is the first range's page, asked as if the clocks
     /// agreed but not cached (`Ask::Unsettled`), so that a first follower pays no round
-    /// trip of its own for the clock: `run` reads from it only if its range is still the
-    /// one to read once the answer's `Date` is known (Confluence is not behind by more
-    /// than the poll grid hides), and asks again otherwise. With nothing to read yet, a
-    /// millisecond the follower reads later asks for it. A failure shows again in the
-    /// first real read.
+    /// trip of its own for the clock. It is kept only if its range was settled when it was
+    /// asked by the clock the answer gave (Confluence listed it then or later; it is not
+    /// behind by more than the poll grid hides there), and `run` reads from it only if
+    /// the first tick reads that very range; else the range is asked again. One follower
+    /// of the gateway asks at a time; the others find the clock known once it is done.
+    /// With nothing to read yet, a millisecond the follower reads later asks for it. A
+    /// failure shows again in the first real read.
     async fn first_page(&self, cp: &Checkpoint, lag: i64, poll: i64) -> Option<(Slice, PageView)> {
-        let Some(range) = tick_range(cp, self.settled_edge(lag, poll), poll) else {
+        let _first = self.shared.offset.first_answer().await;
+        if self.shared.offset.observed() {
+            return None;
+        }
+        let asked = (self.shared.clock)();
+        let Some(range) = tick_range(cp, self.edge_at(asked, lag, poll), poll) else {
             let probe = Slice::new(cp.next, cp.next);
             let _ = join(self.fetch(probe, 0, Ask::Unsettled)).await;
             return None;
         };
         let page = join(self.fetch(range, 0, Ask::Unsettled)).await.ok()?;
-        Some((range, page))
+        let behind = self.shared.offset.behind_ms();
+        let settled = tick_range(cp, self.edge_at(asked + behind, lag, poll), poll);
+        (settled == Some(range)).then_some((range, page))
     }
 
     /// Now by Confluence's clock where it is certainly behind the gateway's: ranges settle

@@ -36,6 +36,8 @@ pub(crate) struct ClockOffset {
     behind: AtomicI64,
     /// Whether any answer was seen.
     seen: AtomicBool,
+    /// Held by the one caller whose request is to give the first answer.
+    first: tokio::sync::Mutex<()>,
 }
 
 impl ClockOffset {
@@ -67,7 +69,8 @@ impl ClockOffset {
         if candidate < current || candidate >= current + 2000 {
             self.behind.store(candidate, Ordering::Relaxed);
         }
-        self.seen.store(true, Ordering::Relaxed);
+        // Released after `behind`: whoever sees an answer seen sees what it said.
+        self.seen.store(true, Ordering::Release);
     }
 
     /// Takes in an answer's `Date` header value (an HTTP-date); one that does not parse
@@ -95,7 +98,14 @@ impl ClockOffset {
 
     /// Whether an answer with a usable `Date` was seen.
     pub(crate) fn observed(&self) -> bool {
-        self.seen.load(Ordering::Relaxed)
+        self.seen.load(Ordering::Acquire)
+    }
+
+    /// Waits to be the one caller asking Confluence before any answer was seen (Follow's
+    /// first range, past the cache): the others wait for that answer rather than each
+    /// ask, then look at [`ClockOffset::observed`] again.
+    pub(crate) async fn first_answer(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.first.lock().await
     }
 }
 

@@ -275,6 +275,50 @@ async fn a_first_follower_learns_confluences_clock_from_its_first_range() {
     }
 }
 
+/// Followers that start together on a gateway that has not seen Confluence's clock yet
+/// do not each ask their first range past the cache: one does, the others then read it
+/// through the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_starting_together_ask_their_first_range_about_once() {
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 100,
+            latency: Duration::from_millis(50),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let start = sim.now_ms() - 10 * 60 * 1000;
+    let followers: Vec<_> = (0..10)
+        .map(|_| {
+            let mut client = gw.client.clone();
+            let mut req = request(since(start), Duration::from_secs(1));
+            req.max_records = Some(50);
+            tokio::spawn(async move {
+                follow_to_end(&mut client, req, Duration::from_secs(20))
+                    .await
+                    .got
+                    .len()
+            })
+        })
+        .collect();
+    for f in followers {
+        assert_eq!(f.await.expect("a follower"), 50);
+    }
+    let first_pages = sim
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == Some(AuditEndpoint::Range))
+        .filter(|r| r.query.iter().any(|(k, v)| k == "start" && v == "0"))
+        .count();
+    // One past the cache, one shared by the rest (two if a tick boundary fell between).
+    assert!(
+        first_pages <= 3,
+        "{first_pages} first pages for 10 followers"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_records_ends_with_ok_after_exactly_that_many() {
     let (_sim, gw) = sim_and_gateway(
