@@ -224,6 +224,53 @@ async fn follow_a_live_log(offset_ms: i64, more: impl FnOnce(SimulatorConfig) ->
     assert_exactly_once(&got, sim.expected_records(start, stop));
 }
 
+/// A fresh gateway's first range, asked before Confluence's clock is known, is not read
+/// from when that clock shows it was not settled when asked, on the first tick or a later
+/// one: Confluence 3 s behind, a follower from a grid line whose tick is settled by the
+/// gateway's clock (lag 1 s) but not by Confluence's, and the log growing meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_range_asked_before_the_clock_was_known_is_not_taken_for_settled() {
+    const POLL: i64 = 4_000;
+    let (sim, gw) = sim_and_gateway(
+        SimulatorConfig {
+            records: 50,
+            live: Some(Live {
+                per_second: 80.0,
+                burst: 5,
+            }),
+            clock_offset: -3_000,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    // 1.2-2.5 s into a poll interval: the interval before, [grid, grid + POLL), ended
+    // 5.2-6.5 s ago by the gateway's clock, 2.2-3.5 s ago by Confluence's (not settled
+    // with lag 1 s), so records dated in its last 0.5-1.8 s are still to come.
+    while !(1_200..2_500).contains(&now_ms().rem_euclid(POLL)) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let grid = now_ms().div_euclid(POLL) * POLL - POLL;
+    let mut req = request(grid, Duration::from_secs(1));
+    req.poll_interval = Some(duration(Duration::from_millis(POLL as u64)));
+    let until = grid + 2 * POLL;
+    let mut client = gw.client.clone();
+    // Live creation stops once Confluence's clock passed `until`; a quiet tick settled
+    // after that ends the follow.
+    let stop = std::sync::OnceLock::new();
+    let got = follow_until(&mut client, req, |heartbeat| {
+        if sim.now_ms() < until {
+            return false;
+        }
+        let stop = *stop.get_or_init(|| sim.stop_live());
+        heartbeat && sim.now_ms() > stop + 2 * POLL
+    })
+    .await
+    .expect("no error");
+    let got: Vec<_> = got.into_iter().filter(|&(date, _)| date < until).collect();
+    assert_exactly_once(&got, sim.expected_records(grid, until - 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confluence_clock_5_s_behind_loses_nothing() {
     follow_a_live_log(-5_000, |c| c).await;
