@@ -312,9 +312,10 @@ async fn followers_starting_together_ask_their_first_range_about_once() {
         .filter(|r| r.endpoint == Some(AuditEndpoint::Range))
         .filter(|r| r.query.iter().any(|(k, v)| k == "start" && v == "0"))
         .count();
-    // One past the cache, one shared by the rest (two if a tick boundary fell between).
+    // One past the cache, then one shared by the rest per range they compute (the poll
+    // grid is a second: on a slow machine one or two boundaries may fall between them).
     assert!(
-        first_pages <= 3,
+        first_pages <= 4,
         "{first_pages} first pages for 10 followers"
     );
 }
