@@ -184,11 +184,9 @@ impl Polite {
 fn polite_figures(calls: &[PoliteCall], sim: &SimulatorHandle) -> Polite {
     let requests = sim.requests();
     let own = |search: &str| -> Option<&RecordedRequest> {
-        requests.iter().find(|r| {
-            r.query
-                .iter()
-                .any(|(k, v)| k == "searchString" && v == search)
-        })
+        requests
+            .iter()
+            .find(|r| r.param("searchString") == Some(search))
     };
     let mut times: Vec<Duration> = calls.iter().filter_map(|c| c.outcome.ok()).collect();
     let mut failures = BTreeMap::new();
@@ -386,10 +384,9 @@ async fn polite_beside_greedy(fair: bool, file: &Path) -> (Polite, Polite) {
         .filter(|r| r.received >= t && r.received <= t + measured)
         .collect();
     for r in &during {
-        let has = |key: &str, value: &str| r.query.iter().any(|(k, v)| k == key && v == value);
-        if has("units", "DAYS") {
+        if r.param("units") == Some("DAYS") {
             stream_pages += 1;
-        } else if !r.query.iter().any(|(k, _)| k == "searchString") {
+        } else if r.param("searchString").is_none() {
             loops += 1;
         }
     }

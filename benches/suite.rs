@@ -822,13 +822,7 @@ async fn p5_shared_window() -> Vec<Row> {
         .into_iter()
         .filter(|r| r.endpoint == Some(AuditEndpoint::Since))
         .map(|r| {
-            let param = |name: &str| {
-                r.query
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0)
-            };
+            let param = |name| r.param(name).and_then(|v| v.parse().ok()).unwrap_or(0);
             (param("start"), param("limit"), r.received)
         })
         .collect();

@@ -772,8 +772,8 @@ pub(crate) mod tests {
     fn asked_starts(sim: &confluence_sim::SimulatorHandle) -> Vec<String> {
         sim.requests()
             .iter()
-            .filter_map(|r| r.query.iter().find(|(k, _)| k == "start"))
-            .map(|(_, v)| v.clone())
+            .filter_map(|r| r.param("start"))
+            .map(str::to_owned)
             .collect()
     }
 

@@ -1269,8 +1269,8 @@ mod tests {
             .requests()
             .iter()
             .map(|r| {
-                let start = r.query.iter().find(|(k, _)| k == "start");
-                let start = start.and_then(|(_, v)| v.parse().ok()).expect("a start");
+                let start = r.param("start").and_then(|v| v.parse().ok());
+                let start = start.expect("a start");
                 (r.received, start)
             })
             .collect();

@@ -53,9 +53,7 @@ fn polite_page(i: usize) -> pb::GetSinceRequest {
 /// Whether the simulator's request `r` is the polite caller's `i`th.
 fn is_polite(r: &confluence_sim::RecordedRequest, i: usize) -> bool {
     let want = format!("polite-{i}");
-    r.query
-        .iter()
-        .any(|(k, v)| k == "searchString" && *v == want)
+    r.param("searchString") == Some(want.as_str())
 }
 
 /// Starts the greedy caller: 40 streams over distinct windows, read slowly, and 20

@@ -250,16 +250,14 @@ async fn a_first_follower_learns_confluences_clock_from_its_first_range() {
             .requests()
             .iter()
             .filter(|r| r.endpoint == Some(AuditEndpoint::Range))
-            .filter_map(|r| {
-                let param = |name: &str| {
-                    r.query
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .and_then(|(_, v)| v.parse::<i64>().ok())
-                };
-                (param("start") == Some(0)).then(|| (param("startDate"), param("endDate")))
+            .filter(|r| r.param("start") == Some("0"))
+            .map(|r| {
+                let date = |name| r.param(name).and_then(|v| v.parse::<i64>().ok());
+                (
+                    date("startDate").expect("a date"),
+                    date("endDate").expect("a date"),
+                )
             })
-            .map(|(from, to)| (from.expect("startDate"), to.expect("endDate")))
             .collect();
         assert_eq!(ranges.len(), asked, "offset {offset_ms} ms: {ranges:?}");
         assert!(
@@ -310,7 +308,7 @@ async fn followers_starting_together_ask_their_first_range_about_once() {
         .requests()
         .iter()
         .filter(|r| r.endpoint == Some(AuditEndpoint::Range))
-        .filter(|r| r.query.iter().any(|(k, v)| k == "start" && v == "0"))
+        .filter(|r| r.param("start") == Some("0"))
         .count();
     // One past the cache, then one shared by the rest per range they compute (the poll
     // grid is a second: on a slow machine one or two boundaries may fall between them).
@@ -569,8 +567,8 @@ async fn a_slow_reader_of_a_backfill_is_read_ahead_only_as_far_as_it_needs() {
         .requests()
         .iter()
         .filter(|r| r.endpoint == Some(AuditEndpoint::Range))
-        .filter_map(|r| r.query.iter().find(|(k, _)| k == "startDate"))
-        .filter(|(_, v)| v.parse::<i64>().is_ok_and(|start| start > newest))
+        .filter_map(|r| r.param("startDate"))
+        .filter(|v| v.parse::<i64>().is_ok_and(|start| start > newest))
         .count();
     // About three ranges; room left for fetches slowed by a busy machine (one found
     // in flight doubles the depth).

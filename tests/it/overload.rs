@@ -231,7 +231,7 @@ async fn a_caller_waiting_for_an_upstream_slot_leaves_at_its_deadline() {
 fn requests_for(sim: &confluence_sim::SimulatorHandle, number: &str) -> usize {
     sim.requests()
         .iter()
-        .filter(|r| r.query.iter().any(|(k, v)| k == "number" && v == number))
+        .filter(|r| r.param("number") == Some(number))
         .count()
 }
 

@@ -350,7 +350,7 @@ pub(crate) fn received_at(sim: &confluence_sim::SimulatorHandle, start: i32) -> 
     let start = start.to_string();
     sim.requests()
         .into_iter()
-        .filter(|r| r.query.iter().any(|(k, v)| k == "start" && *v == start))
+        .filter(|r| r.param("start") == Some(start.as_str()))
         .map(|r| r.received)
         .collect()
 }
@@ -571,7 +571,7 @@ async fn a_cut_one_replica_made_holds_the_other_from_its_first_batch() {
     let of_b: Vec<Instant> = sim
         .requests()
         .into_iter()
-        .filter(|r| r.query.iter().any(|(k, v)| k == "number" && v == "31"))
+        .filter(|r| r.param("number") == Some("31"))
         .map(|r| r.received)
         .collect();
     let first = of_b[0];

@@ -777,12 +777,7 @@ async fn look_ahead_past_the_end_sends_nothing_once_the_stream_is_done() {
     let starts: Vec<i64> = sim
         .requests()
         .iter()
-        .filter_map(|r| {
-            r.query
-                .iter()
-                .find(|(k, _)| k == "start")
-                .and_then(|(_, v)| v.parse().ok())
-        })
+        .filter_map(|r| r.param("start").and_then(|v| v.parse().ok()))
         .collect();
     let past_end = starts.iter().filter(|&&s| s >= 5_050).count();
     // The page after the short one may have been in flight already; the rest queued.

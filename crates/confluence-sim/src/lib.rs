@@ -333,6 +333,16 @@ pub struct RecordedRequest {
     pub received: std::time::Instant,
 }
 
+impl RecordedRequest {
+    /// The (first) value of the query parameter `name`, decoded.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Starts simulators.
 pub struct Simulator;
 
