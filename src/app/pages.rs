@@ -462,12 +462,10 @@ impl PageService {
         let why = "the call's deadline passed before the page was ready";
         let page = if req.unsettled {
             admit()?;
-            within_deadline(
-                req.deadline,
-                why,
-                load(req.deadline, LoadProgress::default()),
-            )
-            .await?
+            // Boxed, as the cache boxes a load it runs in its caller: inline, the load's
+            // large future would make every hit's future as large.
+            let load = Box::pin(load(req.deadline, LoadProgress::default()));
+            within_deadline(req.deadline, why, load).await?
         } else {
             within_deadline(
                 req.deadline,
