@@ -48,7 +48,7 @@ use crate::{
     shutdown::Shutdown,
     upstream::{
         clock::{ClockOffset, now_ms},
-        fair::Urgency,
+        fair::{InOrder, Urgency},
     },
 };
 
@@ -168,7 +168,7 @@ pub(crate) fn start<P: PageSource>(
         shared,
         skew_warned: false,
         sizes: Arc::default(),
-        last: Mutex::default(),
+        last: InOrder::default(),
     };
     stream::supervise("Follow", held, |tx, idle| follower.produce(tx, idle))
 }
@@ -189,9 +189,9 @@ struct Follower<P> {
     position: FollowPosition,
     /// The newest millisecond this tick may read.
     edge: i64,
-    /// The urgency of the fetch made last: the next one asks for its page once that one
-    /// entered the scheduler (`Urgency::after`), so they take free slots in order.
-    last: Mutex<Urgency>,
+    /// The order of its fetches: each asks for its page once the one made before it
+    /// entered the scheduler, so they take free slots in order.
+    last: InOrder,
 }
 
 /// A range's newest page being fetched, and how many ranges ahead of the one being read
@@ -456,10 +456,7 @@ impl<P: PageSource> Follower<P> {
             };
             let grain = self.listing().grain;
             // An empty range just before this one: the log may begin inside it.
-            let before = match last {
-                Some((l, 0)) if l.to.saturating_add(1) == slice.from => Before::Empty,
-                _ => Before::Unknown,
-            };
+            let before = Before::after(last, slice);
             let records = match follow::plan(slice, &page.records, complete, grain, before) {
                 Plan::Whole => {
                     if slice == range {
@@ -845,12 +842,7 @@ impl<P: PageSource> Follower<P> {
     /// Fetches the page of `slice` at `start`, after the fetch made before it entered
     /// the scheduler (`Urgency::after`).
     fn fetch_at(&self, slice: Slice, start: i32, ask: Ask, urgency: Urgency) -> Fetch {
-        let earlier = std::mem::replace(
-            &mut *self.last.lock().unwrap_or_else(PoisonError::into_inner),
-            urgency.clone(),
-        );
-        // Made here, not in the task: a task aborted before it first runs enters too.
-        let entering = urgency.entering();
+        let turn = self.last.next(&urgency);
         let pages = self.pages.clone();
         let req = PageRequest {
             query: PageQuery {
@@ -874,8 +866,9 @@ impl<P: PageSource> Follower<P> {
         };
         let sizes = self.sizes.clone();
         let task = async move {
-            let _entering = entering;
-            req.urgency.after(&earlier).await;
+            // Held to the end: its drop enters the request.
+            let turn = turn;
+            turn.wait().await;
             let page = pages.page(req).await?;
             sizes.landed(page.len());
             stream::decode(&page)

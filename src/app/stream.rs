@@ -52,7 +52,7 @@ use crate::{
     metrics::METRICS,
     pb::wire::{self, PageView},
     shutdown::Shutdown,
-    upstream::fair::Urgency,
+    upstream::fair::{InOrder, Urgency},
 };
 
 /// Records each page overlaps the one before it by, when pages are predicted ahead: a
@@ -250,7 +250,7 @@ pub(crate) fn start<P: PageSource>(
         budget: budget.clone(),
         sizes: Arc::default(),
         longest: Arc::default(),
-        last: std::sync::Mutex::default(),
+        last: InOrder::default(),
     };
     supervise("StreamSince", held, |tx, idle| producer.produce(tx, idle))
 }
@@ -338,9 +338,9 @@ struct Producer<P> {
     /// The most records a page has held (`PageCap::largest`), for its fetches to tell a
     /// short page as it lands.
     longest: Arc<AtomicI64>,
-    /// The urgency of the fetch made last: the next one asks for its page once that one
-    /// entered the scheduler (`Urgency::after`), so they take free slots in order.
-    last: std::sync::Mutex<Urgency>,
+    /// The order of its fetches: each asks for its page once the one made before it
+    /// entered the scheduler, so they take free slots in order.
+    last: InOrder,
 }
 
 /// A page being fetched; dropping it stops waiting for it. The load itself goes on while
@@ -605,12 +605,7 @@ impl<P: PageSource> Producer<P> {
         let caller = self.req.caller.clone();
         let urgency = Urgency::ahead(depth);
         let request_urgency = urgency.clone();
-        let earlier = std::mem::replace(
-            &mut *self.last.lock().unwrap_or_else(PoisonError::into_inner),
-            urgency.clone(),
-        );
-        // Made here, not in the task: a task aborted before it first runs enters too.
-        let entering = urgency.entering();
+        let turn = self.last.next(&urgency);
         let refresh = self.req.refresh || fresh;
         let deadline = self.req.deadline;
         let records = Arc::new(AtomicI64::new(-1));
@@ -619,8 +614,9 @@ impl<P: PageSource> Producer<P> {
         let ahead = Some(self.ahead_of(start, depth > 0));
         let task = tokio::spawn(
             async move {
-                let _entering = entering;
-                request_urgency.after(&earlier).await;
+                // Held to the end: its drop enters the request.
+                let turn = turn;
+                turn.wait().await;
                 let query = query.map_err(|_| {
                     GatewayError::Internal(format!(
                         "offset {start} is beyond what Confluence pages"

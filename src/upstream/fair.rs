@@ -109,7 +109,7 @@ impl Urgency {
     }
 
     /// Once its request has entered (at once for [`Urgency::now`]).
-    pub(crate) async fn entered(&self) {
+    async fn entered(&self) {
         let Some(p) = &self.0 else {
             return;
         };
@@ -124,7 +124,7 @@ impl Urgency {
 
     /// Waits until `earlier`, the request its owner made just before this one, has
     /// entered, [`ENTRY_WAIT`] at most; at once when this one is needed now.
-    pub(crate) async fn after(&self, earlier: &Urgency) {
+    async fn after(&self, earlier: &Urgency) {
         if self.needed_now() {
             return;
         }
@@ -133,7 +133,7 @@ impl Urgency {
 
     /// Enters it when dropped: held by its request's task, whose end, however it comes,
     /// lets the next request go.
-    pub(crate) fn entering(&self) -> Entering {
+    fn entering(&self) -> Entering {
         Entering(self.clone())
     }
 
@@ -172,9 +172,46 @@ impl Urgency {
     }
 }
 
+/// The order one caller makes its requests in (a stream's, a follower's): each waits, for
+/// [`ENTRY_WAIT`] at most, until the one made before it has entered ([`Urgency::after`]).
+#[derive(Debug, Default)]
+pub(crate) struct InOrder(Mutex<Urgency>);
+
+impl InOrder {
+    /// The place of the request of `urgency`, made now, after the one made last. Made
+    /// before its task is spawned: a task aborted before it first runs enters too.
+    pub(crate) fn next(&self, urgency: &Urgency) -> Turn {
+        let earlier = std::mem::replace(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+            urgency.clone(),
+        );
+        Turn {
+            urgency: urgency.clone(),
+            earlier,
+            _entering: urgency.entering(),
+        }
+    }
+}
+
+/// A request's place in its caller's order ([`InOrder::next`]); held by its task to the
+/// end, whose drop enters the request, however it ends.
+#[derive(Debug)]
+pub(crate) struct Turn {
+    urgency: Urgency,
+    earlier: Urgency,
+    _entering: Entering,
+}
+
+impl Turn {
+    /// Once the request made before it has entered ([`Urgency::after`]).
+    pub(crate) async fn wait(&self) {
+        self.urgency.after(&self.earlier).await;
+    }
+}
+
 /// Enters its urgency when dropped ([`Urgency::entering`]).
 #[derive(Debug)]
-pub(crate) struct Entering(Urgency);
+struct Entering(Urgency);
 
 impl Drop for Entering {
     fn drop(&mut self) {
