@@ -24,9 +24,10 @@
 //! backfill reaches its oldest records in a few round trips, not one per
 //! [`MAX_PIECES`] pieces. Where the range just before a slice came back empty
 //! ([`Before::Empty`]), the log may begin anywhere in it: its pieces grow away from the
-//! page's records instead, so an empty stretch costs a few requests. A piece that turns out full is cut the same way (its newest
-//! part, again, delivered from its page). Ranges never overlap, so no record is read twice at two offsets
-//! and no order among records sharing a millisecond matters; only a single millisecond
+//! page's records instead, so an empty stretch costs a few requests. A piece that turns
+//! out full is cut the same way (its newest part, again, delivered from its page).
+//! Ranges never overlap, so no record is read twice at two offsets and no order among
+//! records sharing a millisecond matters; only a single millisecond
 //! holding more records than a page is paged by offset (and counted: if Confluence
 //! reorders it between requests, its records can be missed or repeated).
 //!
@@ -252,6 +253,17 @@ pub(crate) enum Before {
     /// in the slice, most likely near its newest records (the cut that made the slice put
     /// its start where the density said the records end).
     Empty,
+}
+
+impl Before {
+    /// What is known before `slice` when the slice read just before it was `last`, with
+    /// how many records its page held inside it.
+    pub(crate) fn after(last: Option<(Slice, usize)>, slice: Slice) -> Self {
+        match last {
+            Some((l, 0)) if l.to.saturating_add(1) == slice.from => Self::Empty,
+            _ => Self::Unknown,
+        }
+    }
 }
 
 /// Pieces a cut needs by density before one at the log's possible beginning
@@ -513,10 +525,7 @@ mod tests {
             // empty one just before a slice says the log may begin in it.
             let mut last: Option<(Slice, usize)> = None;
             while let Some(s) = stack.pop() {
-                let before = match last {
-                    Some((l, 0)) if l.to + 1 == s.from => Before::Empty,
-                    _ => Before::Unknown,
-                };
+                let before = Before::after(last, s);
                 let (page, whole) = match held.remove(&s) {
                     Some(page) => (page, true),
                     None => {
